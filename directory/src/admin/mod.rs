@@ -1,0 +1,412 @@
+//! The admin API: JSON over HTTP/1.1 on `--http`.
+//!
+//! Reads are open. A change must carry an RFC 9421 signature (see `sign`) by an
+//! admin key of the zone it changes, or by a host's own key for that host's
+//! health and repository versions. Refusals are 401 (who are you?) or 403 (not
+//! you), with a JSON body `{"error": ..., "reason": ...}`. A change is answered
+//! only after `Directory::apply` has made it durable and visible in DNS.
+//!
+//! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`.
+
+mod admins;
+mod bindings;
+mod hosts;
+mod repos;
+mod zones;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::sign::{self, Policy, ReplayGuard};
+use crate::state::{ApplyError, Directory, Op};
+use crate::view::KeyOwner;
+
+/// The largest body a change may carry (a zone import of ~100k hosts fits).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Shared by every connection.
+pub struct Admin {
+    pub dir: Arc<Directory>,
+    replay: ReplayGuard,
+    policy: Policy,
+}
+
+impl Admin {
+    pub fn new(dir: Arc<Directory>) -> Self {
+        Admin {
+            dir,
+            replay: ReplayGuard::new(),
+            policy: Policy {
+                max_skew_secs: 30,
+                max_lifetime_secs: 60,
+            },
+        }
+    }
+}
+
+/// An HTTP answer that is not a success: status, a message, a stable reason code.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+}
+
+impl From<ApplyError> for Refusal {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::NotFound(m) => Refusal::new(StatusCode::NOT_FOUND, "not-found", m),
+            ApplyError::Conflict(m) => Refusal::new(StatusCode::CONFLICT, "conflict", m),
+            ApplyError::Invalid(m) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            ApplyError::Store(e) => {
+                tracing::error!(error = %e, "store write failed");
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store-failed",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, Refusal>;
+
+/// A 200 with a JSON body.
+pub fn json<T: Serialize>(v: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(v)
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+fn refusal_response(r: Refusal) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": r.message, "reason": r.reason});
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = r.status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A request with its body read and its query split.
+pub struct Call {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub query: HashMap<String, String>,
+}
+
+impl Call {
+    /// Parses the body as JSON of `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Refusal> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Refusal::bad_request(format!("the body is not the JSON this call takes: {e}"))
+        })
+    }
+
+    /// The zone a call is about: `?zone=`, or the only zone there is.
+    pub fn zone(&self, admin: &Admin) -> Result<String, Refusal> {
+        let origins = admin.dir.origins();
+        match self.query.get("zone") {
+            Some(z) => {
+                let want = if z.ends_with('.') {
+                    z.to_ascii_lowercase()
+                } else {
+                    format!("{}.", z.to_ascii_lowercase())
+                };
+                if origins.contains(&want) {
+                    Ok(want)
+                } else {
+                    Err(Refusal::not_found(format!("no zone {want}")))
+                }
+            }
+            None => match origins.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => Err(Refusal::not_found(
+                    "the directory has no zone yet; import one",
+                )),
+                _ => Err(Refusal::bad_request(format!(
+                    "the directory has several zones ({}); say which with ?zone= (CLI: --zone)",
+                    origins.join(", ")
+                ))),
+            },
+        }
+    }
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(percent_decode(k), percent_decode(v));
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks the signature of a change to `origin` and that its key may make `op`.
+/// `op` is `None` for a zone import, which needs an admin key.
+pub fn authorize(
+    admin: &Admin,
+    call: &Call,
+    origin: &str,
+    op: Option<&Op>,
+) -> Result<String, Refusal> {
+    let unauthorized = |e: sign::SignError| {
+        tracing::warn!(reason = e.reason(), error = %e, path = %call.uri.path(), "change refused");
+        Refusal::new(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
+    };
+    let parsed = sign::parse(&call.headers).map_err(unauthorized)?;
+    let keyid = parsed.keyid().to_string();
+    let view = admin.dir.view().load_full();
+    let entry = view
+        .zones
+        .iter()
+        .find(|z| z.origin.to_string() == origin)
+        .and_then(|z| z.key(&keyid).cloned())
+        .or_else(|| {
+            // A zone that does not exist yet may be imported by any admin.
+            if op.is_none() && !view.zones.iter().any(|z| z.origin.to_string() == origin) {
+                view.zones
+                    .iter()
+                    .filter_map(|z| z.key(&keyid))
+                    .find(|e| matches!(e.owner, KeyOwner::Admin(_)))
+                    .cloned()
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            tracing::warn!(reason = "unknown-key", keyid = %keyid, "change refused");
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unknown-key",
+                format!("key {keyid} is not an admin or host key of {origin}"),
+            )
+        })?;
+    let key = entry
+        .key
+        .verifying_key()
+        .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, "unknown-key", e.0))?;
+    let now = unix_now();
+    parsed
+        .verify(
+            &call.method,
+            &call.uri,
+            &call.headers,
+            &call.body,
+            &key,
+            now,
+            &admin.policy,
+        )
+        .map_err(unauthorized)?;
+    admin
+        .replay
+        .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
+        .map_err(unauthorized)?;
+    match (&entry.owner, op) {
+        (KeyOwner::Admin(name), _) => Ok(format!("admin {name}")),
+        (KeyOwner::Host(h), Some(Op::SetHealth { host, .. })) if h == host => {
+            Ok(format!("host {h}"))
+        }
+        (KeyOwner::Host(h), Some(Op::SetVersion { host, .. })) if h == host => {
+            Ok(format!("host {h}"))
+        }
+        (KeyOwner::Host(h), _) => {
+            tracing::warn!(reason = "key-not-allowed", host = %h, path = %call.uri.path(), "change refused");
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "key-not-allowed",
+                format!("the key of host {h} may change only {h}'s own health and repository versions; sign with an admin key"),
+            ))
+        }
+    }
+}
+
+/// Authorizes and applies one change, answering with the new serial.
+pub fn change(admin: &Admin, call: &Call, op: Op) -> Reply {
+    let origin = call.zone(admin)?;
+    let who = authorize(admin, call, &origin, Some(&op))?;
+    tracing::info!(zone = %origin, by = %who, op = ?op_name(&op), "applying change");
+    let serial = admin.dir.apply(&origin, op)?;
+    json(&serde_json::json!({"zone": origin, "serial": serial}))
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::AddHost(_) => "host add",
+        Op::RemoveHost(_) => "host rm",
+        Op::SetAvailable { .. } => "host enable/disable",
+        Op::SetHealth { .. } => "host health",
+        Op::AddBinding(_) => "bind add",
+        Op::RemoveBinding { .. } => "bind rm",
+        Op::AddRepo(_) => "repo add",
+        Op::RemoveRepo(_) => "repo rm",
+        Op::Promote { .. } => "repo promote",
+        Op::SetVersion { .. } => "repo version",
+        Op::AddAdmin(_) => "admin add",
+        Op::RemoveAdmin(_) => "admin rm",
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("cannot read the body (limit {MAX_BODY} bytes): {e}"),
+            )
+        })?
+        .to_bytes();
+    let call = Call {
+        query: parse_query(parts.uri.query()),
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+    };
+    let path = call.uri.path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let m = call.method.clone();
+    // Changes touch the store (fsync): keep them off the reactor threads.
+    let admin2 = admin.clone();
+    let segs_owned: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || dispatch(&admin2, &call, &m, &segs_owned))
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (m, s.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => zones::status(admin),
+        (_, ["v1", "zones", rest @ ..]) => zones::route(admin, call, m, rest),
+        (_, ["v1", "hosts", rest @ ..]) => hosts::route(admin, call, m, rest),
+        (_, ["v1", "bindings", rest @ ..]) => bindings::route(admin, call, m, rest),
+        (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
+        (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
+        (&Method::GET, ["v1", "keys", fpr]) => admins::key(admin, fpr),
+        _ => Err(Refusal::not_found(format!(
+            "no such API route: {} {}",
+            m,
+            call.uri.path()
+        ))),
+    }
+}
+
+fn method_not_allowed(call: &Call) -> Refusal {
+    Refusal::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} is not allowed on {}", call.method, call.uri.path()),
+    )
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move {
+                    Ok::<_, Infallible>(match route(admin, req).await {
+                        Ok(r) => r,
+                        Err(r) => refusal_response(r),
+                    })
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}

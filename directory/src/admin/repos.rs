@@ -1,0 +1,83 @@
+//! `/v1/repos`: list, show, add, remove, promote, and a host's own version reports.
+
+use http::Method;
+use serde::Deserialize;
+
+use super::{change, json, method_not_allowed, Admin, Call, Refusal, Reply};
+use crate::model::Repo;
+use crate::state::Op;
+use crate::view;
+
+#[derive(Deserialize)]
+struct PromoteBody {
+    host: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+struct VersionBody {
+    version: u64,
+}
+
+/// A repository as the API shows it: the model plus the master's version and the readers.
+fn describe(r: &Repo) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("version".into(), r.master_version().into());
+        let readers: Vec<&str> = view::readers(r).collect();
+        obj.insert("readers".into(), readers.into());
+    }
+    v
+}
+
+pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
+    match (m, rest) {
+        (&Method::GET, []) => {
+            let origin = call.zone(admin)?;
+            let list = admin
+                .dir
+                .read(&origin, |z| {
+                    z.repos.values().map(describe).collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            json(&list)
+        }
+        (&Method::POST, []) => change(admin, call, Op::AddRepo(call.json()?)),
+        (&Method::GET, [name]) => {
+            let origin = call.zone(admin)?;
+            let repo = admin
+                .dir
+                .read(&origin, |z| z.repos.get(*name).map(describe))
+                .flatten()
+                .ok_or_else(|| Refusal::not_found(format!("no repository {name} in {origin}")))?;
+            json(&repo)
+        }
+        (&Method::DELETE, [name]) => change(admin, call, Op::RemoveRepo(name.to_string())),
+        (&Method::POST, [name, "promote"]) => {
+            let body: PromoteBody = call.json()?;
+            change(
+                admin,
+                call,
+                Op::Promote {
+                    repo: name.to_string(),
+                    host: body.host,
+                    force: body.force,
+                },
+            )
+        }
+        (&Method::PUT, [name, "versions", host]) => {
+            let body: VersionBody = call.json()?;
+            change(
+                admin,
+                call,
+                Op::SetVersion {
+                    repo: name.to_string(),
+                    host: host.to_string(),
+                    version: body.version,
+                },
+            )
+        }
+        _ => Err(method_not_allowed(call)),
+    }
+}

@@ -1,0 +1,23 @@
+//! Switchboard's directory: a service directory that answers plain DNS.
+//!
+//! - `model`: hosts, bindings, repositories, admin keys, and their validation.
+//! - `store`: durable state behind a trait (`store::sled` today).
+//! - `zonefile`: RFC 1035 master files in and out.
+//! - `view`: the pre-built answers, swapped whole on change.
+//! - `dns`: the hickory-server request handler that reads the view.
+//! - `state`: the one place a change is applied.
+//! - `sign`: RFC 9421 HTTP Message Signatures, shared with the sidecar.
+//! - `admin`: the JSON admin API; `cli`: the commands that talk to it.
+
+pub mod admin;
+pub mod cli;
+pub mod dns;
+pub mod keys;
+pub mod model;
+pub mod schema;
+pub mod server;
+pub mod sign;
+pub mod state;
+pub mod store;
+pub mod view;
+pub mod zonefile;

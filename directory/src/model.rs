@@ -1,0 +1,544 @@
+//! The directory's model: hosts, bindings, repositories and admin keys of one zone.
+//!
+//! These types are what the store keeps, what the admin API speaks (JSON) and what
+//! the view is built from. Every value that comes from outside passes through the
+//! `validate_*` functions here before it reaches the store.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::schema;
+
+/// A model error: what was wrong with a value, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(msg.into()))
+}
+
+/// An ed25519 public key, 32 raw bytes; base64 (standard, padded) in JSON and TXT.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The key as base64 of its 32 raw bytes.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    /// The key fingerprint: lowercase unpadded base32 of SHA-256 of the raw key (52 chars).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0);
+        data_encoding::BASE32_NOPAD
+            .encode(&digest)
+            .to_ascii_lowercase()
+    }
+
+    /// The key for signature checks, or an error if the bytes are not a curve point.
+    pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, Invalid> {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| Invalid("the key is not a valid ed25519 public key".into()))
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = Invalid;
+    /// Accepts `BASE64` or `ed25519:BASE64` of the raw 32-byte key.
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let b64 = s
+            .trim()
+            .strip_prefix(schema::KEY_PREFIX)
+            .unwrap_or(s.trim());
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64))
+            .map_err(|_| Invalid(format!("key {s:?} is not base64")))?;
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| {
+            Invalid("an ed25519 public key is 32 bytes (44 characters of base64)".into())
+        })?;
+        let key = PublicKey(raw);
+        key.verifying_key()?;
+        Ok(key)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", schema::KEY_PREFIX, self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Health from checks (SPEC: `passing|warning|critical|unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
+    #[default]
+    Unknown,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+impl FromStr for Health {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "passing" => Ok(Health::Passing),
+            "warning" => Ok(Health::Warning),
+            "critical" => Ok(Health::Critical),
+            "unknown" => Ok(Health::Unknown),
+            _ => invalid(format!(
+                "health {s:?} is not one of passing, warning, critical, unknown"
+            )),
+        }
+    }
+}
+
+/// A binding's role in a replicated service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "master" => Ok(Role::Master),
+            "replica" => Ok(Role::Replica),
+            _ => invalid(format!("role {s:?} is not master or replica")),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A machine of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    #[serde(default)]
+    pub addrs: Vec<IpAddr>,
+    #[serde(default)]
+    pub key: Option<PublicKey>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The admin's in-service switch.
+    #[serde(default = "yes")]
+    pub available: bool,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub props: BTreeMap<String, String>,
+}
+
+impl Host {
+    /// Whether the host may appear in service, write and read answers.
+    pub fn in_service(&self) -> bool {
+        self.available && self.health != Health::Critical
+    }
+}
+
+/// A host providing a service on a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub host: String,
+    pub service: String,
+    pub port: u16,
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub weight: u16,
+    /// Overrides the SRV priority derived from the role.
+    #[serde(default)]
+    pub priority: Option<u16>,
+    #[serde(default = "yes")]
+    pub available: bool,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub props: BTreeMap<String, String>,
+}
+
+impl Binding {
+    /// SRV priority: explicit, else masters and role-less 0, replicas 10 (SPEC).
+    pub fn srv_priority(&self) -> u16 {
+        self.priority.unwrap_or(match self.role {
+            Some(Role::Replica) => 10,
+            _ => 0,
+        })
+    }
+}
+
+/// Versions that a forced promotion may have lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    pub old_master: String,
+    pub new_master: String,
+    /// First version that may be lost (the new master's version + 1).
+    pub from: u64,
+    /// Last version that may be lost (the old master's version).
+    pub to: u64,
+    /// Unix time of the promotion.
+    pub at: u64,
+}
+
+impl Loss {
+    /// `OLD>NEW:FROM-TO@AT`, the TXT form used by zone export.
+    pub fn to_txt(&self) -> String {
+        format!(
+            "{}>{}:{}-{}@{}",
+            self.old_master, self.new_master, self.from, self.to, self.at
+        )
+    }
+
+    pub fn from_txt(s: &str) -> Result<Self, Invalid> {
+        let err = || Invalid(format!("lost={s:?} is not OLD>NEW:FROM-TO@UNIXTIME"));
+        let (old, rest) = s.split_once('>').ok_or_else(err)?;
+        let (new, rest) = rest.split_once(':').ok_or_else(err)?;
+        let (range, at) = rest.split_once('@').ok_or_else(err)?;
+        let (from, to) = range.split_once('-').ok_or_else(err)?;
+        Ok(Loss {
+            old_master: old.to_string(),
+            new_master: new.to_string(),
+            from: from.parse().map_err(|_| err())?,
+            to: to.parse().map_err(|_| err())?,
+            at: at.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// A replicated repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repo {
+    pub name: String,
+    pub master: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Writes applied, per host.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub max_lag: u64,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub lost: Vec<Loss>,
+}
+
+impl Repo {
+    pub fn version_of(&self, host: &str) -> u64 {
+        self.versions.get(host).copied().unwrap_or(0)
+    }
+
+    /// The master's version: what readers must be within `max_lag` of.
+    pub fn master_version(&self) -> u64 {
+        self.version_of(&self.master)
+    }
+
+    /// Master first, then replicas.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.master.as_str()).chain(self.replicas.iter().map(String::as_str))
+    }
+
+    pub fn has_host(&self, host: &str) -> bool {
+        self.hosts().any(|h| h == host)
+    }
+
+    /// Whether `host` is close enough to the master to serve reads.
+    pub fn is_current(&self, host: &str) -> bool {
+        self.version_of(host).saturating_add(self.max_lag) >= self.master_version()
+    }
+}
+
+/// A key allowed to change the zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminKey {
+    pub name: String,
+    pub key: PublicKey,
+}
+
+/// The zone's SOA fields other than the serial (which the directory manages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Soa {
+    pub mname: String,
+    pub rname: String,
+    pub refresh: i32,
+    pub retry: i32,
+    pub expire: i32,
+    pub minimum: u32,
+    pub ttl: u32,
+}
+
+/// The parts of a zone that change only by import: SOA fields, apex NS, static records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneMeta {
+    /// Lowercase, absolute, with the trailing dot.
+    pub origin: String,
+    pub soa: Soa,
+    pub ns: Vec<String>,
+    pub ns_ttl: u32,
+    /// Records outside Switchboard's subtrees, each in wire form (base64), served verbatim.
+    pub statics: Vec<String>,
+}
+
+/// One zone: everything the directory knows under one origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub meta: ZoneMeta,
+    pub serial: u32,
+    pub hosts: BTreeMap<String, Host>,
+    /// Keyed by (host, service).
+    pub bindings: BTreeMap<(String, String), Binding>,
+    pub repos: BTreeMap<String, Repo>,
+    pub admins: BTreeMap<String, AdminKey>,
+}
+
+impl Zone {
+    pub fn new(meta: ZoneMeta, serial: u32) -> Self {
+        Zone {
+            meta,
+            serial,
+            hosts: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            repos: BTreeMap::new(),
+            admins: BTreeMap::new(),
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.meta.origin
+    }
+
+    /// The bindings of one host.
+    pub fn bindings_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Binding> + 'a {
+        self.bindings
+            .range((host.to_string(), String::new())..)
+            .take_while(move |((h, _), _)| h == host)
+            .map(|(_, b)| b)
+    }
+}
+
+/// A DNS label as the model uses it: 1–63 of `a-z 0-9 -`, not starting or ending with `-`.
+pub fn validate_label(what: &str, s: &str) -> Result<(), Invalid> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        invalid(format!(
+            "{what} {s:?} is not a DNS label: use 1-63 lowercase letters, digits and '-', not at either end"
+        ))
+    }
+}
+
+/// Names the schema itself uses below a zone, which a host, service or repository may not take.
+const RESERVED: [&str; 4] = [schema::WRITE, schema::READ, "services", "dns-sd"];
+
+fn validate_props(props: &BTreeMap<String, String>, reserved: &[&str]) -> Result<(), Invalid> {
+    for (k, v) in props {
+        let key_ok = !k.is_empty()
+            && k.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            });
+        if !key_ok {
+            return invalid(format!(
+                "property key {k:?} must be lowercase letters, digits, '-', '_' or '.' (RFC 6763 §6.4)"
+            ));
+        }
+        if reserved.contains(&k.as_str()) {
+            return invalid(format!(
+                "property {k:?} is an attribute of its own; set it with its own field"
+            ));
+        }
+        if k.len() + 1 + v.len() > 255 {
+            return invalid(format!(
+                "property {k}=... is longer than the 255 bytes a TXT string holds"
+            ));
+        }
+        if v.chars().any(|c| c.is_control()) {
+            return invalid(format!("property {k} has a control character in its value"));
+        }
+    }
+    Ok(())
+}
+
+/// TXT keys a host's properties may not use.
+pub const HOST_ATTRS: [&str; 4] = [
+    schema::txt::ROLES,
+    schema::txt::AVAILABLE,
+    schema::txt::KEY,
+    schema::txt::HEALTH,
+];
+
+/// TXT keys a binding's properties may not use.
+pub const BINDING_ATTRS: [&str; 6] = [
+    schema::txt::ROLE,
+    schema::txt::READONLY,
+    schema::txt::AVAILABLE,
+    schema::txt::HEALTH,
+    schema::txt::WEIGHT,
+    schema::txt::PRIORITY,
+];
+
+pub fn validate_host(h: &Host) -> Result<(), Invalid> {
+    validate_label("host name", &h.name)?;
+    if RESERVED.contains(&h.name.as_str()) {
+        return invalid(format!("host name {:?} is reserved by the schema", h.name));
+    }
+    for r in &h.roles {
+        validate_label("role", r)?;
+    }
+    validate_props(&h.props, &HOST_ATTRS)
+}
+
+pub fn validate_binding(b: &Binding) -> Result<(), Invalid> {
+    validate_label("host name", &b.host)?;
+    validate_label("service name", &b.service)?;
+    if RESERVED.contains(&b.service.as_str()) || schema::ROLE_FILTERS.contains(&b.service.as_str())
+    {
+        return invalid(format!(
+            "service name {:?} is reserved by the schema",
+            b.service
+        ));
+    }
+    validate_props(&b.props, &BINDING_ATTRS)
+}
+
+pub fn validate_repo(r: &Repo) -> Result<(), Invalid> {
+    validate_label("repository name", &r.name)?;
+    if RESERVED.contains(&r.name.as_str()) {
+        return invalid(format!(
+            "repository name {:?} is reserved by the schema",
+            r.name
+        ));
+    }
+    validate_label("host name", &r.master)?;
+    for h in &r.replicas {
+        validate_label("host name", h)?;
+        if *h == r.master {
+            return invalid(format!(
+                "host {h} is the master of {}; it cannot also be a replica",
+                r.name
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &r.replicas {
+        if !seen.insert(h) {
+            return invalid(format!("replica {h} is listed twice"));
+        }
+    }
+    for h in r.versions.keys() {
+        if !r.has_host(h) {
+            return invalid(format!(
+                "version given for {h}, which is not a host of {}",
+                r.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_admin(a: &AdminKey) -> Result<(), Invalid> {
+    validate_label("admin name", &a.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(validate_label("x", "web1").is_ok());
+        assert!(validate_label("x", "Web1").is_err());
+        assert!(validate_label("x", "-a").is_err());
+        assert!(validate_label("x", "a.b").is_err());
+        assert!(validate_label("x", "..").is_err());
+        assert!(validate_label("x", "").is_err());
+        assert!(validate_label("x", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn key_round_trip_and_fingerprint_length() {
+        let k = PublicKey([7u8; 32]);
+        // Not every 32-byte string is a point, so make a real one.
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+        let k = PublicKey(sk.verifying_key().to_bytes())
+            .to_string()
+            .parse::<PublicKey>()
+            .unwrap_or(k);
+        assert_eq!(k.fingerprint().len(), 52);
+        assert!("ed25519:AAAA".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn loss_txt_round_trip() {
+        let l = Loss {
+            old_master: "a".into(),
+            new_master: "b".into(),
+            from: 4,
+            to: 5,
+            at: 99,
+        };
+        assert_eq!(Loss::from_txt(&l.to_txt()).unwrap(), l);
+        assert!(Loss::from_txt("junk").is_err());
+    }
+}

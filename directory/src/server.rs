@@ -1,0 +1,166 @@
+//! `serve`: load zone files, open the store, start DNS (UDP+TCP) and the admin API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::admin::{self, Admin};
+use crate::dns::{DnsHandler, TCP_TIMEOUT};
+use crate::model::Zone;
+use crate::state::Directory;
+use crate::store::sled::SledStore;
+use crate::view::ViewConfig;
+use crate::zonefile;
+
+/// What `serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub zones: PathBuf,
+    pub data: PathBuf,
+    pub dns: SocketAddr,
+    pub http: SocketAddr,
+    pub view: ViewConfig,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    ZoneFile(#[from] zonefile::ZoneFileError),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Reads and checks every `*.zone` file in `dir`, in name order.
+pub fn load_zone_files(dir: &Path) -> Result<Vec<Zone>, ServeError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "no zones directory; serving what the store holds");
+            return Ok(vec![]);
+        }
+        Err(e) => {
+            return Err(ServeError::Start(format!(
+                "cannot read {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "zone"))
+        .collect();
+    paths.sort();
+    let mut zones = Vec::new();
+    for p in paths {
+        let name = p.display().to_string();
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| ServeError::Start(format!("cannot read {name}: {e}")))?;
+        let origin = zonefile::origin_from_file_name(&p);
+        zones.push(zonefile::parse(&text, &name, origin.as_deref())?);
+    }
+    Ok(zones)
+}
+
+async fn bind_dns(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServeError> {
+    // With port 0 the UDP port is picked first and TCP must get the same one.
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| ServeError::Start(format!("cannot bind DNS UDP {addr}: {e}")))?;
+        let actual = udp
+            .local_addr()
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        match TcpListener::bind(actual).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(_) if addr.port() == 0 => continue,
+            Err(e) => {
+                return Err(ServeError::Start(format!(
+                    "cannot bind DNS TCP {actual}: {e}"
+                )))
+            }
+        }
+    }
+    Err(ServeError::Start(format!("no free port for DNS on {addr}")))
+}
+
+/// Runs the directory until SIGINT or SIGTERM.
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let files = load_zone_files(&cfg.zones)?;
+    let store = SledStore::open(&cfg.data).map_err(|e| ServeError::Start(e.to_string()))?;
+    let dir = Directory::open(Box::new(store), cfg.view).map_err(|e| {
+        ServeError::Start(format!(
+            "cannot load the store in {}: {e}",
+            cfg.data.display()
+        ))
+    })?;
+    let dir = Arc::new(dir);
+    for z in files {
+        let origin = z.origin().to_string();
+        if dir
+            .seed(z)
+            .map_err(|e| ServeError::Start(format!("cannot seed {origin}: {e}")))?
+        {
+            tracing::info!(zone = %origin, "seeded from its zone file");
+        } else {
+            tracing::info!(zone = %origin, "store already has this zone; zone file not used (use `zone import` to replace)");
+        }
+    }
+
+    let (udp, tcp) = bind_dns(cfg.dns).await?;
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .map_err(|e| ServeError::Start(format!("cannot bind HTTP {}: {e}", cfg.http)))?;
+    let dns_addr = udp
+        .local_addr()
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| ServeError::Start(e.to_string()))?;
+
+    let mut dns = hickory_server::Server::new(DnsHandler::new(dir.view()));
+    dns.register_socket(udp);
+    dns.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = Arc::new(Admin::new(dir.clone()));
+    let http_task = tokio::spawn(admin::serve(http, admin, stop_rx));
+
+    println!(
+        "switchboard-directory: listening dns={dns_addr} http={http_addr} zones={}",
+        dir.origins().join(",")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = dns.shutdown_gracefully().await;
+    let _ = http_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,854 @@
+//! HTTP Message Signatures (RFC 9421) with ed25519, and `Content-Digest` (RFC 9530).
+//!
+//! Admin API requests must prove that they come from the holder of an enrolled ed25519 key,
+//! that nothing was changed on the way, and that they are not replays. The CLI and the sidecar
+//! proxy sign with [`Signer`]; the admin server runs [`parse`], looks the key up by
+//! [`ParsedSignature::keyid`], calls [`ParsedSignature::verify`], then
+//! [`ReplayGuard::check_and_remember`].
+//!
+//! The profile: label `sig1` covering `"@method" "@authority" "@path" "@query"` (RFC 9421
+//! §2.2.1, §2.2.3, §2.2.6, §2.2.7) plus the `content-digest` field (§2.1) whenever the body is
+//! non-empty, with the parameters `created`, `expires`, `nonce`, `keyid` and `alg="ed25519"`
+//! (§2.3). The signature base follows §2.5 and the algorithm §3.3.6; the headers are the
+//! `Signature-Input` and `Signature` dictionaries of §4.1 and §4.2, parsed as RFC 8941
+//! Structured Fields by `sfv`. The `@signature-params` line is the received inner list
+//! re-serialized, which RFC 8941 makes canonical, so it is the text any conformant signer
+//! signed. `Content-Digest` carries a `sha-256` digest of the body (RFC 9530 §2).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use http::{header::HOST, HeaderMap, HeaderValue, Method, Uri};
+use sfv::{key_ref, Dictionary, FieldType as _, Integer, ListEntry, ListSerializer, Parser};
+use sfv::{StringRef, Version};
+use sha2::{Digest as _, Sha256};
+
+const LABEL: &str = "sig1";
+const LIFETIME_SECS: u64 = 60;
+const REQUIRED: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+const DIGEST: &str = "content-digest";
+
+/// `return Err(SignError::$kind(format!(...)))`.
+macro_rules! fail {
+    ($kind:ident, $($msg:tt)+) => { return Err(SignError::$kind(format!($($msg)+))) };
+}
+
+/// RFC 9530 `Content-Digest` value for a body: `sha-256=:BASE64:`.
+pub fn content_digest(body: &[u8]) -> String {
+    format!("sha-256=:{}:", STANDARD.encode(Sha256::digest(body)))
+}
+
+/// Fingerprint of an ed25519 public key: lowercase unpadded RFC 4648 base32 of the SHA-256 of
+/// the raw 32-byte key, 52 characters.
+pub fn fingerprint(key: &VerifyingKey) -> String {
+    data_encoding::BASE32_NOPAD
+        .encode(&Sha256::digest(key.as_bytes()))
+        .to_ascii_lowercase()
+}
+
+/// Signs outgoing requests with an ed25519 key under a key id (usually its [`fingerprint`]).
+pub struct Signer<'a> {
+    /// The private key.
+    pub key: &'a SigningKey,
+    /// The `keyid` parameter the verifier uses to find the public key.
+    pub keyid: &'a str,
+}
+
+impl Signer<'_> {
+    /// Adds `Content-Digest` (only for a non-empty body; removed otherwise), `Signature-Input`
+    /// and `Signature` to `headers`, signing label `sig1` over `@method @authority @path @query`
+    /// (+ `content-digest`) with `created=now`, `expires=now+60`, a random 16-byte nonce,
+    /// `keyid` and `alg="ed25519"`. Without a `Host` header, one is set from `uri`'s authority
+    /// so that the verifier sees the authority that was signed. Fails when there is neither,
+    /// or when `keyid` is not printable ASCII.
+    pub fn sign(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        body: &[u8],
+        now_unix: u64,
+    ) -> Result<(), SignError> {
+        if !headers.contains_key(HOST) {
+            let Some(authority) = uri.authority() else {
+                fail!(
+                    Malformed,
+                    "cannot sign: no Host header and no absolute URI; set either"
+                )
+            };
+            headers.insert(HOST, header_value(authority.as_str())?);
+        }
+        let mut components = REQUIRED.to_vec();
+        if body.is_empty() {
+            headers.remove(DIGEST);
+        } else {
+            headers.insert(DIGEST, header_value(&content_digest(body))?);
+            components.push(DIGEST);
+        }
+        let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+        let expires = now_unix.saturating_add(LIFETIME_SECS);
+        let params = signature_params(&components, now_unix, expires, &nonce, self.keyid)?;
+        let base = signature_base(&components, &params, method, uri, headers)?;
+        let signature = STANDARD.encode(self.key.sign(base.as_bytes()).to_bytes());
+        headers.insert(
+            "signature-input",
+            header_value(&format!("{LABEL}={params}"))?,
+        );
+        headers.insert(
+            "signature",
+            header_value(&format!("{LABEL}=:{signature}:"))?,
+        );
+        Ok(())
+    }
+}
+
+/// Freshness limits the receiver enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// How far `created` may lie in the receiver's future (signer clock ahead); default 30.
+    pub max_skew_secs: u64,
+    /// Longest allowed `expires - created`; default 60.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_skew_secs: 30,
+            max_lifetime_secs: 60,
+        }
+    }
+}
+
+/// A parsed but not yet verified signature, so the caller can look the key up by key id.
+#[derive(Debug, Clone)]
+pub struct ParsedSignature {
+    label: String,
+    components: Vec<String>,
+    params: String,
+    keyid: String,
+    nonce: Option<String>,
+    created: Option<u64>,
+    expires: Option<u64>,
+    signature: Signature,
+}
+
+impl ParsedSignature {
+    /// The `keyid` parameter (not yet authenticated).
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    /// The `nonce` parameter, or "" when absent ([`Self::verify`] refuses that).
+    pub fn nonce(&self) -> &str {
+        self.nonce.as_deref().unwrap_or_default()
+    }
+
+    /// The `expires` parameter, or 0 when absent ([`Self::verify`] refuses that).
+    pub fn expires(&self) -> u64 {
+        self.expires.unwrap_or_default()
+    }
+
+    /// The label of the signature that was picked from the headers.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Verifies against `key`: required components covered (`content-digest` too when the body
+    /// is non-empty), `created`/`expires`/`nonce` present, freshness under `policy`, the ed25519
+    /// signature over the rebuilt signature base, and `Content-Digest` against `body`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: &VerifyingKey,
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<(), SignError> {
+        let needed = REQUIRED.iter().chain((!body.is_empty()).then_some(&DIGEST));
+        if let Some(name) = needed
+            .into_iter()
+            .find(|n| !self.components.iter().any(|c| c == *n))
+        {
+            fail!(MissingComponent, "signature does not cover {name:?}: sign with (\"@method\" \"@authority\" \"@path\" \"@query\" \"content-digest\")");
+        }
+        let (Some(created), Some(expires), Some(_)) = (
+            self.created,
+            self.expires,
+            self.nonce.as_deref().filter(|n| !n.is_empty()),
+        ) else {
+            fail!(MissingComponent, "signature lacks created, expires or nonce: sign with created, expires, nonce and keyid")
+        };
+        check_times(created, expires, now_unix, policy)?;
+        self.verify_signature(method, uri, headers, key)?;
+        if !body.is_empty() || headers.contains_key(DIGEST) {
+            check_digest(headers, body)?;
+        }
+        Ok(())
+    }
+
+    /// Checks only the ed25519 signature over the signature base rebuilt from the request.
+    fn verify_signature(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        key: &VerifyingKey,
+    ) -> Result<(), SignError> {
+        let base = signature_base(&self.components, &self.params, method, uri, headers)?;
+        if key.verify_strict(base.as_bytes(), &self.signature).is_err() {
+            fail!(BadSignature, "signature {:?} does not verify with the key of keyid {:?}: the method, authority, path, query or a covered header changed after signing, or another key signed; sign the request exactly as it is sent, with the enrolled key", self.label, self.keyid);
+        }
+        Ok(())
+    }
+}
+
+/// Parses `Signature-Input` and `Signature`, taking the first `Signature-Input` label that is
+/// also in `Signature`. Refuses an `alg` other than `ed25519` and a missing `keyid`.
+pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
+    let no = SignError::NoSignature;
+    let inputs = dictionary(headers, "signature-input")?.ok_or(no("Signature-Input"))?;
+    let signatures = dictionary(headers, "signature")?.ok_or(no("Signature"))?;
+    let Some((label, entry, sig)) = inputs
+        .iter()
+        .find_map(|(k, v)| signatures.get(k.as_str()).map(|s| (k.as_str(), v, s)))
+    else {
+        fail!(
+            Malformed,
+            "no label is present in both Signature-Input and Signature"
+        )
+    };
+    let ListEntry::InnerList(inner) = entry else {
+        fail!(Malformed, "Signature-Input {label:?} is not an inner list")
+    };
+    let ListEntry::Item(sig) = sig else {
+        fail!(Malformed, "Signature {label:?} is not an item")
+    };
+    let bytes = sig.bare_item.as_byte_sequence().unwrap_or_default();
+    let Ok(signature) = Signature::from_slice(bytes) else {
+        fail!(
+            Malformed,
+            "Signature {label:?} is not a 64-byte ed25519 signature (:base64:)"
+        )
+    };
+    let mut components: Vec<String> = Vec::new();
+    for item in &inner.items {
+        let name = item
+            .bare_item
+            .as_string()
+            .map(StringRef::as_str)
+            .unwrap_or_default();
+        let field = http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|h| h.as_str() == name);
+        if !item.params.is_empty() || !(name.starts_with('@') || field) {
+            fail!(
+                Malformed,
+                "component {name:?} must be a quoted lowercase name, no parameters"
+            );
+        }
+        if components.iter().any(|c| c == name) {
+            fail!(Malformed, "component {name:?} is covered twice");
+        }
+        components.push(name.to_owned());
+    }
+    let (mut keyid, mut nonce, mut created, mut expires) = (None, None, None, None);
+    for (key, value) in &inner.params {
+        let text = value.as_string().map(|s| s.as_str().to_owned());
+        let time = value
+            .as_integer()
+            .and_then(|i| u64::try_from(i64::from(i)).ok());
+        let ok = match key.as_str() {
+            "keyid" => text.clone().map(|t| keyid = Some(t)),
+            "nonce" => text.clone().map(|t| nonce = Some(t)),
+            "created" => time.map(|t| created = Some(t)),
+            "expires" => time.map(|t| expires = Some(t)),
+            "alg" if text.as_deref() != Some("ed25519") => {
+                let alg = text.as_deref().unwrap_or("(not a string)");
+                fail!(UnsupportedAlgorithm, "signature algorithm {alg:?} is not supported: sign with an ed25519 key and alg=\"ed25519\"")
+            }
+            _ => Some(()),
+        };
+        if ok.is_none() {
+            fail!(Malformed, "parameter {key} has the wrong type or range");
+        }
+    }
+    let Some(keyid) = keyid else {
+        fail!(Malformed, "Signature-Input has no keyid parameter")
+    };
+    let Some(params) = vec![entry.clone()].serialize() else {
+        fail!(Malformed, "Signature-Input cannot be re-serialized")
+    };
+    let label = label.to_owned();
+    Ok(ParsedSignature {
+        label,
+        components,
+        params,
+        keyid,
+        nonce,
+        created,
+        expires,
+        signature,
+    })
+}
+
+type Seen = HashMap<(String, String), u64>;
+
+/// Remembers `(keyid, nonce)` pairs until their signature expires, refusing a second use.
+/// Memory stays bounded: expired entries are pruned whenever the map has doubled.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: Mutex<(Seen, usize)>,
+}
+
+impl ReplayGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `(keyid, nonce)` until `expires`; fails with [`SignError::Replayed`] if the pair
+    /// was already recorded and has not expired at `now`. Call it after a successful verify.
+    pub fn check_and_remember(
+        &self,
+        keyid: &str,
+        nonce: &str,
+        expires: u64,
+        now: u64,
+    ) -> Result<(), SignError> {
+        let mut guard = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, prune_at) = &mut *guard;
+        if seen.len() >= *prune_at {
+            seen.retain(|_, until| *until >= now);
+            *prune_at = (seen.len() * 2).max(1024);
+        }
+        let key = (keyid.to_owned(), nonce.to_owned());
+        if seen.get(&key).is_some_and(|until| *until >= now) {
+            fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+        }
+        seen.insert(key, expires);
+        Ok(())
+    }
+}
+
+/// Why signing or verification failed; the message says what was wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The named signature header is absent.
+    #[error("request is not signed: the {0} header is missing; sign it (RFC 9421) with your key")]
+    NoSignature(&'static str),
+    /// The signature headers (or `Content-Digest`) are not valid for this profile.
+    #[error("malformed signature: {0}; send the headers exactly as the signer produced them")]
+    Malformed(String),
+    /// The signature does not verify for this request and key.
+    #[error("{0}")]
+    BadSignature(String),
+    /// `Content-Digest` is missing or does not match the body.
+    #[error("{0}")]
+    ChangedBody(String),
+    /// Expired, too old, too far in the future, or too long-lived.
+    #[error("{0}")]
+    Stale(String),
+    /// The nonce was already used.
+    #[error("{0}")]
+    Replayed(String),
+    /// A required component or parameter is not covered.
+    #[error("{0}")]
+    MissingComponent(String),
+    /// `alg` (or the digest algorithm) is not one this profile accepts.
+    #[error("{0}")]
+    UnsupportedAlgorithm(String),
+}
+
+impl SignError {
+    /// A stable kebab-case reason code for logs, metrics and JSON errors.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoSignature(_) => "no-signature",
+            Self::Malformed(_) => "malformed-signature",
+            Self::BadSignature(_) => "bad-signature",
+            Self::ChangedBody(_) => "changed-body",
+            Self::Stale(_) => "stale-signature",
+            Self::Replayed(_) => "replayed",
+            Self::MissingComponent(_) => "missing-component",
+            Self::UnsupportedAlgorithm(_) => "unsupported-algorithm",
+        }
+    }
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, SignError> {
+    HeaderValue::from_str(value).map_err(|_| SignError::Malformed("bad header value".into()))
+}
+
+/// The header's field lines, trimmed and joined with ", "; `None` when absent.
+fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, SignError> {
+    let mut lines = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(text) = value.to_str() else {
+            fail!(Malformed, "header {name} is not ASCII")
+        };
+        lines.push(text.trim_matches([' ', '\t']));
+    }
+    Ok((!lines.is_empty()).then(|| lines.join(", ")))
+}
+
+fn dictionary(headers: &HeaderMap, name: &str) -> Result<Option<Dictionary>, SignError> {
+    let Some(text) = joined(headers, name)? else {
+        return Ok(None);
+    };
+    match Parser::new(&text)
+        .with_version(Version::Rfc8941)
+        .parse::<Dictionary>()
+    {
+        Ok(dict) => Ok(Some(dict)),
+        Err(e) => fail!(
+            Malformed,
+            "header {name} is not an RFC 8941 dictionary ({e})"
+        ),
+    }
+}
+
+/// The serialized inner list with parameters: the `@signature-params` value (RFC 9421 §2.3).
+fn signature_params(
+    components: &[&str],
+    created: u64,
+    expires: u64,
+    nonce: &str,
+    keyid: &str,
+) -> Result<String, SignError> {
+    let bad = |what: &str| SignError::Malformed(format!("cannot sign: {what}"));
+    let string = |v| StringRef::from_str(v).map_err(|_| bad("keyid must be printable ASCII"));
+    let int = |v| Integer::try_from(v).map_err(|_| bad("the time is out of range"));
+    let items = components
+        .iter()
+        .map(|c| string(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (created, expires, nonce, keyid) =
+        (int(created)?, int(expires)?, string(nonce)?, string(keyid)?);
+    let mut list = ListSerializer::new();
+    let mut inner = list.inner_list();
+    for item in items {
+        let _ = inner.bare_item(item);
+    }
+    let _ = inner
+        .finish()
+        .parameter(key_ref("created"), created)
+        .parameter(key_ref("expires"), expires)
+        .parameter(key_ref("nonce"), nonce)
+        .parameter(key_ref("keyid"), keyid)
+        .parameter(key_ref("alg"), sfv::string_ref("ed25519"));
+    list.finish().ok_or_else(|| bad("no components"))
+}
+
+/// The RFC 9421 §2.5 signature base: one `"name": value` line per component, then
+/// `"@signature-params": params`, joined by "\n" without a trailing newline.
+fn signature_base<S: AsRef<str>>(
+    components: &[S],
+    params: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<String, SignError> {
+    let mut base = String::new();
+    for name in components.iter().map(AsRef::as_ref) {
+        let value = match name {
+            "@method" => method.as_str().to_owned(),
+            "@authority" if headers.get_all(HOST).iter().count() > 1 => {
+                fail!(Malformed, "the request has several Host headers")
+            }
+            "@authority" => match (joined(headers, HOST.as_str())?, uri.authority()) {
+                (Some(host), _) => host.to_ascii_lowercase(),
+                (None, Some(authority)) => authority.as_str().to_ascii_lowercase(),
+                (None, None) => fail!(BadSignature, "the request has no Host header, which the signature covers"),
+            },
+            "@path" if uri.path().is_empty() => "/".to_owned(),
+            "@path" => uri.path().to_owned(),
+            "@query" => format!("?{}", uri.query().unwrap_or_default()),
+            _ if name.starts_with('@') => fail!(Malformed, "component {name:?} is not supported"),
+            _ => match joined(headers, name)? {
+                Some(value) => value,
+                None => fail!(BadSignature, "the request has no {name} header, which the signature covers: send it as it was signed"),
+            },
+        };
+        base.push_str(&format!("\"{name}\": {value}\n"));
+    }
+    base.push_str("\"@signature-params\": ");
+    base.push_str(params);
+    Ok(base)
+}
+
+fn check_times(created: u64, expires: u64, now: u64, policy: &Policy) -> Result<(), SignError> {
+    let (skew, max) = (policy.max_skew_secs, policy.max_lifetime_secs);
+    if expires
+        .checked_sub(created)
+        .is_none_or(|lifetime| lifetime > max)
+    {
+        fail!(Stale, "signature lifetime from created {created} to expires {expires} is not within 0..={max}s: sign with expires at most {max}s after created");
+    }
+    if created > now.saturating_add(skew) {
+        fail!(Stale, "signature created {}s in the future, beyond the {skew}s allowed clock skew: fix the signer's clock and sign again", created - now);
+    }
+    if now > expires {
+        fail!(
+            Stale,
+            "signature expired {}s ago: sign the request again with a fresh created/expires",
+            now - expires
+        );
+    }
+    let (age, oldest) = (now.saturating_sub(created), max.saturating_add(skew));
+    if age > oldest {
+        fail!(
+            Stale,
+            "signature created {age}s ago, more than the {oldest}s allowed: sign the request again"
+        );
+    }
+    Ok(())
+}
+
+fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SignError> {
+    let Some(dict) = dictionary(headers, DIGEST)? else {
+        fail!(
+            ChangedBody,
+            "the request has a body but no Content-Digest: sign it with its body"
+        )
+    };
+    let claimed = match dict.get("sha-256") {
+        Some(ListEntry::Item(item)) => item.bare_item.as_byte_sequence(),
+        Some(ListEntry::InnerList(_)) => None,
+        None => fail!(
+            UnsupportedAlgorithm,
+            "Content-Digest has no sha-256 digest: send sha-256=:BASE64:"
+        ),
+    };
+    if claimed != Some(Sha256::digest(body).as_slice()) {
+        fail!(ChangedBody, "Content-Digest does not match the {}-byte body received: the body changed after signing; sign the exact bytes you send", body.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use rand::{Rng, SeedableRng};
+
+    // RFC 9421 Appendix B.1.4 `test-key-ed25519`.
+    const RFC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n";
+    const RFC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEAJrQLj5P/89iXES9+vFgrIy29clF9CC/oPPsw3c5D0bs=\n-----END PUBLIC KEY-----\n";
+    // RFC 9421 Appendix B.2: the test-request body, its sha-512 Content-Digest, B.2.6's signature.
+    const BODY: &[u8] = br#"{"hello": "world"}"#;
+    const SHA512: &str =
+        "WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==";
+    const B26_SIG: &str =
+        "wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==";
+    const B26_PARAMS: &str = r#"("date" "@method" "@path" "@authority" "content-type" "content-length");created=1618884473;keyid="test-key-ed25519""#;
+    const NOW: u64 = 1_700_000_000;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn rfc9421_b26_ed25519_vector() {
+        let key = SigningKey::from_pkcs8_pem(RFC_PRIVATE).unwrap();
+        let public = VerifyingKey::from_public_key_pem(RFC_PUBLIC).unwrap();
+        assert_eq!(key.verifying_key(), public);
+        let uri: Uri = "/foo?param=Value&Pet=dog".parse().unwrap();
+        let h = headers(&[
+            ("host", "example.com"),
+            ("date", "Tue, 20 Apr 2021 02:07:55 GMT"),
+            ("content-type", "application/json"),
+            ("content-digest", &format!("sha-512=:{SHA512}:")),
+            ("content-length", "18"),
+            ("signature-input", &format!("sig-b26={B26_PARAMS}")),
+            ("signature", &format!("sig-b26=:{B26_SIG}:")),
+        ]);
+        let parsed = parse(&h).unwrap();
+        assert_eq!(
+            (parsed.label(), parsed.keyid()),
+            ("sig-b26", "test-key-ed25519")
+        );
+        let base = signature_base(&parsed.components, &parsed.params, &Method::POST, &uri, &h);
+        let expected = "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\
+            \"@path\": /foo\n\"@authority\": example.com\n\"content-type\": application/json\n\
+            \"content-length\": 18\n\"@signature-params\": ";
+        assert_eq!(base.unwrap(), format!("{expected}{B26_PARAMS}"));
+        let signed = key.sign(format!("{expected}{B26_PARAMS}").as_bytes());
+        assert_eq!(STANDARD.encode(signed.to_bytes()), B26_SIG);
+        parsed
+            .verify_signature(&Method::POST, &uri, &h, &public)
+            .unwrap();
+        let wrong = parsed.verify_signature(&Method::PUT, &uri, &h, &public);
+        assert_eq!(wrong.unwrap_err().reason(), "bad-signature");
+        // Valid per the RFC, but short of this profile (no @query, nonce or expires).
+        let policy = Policy::default();
+        let err = parsed.verify(&Method::POST, &uri, &h, BODY, &public, 1618884473, &policy);
+        assert_eq!(err.unwrap_err().reason(), "missing-component");
+        assert_eq!(
+            fingerprint(&public),
+            "wfwc2g7k2etcmolwj7nq5zgto5czsm3l2sjuatg2jmitnrm7ebra"
+        );
+    }
+
+    #[test]
+    fn rfc9530_content_digest() {
+        let digest = "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:";
+        assert_eq!(content_digest(BODY), digest);
+        assert_eq!(STANDARD.encode(sha2::Sha512::digest(BODY)), SHA512);
+        check_digest(&headers(&[(DIGEST, digest)]), BODY).unwrap();
+        let changed = check_digest(&headers(&[(DIGEST, digest)]), b"{}").unwrap_err();
+        assert_eq!(changed.reason(), "changed-body");
+        let other = check_digest(&headers(&[(DIGEST, &format!("sha-512=:{SHA512}:"))]), BODY);
+        assert_eq!(other.unwrap_err().reason(), "unsupported-algorithm");
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    /// Signs as the CLI would (absolute URI, no Host); returns what the server sees.
+    fn signed(method: Method, body: &[u8]) -> (Method, Uri, HeaderMap) {
+        let client_uri: Uri = "http://Admin.Example:8080/v1/records?zone=a"
+            .parse()
+            .unwrap();
+        let mut h = HeaderMap::new();
+        let signer = Signer {
+            key: &key(),
+            keyid: "k1",
+        };
+        signer
+            .sign(&method, &client_uri, &mut h, body, NOW)
+            .unwrap();
+        (method, "/v1/records?zone=a".parse().unwrap(), h)
+    }
+
+    fn check(m: &Method, u: &Uri, h: &HeaderMap, body: &[u8], now: u64) -> &'static str {
+        let policy = Policy::default();
+        let result =
+            parse(h).and_then(|p| p.verify(m, u, h, body, &key().verifying_key(), now, &policy));
+        result.map_or_else(|e| e.reason(), |()| "ok")
+    }
+
+    #[test]
+    fn round_trip() {
+        let (m, u, h) = signed(Method::POST, BODY);
+        assert_eq!(
+            (h["host"].as_bytes(), h[DIGEST].as_bytes()),
+            (&b"Admin.Example:8080"[..], content_digest(BODY).as_bytes())
+        );
+        let input = h["signature-input"].to_str().unwrap();
+        let covered = r#"sig1=("@method" "@authority" "@path" "@query" "content-digest")"#;
+        assert!(input.starts_with(&format!(
+            "{covered};created={NOW};expires={};nonce=\"",
+            NOW + 60
+        )));
+        assert!(input.ends_with(";keyid=\"k1\";alg=\"ed25519\""));
+        let parsed = parse(&h).unwrap();
+        assert_eq!(
+            (parsed.keyid(), parsed.nonce().len(), parsed.expires()),
+            ("k1", 22, NOW + 60)
+        );
+        assert_eq!(check(&m, &u, &h, BODY, NOW), "ok");
+        assert_eq!(check(&m, &u, &h, BODY, NOW + 60), "ok");
+        let (m, u, h) = signed(Method::GET, b"");
+        assert!(!h.contains_key(DIGEST));
+        assert_eq!(check(&m, &u, &h, b"", NOW), "ok");
+        assert_eq!(check(&m, &u, &h, b"x", NOW), "missing-component");
+        assert_ne!(
+            parse(&signed(Method::GET, b"").2).unwrap().nonce(),
+            parse(&h).unwrap().nonce()
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let (m, u, h) = signed(Method::POST, BODY);
+        assert_eq!(
+            check(&m, &u, &h, br#"{"hello": "mars"}"#, NOW),
+            "changed-body"
+        );
+        assert_eq!(check(&Method::PUT, &u, &h, BODY, NOW), "bad-signature");
+        for tampered in ["/v1/other?zone=a", "/v1/records?zone=b", "/v1/records"] {
+            assert_eq!(
+                check(&m, &tampered.parse().unwrap(), &h, BODY, NOW),
+                "bad-signature"
+            );
+        }
+        let mut moved = h.clone();
+        moved.insert(HOST, HeaderValue::from_static("evil.example:8080"));
+        assert_eq!(check(&m, &u, &moved, BODY, NOW), "bad-signature");
+        let mut forged = h.clone();
+        forged.insert(
+            DIGEST,
+            HeaderValue::from_str(&content_digest(b"evil")).unwrap(),
+        );
+        assert_eq!(check(&m, &u, &forged, b"evil", NOW), "bad-signature");
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        let wrong = parse(&h)
+            .unwrap()
+            .verify(&m, &u, &h, BODY, &other, NOW, &Policy::default());
+        assert_eq!(wrong.unwrap_err().reason(), "bad-signature");
+        let expired = parse(&h).unwrap().verify(
+            &m,
+            &u,
+            &h,
+            BODY,
+            &key().verifying_key(),
+            NOW + 72,
+            &Policy::default(),
+        );
+        let message = expired.unwrap_err().to_string();
+        assert!(message.starts_with("signature expired 12s ago: sign the request again"));
+        assert_eq!(check(&m, &u, &h, BODY, NOW - 30), "ok");
+        assert_eq!(check(&m, &u, &h, BODY, NOW - 31), "stale-signature");
+    }
+
+    #[test]
+    fn profile_refusals() {
+        let all = ["@method", "@authority", "@path", "@query", DIGEST];
+        let no_query = ["@method", "@authority", "@path", DIGEST];
+        let p = |expires: u64, rest: &str| format!("created={NOW};expires={expires}{rest}");
+        const N: &str = ";nonce=\"n\";keyid=\"k1\"";
+        let cases: [(&[&str], String, &str); 8] = [
+            (&all, p(NOW + 61, N), "stale-signature"),
+            (&all, p(NOW - 1, N), "stale-signature"),
+            (&all, p(NOW + 60, ";keyid=\"k1\""), "missing-component"),
+            (
+                &all,
+                format!("expires={}{N}", NOW + 60),
+                "missing-component",
+            ),
+            (&all[..4], p(NOW + 60, N), "missing-component"),
+            (&no_query, p(NOW + 60, N), "missing-component"),
+            (
+                &all,
+                p(NOW + 60, &format!("{N};alg=\"rsa-pss-sha512\"")),
+                "unsupported-algorithm",
+            ),
+            (
+                &all,
+                p(NOW + 60, &format!("{N};alg=\"ed25519\";tag=\"t\"")),
+                "ok",
+            ),
+        ];
+        for (components, params, want) in cases {
+            let list: Vec<_> = components.iter().map(|c| format!("\"{c}\"")).collect();
+            let params = format!("({});{params}", list.join(" "));
+            let uri: Uri = "/v1/records?zone=a".parse().unwrap();
+            let mut h = headers(&[("host", "admin.example"), (DIGEST, &content_digest(BODY))]);
+            let base = signature_base(components, &params, &Method::POST, &uri, &h).unwrap();
+            let sig = STANDARD.encode(key().sign(base.as_bytes()).to_bytes());
+            h.insert("signature-input", format!("sig1={params}").parse().unwrap());
+            h.insert("signature", format!("sig1=:{sig}:").parse().unwrap());
+            assert_eq!(check(&Method::POST, &uri, &h, BODY, NOW), want, "{params}");
+        }
+    }
+
+    #[test]
+    fn replay_guard() {
+        fn shareable<T: Send + Sync>(value: T) -> T {
+            value
+        }
+        let guard = shareable(ReplayGuard::new());
+        guard.check_and_remember("k1", "n1", NOW + 60, NOW).unwrap();
+        let again = guard
+            .check_and_remember("k1", "n1", NOW + 60, NOW + 5)
+            .unwrap_err();
+        assert_eq!(again.reason(), "replayed");
+        guard.check_and_remember("k2", "n1", NOW + 60, NOW).unwrap();
+        guard.check_and_remember("k1", "n2", NOW + 60, NOW).unwrap();
+        for i in 0..3000 {
+            guard
+                .check_and_remember("k", &i.to_string(), NOW + 60, NOW)
+                .unwrap();
+        }
+        for i in 0..1100 {
+            guard
+                .check_and_remember("later", &i.to_string(), NOW + 200, NOW + 100)
+                .unwrap();
+        }
+        assert!(
+            guard.seen.lock().unwrap().0.len() <= 1100,
+            "expired entries are pruned"
+        );
+        guard
+            .check_and_remember("k1", "n1", NOW + 160, NOW + 100)
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_and_garbage_headers() {
+        let (m, u, h) = signed(Method::POST, BODY);
+        assert_eq!(check(&m, &u, &HeaderMap::new(), BODY, NOW), "no-signature");
+        let mut only_input = h.clone();
+        only_input.remove("signature");
+        assert_eq!(check(&m, &u, &only_input, BODY, NOW), "no-signature");
+        let sig = h["signature"].to_str().unwrap();
+        let input = h["signature-input"].to_str().unwrap();
+        let scheme = input.replace("(\"@method\"", "(\"@scheme\" \"@method\"");
+        let garbage = [
+            ("sig1=(((", sig),
+            (input, "sig1=:!!!:"),
+            (input, "sig1=:AAAA:"),
+            (input, "sig2=:AAAA:"),
+            (input, "sig1=(:AAAA:)"),
+            ("sig1=\"@method\"", sig),
+            ("sig1=(\"Content-Digest\");keyid=\"k\"", sig),
+            ("sig1=(\"@method\" \"@method\");keyid=\"k\"", sig),
+            ("sig1=(\"@method\");keyid=k", sig),
+            ("sig1=(\"@method\");created=-1;keyid=\"k\"", sig),
+            ("sig1=(\"@method\")", sig),
+            (&scheme, sig),
+            ("", ""),
+        ];
+        for (input, sig) in garbage {
+            let bad = headers(&[("signature-input", input), ("signature", sig)]);
+            assert_eq!(
+                check(&m, &u, &bad, BODY, NOW),
+                "malformed-signature",
+                "{input} {sig}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9421);
+        let (m, u, h) = signed(Method::POST, BODY);
+        let seeds = [h["signature-input"].as_bytes(), h["signature"].as_bytes()];
+        let alphabet = b"sig1=():;\"*?@, \t-abcz09:/+=\\%\x7f\x80\xff";
+        for round in 0..20_000 {
+            let mut map = HeaderMap::new();
+            for (name, seed) in ["signature-input", "signature"].into_iter().zip(seeds) {
+                let mut value = seed.to_vec();
+                if round % 3 == 0 {
+                    value = (0..rng.gen_range(0..64)).map(|_| rng.gen::<u8>()).collect();
+                }
+                for _ in 0..rng.gen_range(1..6) {
+                    let at = rng.gen_range(0..=value.len());
+                    let byte = alphabet[rng.gen_range(0..alphabet.len())];
+                    match rng.gen_range(0..3) {
+                        0 => value.insert(at, byte),
+                        1 if at < value.len() => value[at] = byte,
+                        _ if at < value.len() => drop(value.remove(at)),
+                        _ => {}
+                    }
+                }
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.insert(name, value);
+                }
+            }
+            let _ = check(&m, &u, &map, BODY, NOW);
+        }
+    }
+}

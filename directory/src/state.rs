@@ -1,0 +1,460 @@
+//! The directory's state: the model in memory, the store behind it, the view in front.
+//!
+//! `Directory::apply` is the one place a change happens: validate against the
+//! current model, write one batch to the store and flush it, update the model,
+//! rebuild that zone's answers and swap them in. When it returns, the change is
+//! durable and visible in DNS.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name};
+
+use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Zone};
+use crate::store::{Change, Store, StoreError};
+use crate::view::{self, View, ViewConfig};
+
+/// A change the admin API can ask for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    AddHost(Host),
+    RemoveHost(String),
+    SetAvailable {
+        host: String,
+        available: bool,
+    },
+    SetHealth {
+        host: String,
+        health: Health,
+    },
+    AddBinding(Binding),
+    RemoveBinding {
+        host: String,
+        service: String,
+    },
+    AddRepo(Repo),
+    RemoveRepo(String),
+    Promote {
+        repo: String,
+        host: String,
+        force: bool,
+    },
+    SetVersion {
+        repo: String,
+        host: String,
+        version: u64,
+    },
+    AddAdmin(AdminKey),
+    RemoveAdmin(String),
+}
+
+/// Why a change was not applied. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<model::Invalid> for ApplyError {
+    fn from(e: model::Invalid) -> Self {
+        ApplyError::Invalid(e.0)
+    }
+}
+
+/// The running directory.
+pub struct Directory {
+    store: Box<dyn Store>,
+    zones: Mutex<BTreeMap<String, Zone>>,
+    view: Arc<ArcSwap<View>>,
+    cfg: ViewConfig,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn next_serial(s: u32) -> u32 {
+    match s.wrapping_add(1) {
+        0 => 1,
+        n => n,
+    }
+}
+
+impl Directory {
+    /// Loads every stored zone and builds its answers.
+    pub fn open(store: Box<dyn Store>, cfg: ViewConfig) -> Result<Self, ApplyError> {
+        let mut zones = BTreeMap::new();
+        let mut view = View::default();
+        for z in store.load()? {
+            let zv = view::build(&z, cfg).map_err(ApplyError::Invalid)?;
+            view = view.with_zone(&zv.origin.clone(), Some(Arc::new(zv)));
+            zones.insert(z.origin().to_string(), z);
+        }
+        Ok(Directory {
+            store,
+            zones: Mutex::new(zones),
+            view: Arc::new(ArcSwap::from_pointee(view)),
+            cfg,
+            changes: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Zone>> {
+        // A panic while holding the lock cannot leave a half-applied change: the
+        // model is only touched after the store commit, by infallible code.
+        self.zones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The view the DNS path reads.
+    pub fn view(&self) -> Arc<ArcSwap<View>> {
+        self.view.clone()
+    }
+
+    pub fn config(&self) -> ViewConfig {
+        self.cfg
+    }
+
+    /// A receiver that sees a new value after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Origins of every zone, sorted.
+    pub fn origins(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Runs `f` on a zone's model.
+    pub fn read<T>(&self, origin: &str, f: impl FnOnce(&Zone) -> T) -> Option<T> {
+        self.lock().get(origin).map(f)
+    }
+
+    fn publish(&self, zone: &Zone) -> Result<(), ApplyError> {
+        let zv = view::build(zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let origin = zv.origin.clone();
+        let next = self.view.load().with_zone(&origin, Some(Arc::new(zv)));
+        self.view.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Stores `zone` unless the store already has its origin. Returns whether it did.
+    pub fn seed(&self, zone: Zone) -> Result<bool, ApplyError> {
+        let mut zones = self.lock();
+        if zones.contains_key(zone.origin()) {
+            return Ok(false);
+        }
+        view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        self.store.replace_zone(&zone)?;
+        self.publish(&zone)?;
+        zones.insert(zone.origin().to_string(), zone);
+        Ok(true)
+    }
+
+    /// Replaces a zone whole (`zone import`). The serial moves past both the old
+    /// zone's and the file's, so secondaries see the change.
+    pub fn import(&self, mut zone: Zone) -> Result<u32, ApplyError> {
+        if zone.admins.is_empty() {
+            return Err(ApplyError::Invalid(
+                "the zone has no admin key (NAME._admin TXT key=ed25519:...): importing it would lock every admin out".into(),
+            ));
+        }
+        let mut zones = self.lock();
+        if let Some(old) = zones.get(zone.origin()) {
+            zone.serial = zone.serial.max(next_serial(old.serial));
+        }
+        view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        self.store.replace_zone(&zone)?;
+        self.publish(&zone)?;
+        let serial = zone.serial;
+        zones.insert(zone.origin().to_string(), zone);
+        Ok(serial)
+    }
+
+    /// Applies one change to one zone: validate, commit durably, publish. Returns the new serial.
+    pub fn apply(&self, origin: &str, op: Op) -> Result<u32, ApplyError> {
+        let mut zones = self.lock();
+        let zone = zones
+            .get_mut(origin)
+            .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        let changes = plan(zone, op)?;
+        let serial = next_serial(zone.serial);
+        self.store.commit(origin, serial, &changes)?;
+        for c in changes {
+            apply_change(zone, c);
+        }
+        zone.serial = serial;
+        self.publish(zone)?;
+        tracing::info!(zone = origin, serial, "change applied");
+        Ok(serial)
+    }
+
+    /// The origin of the zone whose name is `name` or which holds it.
+    pub fn zone_of(&self, name: &str) -> Option<String> {
+        let n = Name::from_ascii(name).ok()?;
+        let lower = LowerName::new(&n);
+        self.view
+            .load()
+            .zone_for(&lower)
+            .map(|z| z.origin.to_string())
+    }
+}
+
+fn apply_change(zone: &mut Zone, c: Change) {
+    match c {
+        Change::PutHost(h) => {
+            zone.hosts.insert(h.name.clone(), h);
+        }
+        Change::DelHost(n) => {
+            zone.hosts.remove(&n);
+        }
+        Change::PutBinding(b) => {
+            zone.bindings.insert((b.host.clone(), b.service.clone()), b);
+        }
+        Change::DelBinding { host, service } => {
+            zone.bindings.remove(&(host, service));
+        }
+        Change::PutRepo(r) => {
+            zone.repos.insert(r.name.clone(), r);
+        }
+        Change::DelRepo(n) => {
+            zone.repos.remove(&n);
+        }
+        Change::PutAdmin(a) => {
+            zone.admins.insert(a.name.clone(), a);
+        }
+        Change::DelAdmin(n) => {
+            zone.admins.remove(&n);
+        }
+    }
+}
+
+fn host<'z>(zone: &'z Zone, name: &str) -> Result<&'z Host, ApplyError> {
+    zone.hosts
+        .get(name)
+        .ok_or_else(|| ApplyError::NotFound(format!("no host {name} in {}", zone.origin())))
+}
+
+fn repo<'z>(zone: &'z Zone, name: &str) -> Result<&'z Repo, ApplyError> {
+    zone.repos
+        .get(name)
+        .ok_or_else(|| ApplyError::NotFound(format!("no repository {name} in {}", zone.origin())))
+}
+
+fn key_in_use(zone: &Zone, key: &model::PublicKey) -> Option<String> {
+    zone.hosts
+        .values()
+        .find(|h| h.key.as_ref() == Some(key))
+        .map(|h| format!("host {}", h.name))
+        .or_else(|| {
+            zone.admins
+                .values()
+                .find(|a| &a.key == key)
+                .map(|a| format!("admin {}", a.name))
+        })
+}
+
+/// Validates `op` against the zone and says what to write.
+fn plan(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
+    Ok(match op {
+        Op::AddHost(h) => {
+            model::validate_host(&h)?;
+            if zone.hosts.contains_key(&h.name) {
+                return Err(ApplyError::Conflict(format!(
+                    "host {} already exists; remove it first or change it with enable/disable",
+                    h.name
+                )));
+            }
+            if let Some(k) = &h.key {
+                if let Some(who) = key_in_use(zone, k) {
+                    return Err(ApplyError::Conflict(format!(
+                        "that key already belongs to {who}"
+                    )));
+                }
+            }
+            vec![Change::PutHost(h)]
+        }
+        Op::RemoveHost(name) => {
+            host(zone, &name)?;
+            let bound: Vec<&str> = zone
+                .bindings_of(&name)
+                .map(|b| b.service.as_str())
+                .collect();
+            if !bound.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "host {name} still has bindings ({}); remove them first with `bind rm`",
+                    bound.join(", ")
+                )));
+            }
+            let repos: Vec<&str> = zone
+                .repos
+                .values()
+                .filter(|r| r.has_host(&name))
+                .map(|r| r.name.as_str())
+                .collect();
+            if !repos.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "host {name} still serves repositories ({}); move them first",
+                    repos.join(", ")
+                )));
+            }
+            vec![Change::DelHost(name)]
+        }
+        Op::SetAvailable {
+            host: name,
+            available,
+        } => {
+            let mut h = host(zone, &name)?.clone();
+            h.available = available;
+            vec![Change::PutHost(h)]
+        }
+        Op::SetHealth { host: name, health } => {
+            let mut h = host(zone, &name)?.clone();
+            h.health = health;
+            vec![Change::PutHost(h)]
+        }
+        Op::AddBinding(b) => {
+            model::validate_binding(&b)?;
+            host(zone, &b.host)?;
+            if zone
+                .bindings
+                .contains_key(&(b.host.clone(), b.service.clone()))
+            {
+                return Err(ApplyError::Conflict(format!(
+                    "{} already provides {}; remove the binding first",
+                    b.host, b.service
+                )));
+            }
+            vec![Change::PutBinding(b)]
+        }
+        Op::RemoveBinding { host, service } => {
+            if !zone.bindings.contains_key(&(host.clone(), service.clone())) {
+                return Err(ApplyError::NotFound(format!(
+                    "{host} has no binding for {service}"
+                )));
+            }
+            vec![Change::DelBinding { host, service }]
+        }
+        Op::AddRepo(mut r) => {
+            model::validate_repo(&r)?;
+            if zone.repos.contains_key(&r.name) {
+                return Err(ApplyError::Conflict(format!(
+                    "repository {} already exists",
+                    r.name
+                )));
+            }
+            for h in r.hosts() {
+                host(zone, h)?;
+            }
+            let hosts: Vec<String> = r.hosts().map(str::to_string).collect();
+            for h in hosts {
+                r.versions.entry(h).or_insert(0);
+            }
+            vec![Change::PutRepo(r)]
+        }
+        Op::RemoveRepo(name) => {
+            repo(zone, &name)?;
+            vec![Change::DelRepo(name)]
+        }
+        Op::Promote {
+            repo: name,
+            host: new,
+            force,
+        } => {
+            let r = repo(zone, &name)?;
+            host(zone, &new)?;
+            if r.master == new {
+                return Err(ApplyError::Conflict(format!(
+                    "{new} is already the master of {name}"
+                )));
+            }
+            if !r.replicas.contains(&new) {
+                return Err(ApplyError::Conflict(format!(
+                    "{new} is not a replica of {name} (replicas: {})",
+                    r.replicas.join(", ")
+                )));
+            }
+            let (have, master) = (r.version_of(&new), r.master_version());
+            let mut next = r.clone();
+            if have < master {
+                if !force {
+                    return Err(ApplyError::Conflict(format!(
+                        "{new} is at version {have} of {name}, behind the master {} at {master}: promoting it would lose versions {}..={master}; wait for it to catch up, or pass --force to accept the loss",
+                        r.master,
+                        have + 1
+                    )));
+                }
+                next.lost.push(Loss {
+                    old_master: r.master.clone(),
+                    new_master: new.clone(),
+                    from: have + 1,
+                    to: master,
+                    at: unix_now(),
+                });
+            }
+            next.replicas.retain(|h| h != &new);
+            next.replicas.insert(0, r.master.clone());
+            next.master = new;
+            vec![Change::PutRepo(next)]
+        }
+        Op::SetVersion {
+            repo: name,
+            host,
+            version,
+        } => {
+            let r = repo(zone, &name)?;
+            if !r.has_host(&host) {
+                return Err(ApplyError::NotFound(format!(
+                    "{host} is not a host of {name}"
+                )));
+            }
+            let have = r.version_of(&host);
+            if version < have {
+                return Err(ApplyError::Conflict(format!(
+                    "{host} is recorded at version {have} of {name}; versions only grow"
+                )));
+            }
+            let mut next = r.clone();
+            next.versions.insert(host, version);
+            vec![Change::PutRepo(next)]
+        }
+        Op::AddAdmin(a) => {
+            model::validate_admin(&a)?;
+            if zone.admins.contains_key(&a.name) {
+                return Err(ApplyError::Conflict(format!(
+                    "admin {} already exists",
+                    a.name
+                )));
+            }
+            if let Some(who) = key_in_use(zone, &a.key) {
+                return Err(ApplyError::Conflict(format!(
+                    "that key already belongs to {who}"
+                )));
+            }
+            vec![Change::PutAdmin(a)]
+        }
+        Op::RemoveAdmin(name) => {
+            if !zone.admins.contains_key(&name) {
+                return Err(ApplyError::NotFound(format!("no admin {name}")));
+            }
+            if zone.admins.len() == 1 {
+                return Err(ApplyError::Conflict(format!(
+                    "{name} is the last admin of {}: removing it would lock every admin out",
+                    zone.origin()
+                )));
+            }
+            vec![Change::DelAdmin(name)]
+        }
+    })
+}

@@ -1,0 +1,809 @@
+//! Zone files (RFC 1035 §5 master-file syntax): load into the model, export from it.
+//!
+//! Records are parsed by hickory-proto's zone parser. Canonical records (SPEC's
+//! first table) become hosts, bindings, repositories and admin keys; records
+//! outside Switchboard's subtrees are kept verbatim as static records; derived
+//! names are refused, since the directory generates them. Errors name the file
+//! and line: hickory's parser reports neither, so on error a light entry scan
+//! (`entries`) finds the line the error belongs to.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use base64::Engine;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+use hickory_proto::serialize::txt::Parser;
+
+use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Soa, Zone, ZoneMeta};
+use crate::schema::{self, txt};
+
+/// A zone file that cannot be loaded: where, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{}: {message}", line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()))]
+pub struct ZoneFileError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Parses a zone file's text. `file` names it in errors; `origin` is the origin to
+/// assume before any `$ORIGIN` (derived from the file name by the caller).
+pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneFileError> {
+    let fail = |line: Option<usize>, message: String| ZoneFileError {
+        file: file.to_string(),
+        line,
+        message,
+    };
+    let origin_name = match origin {
+        Some(o) => Some(
+            Name::from_ascii(o)
+                .map_err(|e| fail(None, format!("origin {o:?} is not a name: {e}")))?,
+        ),
+        None => None,
+    };
+    let scanned = entries(text, origin_name.as_ref());
+    if let Some(e) = scanned
+        .iter()
+        .find_map(|e| e.error.as_ref().map(|m| (e.line, m)))
+    {
+        return Err(fail(Some(e.0), e.1.clone()));
+    }
+    let (_, rrsets) = Parser::new(text, None, origin_name.clone())
+        .parse()
+        .map_err(|e| {
+            let line = locate_syntax_error(&scanned, origin_name.as_ref());
+            fail(line, format!("{e}"))
+        })?;
+    let records: Vec<Record> = rrsets
+        .into_values()
+        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .collect();
+    build(records).map_err(|(owner, rtype, message)| {
+        let line = scanned
+            .iter()
+            .find(|e| {
+                e.owner
+                    .as_ref()
+                    .is_some_and(|o| o.eq_case(&owner) || o == &owner)
+                    && rtype.is_none_or(|t| e.rtype == Some(t))
+            })
+            .map(|e| e.line);
+        fail(line, message)
+    })
+}
+
+/// Error from `build`: owner, type (if the error is about one record type), message.
+type BuildError = (Name, Option<RecordType>, String);
+
+/// A binding's TXT attributes, with the owner name they came from.
+type InstanceTxt = (Name, Vec<(String, String)>);
+
+fn err<T>(
+    owner: &Name,
+    rtype: Option<RecordType>,
+    msg: impl Into<String>,
+) -> Result<T, BuildError> {
+    Err((owner.clone(), rtype, msg.into()))
+}
+
+/// TXT strings as `key=value` pairs (RFC 6763 §6); a string without '=' is a key with empty value.
+fn txt_pairs(owner: &Name, data: &RData) -> Result<Vec<(String, String)>, BuildError> {
+    let RData::TXT(t) = data else {
+        return err(owner, None, "expected a TXT record");
+    };
+    t.txt_data
+        .iter()
+        .map(|s| {
+            let s = std::str::from_utf8(s).map_err(|_| {
+                (
+                    owner.clone(),
+                    Some(RecordType::TXT),
+                    "TXT string is not UTF-8".to_string(),
+                )
+            })?;
+            let (k, v) = s.split_once('=').unwrap_or((s, ""));
+            Ok((k.to_ascii_lowercase(), v.to_string()))
+        })
+        .collect()
+}
+
+fn flag(owner: &Name, key: &str, v: &str) -> Result<bool, BuildError> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => err(
+            owner,
+            Some(RecordType::TXT),
+            format!("{key}={v:?} must be 1 or 0"),
+        ),
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Which part of the schema a name falls in, relative to the zone apex.
+enum Place {
+    Apex,
+    Node(String),
+    Instance { host: String, service: String },
+    Repo(String),
+    Admin(String),
+    Derived,
+    Static,
+}
+
+fn place(rel: &[String]) -> Place {
+    let s: Vec<&str> = rel.iter().map(String::as_str).collect();
+    match s.as_slice() {
+        [] => Place::Apex,
+        [h, schema::NODE] => Place::Node(h.to_string()),
+        [h, svc, schema::TCP] if svc.starts_with('_') && !h.starts_with('_') => Place::Instance {
+            host: h.to_string(),
+            service: svc[1..].to_string(),
+        },
+        [r, schema::REPO] => Place::Repo(r.to_string()),
+        [a, schema::ADMIN] => Place::Admin(a.to_string()),
+        [a, b, c] if [*a, *b, *c] == schema::DNS_SD_SERVICES => Place::Derived,
+        [.., last]
+            if [
+                schema::SERVICE,
+                schema::KEY,
+                schema::TCP,
+                schema::NODE,
+                schema::REPO,
+                schema::ADMIN,
+            ]
+            .contains(last) =>
+        {
+            Place::Derived
+        }
+        _ => Place::Static,
+    }
+}
+
+/// Turns parsed records into the model.
+fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
+    let soa = records
+        .iter()
+        .find(|r| r.record_type() == RecordType::SOA)
+        .cloned()
+        .ok_or_else(|| (Name::root(), None, "the zone has no SOA record".to_string()))?;
+    let apex = soa.name.to_lowercase();
+    let RData::SOA(soa_data) = &soa.data else {
+        return err(&apex, Some(RecordType::SOA), "bad SOA");
+    };
+    let meta_soa = Soa {
+        mname: soa_data.mname.to_ascii(),
+        rname: soa_data.rname.to_ascii(),
+        refresh: soa_data.refresh,
+        retry: soa_data.retry,
+        expire: soa_data.expire,
+        minimum: soa_data.minimum,
+        ttl: soa.ttl,
+    };
+    let serial = soa_data.serial;
+    let mut ns = Vec::new();
+    let mut ns_ttl = soa.ttl;
+    let mut statics = Vec::new();
+    let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
+    let mut srvs: BTreeMap<(String, String), (Name, u16, u16, u16)> = BTreeMap::new();
+    let mut binding_txt: BTreeMap<(String, String), InstanceTxt> = BTreeMap::new();
+    let mut repos = BTreeMap::new();
+    let mut admins = BTreeMap::new();
+    let apex_labels = apex.num_labels() as usize;
+
+    for r in records {
+        let owner = r.name.to_lowercase();
+        let rtype = r.record_type();
+        if !apex.zone_of(&owner) {
+            return err(&owner, None, format!("{owner} is outside the zone {apex}"));
+        }
+        let rel: Vec<String> = owner
+            .iter()
+            .take(owner.num_labels() as usize - apex_labels)
+            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            .collect();
+        match place(&rel) {
+            Place::Apex => match rtype {
+                RecordType::SOA if owner == apex => {
+                    if r.data != soa.data {
+                        return err(&owner, Some(rtype), "a zone has exactly one SOA record");
+                    }
+                }
+                RecordType::NS => {
+                    if let RData::NS(n) = &r.data {
+                        ns.push(n.0.to_ascii());
+                        ns_ttl = r.ttl;
+                    }
+                }
+                _ => statics.push(r),
+            },
+            Place::Node(h) => {
+                model::validate_label("host name", &h).or_else(|e| err(&owner, None, e.0))?;
+                let host = hosts.entry(h.clone()).or_insert_with(|| Host {
+                    name: h.clone(),
+                    addrs: vec![],
+                    key: None,
+                    roles: vec![],
+                    available: true,
+                    health: Health::Unknown,
+                    props: BTreeMap::new(),
+                });
+                match &r.data {
+                    RData::A(a) => host.addrs.push(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => host.addrs.push(IpAddr::V6(a.0)),
+                    RData::TXT(_) => {
+                        for (k, v) in txt_pairs(&owner, &r.data)? {
+                            match k.as_str() {
+                                txt::ROLES => host.roles = list(&v),
+                                txt::AVAILABLE => host.available = flag(&owner, &k, &v)?,
+                                txt::KEY => {
+                                    host.key = Some(v.parse().or_else(|e: model::Invalid| {
+                                        err(&owner, Some(rtype), e.0)
+                                    })?)
+                                }
+                                txt::HEALTH => {
+                                    host.health = v.parse().or_else(|e: model::Invalid| {
+                                        err(&owner, Some(rtype), e.0)
+                                    })?
+                                }
+                                _ => {
+                                    host.props.insert(k, v);
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        return err(&owner, Some(rtype), format!(
+                            "{owner} is a host name: only A, AAAA and TXT records belong there"
+                        ))
+                    }
+                }
+            }
+            Place::Instance { host, service } => match &r.data {
+                RData::SRV(s) => {
+                    srvs.insert(
+                        (host, service),
+                        (s.target.to_lowercase(), s.priority, s.weight, s.port),
+                    );
+                }
+                RData::TXT(_) => {
+                    binding_txt.insert((host, service), (owner.clone(), txt_pairs(&owner, &r.data)?));
+                }
+                _ => {
+                    return err(&owner, Some(rtype), format!(
+                        "{owner} is a service instance: only SRV and TXT records belong there"
+                    ))
+                }
+            },
+            Place::Repo(name) => {
+                if rtype != RecordType::TXT {
+                    return err(&owner, Some(rtype), format!("{owner} is a repository: only TXT belongs there"));
+                }
+                let mut repo = Repo {
+                    name: name.clone(),
+                    master: String::new(),
+                    replicas: vec![],
+                    versions: BTreeMap::new(),
+                    max_lag: 0,
+                    readonly: false,
+                    lost: vec![],
+                };
+                for (k, v) in txt_pairs(&owner, &r.data)? {
+                    let bad = |what: &str| (owner.clone(), Some(rtype), format!("{k}={v:?}: {what}"));
+                    match k.as_str() {
+                        txt::MASTER => repo.master = v,
+                        txt::REPLICAS => repo.replicas = list(&v),
+                        txt::MAX_LAG => repo.max_lag = v.parse().map_err(|_| bad("not a number"))?,
+                        txt::READONLY => repo.readonly = flag(&owner, &k, &v)?,
+                        txt::VERSIONS => {
+                            for item in list(&v) {
+                                let (h, n) = item.split_once(':').ok_or_else(|| bad("use HOST:VERSION,..."))?;
+                                repo.versions.insert(h.to_string(), n.parse().map_err(|_| bad("not a number"))?);
+                            }
+                        }
+                        txt::LOST => repo.lost.push(Loss::from_txt(&v).map_err(|e| bad(&e.0))?),
+                        // `version=` is derived (the master's); accept it from an export.
+                        txt::VERSION => {}
+                        _ => return Err(bad("unknown repository attribute")),
+                    }
+                }
+                if repo.master.is_empty() {
+                    return err(&owner, Some(rtype), format!("repository {name} has no master=HOST"));
+                }
+                model::validate_repo(&repo).or_else(|e| err(&owner, Some(rtype), e.0))?;
+                repos.insert(name, repo);
+            }
+            Place::Admin(name) => {
+                let mut key = None;
+                for (k, v) in txt_pairs(&owner, &r.data)? {
+                    if k == txt::KEY {
+                        key = Some(v.parse().or_else(|e: model::Invalid| err(&owner, Some(rtype), e.0))?);
+                    }
+                }
+                let Some(key) = key else {
+                    return err(&owner, Some(rtype), "an admin record needs key=ed25519:BASE64");
+                };
+                let admin = AdminKey { name: name.clone(), key };
+                model::validate_admin(&admin).or_else(|e| err(&owner, None, e.0))?;
+                admins.insert(name, admin);
+            }
+            Place::Derived => {
+                return err(&owner, Some(rtype), format!(
+                    "{owner} is a name the directory derives from the model; remove it from the zone file"
+                ))
+            }
+            Place::Static => statics.push(r),
+        }
+    }
+
+    for h in hosts.values() {
+        model::validate_host(h).or_else(|e| err(&node_name(&apex, &h.name), None, e.0))?;
+    }
+    let mut bindings = BTreeMap::new();
+    for ((host, service), (target, prio, weight, port)) in srvs {
+        let owner = instance_name(&apex, &host, &service);
+        if !hosts.contains_key(&host) {
+            return err(
+                &owner,
+                Some(RecordType::SRV),
+                format!("binding of unknown host {host}: add {host}.node records"),
+            );
+        }
+        if target != node_name(&apex, &host) {
+            return err(
+                &owner,
+                Some(RecordType::SRV),
+                format!("the SRV target must be {host}.node.{apex}"),
+            );
+        }
+        let mut b = Binding {
+            host: host.clone(),
+            service: service.clone(),
+            port,
+            role: None,
+            readonly: false,
+            weight,
+            priority: None,
+            available: true,
+            health: Health::Unknown,
+            props: BTreeMap::new(),
+        };
+        if let Some((towner, pairs)) = binding_txt.remove(&(host.clone(), service.clone())) {
+            for (k, v) in pairs {
+                let bad = |e: model::Invalid| (towner.clone(), Some(RecordType::TXT), e.0);
+                match k.as_str() {
+                    txt::ROLE if v.is_empty() || v == "none" => b.role = None,
+                    txt::ROLE => b.role = Some(v.parse().map_err(bad)?),
+                    txt::READONLY => b.readonly = flag(&towner, &k, &v)?,
+                    txt::AVAILABLE => b.available = flag(&towner, &k, &v)?,
+                    txt::HEALTH => b.health = v.parse().map_err(bad)?,
+                    txt::WEIGHT | txt::PRIORITY => {}
+                    _ => {
+                        b.props.insert(k, v);
+                    }
+                }
+            }
+        }
+        if prio != b.srv_priority() {
+            b.priority = Some(prio);
+        }
+        model::validate_binding(&b).or_else(|e| err(&owner, None, e.0))?;
+        bindings.insert((host, service), b);
+    }
+    if let Some(((host, service), (owner, _))) = binding_txt.into_iter().next() {
+        return err(
+            &owner,
+            Some(RecordType::TXT),
+            format!("TXT for {host}._{service}._tcp without its SRV record"),
+        );
+    }
+    for repo in repos.values() {
+        for h in repo.hosts() {
+            if !hosts.contains_key(h) {
+                let owner = Name::from_ascii(format!("{}.{}.{apex}", repo.name, schema::REPO))
+                    .unwrap_or(apex.clone());
+                return err(
+                    &owner,
+                    Some(RecordType::TXT),
+                    format!(
+                        "repository {} names host {h}, which has no {h}.node records",
+                        repo.name
+                    ),
+                );
+            }
+        }
+    }
+    let engine = base64::engine::general_purpose::STANDARD;
+    let statics = statics
+        .iter()
+        .map(|r| {
+            r.to_bytes().map(|b| engine.encode(b)).or_else(|e| {
+                err(
+                    &r.name,
+                    Some(r.record_type()),
+                    format!("cannot encode: {e}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut zone = Zone::new(
+        ZoneMeta {
+            origin: apex.to_ascii(),
+            soa: meta_soa,
+            ns,
+            ns_ttl,
+            statics,
+        },
+        serial.max(1),
+    );
+    zone.hosts = hosts;
+    zone.bindings = bindings;
+    zone.repos = repos;
+    zone.admins = admins;
+    Ok(zone)
+}
+
+fn node_name(apex: &Name, host: &str) -> Name {
+    Name::from_ascii(format!("{host}.{}.{apex}", schema::NODE)).unwrap_or_else(|_| apex.clone())
+}
+
+fn instance_name(apex: &Name, host: &str, service: &str) -> Name {
+    Name::from_ascii(format!("{host}._{service}.{}.{apex}", schema::TCP))
+        .unwrap_or_else(|_| apex.clone())
+}
+
+/// Decodes the static records kept in a zone's meta.
+pub fn static_records(meta: &ZoneMeta) -> Vec<Record> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    meta.statics
+        .iter()
+        .filter_map(|s| engine.decode(s).ok())
+        .filter_map(|b| Record::from_bytes(&b).ok())
+        .collect()
+}
+
+/// One entry of a zone file, as the line scan sees it.
+struct Entry {
+    line: usize,
+    owner: Option<Name>,
+    rtype: Option<RecordType>,
+    /// The entry's text with its owner made absolute, for re-parsing alone.
+    text: String,
+    error: Option<String>,
+}
+
+/// Splits a zone file into entries (joining parenthesised lines, skipping comments)
+/// and notes each one's first line, owner and type. Also refuses `$INCLUDE`, which
+/// would read files outside the zones directory.
+fn entries(text: &str, origin: Option<&Name>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut origin = origin.cloned();
+    let mut last_owner: Option<Name> = None;
+    let mut cur = String::new();
+    let mut start = 1;
+    let mut line = 1;
+    let (mut depth, mut quoted, mut escaped, mut comment) = (0i32, false, false, false);
+    let finish = |cur: &mut String,
+                  start: usize,
+                  out: &mut Vec<Entry>,
+                  origin: &mut Option<Name>,
+                  last_owner: &mut Option<Name>| {
+        let entry = std::mem::take(cur);
+        if entry.trim().is_empty() {
+            return;
+        }
+        let mut words = entry.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let upper = first.to_ascii_uppercase();
+        if upper == "$INCLUDE" {
+            out.push(Entry {
+                line: start,
+                owner: None,
+                rtype: None,
+                text: entry,
+                error: Some("$INCLUDE is not supported: put the records in this file".into()),
+            });
+            return;
+        }
+        if upper == "$ORIGIN" {
+            if let Some(o) = words.next() {
+                match Name::parse(o, origin.as_ref()) {
+                    Ok(n) => *origin = Some(n),
+                    Err(e) => out.push(Entry {
+                        line: start,
+                        owner: None,
+                        rtype: None,
+                        text: entry.clone(),
+                        error: Some(format!("bad $ORIGIN: {e}")),
+                    }),
+                }
+            }
+            return;
+        }
+        if upper.starts_with('$') {
+            return;
+        }
+        let (owner, rest): (Option<Name>, Vec<&str>) = if entry.starts_with([' ', '\t']) {
+            (last_owner.clone(), entry.split_whitespace().collect())
+        } else if first == "@" {
+            (origin.clone(), words.collect())
+        } else {
+            (Name::parse(first, origin.as_ref()).ok(), words.collect())
+        };
+        let rtype = rest
+            .iter()
+            .filter(|w| !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .find(|w| !matches!(w.to_ascii_uppercase().as_str(), "IN" | "CH" | "HS" | "CS"))
+            .and_then(|w| w.to_ascii_uppercase().parse::<RecordType>().ok());
+        let text = match &owner {
+            Some(o) => format!("{} {}", o, rest.join(" ")),
+            None => entry.clone(),
+        };
+        *last_owner = owner.clone();
+        out.push(Entry {
+            line: start,
+            owner,
+            rtype,
+            text,
+            error: None,
+        });
+    };
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+            if depth <= 0 && !quoted {
+                finish(&mut cur, start, &mut out, &mut origin, &mut last_owner);
+                start = line;
+                depth = 0;
+                continue;
+            }
+            cur.push(' ');
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            cur.push(c);
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                comment = true;
+                continue;
+            }
+            '(' if !quoted => {
+                depth += 1;
+                cur.push(' ');
+                continue;
+            }
+            ')' if !quoted => {
+                depth -= 1;
+                cur.push(' ');
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    finish(&mut cur, start, &mut out, &mut origin, &mut last_owner);
+    out
+}
+
+/// Re-parses each entry alone to find the first one hickory's parser refuses.
+fn locate_syntax_error(scanned: &[Entry], origin: Option<&Name>) -> Option<usize> {
+    let head = match origin {
+        Some(o) => format!("$ORIGIN {o}\n$TTL 3600\n"),
+        None => "$TTL 3600\n".to_string(),
+    };
+    for e in scanned {
+        if e.owner.is_none() {
+            return Some(e.line);
+        }
+        let text = format!("{head}{}\n", e.text);
+        if Parser::new(text.as_str(), None, origin.cloned())
+            .parse()
+            .is_err()
+        {
+            return Some(e.line);
+        }
+    }
+    None
+}
+
+/// Quotes one TXT string for a zone file.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn txt_line(strings: &[String]) -> String {
+    strings
+        .iter()
+        .map(|s| quote(s))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The TXT strings of a host's node record.
+pub fn host_txt(h: &Host) -> Vec<String> {
+    let mut v = vec![
+        format!("{}={}", txt::ROLES, h.roles.join(",")),
+        format!("{}={}", txt::AVAILABLE, u8::from(h.available)),
+    ];
+    if let Some(k) = &h.key {
+        v.push(format!("{}={k}", txt::KEY));
+    }
+    if h.health != Health::Unknown {
+        v.push(format!("{}={}", txt::HEALTH, h.health.as_str()));
+    }
+    v.extend(h.props.iter().map(|(k, val)| format!("{k}={val}")));
+    v
+}
+
+/// The TXT strings of a binding's DNS-SD instance record.
+pub fn binding_txt(b: &Binding) -> Vec<String> {
+    let mut v = Vec::with_capacity(4 + b.props.len());
+    if let Some(r) = b.role {
+        v.push(format!("{}={}", txt::ROLE, r.as_str()));
+    }
+    v.push(format!("{}={}", txt::READONLY, u8::from(b.readonly)));
+    v.push(format!("{}={}", txt::AVAILABLE, u8::from(b.available)));
+    if b.health != Health::Unknown {
+        v.push(format!("{}={}", txt::HEALTH, b.health.as_str()));
+    }
+    v.extend(b.props.iter().map(|(k, val)| format!("{k}={val}")));
+    v
+}
+
+/// The TXT strings of a repository record; `derived` adds `version=` (the master's).
+pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
+    let mut v = vec![
+        format!("{}={}", txt::MASTER, r.master),
+        format!("{}={}", txt::REPLICAS, r.replicas.join(",")),
+    ];
+    if derived {
+        v.push(format!("{}={}", txt::VERSION, r.master_version()));
+    }
+    v.push(format!("{}={}", txt::MAX_LAG, r.max_lag));
+    v.push(format!("{}={}", txt::READONLY, u8::from(r.readonly)));
+    let versions: Vec<String> = r
+        .hosts()
+        .map(|h| format!("{h}:{}", r.version_of(h)))
+        .collect();
+    v.push(format!("{}={}", txt::VERSIONS, versions.join(",")));
+    v.extend(
+        r.lost
+            .iter()
+            .map(|l| format!("{}={}", txt::LOST, l.to_txt())),
+    );
+    v
+}
+
+/// Writes a zone file that imports back to the same state and that
+/// `named-checkzone` accepts. Names are written relative to `$ORIGIN`.
+pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
+    let o = &zone.meta.origin;
+    let s = &zone.meta.soa;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "; zone {o} exported by switchboard-directory, serial {}",
+        zone.serial
+    );
+    let _ = writeln!(out, "$ORIGIN {o}");
+    let _ = writeln!(out, "$TTL {}", s.ttl);
+    let _ = writeln!(
+        out,
+        "@\t{}\tIN\tSOA\t{} {} ( {} {} {} {} {} )",
+        s.ttl, s.mname, s.rname, zone.serial, s.refresh, s.retry, s.expire, s.minimum
+    );
+    for ns in &zone.meta.ns {
+        let _ = writeln!(out, "@\t{}\tIN\tNS\t{ns}", zone.meta.ns_ttl);
+    }
+    let _ = writeln!(out, "\n; hosts");
+    for h in zone.hosts.values() {
+        for a in &h.addrs {
+            let t = if a.is_ipv4() { "A" } else { "AAAA" };
+            let _ = writeln!(out, "{}.{}\t{node_ttl}\tIN\t{t}\t{a}", h.name, schema::NODE);
+        }
+        let _ = writeln!(
+            out,
+            "{}.{}\t{node_ttl}\tIN\tTXT\t{}",
+            h.name,
+            schema::NODE,
+            txt_line(&host_txt(h))
+        );
+    }
+    let _ = writeln!(out, "\n; bindings (DNS-SD instances)");
+    for b in zone.bindings.values() {
+        let owner = format!("{}._{}.{}", b.host, b.service, schema::TCP);
+        let _ = writeln!(
+            out,
+            "{owner}\t{service_ttl}\tIN\tSRV\t{} {} {} {}.{}",
+            b.srv_priority(),
+            b.weight,
+            b.port,
+            b.host,
+            schema::NODE
+        );
+        let _ = writeln!(
+            out,
+            "{owner}\t{service_ttl}\tIN\tTXT\t{}",
+            txt_line(&binding_txt(b))
+        );
+    }
+    let _ = writeln!(out, "\n; repositories");
+    for r in zone.repos.values() {
+        let _ = writeln!(
+            out,
+            "{}.{}\t{service_ttl}\tIN\tTXT\t{}",
+            r.name,
+            schema::REPO,
+            txt_line(&repo_txt(r, false))
+        );
+    }
+    let _ = writeln!(out, "\n; admin keys");
+    for a in zone.admins.values() {
+        let _ = writeln!(
+            out,
+            "{}.{}\t{node_ttl}\tIN\tTXT\t{}",
+            a.name,
+            schema::ADMIN,
+            quote(&format!("{}={}", txt::KEY, a.key))
+        );
+    }
+    let statics = static_records(&zone.meta);
+    if !statics.is_empty() {
+        let _ = writeln!(out, "\n; static records");
+    }
+    for r in statics {
+        match &r.data {
+            RData::TXT(t) => {
+                let strings: Vec<String> = t
+                    .txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}\t{}\tIN\tTXT\t{}",
+                    r.name,
+                    r.ttl,
+                    txt_line(&strings)
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "{r}");
+            }
+        }
+    }
+    out
+}
+
+/// The origin a file name implies: `cluster.example.zone` -> `cluster.example.`.
+pub fn origin_from_file_name(path: &std::path::Path) -> Option<String> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".zone")?;
+    Some(format!("{}.", stem.trim_end_matches('.')))
+}
