@@ -590,6 +590,16 @@ fn entries(text: &str, origin: Option<&Name>) -> Vec<Entry> {
                 cur.push(' ');
                 continue;
             }
+            ')' if !quoted && depth == 0 => {
+                out.push(Entry {
+                    line,
+                    owner: None,
+                    rtype: None,
+                    text: String::new(),
+                    error: Some("')' without a '(' before it".into()),
+                });
+                continue;
+            }
             ')' if !quoted => {
                 depth -= 1;
                 cur.push(' ');
@@ -598,6 +608,21 @@ fn entries(text: &str, origin: Option<&Name>) -> Vec<Entry> {
             _ => {}
         }
         cur.push(c);
+    }
+    if depth > 0 || quoted {
+        let what = if quoted {
+            "a '\"' is never closed"
+        } else {
+            "a '(' is never closed"
+        };
+        out.push(Entry {
+            line: start,
+            owner: None,
+            rtype: None,
+            text: String::new(),
+            error: Some(what.to_string()),
+        });
+        return out;
     }
     finish(&mut cur, start, &mut out, &mut origin, &mut last_owner);
     out

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a machine that has only Rust: installs the
+# real clients the end-to-end tests drive (dig, named-checkzone, curl) from
+# Debian's packages if they are missing, then lints, builds and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v dig >/dev/null 2>&1 || need+=(dnsutils)
+command -v named-checkzone >/dev/null 2>&1 || need+=(bind9-utils)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "test.sh: rustfmt not installed; skipping the format check"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+else
+  echo "test.sh: clippy not installed; skipping the lint"
+fi
+
+cargo build --workspace --bins --quiet
+cargo test --workspace "$@"

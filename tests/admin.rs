@@ -1,0 +1,343 @@
+//! The admin API and CLI end to end: changes appear in DNS before the CLI
+//! returns, refusals carry their reason, and the CLI fails in one line.
+
+use switchboard_tests::{keygen, signed_headers, stderr, stdout, unix_now, Directory};
+
+const Z: &str = "cluster.example.";
+
+fn n(rel: &str) -> String {
+    format!("{rel}.{Z}")
+}
+
+#[test]
+fn disabled_host_leaves_service_answers_before_the_cli_returns() {
+    let d = Directory::demo();
+    let out = d.cli_ok(&["host", "disable", "db1"]);
+    assert!(out.contains("db1 is now unavailable"), "{out}");
+    // No wait: the change is in DNS when the CLI has returned.
+    assert_eq!(
+        d.dig(&n("mysql.service"), "SRV", &[]).data("SRV"),
+        vec![format!("10 0 3306 db2.node.{Z}")]
+    );
+    assert!(d
+        .dig(&n("master.mysql.service"), "SRV", &[])
+        .answer
+        .is_empty());
+    // The host keeps its node records, marked unavailable.
+    assert_eq!(d.dig(&n("db1.node"), "A", &[]).data("A"), vec!["10.0.4.11"]);
+    assert!(d.dig(&n("db1.node"), "TXT", &[]).data("TXT")[0].contains("\"available=0\""));
+    d.cli_ok(&["host", "enable", "db1"]);
+    assert_eq!(d.dig(&n("mysql.service"), "SRV", &[]).data("SRV").len(), 2);
+}
+
+#[test]
+fn unavailable_master_drops_out_of_write_and_read_answers() {
+    let d = Directory::demo();
+    d.cli_ok(&["host", "disable", "repo1"]);
+    let w = d.dig(&n("write.phabricator.repo"), "SRV", &[]);
+    assert_eq!(w.status, "NOERROR");
+    assert!(w.answer.is_empty(), "no master to write to: {:?}", w.answer);
+    assert_eq!(
+        d.dig(&n("read.phabricator.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.12"]
+    );
+}
+
+#[test]
+fn hosts_and_bindings_added_with_the_cli_appear_in_dns() {
+    let d = Directory::demo();
+    let (_, pubkey, fpr) = keygen(d.dir.path(), "web3");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "web3",
+        "--addr",
+        "10.0.1.13",
+        "--addr",
+        "fd00::13",
+        "--pubkey",
+        &pubkey,
+        "--roles",
+        "web,daemon",
+    ]);
+    d.cli_ok(&["bind", "add", "web3", "http", "8080"]);
+    assert_eq!(
+        d.dig(&n("web3.node"), "A", &[]).data("A"),
+        vec!["10.0.1.13"]
+    );
+    assert!(d
+        .dig(&n("http.service"), "SRV", &[])
+        .data("SRV")
+        .contains(&format!("0 0 8080 web3.node.{Z}")));
+    assert_eq!(
+        d.dig(&n(&format!("{fpr}.key")), "PTR", &[]).data("PTR"),
+        vec![format!("web3.node.{Z}")]
+    );
+    assert_eq!(
+        d.dig(&n("_services._dns-sd._udp"), "PTR", &[])
+            .data("PTR")
+            .len(),
+        6
+    );
+    d.cli_ok(&["bind", "add", "web3", "grpc", "9000", "--role", "master"]);
+    assert_eq!(
+        d.dig(&n("_services._dns-sd._udp"), "PTR", &[])
+            .data("PTR")
+            .len(),
+        7
+    );
+    assert_eq!(
+        d.dig(&n("master.grpc.service"), "SRV", &[]).data("SRV"),
+        vec![format!("0 0 9000 web3.node.{Z}")]
+    );
+
+    // A host with bindings cannot be removed; the message says what to do.
+    let rm = d.cli(&["host", "rm", "web3"]);
+    assert!(!rm.status.success());
+    assert!(stderr(&rm).contains("bind rm"), "{}", stderr(&rm));
+    d.cli_ok(&["bind", "rm", "web3", "http"]);
+    d.cli_ok(&["bind", "rm", "web3", "grpc"]);
+    d.cli_ok(&["host", "rm", "web3"]);
+    assert_eq!(d.dig(&n("web3.node"), "A", &[]).status, "NXDOMAIN");
+    assert_eq!(
+        d.dig(&n(&format!("{fpr}.key")), "PTR", &[]).status,
+        "NXDOMAIN"
+    );
+}
+
+#[test]
+fn promote_refuses_a_stale_replica_unless_forced_and_records_the_loss() {
+    let d = Directory::demo();
+    // repo3 is at 41, the master repo1 at 42.
+    let refused = d.cli(&["repo", "promote", "phabricator", "repo3"]);
+    assert!(!refused.status.success());
+    let msg = stderr(&refused);
+    assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
+    assert!(msg.contains("behind") && msg.contains("--force"), "{msg}");
+    assert_eq!(
+        d.dig(&n("write.phabricator.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.11"]
+    );
+
+    // An up-to-date replica is promoted without force.
+    d.cli_ok(&["repo", "promote", "arcanist", "repo1"]);
+    assert_eq!(
+        d.dig(&n("write.arcanist.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.11"]
+    );
+
+    d.cli_ok(&["repo", "promote", "phabricator", "repo3", "--force"]);
+    assert_eq!(
+        d.dig(&n("write.phabricator.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.13"]
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", "phabricator"])).expect("json");
+    assert_eq!(show["master"], "repo3");
+    assert_eq!(show["version"], 41);
+    assert_eq!(show["lost"][0]["from"], 42);
+    assert_eq!(show["lost"][0]["to"], 42);
+    assert_eq!(show["lost"][0]["old_master"], "repo1");
+    let human = d.cli_ok(&["repo", "show", "phabricator"]);
+    assert!(human.contains("42..=42 written on repo1"), "{human}");
+}
+
+#[test]
+fn json_output_is_stable_for_scripts() {
+    let d = Directory::demo();
+    let hosts: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "list"])).expect("json");
+    assert_eq!(hosts.as_array().map(Vec::len), Some(10));
+    let status: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "status"])).expect("json");
+    assert_eq!(status["zones"][0]["zone"], Z);
+    let table = d.cli_ok(&["host", "list"]);
+    assert!(
+        table.lines().next().unwrap_or_default().starts_with("HOST"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 11);
+}
+
+#[test]
+fn every_refusal_reason_of_the_admin_api() {
+    let d = Directory::demo();
+    let url = |p: &str| format!("{}{p}", d.server_url());
+    let disable = "/v1/hosts/db1/disable";
+
+    // No signature at all.
+    let (code, body) = d.curl("POST", disable, &[], None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("no-signature")),
+        "{body}"
+    );
+
+    // A good signature, for comparison.
+    let h = signed_headers(&d.admin_key, "POST", &url(disable), b"", unix_now());
+    assert_eq!(d.curl("POST", disable, &h, None).0, 200);
+
+    // The same request again: replayed.
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("replayed")),
+        "{body}"
+    );
+
+    // A signature that does not match: the path was changed after signing.
+    let h = signed_headers(
+        &d.admin_key,
+        "POST",
+        &url("/v1/hosts/db2/disable"),
+        b"",
+        unix_now(),
+    );
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("bad-signature")),
+        "{body}"
+    );
+
+    // Corrupted signature bytes.
+    let mut h = signed_headers(&d.admin_key, "POST", &url(disable), b"", unix_now());
+    for (k, v) in h.iter_mut() {
+        if k == "signature" {
+            // sig1=:BASE64: -- flip the first character of the signature bytes.
+            let at = v.find(':').map(|i| i + 1).unwrap_or(0);
+            let flipped = if v[at..].starts_with('A') { "B" } else { "A" };
+            v.replace_range(at..at + 1, flipped);
+        }
+    }
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("bad-signature")),
+        "{body}"
+    );
+
+    // A body changed after signing.
+    let add = "/v1/bindings";
+    let signed_body = br#"{"host":"db1","service":"backup","port":9000}"#;
+    let h = signed_headers(&d.admin_key, "POST", &url(add), signed_body, unix_now());
+    let (code, body) = d.curl(
+        "POST",
+        add,
+        &h,
+        Some(br#"{"host":"db1","service":"backup","port":9001}"#),
+    );
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("changed-body")),
+        "{body}"
+    );
+
+    // Stale: signed two minutes ago.
+    let h = signed_headers(&d.admin_key, "POST", &url(disable), b"", unix_now() - 120);
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("stale-signature")),
+        "{body}"
+    );
+
+    // A key nobody registered.
+    let (stranger, _, _) = keygen(d.dir.path(), "stranger");
+    let h = signed_headers(&stranger, "POST", &url(disable), b"", unix_now());
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("unknown-key")),
+        "{body}"
+    );
+
+    // A host's own key: may report its own health, nothing else.
+    let (hostkey, pubkey, _) = keygen(d.dir.path(), "web9");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "web9",
+        "--addr",
+        "10.0.1.19",
+        "--pubkey",
+        &pubkey,
+        "--roles",
+        "web",
+    ]);
+    let h = signed_headers(&hostkey, "POST", &url(disable), b"", unix_now());
+    let (code, body) = d.curl("POST", disable, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (403, Some("key-not-allowed")),
+        "{body}"
+    );
+    let health = br#"{"health":"critical"}"#;
+    let h = signed_headers(
+        &hostkey,
+        "PUT",
+        &url("/v1/hosts/web1/health"),
+        health,
+        unix_now(),
+    );
+    let (code, body) = d.curl("PUT", "/v1/hosts/web1/health", &h, Some(health));
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (403, Some("key-not-allowed")),
+        "{body}"
+    );
+    let h = signed_headers(
+        &hostkey,
+        "PUT",
+        &url("/v1/hosts/web9/health"),
+        health,
+        unix_now(),
+    );
+    let (code, body) = d.curl("PUT", "/v1/hosts/web9/health", &h, Some(health));
+    assert_eq!(code, 200, "{body}");
+    assert!(d.dig(&n("web9.node"), "TXT", &[]).data("TXT")[0].contains("\"health=critical\""));
+
+    // Refusals changed nothing: db1 was disabled once, by the good request.
+    let hosts: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "show", "db1"])).expect("json");
+    assert_eq!(hosts["available"], false);
+    assert!(d.cli_ok(&["--json", "bind", "list", "backup"]).trim() == "[]");
+}
+
+#[test]
+fn bad_input_gets_a_clear_refusal() {
+    let d = Directory::demo();
+    let url = |p: &str| format!("{}{p}", d.server_url());
+    // Not JSON.
+    let body = b"{not json";
+    let h = signed_headers(&d.admin_key, "POST", &url("/v1/hosts"), body, unix_now());
+    let (code, v) = d.curl("POST", "/v1/hosts", &h, Some(body));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("JSON"));
+    // A name that is not a label.
+    let body = br#"{"name":"../etc","addrs":["10.0.0.1"]}"#;
+    let h = signed_headers(&d.admin_key, "POST", &url("/v1/hosts"), body, unix_now());
+    let (code, v) = d.curl("POST", "/v1/hosts", &h, Some(body));
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a DNS label"),
+        "{v}"
+    );
+    // Unknown routes and methods.
+    assert_eq!(d.curl("GET", "/v1/nothing", &[], None).0, 404);
+    assert_eq!(d.curl("PATCH", "/v1/hosts", &[], None).0, 405);
+    // The CLI: bad arguments and a missing key fail in one line, non-zero.
+    let out = d.cli(&["host", "add", "bad_name", "--addr", "10.0.0.1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a DNS label"), "{}", stderr(&out));
+    let out = d.cli_with_key(None, &["host", "disable", "db1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--key"), "{}", stderr(&out));
+    let out = d.cli(&["host", "show", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no host nosuch"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}

@@ -1,0 +1,333 @@
+//! DNS answers for every row of SPEC's derived table, checked with `dig`
+//! against the demo cluster.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+use switchboard_directory::model::PublicKey;
+use switchboard_tests::Directory;
+
+const Z: &str = "cluster.example.";
+
+fn n(rel: &str) -> String {
+    format!("{rel}.{Z}")
+}
+
+#[test]
+fn node_names_answer_addresses_and_attributes() {
+    let d = Directory::demo();
+    let a = d.dig(&n("web2.node"), "A", &[]);
+    assert_eq!(a.status, "NOERROR");
+    assert!(a.has_flag("aa"), "authoritative: {:?}", a.flags);
+    assert!(!a.has_flag("ra"), "no recursion offered: {:?}", a.flags);
+    assert_eq!(a.data("A"), vec!["10.0.1.12"]);
+    assert_eq!(a.answer[0].ttl, 60, "node TTL is 60 s");
+    assert_eq!(
+        d.dig(&n("web2.node"), "AAAA", &[]).data("AAAA"),
+        vec!["fd00::12"]
+    );
+    let txt = d.dig(&n("web1.node"), "TXT", &[]).data("TXT");
+    assert_eq!(txt.len(), 1);
+    for want in [
+        "\"roles=web\"",
+        "\"available=1\"",
+        "\"key=ed25519:",
+        "\"rack=a1\"",
+    ] {
+        assert!(txt[0].contains(want), "{want} in {txt:?}");
+    }
+}
+
+#[test]
+fn service_names_answer_available_bindings_with_addresses_in_additional() {
+    let d = Directory::demo();
+    let srv = d.dig(&n("mysql.service"), "SRV", &[]);
+    assert_eq!(
+        srv.data("SRV"),
+        vec![
+            format!("0 0 3306 db1.node.{Z}"),
+            format!("10 0 3306 db2.node.{Z}")
+        ],
+        "master priority 0, replica priority 10"
+    );
+    assert_eq!(srv.answer[0].ttl, 5, "service TTL is 5 s");
+    let mut extra: Vec<String> = srv
+        .additional
+        .iter()
+        .filter(|r| r.rtype == "A")
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    extra.sort();
+    assert_eq!(
+        extra,
+        vec![
+            format!("db1.node.{Z} 10.0.4.11"),
+            format!("db2.node.{Z} 10.0.4.12")
+        ]
+    );
+    assert_eq!(
+        d.dig(&n("http.service"), "A", &[]).data("A"),
+        vec!["10.0.1.11", "10.0.1.12"]
+    );
+    assert_eq!(
+        d.dig(&n("http.service"), "AAAA", &[]).data("AAAA"),
+        vec!["fd00::12"]
+    );
+}
+
+#[test]
+fn role_filters_narrow_service_answers() {
+    let d = Directory::demo();
+    let one = |role: &str| {
+        d.dig(&n(&format!("{role}.mysql.service")), "SRV", &[])
+            .data("SRV")
+    };
+    assert_eq!(one("master"), vec![format!("0 0 3306 db1.node.{Z}")]);
+    assert_eq!(one("replica"), vec![format!("10 0 3306 db2.node.{Z}")]);
+    assert_eq!(one("readonly"), vec![format!("10 0 3306 db2.node.{Z}")]);
+    assert_eq!(one("readwrite"), vec![format!("0 0 3306 db1.node.{Z}")]);
+    assert_eq!(
+        d.dig(&n("master.mysql.service"), "A", &[]).data("A"),
+        vec!["10.0.4.11"]
+    );
+    // No masters among http bindings: the name exists, with no records.
+    let none = d.dig(&n("master.http.service"), "SRV", &[]);
+    assert_eq!(none.status, "NOERROR");
+    assert!(none.answer.is_empty());
+}
+
+#[test]
+fn rfc2782_and_dns_sd_names() {
+    let d = Directory::demo();
+    assert_eq!(
+        d.dig(&n("_mysql._tcp"), "SRV", &[]).data("SRV"),
+        vec![
+            format!("0 0 3306 db1.node.{Z}"),
+            format!("10 0 3306 db2.node.{Z}")
+        ]
+    );
+    assert_eq!(
+        d.dig(&n("_mysql._tcp"), "PTR", &[]).data("PTR"),
+        vec![
+            format!("db1._mysql._tcp.{Z}"),
+            format!("db2._mysql._tcp.{Z}")
+        ],
+        "DNS-SD browse lists every instance"
+    );
+    let inst = d.dig(&n("db2._mysql._tcp"), "SRV", &[]);
+    assert_eq!(inst.data("SRV"), vec![format!("10 0 3306 db2.node.{Z}")]);
+    assert!(inst.additional.iter().any(|r| r.data == "10.0.4.12"));
+    assert_eq!(
+        d.dig(&n("db2._mysql._tcp"), "TXT", &[]).data("TXT"),
+        vec!["\"role=replica\" \"readonly=1\" \"available=1\""]
+    );
+    let types = d.dig(&n("_services._dns-sd._udp"), "PTR", &[]).data("PTR");
+    let want: Vec<String> = ["conduit", "http", "jenkins", "mysql", "ssh", "switchboard"]
+        .iter()
+        .map(|s| format!("_{s}._tcp.{Z}"))
+        .collect();
+    assert_eq!(types, want);
+}
+
+#[test]
+fn repository_names_answer_master_readers_and_versions() {
+    let d = Directory::demo();
+    let txt = d.dig(&n("phabricator.repo"), "TXT", &[]).data("TXT");
+    assert_eq!(txt.len(), 1);
+    for want in [
+        "\"master=repo1\"",
+        "\"replicas=repo2,repo3\"",
+        "\"version=42\"",
+        "\"max_lag=0\"",
+        "\"readonly=0\"",
+    ] {
+        assert!(txt[0].contains(want), "{want} in {txt:?}");
+    }
+    assert_eq!(
+        d.dig(&n("write.phabricator.repo"), "SRV", &[]).data("SRV"),
+        vec![format!("0 0 7443 repo1.node.{Z}")]
+    );
+    assert_eq!(
+        d.dig(&n("write.phabricator.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.11"]
+    );
+    // repo3 is at 41, one behind with max_lag 0: not a reader.
+    assert_eq!(
+        d.dig(&n("read.phabricator.repo"), "SRV", &[]).data("SRV"),
+        vec![
+            format!("0 0 7443 repo1.node.{Z}"),
+            format!("0 0 7443 repo2.node.{Z}")
+        ]
+    );
+    // libphutil allows a lag of 2: repo1 at 18 reads for master repo3 at 19.
+    assert_eq!(
+        d.dig(&n("read.libphutil.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.11", "10.0.3.13"]
+    );
+}
+
+#[test]
+fn key_fingerprints_point_at_their_host() {
+    let d = Directory::demo();
+    let txt = d.dig(&n("web1.node"), "TXT", &[]).data("TXT");
+    let key: PublicKey = txt[0]
+        .split('"')
+        .find_map(|s| s.strip_prefix("key="))
+        .expect("key in node TXT")
+        .parse()
+        .expect("a valid key");
+    let fpr = key.fingerprint();
+    assert_eq!(fpr.len(), 52);
+    assert_eq!(
+        d.dig(&n(&format!("{fpr}.key")), "PTR", &[]).data("PTR"),
+        vec![format!("web1.node.{Z}")]
+    );
+    let ktxt = d.dig(&n(&format!("{fpr}.key")), "TXT", &[]).data("TXT");
+    assert_eq!(
+        ktxt,
+        vec![format!("\"host=web1\" \"roles=web\" \"key={key}\"")]
+    );
+}
+
+#[test]
+fn apex_static_and_negative_answers() {
+    let d = Directory::demo();
+    let soa = d.dig(Z, "SOA", &[]);
+    assert_eq!(soa.answer.len(), 1);
+    assert!(soa.answer[0]
+        .data
+        .starts_with(&format!("ns1.{Z} hostmaster.{Z} 2026112501 ")));
+    assert_eq!(d.dig(Z, "NS", &[]).data("NS"), vec![format!("ns1.{Z}")]);
+    assert!(
+        d.dig(Z, "NS", &[])
+            .additional
+            .iter()
+            .any(|r| r.data == "127.0.0.1"),
+        "glue for the in-zone NS"
+    );
+    // Static records are served verbatim.
+    assert_eq!(
+        d.dig(Z, "TXT", &[]).data("TXT"),
+        vec!["\"switchboard demo cluster\""]
+    );
+    assert_eq!(
+        d.dig(&n("www"), "CNAME", &[]).data("CNAME"),
+        vec![format!("web1.node.{Z}")]
+    );
+    assert_eq!(d.dig(&n("ns1"), "A", &[]).data("A"), vec!["127.0.0.1"]);
+
+    let nx = d.dig(&n("nosuchhost.node"), "A", &[]);
+    assert_eq!(nx.status, "NXDOMAIN");
+    assert!(nx.answer.is_empty());
+    assert_eq!(nx.authority.len(), 1);
+    assert_eq!(nx.authority[0].rtype, "SOA");
+    assert_eq!(
+        nx.authority[0].ttl, 30,
+        "negative TTL is the SOA minimum (RFC 2308)"
+    );
+
+    let nodata = d.dig(&n("web1.node"), "MX", &[]);
+    assert_eq!(nodata.status, "NOERROR");
+    assert!(nodata.answer.is_empty());
+    assert_eq!(nodata.authority[0].rtype, "SOA");
+
+    // Empty non-terminals exist (RFC 8020): NODATA, not NXDOMAIN.
+    for ent in ["node", "service", "_tcp", "repo", "key"] {
+        assert_eq!(d.dig(&n(ent), "A", &[]).status, "NOERROR", "{ent}");
+    }
+
+    let outside = d.dig("example.org.", "A", &[]);
+    assert_eq!(outside.status, "REFUSED");
+    assert!(!outside.has_flag("aa"));
+}
+
+#[test]
+fn large_answers_truncate_over_udp_and_complete_over_tcp() {
+    let d = Directory::demo();
+    // Seven switchboard bindings with their addresses make an answer over 512 bytes.
+    let udp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+ignore"]);
+    assert!(udp.has_flag("tc"), "truncated without EDNS: {}", udp.raw);
+    let tcp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+tcp"]);
+    assert!(!tcp.has_flag("tc"));
+    assert_eq!(tcp.data("SRV").len(), 7);
+    assert_eq!(tcp.additional.len(), 8, "seven A and web2's AAAA");
+    let edns = d.dig(&n("switchboard.service"), "SRV", &["+bufsize=1232"]);
+    assert!(
+        !edns.has_flag("tc"),
+        "fits in the EDNS buffer: {}",
+        edns.raw
+    );
+    assert_eq!(edns.data("SRV").len(), 7);
+}
+
+#[test]
+fn garbage_packets_leave_the_server_answering() {
+    let d = Directory::demo();
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0xff; 11],
+        vec![0xff; 12],
+        vec![0x41; 600],
+    ];
+    // A header claiming questions that are not there, and a compression-pointer loop.
+    junk.push(vec![0x12, 0x34, 0x01, 0x00, 0x00, 0x05, 0, 0, 0, 0, 0, 0]);
+    junk.push(vec![
+        0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0x00, 0x01, 0x00, 0x01,
+    ]);
+    for _ in 0..200 {
+        junk.push(
+            (0..rand::random::<u8>())
+                .map(|_| rand::random::<u8>())
+                .collect(),
+        );
+    }
+    for j in &junk {
+        udp.send_to(j, d.dns).expect("send");
+    }
+    // A malformed query with an intact header gets FORMERR back.
+    udp.send_to(&junk[5], d.dns).expect("send");
+    let mut buf = [0u8; 512];
+    let mut got_formerr = false;
+    while let Ok((len, _)) = udp.recv_from(&mut buf) {
+        if len >= 4 && buf[0] == 0x12 && buf[1] == 0x34 && (buf[3] & 0x0f) == 1 {
+            got_formerr = true;
+        }
+    }
+    assert!(
+        got_formerr,
+        "FORMERR for a query whose questions are missing"
+    );
+    for j in junk.iter().take(20) {
+        if let Ok(mut s) = TcpStream::connect(d.dns) {
+            let _ = s.write_all(&(j.len() as u16).to_be_bytes());
+            let _ = s.write_all(j);
+            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = s.read(&mut buf);
+        }
+    }
+    // A TCP client that connects and says nothing does not block others.
+    let _idle = TcpStream::connect(d.dns).expect("connect");
+    assert_eq!(
+        d.dig(&n("web1.node"), "A", &[]).data("A"),
+        vec!["10.0.1.11"]
+    );
+    assert_eq!(
+        d.dig(&n("web1.node"), "A", &["+tcp"]).data("A"),
+        vec!["10.0.1.11"]
+    );
+}
+
+#[test]
+fn queries_are_case_insensitive_and_other_classes_refused() {
+    let d = Directory::demo();
+    assert_eq!(
+        d.dig("WEB1.Node.Cluster.EXAMPLE.", "A", &[]).data("A"),
+        vec!["10.0.1.11"]
+    );
+    assert_eq!(d.dig(&n("web1.node"), "A", &["-c", "CH"]).status, "REFUSED");
+}

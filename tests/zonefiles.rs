@@ -1,0 +1,147 @@
+//! Zone files: export round-trips and passes `named-checkzone`; a bad file is
+//! refused at start with its file and line.
+
+use std::process::Command;
+
+use switchboard_tests::{run, stderr, stdout, Directory};
+
+#[test]
+fn export_imports_back_to_the_same_state_and_bind_accepts_it() {
+    let d = Directory::demo();
+    d.cli_ok(&["host", "disable", "daemon2"]);
+    d.cli_ok(&["repo", "promote", "phabricator", "repo3", "--force"]);
+    d.cli_ok(&[
+        "bind",
+        "add",
+        "web1",
+        "grpc",
+        "9000",
+        "--role",
+        "master",
+        "--prop",
+        "proto=h2",
+        "--priority",
+        "5",
+    ]);
+    let exported = d.cli_ok(&["zone", "export", "cluster.example"]);
+    let file = d.dir.path().join("exported.zone");
+    std::fs::write(&file, &exported).expect("write export");
+
+    let check = run(Command::new("named-checkzone")
+        .arg("cluster.example")
+        .arg(&file));
+    assert!(
+        check.status.success(),
+        "named-checkzone refused the export:\n{}{}\n{exported}",
+        stdout(&check),
+        stderr(&check)
+    );
+
+    let model = |d: &Directory| -> Vec<serde_json::Value> {
+        ["host list", "bind list", "repo list", "admin list"]
+            .iter()
+            .map(|c| {
+                let mut args = vec!["--json"];
+                args.extend(c.split(' '));
+                serde_json::from_str(&d.cli_ok(&args)).expect("json")
+            })
+            .collect()
+    };
+    let before = model(&d);
+    d.cli_ok(&["zone", "import", file.to_str().expect("utf-8")]);
+    assert_eq!(model(&d), before, "export then import changes nothing");
+    let again = d.cli_ok(&["zone", "export", "cluster.example"]);
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.contains("SOA") && !l.starts_with("; zone"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&again),
+        strip(&exported),
+        "a second export is identical but for the serial"
+    );
+}
+
+/// Starts a directory on a zone file with `line` replacing the demo zone's
+/// `needle` line, and returns the start-up error.
+fn start_error(needle: &str, line: &str) -> String {
+    let mut d = Directory::demo();
+    d.kill9();
+    let path = d.zones_dir().join("cluster.example.zone");
+    let text = std::fs::read_to_string(&path).expect("zone");
+    assert!(text.contains(needle), "demo zone has {needle}");
+    let bad = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(needle) {
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, bad).expect("write zone");
+    std::fs::remove_dir_all(d.data_dir()).expect("fresh store");
+    match d.try_start() {
+        Ok(()) => panic!("a zone file with {line:?} was accepted"),
+        Err(e) => e,
+    }
+}
+
+fn line_of(needle: &str) -> usize {
+    let text =
+        std::fs::read_to_string(switchboard_tests::root().join("zones/cluster.example.zone"))
+            .expect("zone");
+    text.lines()
+        .position(|l| l.starts_with(needle))
+        .expect("line")
+        + 1
+}
+
+#[test]
+fn a_bad_zone_file_is_refused_at_start_naming_file_and_line() {
+    let cases = [
+        (
+            "db2.node ",
+            "db2.node 60 IN A 10.0.4.300",
+            "network address",
+        ),
+        (
+            "repo2._ssh._tcp          5 IN SRV",
+            "repo2._ssh._tcp 5 IN SRV 0 0 22 repo9.node",
+            "SRV target must be repo2.node",
+        ),
+        (
+            "repo2._ssh._tcp          5 IN SRV",
+            "repo9._ssh._tcp 5 IN SRV 0 0 22 repo9.node",
+            "unknown host repo9",
+        ),
+        ("db1.node ", "db1.node 60 IN A (10.0.4.11", "never closed"),
+        (
+            "web1.node     60 IN TXT",
+            "web1.node 60 IN TXT \"available=maybe\"",
+            "available",
+        ),
+        (
+            "arcanist.repo",
+            "arcanist.repo 5 IN TXT \"master=nosuch\"",
+            "nosuch",
+        ),
+        ("www ", "mysql.service 5 IN SRV 0 0 1 db1.node", "derives"),
+        ("www ", "$INCLUDE /etc/passwd", "$INCLUDE"),
+        (
+            "build1.node   60 IN TXT",
+            "build1.node 60 IN MX 10 mail",
+            "only A, AAAA and TXT",
+        ),
+    ];
+    for (needle, line, why) in cases {
+        let err = start_error(needle, line);
+        let want = format!("cluster.example.zone:{}:", line_of(needle));
+        assert!(err.contains(&want), "{line:?}: wanted {want} in {err}");
+        assert!(err.contains(why), "{line:?}: wanted {why:?} in {err}");
+    }
+}
