@@ -173,6 +173,21 @@ fn every_refusal_reason_of_the_admin_api() {
         "{body}"
     );
 
+    // Headers that are not RFC 9421 structured fields.
+    let garbage = vec![
+        (
+            "Signature-Input".to_string(),
+            "sig1=(\"@method\";created=oops".to_string(),
+        ),
+        ("Signature".to_string(), "sig1=:!!!:".to_string()),
+    ];
+    let (code, body) = d.curl("POST", disable, &garbage, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("malformed-signature")),
+        "{body}"
+    );
+
     // A good signature, for comparison.
     let h = signed_headers(&d.admin_key, "POST", &url(disable), b"", unix_now());
     assert_eq!(d.curl("POST", disable, &h, None).0, 200);

@@ -195,6 +195,8 @@ impl Directory {
             apply_change(zone, c);
         }
         zone.serial = serial;
+        // Building the view fails only on a bad origin or SOA name, which seed and
+        // import have already checked for this zone: the change is never half-seen.
         self.publish(zone)?;
         tracing::info!(zone = origin, serial, "change applied");
         Ok(serial)
