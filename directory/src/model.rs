@@ -51,8 +51,20 @@ impl PublicKey {
 
 impl FromStr for PublicKey {
     type Err = Invalid;
-    /// Accepts `BASE64` or `ed25519:BASE64` of the raw 32-byte key.
+    /// Accepts `BASE64` or `ed25519:BASE64` of the raw 32-byte key, or an OpenSSH
+    /// public key line (`ssh-ed25519 AAAA... comment`, as in a `.pub` file).
     fn from_str(s: &str) -> Result<Self, Invalid> {
+        if s.trim_start().starts_with("ssh-") {
+            let k = ssh_key::PublicKey::from_openssh(s.trim())
+                .map_err(|e| Invalid(format!("not an OpenSSH public key: {e}")))?;
+            let Some(ed) = k.key_data().ed25519() else {
+                return invalid(format!(
+                    "{} keys are not supported; use ed25519",
+                    k.algorithm()
+                ));
+            };
+            return Ok(PublicKey(ed.0));
+        }
         let b64 = s
             .trim()
             .strip_prefix(schema::KEY_PREFIX)

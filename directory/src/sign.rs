@@ -38,7 +38,34 @@ macro_rules! fail {
 
 /// RFC 9530 `Content-Digest` value for a body: `sha-256=:BASE64:`.
 pub fn content_digest(body: &[u8]) -> String {
-    format!("sha-256=:{}:", STANDARD.encode(Sha256::digest(body)))
+    BodyHash::of(body).content_digest()
+}
+
+/// A body's length and SHA-256, for signing or checking a body that is streamed or
+/// spooled rather than held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyHash {
+    pub sha256: [u8; 32],
+    pub len: u64,
+}
+
+impl BodyHash {
+    /// The hash of a body held in memory.
+    pub fn of(body: &[u8]) -> Self {
+        BodyHash {
+            sha256: Sha256::digest(body).into(),
+            len: body.len() as u64,
+        }
+    }
+
+    /// The RFC 9530 `Content-Digest` value.
+    pub fn content_digest(&self) -> String {
+        format!("sha-256=:{}:", STANDARD.encode(self.sha256))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Fingerprint of an ed25519 public key: lowercase unpadded RFC 4648 base32 of the SHA-256 of
@@ -72,6 +99,18 @@ impl Signer<'_> {
         body: &[u8],
         now_unix: u64,
     ) -> Result<(), SignError> {
+        self.sign_hashed(method, uri, headers, &BodyHash::of(body), now_unix)
+    }
+
+    /// [`Self::sign`] for a body known by its hash (streamed or spooled to disk).
+    pub fn sign_hashed(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        body: &BodyHash,
+        now_unix: u64,
+    ) -> Result<(), SignError> {
         if !headers.contains_key(HOST) {
             let Some(authority) = uri.authority() else {
                 fail!(
@@ -85,7 +124,7 @@ impl Signer<'_> {
         if body.is_empty() {
             headers.remove(DIGEST);
         } else {
-            headers.insert(DIGEST, header_value(&content_digest(body))?);
+            headers.insert(DIGEST, header_value(&body.content_digest())?);
             components.push(DIGEST);
         }
         let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
@@ -167,6 +206,29 @@ impl ParsedSignature {
         uri: &Uri,
         headers: &HeaderMap,
         body: &[u8],
+        key: &VerifyingKey,
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<(), SignError> {
+        self.verify_hashed(
+            method,
+            uri,
+            headers,
+            &BodyHash::of(body),
+            key,
+            now_unix,
+            policy,
+        )
+    }
+
+    /// [`Self::verify`] for a body known by its hash (spooled while it was received).
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_hashed(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &BodyHash,
         key: &VerifyingKey,
         now_unix: u64,
         policy: &Policy,
@@ -509,7 +571,7 @@ fn check_times(created: u64, expires: u64, now: u64, policy: &Policy) -> Result<
     Ok(())
 }
 
-fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SignError> {
+fn check_digest(headers: &HeaderMap, body: &BodyHash) -> Result<(), SignError> {
     let Some(dict) = dictionary(headers, DIGEST)? else {
         fail!(
             ChangedBody,
@@ -524,8 +586,8 @@ fn check_digest(headers: &HeaderMap, body: &[u8]) -> Result<(), SignError> {
             "Content-Digest has no sha-256 digest: send sha-256=:BASE64:"
         ),
     };
-    if claimed != Some(Sha256::digest(body).as_slice()) {
-        fail!(ChangedBody, "Content-Digest does not match the {}-byte body received: the body changed after signing; sign the exact bytes you send", body.len());
+    if claimed != Some(body.sha256.as_slice()) {
+        fail!(ChangedBody, "Content-Digest does not match the {}-byte body received: the body changed after signing; sign the exact bytes you send", body.len);
     }
     Ok(())
 }
@@ -605,10 +667,14 @@ mod tests {
         let digest = "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:";
         assert_eq!(content_digest(BODY), digest);
         assert_eq!(STANDARD.encode(sha2::Sha512::digest(BODY)), SHA512);
-        check_digest(&headers(&[(DIGEST, digest)]), BODY).unwrap();
-        let changed = check_digest(&headers(&[(DIGEST, digest)]), b"{}").unwrap_err();
+        check_digest(&headers(&[(DIGEST, digest)]), &BodyHash::of(BODY)).unwrap();
+        let changed =
+            check_digest(&headers(&[(DIGEST, digest)]), &BodyHash::of(b"{}")).unwrap_err();
         assert_eq!(changed.reason(), "changed-body");
-        let other = check_digest(&headers(&[(DIGEST, &format!("sha-512=:{SHA512}:"))]), BODY);
+        let other = check_digest(
+            &headers(&[(DIGEST, &format!("sha-512=:{SHA512}:"))]),
+            &BodyHash::of(BODY),
+        );
         assert_eq!(other.unwrap_err().reason(), "unsupported-algorithm");
     }
 
