@@ -68,6 +68,23 @@ impl From<model::Invalid> for ApplyError {
     }
 }
 
+/// One applied change, as the change feed reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeEvent {
+    pub zone: String,
+    /// The zone's serial after the change.
+    pub serial: u32,
+    /// `host`, `binding`, `repo`, `admin` or `zone`.
+    pub kind: &'static str,
+    /// The host, `host/service`, repository, admin or zone changed.
+    pub name: String,
+    /// What happened: `add`, `remove`, `disable`, `enable`, `health`, `promote`, `version`, `import`, `seed`.
+    pub action: &'static str,
+}
+
+/// How many change events the feed remembers; a follower further behind re-reads everything.
+const EVENT_LOG: usize = 4096;
+
 /// The running directory.
 pub struct Directory {
     store: Box<dyn Store>,
@@ -75,6 +92,7 @@ pub struct Directory {
     view: Arc<ArcSwap<View>>,
     cfg: ViewConfig,
     changes: tokio::sync::watch::Sender<u64>,
+    events: Mutex<std::collections::VecDeque<ChangeEvent>>,
 }
 
 fn unix_now() -> u64 {
@@ -107,6 +125,7 @@ impl Directory {
             view: Arc::new(ArcSwap::from_pointee(view)),
             cfg,
             changes: tokio::sync::watch::channel(0).0,
+            events: Mutex::new(Default::default()),
         })
     }
 
@@ -140,13 +159,50 @@ impl Directory {
         self.lock().get(origin).map(f)
     }
 
-    fn publish(&self, zone: &Zone) -> Result<(), ApplyError> {
+    fn publish(
+        &self,
+        zone: &Zone,
+        event: (&'static str, String, &'static str),
+    ) -> Result<(), ApplyError> {
         let zv = view::build(zone, self.cfg).map_err(ApplyError::Invalid)?;
         let origin = zv.origin.clone();
         let next = self.view.load().with_zone(&origin, Some(Arc::new(zv)));
         self.view.store(Arc::new(next));
+        {
+            let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() == EVENT_LOG {
+                log.pop_front();
+            }
+            let (kind, name, action) = event;
+            log.push_back(ChangeEvent {
+                zone: zone.origin().to_string(),
+                serial: zone.serial,
+                kind,
+                name,
+                action,
+            });
+        }
         self.changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// The zone's serial and the changes after `since` that the log still holds;
+    /// `complete` is false when older changes were dropped from the log.
+    pub fn changes_since(&self, origin: &str, since: u64) -> Option<(u32, Vec<ChangeEvent>, bool)> {
+        let serial = self.read(origin, |z| z.serial)?;
+        let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let events: Vec<ChangeEvent> = log
+            .iter()
+            .filter(|e| e.zone == origin && u64::from(e.serial) > since)
+            .cloned()
+            .collect();
+        let oldest = log
+            .iter()
+            .find(|e| e.zone == origin)
+            .map(|e| u64::from(e.serial));
+        let complete =
+            since == 0 || oldest.is_some_and(|o| o <= since + 1) || u64::from(serial) <= since;
+        Some((serial, events, complete))
     }
 
     /// Stores `zone` unless the store already has its origin. Returns whether it did.
@@ -157,7 +213,7 @@ impl Directory {
         }
         view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
         self.store.replace_zone(&zone)?;
-        self.publish(&zone)?;
+        self.publish(&zone, ("zone", zone.origin().to_string(), "seed"))?;
         zones.insert(zone.origin().to_string(), zone);
         Ok(true)
     }
@@ -176,7 +232,7 @@ impl Directory {
         }
         view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
         self.store.replace_zone(&zone)?;
-        self.publish(&zone)?;
+        self.publish(&zone, ("zone", zone.origin().to_string(), "import"))?;
         let serial = zone.serial;
         zones.insert(zone.origin().to_string(), zone);
         Ok(serial)
@@ -188,6 +244,7 @@ impl Directory {
         let zone = zones
             .get_mut(origin)
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        let event = describe(&op);
         let changes = plan(zone, op)?;
         let serial = next_serial(zone.serial);
         self.store.commit(origin, serial, &changes)?;
@@ -197,7 +254,7 @@ impl Directory {
         zone.serial = serial;
         // Building the view fails only on a bad origin or SOA name, which seed and
         // import have already checked for this zone: the change is never half-seen.
-        self.publish(zone)?;
+        self.publish(zone, event)?;
         tracing::info!(zone = origin, serial, "change applied");
         Ok(serial)
     }
@@ -210,6 +267,28 @@ impl Directory {
             .load()
             .zone_for(&lower)
             .map(|z| z.origin.to_string())
+    }
+}
+
+/// What an operation changes, for the feed: (kind, name, action).
+fn describe(op: &Op) -> (&'static str, String, &'static str) {
+    match op {
+        Op::AddHost(h) => ("host", h.name.clone(), "add"),
+        Op::RemoveHost(h) => ("host", h.clone(), "remove"),
+        Op::SetAvailable { host, available } => (
+            "host",
+            host.clone(),
+            if *available { "enable" } else { "disable" },
+        ),
+        Op::SetHealth { host, .. } => ("host", host.clone(), "health"),
+        Op::AddBinding(b) => ("binding", format!("{}/{}", b.host, b.service), "add"),
+        Op::RemoveBinding { host, service } => ("binding", format!("{host}/{service}"), "remove"),
+        Op::AddRepo(r) => ("repo", r.name.clone(), "add"),
+        Op::RemoveRepo(r) => ("repo", r.clone(), "remove"),
+        Op::Promote { repo, .. } => ("repo", repo.clone(), "promote"),
+        Op::SetVersion { repo, .. } => ("repo", repo.clone(), "version"),
+        Op::AddAdmin(a) => ("admin", a.name.clone(), "add"),
+        Op::RemoveAdmin(a) => ("admin", a.clone(), "remove"),
     }
 }
 

@@ -336,6 +336,9 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
         body,
     };
     let path = call.uri.path().to_string();
+    if call.method == Method::GET && path == "/v1/feed" {
+        return feed(&admin, &call).await;
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let m = call.method.clone();
     // Changes touch the store (fsync): keep them off the reactor threads.
@@ -344,6 +347,44 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
     tokio::task::spawn_blocking(move || dispatch(&admin2, &call, &m, &segs_owned))
         .await
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+/// `GET /v1/feed?since=SERIAL[&timeout=SECS]`: a long poll that answers as soon as
+/// the zone's serial passes `since` (at once if it already has), or after `timeout`
+/// (default 25 s, at most 60) with no changes. Sidecars follow it to see a change
+/// within a second instead of waiting for TTLs.
+async fn feed(admin: &Admin, call: &Call) -> Reply {
+    let origin = call.zone(admin)?;
+    let since: u64 = match call.query.get("since") {
+        Some(s) => s
+            .parse()
+            .map_err(|_| Refusal::bad_request(format!("since={s:?} is not a serial")))?,
+        None => 0,
+    };
+    let timeout: u64 = match call.query.get("timeout") {
+        Some(s) => s.parse().map_err(|_| {
+            Refusal::bad_request(format!("timeout={s:?} is not a number of seconds"))
+        })?,
+        None => 25,
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout.min(60));
+    let mut rx = admin.dir.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let (serial, changes, complete) = admin
+            .dir
+            .changes_since(&origin, since)
+            .ok_or_else(|| Refusal::not_found(format!("no zone {origin}")))?;
+        if u64::from(serial) != since || tokio::time::Instant::now() >= deadline {
+            return json(&serde_json::json!({
+                "zone": origin, "serial": serial, "changes": changes, "complete": complete,
+            }));
+        }
+        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, rx.changed()).await {
+            // The directory is shutting down: answer at the deadline.
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
 }
 
 fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
