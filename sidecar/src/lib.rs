@@ -1,1 +1,25 @@
+//! Switchboard's sidecar: runs next to every web, daemon and repository process,
+//! learns who its host is from its key, and routes Conduit and git traffic to the
+//! right host, signing every call between hosts.
+//!
+//! - `identity`: the host key and who the directory says it is.
+//! - `directory`: DNS answers, cached by TTL, served stale when the directory is down.
+//! - `feed`: follows the directory's change feed so changes land within a second.
+//! - `route`: classify a request (repository, read or write) and pick its target.
+//! - `forward`: signed, pooled calls to other hosts; `spool`: bodies hashed for signing.
+//! - `user`: the user-facing listener; `cluster`: the signed listener between hosts.
+//! - `git`: serving a local repository with `git http-backend`.
+//! - `metrics`: Prometheus counters.
 
+pub mod cluster;
+pub mod directory;
+pub mod feed;
+pub mod forward;
+pub mod git;
+pub mod identity;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod sidecar;
+pub mod spool;
+pub mod user;

@@ -1,1 +1,130 @@
-fn main() {}
+//! `switchboard-sidecar`: argument parsing only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use switchboard_sidecar::metrics::Metrics;
+use switchboard_sidecar::server::{self, RunConfig};
+
+/// Switchboard's sidecar: routes Conduit and git traffic and signs every call between hosts.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-sidecar", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Where {
+    /// This host's ed25519 private key: PKCS#8 PEM (`keygen`) or OpenSSH (`/etc/ssh/ssh_host_ed25519_key`).
+    #[arg(long, env = "SWITCHBOARD_KEY")]
+    key: PathBuf,
+    /// The directory's DNS address (or any server of its zone).
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    directory: SocketAddr,
+    /// The zone.
+    #[arg(long, default_value = "cluster.example.")]
+    zone: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new host key (PKCS#8 PEM, mode 0600) and print its public key and fingerprint.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print this key's fingerprint and what the directory says this host is.
+    Whoami {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Route traffic.
+    Run {
+        #[command(flatten)]
+        at: Where,
+        /// The directory's admin API, for its change feed (default: http://DIRECTORY-IP:8053).
+        #[arg(long)]
+        directory_api: Option<String>,
+        /// User-facing HTTP (Conduit, git smart HTTP); only hosts with the web role serve it.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// The signed listener other hosts' sidecars call (publish it as this host's `switchboard` binding).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        cluster: SocketAddr,
+        /// Bare repositories this host serves, as DIR/REPO.git.
+        #[arg(long)]
+        repos: PathBuf,
+        /// The local web application (Phabricator) that serves Conduit and web pages.
+        #[arg(long)]
+        web_backend: Option<http::Uri>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchboard-sidecar: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async move {
+        match args.command {
+            Command::Keygen { out } => switchboard_directory::cli::keygen(&out, false).map_err(|e| e.to_string()),
+            Command::Whoami { at, json } => {
+                let id = switchboard_sidecar::identity::Identity::load(&at.key).map_err(|e| e.to_string())?;
+                let found = server::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
+                match (found, json) {
+                    (Ok((_, me, _)), true) => {
+                        println!("{}", serde_json::json!({"fingerprint": id.fingerprint, "public_key": id.public.to_base64(), "host": me.host, "roles": me.roles}));
+                        Ok(())
+                    }
+                    (Ok((_, me, _)), false) => {
+                        println!("fingerprint: {}", id.fingerprint);
+                        println!("public key:  {}", id.public.to_base64());
+                        println!("host:        {}", me.host);
+                        println!("roles:       {}", me.roles.join(","));
+                        Ok(())
+                    }
+                    (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
+                }
+            }
+            Command::Run { at, directory_api, http, cluster, repos, web_backend } => server::run(RunConfig {
+                key: at.key,
+                directory: at.directory,
+                directory_api,
+                zone: at.zone,
+                http,
+                cluster,
+                repos,
+                web_backend,
+            })
+            .await
+            .map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", "switchboard-directory"])
+            .args(["build", "--quiet", "--bins", "--workspace"])
             .current_dir(root())
             .status()
             .expect("run cargo build");
@@ -101,9 +101,172 @@ pub fn demo_zone(admin_pub: &str) -> String {
         + "\n"
 }
 
+/// A zone with only an SOA, NS and one admin key: hosts are added by the test.
+pub fn minimal_zone(admin_pub: &str) -> String {
+    format!(
+        "$ORIGIN cluster.example.\n$TTL 3600\n@ IN SOA ns1 hostmaster ( 1 3600 600 604800 30 )\n  IN NS ns1\nns1 IN A 127.0.0.1\nadmin._admin 60 IN TXT \"key=ed25519:{admin_pub}\"\n"
+    )
+}
+
+/// Reads a child's stdout for its "listening" line, on a thread.
+fn listening_line(child: &mut Child) -> Result<mpsc::Receiver<String>, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Waits for a child's "listening" line and returns the words after it.
+fn wait_listening(child: &mut Child, what: &str) -> String {
+    let rx = listening_line(child).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+            return line;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("{what} exited ({status}) before listening: {err}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start listening");
+    }
+}
+
+/// The value of `key=` in a "listening" line.
+pub fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A stand-in web backend that answers with its name (`tests/src/bin/echo-backend.rs`).
+pub struct Backend {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Self {
+        let mut child = Command::new(bin("echo-backend"))
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start echo-backend");
+        let line = wait_listening(&mut child, "echo-backend");
+        let addr = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .expect("backend address");
+        Backend { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running sidecar for one host of the cluster.
+pub struct Sidecar {
+    pub name: String,
+    pub key: PathBuf,
+    pub repos: PathBuf,
+    pub http: std::net::SocketAddr,
+    pub cluster: std::net::SocketAddr,
+    child: Option<Child>,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl Sidecar {
+    /// The command line `run` gets, minus the listeners.
+    fn spawn(args: &[std::ffi::OsString], http: &str, cluster: &str) -> Child {
+        Command::new(bin("switchboard-sidecar"))
+            .arg("run")
+            .args(args)
+            .args(["--http", http, "--cluster", cluster])
+            .env("SWITCHBOARD_LOG", "warn,switchboard_sidecar=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard-sidecar")
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn cluster_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cluster)
+    }
+
+    /// Stops this sidecar (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = Self::spawn(
+            &self.args,
+            &self.http.to_string(),
+            &self.cluster.to_string(),
+        );
+        wait_listening(&mut child, &self.name);
+        self.child = Some(child);
+    }
+
+    /// The sidecar's Prometheus metrics.
+    pub fn metrics(&self) -> String {
+        stdout(&run(
+            Command::new("curl").args(["-s", &self.cluster_url("/metrics")])
+        ))
+    }
+
+    /// One metric's value (the first line that starts with `series`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running directory with its own zones and data directories.
 pub struct Directory {
     pub dir: tempfile::TempDir,
+    /// Extra `serve` flags (e.g. TTLs).
+    pub serve_args: Vec<String>,
     child: Option<Child>,
     pub dns: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
@@ -115,16 +278,22 @@ pub struct Directory {
 impl Directory {
     /// Serves the demo cluster (with a fresh admin key).
     pub fn demo() -> Self {
+        Self::with_zone(demo_zone, &[])
+    }
+
+    /// Serves the zone `zone(admin_public_key)` with extra `serve` flags.
+    pub fn with_zone(zone: impl Fn(&str) -> String, serve_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (admin_key, admin_pub, _) = keygen(dir.path(), "admin");
         std::fs::create_dir_all(dir.path().join("zones")).expect("mkdir zones");
         std::fs::write(
             dir.path().join("zones/cluster.example.zone"),
-            demo_zone(&admin_pub),
+            zone(&admin_pub),
         )
         .expect("write zone");
         let mut d = Directory {
             dir,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             dns: ([0, 0, 0, 0], 0).into(),
             http: ([0, 0, 0, 0], 0).into(),
@@ -153,43 +322,33 @@ impl Directory {
 
     /// Starts `serve`; on failure returns its stderr.
     pub fn try_start(&mut self) -> Result<(), String> {
+        // A restart keeps its ports, so that sidecars find it again.
+        let port = |a: std::net::SocketAddr| {
+            if a.port() == 0 {
+                "127.0.0.1:0".to_string()
+            } else {
+                a.to_string()
+            }
+        };
+        let (dns, http) = (port(self.dns), port(self.http));
         let mut child = Command::new(bin("switchboard-directory"))
-            .args([
-                "serve",
-                "--dns",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--zones",
-            ])
+            .args(["serve", "--dns", &dns, "--http", &http, "--zones"])
             .arg(self.zones_dir())
             .arg("--data")
             .arg(self.data_dir())
+            .args(&self.serve_args)
             .env("SWITCHBOARD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
+        let rx = listening_line(&mut child)?;
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let field = |k: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                };
-                self.dns = field("dns=").ok_or("no dns= in listening line")?;
-                self.http = field("http=").ok_or("no http= in listening line")?;
+                self.dns = field(&line, "dns=").ok_or("no dns= in listening line")?;
+                self.http = field(&line, "http=").ok_or("no http= in listening line")?;
                 self.child = Some(child);
                 return Ok(());
             }
@@ -331,6 +490,63 @@ impl Directory {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("timed out waiting for {what}");
+    }
+}
+
+impl Directory {
+    /// Registers host `name` (127.0.0.1, a fresh key, `roles`), starts its sidecar
+    /// with `backend` as its web backend, and publishes its cluster port.
+    pub fn sidecar(&self, name: &str, roles: &str, backend: Option<&Backend>) -> Sidecar {
+        let (key, pubkey, _) = keygen(self.dir.path(), name);
+        self.cli_ok(&[
+            "host",
+            "add",
+            name,
+            "--addr",
+            "127.0.0.1",
+            "--pubkey",
+            &pubkey,
+            "--roles",
+            roles,
+        ]);
+        let repos = self.dir.path().join(format!("repos-{name}"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--key".into(),
+            key.clone().into(),
+            "--directory".into(),
+            self.dns.to_string().into(),
+            "--directory-api".into(),
+            self.server_url().into(),
+            "--zone".into(),
+            "cluster.example.".into(),
+            "--repos".into(),
+            repos.clone().into(),
+        ];
+        if let Some(b) = backend {
+            args.push("--web-backend".into());
+            args.push(b.url().into());
+        }
+        let mut child = Sidecar::spawn(&args, "127.0.0.1:0", "127.0.0.1:0");
+        let line = wait_listening(&mut child, name);
+        let http = field(&line, "http=").expect("http= in the sidecar's listening line");
+        let cluster: std::net::SocketAddr =
+            field(&line, "cluster=").expect("cluster= in the sidecar's listening line");
+        self.cli_ok(&[
+            "bind",
+            "add",
+            name,
+            "switchboard",
+            &cluster.port().to_string(),
+        ]);
+        Sidecar {
+            name: name.to_string(),
+            key,
+            repos,
+            http,
+            cluster,
+            child: Some(child),
+            args,
+        }
     }
 }
 

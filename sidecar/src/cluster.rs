@@ -1,0 +1,170 @@
+//! The cluster listener (`--cluster`): only signed calls from other hosts.
+//!
+//! Each call is checked before anything acts on it: RFC 9421 signature by the
+//! key the directory publishes for its `keyid` (`FPR.key.Z`), the body against
+//! its `Content-Digest`, freshness, a fresh nonce, and the calling host marked
+//! available. A refusal is a 401 with the reason, logged and counted. An
+//! accepted call is served here: the sender already routed it.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use switchboard_directory::sign::{self, Policy};
+
+use crate::forward::{unix_now, BoxBody};
+use crate::identity;
+use crate::route;
+use crate::sidecar::{error, Sidecar, MAX_BODY};
+use crate::spool::Spooled;
+
+fn refuse(
+    sc: &Sidecar,
+    reason: &'static str,
+    message: String,
+    peer: &std::net::SocketAddr,
+    keyid: &str,
+) -> Response<BoxBody> {
+    tracing::warn!(reason, %peer, keyid, error = %message, "cluster call refused");
+    sc.metrics.refusal(reason);
+    sc.metrics.request("cluster", "refused");
+    error(StatusCode::UNAUTHORIZED, reason, message)
+}
+
+/// Handles one call on the cluster listener.
+pub async fn handle(
+    sc: Arc<Sidecar>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<BoxBody> {
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        let mut r = Response::new(
+            http_body_util::Full::new(bytes::Bytes::from(sc.metrics.render()))
+                .map_err(|e| match e {})
+                .boxed(),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let (parts, body) = req.into_parts();
+    let parsed = match sign::parse(&parts.headers) {
+        Ok(p) => p,
+        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, ""),
+    };
+    let keyid = parsed.keyid().to_string();
+    let caller = match identity::lookup(&sc.dir, &keyid).await {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            return refuse(
+                &sc,
+                "unknown-key",
+                format!("key {keyid} belongs to no host in the directory"),
+                &peer,
+                &keyid,
+            )
+        }
+        Err(e) => {
+            return refuse(
+                &sc,
+                "unknown-key",
+                format!("cannot look key {keyid} up: {e}"),
+                &peer,
+                &keyid,
+            )
+        }
+    };
+    match sc.dir.host_available(&caller.host).await {
+        Ok(Some(true)) => {}
+        Ok(_) => {
+            return refuse(
+                &sc,
+                "host-unavailable",
+                format!(
+                    "host {} is marked unavailable in the directory",
+                    caller.host
+                ),
+                &peer,
+                &keyid,
+            )
+        }
+        Err(e) => {
+            return refuse(
+                &sc,
+                "unknown-key",
+                format!("cannot check host {}: {e}", caller.host),
+                &peer,
+                &keyid,
+            )
+        }
+    }
+    let Ok(key) = caller.key.verifying_key() else {
+        return refuse(
+            &sc,
+            "unknown-key",
+            format!("the key of {} is not a valid ed25519 key", caller.host),
+            &peer,
+            &keyid,
+        );
+    };
+    let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+    };
+    let now = unix_now();
+    if let Err(e) = parsed.verify_hashed(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        spooled.hash(),
+        &key,
+        now,
+        &Policy::default(),
+    ) {
+        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+    }
+    if let Err(e) = sc
+        .replay
+        .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
+    {
+        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+    }
+    tracing::debug!(from = %caller.host, path = %parts.uri.path(), "cluster call accepted");
+    sc.metrics.request("cluster", "accepted");
+
+    let path = parts.uri.path().to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    match route::git_path(&path, parts.uri.query()) {
+        Err(e) => return error(e.status(), e.reason(), e.to_string()),
+        Ok(Some(gp)) => {
+            return sc
+                .git_local(
+                    &gp.repo,
+                    gp.rest,
+                    &parts.method,
+                    parts.uri.query(),
+                    &parts.headers,
+                    spooled.into_body(),
+                )
+                .await;
+        }
+        Ok(None) => {}
+    }
+    if path.starts_with("/api/") {
+        return sc
+            .web_local(parts.method, &pq, &parts.headers, spooled.into_body())
+            .await;
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no cluster route {path}"),
+    )
+}

@@ -1,0 +1,351 @@
+//! What the sidecar knows of the directory: DNS answers, cached by TTL, kept past
+//! their TTL when the directory cannot be reached (serve-stale, RFC 8767), and
+//! dropped the moment the directory's change feed reports a new serial.
+//!
+//! Lookups go through hickory-resolver pointed at `--directory` with its own
+//! cache off, so this module alone decides what is fresh, what is stale, and
+//! when to forget.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::Resolver;
+use switchboard_directory::schema;
+
+use crate::metrics::Metrics;
+
+/// The directory could not answer and nothing was cached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DirError {
+    #[error(
+        "the directory at {server} did not answer ({reason}) and nothing is cached for {name}"
+    )]
+    Unreachable {
+        server: SocketAddr,
+        name: String,
+        reason: String,
+    },
+    #[error("bad name {0:?}")]
+    BadName(String),
+}
+
+/// One cached answer. `exists` is false for NXDOMAIN.
+#[derive(Debug)]
+pub struct Answer {
+    pub exists: bool,
+    pub records: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+struct Cached {
+    answer: Arc<Answer>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Reachability {
+    down_since: Option<Instant>,
+    next_try: Option<Instant>,
+}
+
+/// Negative answers and empty sets are kept this long.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// While the directory is down, ask it again at most this often.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// A host's cluster listener, as the directory publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// Cached, stale-tolerant access to the directory's DNS answers.
+pub struct DirectoryClient {
+    resolver: Resolver<TokioRuntimeProvider>,
+    server: SocketAddr,
+    zone: Name,
+    cache: Mutex<HashMap<(Name, RecordType), Cached>>,
+    /// Bumped by `invalidate`; an answer asked for before a bump is not cached.
+    generation: AtomicU64,
+    reach: Mutex<Reachability>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl DirectoryClient {
+    /// A client for zone `zone` served at `server`.
+    pub fn new(server: SocketAddr, zone: &str, metrics: Arc<Metrics>) -> Result<Self, DirError> {
+        let mut zone = Name::from_ascii(zone).map_err(|_| DirError::BadName(zone.to_string()))?;
+        zone.set_fqdn(true);
+        let mut udp = ConnectionConfig::udp();
+        udp.port = server.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = server.port();
+        let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.timeout = Duration::from_millis(500);
+        opts.attempts = 1;
+        opts.ndots = 0;
+        opts.recursion_desired = false;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.edns0 = true;
+        let resolver = Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .map_err(|e| DirError::Unreachable {
+            server,
+            name: zone.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(DirectoryClient {
+            resolver,
+            server,
+            zone,
+            cache: Mutex::default(),
+            generation: AtomicU64::new(0),
+            reach: Mutex::default(),
+            metrics,
+        })
+    }
+
+    pub fn zone(&self) -> &Name {
+        &self.zone
+    }
+
+    /// Forgets every cached answer (the directory changed).
+    pub fn invalidate(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
+    }
+
+    fn name(&self, rel: &str) -> Result<Name, DirError> {
+        Name::from_ascii(rel)
+            .and_then(|n| n.append_domain(&self.zone))
+            .map_err(|_| DirError::BadName(rel.to_string()))
+    }
+
+    /// The answer for `rel` (relative to the zone) and type `t`.
+    pub async fn lookup(&self, rel: &str, t: RecordType) -> Result<Arc<Answer>, DirError> {
+        let name = self.name(rel)?;
+        let now = Instant::now();
+        let stale = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(&(name.clone(), t)) {
+                Some(c) if c.expires > now => return Ok(c.answer.clone()),
+                Some(c) => Some(c.answer.clone()),
+                None => None,
+            }
+        };
+        // While the directory is down, don't make every request wait for a timeout.
+        let skip = {
+            let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+            stale.is_some() && r.next_try.is_some_and(|t| now < t)
+        };
+        if !skip {
+            let gen = self.generation.load(Ordering::SeqCst);
+            match self.resolver.lookup(name.clone(), t).await {
+                Ok(l) => {
+                    return Ok(self.remember(
+                        gen,
+                        name,
+                        t,
+                        true,
+                        l.answers().to_vec(),
+                        l.additionals().to_vec(),
+                    ))
+                }
+                Err(e) if e.is_nx_domain() => {
+                    return Ok(self.remember(gen, name, t, false, vec![], vec![]))
+                }
+                Err(e) if e.is_no_records_found() => {
+                    return Ok(self.remember(gen, name, t, true, vec![], vec![]))
+                }
+                Err(e) => {
+                    self.unreachable(&e.to_string());
+                    if stale.is_none() {
+                        return Err(DirError::Unreachable {
+                            server: self.server,
+                            name: name.to_string(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.metrics.serving_stale.store(true, Ordering::Relaxed);
+        self.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
+        stale.ok_or_else(|| DirError::Unreachable {
+            server: self.server,
+            name: name.to_string(),
+            reason: "down".into(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remember(
+        &self,
+        gen: u64,
+        name: Name,
+        t: RecordType,
+        exists: bool,
+        records: Vec<Record>,
+        additionals: Vec<Record>,
+    ) -> Arc<Answer> {
+        let ttl = records
+            .iter()
+            .filter(|r| r.record_type() == t)
+            .map(|r| Duration::from_secs(u64::from(r.ttl)))
+            .min()
+            .unwrap_or(NEGATIVE_TTL);
+        let answer = Arc::new(Answer {
+            exists,
+            records,
+            additionals,
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(Ordering::SeqCst) == gen {
+            cache.insert(
+                (name, t),
+                Cached {
+                    answer: answer.clone(),
+                    expires: Instant::now() + ttl,
+                },
+            );
+        }
+        drop(cache);
+        self.reachable();
+        answer
+    }
+
+    fn reachable(&self) {
+        self.metrics.answered();
+        self.metrics.directory_up.store(true, Ordering::Relaxed);
+        self.metrics.serving_stale.store(false, Ordering::Relaxed);
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = r.down_since.take() {
+            tracing::info!(server = %self.server, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");
+        }
+        r.next_try = None;
+    }
+
+    fn unreachable(&self, reason: &str) {
+        self.metrics.directory_up.store(false, Ordering::Relaxed);
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if r.down_since.is_none() {
+            r.down_since = Some(Instant::now());
+            tracing::warn!(server = %self.server, reason, "directory unreachable; routing on the last answers (serve-stale)");
+        }
+        r.next_try = Some(Instant::now() + RETRY);
+    }
+
+    /// TXT attributes at `rel` as a map; `None` for NXDOMAIN.
+    pub async fn txt(&self, rel: &str) -> Result<Option<HashMap<String, String>>, DirError> {
+        let a = self.lookup(rel, RecordType::TXT).await?;
+        if !a.exists {
+            return Ok(None);
+        }
+        let mut out = HashMap::new();
+        for r in &a.records {
+            if let RData::TXT(t) = &r.data {
+                for s in t.txt_data.iter() {
+                    let s = String::from_utf8_lossy(s);
+                    let (k, v) = s.split_once('=').unwrap_or((&s, ""));
+                    out.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The hosts an SRV name points at, with their addresses and the SRV port;
+    /// `None` for NXDOMAIN, empty when the name exists but no host is eligible.
+    pub async fn srv(&self, rel: &str) -> Result<Option<Vec<Peer>>, DirError> {
+        let a = self.lookup(rel, RecordType::SRV).await?;
+        if !a.exists {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for r in &a.records {
+            let RData::SRV(srv) = &r.data else { continue };
+            let target = &srv.target;
+            let Some(host) = target
+                .iter()
+                .next()
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            else {
+                continue;
+            };
+            let addr = a
+                .additionals
+                .iter()
+                .filter(|x| {
+                    x.name.eq_case(target) || x.name.to_lowercase() == target.to_lowercase()
+                })
+                .find_map(|x| match &x.data {
+                    RData::A(v4) => Some(IpAddr::V4(v4.0)),
+                    RData::AAAA(v6) => Some(IpAddr::V6(v6.0)),
+                    _ => None,
+                });
+            let addr = match addr {
+                Some(a) => a,
+                None => match self.address(&host).await? {
+                    Some(a) => a,
+                    None => continue,
+                },
+            };
+            out.push(Peer {
+                host,
+                addr: SocketAddr::new(addr, srv.port),
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// A host's first address from `HOST.node.Z`.
+    pub async fn address(&self, host: &str) -> Result<Option<IpAddr>, DirError> {
+        let rel = format!("{host}.{}", schema::NODE);
+        let a = self.lookup(&rel, RecordType::A).await?;
+        if let Some(ip) = a.records.iter().find_map(|r| match &r.data {
+            RData::A(v4) => Some(IpAddr::V4(v4.0)),
+            _ => None,
+        }) {
+            return Ok(Some(ip));
+        }
+        let a = self.lookup(&rel, RecordType::AAAA).await?;
+        Ok(a.records.iter().find_map(|r| match &r.data {
+            RData::AAAA(v6) => Some(IpAddr::V6(v6.0)),
+            _ => None,
+        }))
+    }
+
+    /// A host's cluster listener (`HOST._switchboard._tcp.Z`).
+    pub async fn cluster_endpoint(&self, host: &str) -> Result<Option<Peer>, DirError> {
+        let rel = format!("{host}._{}.{}", schema::SWITCHBOARD_SERVICE, schema::TCP);
+        Ok(self
+            .srv(&rel)
+            .await?
+            .and_then(|v| v.into_iter().next())
+            .filter(|p| p.addr.port() != 0))
+    }
+
+    /// Whether a host is marked available (`available=1` in its node TXT); `None` if unknown.
+    pub async fn host_available(&self, host: &str) -> Result<Option<bool>, DirError> {
+        Ok(self
+            .txt(&format!("{host}.{}", schema::NODE))
+            .await?
+            .map(|t| t.get(schema::txt::AVAILABLE).map(String::as_str) != Some("0")))
+    }
+}

@@ -1,0 +1,70 @@
+//! Following the directory's change feed (`GET /v1/feed`, a long poll): when the
+//! zone's serial moves, every cached answer is dropped, so a promotion or a host
+//! marked unavailable reaches routing within a second instead of a TTL. When the
+//! feed is down, answers simply expire by TTL.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use http_body_util::BodyExt;
+
+use crate::directory::DirectoryClient;
+use crate::forward::Forwarder;
+
+/// Follows the feed forever.
+pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String, zone: String) {
+    let mut since: u64 = 0;
+    let mut down_logged = false;
+    loop {
+        let uri = format!(
+            "{}/v1/feed?zone={zone}&since={since}&timeout=25",
+            api.trim_end_matches('/')
+        );
+        let result: Result<u64, String> = async {
+            let uri: Uri = uri
+                .parse()
+                .map_err(|e| format!("bad --directory-api: {e}"))?;
+            let resp = tokio::time::timeout(Duration::from_secs(35), fwd.get(uri))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            v.get("serial")
+                .and_then(|s| s.as_u64())
+                .ok_or_else(|| "no serial in the feed".to_string())
+        }
+        .await;
+        match result {
+            Ok(serial) => {
+                dir.metrics.feed_up.store(true, Ordering::Relaxed);
+                if down_logged {
+                    tracing::info!("directory change feed is back");
+                    down_logged = false;
+                }
+                if serial != since {
+                    dir.invalidate();
+                    tracing::debug!(serial, "directory changed; cache dropped");
+                    since = serial;
+                }
+            }
+            Err(e) => {
+                dir.metrics.feed_up.store(false, Ordering::Relaxed);
+                if !down_logged {
+                    tracing::warn!(error = %e, "directory change feed unavailable; falling back to TTL expiry");
+                    down_logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Calls to other hosts: every one signed with this host's key (RFC 9421, with the
+//! body's `Content-Digest`), over a pooled keep-alive HTTP/1.1 client, with the
+//! response streamed back as it arrives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use switchboard_directory::sign::Signer;
+
+use crate::directory::Peer;
+use crate::identity::Identity;
+use crate::spool::Spooled;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every listener and client here speaks.
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Headers that travel with a forwarded request (hop-by-hop ones never do).
+const PASS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::USER_AGENT,
+    HeaderName::from_static("git-protocol"),
+];
+
+/// Why a call to another host failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot sign the call to {host}: {reason}")]
+    Sign { host: String, reason: String },
+    #[error("{host} ({addr}) did not answer: {reason}")]
+    Unreachable {
+        host: String,
+        addr: String,
+        reason: String,
+    },
+}
+
+/// Signs and sends calls to peers.
+pub struct Forwarder {
+    client: Client<HttpConnector, BoxBody>,
+    identity: Arc<Identity>,
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, BoxBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build(connector)
+}
+
+/// Copies the end-to-end headers worth passing on.
+pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in PASS.iter() {
+        for v in from.get_all(name) {
+            to.append(name.clone(), v.clone());
+        }
+    }
+}
+
+impl Forwarder {
+    pub fn new(identity: Arc<Identity>) -> Self {
+        Forwarder {
+            client: client(),
+            identity,
+        }
+    }
+
+    /// Sends `method path_and_query` to `peer`'s cluster listener, signed.
+    pub async fn send(
+        &self,
+        peer: &Peer,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Spooled,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let uri: Uri = format!("http://{}{}", peer.addr, path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
+                host: peer.host.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut out = HeaderMap::new();
+        pass_headers(headers, &mut out);
+        if let Ok(v) = HeaderValue::from_str(&peer.addr.to_string()) {
+            out.insert(header::HOST, v);
+        }
+        let hash = *body.hash();
+        if hash.len > 0 {
+            out.insert(header::CONTENT_LENGTH, HeaderValue::from(hash.len));
+        }
+        Signer {
+            key: &self.identity.key,
+            keyid: &self.identity.fingerprint,
+        }
+        .sign_hashed(&method, &uri, &mut out, &hash, unix_now())
+        .map_err(|e| ForwardError::Sign {
+            host: peer.host.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body.into_body())
+            .map_err(|e| ForwardError::Sign {
+                host: peer.host.clone(),
+                reason: e.to_string(),
+            })?;
+        *req.headers_mut() = out;
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| ForwardError::Unreachable {
+                host: peer.host.clone(),
+                addr: peer.addr.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends a request to a local backend (unsigned: it is on this host).
+    pub async fn local(
+        &self,
+        base: &Uri,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
+        let uri: Uri = format!("http://{authority}{path_and_query}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
+                host: "web backend".into(),
+                reason: e.to_string(),
+            })?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .map_err(|e| ForwardError::Sign {
+                host: "web backend".into(),
+                reason: e.to_string(),
+            })?;
+        let h = req.headers_mut();
+        pass_headers(headers, h);
+        if let Some(v) = headers.get(header::CONTENT_LENGTH) {
+            h.insert(header::CONTENT_LENGTH, v.clone());
+        }
+        for (k, v) in headers {
+            if k.as_str().starts_with("x-switchboard-") {
+                h.insert(k.clone(), v.clone());
+            }
+        }
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| ForwardError::Unreachable {
+                host: "web backend".into(),
+                addr: authority.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Plain GET, for the directory's change feed.
+    pub async fn get(&self, uri: Uri) -> Result<Response<Incoming>, ForwardError> {
+        let req = Request::builder()
+            .uri(uri.clone())
+            .body(
+                http_body_util::Empty::<Bytes>::new()
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .map_err(|e| ForwardError::Sign {
+                host: "directory".into(),
+                reason: e.to_string(),
+            })?;
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| ForwardError::Unreachable {
+                host: "directory".into(),
+                addr: uri.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+use http_body_util::BodyExt as _;
+
+/// Wraps a peer's response body for our listeners.
+pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
+    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

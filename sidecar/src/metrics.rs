@@ -1,0 +1,157 @@
+//! Counters and gauges, rendered in Prometheus text format at `/metrics` on the
+//! cluster listener: requests by kind and outcome, signature refusals by reason,
+//! directory reachability and cache age.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Everything the sidecar counts.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// 1 while the last directory query got an answer.
+    pub directory_up: AtomicBool,
+    /// 1 while routing uses answers past their TTL.
+    pub serving_stale: AtomicBool,
+    /// 1 while the change feed is connected.
+    pub feed_up: AtomicBool,
+    /// Seconds since start of the last answer from the directory (0: never).
+    last_answer_ms: AtomicU64,
+    pub stale_answers: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            requests: Mutex::default(),
+            refusals: Mutex::default(),
+            directory_up: AtomicBool::new(false),
+            serving_stale: AtomicBool::new(false),
+            feed_up: AtomicBool::new(false),
+            last_answer_ms: AtomicU64::new(0),
+            stale_answers: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one request: `kind` is conduit, git, cluster, web; `outcome` local, forwarded, refused, error.
+    pub fn request(&self, kind: &'static str, outcome: &'static str) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((kind, outcome))
+            .or_default() += 1;
+    }
+
+    /// Counts one refused signature.
+    pub fn refusal(&self, reason: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Notes a fresh answer from the directory.
+    pub fn answered(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_answer_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Seconds since the directory last answered, if it ever did.
+    pub fn cache_age_secs(&self) -> Option<f64> {
+        match self.last_answer_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => {
+                Some((self.started.elapsed().as_millis() as u64).saturating_sub(ms) as f64 / 1000.0)
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP switchboard_sidecar_requests_total Requests routed, by kind and outcome."
+        );
+        let _ = writeln!(out, "# TYPE switchboard_sidecar_requests_total counter");
+        for ((kind, outcome), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "switchboard_sidecar_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP switchboard_sidecar_signature_refusals_total Signed cluster calls refused, by reason.");
+        let _ = writeln!(
+            out,
+            "# TYPE switchboard_sidecar_signature_refusals_total counter"
+        );
+        for (reason, n) in self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "switchboard_sidecar_signature_refusals_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        let b = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+        gauge(
+            &mut out,
+            "switchboard_sidecar_directory_up",
+            "1 if the directory answered the last query.",
+            b(&self.directory_up),
+        );
+        gauge(
+            &mut out,
+            "switchboard_sidecar_serving_stale",
+            "1 while routing on answers past their TTL (RFC 8767).",
+            b(&self.serving_stale),
+        );
+        gauge(
+            &mut out,
+            "switchboard_sidecar_feed_up",
+            "1 while the directory change feed is followed.",
+            b(&self.feed_up),
+        );
+        gauge(
+            &mut out,
+            "switchboard_sidecar_cache_age_seconds",
+            "Seconds since the directory last answered (-1: never).",
+            self.cache_age_secs().unwrap_or(-1.0),
+        );
+        let _ = writeln!(out, "# HELP switchboard_sidecar_stale_answers_total Lookups answered from expired cache entries.");
+        let _ = writeln!(
+            out,
+            "# TYPE switchboard_sidecar_stale_answers_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_sidecar_stale_answers_total {}",
+            self.stale_answers.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

@@ -1,0 +1,315 @@
+//! Classify a request: which repository it names (if any), and whether it reads
+//! or writes. Then pick where it goes: this host, or a peer, from the
+//! directory's `read.REPO`, `write.REPO` and `conduit.service` answers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use switchboard_directory::model::validate_label;
+use switchboard_directory::schema;
+
+use crate::directory::{DirError, DirectoryClient, Peer};
+
+/// Reads may go to any up-to-date host; writes only to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Where a request is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Here: this host holds what the request needs.
+    Local,
+    /// Another host's cluster listener, signed.
+    Peer(Peer),
+}
+
+/// A request that cannot be routed, with what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("repository name {0:?} is not valid: use one DNS label (letters, digits, '-'), no '/' or '..'")]
+    BadName(String),
+    #[error("no repository {0} in the directory")]
+    UnknownRepo(String),
+    #[error("the master of {0} is unavailable: writes are refused until it is back or an admin promotes a replica (`repo promote`)")]
+    NoMaster(String),
+    #[error("no up-to-date host of {0} is available for reads")]
+    NoReader(String),
+    #[error("no host provides conduit and this host has no web backend")]
+    NoConduit,
+    #[error("host {0} has no switchboard binding: its sidecar cannot be reached (`bind add {0} switchboard PORT`)")]
+    NoClusterPort(String),
+    #[error("{0}")]
+    Directory(#[from] DirError),
+}
+
+impl RouteError {
+    /// The HTTP status a user sees.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            RouteError::BadName(_) => S::BAD_REQUEST,
+            RouteError::UnknownRepo(_) => S::NOT_FOUND,
+            RouteError::NoMaster(_)
+            | RouteError::NoReader(_)
+            | RouteError::NoConduit
+            | RouteError::NoClusterPort(_) => S::SERVICE_UNAVAILABLE,
+            RouteError::Directory(_) => S::BAD_GATEWAY,
+        }
+    }
+
+    /// A stable code for JSON errors and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RouteError::BadName(_) => "bad-repository-name",
+            RouteError::UnknownRepo(_) => "unknown-repository",
+            RouteError::NoMaster(_) => "no-master",
+            RouteError::NoReader(_) => "no-reader",
+            RouteError::NoConduit => "no-conduit",
+            RouteError::NoClusterPort(_) => "no-cluster-port",
+            RouteError::Directory(_) => "directory-unreachable",
+        }
+    }
+}
+
+/// Checks a repository name from a URL, an SSH command or a Conduit parameter.
+pub fn repo_name(raw: &str) -> Result<String, RouteError> {
+    let name = raw.strip_suffix(".git").unwrap_or(raw);
+    validate_label("repository", name).map_err(|_| RouteError::BadName(raw.to_string()))?;
+    Ok(name.to_string())
+}
+
+/// A git smart-HTTP path: `/source/REPO.git/REST`, with `REST` one of
+/// `info/refs`, `git-upload-pack`, `git-receive-pack`.
+pub struct GitPath<'a> {
+    pub repo: String,
+    pub rest: &'a str,
+    pub access: Access,
+}
+
+/// Parses `/source/REPO.git/...`; `Ok(None)` if the path is not a git path at all.
+pub fn git_path<'a>(path: &'a str, query: Option<&str>) -> Result<Option<GitPath<'a>>, RouteError> {
+    let Some(tail) = path.strip_prefix("/source/") else {
+        return Ok(None);
+    };
+    let Some((repo, rest)) = tail.split_once(".git/") else {
+        let raw = tail.split('/').next().unwrap_or(tail);
+        return Err(RouteError::BadName(raw.to_string()));
+    };
+    let repo = repo_name(repo)?;
+    let access = match rest {
+        "git-receive-pack" => Access::Write,
+        "info/refs"
+            if query
+                .unwrap_or("")
+                .split('&')
+                .any(|p| p == "service=git-receive-pack") =>
+        {
+            Access::Write
+        }
+        "info/refs" | "git-upload-pack" | "git-upload-archive" => Access::Read,
+        _ => return Ok(None),
+    };
+    Ok(Some(GitPath { repo, rest, access }))
+}
+
+/// Conduit methods that change a repository. Everything else under `diffusion.` reads.
+pub fn conduit_access(method: &str) -> Access {
+    let last = method.rsplit('.').next().unwrap_or(method);
+    let writes = [
+        "edit", "create", "update", "delete", "remove", "push", "merge", "write", "set", "import",
+    ];
+    if writes.iter().any(|w| last.ends_with(w)) {
+        Access::Write
+    } else {
+        Access::Read
+    }
+}
+
+/// The repository a Conduit call names: `repository` as a form field, inside the
+/// form field `params` (JSON), or in a JSON body. Only `diffusion.*` methods count.
+pub fn conduit_repository(method: &str, content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    if !method.starts_with("diffusion.") {
+        return None;
+    }
+    let from_json = |v: &serde_json::Value| {
+        v.get("repository")
+            .and_then(|r| r.as_str().map(str::to_string))
+    };
+    let is_json = content_type.is_some_and(|c| c.starts_with("application/json"));
+    if is_json {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        return from_json(&v).or_else(|| v.get("params").and_then(from_json));
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let mut params_json = None;
+    for pair in text.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = form_decode(v);
+        match form_decode(k).as_str() {
+            "repository" => return Some(v),
+            "params" => params_json = Some(v),
+            _ => {}
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(&params_json?).ok()?;
+    from_json(&v)
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component.
+pub fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Picks where a repository request goes.
+pub struct Router {
+    pub dir: std::sync::Arc<DirectoryClient>,
+    pub host: String,
+    next: AtomicUsize,
+}
+
+impl Router {
+    pub fn new(dir: std::sync::Arc<DirectoryClient>, host: String) -> Self {
+        Router {
+            dir,
+            host,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reads: this host if it is an up-to-date reader, else the readers in turn.
+    /// Writes: the master.
+    pub async fn repo(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
+        let label = match access {
+            Access::Read => schema::READ,
+            Access::Write => schema::WRITE,
+        };
+        let peers = self
+            .dir
+            .srv(&format!("{label}.{repo}.{}", schema::REPO))
+            .await?
+            .ok_or_else(|| RouteError::UnknownRepo(repo.to_string()))?;
+        if peers.is_empty() {
+            return Err(match access {
+                Access::Read => RouteError::NoReader(repo.to_string()),
+                Access::Write => RouteError::NoMaster(repo.to_string()),
+            });
+        }
+        if peers.iter().any(|p| p.host == self.host) {
+            return Ok(Target::Local);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % peers.len();
+        let peer = peers[i].clone();
+        if peer.addr.port() == 0 {
+            return Err(RouteError::NoClusterPort(peer.host));
+        }
+        Ok(Target::Peer(peer))
+    }
+
+    /// A Conduit call that names no repository, on a host without a web backend:
+    /// one of the `conduit.service` hosts, in turn.
+    pub async fn conduit(&self) -> Result<Peer, RouteError> {
+        let hosts = self
+            .dir
+            .srv(&format!("{}.{}", "conduit", schema::SERVICE))
+            .await?
+            .unwrap_or_default();
+        let others: Vec<_> = hosts.into_iter().filter(|p| p.host != self.host).collect();
+        if others.is_empty() {
+            return Err(RouteError::NoConduit);
+        }
+        let pick = &others[self.next.fetch_add(1, Ordering::Relaxed) % others.len()];
+        self.dir
+            .cluster_endpoint(&pick.host)
+            .await?
+            .ok_or_else(|| RouteError::NoClusterPort(pick.host.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_paths() {
+        let p = git_path("/source/r1.git/info/refs", Some("service=git-upload-pack"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.repo.as_str(), p.rest, p.access),
+            ("r1", "info/refs", Access::Read)
+        );
+        let p = git_path("/source/r1.git/info/refs", Some("service=git-receive-pack"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.access, Access::Write);
+        let p = git_path("/source/r1.git/git-receive-pack", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.access, Access::Write);
+        assert!(git_path("/source/../etc.git/info/refs", None).is_err());
+        assert!(git_path("/source/a%2Fb.git/info/refs", None).is_err());
+        assert!(git_path("/source/r1.git/objects/info/packs", None)
+            .unwrap()
+            .is_none());
+        assert!(git_path("/other", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn conduit_params() {
+        assert_eq!(
+            conduit_repository("diffusion.querycommits", None, b"repository=r1&x=1"),
+            Some("r1".into())
+        );
+        assert_eq!(
+            conduit_repository(
+                "diffusion.querycommits",
+                None,
+                b"params=%7B%22repository%22%3A%22r2%22%7D&output=json"
+            ),
+            Some("r2".into())
+        );
+        assert_eq!(
+            conduit_repository(
+                "diffusion.x",
+                Some("application/json"),
+                br#"{"params":{"repository":"r3"}}"#
+            ),
+            Some("r3".into())
+        );
+        assert_eq!(
+            conduit_repository("user.whoami", None, b"repository=r1"),
+            None
+        );
+        assert_eq!(conduit_repository("diffusion.x", None, b"%zz=%"), None);
+        assert_eq!(conduit_access("diffusion.querycommits"), Access::Read);
+        assert_eq!(conduit_access("diffusion.repository.edit"), Access::Write);
+        assert_eq!(conduit_access("diffusion.uri.create"), Access::Write);
+        assert_eq!(conduit_access("diffusion.mergedcommitsquery"), Access::Read);
+    }
+}

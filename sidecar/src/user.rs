@@ -1,0 +1,186 @@
+//! The user-facing listener (`--http`): Conduit (`POST /api/METHOD`), git smart
+//! HTTP (`/source/REPO.git/...`), and anything else to the local web backend.
+//! Only hosts with the `web` role take user traffic; the rest say so with a 403.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::forward::{self, BoxBody, BoxError};
+use crate::route::{self, Target};
+use crate::sidecar::{error, Sidecar, MAX_BODY, MAX_CONDUIT_BODY};
+use crate::spool::Spooled;
+
+/// Handles one user request.
+pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBody> {
+    if !sc.me.has_role("web") {
+        sc.metrics.request("user", "refused");
+        return error(
+            StatusCode::FORBIDDEN,
+            "not-a-web-host",
+            format!(
+                "{} (roles: {}) serves cluster traffic only: send user requests to a web host",
+                sc.me.host,
+                sc.me.roles.join(",")
+            ),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    match route::git_path(&path, query.as_deref()) {
+        Err(e) => {
+            sc.metrics.request("git", "refused");
+            return error(e.status(), e.reason(), e.to_string());
+        }
+        Ok(Some(gp)) => {
+            let (repo, rest, access) = (gp.repo, gp.rest.to_string(), gp.access);
+            return git(sc, req, &repo, &rest, access).await;
+        }
+        Ok(None) => {}
+    }
+    if req.method() == Method::POST {
+        if let Some(method) = path.strip_prefix("/api/") {
+            let method = method.to_string();
+            return conduit(sc, req, &method).await;
+        }
+    }
+    sc.metrics.request("web", "local");
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let (parts, body) = req.into_parts();
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+    sc.web_local(parts.method, &pq, &parts.headers, body).await
+}
+
+async fn git(
+    sc: Arc<Sidecar>,
+    req: Request<Incoming>,
+    repo: &str,
+    rest: &str,
+    access: route::Access,
+) -> Response<BoxBody> {
+    let target = match sc.router.repo(repo, access).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(repo, reason = e.reason(), "git request not routed");
+            sc.metrics.request("git", "refused");
+            return error(e.status(), e.reason(), e.to_string());
+        }
+    };
+    let (parts, body) = req.into_parts();
+    match target {
+        Target::Local => {
+            sc.metrics.request("git", "local");
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+            sc.git_local(
+                repo,
+                rest,
+                &parts.method,
+                parts.uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await
+        }
+        Target::Peer(peer) => {
+            let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+            };
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            tracing::debug!(repo, host = %peer.host, ?access, "forwarding git request");
+            match sc
+                .forwarder
+                .send(&peer, parts.method, pq, &parts.headers, spooled)
+                .await
+            {
+                Ok(r) => {
+                    sc.metrics.request("git", "forwarded");
+                    forward::stream_back(r)
+                }
+                Err(e) => {
+                    sc.metrics.request("git", "error");
+                    error(StatusCode::BAD_GATEWAY, "peer-unreachable", e.to_string())
+                }
+            }
+        }
+    }
+}
+
+/// Routes a Conduit call: by repository when it names one, else to the web backend.
+pub async fn conduit(sc: Arc<Sidecar>, req: Request<Incoming>, method: &str) -> Response<BoxBody> {
+    let (parts, body) = req.into_parts();
+    let spooled = match Spooled::read(body, MAX_CONDUIT_BODY, &sc.spool_dir).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+    };
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let repo = spooled
+        .bytes()
+        .and_then(|b| route::conduit_repository(method, content_type, b));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let target = match &repo {
+        Some(r) => {
+            let name = match route::repo_name(r) {
+                Ok(n) => n,
+                Err(e) => return error(e.status(), e.reason(), e.to_string()),
+            };
+            match sc.router.repo(&name, route::conduit_access(method)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    sc.metrics.request("conduit", "refused");
+                    return error(e.status(), e.reason(), e.to_string());
+                }
+            }
+        }
+        None if sc.web_backend.is_some() && sc.me.has_role("web") => Target::Local,
+        None => match sc.router.conduit().await {
+            Ok(p) => Target::Peer(p),
+            Err(e) => return error(e.status(), e.reason(), e.to_string()),
+        },
+    };
+    send_conduit(&sc, target, parts.method, &pq, &parts.headers, spooled).await
+}
+
+/// Delivers a Conduit call to its target: the local web backend, or a peer, signed.
+pub async fn send_conduit(
+    sc: &Sidecar,
+    target: Target,
+    method: Method,
+    pq: &str,
+    headers: &http::HeaderMap,
+    body: Spooled,
+) -> Response<BoxBody> {
+    match target {
+        Target::Local => {
+            sc.metrics.request("conduit", "local");
+            sc.web_local(method, pq, headers, body.into_body()).await
+        }
+        Target::Peer(peer) => match sc.forwarder.send(&peer, method, pq, headers, body).await {
+            Ok(r) => {
+                sc.metrics.request("conduit", "forwarded");
+                forward::stream_back(r)
+            }
+            Err(e) => {
+                sc.metrics.request("conduit", "error");
+                error(StatusCode::BAD_GATEWAY, "peer-unreachable", e.to_string())
+            }
+        },
+    }
+}

@@ -1,0 +1,516 @@
+//! The sidecar end to end: one directory, three hosts on loopback each with its
+//! own key, ports, repository root and echo web backend; real `git` over HTTP,
+//! `curl` for Conduit and for forged, replayed, tampered and expired calls.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use switchboard_tests::{
+    keygen, minimal_zone, run, signed_headers, stderr, stdout, unix_now, Backend, Directory,
+    Sidecar,
+};
+
+struct Cluster {
+    d: Directory,
+    web1: Sidecar,
+    repo1: Sidecar,
+    repo2: Sidecar,
+    _backends: Vec<Backend>,
+}
+
+/// web1 [web], repo1 [repo, web], repo2 [repo]; each with an echo backend.
+fn cluster(serve_args: &[&str]) -> Cluster {
+    let d = Directory::with_zone(minimal_zone, serve_args);
+    let backends: Vec<Backend> = ["web1", "repo1", "repo2"]
+        .iter()
+        .map(|n| Backend::start(n))
+        .collect();
+    let web1 = d.sidecar("web1", "web", Some(&backends[0]));
+    let repo1 = d.sidecar("repo1", "repo,web", Some(&backends[1]));
+    let repo2 = d.sidecar("repo2", "repo", Some(&backends[2]));
+    Cluster {
+        d,
+        web1,
+        repo1,
+        repo2,
+        _backends: backends,
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0"))
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = git(dir, args);
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A POST of a Conduit call through `url`; returns (status, JSON).
+fn conduit(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["-w", "%{http_code}", "--data-binary", body, url]));
+    let code = stdout(&out).trim().parse().unwrap_or(0);
+    let v = serde_json::from_slice(&std::fs::read(dir.path().join("out")).unwrap_or_default())
+        .unwrap_or_default();
+    (code, v)
+}
+
+#[test]
+fn git_push_and_clone_over_http_reach_the_repository_master() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r1", "--master", "repo1"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    git_ok(w, &["init", "-q", "src"]);
+    let src = w.join("src");
+    std::fs::write(src.join("README"), "hello\n").expect("write");
+    git_ok(&src, &["add", "README"]);
+    git_ok(&src, &["commit", "-q", "-m", "first"]);
+    let head = git_ok(&src, &["rev-parse", "HEAD"]).trim().to_string();
+
+    // Pushed through web1, which holds nothing: it lands on the master, repo1.
+    git_ok(
+        &src,
+        &[
+            "push",
+            "-q",
+            &c.web1.http_url("/source/r1.git"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let on_master = git_ok(
+        w,
+        &[
+            "--git-dir",
+            c.repo1.repos.join("r1.git").to_str().expect("utf-8"),
+            "rev-parse",
+            "main",
+        ],
+    );
+    assert_eq!(on_master.trim(), head);
+    assert!(!c.web1.repos.join("r1.git").exists(), "web1 keeps no copy");
+    assert!(
+        !c.repo2.repos.join("r1.git").exists(),
+        "repo2 is not a host of r1"
+    );
+
+    // Cloned through web1 (forwarded, signed) and through repo1 (served locally).
+    for (name, url) in [
+        ("via-web1", c.web1.http_url("/source/r1.git")),
+        ("via-repo1", c.repo1.http_url("/source/r1.git")),
+    ] {
+        git_ok(w, &["clone", "-q", "-b", "main", &url, name]);
+        assert_eq!(
+            git_ok(&w.join(name), &["rev-parse", "HEAD"]).trim(),
+            head,
+            "{name}"
+        );
+    }
+    assert!(
+        c.web1
+            .metric("switchboard_sidecar_requests_total{kind=\"git\",outcome=\"forwarded\"}")
+            .unwrap_or(0.0)
+            >= 4.0
+    );
+    assert!(
+        c.repo1
+            .metric("switchboard_sidecar_requests_total{kind=\"cluster\",outcome=\"accepted\"}")
+            .unwrap_or(0.0)
+            >= 4.0
+    );
+
+    // Protocol v2 works through the forwarder as well.
+    let out = git(
+        w,
+        &[
+            "-c",
+            "protocol.version=2",
+            "ls-remote",
+            &c.web1.http_url("/source/r1.git"),
+        ],
+    );
+    assert!(
+        stdout(&out).contains(&head),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn conduit_calls_land_on_a_host_of_their_repository() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r2", "--master", "repo2"]);
+    // A read naming r2 goes to repo2's backend, through repo2's sidecar.
+    let (code, v) = conduit(
+        &c.web1.http_url("/api/diffusion.querycommits"),
+        "repository=r2&limit=1",
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["host"].as_str(), v["sidecar"].as_str()),
+        (Some("repo2"), Some("repo2")),
+        "{v}"
+    );
+    assert_eq!(v["path"], "/api/diffusion.querycommits");
+    assert_eq!(
+        v["body"], "repository=r2&limit=1",
+        "the body arrives unchanged"
+    );
+    // Phabricator's form: JSON in `params`.
+    let (_, v) = conduit(
+        &c.web1.http_url("/api/diffusion.branchquery"),
+        "params=%7B%22repository%22%3A%22r2%22%7D&output=json",
+    );
+    assert_eq!(v["host"], "repo2", "{v}");
+    // A write goes to the master.
+    let (_, v) = conduit(
+        &c.web1.http_url("/api/diffusion.repository.edit"),
+        "repository=r2",
+    );
+    assert_eq!(v["host"], "repo2", "{v}");
+    // A call naming no repository stays on this web host.
+    let (_, v) = conduit(&c.web1.http_url("/api/user.whoami"), "");
+    assert_eq!(v["host"], "web1", "{v}");
+}
+
+#[test]
+fn hosts_without_the_web_role_refuse_user_http() {
+    let c = cluster(&[]);
+    let (code, v) = conduit(&c.repo2.http_url("/api/user.whoami"), "");
+    assert_eq!(code, 403);
+    assert_eq!(v["reason"], "not-a-web-host");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cluster traffic only"),
+        "{v}"
+    );
+}
+
+#[test]
+fn routing_errors_tell_the_user_what_is_wrong() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r3", "--master", "repo2"]);
+    let (code, v) = conduit(
+        &c.web1.http_url("/api/diffusion.querycommits"),
+        "repository=nosuch",
+    );
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (404, Some("unknown-repository")),
+        "{v}"
+    );
+    let (code, v) = conduit(
+        &c.web1.http_url("/api/diffusion.querycommits"),
+        "repository=../etc",
+    );
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (400, Some("bad-repository-name")),
+        "{v}"
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = git(
+        work.path(),
+        &["ls-remote", &c.web1.http_url("/source/..%2Fetc.git")],
+    );
+    assert!(!out.status.success());
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-w",
+        " %{http_code}",
+        &c.web1
+            .http_url("/source/a/b.git/info/refs?service=git-upload-pack"),
+    ]));
+    assert!(stdout(&out).ends_with(" 400"), "{}", stdout(&out));
+    // The master unavailable: writes are refused with a reason, never sent to a replica.
+    c.d.cli_ok(&["host", "disable", "repo2"]);
+    c.d.wait_for("the write to be refused", || {
+        let (code, v) = conduit(
+            &c.web1.http_url("/api/diffusion.repository.edit"),
+            "repository=r3",
+        );
+        code == 503 && v["reason"] == "no-master"
+    });
+}
+
+#[test]
+fn the_cluster_channel_refuses_every_bad_call() {
+    let c = cluster(&[]);
+    let path = "/api/diffusion.querycommits";
+    let url = c.repo1.cluster_url(path);
+    let call = |headers: &[(String, String)], body: &[u8]| -> (u16, serde_json::Value) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("body");
+        std::fs::write(&f, body).expect("write");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o"]).arg(dir.path().join("out")).args([
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ]);
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", f.display()))
+            .arg(&url);
+        let out = run(&mut cmd);
+        let v = serde_json::from_slice(&std::fs::read(dir.path().join("out")).unwrap_or_default())
+            .unwrap_or_default();
+        (stdout(&out).trim().parse().unwrap_or(0), v)
+    };
+    let body = b"repository=r9";
+
+    let ok = signed_headers(&c.web1.key, "POST", &url, body, unix_now());
+    let (code, v) = call(&ok, body);
+    assert_eq!(
+        (code, v["host"].as_str()),
+        (200, Some("repo1")),
+        "a good call is served: {v}"
+    );
+
+    let refused = |headers: &[(String, String)], body: &[u8], reason: &str| {
+        let (code, v) = call(headers, body);
+        assert_eq!((code, v["reason"].as_str()), (401, Some(reason)), "{v}");
+    };
+    refused(&ok, body, "replayed");
+    refused(&[], body, "no-signature");
+    let (stranger, _, _) = keygen(c.d.dir.path(), "stranger");
+    refused(
+        &signed_headers(&stranger, "POST", &url, body, unix_now()),
+        body,
+        "unknown-key",
+    );
+    refused(
+        &signed_headers(
+            &c.web1.key,
+            "POST",
+            &c.repo1.cluster_url("/api/other.method"),
+            body,
+            unix_now(),
+        ),
+        body,
+        "bad-signature",
+    );
+    refused(
+        &signed_headers(&c.web1.key, "POST", &url, body, unix_now()),
+        b"repository=r1",
+        "changed-body",
+    );
+    refused(
+        &signed_headers(&c.web1.key, "POST", &url, body, unix_now() - 120),
+        body,
+        "stale-signature",
+    );
+    refused(
+        &signed_headers(&c.web1.key, "POST", &url, body, unix_now() + 45),
+        body,
+        "stale-signature",
+    );
+
+    // A host marked unavailable is refused, with its own valid key.
+    c.d.cli_ok(&["host", "disable", "web1"]);
+    c.d.wait_for("web1's calls to be refused", || {
+        call(
+            &signed_headers(&c.web1.key, "POST", &url, body, unix_now()),
+            body,
+        )
+        .1["reason"]
+            == "host-unavailable"
+    });
+    let m = c.repo1.metrics();
+    for reason in [
+        "replayed",
+        "no-signature",
+        "unknown-key",
+        "bad-signature",
+        "changed-body",
+        "stale-signature",
+        "host-unavailable",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "switchboard_sidecar_signature_refusals_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} counted:\n{m}"
+        );
+    }
+}
+
+#[test]
+fn a_disabled_host_stops_getting_traffic_within_a_second() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&[
+        "repo",
+        "add",
+        "r4",
+        "--master",
+        "repo1",
+        "--replicas",
+        "repo2",
+    ]);
+    let url = c.web1.http_url("/api/diffusion.querycommits");
+    // Both hosts are up to date: reads go to both.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(
+            conduit(&url, "repository=r4").1["host"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["repo1", "repo2"]);
+    c.d.cli_ok(&["host", "disable", "repo2"]);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(1);
+    let mut streak = 0;
+    while streak < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "repo2 still got reads 1 s after it was disabled"
+        );
+        if conduit(&url, "repository=r4").1["host"] == "repo1" {
+            streak += 1;
+        } else {
+            streak = 0;
+        }
+    }
+}
+
+#[test]
+fn routing_goes_on_from_the_cache_when_the_directory_stops() {
+    let mut c = cluster(&["--service-ttl", "1", "--node-ttl", "1"]);
+    c.d.cli_ok(&["repo", "add", "r5", "--master", "repo2"]);
+    let url = c.web1.http_url("/api/diffusion.querycommits");
+    assert_eq!(conduit(&url, "repository=r5").1["host"], "repo2");
+    assert_eq!(c.web1.metric("switchboard_sidecar_directory_up"), Some(1.0));
+    c.d.kill9();
+    // Wait until every cached answer is past its 1 s TTL.
+    c.d.wait_for("the cache to age", || {
+        c.web1
+            .metric("switchboard_sidecar_cache_age_seconds")
+            .unwrap_or(0.0)
+            > 2.0
+    });
+    let (code, v) = conduit(&url, "repository=r5");
+    assert_eq!(
+        (code, v["host"].as_str()),
+        (200, Some("repo2")),
+        "routed on stale answers: {v}"
+    );
+    assert_eq!(
+        c.web1.metric("switchboard_sidecar_serving_stale"),
+        Some(1.0)
+    );
+    assert_eq!(c.web1.metric("switchboard_sidecar_directory_up"), Some(0.0));
+    assert!(
+        c.web1
+            .metric("switchboard_sidecar_stale_answers_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    // The directory comes back: fresh answers again.
+    c.d.start();
+    c.d.wait_for("fresh answers", || {
+        conduit(&url, "repository=r5").0 == 200
+            && c.web1.metric("switchboard_sidecar_serving_stale") == Some(0.0)
+    });
+}
+
+#[test]
+fn identity_comes_from_the_key_and_an_unknown_key_routes_nothing() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let dir = d.dir.path();
+    // An OpenSSH host key, as ssh-keygen writes it, registered by its .pub line.
+    let ssh_key = dir.join("ssh_host_ed25519_key");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&ssh_key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pub_line = std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub")).expect("pub");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "repo7",
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        pub_line.trim(),
+        "--roles",
+        "repo,daemon",
+    ]);
+    let whoami = |key: &Path| {
+        run(Command::new(switchboard_tests::bin("switchboard-sidecar"))
+            .args([
+                "whoami",
+                "--json",
+                "--zone",
+                "cluster.example.",
+                "--directory",
+                &d.dns.to_string(),
+                "--key",
+            ])
+            .arg(key))
+    };
+    let out = whoami(&ssh_key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["host"], "repo7");
+    assert_eq!(v["roles"], serde_json::json!(["repo", "daemon"]));
+
+    // A key the directory does not know: a clear error, non-zero, nothing served.
+    let (stranger, _, fpr) = keygen(dir, "stranger");
+    let out = whoami(&stranger);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&fpr) && stderr(&out).contains("not known"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(Command::new(switchboard_tests::bin("switchboard-sidecar"))
+        .args([
+            "run",
+            "--zone",
+            "cluster.example.",
+            "--directory",
+            &d.dns.to_string(),
+            "--http",
+            "127.0.0.1:0",
+            "--cluster",
+            "127.0.0.1:0",
+            "--repos",
+        ])
+        .arg(dir.join("r"))
+        .arg("--key")
+        .arg(&stranger));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("routing nothing"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "never started listening");
+}

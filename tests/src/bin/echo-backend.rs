@@ -1,0 +1,70 @@
+//! A stand-in web backend for the tests: answers every HTTP request with JSON
+//! naming itself, the method, path and body it received, so a test can tell
+//! which host a routed request landed on. `echo-backend NAME` prints
+//! `listening ADDR` on stdout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut len = 0usize;
+        let mut routed_by = String::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "x-switchboard-host" => routed_by = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        let reply = format!(
+            "{{\"host\":\"{name}\",\"sidecar\":\"{routed_by}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
+            path.replace('"', ""),
+            String::from_utf8_lossy(&body).replace(['"', '\\'], "")
+        );
+        write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
+        out.flush()?;
+    }
+}
+
+fn main() {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "backend".into());
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("echo-backend: cannot bind: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        println!("listening {addr}");
+    }
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming().flatten() {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let _ = handle(&name, stream);
+        });
+    }
+}
