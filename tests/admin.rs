@@ -131,6 +131,11 @@ fn promote_refuses_a_stale_replica_unless_forced_and_records_the_loss() {
         d.dig(&n("write.phabricator.repo"), "A", &[]).data("A"),
         vec!["10.0.3.13"]
     );
+    // repo1 and repo2 hold version 42, which the new master lacks: they no longer serve reads.
+    assert_eq!(
+        d.dig(&n("read.phabricator.repo"), "A", &[]).data("A"),
+        vec!["10.0.3.13"]
+    );
     let show: serde_json::Value =
         serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", "phabricator"])).expect("json");
     assert_eq!(show["master"], "repo3");
@@ -355,4 +360,82 @@ fn bad_input_gets_a_clear_refusal() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no host nosuch"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn a_new_zone_inside_an_existing_one_needs_that_zones_admin() {
+    let d = Directory::demo();
+    let (other_key, other_pub, _) = keygen(d.dir.path(), "other-admin");
+    let zone = |origin: &str| {
+        format!("$ORIGIN {origin}\n@ 3600 IN SOA ns1 hostmaster ( 1 3600 600 604800 30 )\n@ 3600 IN NS ns1\nns1 3600 IN A 127.0.0.9\nboss._admin 60 IN TXT \"key=ed25519:{other_pub}\"\n")
+    };
+    let write = |name: &str, text: String| {
+        let p = d.dir.path().join(name);
+        std::fs::write(&p, text).expect("write zone");
+        p.to_str().expect("utf-8").to_string()
+    };
+    // A zone beside the demo zone: any admin may create it.
+    d.cli_ok(&[
+        "zone",
+        "import",
+        &write("other.test.zone", zone("other.test.")),
+    ]);
+    assert_eq!(
+        d.dig("ns1.other.test.", "A", &[]).data("A"),
+        vec!["127.0.0.9"]
+    );
+    // Its admin may not carve a zone out of cluster.example.
+    let sub = write("node.cluster.example.zone", zone("node.cluster.example."));
+    let out = d.cli_with_key(
+        Some(&other_key),
+        &["--zone", "other.test", "zone", "import", &sub],
+    );
+    assert!(
+        !out.status.success(),
+        "an outside admin took over node.cluster.example."
+    );
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert_eq!(
+        d.dig(&n("web1.node"), "A", &[]).data("A"),
+        vec!["10.0.1.11"]
+    );
+    // cluster.example.'s own admin may.
+    d.cli_ok(&["zone", "import", &sub]);
+    assert_eq!(
+        d.dig("ns1.node.cluster.example.", "A", &[]).data("A"),
+        vec!["127.0.0.9"]
+    );
+}
+
+#[test]
+fn oversized_values_are_refused_not_served_broken() {
+    let d = Directory::demo();
+    let long: Vec<String> = (0..14).map(|i| format!("repository-host-{i:02}")).collect();
+    for h in &long {
+        d.cli_ok(&["host", "add", h, "--addr", "10.7.0.1"]);
+    }
+    let out = d.cli(&[
+        "repo",
+        "add",
+        "big",
+        "--master",
+        "repo1",
+        "--replicas",
+        &long.join(","),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("255 bytes"), "{}", stderr(&out));
+    let big = "x".repeat(250);
+    let mut args = vec!["host", "add", "fat", "--addr", "10.7.0.2"];
+    let props: Vec<String> = (0..20).map(|i| format!("p{i}={big}")).collect();
+    for p in &props {
+        args.push("--prop");
+        args.push(p);
+    }
+    let out = d.cli(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("at most"), "{}", stderr(&out));
+    // The feed takes any serial without tripping over it.
+    let (code, v) = d.curl("GET", "/v1/feed?since=18446744073709551615", &[], None);
+    assert_eq!(code, 200, "{v}");
 }

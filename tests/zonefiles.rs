@@ -137,6 +137,18 @@ fn a_bad_zone_file_is_refused_at_start_naming_file_and_line() {
             "build1.node 60 IN MX 10 mail",
             "only A, AAAA and TXT",
         ),
+        ("www ", "www IN TXT \"caf\\233\"", "DDD escapes"),
+        ("www ", "www IN HTTPS 1 . alpn=h2,h3", "cannot be exported"),
+        (
+            "web2.node     60 IN TXT",
+            "web2.node 60 IN TXT \"roles=web\" \"key=ed25519:zsvsmQl5/mjycgBn4qXuyrfPFNfMoZgxV/Xy60+JRJc=\"",
+            "same key",
+        ),
+        (
+            "arcanist.repo",
+            "arcanist.repo 5 IN TXT \"master=repo2\"\narcanist.repo 5 IN TXT \"max_lag=1\"",
+            "more than one TXT",
+        ),
     ];
     for (needle, line, why) in cases {
         let err = start_error(needle, line);
@@ -144,4 +156,14 @@ fn a_bad_zone_file_is_refused_at_start_naming_file_and_line() {
         assert!(err.contains(&want), "{line:?}: wanted {want} in {err}");
         assert!(err.contains(why), "{line:?}: wanted {why:?} in {err}");
     }
+}
+
+#[test]
+fn an_include_hidden_behind_a_quote_is_still_refused() {
+    let err = start_error(
+        "www ",
+        "x1 IN TXT a\"b\n$INCLUDE /etc/passwd\nx2 IN TXT c\"d",
+    );
+    let want = format!("cluster.example.zone:{}:", line_of("www ") + 1);
+    assert!(err.contains(&want) && err.contains("$INCLUDE"), "{err}");
 }

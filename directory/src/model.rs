@@ -311,8 +311,11 @@ impl Repo {
     }
 
     /// Whether `host` is close enough to the master to serve reads.
+    /// A host *ahead* of the master (an old master after a forced promotion) has
+    /// history the master lacks: it does not read until it is resynchronised.
     pub fn is_current(&self, host: &str) -> bool {
-        self.version_of(host).saturating_add(self.max_lag) >= self.master_version()
+        let (v, m) = (self.version_of(host), self.master_version());
+        v <= m && v.saturating_add(self.max_lag) >= m
     }
 }
 
@@ -404,7 +407,27 @@ pub fn validate_label(what: &str, s: &str) -> Result<(), Invalid> {
 /// Names the schema itself uses below a zone, which a host, service or repository may not take.
 const RESERVED: [&str; 4] = [schema::WRITE, schema::READ, "services", "dns-sd"];
 
+/// The most a host's or binding's properties may add to its TXT record, so that
+/// the record stays well inside a DNS message.
+const MAX_PROPS_BYTES: usize = 2048;
+
+/// One TXT string holds at most 255 bytes (RFC 1035 §3.3).
+fn txt_string(what: &str, key: &str, value: &str) -> Result<(), Invalid> {
+    if key.len() + 1 + value.len() > 255 {
+        return invalid(format!(
+            "{what}: {key}=... is longer than the 255 bytes a TXT string holds"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_props(props: &BTreeMap<String, String>, reserved: &[&str]) -> Result<(), Invalid> {
+    let total: usize = props.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > MAX_PROPS_BYTES {
+        return invalid(format!(
+            "properties take {total} bytes; at most {MAX_PROPS_BYTES} fit in a TXT record"
+        ));
+    }
     for (k, v) in props {
         let key_ok = !k.is_empty()
             && k.bytes().all(|b| {
@@ -458,6 +481,7 @@ pub fn validate_host(h: &Host) -> Result<(), Invalid> {
     for r in &h.roles {
         validate_label("role", r)?;
     }
+    txt_string("roles", schema::txt::ROLES, &h.roles.join(","))?;
     validate_props(&h.props, &HOST_ATTRS)
 }
 
@@ -492,6 +516,7 @@ pub fn validate_repo(r: &Repo) -> Result<(), Invalid> {
             ));
         }
     }
+    txt_string("replicas", schema::txt::REPLICAS, &r.replicas.join(","))?;
     let mut seen = std::collections::BTreeSet::new();
     for h in &r.replicas {
         if !seen.insert(h) {

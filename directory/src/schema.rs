@@ -44,7 +44,8 @@ pub mod txt {
     pub const REPLICAS: &str = "replicas";
     pub const MAX_LAG: &str = "max_lag";
     pub const VERSION: &str = "version";
-    pub const VERSIONS: &str = "versions";
+    /// `version.HOST=N`: one host's version of a repository.
+    pub const VERSION_OF: &str = "version.";
     pub const HOST: &str = "host";
     pub const LOST: &str = "lost";
 }

@@ -189,7 +189,14 @@ impl Directory {
     /// The zone's serial and the changes after `since` that the log still holds;
     /// `complete` is false when older changes were dropped from the log.
     pub fn changes_since(&self, origin: &str, since: u64) -> Option<(u32, Vec<ChangeEvent>, bool)> {
-        let serial = self.read(origin, |z| z.serial)?;
+        // The view, not the model: no wait behind a writer that holds the zones lock.
+        let serial = self
+            .view
+            .load()
+            .zones
+            .iter()
+            .find(|z| z.origin.to_string() == origin)
+            .map(|z| z.serial)?;
         let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let events: Vec<ChangeEvent> = log
             .iter()
@@ -200,8 +207,9 @@ impl Directory {
             .iter()
             .find(|e| e.zone == origin)
             .map(|e| u64::from(e.serial));
-        let complete =
-            since == 0 || oldest.is_some_and(|o| o <= since + 1) || u64::from(serial) <= since;
+        let complete = since == 0
+            || oldest.is_some_and(|o| o.saturating_sub(1) <= since)
+            || u64::from(serial) <= since;
         Some((serial, events, complete))
     }
 

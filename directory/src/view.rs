@@ -6,7 +6,7 @@
 //! NXDOMAIN and NODATA included, is one zone match and one map lookup. The whole
 //! `View` is swapped atomically (`arc_swap`), so readers never wait for a writer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -222,35 +222,49 @@ impl<'z> Builder<'z> {
 
     /// SRV records, the matching A/AAAA at `name`, and targets' addresses as additionals.
     fn srv_answer(&mut self, name: &Name, targets: &[(&'z str, u16, u16, u16)], ttl: u32) {
-        // Make the name exist even when nothing is eligible: NODATA, not NXDOMAIN.
-        self.node(name);
+        // Each target host appears once per name (a binding is host x service), so
+        // only addresses shared by several hosts need de-duplicating.
+        let zone = self.zone;
+        let mut srv = Vec::with_capacity(targets.len());
+        let mut extra = Vec::with_capacity(targets.len());
+        let mut addrs = Vec::new();
+        let mut seen = HashSet::new();
         for &(host, prio, weight, port) in targets {
             let Some(target) = self.name(&[host, schema::NODE]) else {
                 continue;
             };
-            self.add(name, ttl, RData::SRV(SRV::new(prio, weight, port, target)));
-            let extra = self.host_addr_records(host);
-            self.add_additionals(name, RecordType::SRV, extra);
-            let addrs: Vec<IpAddr> = self
-                .zone
+            srv.push(Record::from_rdata(
+                name.clone(),
+                ttl,
+                RData::SRV(SRV::new(prio, weight, port, target)),
+            ));
+            if let Some(recs) = self.addrs.get(host) {
+                extra.extend(recs.iter().cloned());
+            }
+            for a in zone
                 .hosts
                 .get(host)
-                .map(|h| h.addrs.clone())
-                .unwrap_or_default();
-            for a in addrs {
-                let data = match a {
-                    IpAddr::V4(v4) => RData::A(A(v4)),
-                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                };
-                let exists = self
-                    .node(name)
-                    .sets
-                    .iter()
-                    .any(|s| s.records.iter().any(|r| r.data == data));
-                if !exists {
-                    self.add(name, ttl, data);
+                .map(|h| h.addrs.as_slice())
+                .unwrap_or_default()
+            {
+                if seen.insert(*a) {
+                    let data = match a {
+                        IpAddr::V4(v4) => RData::A(A(*v4)),
+                        IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+                    };
+                    addrs.push(Record::from_rdata(name.clone(), ttl, data));
                 }
             }
+        }
+        // Make the name exist even when nothing is eligible: NODATA, not NXDOMAIN.
+        let node = self.node(name);
+        if !srv.is_empty() {
+            let set = node.set_mut(RecordType::SRV);
+            set.records = srv;
+            set.additionals = extra;
+        }
+        for r in addrs {
+            node.set_mut(r.record_type()).records.push(r);
         }
     }
 

@@ -43,6 +43,9 @@ pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneF
         ),
         None => None,
     };
+    if let Some((line, message)) = forbidden(text) {
+        return Err(fail(Some(line), message));
+    }
     let scanned = entries(text, origin_name.as_ref());
     if let Some(e) = scanned
         .iter()
@@ -285,6 +288,9 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                 }
             },
             Place::Repo(name) => {
+                if repos.contains_key(&name) {
+                    return err(&owner, Some(rtype), format!("repository {name} has more than one TXT record: put every attribute in one"));
+                }
                 if rtype != RecordType::TXT {
                     return err(&owner, Some(rtype), format!("{owner} is a repository: only TXT belongs there"));
                 }
@@ -304,11 +310,9 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                         txt::REPLICAS => repo.replicas = list(&v),
                         txt::MAX_LAG => repo.max_lag = v.parse().map_err(|_| bad("not a number"))?,
                         txt::READONLY => repo.readonly = flag(&owner, &k, &v)?,
-                        txt::VERSIONS => {
-                            for item in list(&v) {
-                                let (h, n) = item.split_once(':').ok_or_else(|| bad("use HOST:VERSION,..."))?;
-                                repo.versions.insert(h.to_string(), n.parse().map_err(|_| bad("not a number"))?);
-                            }
+                        _ if k.starts_with(txt::VERSION_OF) => {
+                            let host = &k[txt::VERSION_OF.len()..];
+                            repo.versions.insert(host.to_string(), v.parse().map_err(|_| bad("not a number"))?);
                         }
                         txt::LOST => repo.lost.push(Loss::from_txt(&v).map_err(|e| bad(&e.0))?),
                         // `version=` is derived (the master's); accept it from an export.
@@ -422,6 +426,27 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
             }
         }
     }
+    for r in &statics {
+        if !STATIC_TYPES.contains(&r.record_type()) || !round_trips(r) {
+            return err(&r.name, Some(r.record_type()), format!(
+                "static {} records cannot be exported faithfully yet; leave them out of the zone", r.record_type()
+            ));
+        }
+    }
+    let mut keys: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let owners = hosts
+        .values()
+        .filter_map(|h| h.key.map(|k| (k, node_name(&apex, &h.name))))
+        .chain(admins.values().map(|a: &AdminKey| {
+            let n = Name::from_ascii(format!("{}.{}.{apex}", a.name, schema::ADMIN))
+                .unwrap_or(apex.clone());
+            (a.key, n)
+        }));
+    for (key, owner) in owners {
+        if let Some(first) = keys.insert(key.0, owner.to_string()) {
+            return err(&owner, Some(RecordType::TXT), format!("the same key is already given to {first}: every host and admin needs its own key"));
+        }
+    }
     let engine = base64::engine::general_purpose::STANDARD;
     let statics = statics
         .iter()
@@ -469,6 +494,31 @@ pub fn static_records(meta: &ZoneMeta) -> Vec<Record> {
         .filter_map(|s| engine.decode(s).ok())
         .filter_map(|b| Record::from_bytes(&b).ok())
         .collect()
+}
+
+/// Refuses what must never reach hickory's parser, wherever it appears on a line
+/// (even where a quote might hide it): `$INCLUDE`, which would read files outside
+/// the zones directory, and `\DDD` escapes, which hickory-proto 0.26 decodes
+/// wrongly (it would serve other bytes than BIND does).
+fn forbidden(text: &str) -> Option<(usize, String)> {
+    for (i, line) in text.lines().enumerate() {
+        if line.to_ascii_uppercase().contains("$INCLUDE") {
+            return Some((
+                i + 1,
+                "$INCLUDE is not supported: put the records in this file".into(),
+            ));
+        }
+        let b = line.as_bytes();
+        if b.windows(4)
+            .any(|w| w[0] == b'\\' && w[1..].iter().all(u8::is_ascii_digit))
+        {
+            return Some((
+                i + 1,
+                "\\DDD escapes are not supported: write the character itself".into(),
+            ));
+        }
+    }
+    None
 }
 
 /// One entry of a zone file, as the line scan sees it.
@@ -649,6 +699,59 @@ fn locate_syntax_error(scanned: &[Entry], origin: Option<&Name>) -> Option<usize
     None
 }
 
+/// A static record in master-file form. TXT and HINFO are written with quoted
+/// strings (hickory's `Display` leaves them bare); other types use `Display`.
+fn static_line(r: &Record) -> String {
+    let strings = |v: Vec<String>| txt_line(&v);
+    let rdata = match &r.data {
+        RData::TXT(t) => strings(
+            t.txt_data
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+        ),
+        RData::HINFO(h) => strings(vec![
+            String::from_utf8_lossy(&h.cpu).into_owned(),
+            String::from_utf8_lossy(&h.os).into_owned(),
+        ]),
+        other => other.to_string(),
+    };
+    format!("{}\t{}\tIN\t{}\t{rdata}", r.name, r.ttl, r.record_type())
+}
+
+/// Static record types whose exported form both hickory and BIND read back as
+/// written. Others (SVCB/HTTPS, for one, whose hickory form BIND rejects) are
+/// refused rather than exported wrongly.
+const STATIC_TYPES: [RecordType; 12] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::CNAME,
+    RecordType::DNAME,
+    RecordType::MX,
+    RecordType::NS,
+    RecordType::PTR,
+    RecordType::SRV,
+    RecordType::TXT,
+    RecordType::HINFO,
+    RecordType::SSHFP,
+    RecordType::TLSA,
+];
+
+/// Whether a static record reads back identical from its exported line.
+fn round_trips(r: &Record) -> bool {
+    let line = format!("{}\n", static_line(r));
+    match Parser::new(line.as_str(), None, Some(Name::root())).parse() {
+        Ok((_, sets)) => {
+            let back: Vec<&Record> = sets
+                .values()
+                .flat_map(|s| s.records_without_rrsigs())
+                .collect();
+            back.len() == 1 && back[0].data == r.data && back[0].name == r.name
+        }
+        Err(_) => false,
+    }
+}
+
 /// Quotes one TXT string for a zone file.
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -713,11 +816,10 @@ pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
     }
     v.push(format!("{}={}", txt::MAX_LAG, r.max_lag));
     v.push(format!("{}={}", txt::READONLY, u8::from(r.readonly)));
-    let versions: Vec<String> = r
-        .hosts()
-        .map(|h| format!("{h}:{}", r.version_of(h)))
-        .collect();
-    v.push(format!("{}={}", txt::VERSIONS, versions.join(",")));
+    v.extend(
+        r.hosts()
+            .map(|h| format!("{}{h}={}", txt::VERSION_OF, r.version_of(h))),
+    );
     v.extend(
         r.lost
             .iter()
@@ -804,25 +906,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
         let _ = writeln!(out, "\n; static records");
     }
     for r in statics {
-        match &r.data {
-            RData::TXT(t) => {
-                let strings: Vec<String> = t
-                    .txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\tIN\tTXT\t{}",
-                    r.name,
-                    r.ttl,
-                    txt_line(&strings)
-                );
-            }
-            _ => {
-                let _ = writeln!(out, "{r}");
-            }
-        }
+        let _ = writeln!(out, "{}", static_line(&r));
     }
     out
 }

@@ -224,15 +224,23 @@ pub fn authorize(
         .find(|z| z.origin.to_string() == origin)
         .and_then(|z| z.key(&keyid).cloned())
         .or_else(|| {
-            // A zone that does not exist yet may be imported by any admin.
-            if op.is_none() && !view.zones.iter().any(|z| z.origin.to_string() == origin) {
-                view.zones
+            // A zone that does not exist yet: inside an existing zone it would take
+            // over part of that zone's names, so only that zone's admins may create
+            // it; elsewhere any admin may.
+            if op.is_some() || view.zones.iter().any(|z| z.origin.to_string() == origin) {
+                return None;
+            }
+            let name = hickory_proto::rr::Name::from_ascii(origin).ok()?;
+            let enclosing = view.zone_for(&hickory_proto::rr::LowerName::new(&name));
+            let admin_key = |e: &&crate::view::KeyEntry| matches!(e.owner, KeyOwner::Admin(_));
+            match enclosing {
+                Some(z) => z.key(&keyid).filter(admin_key).cloned(),
+                None => view
+                    .zones
                     .iter()
                     .filter_map(|z| z.key(&keyid))
-                    .find(|e| matches!(e.owner, KeyOwner::Admin(_)))
-                    .cloned()
-            } else {
-                None
+                    .find(admin_key)
+                    .cloned(),
             }
         })
         .ok_or_else(|| {
@@ -315,16 +323,33 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The largest body of any call but a zone import.
+pub const MAX_CHANGE_BODY: usize = 1 << 20;
+
 async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
-    let body = Limited::new(body, MAX_BODY)
+    // Reads carry no body; a change without signature headers is refused before
+    // its body is read; only a zone import may be large.
+    let limit = match parts.method {
+        Method::PUT if parts.uri.path().starts_with("/v1/zones/") => MAX_BODY,
+        Method::POST | Method::PUT | Method::DELETE => MAX_CHANGE_BODY,
+        _ => 0,
+    };
+    if limit > 0 && !parts.headers.contains_key("signature") {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "no-signature",
+            "changes must be signed (RFC 9421 Signature and Signature-Input headers) by an admin key: use the CLI with --key",
+        ));
+    }
+    let body = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
             Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
-                format!("cannot read the body (limit {MAX_BODY} bytes): {e}"),
+                format!("cannot read the body (limit {limit} bytes): {e}"),
             )
         })?
         .to_bytes();
