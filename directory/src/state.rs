@@ -40,10 +40,12 @@ pub enum Op {
         host: String,
         force: bool,
     },
+    /// A host's version of a repository. The master's needs the write lease.
     SetVersion {
         repo: String,
         host: String,
         version: u64,
+        lease: Option<String>,
     },
     AddAdmin(AdminKey),
     RemoveAdmin(String),
@@ -93,7 +95,20 @@ pub struct Directory {
     cfg: ViewConfig,
     changes: tokio::sync::watch::Sender<u64>,
     events: Mutex<std::collections::VecDeque<ChangeEvent>>,
+    /// Write leases by (zone, repository): one write at a time, cluster-wide.
+    leases: Mutex<std::collections::HashMap<(String, String), Lease>>,
 }
+
+/// The right to write one repository for a short while, held by its master.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub token: String,
+    pub expires: std::time::Instant,
+}
+
+/// The longest a write lease may be asked for.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -126,6 +141,7 @@ impl Directory {
             cfg,
             changes: tokio::sync::watch::channel(0).0,
             events: Mutex::new(Default::default()),
+            leases: Mutex::new(Default::default()),
         })
     }
 
@@ -252,6 +268,17 @@ impl Directory {
         let zone = zones
             .get_mut(origin)
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        if let Op::SetVersion {
+            repo, host, lease, ..
+        } = &op
+        {
+            let is_master = zone.repos.get(repo).is_some_and(|r| &r.master == host);
+            if is_master && !self.lease_valid(origin, repo, host, lease.as_deref()) {
+                return Err(ApplyError::Conflict(format!(
+                    "{host} is recording a write to {repo} without holding its write lease: take the lease first (POST /v1/repos/{repo}/lease)"
+                )));
+            }
+        }
         let event = describe(&op);
         let changes = plan(zone, op)?;
         let serial = next_serial(zone.serial);
@@ -265,6 +292,89 @@ impl Directory {
         self.publish(zone, event)?;
         tracing::info!(zone = origin, serial, "change applied");
         Ok(serial)
+    }
+
+    /// Grants `host` the write lease of `repo` for `ttl`, if `host` is the master,
+    /// in service, and nobody holds an unexpired lease. Returns the lease token.
+    pub fn acquire_lease(
+        &self,
+        origin: &str,
+        repo: &str,
+        host: &str,
+        ttl: std::time::Duration,
+    ) -> Result<String, ApplyError> {
+        let master_ok = self
+            .read(origin, |z| {
+                let r = z.repos.get(repo).ok_or_else(|| {
+                    ApplyError::NotFound(format!("no repository {repo} in {origin}"))
+                })?;
+                if r.master != host {
+                    return Err(ApplyError::Conflict(format!(
+                        "{host} is not the master of {repo} ({} is): only the master writes",
+                        r.master
+                    )));
+                }
+                if r.readonly {
+                    return Err(ApplyError::Conflict(format!("{repo} is read-only")));
+                }
+                match z.hosts.get(host) {
+                    Some(h) if h.in_service() => Ok(()),
+                    _ => Err(ApplyError::Conflict(format!(
+                        "{host} is not in service: writes to {repo} wait for it or for a promotion"
+                    ))),
+                }
+            })
+            .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        master_ok?;
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (origin.to_string(), repo.to_string());
+        if let Some(l) = leases.get(&key).filter(|l| l.expires > now) {
+            return Err(ApplyError::Conflict(format!(
+                "the write lease of {repo} is held by {} for {} ms more",
+                l.holder,
+                (l.expires - now).as_millis()
+            )));
+        }
+        let token = data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>());
+        leases.insert(
+            key,
+            Lease {
+                holder: host.to_string(),
+                token: token.clone(),
+                expires: now + ttl.min(MAX_LEASE),
+            },
+        );
+        Ok(token)
+    }
+
+    /// Gives a lease back (a no-op if it already expired or was taken over).
+    pub fn release_lease(&self, origin: &str, repo: &str, token: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (origin.to_string(), repo.to_string());
+        if leases.get(&key).is_some_and(|l| l.token == token) {
+            leases.remove(&key);
+        }
+    }
+
+    /// Who holds the lease of `repo` now, if anyone.
+    pub fn lease_holder(&self, origin: &str, repo: &str) -> Option<String> {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(&(origin.to_string(), repo.to_string()))
+            .filter(|l| l.expires > std::time::Instant::now())
+            .map(|l| l.holder.clone())
+    }
+
+    fn lease_valid(&self, origin: &str, repo: &str, host: &str, token: Option<&str>) -> bool {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(&(origin.to_string(), repo.to_string()))
+            .is_some_and(|l| {
+                Some(l.token.as_str()) == token
+                    && l.holder == host
+                    && l.expires > std::time::Instant::now()
+            })
     }
 
     /// The origin of the zone whose name is `name` or which holds it.
@@ -501,6 +611,7 @@ fn plan(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             repo: name,
             host,
             version,
+            ..
         } => {
             let r = repo(zone, &name)?;
             if !r.has_host(&host) {
@@ -508,10 +619,20 @@ fn plan(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                     "{host} is not a host of {name}"
                 )));
             }
-            let have = r.version_of(&host);
-            if version < have {
+            let (have, master) = (r.version_of(&host), r.master_version());
+            if host == r.master {
+                if version <= have {
+                    return Err(ApplyError::Conflict(format!(
+                        "the master {host} is at version {have} of {name}; a write moves it forward"
+                    )));
+                }
+            } else if version > master {
                 return Err(ApplyError::Conflict(format!(
-                    "{host} is recorded at version {have} of {name}; versions only grow"
+                    "{host} cannot be at version {version} of {name}: the master is at {master}"
+                )));
+            } else if version < have && version != master {
+                return Err(ApplyError::Conflict(format!(
+                    "{host} is recorded at version {have} of {name}; versions only grow, except to resynchronise with the master ({master})"
                 )));
             }
             let mut next = r.clone();

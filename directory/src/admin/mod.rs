@@ -205,11 +205,32 @@ fn percent_decode(s: &str) -> String {
 
 /// Checks the signature of a change to `origin` and that its key may make `op`.
 /// `op` is `None` for a zone import, which needs an admin key.
+/// Which keys may make a change.
+#[derive(Debug, Clone, Copy)]
+pub enum Need<'a> {
+    /// An admin key of the zone.
+    Admin,
+    /// An admin key, or the named host's own key.
+    AdminOrHost(&'a str),
+    /// Importing a zone: an admin of it, or for a new zone, an admin of the zone that encloses it.
+    Import,
+}
+
+impl<'a> Need<'a> {
+    /// What an operation needs: a host's own key may set its health and its versions.
+    pub fn of(op: &'a Op) -> Self {
+        match op {
+            Op::SetHealth { host, .. } | Op::SetVersion { host, .. } => Need::AdminOrHost(host),
+            _ => Need::Admin,
+        }
+    }
+}
+
 pub fn authorize(
     admin: &Admin,
     call: &Call,
     origin: &str,
-    op: Option<&Op>,
+    need: Need<'_>,
 ) -> Result<String, Refusal> {
     let unauthorized = |e: sign::SignError| {
         tracing::warn!(reason = e.reason(), error = %e, path = %call.uri.path(), "change refused");
@@ -227,7 +248,9 @@ pub fn authorize(
             // A zone that does not exist yet: inside an existing zone it would take
             // over part of that zone's names, so only that zone's admins may create
             // it; elsewhere any admin may.
-            if op.is_some() || view.zones.iter().any(|z| z.origin.to_string() == origin) {
+            if !matches!(need, Need::Import)
+                || view.zones.iter().any(|z| z.origin.to_string() == origin)
+            {
                 return None;
             }
             let name = hickory_proto::rr::Name::from_ascii(origin).ok()?;
@@ -271,20 +294,15 @@ pub fn authorize(
         .replay
         .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
         .map_err(unauthorized)?;
-    match (&entry.owner, op) {
+    match (&entry.owner, need) {
         (KeyOwner::Admin(name), _) => Ok(format!("admin {name}")),
-        (KeyOwner::Host(h), Some(Op::SetHealth { host, .. })) if h == host => {
-            Ok(format!("host {h}"))
-        }
-        (KeyOwner::Host(h), Some(Op::SetVersion { host, .. })) if h == host => {
-            Ok(format!("host {h}"))
-        }
+        (KeyOwner::Host(h), Need::AdminOrHost(host)) if h == host => Ok(format!("host {h}")),
         (KeyOwner::Host(h), _) => {
             tracing::warn!(reason = "key-not-allowed", host = %h, path = %call.uri.path(), "change refused");
             Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "key-not-allowed",
-                format!("the key of host {h} may change only {h}'s own health and repository versions; sign with an admin key"),
+                format!("the key of host {h} may change only {h}'s own health, repository versions and write leases; sign with an admin key"),
             ))
         }
     }
@@ -293,7 +311,7 @@ pub fn authorize(
 /// Authorizes and applies one change, answering with the new serial.
 pub fn change(admin: &Admin, call: &Call, op: Op) -> Reply {
     let origin = call.zone(admin)?;
-    let who = authorize(admin, call, &origin, Some(&op))?;
+    let who = authorize(admin, call, &origin, Need::of(&op))?;
     tracing::info!(zone = %origin, by = %who, op = ?op_name(&op), "applying change");
     let serial = admin.dir.apply(&origin, op)?;
     json(&serde_json::json!({"zone": origin, "serial": serial}))

@@ -3,7 +3,9 @@
 use http::Method;
 use serde::Deserialize;
 
-use super::{change, json, method_not_allowed, Admin, Call, Refusal, Reply};
+use std::time::Duration;
+
+use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::model::Repo;
 use crate::state::Op;
 use crate::view;
@@ -18,6 +20,21 @@ struct PromoteBody {
 #[derive(Deserialize)]
 struct VersionBody {
     version: u64,
+    /// The write lease, when the master records a write.
+    #[serde(default)]
+    lease: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LeaseBody {
+    host: String,
+    /// Seconds, at most 60.
+    #[serde(default = "default_ttl")]
+    ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    30
 }
 
 /// A repository as the API shows it: the model plus the master's version and the readers.
@@ -75,8 +92,28 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                     repo: name.to_string(),
                     host: host.to_string(),
                     version: body.version,
+                    lease: body.lease,
                 },
             )
+        }
+        (&Method::POST, [name, "lease"]) => {
+            let body: LeaseBody = call.json()?;
+            let origin = call.zone(admin)?;
+            authorize(admin, call, &origin, Need::AdminOrHost(&body.host))?;
+            let token = admin.dir.acquire_lease(
+                &origin,
+                name,
+                &body.host,
+                Duration::from_secs(body.ttl),
+            )?;
+            json(&serde_json::json!({"repo": name, "holder": body.host, "token": token}))
+        }
+        (&Method::DELETE, [name, "lease", token]) => {
+            let origin = call.zone(admin)?;
+            let holder = admin.dir.lease_holder(&origin, name).unwrap_or_default();
+            authorize(admin, call, &origin, Need::AdminOrHost(&holder))?;
+            admin.dir.release_lease(&origin, name, token);
+            json(&serde_json::json!({"repo": name, "released": true}))
         }
         _ => Err(method_not_allowed(call)),
     }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use super::{authorize, json, method_not_allowed, Admin, Call, Refusal, Reply};
+use super::{authorize, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::zonefile;
 
 fn summary(admin: &Admin) -> Vec<serde_json::Value> {
@@ -66,7 +66,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
         }
         (&Method::PUT, [zone]) => {
             let origin = absolute(zone);
-            authorize(admin, call, &origin, None)?;
+            authorize(admin, call, &origin, Need::Import)?;
             let text = std::str::from_utf8(&call.body)
                 .map_err(|_| Refusal::bad_request("the zone file is not UTF-8 text"))?;
             let parsed = zonefile::parse(text, "request body", Some(&origin)).map_err(|e| {
