@@ -35,7 +35,7 @@ fn refuse(
 /// Handles one call on the cluster listener.
 pub async fn handle(
     sc: Arc<Sidecar>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Response<BoxBody> {
     if req.method() == Method::GET && req.uri().path() == "/metrics" {
@@ -50,6 +50,12 @@ pub async fn handle(
         );
         return r;
     }
+    // An SSH tunnel answers 101 after the checks; take the upgrade handle first.
+    let on_upgrade = req
+        .uri()
+        .path()
+        .starts_with("/ssh/")
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let parsed = match sign::parse(&parts.headers) {
         Ok(p) => p,
@@ -136,6 +142,13 @@ pub async fn handle(
     sc.metrics.request("cluster", "accepted");
 
     let path = parts.uri.path().to_string();
+    if let (Some(on_upgrade), Some(rest)) = (on_upgrade, path.strip_prefix("/ssh/")) {
+        let Some((verb, repo)) = rest.split_once('/') else {
+            return error(StatusCode::NOT_FOUND, "not-found", "use /ssh/VERB/REPO");
+        };
+        tracing::info!(from = %caller.host, verb, repo, "SSH session tunnelled here");
+        return crate::tunnel::accept(sc.clone(), verb, repo, on_upgrade).await;
+    }
     let pq = parts
         .uri
         .path_and_query()

@@ -77,6 +77,8 @@ pub struct DirectoryClient {
     /// Bumped by `invalidate`; an answer asked for before a bump is not cached.
     generation: AtomicU64,
     reach: Mutex<Reachability>,
+    /// Ticks on every invalidation, for work that follows directory changes.
+    changed: tokio::sync::watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -116,6 +118,7 @@ impl DirectoryClient {
             cache: Mutex::default(),
             generation: AtomicU64::new(0),
             reach: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
             metrics,
         })
     }
@@ -129,6 +132,23 @@ impl DirectoryClient {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         cache.clear();
+        drop(cache);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that wakes on every directory change the feed reports.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Asks the directory now, whatever is cached (for checks that must not be stale).
+    pub async fn txt_fresh(&self, rel: &str) -> Result<Option<HashMap<String, String>>, DirError> {
+        let name = self.name(rel)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(name, RecordType::TXT));
+        self.txt(rel).await
     }
 
     fn name(&self, rel: &str) -> Result<Name, DirError> {

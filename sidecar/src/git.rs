@@ -12,6 +12,16 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::forward::{BoxBody, BoxError};
+use crate::hook::Hooks;
+
+/// A smart-HTTP request for one repository: `/REPO.git/REST?QUERY`.
+pub struct GitRequest<'a> {
+    pub repo: &'a str,
+    pub rest: &'a str,
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
 
 /// The bare repositories under `--repos`, one `REPO.git` each.
 pub struct Repos {
@@ -66,16 +76,74 @@ impl Repos {
         Ok(())
     }
 
+    /// Brings `repo` up to date with `url` (another host's copy, through the
+    /// loopback signing proxy): every ref, pruned, and the same `HEAD`.
+    pub async fn sync_from(&self, repo: &str, url: &str) -> Result<(), GitError> {
+        if !self.exists(repo) {
+            self.create(repo).await?;
+        }
+        let path = self.path(repo);
+        let git = |args: Vec<String>| {
+            let path = path.clone();
+            async move {
+                let out = tokio::process::Command::new("git")
+                    .args(["-c", "safe.directory=*", "--git-dir"])
+                    .arg(&path)
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .map_err(GitError::Spawn)?;
+                if out.status.success() {
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                } else {
+                    Err(GitError::Backend(format!(
+                        "git {}: {}",
+                        args.first().cloned().unwrap_or_default(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )))
+                }
+            }
+        };
+        git(vec![
+            "fetch".into(),
+            "--quiet".into(),
+            "--prune".into(),
+            url.into(),
+            "+refs/*:refs/*".into(),
+        ])
+        .await?;
+        let symref = git(vec![
+            "ls-remote".into(),
+            "--symref".into(),
+            url.into(),
+            "HEAD".into(),
+        ])
+        .await?;
+        if let Some(target) = symref
+            .lines()
+            .find_map(|l| l.strip_prefix("ref: "))
+            .and_then(|l| l.split_whitespace().next())
+        {
+            git(vec!["symbolic-ref".into(), "HEAD".into(), target.into()]).await?;
+        }
+        Ok(())
+    }
+
     /// Runs `git http-backend` for `/REPO.git/REST?QUERY`, streaming `body` in and the answer out.
     pub async fn http_backend(
         &self,
-        repo: &str,
-        rest: &str,
-        method: &Method,
-        query: Option<&str>,
-        headers: &HeaderMap,
+        req: GitRequest<'_>,
         body: BoxBody,
+        write_hooks: Option<&Hooks>,
     ) -> Result<Response<BoxBody>, GitError> {
+        let GitRequest {
+            repo,
+            rest,
+            method,
+            query,
+            headers,
+        } = req;
         let header = |n: &str| {
             headers
                 .get(n)
@@ -91,20 +159,24 @@ impl Repos {
             "http.uploadarch=true",
             "-c",
             "safe.directory=*",
-            "http-backend",
-        ])
-        .env("GIT_PROJECT_ROOT", &self.root)
-        .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("PATH_INFO", format!("/{repo}.git/{rest}"))
-        .env("QUERY_STRING", query.unwrap_or(""))
-        .env("REQUEST_METHOD", method.as_str())
-        .env("CONTENT_TYPE", header("content-type"))
-        .env("REMOTE_USER", "switchboard")
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        ]);
+        if let Some(h) = write_hooks {
+            // `-c` reaches the receive-pack that http-backend starts (GIT_CONFIG_PARAMETERS).
+            h.apply(&mut cmd, repo);
+        }
+        cmd.arg("http-backend")
+            .env("GIT_PROJECT_ROOT", &self.root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("PATH_INFO", format!("/{repo}.git/{rest}"))
+            .env("QUERY_STRING", query.unwrap_or(""))
+            .env("REQUEST_METHOD", method.as_str())
+            .env("CONTENT_TYPE", header("content-type"))
+            .env("REMOTE_USER", "switchboard")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         for (env, name) in [
             ("GIT_PROTOCOL", "git-protocol"),
             ("HTTP_CONTENT_ENCODING", "content-encoding"),

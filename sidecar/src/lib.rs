@@ -8,7 +8,9 @@
 //! - `route`: classify a request (repository, read or write) and pick its target.
 //! - `forward`: signed, pooled calls to other hosts; `spool`: bodies hashed for signing.
 //! - `user`: the user-facing listener; `cluster`: the signed listener between hosts.
-//! - `git`: serving a local repository with `git http-backend`.
+//! - `git`: serving a local repository with `git http-backend`; `hook`: recording writes.
+//! - `replicate`: replicas catch up with their master; `loopback`: the signing proxy local git uses.
+//! - `ssh`: the forced command OpenSSH runs; `tunnel`: SSH sessions carried to another host.
 //! - `metrics`: Prometheus counters.
 
 pub mod cluster;
@@ -16,10 +18,15 @@ pub mod directory;
 pub mod feed;
 pub mod forward;
 pub mod git;
+pub mod hook;
 pub mod identity;
+pub mod loopback;
 pub mod metrics;
+pub mod replicate;
 pub mod route;
 pub mod server;
 pub mod sidecar;
 pub mod spool;
+pub mod ssh;
+pub mod tunnel;
 pub mod user;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use switchboard_sidecar::metrics::Metrics;
-use switchboard_sidecar::server::{self, RunConfig};
+use switchboard_sidecar::server::{self, Common, RunConfig};
 
 /// Switchboard's sidecar: routes Conduit and git traffic and signs every call between hosts.
 #[derive(Debug, Parser)]
@@ -47,23 +47,56 @@ enum Command {
     /// Route traffic.
     Run {
         #[command(flatten)]
-        at: Where,
-        /// The directory's admin API, for its change feed (default: http://DIRECTORY-IP:8053).
-        #[arg(long)]
-        directory_api: Option<String>,
+        common: CommonArgs,
         /// User-facing HTTP (Conduit, git smart HTTP); only hosts with the web role serve it.
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: SocketAddr,
         /// The signed listener other hosts' sidecars call (publish it as this host's `switchboard` binding).
         #[arg(long, default_value = "127.0.0.1:7443")]
         cluster: SocketAddr,
-        /// Bare repositories this host serves, as DIR/REPO.git.
-        #[arg(long)]
-        repos: PathBuf,
-        /// The local web application (Phabricator) that serves Conduit and web pages.
-        #[arg(long)]
-        web_backend: Option<http::Uri>,
     },
+    /// Serve one SSH session: what sshd runs as a forced command (reads SSH_ORIGINAL_COMMAND).
+    SshExec {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Git hooks the sidecar installs for itself (not for people to run).
+    #[command(hide = true)]
+    Hook {
+        /// The hook's name (reference-transaction).
+        name: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+}
+
+/// Flags `run` and `ssh-exec` share.
+#[derive(Debug, clap::Args)]
+struct CommonArgs {
+    #[command(flatten)]
+    at: Where,
+    /// The directory's admin API, for its change feed and version records (default: http://DIRECTORY-IP:8053).
+    #[arg(long)]
+    directory_api: Option<String>,
+    /// Bare repositories this host serves, as DIR/REPO.git.
+    #[arg(long)]
+    repos: PathBuf,
+    /// The local web application (Phabricator) that serves Conduit and web pages.
+    #[arg(long)]
+    web_backend: Option<http::Uri>,
+}
+
+impl From<CommonArgs> for Common {
+    fn from(c: CommonArgs) -> Self {
+        Common {
+            key: c.at.key,
+            directory: c.at.directory,
+            directory_api: c.directory_api,
+            zone: c.at.zone,
+            repos: c.repos,
+            web_backend: c.web_backend,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -106,18 +139,19 @@ fn main() -> ExitCode {
                     (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
                 }
             }
-            Command::Run { at, directory_api, http, cluster, repos, web_backend } => server::run(RunConfig {
-                key: at.key,
-                directory: at.directory,
-                directory_api,
-                zone: at.zone,
-                http,
-                cluster,
-                repos,
-                web_backend,
-            })
-            .await
-            .map_err(|e| e.to_string()),
+            Command::Run { common, http, cluster } => {
+                server::run(RunConfig { common: common.into(), http, cluster }).await.map_err(|e| e.to_string())
+            }
+            Command::SshExec { common } => {
+                let code = switchboard_sidecar::ssh::exec(common.into()).await;
+                std::process::exit(code);
+            }
+            Command::Hook { name, args } => match name.as_str() {
+                "reference-transaction" => {
+                    switchboard_sidecar::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
+                }
+                other => Err(format!("no hook {other}")),
+            },
         }
     });
     match result {

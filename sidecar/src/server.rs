@@ -1,4 +1,5 @@
-//! `run`: learn who this host is, open both listeners, follow the directory.
+//! Starting up: learn who this host is, build the shared state, and (for `run`)
+//! open the listeners, follow the directory and keep replicas current.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,28 +8,46 @@ use std::sync::Arc;
 
 use http::Uri;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_directory::cli::{Client, Global};
 use tokio::net::TcpListener;
 
 use crate::directory::DirectoryClient;
 use crate::forward::Forwarder;
 use crate::git::Repos;
+use crate::hook::Hooks;
 use crate::identity::{self, Identity};
+use crate::loopback::{self, Loopback};
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::sidecar::Sidecar;
-use crate::{cluster, feed, user};
+use crate::{cluster, feed, replicate, user};
 
-/// What `run` was asked to do.
+/// What every mode (`run`, `ssh-exec`) is told.
 #[derive(Debug, Clone)]
-pub struct RunConfig {
+pub struct Common {
     pub key: PathBuf,
     pub directory: SocketAddr,
     pub directory_api: Option<String>,
     pub zone: String,
-    pub http: SocketAddr,
-    pub cluster: SocketAddr,
     pub repos: PathBuf,
     pub web_backend: Option<Uri>,
+}
+
+impl Common {
+    /// The admin API: `--directory-api`, else port 8053 on the directory's address.
+    pub fn api(&self) -> String {
+        self.directory_api
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:8053", self.directory.ip()))
+    }
+}
+
+/// What `run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub common: Common,
+    pub http: SocketAddr,
+    pub cluster: SocketAddr,
 }
 
 /// Why the sidecar could not start.
@@ -61,67 +80,89 @@ pub async fn who_am_i(
     Ok((id, me, dir))
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
+/// The shared state of a sidecar process.
+pub async fn build(c: &Common) -> Result<Arc<Sidecar>, RunError> {
     let metrics = Arc::new(Metrics::default());
-    let (id, me, dir) = who_am_i(&cfg.key, cfg.directory, &cfg.zone, metrics.clone()).await?;
-    std::fs::create_dir_all(&cfg.repos).map_err(|e| {
-        RunError(format!(
-            "cannot create --repos {}: {e}",
-            cfg.repos.display()
-        ))
-    })?;
-    let spool_dir = cfg.repos.join(".switchboard-spool");
+    let (id, me, dir) = who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
+    std::fs::create_dir_all(&c.repos)
+        .map_err(|e| RunError(format!("cannot create --repos {}: {e}", c.repos.display())))?;
+    let spool_dir = c.repos.join(".switchboard-spool");
     std::fs::create_dir_all(&spool_dir)
         .map_err(|e| RunError(format!("cannot create {}: {e}", spool_dir.display())))?;
+    let hooks = Hooks::install(&c.repos, &me.host, &c.key, &c.api(), &c.zone).map_err(|e| {
+        RunError(format!(
+            "cannot install the write hook in {}: {e}",
+            c.repos.display()
+        ))
+    })?;
+    let identity = Arc::new(id);
+    Ok(Arc::new(Sidecar {
+        identity: identity.clone(),
+        router: Router::new(dir.clone(), me.host.clone()),
+        forwarder: Forwarder::new(identity),
+        repos: Repos::new(c.repos.clone()),
+        web_backend: c.web_backend.clone(),
+        metrics,
+        replay: Default::default(),
+        spool_dir,
+        hooks,
+        dir,
+        me,
+    }))
+}
+
+/// A signed client of the admin API, as this host.
+pub fn api_client(c: &Common) -> Result<Client, RunError> {
+    Client::new(&Global {
+        server: c.api(),
+        key: Some(c.key.clone()),
+        json: true,
+        zone: Some(c.zone.clone()),
+    })
+    .map_err(|e| RunError(e.to_string()))
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
+    let sc = build(&cfg.common).await?;
+    let api = Arc::new(api_client(&cfg.common)?);
     let http = TcpListener::bind(cfg.http)
         .await
         .map_err(|e| RunError(format!("cannot bind --http {}: {e}", cfg.http)))?;
     let cluster_l = TcpListener::bind(cfg.cluster)
         .await
         .map_err(|e| RunError(format!("cannot bind --cluster {}: {e}", cfg.cluster)))?;
+    let (lb, lb_listener) = Loopback::bind()
+        .await
+        .map_err(|e| RunError(format!("cannot bind the loopback proxy: {e}")))?;
+    let lb = Arc::new(lb);
     let http_addr = http.local_addr().map_err(|e| RunError(e.to_string()))?;
     let cluster_addr = cluster_l
         .local_addr()
         .map_err(|e| RunError(e.to_string()))?;
 
-    let identity = Arc::new(id);
-    let sc = Arc::new(Sidecar {
-        identity: identity.clone(),
-        router: Router::new(dir.clone(), me.host.clone()),
-        forwarder: Forwarder::new(identity.clone()),
-        repos: Repos::new(cfg.repos.clone()),
-        web_backend: cfg.web_backend.clone(),
-        metrics: metrics.clone(),
-        replay: Default::default(),
-        spool_dir,
-        dir: dir.clone(),
-        me: me.clone(),
-    });
-    let api = cfg
-        .directory_api
-        .clone()
-        .unwrap_or_else(|| format!("http://{}:8053", cfg.directory.ip()));
     tokio::spawn(feed::follow(
-        dir.clone(),
-        Arc::new(Forwarder::new(identity.clone())),
-        api,
-        cfg.zone.clone(),
+        sc.dir.clone(),
+        Arc::new(Forwarder::new(sc.identity.clone())),
+        cfg.common.api(),
+        cfg.common.zone.clone(),
     ));
-
-    let sc_user = sc.clone();
-    tokio::spawn(serve(http, move |req, _peer| {
-        user::handle(sc_user.clone(), req)
-    }));
-    let sc_cluster = sc.clone();
+    let s = sc.clone();
+    tokio::spawn(serve(http, move |req, _peer| user::handle(s.clone(), req)));
+    let s = sc.clone();
     tokio::spawn(serve(cluster_l, move |req, peer| {
-        cluster::handle(sc_cluster.clone(), req, peer)
+        cluster::handle(s.clone(), req, peer)
     }));
+    let (s, l) = (sc.clone(), lb.clone());
+    tokio::spawn(serve(lb_listener, move |req, _peer| {
+        loopback::handle(s.clone(), l.clone(), req)
+    }));
+    tokio::spawn(replicate::run(sc.clone(), api, lb));
 
-    tracing::info!(host = %me.host, roles = %me.roles.join(","), fingerprint = %identity.fingerprint, "sidecar started");
+    tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
     println!(
         "switchboard-sidecar: host={} listening http={http_addr} cluster={cluster_addr}",
-        me.host
+        sc.me.host
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -155,6 +196,7 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended");

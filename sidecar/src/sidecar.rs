@@ -13,10 +13,11 @@ use switchboard_directory::sign::ReplayGuard;
 
 use crate::directory::DirectoryClient;
 use crate::forward::{self, BoxBody, Forwarder};
-use crate::git::Repos;
+use crate::git::{GitRequest, Repos};
+use crate::hook::Hooks;
 use crate::identity::{Identity, KeyInfo};
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::route::{Access, RouteError, Router, Target};
 
 /// Largest request body routed (a pushed pack included).
 pub const MAX_BODY: u64 = 4 << 30;
@@ -37,6 +38,8 @@ pub struct Sidecar {
     pub replay: ReplayGuard,
     /// Where large bodies are spooled while they are hashed.
     pub spool_dir: PathBuf,
+    /// The write hook for receive-pack runs on repositories this host is master of.
+    pub hooks: Hooks,
 }
 
 /// A JSON error answer: `{"error": message, "reason": code}`.
@@ -52,12 +55,69 @@ pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Re
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        r.headers_mut().insert(REASON, v);
+    }
     r
 }
 
+/// The header that carries an error's reason code, for sidecars reading a peer's answer.
+pub const REASON: &str = "x-switchboard-reason";
+
+/// What the directory says right now about this host and a repository.
+pub struct Standing {
+    pub master: String,
+    pub current: bool,
+}
+
 impl Sidecar {
-    /// Serves a git request from this host's copy, creating the repository
-    /// when this host is its master and lacks it.
+    /// Asks the directory, uncached, who is master of `repo` and whether this
+    /// host's copy is within `max_lag` of the master's version.
+    pub async fn standing(
+        &self,
+        repo: &str,
+    ) -> Result<Option<Standing>, crate::directory::DirError> {
+        let Some(t) = self
+            .dir
+            .txt_fresh(&format!("{repo}.{}", schema::REPO))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let num = |k: &str| t.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let master = t.get(schema::txt::MASTER).cloned().unwrap_or_default();
+        let mine = num(&format!("{}{}", schema::txt::VERSION_OF, self.me.host));
+        let theirs = num(schema::txt::VERSION);
+        let current = self.repos.exists(repo)
+            && mine <= theirs
+            && mine.saturating_add(num(schema::txt::MAX_LAG)) >= theirs;
+        Ok(Some(Standing {
+            current: current || master == self.me.host,
+            master,
+        }))
+    }
+
+    /// Where a repository request goes; a read that would be served by this host's
+    /// copy goes to the master instead if the copy turns out to be behind.
+    pub async fn target(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
+        let t = self.router.repo(repo, access).await?;
+        if t == Target::Local && access == Access::Read {
+            if let Ok(Some(s)) = self.standing(repo).await {
+                if !s.current {
+                    tracing::info!(
+                        repo,
+                        "this copy is behind the master; reading from the master"
+                    );
+                    return self.router.repo(repo, Access::Write).await;
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Serves a git request from this host's copy. Writes are taken only by the
+    /// master (checked uncached) and run the write hook; reads only from a copy
+    /// that is current. The master creates a repository it lacks.
     pub async fn git_local(
         &self,
         repo: &str,
@@ -67,31 +127,47 @@ impl Sidecar {
         headers: &HeaderMap,
         body: BoxBody,
     ) -> Response<BoxBody> {
-        if !self.repos.exists(repo) {
-            let master = match self.dir.txt(&format!("{repo}.{}", schema::REPO)).await {
-                Ok(Some(t)) => t.get(schema::txt::MASTER).cloned(),
-                Ok(None) => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        "unknown-repository",
-                        format!("no repository {repo} in the directory"),
-                    )
-                }
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        "directory-unreachable",
-                        e.to_string(),
-                    )
-                }
-            };
-            if master.as_deref() != Some(self.me.host.as_str()) {
+        let write = rest == "git-receive-pack"
+            || query.is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack"));
+        let standing = match self.standing(repo).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
                 return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not-replicated",
-                    format!("{} has no copy of {repo} yet", self.me.host),
-                );
+                    StatusCode::NOT_FOUND,
+                    "unknown-repository",
+                    format!("no repository {repo} in the directory"),
+                )
             }
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "directory-unreachable",
+                    e.to_string(),
+                )
+            }
+        };
+        let is_master = standing.master == self.me.host;
+        if write && !is_master {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not-master",
+                format!(
+                    "{} is not the master of {repo} ({} is): writes go to the master",
+                    self.me.host, standing.master
+                ),
+            );
+        }
+        if !is_master && !standing.current {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stale-replica",
+                format!(
+                    "{}'s copy of {repo} is behind the master; read from the master",
+                    self.me.host
+                ),
+            );
+        }
+        if !self.repos.exists(repo) {
             if let Err(e) = self.repos.create(repo).await {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,9 +176,20 @@ impl Sidecar {
                 );
             }
         }
+        let hooks = (write && is_master).then_some(&self.hooks);
         match self
             .repos
-            .http_backend(repo, rest, method, query, headers, body)
+            .http_backend(
+                GitRequest {
+                    repo,
+                    rest,
+                    method,
+                    query,
+                    headers,
+                },
+                body,
+                hooks,
+            )
             .await
         {
             Ok(r) => r,

@@ -64,7 +64,7 @@ async fn git(
     rest: &str,
     access: route::Access,
 ) -> Response<BoxBody> {
-    let target = match sc.router.repo(repo, access).await {
+    let target = match sc.target(repo, access).await {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(repo, reason = e.reason(), "git request not routed");
@@ -92,17 +92,41 @@ async fn git(
                 Ok(s) => s,
                 Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
             };
+            let again = spooled.bytes().cloned();
             let pq = parts
                 .uri
                 .path_and_query()
                 .map(|p| p.as_str())
-                .unwrap_or("/");
+                .unwrap_or("/")
+                .to_string();
             tracing::debug!(repo, host = %peer.host, ?access, "forwarding git request");
-            match sc
+            let mut result = sc
                 .forwarder
-                .send(&peer, parts.method, pq, &parts.headers, spooled)
-                .await
-            {
+                .send(&peer, parts.method.clone(), &pq, &parts.headers, spooled)
+                .await;
+            // A replica that finds itself behind says so: read from the master instead.
+            if let (Ok(r), Some(body)) = (&result, again) {
+                if r.headers()
+                    .get(crate::sidecar::REASON)
+                    .is_some_and(|v| v == "stale-replica")
+                {
+                    if let Ok(Target::Peer(master)) =
+                        sc.router.repo(repo, route::Access::Write).await
+                    {
+                        result = sc
+                            .forwarder
+                            .send(
+                                &master,
+                                parts.method,
+                                &pq,
+                                &parts.headers,
+                                Spooled::from_bytes(body),
+                            )
+                            .await;
+                    }
+                }
+            }
+            match result {
                 Ok(r) => {
                     sc.metrics.request("git", "forwarded");
                     forward::stream_back(r)
@@ -123,18 +147,23 @@ pub async fn conduit(sc: Arc<Sidecar>, req: Request<Incoming>, method: &str) -> 
         Ok(s) => s,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
     };
-    let content_type = parts
-        .headers
+    route_conduit(&sc, method, &parts.headers, spooled).await
+}
+
+/// Routes a Conduit call whose body is read (from HTTP, or from stdin over SSH).
+pub async fn route_conduit(
+    sc: &Sidecar,
+    method: &str,
+    headers: &http::HeaderMap,
+    body: Spooled,
+) -> Response<BoxBody> {
+    let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let repo = spooled
+    let repo = body
         .bytes()
         .and_then(|b| route::conduit_repository(method, content_type, b));
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let pq = format!("/api/{method}");
     let target = match &repo {
         Some(r) => {
             let name = match route::repo_name(r) {
@@ -155,7 +184,7 @@ pub async fn conduit(sc: Arc<Sidecar>, req: Request<Incoming>, method: &str) -> 
             Err(e) => return error(e.status(), e.reason(), e.to_string()),
         },
     };
-    send_conduit(&sc, target, parts.method, &pq, &parts.headers, spooled).await
+    send_conduit(sc, target, Method::POST, &pq, headers, body).await
 }
 
 /// Delivers a Conduit call to its target: the local web backend, or a peer, signed.

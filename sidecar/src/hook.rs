@@ -1,0 +1,200 @@
+//! Recording writes: git's `reference-transaction` hook, run by `receive-pack` on
+//! a repository's master for every ref update of a push.
+//!
+//! - `prepared` (refs locked, not yet written): take the repository's write lease
+//!   from the directory, waiting while another write holds it. Refused (this host
+//!   is no longer the master, or it is out of service): the hook fails and git
+//!   aborts the update, so a deposed master never accepts a write.
+//! - `committed` (refs written, client not yet told): record the master's version
+//!   plus one with the lease, then give the lease back. Content is visible before
+//!   its version is, so a replica that sees version N can always fetch N.
+//! - `aborted`: give the lease back.
+//!
+//! The sidecar installs the hook in `--repos/.switchboard-hooks` and points only
+//! the `receive-pack` runs it starts for writes at it (`core.hooksPath`), with the
+//! repository, host, key and directory in the environment.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use switchboard_directory::cli::{Client, Global};
+
+const ENV_REPO: &str = "SWITCHBOARD_HOOK_REPO";
+const ENV_HOST: &str = "SWITCHBOARD_HOOK_HOST";
+const ENV_KEY: &str = "SWITCHBOARD_HOOK_KEY";
+const ENV_API: &str = "SWITCHBOARD_HOOK_API";
+const ENV_ZONE: &str = "SWITCHBOARD_HOOK_ZONE";
+
+/// How long a write waits for the lease.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// What a write hook needs to know, set up once per sidecar.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    pub dir: PathBuf,
+    pub host: String,
+    pub key: PathBuf,
+    pub api: String,
+    pub zone: String,
+}
+
+impl Hooks {
+    /// Writes the hook script (pointing at this binary) under `repos`.
+    pub fn install(
+        repos: &Path,
+        host: &str,
+        key: &Path,
+        api: &str,
+        zone: &str,
+    ) -> std::io::Result<Self> {
+        let dir = repos.join(".switchboard-hooks");
+        std::fs::create_dir_all(&dir)?;
+        let exe = std::env::current_exe()?;
+        let script = format!(
+            "#!/bin/sh\n# Installed by switchboard-sidecar: records each write's version in the directory.\nexec '{}' hook reference-transaction \"$@\"\n",
+            exe.display().to_string().replace('\'', "'\\''")
+        );
+        let path = dir.join("reference-transaction");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(script.as_str()) {
+            // Several processes (run, ssh-exec sessions) may install it at once.
+            let tmp = dir.join(format!(".reference-transaction.{}", std::process::id()));
+            std::fs::write(&tmp, &script)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            }
+            std::fs::rename(&tmp, &path)?;
+        }
+        let key = std::fs::canonicalize(key).unwrap_or_else(|_| key.to_path_buf());
+        Ok(Hooks {
+            dir,
+            host: host.to_string(),
+            key,
+            api: api.to_string(),
+            zone: zone.to_string(),
+        })
+    }
+
+    /// Makes a `git` command run this hook for writes to `repo`.
+    pub fn apply(&self, cmd: &mut tokio::process::Command, repo: &str) {
+        cmd.arg("-c")
+            .arg(format!("core.hooksPath={}", self.dir.display()))
+            .env(ENV_REPO, repo)
+            .env(ENV_HOST, &self.host)
+            .env(ENV_KEY, &self.key)
+            .env(ENV_API, &self.api)
+            .env(ENV_ZONE, &self.zone);
+    }
+}
+
+fn client() -> Result<(Client, String, String), String> {
+    let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+    let global = Global {
+        server: var(ENV_API)?,
+        key: Some(PathBuf::from(var(ENV_KEY)?)),
+        json: true,
+        zone: Some(var(ENV_ZONE)?),
+    };
+    let client = Client::new(&global).map_err(|e| e.to_string())?;
+    Ok((client, var(ENV_REPO)?, var(ENV_HOST)?))
+}
+
+/// Where a lease token waits between `prepared` and `committed`: one file per
+/// receive-pack process (the hook's parent), in the repository.
+fn token_file() -> PathBuf {
+    let git_dir = std::env::var_os("GIT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    git_dir.join(format!(
+        "switchboard-lease.{}",
+        std::os::unix::process::parent_id()
+    ))
+}
+
+/// `switchboard-sidecar hook reference-transaction STATE`.
+pub async fn reference_transaction(state: &str) -> Result<(), String> {
+    // Git writes the ref updates on stdin; read them so it never sees a broken pipe.
+    let mut updates = String::new();
+    let _ = std::io::stdin().read_to_string(&mut updates);
+    if std::env::var_os(ENV_REPO).is_none() {
+        return Ok(());
+    }
+    let (client, repo, host) = client()?;
+    match state {
+        "prepared" => {
+            let deadline = Instant::now() + LEASE_WAIT;
+            let body = serde_json::json!({"host": host, "ttl": 30});
+            let token = loop {
+                match client
+                    .call(
+                        Method::POST,
+                        &format!("/v1/repos/{repo}/lease"),
+                        body.to_string().into_bytes(),
+                        true,
+                    )
+                    .await
+                {
+                    Ok(b) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+                        break v["token"].as_str().unwrap_or_default().to_string();
+                    }
+                    Err(e) if e.0.contains("is held by") && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    Err(e) => return Err(format!("write to {repo} refused: {e}")),
+                }
+            };
+            std::fs::write(token_file(), token)
+                .map_err(|e| format!("cannot keep the lease token: {e}"))?;
+            Ok(())
+        }
+        "committed" | "aborted" => {
+            let file = token_file();
+            let Ok(token) = std::fs::read_to_string(&file) else {
+                return Ok(());
+            };
+            let _ = std::fs::remove_file(&file);
+            let recorded = if state == "committed" {
+                record(&client, &repo, &host, &token).await
+            } else {
+                Ok(())
+            };
+            let _ = client
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/repos/{repo}/lease/{token}"),
+                    vec![],
+                    true,
+                )
+                .await;
+            recorded
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The master's version + 1, recorded with the lease.
+async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<(), String> {
+    let v = client
+        .get(&format!("/v1/repos/{repo}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = v["versions"][host].as_u64().unwrap_or(0) + 1;
+    let body = serde_json::json!({"version": version, "lease": token});
+    client
+        .call(
+            Method::PUT,
+            &format!("/v1/repos/{repo}/versions/{host}"),
+            body.to_string().into_bytes(),
+            true,
+        )
+        .await
+        .map_err(|e| {
+            format!("the write to {repo} is applied but its version could not be recorded: {e}")
+        })?;
+    Ok(())
+}

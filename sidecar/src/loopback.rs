@@ -1,0 +1,101 @@
+//! The signing proxy that git processes started by this sidecar use to reach
+//! other hosts (a replica fetching from its master). It listens on loopback
+//! only, under a random path prefix that only those processes are told, and
+//! forwards `/TOKEN/HOST/source/...` to HOST's cluster listener, signed with this
+//! host's key like every other call between hosts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+use crate::forward::{self, BoxBody};
+use crate::sidecar::{error, Sidecar, MAX_BODY};
+use crate::spool::Spooled;
+
+/// The proxy's address and secret prefix.
+#[derive(Debug, Clone)]
+pub struct Loopback {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Loopback {
+    /// Binds a loopback port with a fresh secret.
+    pub async fn bind() -> std::io::Result<(Self, TcpListener)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let token = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            rand::random::<[u8; 18]>(),
+        );
+        Ok((Loopback { addr, token }, listener))
+    }
+
+    /// The URL under which a local git reaches `repo` on `host`.
+    pub fn url(&self, host: &str, repo: &str) -> String {
+        format!(
+            "http://{}/{}/{host}/source/{repo}.git",
+            self.addr, self.token
+        )
+    }
+}
+
+/// Handles one request from a local git process.
+pub async fn handle(
+    sc: Arc<Sidecar>,
+    lb: Arc<Loopback>,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
+    let path = req.uri().path().to_string();
+    let Some(rest) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(lb.token.as_str()))
+    else {
+        return error(StatusCode::FORBIDDEN, "forbidden", "not for you");
+    };
+    let Some((host, tail)) = rest.strip_prefix('/').and_then(|r| r.split_once('/')) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "use /TOKEN/HOST/source/REPO.git/...",
+        );
+    };
+    let peer = match sc.dir.cluster_endpoint(host).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "no-cluster-port",
+                format!("{host} has no switchboard binding"),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "directory-unreachable",
+                e.to_string(),
+            )
+        }
+    };
+    let mut pq = format!("/{tail}");
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let (parts, body) = req.into_parts();
+    let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+    };
+    match sc
+        .forwarder
+        .send(&peer, parts.method, &pq, &parts.headers, spooled)
+        .await
+    {
+        Ok(r) => forward::stream_back(r),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "peer-unreachable", e.to_string()),
+    }
+}

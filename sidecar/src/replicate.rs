@@ -1,0 +1,117 @@
+//! Keeping replicas current. After every directory change (and every few seconds
+//! in case one was missed), each sidecar compares its version of every repository
+//! it serves with the master's, and a replica that differs fetches every ref from
+//! the master (pruned, forced: an old master's diverged history is dropped), then
+//! records the master's version as its own. The version is read *before* the
+//! fetch, so a replica never claims a version it has not got. A master that lacks
+//! a repository creates it empty; a new replica is seeded the same way it catches up.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use switchboard_directory::cli::Client;
+
+use crate::loopback::Loopback;
+use crate::sidecar::Sidecar;
+
+/// How often to compare versions when nothing seems to change.
+const PERIOD: Duration = Duration::from_secs(5);
+
+/// Runs forever.
+pub async fn run(sc: Arc<Sidecar>, api: Arc<Client>, lb: Arc<Loopback>) {
+    let mut changed = sc.dir.subscribe();
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    loop {
+        if let Err(e) = once(&sc, &api, &lb, &busy).await {
+            tracing::debug!(error = %e, "replication check skipped");
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+    }
+}
+
+async fn once(
+    sc: &Arc<Sidecar>,
+    api: &Arc<Client>,
+    lb: &Arc<Loopback>,
+    busy: &Arc<Mutex<HashSet<String>>>,
+) -> Result<(), String> {
+    let repos = api.get("/v1/repos").await.map_err(|e| e.to_string())?;
+    let me = sc.me.host.as_str();
+    for r in repos.as_array().cloned().unwrap_or_default() {
+        let Some(name) = r["name"].as_str().map(str::to_string) else {
+            continue;
+        };
+        if crate::route::repo_name(&name).is_err() {
+            continue;
+        }
+        let master = r["master"].as_str().unwrap_or_default().to_string();
+        let is_replica = r["replicas"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h == me));
+        if master == me {
+            if !sc.repos.exists(&name) {
+                if let Err(e) = sc.repos.create(&name).await {
+                    tracing::warn!(repo = %name, error = %e, "cannot create the repository this host is master of");
+                }
+            }
+            continue;
+        }
+        if !is_replica {
+            continue;
+        }
+        let theirs = r["versions"][master.as_str()].as_u64().unwrap_or(0);
+        let mine = r["versions"][me].as_u64().unwrap_or(0);
+        if sc.repos.exists(&name) && mine == theirs {
+            continue;
+        }
+        if !busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            continue;
+        }
+        let (sc, api, lb, busy) = (sc.clone(), api.clone(), lb.clone(), busy.clone());
+        tokio::spawn(async move {
+            match catch_up(&sc, &api, &lb, &name, &master, theirs).await {
+                Ok(()) => {
+                    tracing::info!(repo = %name, from = %master, version = theirs, "replica caught up")
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %name, from = %master, error = %e, "replica could not catch up; will retry")
+                }
+            }
+            busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
+    }
+    Ok(())
+}
+
+async fn catch_up(
+    sc: &Sidecar,
+    api: &Client,
+    lb: &Loopback,
+    repo: &str,
+    master: &str,
+    version: u64,
+) -> Result<(), String> {
+    sc.repos
+        .sync_from(repo, &lb.url(master, repo))
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::json!({"version": version});
+    api.call(
+        Method::PUT,
+        &format!("/v1/repos/{repo}/versions/{}", sc.me.host),
+        body.to_string().into_bytes(),
+        true,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
