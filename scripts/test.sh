@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a machine that has only Rust: installs the
-# real clients the end-to-end tests drive (dig, named-checkzone, curl) from
+# real clients the end-to-end tests drive (dig, named-checkzone, curl, git, ssh, sshd) from
 # Debian's packages if they are missing, then lints, builds and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,9 @@ need=()
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v named-checkzone >/dev/null 2>&1 || need+=(bind9-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

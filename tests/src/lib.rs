@@ -239,6 +239,23 @@ impl Sidecar {
         self.child = Some(child);
     }
 
+    /// The `ssh-exec` command line for this host (what sshd's ForceCommand runs).
+    pub fn ssh_exec_command(&self) -> String {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+        let mut cmd = format!("{} ssh-exec", quote(bin("switchboard-sidecar").as_os_str()));
+        for a in &self.args {
+            cmd.push(' ');
+            cmd.push_str(&quote(a));
+        }
+        cmd
+    }
+
+    /// Whether this sidecar process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The sidecar's Prometheus metrics.
     pub fn metrics(&self) -> String {
         stdout(&run(
@@ -676,4 +693,105 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A real OpenSSH server on a free loopback port, in its own directory, with
+/// `ForceCommand` set to a host's `ssh-exec`, admitting one client key.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+}
+
+/// A client key pair for ssh, made once per test directory.
+pub fn ssh_client_key(dir: &Path) -> PathBuf {
+    let key = dir.join("client_ed25519");
+    if !key.exists() {
+        let out = run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        assert!(out.status.success(), "ssh-keygen: {}", stderr(&out));
+    }
+    key
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Sshd {
+    pub fn start(dir: &Path, name: &str, force_command: &str, client_key: &Path) -> Sshd {
+        let home = dir.join(format!("sshd-{name}"));
+        std::fs::create_dir_all(&home).expect("sshd dir");
+        // sshd insists on its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let host_key = home.join("ssh_host_ed25519_key");
+        if !host_key.exists() {
+            let out = run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key));
+            assert!(out.status.success(), "ssh-keygen: {}", stderr(&out));
+        }
+        let client_pub =
+            std::fs::read_to_string(client_key.with_extension("pub")).expect("client .pub");
+        std::fs::write(home.join("authorized_keys"), client_pub).expect("authorized_keys");
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("sshd (openssh-server) is installed");
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nForceCommand {force_command}\n",
+                hk = host_key.display(),
+                pid = home.join("sshd.pid").display(),
+                ak = home.join("authorized_keys").display(),
+            );
+            let conf = home.join("sshd_config");
+            std::fs::write(&conf, config).expect("sshd_config");
+            let mut child = Command::new(&sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start sshd");
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { child, port };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                assert!(Instant::now() < deadline, "sshd did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("sshd would not start");
+    }
+
+    /// `GIT_SSH_COMMAND` for git (the port comes from the URL); add `-p PORT 127.0.0.1` for ssh.
+    pub fn ssh_command(&self, client_key: &Path) -> String {
+        format!(
+            "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes",
+            client_key.display()
+        )
+    }
+
+    /// The git URL of `repo` through this sshd.
+    pub fn url(&self, repo: &str) -> String {
+        format!("ssh://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
