@@ -160,3 +160,121 @@ impl RequestHandler for DnsHandler {
 
 /// Idle time after which a TCP client that sends nothing is dropped.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends hickory's answer for a slow-path UDP query on our own socket.
+#[derive(Clone)]
+struct UdpReply {
+    socket: Arc<std::net::UdpSocket>,
+    dst: std::net::SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let max = response
+            .edns()
+            .map(|e| e.max_payload().max(512))
+            .unwrap_or(512);
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        self.socket
+            .send_to(&bytes, self.dst)
+            .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        Ok(info)
+    }
+}
+
+/// The full path for a UDP query the fast path declined: hickory decodes it, the
+/// handler answers (truncating when needed); an undecodable query with a readable
+/// header gets FORMERR, anything shorter is dropped.
+async fn slow_udp(
+    handler: Arc<DnsHandler>,
+    raw: Vec<u8>,
+    src: std::net::SocketAddr,
+    socket: Arc<std::net::UdpSocket>,
+) {
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
+        Ok(req) => {
+            if req.metadata.message_type == MessageType::Response {
+                return;
+            }
+            handler
+                .handle_request::<_, TokioTime>(&req, UdpReply { socket, dst: src })
+                .await;
+        }
+        Err(_) if raw.len() >= 12 && raw[2] & 0x80 == 0 => {
+            let mut h = [0u8; 12];
+            h[0..2].copy_from_slice(&raw[0..2]);
+            h[2] = 0x80 | (raw[2] & 0x78);
+            h[3] = 1;
+            let _ = socket.send_to(&h, src);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Serves UDP on `socket` with `workers` threads, each a loop of receive, fast
+/// answer, send; declined queries go to `slow_udp` on the runtime.
+pub fn spawn_udp(
+    socket: std::net::UdpSocket,
+    view: Arc<ArcSwap<View>>,
+    handler: Arc<DnsHandler>,
+    runtime: tokio::runtime::Handle,
+    workers: usize,
+) {
+    let socket = Arc::new(socket);
+    for i in 0..workers.max(1) {
+        let (socket, view, handler, runtime) = (
+            socket.clone(),
+            view.clone(),
+            handler.clone(),
+            runtime.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut out = Vec::with_capacity(4096);
+                loop {
+                    let (n, src) = match socket.recv_from(&mut buf) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "UDP receive failed");
+                            continue;
+                        }
+                    };
+                    let query = &buf[..n];
+                    let answered = {
+                        let v = view.load();
+                        crate::wire::answer(&v, query, &mut out).is_some()
+                    };
+                    if answered {
+                        let _ = socket.send_to(&out, src);
+                    } else {
+                        let raw = query.to_vec();
+                        runtime.spawn(slow_udp(handler.clone(), raw, src, socket.clone()));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a UDP worker");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! - `store`: durable state behind a trait (`store::sled` today).
 //! - `zonefile`: RFC 1035 master files in and out.
 //! - `view`: the pre-built answers, swapped whole on change.
-//! - `dns`: the hickory-server request handler that reads the view.
+//! - `dns`: the hickory-server request handler that reads the view; `wire`: the UDP fast path.
 //! - `state`: the one place a change is applied.
 //! - `sign`: RFC 9421 HTTP Message Signatures, shared with the sidecar.
 //! - `admin`: the JSON admin API; `cli`: the commands that talk to it.
@@ -20,4 +20,5 @@ pub mod sign;
 pub mod state;
 pub mod store;
 pub mod view;
+pub mod wire;
 pub mod zonefile;

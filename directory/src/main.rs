@@ -57,6 +57,9 @@ enum Command {
         /// TTL of service, repo and read/write names.
         #[arg(long, default_value_t = switchboard_directory::schema::DEFAULT_SERVICE_TTL)]
         service_ttl: u32,
+        /// Threads answering DNS over UDP (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        udp_workers: usize,
     },
     /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print its public key and fingerprint.
     Keygen {
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
                 http,
                 node_ttl,
                 service_ttl,
+                udp_workers,
             } => {
                 let cfg = ServeConfig {
                     zones,
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
                         node_ttl,
                         service_ttl,
                     },
+                    udp_workers,
                 };
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin};
 use crate::dns::{DnsHandler, TCP_TIMEOUT};
@@ -22,6 +22,8 @@ pub struct ServeConfig {
     pub dns: SocketAddr,
     pub http: SocketAddr,
     pub view: ViewConfig,
+    /// Threads answering UDP (0: one per core).
+    pub udp_workers: usize,
 }
 
 /// Why the server could not start.
@@ -64,11 +66,10 @@ pub fn load_zone_files(dir: &Path) -> Result<Vec<Zone>, ServeError> {
     Ok(zones)
 }
 
-async fn bind_dns(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServeError> {
+async fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener), ServeError> {
     // With port 0 the UDP port is picked first and TCP must get the same one.
     for _ in 0..20 {
-        let udp = UdpSocket::bind(addr)
-            .await
+        let udp = std::net::UdpSocket::bind(addr)
             .map_err(|e| ServeError::Start(format!("cannot bind DNS UDP {addr}: {e}")))?;
         let actual = udp
             .local_addr()
@@ -120,8 +121,21 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .local_addr()
         .map_err(|e| ServeError::Start(e.to_string()))?;
 
+    let handler = Arc::new(DnsHandler::new(dir.view()));
+    let workers = match cfg.udp_workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    crate::dns::spawn_udp(
+        udp,
+        dir.view(),
+        handler,
+        tokio::runtime::Handle::current(),
+        workers,
+    );
     let mut dns = hickory_server::Server::new(DnsHandler::new(dir.view()));
-    dns.register_socket(udp);
     dns.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -90,6 +90,8 @@ pub struct ZoneView {
     pub negative_soa: Record,
     names: HashMap<LowerName, Node>,
     keys: HashMap<String, KeyEntry>,
+    /// The same answers, pre-encoded for the UDP fast path.
+    pub wire: crate::wire::WireZone,
 }
 
 /// The result of looking a question up.
@@ -520,11 +522,25 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         }
     }
     let negative_ttl = soa.ttl.min(soa.minimum);
+    let negative_soa = Record::from_rdata(origin.clone(), negative_ttl, RData::SOA(soa_data));
+    let mut wire = crate::wire::WireZone::new(&origin, &negative_soa);
+    for (name, node) in &b.names {
+        let sets: Vec<(RecordType, &[Record], &[Record])> = node
+            .sets
+            .iter()
+            .filter_map(|s| {
+                s.rtype
+                    .map(|t| (t, s.records.as_slice(), s.additionals.as_slice()))
+            })
+            .collect();
+        wire.add(&Name::from(name.clone()), &sets);
+    }
     Ok(ZoneView {
         origin: LowerName::new(&origin),
         serial: zone.serial,
-        negative_soa: Record::from_rdata(origin, negative_ttl, RData::SOA(soa_data)),
+        negative_soa,
         names: b.names,
         keys: b.keys,
+        wire,
     })
 }

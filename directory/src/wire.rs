@@ -1,0 +1,331 @@
+//! The UDP fast path: answers pre-built in wire format, and a loop that reads only
+//! a query's header and question, copies the answer and patches it.
+//!
+//! When a zone's view is built, every (name, type) that has records gets its whole
+//! response message encoded once (`Template`). Answering is then: check that the
+//! query is plain (QUERY, one question, class IN, no EDNS version above 0),
+//! lowercase the name into a stack buffer, one hash lookup, copy, patch the ID,
+//! RD/CD bits and question (so the client's case is echoed), append an OPT record
+//! when the client sent one. NXDOMAIN and NODATA are assembled from the question
+//! and the zone's pre-encoded SOA. Anything else — other opcodes or classes, ANY,
+//! zone transfers, malformed packets, an answer larger than the client's buffer —
+//! returns `None` and takes hickory's full path, which also truncates.
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
+use rustc_hash::FxHashMap;
+
+use crate::view::View;
+
+/// A record type and its whole response message, ID and flags to be patched.
+pub type Template = (u16, Box<[u8]>);
+
+/// Pre-encoded answers of one zone, keyed by lowercase wire-format owner name.
+#[derive(Debug, Default)]
+pub struct WireZone {
+    /// The origin in lowercase wire format.
+    pub origin: Box<[u8]>,
+    names: FxHashMap<Box<[u8]>, Vec<Template>>,
+    /// The SOA record for negative answers, from its TYPE on (the owner is a
+    /// pointer into the question).
+    soa_tail: Box<[u8]>,
+}
+
+/// A name in lowercase wire format.
+pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
+    name.to_lowercase()
+        .to_bytes()
+        .ok()
+        .map(Vec::into_boxed_slice)
+}
+
+impl WireZone {
+    /// Starts a zone's templates.
+    pub fn new(origin: &Name, negative_soa: &Record) -> Self {
+        let origin_wire = wire_name(origin).unwrap_or_default();
+        // TYPE, CLASS, TTL, RDLENGTH, RDATA with uncompressed names: it is copied
+        // into messages where no other name sits at the offsets a pointer would use.
+        let mut soa_tail = Vec::new();
+        if let hickory_proto::rr::RData::SOA(soa) = &negative_soa.data {
+            let mut rdata = Vec::new();
+            rdata.extend_from_slice(&wire_name(&soa.mname).unwrap_or_default());
+            rdata.extend_from_slice(&wire_name(&soa.rname).unwrap_or_default());
+            rdata.extend_from_slice(&soa.serial.to_be_bytes());
+            rdata.extend_from_slice(&soa.refresh.to_be_bytes());
+            rdata.extend_from_slice(&soa.retry.to_be_bytes());
+            rdata.extend_from_slice(&soa.expire.to_be_bytes());
+            rdata.extend_from_slice(&soa.minimum.to_be_bytes());
+            soa_tail.extend_from_slice(&6u16.to_be_bytes());
+            soa_tail.extend_from_slice(&1u16.to_be_bytes());
+            soa_tail.extend_from_slice(&negative_soa.ttl.to_be_bytes());
+            soa_tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            soa_tail.extend_from_slice(&rdata);
+        }
+        let soa_tail = soa_tail.into_boxed_slice();
+        WireZone {
+            origin: origin_wire,
+            names: FxHashMap::default(),
+            soa_tail,
+        }
+    }
+
+    /// Adds a name (with no sets: it exists, for NODATA) or its record sets.
+    pub fn add(&mut self, name: &Name, sets: &[(RecordType, &[Record], &[Record])]) {
+        let Some(key) = wire_name(name) else { return };
+        let mut templates = Vec::with_capacity(sets.len());
+        for (rtype, records, additionals) in sets {
+            if records.is_empty() {
+                continue;
+            }
+            let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+            m.metadata.authoritative = true;
+            m.add_query(Query::query(name.to_lowercase(), *rtype));
+            m.add_answers(records.iter().cloned());
+            m.add_additionals(additionals.iter().cloned());
+            if let Ok(bytes) = m.to_vec() {
+                templates.push((u16::from(*rtype), bytes.into_boxed_slice()));
+            }
+        }
+        self.names.insert(key, templates);
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+const TYPE_CNAME: u16 = 5;
+const TYPE_OPT: u16 = 41;
+/// Our largest UDP answer, whatever the client offers (as in the slow path).
+const MAX_UDP: usize = 1232;
+
+/// A plain query's question, parsed without allocating.
+struct Question {
+    /// Lowercase wire name.
+    name: [u8; 256],
+    name_len: usize,
+    /// Offsets of each label within the name (for the zone suffix).
+    labels: [u8; 128],
+    label_count: usize,
+    qtype: u16,
+    /// End of the question section in the packet.
+    end: usize,
+    /// The client's EDNS buffer size, if it sent OPT.
+    edns: Option<u16>,
+}
+
+fn u16_at(p: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]))
+}
+
+fn parse(q: &[u8]) -> Option<Question> {
+    let flags = *q.get(2)?;
+    if flags & 0x80 != 0 || (flags >> 3) & 0x0f != 0 {
+        return None;
+    }
+    if u16_at(q, 4)? != 1 || u16_at(q, 6)? != 0 || u16_at(q, 8)? != 0 {
+        return None;
+    }
+    let ar = u16_at(q, 10)?;
+    if ar > 1 {
+        return None;
+    }
+    let mut qu = Question {
+        name: [0; 256],
+        name_len: 0,
+        labels: [0; 128],
+        label_count: 0,
+        qtype: 0,
+        end: 0,
+        edns: None,
+    };
+    let mut pos = 12;
+    loop {
+        let len = *q.get(pos)? as usize;
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        if qu.name_len + 1 + len > 255 || qu.label_count >= 128 {
+            return None;
+        }
+        let label = q.get(pos..pos + 1 + len)?;
+        if len > 0 {
+            qu.labels[qu.label_count] = qu.name_len as u8;
+            qu.label_count += 1;
+        }
+        for (i, b) in label.iter().enumerate() {
+            qu.name[qu.name_len + i] = if i == 0 { *b } else { b.to_ascii_lowercase() };
+        }
+        qu.name_len += 1 + len;
+        pos += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    qu.qtype = u16_at(q, pos)?;
+    let qclass = u16_at(q, pos + 2)?;
+    pos += 4;
+    qu.end = pos;
+    if qclass != 1 || matches!(qu.qtype, 0 | 41 | 251 | 252 | 255) {
+        return None;
+    }
+    if ar == 1 {
+        // Exactly one OPT at the root, EDNS version 0; options are ignored (RFC 6891 §6.1.2).
+        if *q.get(pos)? != 0 || u16_at(q, pos + 1)? != TYPE_OPT {
+            return None;
+        }
+        let size = u16_at(q, pos + 3)?;
+        if *q.get(pos + 6)? != 0 {
+            return None;
+        }
+        let rdlen = u16_at(q, pos + 9)? as usize;
+        if pos + 11 + rdlen != q.len() {
+            return None;
+        }
+        qu.edns = Some(size);
+    } else if pos != q.len() {
+        return None;
+    }
+    Some(qu)
+}
+
+fn limit(edns: Option<u16>) -> usize {
+    match edns {
+        Some(size) => (size as usize).clamp(512, MAX_UDP),
+        None => 512,
+    }
+}
+
+fn opt(out: &mut Vec<u8>) {
+    // Root owner, TYPE OPT, CLASS = our payload size, TTL 0 (rcode, version, flags), RDLEN 0.
+    out.extend_from_slice(&[
+        0,
+        0,
+        41,
+        (MAX_UDP >> 8) as u8,
+        (MAX_UDP & 0xff) as u8,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+}
+
+/// Answers `query` from `view` into `out`; `None` means "take the full path".
+pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let qu = parse(query)?;
+    let name = &qu.name[..qu.name_len];
+    let rd = query[2] & 0x01;
+    let cd = query[3] & 0x10;
+    let question = &query[12..qu.end];
+    // The zone: the longest origin that is a suffix at a label boundary.
+    let mut zone = None;
+    for z in &view.zones {
+        let o = &z.wire.origin[..];
+        if o.len() > name.len() {
+            continue;
+        }
+        let start = name.len() - o.len();
+        let boundary = start == name.len() - 1
+            || qu.labels[..qu.label_count]
+                .iter()
+                .any(|&l| l as usize == start);
+        if boundary && &name[start..] == o {
+            zone = Some((z, start));
+            break;
+        }
+    }
+    out.clear();
+    let Some((z, origin_at)) = zone else {
+        // REFUSED: not authoritative, question echoed.
+        out.extend_from_slice(&query[0..2]);
+        out.extend_from_slice(&[
+            0x80 | rd,
+            cd | 5,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(qu.edns.is_some()),
+        ]);
+        out.extend_from_slice(question);
+        if qu.edns.is_some() {
+            opt(out);
+        }
+        return Some(());
+    };
+    match z.wire.names.get(name) {
+        Some(sets) => {
+            let found = sets
+                .iter()
+                .find(|(t, _)| *t == qu.qtype)
+                .or_else(|| sets.iter().find(|(t, _)| *t == TYPE_CNAME));
+            if let Some((_, template)) = found {
+                if template.len() < qu.end {
+                    return None;
+                }
+                out.extend_from_slice(template);
+                out[0..2].copy_from_slice(&query[0..2]);
+                out[2] = 0x84 | rd;
+                out[3] = cd;
+                out[12..qu.end].copy_from_slice(question);
+                if qu.edns.is_some() {
+                    opt(out);
+                    let ar = u16::from_be_bytes([out[10], out[11]]).checked_add(1)?;
+                    out[10..12].copy_from_slice(&ar.to_be_bytes());
+                }
+                if out.len() > limit(qu.edns) {
+                    return None;
+                }
+                return Some(());
+            }
+            negative(out, query, &qu, question, z, origin_at, 0)
+        }
+        None => negative(out, query, &qu, question, z, origin_at, 3),
+    }
+}
+
+/// NODATA (rcode 0) or NXDOMAIN (rcode 3): the question and the zone's SOA.
+fn negative(
+    out: &mut Vec<u8>,
+    query: &[u8],
+    qu: &Question,
+    question: &[u8],
+    z: &crate::view::ZoneView,
+    origin_at: usize,
+    rcode: u8,
+) -> Option<()> {
+    let rd = query[2] & 0x01;
+    let cd = query[3] & 0x10;
+    out.extend_from_slice(&query[0..2]);
+    out.extend_from_slice(&[
+        0x84 | rd,
+        cd | rcode,
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        u8::from(qu.edns.is_some()),
+    ]);
+    out.extend_from_slice(question);
+    let pointer = 0xc000u16 | (12 + origin_at) as u16;
+    out.extend_from_slice(&pointer.to_be_bytes());
+    out.extend_from_slice(&z.wire.soa_tail);
+    if qu.edns.is_some() {
+        opt(out);
+    }
+    (out.len() <= limit(qu.edns)).then_some(())
+}
