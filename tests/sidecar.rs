@@ -90,13 +90,23 @@ fn git_push_and_clone_over_http_reach_the_repository_master() {
     git_ok(&src, &["commit", "-q", "-m", "first"]);
     let head = git_ok(&src, &["rev-parse", "HEAD"]).trim().to_string();
 
+    // Without credentials the web application (here the echo backend) says no.
+    let anonymous = git(w, &["ls-remote", &c.web1.http_url("/source/r1.git")]);
+    assert!(
+        !anonymous.status.success(),
+        "anonymous git over HTTP was let in"
+    );
+    let authed = |s: &Sidecar, path: &str| {
+        s.http_url(path)
+            .replacen("http://", "http://tester:secret@", 1)
+    };
     // Pushed through web1, which holds nothing: it lands on the master, repo1.
     git_ok(
         &src,
         &[
             "push",
             "-q",
-            &c.web1.http_url("/source/r1.git"),
+            &authed(&c.web1, "/source/r1.git"),
             "HEAD:refs/heads/main",
         ],
     );
@@ -118,8 +128,8 @@ fn git_push_and_clone_over_http_reach_the_repository_master() {
 
     // Cloned through web1 (forwarded, signed) and through repo1 (served locally).
     for (name, url) in [
-        ("via-web1", c.web1.http_url("/source/r1.git")),
-        ("via-repo1", c.repo1.http_url("/source/r1.git")),
+        ("via-web1", authed(&c.web1, "/source/r1.git")),
+        ("via-repo1", authed(&c.repo1, "/source/r1.git")),
     ] {
         git_ok(w, &["clone", "-q", "-b", "main", &url, name]);
         assert_eq!(
@@ -148,7 +158,7 @@ fn git_push_and_clone_over_http_reach_the_repository_master() {
             "-c",
             "protocol.version=2",
             "ls-remote",
-            &c.web1.http_url("/source/r1.git"),
+            &authed(&c.web1, "/source/r1.git"),
         ],
     );
     assert!(

@@ -233,7 +233,35 @@ impl ParsedSignature {
         now_unix: u64,
         policy: &Policy,
     ) -> Result<(), SignError> {
-        let needed = REQUIRED.iter().chain((!body.is_empty()).then_some(&DIGEST));
+        self.verify_headers(
+            method,
+            uri,
+            headers,
+            !body.is_empty(),
+            key,
+            now_unix,
+            policy,
+        )?;
+        self.check_body(headers, body)
+    }
+
+    /// Everything but the body: covered components, freshness and the signature.
+    /// `expects_body` (from Content-Length or Transfer-Encoding) makes
+    /// `content-digest` required, so a receiver can refuse before reading a body.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_headers(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        expects_body: bool,
+        key: &VerifyingKey,
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<(), SignError> {
+        let needed = REQUIRED
+            .iter()
+            .chain((expects_body || headers.contains_key(DIGEST)).then_some(&DIGEST));
         if let Some(name) = needed
             .into_iter()
             .find(|n| !self.components.iter().any(|c| c == *n))
@@ -248,7 +276,17 @@ impl ParsedSignature {
             fail!(MissingComponent, "signature lacks created, expires or nonce: sign with created, expires, nonce and keyid")
         };
         check_times(created, expires, now_unix, policy)?;
-        self.verify_signature(method, uri, headers, key)?;
+        self.verify_signature(method, uri, headers, key)
+    }
+
+    /// The body against the signed `Content-Digest`, once it has been read.
+    pub fn check_body(&self, headers: &HeaderMap, body: &BodyHash) -> Result<(), SignError> {
+        if !body.is_empty() && !self.components.iter().any(|c| c == DIGEST) {
+            fail!(
+                MissingComponent,
+                "the request has a body but the signature does not cover content-digest"
+            );
+        }
         if !body.is_empty() || headers.contains_key(DIGEST) {
             check_digest(headers, body)?;
         }

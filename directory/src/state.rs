@@ -268,6 +268,13 @@ impl Directory {
         let zone = zones
             .get_mut(origin)
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        if let Op::Promote { repo, .. } = &op {
+            if let Some(holder) = self.lease_holder(origin, repo) {
+                return Err(ApplyError::Conflict(format!(
+                    "a write to {repo} is in progress on {holder}; promote again in a moment"
+                )));
+            }
+        }
         if let Op::SetVersion {
             repo, host, lease, ..
         } = &op
@@ -601,6 +608,13 @@ fn plan(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                     to: master,
                     at: unix_now(),
                 });
+            }
+            // Hosts ahead of the new master hold history it lacks: they count as
+            // empty until they have resynchronised from it.
+            for (h, v) in next.versions.iter_mut() {
+                if *h != new && *v > have {
+                    *v = 0;
+                }
             }
             next.replicas.retain(|h| h != &new);
             next.replicas.insert(0, r.master.clone());

@@ -132,6 +132,13 @@ impl ZoneView {
         self.keys.get(fingerprint)
     }
 
+    /// Every record of the zone, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.names
+            .values()
+            .flat_map(|n| n.sets.iter().flat_map(|s| s.records.iter()))
+    }
+
     /// How many owner names the view holds (for status and tests).
     pub fn name_count(&self) -> usize {
         self.names.len()

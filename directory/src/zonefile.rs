@@ -701,7 +701,7 @@ fn locate_syntax_error(scanned: &[Entry], origin: Option<&Name>) -> Option<usize
 
 /// A static record in master-file form. TXT and HINFO are written with quoted
 /// strings (hickory's `Display` leaves them bare); other types use `Display`.
-fn static_line(r: &Record) -> String {
+pub fn static_line(r: &Record) -> String {
     let strings = |v: Vec<String>| txt_line(&v);
     let rdata = match &r.data {
         RData::TXT(t) => strings(
@@ -915,4 +915,30 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
 pub fn origin_from_file_name(path: &std::path::Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".zone")?;
     Some(format!("{}.", stem.trim_end_matches('.')))
+}
+
+/// Every record the directory serves for a zone, derived ones included, as a zone
+/// file: what a secondary (BIND, Knot, NSD) loads to answer exactly as the
+/// directory does at this serial.
+pub fn export_flat(zv: &crate::view::ZoneView) -> String {
+    let mut lines: Vec<String> = zv
+        .records()
+        .filter(|r| r.record_type() != RecordType::SOA)
+        .map(static_line)
+        .collect();
+    lines.sort();
+    lines.dedup();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "; zone {} flattened by switchboard-directory, serial {}",
+        zv.origin, zv.serial
+    );
+    if let Some(soa) = zv.records().find(|r| r.record_type() == RecordType::SOA) {
+        let _ = writeln!(out, "{}", static_line(soa));
+    }
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    out
 }

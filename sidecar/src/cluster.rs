@@ -19,6 +19,9 @@ use crate::route;
 use crate::sidecar::{error, Sidecar, MAX_BODY};
 use crate::spool::Spooled;
 
+/// How long a caller may take to send a signed body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn refuse(
     sc: &Sidecar,
     reason: &'static str,
@@ -116,26 +119,60 @@ pub async fn handle(
             &keyid,
         );
     };
-    let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
-    };
+    // Headers first: nothing of the body is read until the signature, freshness,
+    // nonce and addressed authority are good.
     let now = unix_now();
-    if let Err(e) = parsed.verify_hashed(
+    let expects_body = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v != "0")
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if let Err(e) = parsed.verify_headers(
         &parts.method,
         &parts.uri,
         &parts.headers,
-        spooled.hash(),
+        expects_body,
         &key,
         now,
         &Policy::default(),
     ) {
         return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
     }
+    let authority = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !sc.is_my_authority(authority).await {
+        return refuse(
+            &sc,
+            "wrong-host",
+            format!(
+                "the call was signed for {authority:?}, which is not this host's cluster listener"
+            ),
+            &peer,
+            &keyid,
+        );
+    }
     if let Err(e) = sc
         .replay
         .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
     {
+        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+    }
+    let read = Spooled::read(body, MAX_BODY, &sc.spool_dir);
+    let spooled = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "the body did not arrive in time",
+            )
+        }
+    };
+    if let Err(e) = parsed.check_body(&parts.headers, spooled.hash()) {
         return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
     }
     tracing::debug!(from = %caller.host, path = %parts.uri.path(), "cluster call accepted");

@@ -351,6 +351,22 @@ impl DirectoryClient {
         }))
     }
 
+    /// Every address of a host (`HOST.node.Z` A and AAAA).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DirError> {
+        let rel = format!("{host}.{}", schema::NODE);
+        let mut out = Vec::new();
+        for t in [RecordType::A, RecordType::AAAA] {
+            for r in &self.lookup(&rel, t).await?.records {
+                match &r.data {
+                    RData::A(v4) => out.push(IpAddr::V4(v4.0)),
+                    RData::AAAA(v6) => out.push(IpAddr::V6(v6.0)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A host's cluster listener (`HOST._switchboard._tcp.Z`).
     pub async fn cluster_endpoint(&self, host: &str) -> Result<Option<Peer>, DirError> {
         let rel = format!("{host}._{}.{}", schema::SWITCHBOARD_SERVICE, schema::TCP);

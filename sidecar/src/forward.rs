@@ -176,6 +176,41 @@ impl Forwarder {
             })
     }
 
+    /// A request to a local backend carrying exactly `headers` (for the auth subrequest).
+    pub async fn local_with(
+        &self,
+        base: &Uri,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
+        let uri: Uri = format!("http://{authority}{path_and_query}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
+                host: "web backend".into(),
+                reason: e.to_string(),
+            })?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .map_err(|e| ForwardError::Sign {
+                host: "web backend".into(),
+                reason: e.to_string(),
+            })?;
+        *req.headers_mut() = headers.clone();
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| ForwardError::Unreachable {
+                host: "web backend".into(),
+                addr: authority.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Plain GET, for the directory's change feed.
     pub async fn get(&self, uri: Uri) -> Result<Response<Incoming>, ForwardError> {
         let req = Request::builder()

@@ -77,19 +77,37 @@ impl Repos {
     }
 
     /// Brings `repo` up to date with `url` (another host's copy, through the
-    /// loopback signing proxy): every ref, pruned, and the same `HEAD`.
-    pub async fn sync_from(&self, repo: &str, url: &str) -> Result<(), GitError> {
+    /// loopback signing proxy, which wants `token` in a header): every ref, pruned,
+    /// and the same `HEAD`. The token goes through git's environment, never its
+    /// command line or FETCH_HEAD, where other local users could read it.
+    pub async fn sync_from(&self, repo: &str, url: &str, token: &str) -> Result<(), GitError> {
         if !self.exists(repo) {
             self.create(repo).await?;
         }
         let path = self.path(repo);
         let git = |args: Vec<String>| {
             let path = path.clone();
+            let token = token.to_string();
             async move {
                 let out = tokio::process::Command::new("git")
-                    .args(["-c", "safe.directory=*", "--git-dir"])
+                    .args([
+                        "-c",
+                        "safe.directory=*",
+                        "-c",
+                        "http.lowSpeedLimit=1000",
+                        "-c",
+                        "http.lowSpeedTime=30",
+                        "--git-dir",
+                    ])
                     .arg(&path)
                     .args(&args)
+                    .env("GIT_CONFIG_COUNT", "1")
+                    .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                    .env(
+                        "GIT_CONFIG_VALUE_0",
+                        format!("{}: {token}", crate::loopback::TOKEN_HEADER),
+                    )
+                    .env("GIT_TERMINAL_PROMPT", "0")
                     .stdin(Stdio::null())
                     .output()
                     .await
@@ -109,6 +127,7 @@ impl Repos {
             "fetch".into(),
             "--quiet".into(),
             "--prune".into(),
+            "--no-write-fetch-head".into(),
             url.into(),
             "+refs/*:refs/*".into(),
         ])

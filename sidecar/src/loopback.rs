@@ -1,7 +1,9 @@
 //! The signing proxy that git processes started by this sidecar use to reach
 //! other hosts (a replica fetching from its master). It listens on loopback
-//! only, under a random path prefix that only those processes are told, and
-//! forwards `/TOKEN/HOST/source/...` to HOST's cluster listener, signed with this
+//! only, wants a random token in a header that only those processes are given
+//! (through their environment, never a command line or FETCH_HEAD), forwards
+//! only fetches (`info/refs` for upload-pack and `git-upload-pack`) of
+//! `/HOST/source/REPO.git/...` to HOST's cluster listener, signed with this
 //! host's key like every other call between hosts.
 
 use std::net::SocketAddr;
@@ -12,10 +14,14 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::forward::{self, BoxBody};
+use crate::route::{self, Access};
 use crate::sidecar::{error, Sidecar, MAX_BODY};
 use crate::spool::Spooled;
 
-/// The proxy's address and secret prefix.
+/// The header that carries the proxy's token.
+pub const TOKEN_HEADER: &str = "x-switchboard-token";
+
+/// The proxy's address and secret.
 #[derive(Debug, Clone)]
 pub struct Loopback {
     pub addr: SocketAddr,
@@ -36,10 +42,18 @@ impl Loopback {
 
     /// The URL under which a local git reaches `repo` on `host`.
     pub fn url(&self, host: &str, repo: &str) -> String {
-        format!(
-            "http://{}/{}/{host}/source/{repo}.git",
-            self.addr, self.token
-        )
+        format!("http://{}/{host}/source/{repo}.git", self.addr)
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    fn admits(&self, presented: &[u8]) -> bool {
+        let want = self.token.as_bytes();
+        presented.len() == want.len()
+            && presented
+                .iter()
+                .zip(want)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 
@@ -49,20 +63,37 @@ pub async fn handle(
     lb: Arc<Loopback>,
     req: Request<Incoming>,
 ) -> Response<BoxBody> {
-    let path = req.uri().path().to_string();
-    let Some(rest) = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_prefix(lb.token.as_str()))
-    else {
+    let presented = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !lb.admits(presented) {
         return error(StatusCode::FORBIDDEN, "forbidden", "not for you");
-    };
-    let Some((host, tail)) = rest.strip_prefix('/').and_then(|r| r.split_once('/')) else {
+    }
+    let path = req.uri().path().to_string();
+    let Some((host, tail)) = path.strip_prefix('/').and_then(|r| r.split_once('/')) else {
         return error(
             StatusCode::NOT_FOUND,
             "not-found",
-            "use /TOKEN/HOST/source/REPO.git/...",
+            "use /HOST/source/REPO.git/...",
         );
     };
+    if switchboard_directory::model::validate_label("host", host).is_err() {
+        return error(StatusCode::BAD_REQUEST, "bad-host", "not a host name");
+    }
+    let mut pq = format!("/{tail}");
+    let fetch_only = match route::git_path(&pq, req.uri().query()) {
+        Ok(Some(gp)) => gp.access == Access::Read && gp.rest != "git-upload-archive",
+        _ => false,
+    };
+    if !fetch_only {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the loopback proxy only fetches",
+        );
+    }
     let peer = match sc.dir.cluster_endpoint(host).await {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -80,7 +111,6 @@ pub async fn handle(
             )
         }
     };
-    let mut pq = format!("/{tail}");
     if let Some(q) = req.uri().query() {
         pq.push('?');
         pq.push_str(q);

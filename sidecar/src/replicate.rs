@@ -16,6 +16,9 @@ use switchboard_directory::cli::Client;
 use crate::loopback::Loopback;
 use crate::sidecar::Sidecar;
 
+/// The longest one catch-up may take before it is abandoned (and retried).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// How often to compare versions when nothing seems to change.
 const PERIOD: Duration = Duration::from_secs(5);
 
@@ -100,9 +103,11 @@ async fn catch_up(
     master: &str,
     version: u64,
 ) -> Result<(), String> {
-    sc.repos
-        .sync_from(repo, &lb.url(master, repo))
+    let url = lb.url(master, repo);
+    let fetch = sc.repos.sync_from(repo, &url, &lb.token);
+    tokio::time::timeout(CATCH_UP_TIMEOUT, fetch)
         .await
+        .map_err(|_| format!("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let body = serde_json::json!({"version": version});
     api.call(

@@ -106,6 +106,7 @@ pub async fn build(c: &Common) -> Result<Arc<Sidecar>, RunError> {
         replay: Default::default(),
         spool_dir,
         hooks,
+        cluster_addr: Default::default(),
         dir,
         me,
     }))
@@ -140,6 +141,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let cluster_addr = cluster_l
         .local_addr()
         .map_err(|e| RunError(e.to_string()))?;
+    let _ = sc.cluster_addr.set(cluster_addr);
 
     tokio::spawn(feed::follow(
         sc.dir.clone(),

@@ -40,6 +40,8 @@ pub struct Sidecar {
     pub spool_dir: PathBuf,
     /// The write hook for receive-pack runs on repositories this host is master of.
     pub hooks: Hooks,
+    /// Where the cluster listener is bound, once it is (`run` only).
+    pub cluster_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// A JSON error answer: `{"error": message, "reason": code}`.
@@ -71,6 +73,42 @@ pub struct Standing {
 }
 
 impl Sidecar {
+    /// Whether a signed call's `Host` names this host's cluster listener: its port,
+    /// and the bound address, one of this host's addresses in the directory, or
+    /// `HOST.node.ZONE`. A call signed for another host is refused here.
+    pub async fn is_my_authority(&self, authority: &str) -> bool {
+        let Some(bound) = self.cluster_addr.get() else {
+            return false;
+        };
+        let Ok(uri_auth) = authority.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        if uri_auth.port_u16() != Some(bound.port()) {
+            return false;
+        }
+        let host = uri_auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            if !bound.ip().is_unspecified() && ip == bound.ip() {
+                return true;
+            }
+            return self
+                .dir
+                .addresses(&self.me.host)
+                .await
+                .is_ok_and(|a| a.contains(&ip));
+        }
+        let node = format!(
+            "{}.{}.{}",
+            self.me.host,
+            schema::NODE,
+            self.dir.zone().to_ascii().trim_end_matches('.')
+        );
+        host.trim_end_matches('.').eq_ignore_ascii_case(&node)
+    }
+
     /// Asks the directory, uncached, who is master of `repo` and whether this
     /// host's copy is within `max_lag` of the master's version.
     pub async fn standing(

@@ -71,9 +71,9 @@ pub fn parse(cmd: &str) -> Result<SshCommand, String> {
     if word == "conduit" {
         let ok = !arg.is_empty()
             && arg.len() <= 128
-            && arg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
+            && arg.split('.').all(|part| {
+                !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
         if !ok {
             return Err(format!(
                 "conduit needs one method name (letters, digits, '.', '_'), not {arg:?}"
@@ -319,6 +319,8 @@ mod tests {
             "conduit",
             "conduit a;b",
             "conduit $(id)",
+            "conduit ..",
+            "conduit .a",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

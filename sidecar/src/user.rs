@@ -36,6 +36,10 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
         }
         Ok(Some(gp)) => {
             let (repo, rest, access) = (gp.repo, gp.rest.to_string(), gp.access);
+            if let Err(refused) = authorize_git(&sc, req.headers(), &repo, access).await {
+                sc.metrics.request("git", "refused");
+                return refused;
+            }
             return git(sc, req, &repo, &rest, access).await;
         }
         Ok(None) => {}
@@ -55,6 +59,59 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
     let (parts, body) = req.into_parts();
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     sc.web_local(parts.method, &pq, &parts.headers, body).await
+}
+
+/// Asks the web application whether the user may read or write `repo` over HTTP:
+/// `GET {web-backend}/switchboard/auth/git?repository=R&access=read|write` with the
+/// user's `Authorization` and `Cookie`. A 2xx admits; anything else goes back to
+/// the git client as it is (a 401 with `WWW-Authenticate` makes git ask for
+/// credentials). Users are the web application's to know, not the sidecar's.
+async fn authorize_git(
+    sc: &Sidecar,
+    headers: &http::HeaderMap,
+    repo: &str,
+    access: route::Access,
+) -> Result<(), Response<BoxBody>> {
+    let Some(base) = &sc.web_backend else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "no-authenticator",
+            format!(
+                "{} has no --web-backend to authenticate git users over HTTP",
+                sc.me.host
+            ),
+        ));
+    };
+    let access = match access {
+        route::Access::Read => "read",
+        route::Access::Write => "write",
+    };
+    let mut pass = http::HeaderMap::new();
+    for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
+        for v in headers.get_all(&name) {
+            pass.append(name.clone(), v.clone());
+        }
+    }
+    let empty = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|e| match e {})
+        .boxed();
+    let path = format!("/switchboard/auth/git?repository={repo}&access={access}");
+    match sc
+        .forwarder
+        .local_with(base, Method::GET, &path, &pass, empty)
+        .await
+    {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            tracing::info!(repo, access, status = %r.status(), "git request not authorized by the web application");
+            Err(forward::stream_back(r))
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_GATEWAY,
+            "web-backend-unreachable",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn git(

@@ -48,6 +48,22 @@ fn absolute(z: &str) -> String {
 pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
     match (m, rest) {
         (&Method::GET, []) => json(&summary(admin)),
+        (&Method::GET, [zone]) if call.query.contains_key("flat") => {
+            let origin = absolute(zone);
+            let view = admin.dir.view().load_full();
+            let text = view
+                .zones
+                .iter()
+                .find(|z| z.origin.to_string() == origin)
+                .map(|z| zonefile::export_flat(z))
+                .ok_or_else(|| Refusal::not_found(format!("no zone {origin}")))?;
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/dns"),
+            );
+            Ok(r)
+        }
         (&Method::GET, [zone]) => {
             let origin = absolute(zone);
             let cfg = admin.dir.config();

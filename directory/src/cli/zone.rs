@@ -20,7 +20,12 @@ pub enum ZoneCmd {
         origin: Option<String>,
     },
     /// Print a zone file that imports back to the same state.
-    Export { zone: String },
+    Export {
+        zone: String,
+        /// Every record served, derived ones included (for a secondary such as BIND, Knot or NSD).
+        #[arg(long)]
+        flat: bool,
+    },
 }
 
 pub async fn run(c: &Client, cmd: ZoneCmd) -> Result<(), CliError> {
@@ -73,10 +78,13 @@ pub async fn run(c: &Client, cmd: ZoneCmd) -> Result<(), CliError> {
                 );
             }
         }
-        ZoneCmd::Export { zone } => {
-            let b = c
-                .call(Method::GET, &format!("/v1/zones/{zone}"), vec![], false)
-                .await?;
+        ZoneCmd::Export { zone, flat } => {
+            let path = if flat {
+                format!("/v1/zones/{zone}?flat=1")
+            } else {
+                format!("/v1/zones/{zone}")
+            };
+            let b = c.call(Method::GET, &path, vec![], false).await?;
             print!("{}", String::from_utf8_lossy(&b));
         }
     }

@@ -19,6 +19,7 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
         let path = parts.next().unwrap_or("").to_string();
         let mut len = 0usize;
         let mut routed_by = String::new();
+        let mut authorized = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -32,12 +33,19 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
                 match k.trim().to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "x-switchboard-host" => routed_by = v.trim().to_string(),
+                    "authorization" => authorized = !v.trim().is_empty(),
                     _ => {}
                 }
             }
         }
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
+        // The git authenticator: anyone with credentials, nobody without.
+        if path.starts_with("/switchboard/auth/") && !authorized {
+            write!(out, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")?;
+            out.flush()?;
+            continue;
+        }
         let reply = format!(
             "{{\"host\":\"{name}\",\"sidecar\":\"{routed_by}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
             path.replace('"', ""),

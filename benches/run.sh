@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side with the servers people would otherwise run.
+#
+#   benches/run.sh            full run: 3 rounds of 10 s per comparison
+#   benches/run.sh --quick    2 s, one round: keeps the scripts from rotting (CI)
+#
+# Installs what it needs from Debian (idempotently), builds release binaries,
+# pins every server to CPU 0 and every load generator to CPU 1, runs the peers
+# and Switchboard back to back in each round, and writes
+# benches/results/latest.json and (full runs only) docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if [ $QUICK = 1 ]; then
+  DUR=2; ROUNDS=1; HOSTS=2000; SERVICES=200; SCALE_HOSTS=20000; SCALE_SERVICES=2000; CHANGES=30
+else
+  DUR=10; ROUNDS=3; HOSTS=10000; SERVICES=1000; SCALE_HOSTS=100000; SCALE_SERVICES=10000; CHANGES=200
+fi
+ZONE=bench.example
+
+need=()
+for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl; do
+  cmd=${p%%:*}; pkg=${p#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+cargo build --release --quiet -p switchboard-directory -p switchboard-sidecar -p switchboard-bench
+BIN=$ROOT/target/release
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+SERVER_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"
+[ "$(nproc)" -ge 2 ] || { SERVER_CPU=""; LOAD_CPU=""; }
+
+PORT=$((20000 + RANDOM % 20000))
+# Sets $PORT to a fresh port (no subshell, so the counter moves).
+next_port() { PORT=$((PORT + 1)); }
+
+wait_answer() { # port name type -> waits until the server answers, prints seconds waited
+  local port=$1 name=$2 type=$3 start now
+  start=$(date +%s.%N)
+  for _ in $(seq 1 6000); do
+    if dig @127.0.0.1 -p "$port" +norec +time=1 +tries=1 +short "$name" "$type" 2>/dev/null | grep -q .; then
+      now=$(date +%s.%N); awk -v a="$start" -v b="$now" 'BEGIN {printf "%.3f\n", b - a}'; return 0
+    fi
+    sleep 0.01
+  done
+  echo "bench: server on $port never answered $name $type" >&2; return 1
+}
+
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+spread() { sort -n | awk 'NR==1{min=$1} {max=$1} END {printf "%s-%s", min, max}'; }
+
+# ---- load ----------------------------------------------------------------------
+mkdir -p "$WORK/zones" "$WORK/scale" "$WORK/empty-zones"
+ADMIN_PUB=$("$BIN/switchboard-directory" --json keygen --out "$WORK/admin.pem" | sed 's/.*"public_key":"\([^"]*\)".*/\1/')
+"$BIN/gen-zone" $ZONE $HOSTS $SERVICES "$WORK/zones" "$ADMIN_PUB"
+"$BIN/gen-zone" $ZONE $SCALE_HOSTS $SCALE_SERVICES "$WORK/scale" "$ADMIN_PUB"
+
+# The same records, flattened, for the peers.
+flatten() { # srcdir outfile
+  local dns http pid
+  next_port; dns=$PORT; next_port; http=$PORT
+  "$BIN/switchboard-directory" serve --zones "$1" --data "$WORK/flat-data-$dns" --dns 127.0.0.1:$dns --http 127.0.0.1:$http >/dev/null 2>&1 &
+  pid=$!
+  wait_answer $dns ns1.$ZONE A >/dev/null
+  "$BIN/switchboard-directory" --server http://127.0.0.1:$http zone export $ZONE --flat > "$2"
+  kill $pid; wait $pid 2>/dev/null || true
+}
+flatten "$WORK/zones" "$WORK/flat.zone"
+flatten "$WORK/scale" "$WORK/scale-flat.zone"
+
+# ---- servers -------------------------------------------------------------------
+# Each start_* leaves the process id in $SPID (no subshell).
+start_switchboard() { # zonesdir port [datadir]
+  local data=${3:-$WORK/sb-data-$2}
+  SB_API=127.0.0.1:$(( $2 + 20000 ))
+  $SERVER_CPU "$BIN/switchboard-directory" serve --zones "$1" --data "$data" --dns 127.0.0.1:$2 --http $SB_API --udp-workers 1 >/dev/null 2>&1 &
+  SPID=$!
+}
+start_nsd() { # zonefile port
+  local d=$WORK/nsd-$2; mkdir -p $d
+  cat > $d/nsd.conf <<CONF
+server:
+  ip-address: 127.0.0.1@$2
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "$d"
+  database: ""
+  pidfile: "$d/nsd.pid"
+  xfrdfile: "$d/xfrd.state"
+  zonelistfile: "$d/zone.list"
+  verbosity: 0
+  hide-version: yes
+  rrl-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: $ZONE
+  zonefile: "$1"
+CONF
+  $SERVER_CPU nsd -d -c $d/nsd.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+start_knot() { # zonefile port
+  local d=$WORK/knot-$2; mkdir -p $d
+  cat > $d/knot.conf <<CONF
+server:
+  rundir: "$d"
+  user: root:root
+  listen: 127.0.0.1@$2
+  background-workers: 1
+  udp-workers: 1
+  tcp-workers: 1
+database:
+  storage: "$d"
+log:
+  - target: stderr
+    any: error
+zone:
+  - domain: $ZONE
+    file: "$1"
+    storage: "$d"
+    zonefile-sync: -1
+    journal-content: none
+CONF
+  $SERVER_CPU knotd -c $d/knot.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+start_bind() { # zonefile port
+  local d=$WORK/bind-$2; mkdir -p $d
+  cp "$1" $d/zone.db
+  cat > $d/named.conf <<CONF
+options {
+  directory "$d";
+  listen-on port $2 { 127.0.0.1; };
+  listen-on-v6 { none; };
+  recursion no;
+  pid-file "$d/named.pid";
+  minimal-responses no;
+};
+zone "$ZONE" { type primary; file "$d/zone.db"; };
+CONF
+  $SERVER_CPU named -g -n 1 -c $d/named.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+
+dnsperf_qps() { # port [extra args] -> qps
+  local port=$1; shift
+  $LOAD_CPU dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/zones/queries.txt" -l $DUR -c 20 -q 200 "$@" 2>/dev/null \
+    | awk '/Queries per second/ {printf "%d", $4}'
+}
+
+declare -A QPS
+SERVERS="nsd knot bind switchboard"
+for round in $(seq 1 $ROUNDS); do
+  for s in $SERVERS; do
+    next_port; port=$PORT
+    case $s in
+      switchboard) start_switchboard "$WORK/zones" $port; pid=$SPID ;;
+      nsd) start_nsd "$WORK/flat.zone" $port; pid=$SPID ;;
+      knot) start_knot "$WORK/flat.zone" $port; pid=$SPID ;;
+      bind) start_bind "$WORK/flat.zone" $port; pid=$SPID ;;
+    esac
+    PIDS+=($pid)
+    wait_answer $port h1.node.$ZONE A >/dev/null
+    q=$(dnsperf_qps $port)
+    QPS[$s]="${QPS[$s]:-} $q"
+    echo "bench: round $round $s ${q} q/s"
+    kill $pid; wait $pid 2>/dev/null || true
+  done
+done
+
+# Latency at half of BIND's peak rate, same order.
+BIND_MED=$(echo ${QPS[bind]} | tr ' ' '\n' | median)
+HALF=$(( ${BIND_MED%.*} / 2 )); [ $HALF -gt 0 ] || HALF=1000
+declare -A P99
+for s in $SERVERS; do
+  next_port; port=$PORT
+  case $s in
+    switchboard) start_switchboard "$WORK/zones" $port; pid=$SPID ;;
+    nsd) start_nsd "$WORK/flat.zone" $port; pid=$SPID ;;
+    knot) start_knot "$WORK/flat.zone" $port; pid=$SPID ;;
+    bind) start_bind "$WORK/flat.zone" $port; pid=$SPID ;;
+  esac
+  PIDS+=($pid)
+  wait_answer $port h1.node.$ZONE A >/dev/null
+  P99[$s]=$($LOAD_CPU dnsperf -s 127.0.0.1 -p $port -d "$WORK/zones/queries.txt" -l $DUR -Q $HALF -v 2>/dev/null \
+    | awk '/^> / {print $NF * 1000}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.3f", a[int(NR*0.99)>0?int(NR*0.99):1]; else print "0"}')
+  echo "bench: latency $s p99 ${P99[$s]} ms at $HALF q/s"
+  kill $pid; wait $pid 2>/dev/null || true
+done
+
+# ---- scale: memory and start to first answer -----------------------------------
+declare -A RSS START
+probe="h$((SCALE_HOSTS - 1)).node.$ZONE"
+for s in nsd knot switchboard switchboard-store; do
+  next_port; port=$PORT
+  case $s in
+    switchboard) start_switchboard "$WORK/scale" $port "$WORK/scale-data"; pid=$SPID ;;
+    switchboard-store) start_switchboard "$WORK/empty-zones" $port "$WORK/scale-data"; pid=$SPID ;;
+    nsd) start_nsd "$WORK/scale-flat.zone" $port; pid=$SPID ;;
+    knot) start_knot "$WORK/scale-flat.zone" $port; pid=$SPID ;;
+  esac
+  PIDS+=($pid)
+  START[$s]=$(wait_answer $port $probe A)
+  sleep 1
+  RSS[$s]=$(rss_mb $pid)
+  echo "bench: scale $s first answer ${START[$s]} s, RSS ${RSS[$s]} MB"
+  if [ $s = switchboard ]; then
+    # Change to answer on the large zone, through the signed API.
+    api=$SB_API
+    CHANGE_SCALE=$($LOAD_CPU "$BIN/change-latency" $api 127.0.0.1:$port "$WORK/admin.pem" $ZONE $SCALE_HOSTS $CHANGES)
+    echo "bench: change to answer at $SCALE_HOSTS hosts: $CHANGE_SCALE"
+  fi
+  kill $pid; wait $pid 2>/dev/null || true
+done
+
+next_port; port=$PORT; start_switchboard "$WORK/zones" $port; pid=$SPID; PIDS+=($pid)
+wait_answer $port h1.node.$ZONE A >/dev/null
+api=$SB_API
+CHANGE_SMALL=$($LOAD_CPU "$BIN/change-latency" $api 127.0.0.1:$port "$WORK/admin.pem" $ZONE $HOSTS $CHANGES)
+echo "bench: change to answer at $HOSTS hosts: $CHANGE_SMALL"
+kill $pid; wait $pid 2>/dev/null || true
+
+# ---- results -------------------------------------------------------------------
+mkdir -p benches/results
+json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
+{
+  echo "{"
+  echo "  \"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)\","
+  echo "  \"quick\": $([ $QUICK = 1 ] && echo true || echo false), \"seconds\": $DUR, \"rounds\": $ROUNDS,"
+  echo "  \"dns_qps\": {"
+  first=1; for s in $SERVERS; do [ $first = 1 ] || echo ","; first=0; printf "    \"%s\": %s" $s "$(json_list "${QPS[$s]}")"; done; echo
+  echo "  },"
+  echo "  \"p99_ms_at_half_bind\": {\"rate\": $HALF, $(for s in $SERVERS; do printf '"%s": %s, ' $s ${P99[$s]}; done | sed 's/, $//')},"
+  echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in nsd knot switchboard switchboard-store; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
+  echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE}"
+  echo "}"
+} > benches/results/latest.json
+echo "bench: results in benches/results/latest.json"
+
+if [ $QUICK = 0 ]; then
+  cp benches/results/latest.json "benches/results/$(date +%Y%m%d-%H%M%S).json"
+  med() { echo $1 | tr ' ' '\n' | median; }
+  spr() { echo $1 | tr ' ' '\n' | spread; }
+  NSD_MED=$(med "${QPS[nsd]}")
+  {
+    echo "# Benchmarks"
+    echo
+    echo "Measured by \`benches/run.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)."
+    echo "Servers pinned to CPU 0, load generators to CPU 1; $ROUNDS rounds of $DUR s, peers and Switchboard back to back in each round."
+    echo "Raw figures: \`benches/results/\`."
+    echo
+    echo "## DNS queries per second, one core"
+    echo
+    echo "dnsperf, 20 clients, 200 outstanding; $HOSTS hosts, $SERVICES services x 3 bindings; mix 40% A, 30% SRV, 20% TXT, 10% NXDOMAIN."
+    echo
+    echo "| server | median q/s | spread | vs NSD |"
+    echo "| --- | --- | --- | --- |"
+    for s in $SERVERS; do
+      m=$(med "${QPS[$s]}")
+      echo "| $s | $m | $(spr "${QPS[$s]}") | $(awk -v a="$m" -v b="$NSD_MED" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}') |"
+    done
+    echo
+    echo "## DNS latency at half of BIND's peak ($HALF q/s)"
+    echo
+    echo "| server | p99 ms |"
+    echo "| --- | --- |"
+    for s in $SERVERS; do echo "| $s | ${P99[$s]} |"; done
+    echo
+    echo "## Scale: $SCALE_HOSTS hosts, $SCALE_SERVICES services"
+    echo
+    echo "| server | RSS MB | start to first answer, s |"
+    echo "| --- | --- | --- |"
+    for s in nsd knot switchboard switchboard-store; do echo "| $s | ${RSS[$s]} | ${START[$s]} |"; done
+    echo
+    echo "(switchboard: seeded from the zone file into an empty store; switchboard-store: restarted on that store, no zone file.)"
+    echo
+    echo "## Change to answer"
+    echo
+    echo "One signed change through the admin API, then the first DNS answer that shows it ($CHANGES changes)."
+    echo
+    echo "| hosts | result |"
+    echo "| --- | --- |"
+    echo "| $HOSTS | \`$CHANGE_SMALL\` |"
+    echo "| $SCALE_HOSTS | \`$CHANGE_SCALE\` |"
+  } > docs/benchmarks.md.new
+  echo "bench: wrote docs/benchmarks.md.new (merge the analysis by hand)"
+fi

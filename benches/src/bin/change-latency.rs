@@ -1,0 +1,127 @@
+//! `change-latency API DNS KEYFILE ZONE HOSTS COUNT`: makes COUNT signed changes
+//! (disable or enable a random host `hN`) through the admin API and, after each,
+//! polls DNS until the host's TXT shows the change. Prints one line of JSON with
+//! the p50, p90 and p99 of "change sent" to "first DNS answer that shows it", in
+//! milliseconds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+fn fail(msg: String) -> ! {
+    eprintln!("change-latency: {msg}");
+    std::process::exit(1)
+}
+
+/// A TXT query for `name`, as bytes.
+fn txt_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 16, 0, 1]);
+    q
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() != 7 {
+        fail("usage: change-latency API-ADDR DNS-ADDR KEYFILE ZONE HOSTS COUNT".into());
+    }
+    let api: SocketAddr = a[1]
+        .parse()
+        .unwrap_or_else(|_| fail("bad API address".into()));
+    let dns: SocketAddr = a[2]
+        .parse()
+        .unwrap_or_else(|_| fail("bad DNS address".into()));
+    let key = switchboard_directory::keys::read(std::path::Path::new(&a[3]))
+        .unwrap_or_else(|e| fail(e.to_string()));
+    let keyid = switchboard_directory::keys::public(&key).fingerprint();
+    let zone = a[4].trim_end_matches('.').to_string();
+    let hosts: usize = a[5].parse().unwrap_or_else(|_| fail("bad HOSTS".into()));
+    let count: usize = a[6].parse().unwrap_or_else(|_| fail("bad COUNT".into()));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| fail(e.to_string()));
+    udp.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    let mut rng = rand::thread_rng();
+    let mut samples = Vec::with_capacity(count);
+    let mut disabled = std::collections::HashSet::new();
+    for i in 0..count {
+        let h = rng.gen_range(0..hosts);
+        let enable = disabled.contains(&h);
+        let path = format!(
+            "/v1/hosts/h{h}/{}",
+            if enable { "enable" } else { "disable" }
+        );
+        let want: &[u8] = if enable {
+            b"available=1"
+        } else {
+            b"available=0"
+        };
+        let uri: http::Uri = format!("http://{api}{path}")
+            .parse()
+            .unwrap_or_else(|_| fail("uri".into()));
+        let mut headers = http::HeaderMap::new();
+        switchboard_directory::sign::Signer {
+            key: &key,
+            keyid: &keyid,
+        }
+        .sign(&http::Method::POST, &uri, &mut headers, b"", unix_now())
+        .unwrap_or_else(|e| fail(e.to_string()));
+        let mut req = format!("POST {path} HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n");
+        for (k, v) in &headers {
+            req.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
+        }
+        req.push_str("\r\n");
+        let start = Instant::now();
+        let mut s = TcpStream::connect(api).unwrap_or_else(|e| fail(e.to_string()));
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| fail(e.to_string()));
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        if !resp.starts_with(b"HTTP/1.1 200") {
+            fail(format!(
+                "change refused: {}",
+                String::from_utf8_lossy(&resp)
+            ));
+        }
+        let name = format!("h{h}.node.{zone}.");
+        loop {
+            let q = txt_query(i as u16, &name);
+            let _ = udp.send_to(&q, dns);
+            let mut buf = [0u8; 1500];
+            if let Ok(n) = udp.recv(&mut buf) {
+                if buf[..n].windows(want.len()).any(|w| w == want) {
+                    break;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                fail(format!("h{h} never showed the change"));
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        if enable {
+            disabled.remove(&h);
+        } else {
+            disabled.insert(h);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{{\"changes\":{count},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

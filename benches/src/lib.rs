@@ -1,0 +1,1 @@
+//! Helpers for `benches/run.sh`; the programs are in `src/bin`.
