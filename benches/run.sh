@@ -49,10 +49,13 @@ PORT=$((20000 + RANDOM % 20000))
 # Sets $PORT to a fresh port (no subshell, so the counter moves).
 next_port() { PORT=$((PORT + 1)); }
 
-wait_answer() { # port name type -> waits until the server answers, prints seconds waited
-  local port=$1 name=$2 type=$3 start now
+wait_answer() { # port name type [pid] -> waits until the server answers, prints seconds waited
+  local port=$1 name=$2 type=$3 pid=${4:-} start now
   start=$(date +%s.%N)
   for _ in $(seq 1 6000); do
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: the server on $port (pid $pid) exited" >&2; return 1
+    fi
     if dig @127.0.0.1 -p "$port" +norec +time=1 +tries=1 +short "$name" "$type" 2>/dev/null | grep -q .; then
       now=$(date +%s.%N); awk -v a="$start" -v b="$now" 'BEGIN {printf "%.3f\n", b - a}'; return 0
     fi
@@ -155,6 +158,8 @@ options {
   pid-file "$d/named.pid";
   minimal-responses no;
   check-names primary ignore;
+  max-records-per-type 0;
+  max-types-per-name 0;
 };
 controls { };
 zone "$ZONE" { type primary; file "$d/zone.db"; };
@@ -181,7 +186,7 @@ for round in $(seq 1 $ROUNDS); do
       bind) start_bind "$WORK/flat.zone" $port; pid=$SPID ;;
     esac
     PIDS+=($pid)
-    wait_answer $port h1.node.$ZONE A >/dev/null
+    wait_answer $port h1.node.$ZONE A $pid >/dev/null
     q=$(dnsperf_qps $port)
     QPS[$s]="${QPS[$s]:-} $q"
     echo "bench: round $round $s ${q} q/s"
@@ -204,7 +209,7 @@ for s in $SERVERS; do
   PIDS+=($pid)
   wait_answer $port h1.node.$ZONE A >/dev/null
   P99[$s]=$($LOAD_CPU dnsperf -s 127.0.0.1 -p $port -d "$WORK/zones/queries.txt" -l $DUR -Q $HALF -v 2>/dev/null \
-    | awk '/^> / {print $NF * 1000}' | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.3f", a[int(NR*0.99)>0?int(NR*0.99):1]; else print "0"}')
+    | awk '/^> / {print $NF * 1000}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; if (NR) printf "%.3f", a[i]; else print "0"}')
   echo "bench: latency $s p99 ${P99[$s]} ms at $HALF q/s"
   kill $pid; wait $pid 2>/dev/null || true
 done

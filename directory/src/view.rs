@@ -1,20 +1,26 @@
 //! The pre-built answers the DNS path reads.
 //!
-//! A `ZoneView` is built from a zone's model when the zone changes, never when a
-//! query arrives: a hash map from lowercased owner name to its record sets, with
-//! the additional-section records of each set already chosen. Every answer,
-//! NXDOMAIN and NODATA included, is one zone match and one map lookup. The whole
-//! `View` is swapped atomically (`arc_swap`), so readers never wait for a writer.
+//! A `ZoneView` maps each owner name (lowercase wire format) to its record sets,
+//! with the additional-section records already chosen and every answer already
+//! encoded for the UDP fast path (`wire`). Every answer, NXDOMAIN and NODATA
+//! included, is one zone match and one map lookup. The map is split in shards
+//! behind `Arc`s: a change rebuilds only the names it touches (one host, one
+//! service, one repository) and copies only the shards they live in, so the cost
+//! of a change does not grow with the zone. The whole `View` is swapped
+//! atomically (`arc_swap`), so readers never wait for a writer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::model::{Binding, Repo, Role, Zone};
 use crate::schema;
+use crate::wire::{self, Template};
 use crate::zonefile;
 
 /// TTLs of the derived names (SPEC: 5 s service/repo, 60 s node/key by default).
@@ -48,7 +54,7 @@ pub struct KeyEntry {
 }
 
 /// One record set at a name, with what goes in the additional section.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RrSet {
     pub rtype: Option<RecordType>,
     pub records: Vec<Record>,
@@ -56,9 +62,13 @@ pub struct RrSet {
 }
 
 /// Everything at one owner name. Empty for an empty non-terminal (NODATA, not NXDOMAIN).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Node {
     pub sets: Vec<RrSet>,
+    /// Each set's whole response, encoded (see `wire`).
+    pub wire: Vec<Template>,
+    /// At `FPR.key.Z`: whose key this is.
+    pub key: Option<KeyEntry>,
 }
 
 impl Node {
@@ -79,6 +89,25 @@ impl Node {
             }
         }
     }
+
+    fn encode(&mut self, name: &Name) {
+        self.wire = self
+            .sets
+            .iter()
+            .filter_map(|s| s.rtype.map(|t| (t, s)))
+            .filter_map(|(t, s)| wire::template(name, t, &s.records, &s.additionals))
+            .collect();
+    }
+}
+
+/// How many pieces the name map is split into.
+const SHARDS: usize = 64;
+
+type Key = Arc<[u8]>;
+type Shard = Arc<FxHashMap<Key, Arc<Node>>>;
+
+fn shard_of(key: &[u8]) -> usize {
+    (FxBuildHasher.hash_one(key) as usize) % SHARDS
 }
 
 /// The answers of one zone.
@@ -88,10 +117,12 @@ pub struct ZoneView {
     pub serial: u32,
     /// The SOA for the authority section of negative answers (TTL per RFC 2308 §5).
     pub negative_soa: Record,
-    names: HashMap<LowerName, Node>,
-    keys: HashMap<String, KeyEntry>,
-    /// The same answers, pre-encoded for the UDP fast path.
-    pub wire: crate::wire::WireZone,
+    /// The origin in lowercase wire format, for the fast path's zone match.
+    pub wire_origin: Box<[u8]>,
+    /// The negative SOA from its TYPE on, for the fast path.
+    pub soa_tail: Box<[u8]>,
+    shards: Vec<Shard>,
+    admin_keys: Arc<HashMap<String, KeyEntry>>,
 }
 
 /// The result of looking a question up.
@@ -109,16 +140,23 @@ pub enum Lookup<'a> {
 }
 
 impl ZoneView {
-    /// The answer to (name, type) within this zone.
+    /// The node at a lowercase wire-format name.
+    pub fn node(&self, key: &[u8]) -> Option<&Node> {
+        self.shards[shard_of(key)].get(key).map(Arc::as_ref)
+    }
+
+    /// The answer to (name, type) within this zone (the full path).
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Lookup<'_> {
-        let Some(node) = self.names.get(name) else {
+        let Some(key) = wire::wire_name(&Name::from(name.clone())) else {
+            return Lookup::NxDomain(self);
+        };
+        let Some(node) = self.node(&key) else {
             return Lookup::NxDomain(self);
         };
         if qtype == RecordType::ANY && !node.sets.is_empty() {
             return Lookup::Any(node);
         }
-        let set = node.set(qtype).or_else(|| node.set(RecordType::CNAME));
-        match set {
+        match node.set(qtype).or_else(|| node.set(RecordType::CNAME)) {
             Some(s) if !s.records.is_empty() => Lookup::Answer {
                 records: &s.records,
                 additionals: &s.additionals,
@@ -129,19 +167,32 @@ impl ZoneView {
 
     /// Who holds the key with this fingerprint, if anyone in this zone.
     pub fn key(&self, fingerprint: &str) -> Option<&KeyEntry> {
-        self.keys.get(fingerprint)
+        if let Some(e) = self.admin_keys.get(fingerprint) {
+            return Some(e);
+        }
+        let name = Name::from_ascii(format!("{fingerprint}.{}.", schema::KEY)).ok()?;
+        let name = name.append_domain(&Name::from(self.origin.clone())).ok()?;
+        self.node(&wire::wire_name(&name)?)?.key.as_ref()
+    }
+
+    /// Every owner name (lowercase wire format) and its node, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&[u8], &Node)> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (&k[..], v.as_ref())))
     }
 
     /// Every record of the zone, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.names
-            .values()
+        self.shards
+            .iter()
+            .flat_map(|s| s.values())
             .flat_map(|n| n.sets.iter().flat_map(|s| s.records.iter()))
     }
 
     /// How many owner names the view holds (for status and tests).
     pub fn name_count(&self) -> usize {
-        self.names.len()
+        self.shards.iter().map(|s| s.len()).sum()
     }
 }
 
@@ -182,32 +233,98 @@ impl View {
     }
 }
 
+/// What a change touches: the groups of names to rebuild. `Scope::all()` is a
+/// whole zone.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    all: bool,
+    pub hosts: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    pub repos: BTreeSet<String>,
+    pub admins: BTreeSet<String>,
+    /// `_services._dns-sd._udp`: the list of service types.
+    pub service_index: bool,
+}
+
+impl Scope {
+    pub fn all() -> Self {
+        Scope {
+            all: true,
+            ..Default::default()
+        }
+    }
+
+    /// A host and everything that shows it: its bindings' services and its repositories.
+    pub fn host(zone: &Zone, host: &str) -> Self {
+        let mut s = Scope::default();
+        s.hosts.insert(host.to_string());
+        s.services
+            .extend(zone.bindings_of(host).map(|b| b.service.clone()));
+        s.repos.extend(
+            zone.repos
+                .values()
+                .filter(|r| r.has_host(host))
+                .map(|r| r.name.clone()),
+        );
+        s
+    }
+
+    /// A binding: its service, the type list, and (for the cluster listener) the
+    /// repositories whose read/write answers carry its port.
+    pub fn binding(zone: &Zone, host: &str, service: &str) -> Self {
+        let mut s = Scope {
+            service_index: true,
+            ..Default::default()
+        };
+        s.services.insert(service.to_string());
+        if service == schema::SWITCHBOARD_SERVICE {
+            s.repos.extend(
+                zone.repos
+                    .values()
+                    .filter(|r| r.has_host(host))
+                    .map(|r| r.name.clone()),
+            );
+        }
+        s
+    }
+
+    fn has(set: &BTreeSet<String>, all: bool, x: &str) -> bool {
+        all || set.contains(x)
+    }
+}
+
 /// A predicate choosing bindings for a role-filtered answer.
 type BindingFilter = dyn Fn(&Binding) -> bool;
 
 struct Builder<'z> {
     origin: Name,
-    names: HashMap<LowerName, Node>,
+    names: HashMap<Name, Node>,
     zone: &'z Zone,
     cfg: ViewConfig,
-    /// Each host's A/AAAA records at its node name, for additional sections.
-    addrs: HashMap<&'z str, Vec<Record>>,
-    keys: HashMap<String, KeyEntry>,
+    scope: &'z Scope,
 }
 
 fn txt(strings: Vec<String>) -> RData {
     RData::TXT(TXT::new(strings))
 }
 
+fn addr_rdata(a: &IpAddr) -> RData {
+    match a {
+        IpAddr::V4(v4) => RData::A(A(*v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+    }
+}
+
 impl<'z> Builder<'z> {
     fn name(&self, rel: &[&str]) -> Option<Name> {
-        let mut n = Name::from_labels(rel.iter().map(|s| s.as_bytes())).ok()?;
-        n = n.append_domain(&self.origin).ok()?;
-        Some(n)
+        Name::from_labels(rel.iter().map(|s| s.as_bytes()))
+            .ok()?
+            .append_domain(&self.origin)
+            .ok()
     }
 
     fn node(&mut self, name: &Name) -> &mut Node {
-        self.names.entry(LowerName::new(name)).or_default()
+        self.names.entry(name.clone()).or_default()
     }
 
     fn add(&mut self, name: &Name, ttl: u32, data: RData) {
@@ -216,17 +333,16 @@ impl<'z> Builder<'z> {
         self.node(name).set_mut(t).records.push(rec);
     }
 
-    fn add_additionals(&mut self, name: &Name, t: RecordType, extra: Vec<Record>) {
-        let set = self.node(name).set_mut(t);
-        for r in extra {
-            if !set.additionals.contains(&r) {
-                set.additionals.push(r);
-            }
-        }
-    }
-
+    /// A host's A/AAAA records at its node name, for additional sections.
     fn host_addr_records(&self, host: &str) -> Vec<Record> {
-        self.addrs.get(host).cloned().unwrap_or_default()
+        let (Some(h), Some(node)) = (self.zone.hosts.get(host), self.name(&[host, schema::NODE]))
+        else {
+            return vec![];
+        };
+        h.addrs
+            .iter()
+            .map(|a| Record::from_rdata(node.clone(), self.cfg.node_ttl, addr_rdata(a)))
+            .collect()
     }
 
     /// SRV records, the matching A/AAAA at `name`, and targets' addresses as additionals.
@@ -247,9 +363,7 @@ impl<'z> Builder<'z> {
                 ttl,
                 RData::SRV(SRV::new(prio, weight, port, target)),
             ));
-            if let Some(recs) = self.addrs.get(host) {
-                extra.extend(recs.iter().cloned());
-            }
+            extra.extend(self.host_addr_records(host));
             for a in zone
                 .hosts
                 .get(host)
@@ -257,11 +371,7 @@ impl<'z> Builder<'z> {
                 .unwrap_or_default()
             {
                 if seen.insert(*a) {
-                    let data = match a {
-                        IpAddr::V4(v4) => RData::A(A(*v4)),
-                        IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                    };
-                    addrs.push(Record::from_rdata(name.clone(), ttl, data));
+                    addrs.push(Record::from_rdata(name.clone(), ttl, addr_rdata(a)));
                 }
             }
         }
@@ -291,46 +401,96 @@ impl<'z> Builder<'z> {
             && self.zone.hosts.get(&b.host).is_some_and(|h| h.in_service())
     }
 
+    fn host(&mut self, h: &crate::model::Host) {
+        let ttl = self.cfg.node_ttl;
+        let Some(node) = self.name(&[&h.name, schema::NODE]) else {
+            return;
+        };
+        for a in &h.addrs {
+            self.add(&node, ttl, addr_rdata(a));
+        }
+        self.add(&node, ttl, txt(zonefile::host_txt(h)));
+        if let Some(key) = &h.key {
+            let fpr = key.fingerprint();
+            if let Some(kname) = self.name(&[&fpr, schema::KEY]) {
+                self.add(&kname, ttl, RData::PTR(PTR(node.clone())));
+                self.add(
+                    &kname,
+                    ttl,
+                    txt(vec![
+                        format!("{}={}", schema::txt::HOST, h.name),
+                        format!("{}={}", schema::txt::ROLES, h.roles.join(",")),
+                        format!("{}={key}", schema::txt::KEY),
+                    ]),
+                );
+                self.node(&kname).key = Some(KeyEntry {
+                    owner: KeyOwner::Host(h.name.clone()),
+                    key: *key,
+                });
+            }
+        }
+    }
+
     fn hosts(&mut self) {
         let zone = self.zone;
-        let ttl = self.cfg.node_ttl;
-        for h in zone.hosts.values() {
-            let Some(node) = self.name(&[&h.name, schema::NODE]) else {
+        if self.scope.all {
+            for h in zone.hosts.values() {
+                self.host(h);
+            }
+        } else {
+            for name in &self.scope.hosts {
+                if let Some(h) = zone.hosts.get(name) {
+                    self.host(h);
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, svc: &str, bindings: Vec<&'z Binding>) {
+        let ttl = self.cfg.service_ttl;
+        let svc_label = format!("_{svc}");
+        let (Some(type_name), Some(service_name)) = (
+            self.name(&[&svc_label, schema::TCP]),
+            self.name(&[svc, schema::SERVICE]),
+        ) else {
+            return;
+        };
+        for b in &bindings {
+            let Some(inst) = self.name(&[&b.host, &svc_label, schema::TCP]) else {
                 continue;
             };
-            for a in &h.addrs {
-                let data = match a {
-                    IpAddr::V4(v4) => RData::A(A(*v4)),
-                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                };
-                self.addrs
-                    .entry(h.name.as_str())
-                    .or_default()
-                    .push(Record::from_rdata(node.clone(), ttl, data.clone()));
-                self.add(&node, ttl, data);
-            }
-            self.add(&node, ttl, txt(zonefile::host_txt(h)));
-            if let Some(key) = &h.key {
-                let fpr = key.fingerprint();
-                if let Some(kname) = self.name(&[&fpr, schema::KEY]) {
-                    self.add(&kname, ttl, RData::PTR(PTR(node.clone())));
-                    self.add(
-                        &kname,
-                        ttl,
-                        txt(vec![
-                            format!("{}={}", schema::txt::HOST, h.name),
-                            format!("{}={}", schema::txt::ROLES, h.roles.join(",")),
-                            format!("{}={key}", schema::txt::KEY),
-                        ]),
-                    );
-                }
-                self.keys.insert(
-                    fpr,
-                    KeyEntry {
-                        owner: KeyOwner::Host(h.name.clone()),
-                        key: *key,
-                    },
+            self.add(&type_name, ttl, RData::PTR(PTR(inst.clone())));
+            if let Some(target) = self.name(&[&b.host, schema::NODE]) {
+                self.add(
+                    &inst,
+                    ttl,
+                    RData::SRV(SRV::new(b.srv_priority(), b.weight, b.port, target)),
                 );
+                let extra = self.host_addr_records(&b.host);
+                self.node(&inst).set_mut(RecordType::SRV).additionals = extra;
+            }
+            self.add(&inst, ttl, txt(zonefile::binding_txt(b)));
+        }
+        let live: Vec<&Binding> = bindings.into_iter().filter(|b| self.eligible(b)).collect();
+        let targets = |pred: &dyn Fn(&Binding) -> bool| -> Vec<(&'z str, u16, u16, u16)> {
+            live.iter()
+                .filter(|b| pred(b))
+                .map(|b| (b.host.as_str(), b.srv_priority(), b.weight, b.port))
+                .collect()
+        };
+        let all = targets(&|_| true);
+        self.srv_answer(&service_name, &all, ttl);
+        self.srv_answer(&type_name, &all, ttl);
+        let filters: [(&str, &BindingFilter); 4] = [
+            ("master", &|b| b.role == Some(Role::Master)),
+            ("replica", &|b| b.role == Some(Role::Replica)),
+            ("readonly", &|b| b.readonly),
+            ("readwrite", &|b| !b.readonly),
+        ];
+        for (label, pred) in filters {
+            if let Some(n) = self.name(&[label, svc, schema::SERVICE]) {
+                let t = targets(pred);
+                self.srv_answer(&n, &t, ttl);
             }
         }
     }
@@ -340,57 +500,22 @@ impl<'z> Builder<'z> {
         let ttl = self.cfg.service_ttl;
         let mut by_service: std::collections::BTreeMap<&str, Vec<&Binding>> = Default::default();
         for b in zone.bindings.values() {
-            by_service.entry(b.service.as_str()).or_default().push(b);
-        }
-        let Some(services_name) = self.name(&schema::DNS_SD_SERVICES) else {
-            return;
-        };
-        self.node(&services_name);
-        for (svc, bindings) in by_service {
-            let svc_label = format!("_{svc}");
-            let (Some(type_name), Some(service_name)) = (
-                self.name(&[&svc_label, schema::TCP]),
-                self.name(&[svc, schema::SERVICE]),
-            ) else {
-                continue;
-            };
-            self.add(&services_name, ttl, RData::PTR(PTR(type_name.clone())));
-            for b in &bindings {
-                let Some(inst) = self.name(&[&b.host, &svc_label, schema::TCP]) else {
-                    continue;
-                };
-                self.add(&type_name, ttl, RData::PTR(PTR(inst.clone())));
-                if let Some(target) = self.name(&[&b.host, schema::NODE]) {
-                    self.add(
-                        &inst,
-                        ttl,
-                        RData::SRV(SRV::new(b.srv_priority(), b.weight, b.port, target)),
-                    );
-                    let extra = self.host_addr_records(&b.host);
-                    self.add_additionals(&inst, RecordType::SRV, extra);
-                }
-                self.add(&inst, ttl, txt(zonefile::binding_txt(b)));
+            if Scope::has(&self.scope.services, self.scope.all, &b.service) {
+                by_service.entry(b.service.as_str()).or_default().push(b);
             }
-            let live: Vec<&Binding> = bindings.into_iter().filter(|b| self.eligible(b)).collect();
-            let targets = |pred: &dyn Fn(&Binding) -> bool| -> Vec<(&'z str, u16, u16, u16)> {
-                live.iter()
-                    .filter(|b| pred(b))
-                    .map(|b| (b.host.as_str(), b.srv_priority(), b.weight, b.port))
-                    .collect()
+        }
+        for (svc, bindings) in by_service {
+            self.service(svc, bindings);
+        }
+        if self.scope.all || self.scope.service_index {
+            let Some(services_name) = self.name(&schema::DNS_SD_SERVICES) else {
+                return;
             };
-            let all = targets(&|_| true);
-            self.srv_answer(&service_name, &all, ttl);
-            self.srv_answer(&type_name, &all, ttl);
-            let filters: [(&str, &BindingFilter); 4] = [
-                ("master", &|b| b.role == Some(Role::Master)),
-                ("replica", &|b| b.role == Some(Role::Replica)),
-                ("readonly", &|b| b.readonly),
-                ("readwrite", &|b| !b.readonly),
-            ];
-            for (label, pred) in filters {
-                if let Some(n) = self.name(&[label, svc, schema::SERVICE]) {
-                    let t = targets(pred);
-                    self.srv_answer(&n, &t, ttl);
+            self.node(&services_name);
+            let all: BTreeSet<&str> = zone.bindings.values().map(|b| b.service.as_str()).collect();
+            for svc in all {
+                if let Some(type_name) = self.name(&[&format!("_{svc}"), schema::TCP]) {
+                    self.add(&services_name, ttl, RData::PTR(PTR(type_name)));
                 }
             }
         }
@@ -399,7 +524,11 @@ impl<'z> Builder<'z> {
     fn repos(&mut self) {
         let zone = self.zone;
         let ttl = self.cfg.service_ttl;
-        for r in zone.repos.values() {
+        for r in zone
+            .repos
+            .values()
+            .filter(|r| Scope::has(&self.scope.repos, self.scope.all, &r.name))
+        {
             let Some(name) = self.name(&[&r.name, schema::REPO]) else {
                 continue;
             };
@@ -424,7 +553,11 @@ impl<'z> Builder<'z> {
 
     fn admins(&mut self) {
         let zone = self.zone;
-        for a in zone.admins.values() {
+        for a in zone
+            .admins
+            .values()
+            .filter(|a| Scope::has(&self.scope.admins, self.scope.all, &a.name))
+        {
             if let Some(n) = self.name(&[&a.name, schema::ADMIN]) {
                 self.add(
                     &n,
@@ -432,13 +565,6 @@ impl<'z> Builder<'z> {
                     txt(vec![format!("{}={}", schema::txt::KEY, a.key)]),
                 );
             }
-            self.keys.insert(
-                a.key.fingerprint(),
-                KeyEntry {
-                    owner: KeyOwner::Admin(a.name.clone()),
-                    key: a.key,
-                },
-            );
         }
     }
 }
@@ -448,8 +574,23 @@ pub fn readers(r: &Repo) -> impl Iterator<Item = &str> {
     r.hosts().filter(|h| r.is_current(h))
 }
 
-/// Builds the answers of one zone from its model.
-pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
+fn admin_keys(zone: &Zone) -> HashMap<String, KeyEntry> {
+    zone.admins
+        .values()
+        .map(|a| {
+            (
+                a.key.fingerprint(),
+                KeyEntry {
+                    owner: KeyOwner::Admin(a.name.clone()),
+                    key: a.key,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The zone's origin, SOA and negative SOA.
+fn apex(zone: &Zone) -> Result<(Name, Record, Record), String> {
     let origin = Name::from_ascii(&zone.meta.origin).map_err(|e| format!("bad origin: {e}"))?;
     let soa = &zone.meta.soa;
     let soa_data = SOA::new(
@@ -461,93 +602,200 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         soa.expire,
         soa.minimum,
     );
+    let record = Record::from_rdata(origin.clone(), soa.ttl, RData::SOA(soa_data.clone()));
+    let negative = Record::from_rdata(
+        origin.clone(),
+        soa.ttl.min(soa.minimum),
+        RData::SOA(soa_data),
+    );
+    Ok((origin, record, negative))
+}
+
+/// The names of `scope` built from `zone`.
+fn build_names(zone: &Zone, cfg: ViewConfig, origin: &Name, scope: &Scope) -> HashMap<Name, Node> {
     let mut b = Builder {
         origin: origin.clone(),
         names: HashMap::new(),
         zone,
         cfg,
-        addrs: HashMap::new(),
-        keys: HashMap::new(),
+        scope,
     };
-    b.add(&origin, soa.ttl, RData::SOA(soa_data.clone()));
-    for ns in &zone.meta.ns {
-        if let Ok(n) = Name::from_ascii(ns) {
-            b.add(&origin, zone.meta.ns_ttl, RData::NS(NS(n)));
-        }
-    }
     b.hosts();
     b.services();
     b.repos();
     b.admins();
+    b.names
+}
+
+fn finish(
+    origin: Name,
+    serial: u32,
+    negative_soa: Record,
+    shards: Vec<Shard>,
+    admin_keys: Arc<HashMap<String, KeyEntry>>,
+) -> ZoneView {
+    ZoneView {
+        origin: LowerName::new(&origin),
+        serial,
+        wire_origin: wire::wire_name(&origin).unwrap_or_default(),
+        soa_tail: wire::soa_tail(&negative_soa),
+        negative_soa,
+        shards,
+        admin_keys,
+    }
+}
+
+fn key_of(name: &Name) -> Option<Key> {
+    wire::wire_name(name).map(Key::from)
+}
+
+/// Builds the answers of one zone from its model.
+pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
+    let (origin, soa, negative_soa) = apex(zone)?;
+    let mut names = build_names(zone, cfg, &origin, &Scope::all());
+    {
+        let apex_node = names.entry(origin.clone()).or_default();
+        apex_node.set_mut(RecordType::SOA).records.push(soa);
+        for ns in &zone.meta.ns {
+            if let Ok(n) = Name::from_ascii(ns) {
+                apex_node
+                    .set_mut(RecordType::NS)
+                    .records
+                    .push(Record::from_rdata(
+                        origin.clone(),
+                        zone.meta.ns_ttl,
+                        RData::NS(NS(n)),
+                    ));
+            }
+        }
+    }
     // Static records: served verbatim, never over a derived set of the same type.
-    let statics = zonefile::static_records(&zone.meta);
-    let clashes: Vec<bool> = statics
+    let derived: HashSet<(Name, RecordType)> = names
         .iter()
-        .map(|r| {
-            b.names
-                .get(&LowerName::new(&r.name))
-                .is_some_and(|n| n.set(r.record_type()).is_some())
+        .flat_map(|(n, node)| {
+            node.sets
+                .iter()
+                .filter_map(move |s| s.rtype.map(|t| (n.clone(), t)))
         })
         .collect();
-    for (r, clash) in statics.into_iter().zip(clashes) {
-        if clash {
-            tracing::warn!(name = %r.name, rtype = %r.record_type(), "static record shadowed by a derived one; ignored");
+    for r in zonefile::static_records(&zone.meta) {
+        let name = r.name.to_lowercase();
+        let t = r.record_type();
+        if derived.contains(&(name.clone(), t)) {
+            tracing::warn!(name = %r.name, rtype = %t, "static record shadowed by a derived one; ignored");
             continue;
         }
-        let name = r.name.clone();
-        b.node(&name).set_mut(r.record_type()).records.push(r);
+        names.entry(name).or_default().set_mut(t).records.push(r);
     }
     // NS targets inside the zone get their addresses in the additional section.
-    let ns_targets: Vec<Name> = zone
+    let glue: Vec<Record> = zone
         .meta
         .ns
         .iter()
         .filter_map(|n| Name::from_ascii(n).ok())
+        .filter_map(|t| names.get(&t.to_lowercase()))
+        .flat_map(|n| {
+            n.sets
+                .iter()
+                .filter(|s| matches!(s.rtype, Some(RecordType::A | RecordType::AAAA)))
+        })
+        .flat_map(|s| s.records.iter().cloned())
         .collect();
-    for target in ns_targets {
-        let extra: Vec<Record> = b
-            .names
-            .get(&LowerName::new(&target))
-            .map(|n| {
-                n.sets
-                    .iter()
-                    .filter(|s| matches!(s.rtype, Some(RecordType::A | RecordType::AAAA)))
-                    .flat_map(|s| s.records.iter().cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        b.add_additionals(&origin, RecordType::NS, extra);
+    if let Some(apex_node) = names.get_mut(&origin) {
+        apex_node.set_mut(RecordType::NS).additionals = glue;
     }
-    // Empty non-terminals: every ancestor of a name exists (RFC 8020).
-    let owners: Vec<Name> = b.names.keys().map(|n| Name::from(n.clone())).collect();
+    add_ancestors(&mut names, &origin, |_| false);
+    let mut shards: Vec<FxHashMap<Key, Arc<Node>>> =
+        (0..SHARDS).map(|_| FxHashMap::default()).collect();
+    for (name, mut node) in names {
+        node.encode(&name);
+        if let Some(k) = key_of(&name) {
+            shards[shard_of(&k)].insert(k, Arc::new(node));
+        }
+    }
+    Ok(finish(
+        origin,
+        zone.serial,
+        negative_soa,
+        shards.into_iter().map(Arc::new).collect(),
+        Arc::new(admin_keys(zone)),
+    ))
+}
+
+/// Every ancestor of a name exists (RFC 8020): empty nodes for those missing,
+/// unless `exists` says the view already has them.
+fn add_ancestors(names: &mut HashMap<Name, Node>, origin: &Name, exists: impl Fn(&Name) -> bool) {
+    let owners: Vec<Name> = names.keys().cloned().collect();
     let mut seen = BTreeSet::new();
     for n in owners {
         let mut cur = n.base_name();
         while cur.num_labels() > origin.num_labels() && seen.insert(cur.clone()) {
-            b.node(&cur);
+            if !names.contains_key(&cur) && !exists(&cur) {
+                names.insert(cur.clone(), Node::default());
+            }
             cur = cur.base_name();
         }
     }
-    let negative_ttl = soa.ttl.min(soa.minimum);
-    let negative_soa = Record::from_rdata(origin.clone(), negative_ttl, RData::SOA(soa_data));
-    let mut wire = crate::wire::WireZone::new(&origin, &negative_soa);
-    for (name, node) in &b.names {
-        let sets: Vec<(RecordType, &[Record], &[Record])> = node
-            .sets
-            .iter()
-            .filter_map(|s| {
-                s.rtype
-                    .map(|t| (t, s.records.as_slice(), s.additionals.as_slice()))
-            })
-            .collect();
-        wire.add(&Name::from(name.clone()), &sets);
+}
+
+/// The names `scope` covers in `zone` now: call before changing the model, and
+/// hand the result to `patch` after.
+pub fn names_of(zone: &Zone, cfg: ViewConfig, scope: &Scope) -> Result<Vec<Name>, String> {
+    let (origin, _, _) = apex(zone)?;
+    Ok(build_names(zone, cfg, &origin, scope).into_keys().collect())
+}
+
+/// A copy of `old` with the names of `scope` rebuilt from `after` (and those in
+/// `gone` that `after` no longer has, removed), the apex SOA at the new serial,
+/// and only the touched shards copied.
+pub fn patch(
+    old: &ZoneView,
+    gone: Vec<Name>,
+    after: &Zone,
+    scope: &Scope,
+    cfg: ViewConfig,
+) -> Result<ZoneView, String> {
+    let (origin, soa, negative_soa) = apex(after)?;
+    let mut fresh = build_names(after, cfg, &origin, scope);
+    add_ancestors(&mut fresh, &origin, |n| {
+        key_of(n).is_some_and(|k| old.node(&k).is_some())
+    });
+    // The apex keeps its NS and static records; only the SOA moves.
+    let mut apex_node = key_of(&origin)
+        .and_then(|k| old.node(&k).cloned())
+        .unwrap_or_default();
+    apex_node.set_mut(RecordType::SOA).records = vec![soa];
+    fresh.insert(origin.clone(), apex_node);
+
+    let mut touched: HashMap<usize, FxHashMap<Key, Arc<Node>>> = HashMap::new();
+    fn shard<'a>(
+        touched: &'a mut HashMap<usize, FxHashMap<Key, Arc<Node>>>,
+        old: &ZoneView,
+        i: usize,
+    ) -> &'a mut FxHashMap<Key, Arc<Node>> {
+        touched.entry(i).or_insert_with(|| (*old.shards[i]).clone())
     }
-    Ok(ZoneView {
-        origin: LowerName::new(&origin),
-        serial: zone.serial,
-        negative_soa,
-        names: b.names,
-        keys: b.keys,
-        wire,
-    })
+    for name in gone {
+        if !fresh.contains_key(&name) {
+            if let Some(k) = key_of(&name) {
+                shard(&mut touched, old, shard_of(&k)).remove(&k);
+            }
+        }
+    }
+    for (name, mut node) in fresh {
+        node.encode(&name);
+        if let Some(k) = key_of(&name) {
+            shard(&mut touched, old, shard_of(&k)).insert(k, Arc::new(node));
+        }
+    }
+    let mut shards = old.shards.clone();
+    for (i, map) in touched {
+        shards[i] = Arc::new(map);
+    }
+    let admins = if scope.all || !scope.admins.is_empty() {
+        Arc::new(admin_keys(after))
+    } else {
+        old.admin_keys.clone()
+    };
+    Ok(finish(origin, after.serial, negative_soa, shards, admins))
 }

@@ -14,23 +14,11 @@
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
-use rustc_hash::FxHashMap;
 
 use crate::view::View;
 
 /// A record type and its whole response message, ID and flags to be patched.
 pub type Template = (u16, Box<[u8]>);
-
-/// Pre-encoded answers of one zone, keyed by lowercase wire-format owner name.
-#[derive(Debug, Default)]
-pub struct WireZone {
-    /// The origin in lowercase wire format.
-    pub origin: Box<[u8]>,
-    names: FxHashMap<Box<[u8]>, Vec<Template>>,
-    /// The SOA record for negative answers, from its TYPE on (the owner is a
-    /// pointer into the question).
-    soa_tail: Box<[u8]>,
-}
 
 /// A name in lowercase wire format.
 pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
@@ -40,63 +28,46 @@ pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
         .map(Vec::into_boxed_slice)
 }
 
-impl WireZone {
-    /// Starts a zone's templates.
-    pub fn new(origin: &Name, negative_soa: &Record) -> Self {
-        let origin_wire = wire_name(origin).unwrap_or_default();
-        // TYPE, CLASS, TTL, RDLENGTH, RDATA with uncompressed names: it is copied
-        // into messages where no other name sits at the offsets a pointer would use.
-        let mut soa_tail = Vec::new();
-        if let hickory_proto::rr::RData::SOA(soa) = &negative_soa.data {
-            let mut rdata = Vec::new();
-            rdata.extend_from_slice(&wire_name(&soa.mname).unwrap_or_default());
-            rdata.extend_from_slice(&wire_name(&soa.rname).unwrap_or_default());
-            rdata.extend_from_slice(&soa.serial.to_be_bytes());
-            rdata.extend_from_slice(&soa.refresh.to_be_bytes());
-            rdata.extend_from_slice(&soa.retry.to_be_bytes());
-            rdata.extend_from_slice(&soa.expire.to_be_bytes());
-            rdata.extend_from_slice(&soa.minimum.to_be_bytes());
-            soa_tail.extend_from_slice(&6u16.to_be_bytes());
-            soa_tail.extend_from_slice(&1u16.to_be_bytes());
-            soa_tail.extend_from_slice(&negative_soa.ttl.to_be_bytes());
-            soa_tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-            soa_tail.extend_from_slice(&rdata);
-        }
-        let soa_tail = soa_tail.into_boxed_slice();
-        WireZone {
-            origin: origin_wire,
-            names: FxHashMap::default(),
-            soa_tail,
-        }
+/// The whole response to (name, type): header, question, answers, additionals.
+pub fn template(
+    name: &Name,
+    rtype: RecordType,
+    records: &[Record],
+    additionals: &[Record],
+) -> Option<Template> {
+    if records.is_empty() {
+        return None;
     }
+    let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+    m.metadata.authoritative = true;
+    m.add_query(Query::query(name.to_lowercase(), rtype));
+    m.add_answers(records.iter().cloned());
+    m.add_additionals(additionals.iter().cloned());
+    m.to_vec()
+        .ok()
+        .map(|b| (u16::from(rtype), b.into_boxed_slice()))
+}
 
-    /// Adds a name (with no sets: it exists, for NODATA) or its record sets.
-    pub fn add(&mut self, name: &Name, sets: &[(RecordType, &[Record], &[Record])]) {
-        let Some(key) = wire_name(name) else { return };
-        let mut templates = Vec::with_capacity(sets.len());
-        for (rtype, records, additionals) in sets {
-            if records.is_empty() {
-                continue;
-            }
-            let mut m = Message::new(0, MessageType::Response, OpCode::Query);
-            m.metadata.authoritative = true;
-            m.add_query(Query::query(name.to_lowercase(), *rtype));
-            m.add_answers(records.iter().cloned());
-            m.add_additionals(additionals.iter().cloned());
-            if let Ok(bytes) = m.to_vec() {
-                templates.push((u16::from(*rtype), bytes.into_boxed_slice()));
-            }
-        }
-        self.names.insert(key, templates);
+/// The negative-answer SOA from its TYPE on: TYPE, CLASS, TTL, RDLENGTH, RDATA
+/// with uncompressed names (the owner is a pointer into the question).
+pub fn soa_tail(negative_soa: &Record) -> Box<[u8]> {
+    let mut tail = Vec::new();
+    if let hickory_proto::rr::RData::SOA(soa) = &negative_soa.data {
+        let mut rdata = Vec::new();
+        rdata.extend_from_slice(&wire_name(&soa.mname).unwrap_or_default());
+        rdata.extend_from_slice(&wire_name(&soa.rname).unwrap_or_default());
+        rdata.extend_from_slice(&soa.serial.to_be_bytes());
+        rdata.extend_from_slice(&soa.refresh.to_be_bytes());
+        rdata.extend_from_slice(&soa.retry.to_be_bytes());
+        rdata.extend_from_slice(&soa.expire.to_be_bytes());
+        rdata.extend_from_slice(&soa.minimum.to_be_bytes());
+        tail.extend_from_slice(&6u16.to_be_bytes());
+        tail.extend_from_slice(&1u16.to_be_bytes());
+        tail.extend_from_slice(&negative_soa.ttl.to_be_bytes());
+        tail.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        tail.extend_from_slice(&rdata);
     }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
+    tail.into_boxed_slice()
 }
 
 const TYPE_CNAME: u16 = 5;
@@ -228,7 +199,7 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
     // The zone: the longest origin that is a suffix at a label boundary.
     let mut zone = None;
     for z in &view.zones {
-        let o = &z.wire.origin[..];
+        let o = &z.wire_origin[..];
         if o.len() > name.len() {
             continue;
         }
@@ -264,8 +235,9 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
         }
         return Some(());
     };
-    match z.wire.names.get(name) {
-        Some(sets) => {
+    match z.node(name) {
+        Some(node) => {
+            let sets = &node.wire;
             let found = sets
                 .iter()
                 .find(|(t, _)| *t == qu.qtype)
@@ -323,7 +295,7 @@ fn negative(
     out.extend_from_slice(question);
     let pointer = 0xc000u16 | (12 + origin_at) as u16;
     out.extend_from_slice(&pointer.to_be_bytes());
-    out.extend_from_slice(&z.wire.soa_tail);
+    out.extend_from_slice(&z.soa_tail);
     if qu.edns.is_some() {
         opt(out);
     }
