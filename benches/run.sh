@@ -246,6 +246,115 @@ CHANGE_SMALL=$($LOAD_CPU "$BIN/change-latency" $api 127.0.0.1:$port "$WORK/admin
 echo "bench: change to answer at $HOSTS hosts: $CHANGE_SMALL"
 kill $pid; wait $pid 2>/dev/null || true
 
+# ---- HTTP forwarding and the signed hop ------------------------------------------
+next_port; NGINX_PORT=$PORT
+mkdir -p $WORK/nginx
+cat > $WORK/nginx/backend.conf <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/backend.pid;
+error_log $WORK/nginx/backend.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 "ok\n"; } }
+}
+CONF
+taskset -c 1 nginx -c $WORK/nginx/backend.conf -p $WORK/nginx >/dev/null 2>&1 &
+PIDS+=($!)
+
+wrk_run() { # url [script] -> "rps p50_ms"
+  local url=$1 script=${2:-}
+  local args=(-t1 -c64 -d${DUR}s --latency)
+  [ -n "$script" ] && args+=(-s "$script")
+  $LOAD_CPU wrk "${args[@]}" "$url" 2>/dev/null | awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; p50=v}
+    END {printf "%d %.3f", rps, p50}'
+}
+
+# A directory for the sidecars (not pinned: idle while they run on their caches).
+next_port; HDNS=$PORT; next_port; HAPI=$PORT
+mkdir -p $WORK/hzones
+"$BIN/gen-zone" $ZONE 10 1 "$WORK/hzones" "$ADMIN_PUB"
+"$BIN/switchboard-directory" serve --zones "$WORK/hzones" --data "$WORK/hdata" --dns 127.0.0.1:$HDNS --http 127.0.0.1:$HAPI >/dev/null 2>&1 &
+PIDS+=($!)
+wait_answer $HDNS ns1.$ZONE A >/dev/null
+sbd() { "$BIN/switchboard-directory" --server http://127.0.0.1:$HAPI --key "$WORK/admin.pem" "$@" >/dev/null; }
+start_sidecar() { # name roles http cluster [backend] -> SPID
+  local pub
+  pub=$("$BIN/switchboard-sidecar" keygen --out "$WORK/$1.pem" | awk '/public key/ {print $3}')
+  sbd host add $1 --addr 127.0.0.1 --pubkey "$pub" --roles $2
+  sbd bind add $1 switchboard $4
+  $SERVER_CPU "$BIN/switchboard-sidecar" run --key "$WORK/$1.pem" --directory 127.0.0.1:$HDNS --directory-api http://127.0.0.1:$HAPI \
+    --zone $ZONE --http 127.0.0.1:$3 --cluster 127.0.0.1:$4 --repos "$WORK/repos-$1" ${5:+--web-backend $5} >/dev/null 2>&1 &
+  SPID=$!
+  PIDS+=($SPID)
+  for _ in $(seq 1 500); do curl -s -o /dev/null "http://127.0.0.1:$4/metrics" && return 0; sleep 0.02; done
+  echo "bench: sidecar $1 did not start" >&2; return 1
+}
+
+read DIRECT_RPS DIRECT_P50 <<<"$(wrk_run http://127.0.0.1:$NGINX_PORT/)"
+next_port; SA_HTTP=$PORT; next_port; SA_CLUSTER=$PORT
+start_sidecar wa web $SA_HTTP $SA_CLUSTER http://127.0.0.1:$NGINX_PORT
+read SC_RPS SC_P50 <<<"$(wrk_run http://127.0.0.1:$SA_HTTP/)"
+
+next_port; HAP_PORT=$PORT
+cat > $WORK/haproxy.cfg <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$HAP_PORT
+  default_backend b
+backend b
+  http-reuse always
+  server s1 127.0.0.1:$NGINX_PORT
+CONF
+$SERVER_CPU haproxy -f $WORK/haproxy.cfg >/dev/null 2>&1 &
+HPID=$!; PIDS+=($HPID)
+for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$HAP_PORT/ && break; sleep 0.02; done
+read HAP_RPS HAP_P50 <<<"$(wrk_run http://127.0.0.1:$HAP_PORT/)"
+kill $HPID 2>/dev/null || true
+
+next_port; NGP_PORT=$PORT
+cat > $WORK/nginx/proxy.conf <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/proxy.pid;
+error_log $WORK/nginx/proxy.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream b { server 127.0.0.1:$NGINX_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$NGP_PORT; location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+$SERVER_CPU nginx -c $WORK/nginx/proxy.conf -p $WORK/nginx >/dev/null 2>&1 &
+NPID=$!; PIDS+=($NPID)
+for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$NGP_PORT/ && break; sleep 0.02; done
+read NGP_RPS NGP_P50 <<<"$(wrk_run http://127.0.0.1:$NGP_PORT/)"
+kill $NPID 2>/dev/null || true
+echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
+
+# Signed hop: a Conduit call for a repository on another host: wa -> signed -> wb -> nginx.
+next_port; SB_HTTP=$PORT; next_port; SB_CLUSTER=$PORT
+start_sidecar wb repo $SB_HTTP $SB_CLUSTER http://127.0.0.1:$NGINX_PORT
+sbd repo add hop --master wb
+cat > $WORK/post.lua <<'LUA'
+wrk.method = "POST"
+wrk.body = "repository=hop"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+LUA
+for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
+read HOP_RPS HOP_P50 <<<"$(wrk_run http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua)"
+echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms"
+
 # ---- results -------------------------------------------------------------------
 mkdir -p benches/results
 json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
@@ -258,7 +367,9 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  },"
   echo "  \"p99_ms_at_half_bind\": {\"rate\": $HALF, $(for s in $SERVERS; do printf '"%s": %s, ' $s ${P99[$s]}; done | sed 's/, $//')},"
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in nsd knot switchboard switchboard-store; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
-  echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE}"
+  echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
+  echo "  \"http\": {\"direct\": [$DIRECT_RPS, $DIRECT_P50], \"sidecar\": [$SC_RPS, $SC_P50], \"haproxy\": [$HAP_RPS, $HAP_P50], \"nginx\": [$NGP_RPS, $NGP_P50]},"
+  echo "  \"signed_hop\": [$HOP_RPS, $HOP_P50]"
   echo "}"
 } > benches/results/latest.json
 echo "bench: results in benches/results/latest.json"
@@ -308,6 +419,21 @@ if [ $QUICK = 0 ]; then
     echo "| --- | --- |"
     echo "| $HOSTS | \`$CHANGE_SMALL\` |"
     echo "| $SCALE_HOSTS | \`$CHANGE_SCALE\` |"
+    echo
+    echo "## HTTP forwarding, one core"
+    echo
+    echo "wrk -t1 -c64 to a local nginx that answers 200 (requests/s, p50 ms); the proxy pinned to CPU 0."
+    echo
+    echo "| path | requests/s | p50 ms |"
+    echo "| --- | --- | --- |"
+    echo "| direct to nginx | $DIRECT_RPS | $DIRECT_P50 |"
+    echo "| through the sidecar | $SC_RPS | $SC_P50 |"
+    echo "| through HAProxy | $HAP_RPS | $HAP_P50 |"
+    echo "| through nginx | $NGP_RPS | $NGP_P50 |"
+    echo
+    echo "## Signed hop"
+    echo
+    echo "wrk POST of a Conduit call for a repository on the other host: client -> sidecar A -> signed -> sidecar B -> nginx, both sidecars on CPU 0: $HOP_RPS requests/s, p50 $HOP_P50 ms."
   } > docs/benchmarks.md.new
   echo "bench: wrote docs/benchmarks.md.new (merge the analysis by hand)"
 fi
