@@ -142,12 +142,11 @@ impl RequestHandler for DnsHandler {
                 records,
                 additionals,
             } => {
-                let r = builder.build(metadata, records, empty, empty, additionals);
+                let r = builder.build(metadata, records.iter(), empty, empty, additionals.iter());
                 handle.send_response(r).await
             }
-            Lookup::Any(node) => {
-                let all = node.sets.iter().flat_map(|s| s.records.iter());
-                let r = builder.build(metadata, all, empty, empty, empty);
+            Lookup::Any(all) => {
+                let r = builder.build(metadata, all.iter(), empty, empty, empty);
                 handle.send_response(r).await
             }
         };

@@ -53,29 +53,22 @@ pub struct KeyEntry {
     pub key: crate::model::PublicKey,
 }
 
-/// One record set at a name, with what goes in the additional section.
+/// One record set at a name, with what goes in the additional section (while building).
 #[derive(Debug, Default, Clone)]
-pub struct RrSet {
-    pub rtype: Option<RecordType>,
-    pub records: Vec<Record>,
-    pub additionals: Vec<Record>,
+struct RrSet {
+    rtype: Option<RecordType>,
+    records: Vec<Record>,
+    additionals: Vec<Record>,
 }
 
-/// Everything at one owner name. Empty for an empty non-terminal (NODATA, not NXDOMAIN).
+/// A name's record sets while a view is built; `Node` keeps only their encoding.
 #[derive(Debug, Default, Clone)]
-pub struct Node {
-    pub sets: Vec<RrSet>,
-    /// Each set's whole response, encoded (see `wire`).
-    pub wire: Vec<Template>,
-    /// At `FPR.key.Z`: whose key this is.
-    pub key: Option<KeyEntry>,
+struct BuildNode {
+    sets: Vec<RrSet>,
+    key: Option<KeyEntry>,
 }
 
-impl Node {
-    fn set(&self, t: RecordType) -> Option<&RrSet> {
-        self.sets.iter().find(|s| s.rtype == Some(t))
-    }
-
+impl BuildNode {
     fn set_mut(&mut self, t: RecordType) -> &mut RrSet {
         match self.sets.iter().position(|s| s.rtype == Some(t)) {
             Some(i) => &mut self.sets[i],
@@ -90,13 +83,51 @@ impl Node {
         }
     }
 
-    fn encode(&mut self, name: &Name) {
-        self.wire = self
-            .sets
+    fn encode(self, name: &Name) -> Node {
+        Node {
+            wire: self
+                .sets
+                .iter()
+                .filter_map(|s| s.rtype.map(|t| (t, s)))
+                .filter_map(|(t, s)| wire::template(name, t, &s.records, &s.additionals))
+                .collect(),
+            key: self.key,
+        }
+    }
+}
+
+/// Everything at one owner name: each record set as its whole encoded response
+/// (see `wire`), which is all the fast path needs; the full path decodes it.
+/// Empty for an empty non-terminal (NODATA, not NXDOMAIN).
+#[derive(Debug, Default, Clone)]
+pub struct Node {
+    pub wire: Vec<Template>,
+    /// At `FPR.key.Z`: whose key this is.
+    pub key: Option<KeyEntry>,
+}
+
+/// A set's records decoded from its encoded response: (answers, additionals).
+pub fn decode(template: &[u8]) -> (Vec<Record>, Vec<Record>) {
+    match hickory_proto::op::Message::from_vec(template) {
+        Ok(mut m) => (
+            std::mem::take(&mut m.answers),
+            std::mem::take(&mut m.additionals),
+        ),
+        Err(_) => (vec![], vec![]),
+    }
+}
+
+impl Node {
+    fn template(&self, t: RecordType) -> Option<&[u8]> {
+        self.wire
             .iter()
-            .filter_map(|s| s.rtype.map(|t| (t, s)))
-            .filter_map(|(t, s)| wire::template(name, t, &s.records, &s.additionals))
-            .collect();
+            .find(|(x, _)| *x == u16::from(t))
+            .map(|(_, b)| &b[..])
+    }
+
+    /// Every record at this name, decoded.
+    pub fn records(&self) -> Vec<Record> {
+        self.wire.iter().flat_map(|(_, b)| decode(b).0).collect()
     }
 }
 
@@ -132,11 +163,11 @@ pub enum Lookup<'a> {
     NxDomain(&'a ZoneView),
     NoData(&'a ZoneView),
     Answer {
-        records: &'a [Record],
-        additionals: &'a [Record],
+        records: Vec<Record>,
+        additionals: Vec<Record>,
     },
-    /// `ANY`: every set at the name.
-    Any(&'a Node),
+    /// `ANY`: every record at the name.
+    Any(Vec<Record>),
 }
 
 impl ZoneView {
@@ -153,15 +184,21 @@ impl ZoneView {
         let Some(node) = self.node(&key) else {
             return Lookup::NxDomain(self);
         };
-        if qtype == RecordType::ANY && !node.sets.is_empty() {
-            return Lookup::Any(node);
+        if qtype == RecordType::ANY && !node.wire.is_empty() {
+            return Lookup::Any(node.records());
         }
-        match node.set(qtype).or_else(|| node.set(RecordType::CNAME)) {
-            Some(s) if !s.records.is_empty() => Lookup::Answer {
-                records: &s.records,
-                additionals: &s.additionals,
-            },
-            _ => Lookup::NoData(self),
+        match node
+            .template(qtype)
+            .or_else(|| node.template(RecordType::CNAME))
+        {
+            Some(t) => {
+                let (records, additionals) = decode(t);
+                Lookup::Answer {
+                    records,
+                    additionals,
+                }
+            }
+            None => Lookup::NoData(self),
         }
     }
 
@@ -182,12 +219,13 @@ impl ZoneView {
             .flat_map(|s| s.iter().map(|(k, v)| (&k[..], v.as_ref())))
     }
 
-    /// Every record of the zone, in no particular order.
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
+    /// Every record of the zone (decoded: for exports, not for answering).
+    pub fn records(&self) -> Vec<Record> {
         self.shards
             .iter()
             .flat_map(|s| s.values())
-            .flat_map(|n| n.sets.iter().flat_map(|s| s.records.iter()))
+            .flat_map(|n| n.records())
+            .collect()
     }
 
     /// How many owner names the view holds (for status and tests).
@@ -298,7 +336,7 @@ type BindingFilter = dyn Fn(&Binding) -> bool;
 
 struct Builder<'z> {
     origin: Name,
-    names: HashMap<Name, Node>,
+    names: HashMap<Name, BuildNode>,
     zone: &'z Zone,
     cfg: ViewConfig,
     scope: &'z Scope,
@@ -323,7 +361,7 @@ impl<'z> Builder<'z> {
             .ok()
     }
 
-    fn node(&mut self, name: &Name) -> &mut Node {
+    fn node(&mut self, name: &Name) -> &mut BuildNode {
         self.names.entry(name.clone()).or_default()
     }
 
@@ -612,7 +650,12 @@ fn apex(zone: &Zone) -> Result<(Name, Record, Record), String> {
 }
 
 /// The names of `scope` built from `zone`.
-fn build_names(zone: &Zone, cfg: ViewConfig, origin: &Name, scope: &Scope) -> HashMap<Name, Node> {
+fn build_names(
+    zone: &Zone,
+    cfg: ViewConfig,
+    origin: &Name,
+    scope: &Scope,
+) -> HashMap<Name, BuildNode> {
     let mut b = Builder {
         origin: origin.clone(),
         names: HashMap::new(),
@@ -707,8 +750,8 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
     add_ancestors(&mut names, &origin, |_| false);
     let mut shards: Vec<FxHashMap<Key, Arc<Node>>> =
         (0..SHARDS).map(|_| FxHashMap::default()).collect();
-    for (name, mut node) in names {
-        node.encode(&name);
+    for (name, node) in names {
+        let node = node.encode(&name);
         if let Some(k) = key_of(&name) {
             shards[shard_of(&k)].insert(k, Arc::new(node));
         }
@@ -724,14 +767,18 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
 
 /// Every ancestor of a name exists (RFC 8020): empty nodes for those missing,
 /// unless `exists` says the view already has them.
-fn add_ancestors(names: &mut HashMap<Name, Node>, origin: &Name, exists: impl Fn(&Name) -> bool) {
+fn add_ancestors(
+    names: &mut HashMap<Name, BuildNode>,
+    origin: &Name,
+    exists: impl Fn(&Name) -> bool,
+) {
     let owners: Vec<Name> = names.keys().cloned().collect();
     let mut seen = BTreeSet::new();
     for n in owners {
         let mut cur = n.base_name();
         while cur.num_labels() > origin.num_labels() && seen.insert(cur.clone()) {
             if !names.contains_key(&cur) && !exists(&cur) {
-                names.insert(cur.clone(), Node::default());
+                names.insert(cur.clone(), BuildNode::default());
             }
             cur = cur.base_name();
         }
@@ -764,9 +811,12 @@ pub fn patch(
     let mut apex_node = key_of(&origin)
         .and_then(|k| old.node(&k).cloned())
         .unwrap_or_default();
-    apex_node.set_mut(RecordType::SOA).records = vec![soa];
-    fresh.insert(origin.clone(), apex_node);
-
+    apex_node
+        .wire
+        .retain(|(t, _)| *t != u16::from(RecordType::SOA));
+    apex_node
+        .wire
+        .extend(wire::template(&origin, RecordType::SOA, &[soa], &[]));
     let mut touched: HashMap<usize, FxHashMap<Key, Arc<Node>>> = HashMap::new();
     fn shard<'a>(
         touched: &'a mut HashMap<usize, FxHashMap<Key, Arc<Node>>>,
@@ -782,11 +832,14 @@ pub fn patch(
             }
         }
     }
-    for (name, mut node) in fresh {
-        node.encode(&name);
+    for (name, node) in fresh {
+        let node = node.encode(&name);
         if let Some(k) = key_of(&name) {
             shard(&mut touched, old, shard_of(&k)).insert(k, Arc::new(node));
         }
+    }
+    if let Some(k) = key_of(&origin) {
+        shard(&mut touched, old, shard_of(&k)).insert(k, Arc::new(apex_node));
     }
     let mut shards = old.shards.clone();
     for (i, map) in touched {

@@ -921,8 +921,9 @@ pub fn origin_from_file_name(path: &std::path::Path) -> Option<String> {
 /// file: what a secondary (BIND, Knot, NSD) loads to answer exactly as the
 /// directory does at this serial.
 pub fn export_flat(zv: &crate::view::ZoneView) -> String {
-    let mut lines: Vec<String> = zv
-        .records()
+    let records = zv.records();
+    let mut lines: Vec<String> = records
+        .iter()
         .filter(|r| r.record_type() != RecordType::SOA)
         .map(static_line)
         .collect();
@@ -934,7 +935,7 @@ pub fn export_flat(zv: &crate::view::ZoneView) -> String {
         "; zone {} flattened by switchboard-directory, serial {}",
         zv.origin, zv.serial
     );
-    if let Some(soa) = zv.records().find(|r| r.record_type() == RecordType::SOA) {
+    if let Some(soa) = records.iter().find(|r| r.record_type() == RecordType::SOA) {
         let _ = writeln!(out, "{}", static_line(soa));
     }
     for l in lines {

@@ -47,6 +47,8 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = ::sled::Config::new()
             .path(dir)
+            // The model lives in memory; sled's page cache need not hold it twice.
+            .cache_capacity(16 << 20)
             .open()
             .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", dir.display())))?;
         Ok(SledStore { db })
