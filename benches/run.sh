@@ -56,7 +56,7 @@ wait_answer() { # port name type [pid] -> waits until the server answers, prints
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
       echo "bench: the server on $port (pid $pid) exited" >&2; return 1
     fi
-    if dig @127.0.0.1 -p "$port" +norec +time=1 +tries=1 +short "$name" "$type" 2>/dev/null | grep -q .; then
+    if dig @127.0.0.1 -p "$port" +norec +time=1 +tries=1 +short "$name" "$type" 2>/dev/null | grep -qv '^;'; then
       now=$(date +%s.%N); awk -v a="$start" -v b="$now" 'BEGIN {printf "%.3f\n", b - a}'; return 0
     fi
     sleep 0.01
