@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use switchboard_directory::sign::{self, Policy};
 
 use crate::forward::{unix_now, BoxBody};
-use crate::identity;
 use crate::route;
 use crate::sidecar::{error, Sidecar, MAX_BODY};
 use crate::spool::Spooled;
@@ -65,59 +64,9 @@ pub async fn handle(
         Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, ""),
     };
     let keyid = parsed.keyid().to_string();
-    let caller = match identity::lookup(&sc.dir, &keyid).await {
-        Ok(Some(k)) => k,
-        Ok(None) => {
-            return refuse(
-                &sc,
-                "unknown-key",
-                format!("key {keyid} belongs to no host in the directory"),
-                &peer,
-                &keyid,
-            )
-        }
-        Err(e) => {
-            return refuse(
-                &sc,
-                "unknown-key",
-                format!("cannot look key {keyid} up: {e}"),
-                &peer,
-                &keyid,
-            )
-        }
-    };
-    match sc.dir.host_available(&caller.host).await {
-        Ok(Some(true)) => {}
-        Ok(_) => {
-            return refuse(
-                &sc,
-                "host-unavailable",
-                format!(
-                    "host {} is marked unavailable in the directory",
-                    caller.host
-                ),
-                &peer,
-                &keyid,
-            )
-        }
-        Err(e) => {
-            return refuse(
-                &sc,
-                "unknown-key",
-                format!("cannot check host {}: {e}", caller.host),
-                &peer,
-                &keyid,
-            )
-        }
-    }
-    let Ok(key) = caller.key.verifying_key() else {
-        return refuse(
-            &sc,
-            "unknown-key",
-            format!("the key of {} is not a valid ed25519 key", caller.host),
-            &peer,
-            &keyid,
-        );
+    let (caller, key) = match sc.caller(&keyid).await {
+        Ok(c) => c,
+        Err((reason, message)) => return refuse(&sc, reason, message, &peer, &keyid),
     };
     // Headers first: nothing of the body is read until the signature, freshness,
     // nonce and addressed authority are good.

@@ -136,6 +136,11 @@ impl DirectoryClient {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Moves on every invalidation: anything derived from answers is stale when it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// A receiver that wakes on every directory change the feed reports.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

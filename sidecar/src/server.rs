@@ -107,6 +107,7 @@ pub async fn build(c: &Common) -> Result<Arc<Sidecar>, RunError> {
         spool_dir,
         hooks,
         cluster_addr: Default::default(),
+        callers: Default::default(),
         dir,
         me,
     }))

@@ -2,6 +2,7 @@
 //! plus the steps both listeners share (serve a repository here, send a Conduit
 //! call to the web backend, answer with a JSON error).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,7 +43,22 @@ pub struct Sidecar {
     pub hooks: Hooks,
     /// Where the cluster listener is bound, once it is (`run` only).
     pub cluster_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Callers already looked up and their parsed keys, valid until the directory changes.
+    pub callers: std::sync::Mutex<HashMap<String, Caller>>,
 }
+
+/// A calling host as the directory knows it, with its key ready to verify.
+#[derive(Clone)]
+pub struct Caller {
+    pub info: KeyInfo,
+    pub key: ed25519_dalek::VerifyingKey,
+    generation: u64,
+    expires: std::time::Instant,
+}
+
+/// How long a looked-up caller is trusted without asking the directory again
+/// (the change feed drops it sooner when the directory changes).
+const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A JSON error answer: `{"error": message, "reason": code}`.
 pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response<BoxBody> {
@@ -73,6 +89,71 @@ pub struct Standing {
 }
 
 impl Sidecar {
+    /// The host whose key has fingerprint `keyid`, if it may call: known, available,
+    /// with a valid key. Cached (keys are parsed once) until the directory changes.
+    pub async fn caller(
+        &self,
+        keyid: &str,
+    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), (&'static str, String)> {
+        let generation = self.dir.generation();
+        let now = std::time::Instant::now();
+        if let Some(c) = self
+            .callers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(keyid)
+        {
+            if c.generation == generation && c.expires > now {
+                return Ok((c.info.clone(), c.key));
+            }
+        }
+        let info = match crate::identity::lookup(&self.dir, keyid).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return Err((
+                    "unknown-key",
+                    format!("key {keyid} belongs to no host in the directory"),
+                ))
+            }
+            Err(e) => return Err(("unknown-key", format!("cannot look key {keyid} up: {e}"))),
+        };
+        match self.dir.host_available(&info.host).await {
+            Ok(Some(true)) => {}
+            Ok(_) => {
+                return Err((
+                    "host-unavailable",
+                    format!("host {} is marked unavailable in the directory", info.host),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    "unknown-key",
+                    format!("cannot check host {}: {e}", info.host),
+                ))
+            }
+        }
+        let Ok(key) = info.key.verifying_key() else {
+            return Err((
+                "unknown-key",
+                format!("the key of {} is not a valid ed25519 key", info.host),
+            ));
+        };
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if callers.len() > 4096 {
+            callers.clear();
+        }
+        callers.insert(
+            keyid.to_string(),
+            Caller {
+                info: info.clone(),
+                key,
+                generation,
+                expires: now + CALLER_TTL,
+            },
+        );
+        Ok((info, key))
+    }
+
     /// Whether a signed call's `Host` names this host's cluster listener: its port,
     /// and the bound address, one of this host's addresses in the directory, or
     /// `HOST.node.ZONE`. A call signed for another host is refused here.
