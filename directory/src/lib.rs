@@ -14,6 +14,7 @@ pub mod cli;
 pub mod dns;
 pub mod keys;
 pub mod model;
+pub mod process;
 pub mod schema;
 pub mod server;
 pub mod sign;

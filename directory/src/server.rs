@@ -150,34 +150,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    wait_for_signal().await;
+    crate::process::wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = dns.shutdown_gracefully().await;
     let _ = http_task.await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Hands the memory that loading freed (the parsed zone files, the store's read

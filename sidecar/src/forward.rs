@@ -132,7 +132,8 @@ impl Forwarder {
             })
     }
 
-    /// Sends a request to a local backend (unsigned: it is on this host).
+    /// Sends a request to a local backend (unsigned: it is on this host), with the
+    /// end-to-end headers worth passing on and Switchboard's own.
     pub async fn local(
         &self,
         base: &Uri,
@@ -141,39 +142,18 @@ impl Forwarder {
         headers: &HeaderMap,
         body: BoxBody,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
-        let uri: Uri = format!("http://{authority}{path_and_query}")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
-                host: "web backend".into(),
-                reason: e.to_string(),
-            })?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body)
-            .map_err(|e| ForwardError::Sign {
-                host: "web backend".into(),
-                reason: e.to_string(),
-            })?;
-        let h = req.headers_mut();
-        pass_headers(headers, h);
+        let mut out = HeaderMap::new();
+        pass_headers(headers, &mut out);
         if let Some(v) = headers.get(header::CONTENT_LENGTH) {
-            h.insert(header::CONTENT_LENGTH, v.clone());
+            out.insert(header::CONTENT_LENGTH, v.clone());
         }
         for (k, v) in headers {
             if k.as_str().starts_with("x-switchboard-") {
-                h.insert(k.clone(), v.clone());
+                out.insert(k.clone(), v.clone());
             }
         }
-        self.client
-            .request(req)
+        self.local_with(base, method, path_and_query, &out, body)
             .await
-            .map_err(|e| ForwardError::Unreachable {
-                host: "web backend".into(),
-                addr: authority.to_string(),
-                reason: e.to_string(),
-            })
     }
 
     /// A request to a local backend carrying exactly `headers` (for the auth subrequest).

@@ -169,7 +169,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    wait_for_signal().await;
+    switchboard_directory::process::wait_for_signal().await;
     Ok(())
 }
 
@@ -205,20 +205,5 @@ where
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
