@@ -132,7 +132,7 @@ impl Node {
 }
 
 /// How many pieces the name map is split into.
-const SHARDS: usize = 64;
+const SHARDS: usize = 1024;
 
 type Key = Arc<[u8]>;
 type Shard = Arc<FxHashMap<Key, Arc<Node>>>;

@@ -301,3 +301,28 @@ fn negative(
     }
     (out.len() <= limit(qu.edns)).then_some(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_answers_a_plain_query() {
+        let text = include_str!("../../zones/cluster.example.zone");
+        let zone = crate::zonefile::parse(text, "demo", Some("cluster.example.")).expect("zone");
+        let zv = crate::view::build(&zone, Default::default()).expect("view");
+        let view = View {
+            zones: vec![std::sync::Arc::new(zv)],
+        };
+        let mut q = vec![0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in ["web1", "node", "cluster", "example"] {
+            q.push(l.len() as u8);
+            q.extend_from_slice(l.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut out = Vec::new();
+        assert!(parse(&q).is_some(), "parses");
+        assert!(answer(&view, &q, &mut out).is_some(), "answers");
+        assert_eq!(&out[0..2], &[0, 7]);
+    }
+}
