@@ -15,14 +15,14 @@ ROOT=$PWD
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ $QUICK = 1 ]; then
-  DUR=2; ROUNDS=1; HOSTS=2000; SERVICES=200; SCALE_HOSTS=20000; SCALE_SERVICES=2000; CHANGES=30
+  DUR=2; ROUNDS=1; HOSTS=2000; SERVICES=200; SCALE_HOSTS=20000; SCALE_SERVICES=2000; CHANGES=30; REPO_MB=8
 else
-  DUR=10; ROUNDS=3; HOSTS=10000; SERVICES=1000; SCALE_HOSTS=100000; SCALE_SERVICES=10000; CHANGES=200
+  DUR=10; ROUNDS=3; HOSTS=10000; SERVICES=1000; SCALE_HOSTS=100000; SCALE_SERVICES=10000; CHANGES=200; REPO_MB=100
 fi
 ZONE=bench.example
 
 need=()
-for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl; do
+for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl git:git ssh:openssh-client sshd:openssh-server; do
   cmd=${p%%:*}; pkg=${p#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -45,7 +45,8 @@ trap cleanup EXIT
 SERVER_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"
 [ "$(nproc)" -ge 2 ] || { SERVER_CPU=""; LOAD_CPU=""; }
 
-PORT=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral range (32768+), so no client socket holds our ports.
+PORT=$((20000 + RANDOM % 10000))
 # Sets $PORT to a fresh port (no subshell, so the counter moves).
 next_port() { PORT=$((PORT + 1)); }
 
@@ -257,7 +258,7 @@ error_log $WORK/nginx/backend.err;
 events { worker_connections 1024; }
 http {
   access_log off;
-  server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 '{"host":"\$http_x_switchboard_host"}\n'; } }
 }
 CONF
 taskset -c 1 nginx -c $WORK/nginx/backend.conf -p $WORK/nginx >/dev/null 2>&1 &
@@ -287,11 +288,11 @@ start_sidecar() { # name roles http cluster [backend] -> SPID
   sbd host add $1 --addr 127.0.0.1 --pubkey "$pub" --roles $2
   sbd bind add $1 switchboard $4
   $SERVER_CPU "$BIN/switchboard-sidecar" run --key "$WORK/$1.pem" --directory 127.0.0.1:$HDNS --directory-api http://127.0.0.1:$HAPI \
-    --zone $ZONE --http 127.0.0.1:$3 --cluster 127.0.0.1:$4 --repos "$WORK/repos-$1" ${5:+--web-backend $5} >/dev/null 2>&1 &
+    --zone $ZONE --http 127.0.0.1:$3 --cluster 127.0.0.1:$4 --repos "$WORK/repos-$1" ${5:+--web-backend $5} >/dev/null 2>"$WORK/$1.log" &
   SPID=$!
   PIDS+=($SPID)
   for _ in $(seq 1 500); do curl -s -o /dev/null "http://127.0.0.1:$4/metrics" && return 0; sleep 0.02; done
-  echo "bench: sidecar $1 did not start" >&2; return 1
+  echo "bench: sidecar $1 did not start: $(tail -3 "$WORK/$1.log")" >&2; return 1
 }
 
 read DIRECT_RPS DIRECT_P50 <<<"$(wrk_run http://127.0.0.1:$NGINX_PORT/)"
@@ -355,6 +356,60 @@ for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=h
 read HOP_RPS HOP_P50 <<<"$(wrk_run http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua)"
 echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms"
 
+# Failover: promote back and forth, time until the web host's sidecar sends writes to the new master.
+next_port; SC_HTTP=$PORT; next_port; SC_CLUSTER=$PORT
+start_sidecar wc repo $SC_HTTP $SC_CLUSTER http://127.0.0.1:$NGINX_PORT
+sbd repo add fo --master wb --replicas wc
+FAILOVER=$("$BIN/failover-latency" 127.0.0.1:$HAPI "$WORK/admin.pem" $ZONE fo wb wc 127.0.0.1:$SA_HTTP -- $CHANGES)
+echo "bench: failover $FAILOVER"
+
+# git over SSH: clone a generated repository through ssh-exec (wb holds it: local;
+# wa does not: tunnelled to wb) and directly over the same kind of sshd.
+mkdir -p "$WORK/big" /run/sshd
+git -C "$WORK/big" init -q
+for i in $(seq 1 $((REPO_MB / 4))); do head -c 4194304 /dev/urandom > "$WORK/big/blob$i"; done
+git -C "$WORK/big" add . && git -C "$WORK/big" -c user.name=b -c user.email=b@b commit -q -m big
+git clone -q --bare "$WORK/big" "$WORK/repos-wb/big.git"
+sbd repo add big --master wb
+ssh-keygen -q -t ed25519 -N "" -f "$WORK/client_key"
+start_sshd() { # name port [force-command]
+  local d=$WORK/sshd-$1; mkdir -p $d
+  ssh-keygen -q -t ed25519 -N "" -f $d/host_key
+  cp "$WORK/client_key.pub" $d/authorized_keys
+  {
+    echo "Port $2"; echo "ListenAddress 127.0.0.1"; echo "HostKey $d/host_key"; echo "PidFile $d/pid"
+    echo "AuthorizedKeysFile $d/authorized_keys"; echo "StrictModes no"; echo "UsePAM no"
+    echo "PasswordAuthentication no"; echo "PermitRootLogin prohibit-password"; echo "LogLevel ERROR"
+    [ -n "${3:-}" ] && echo "ForceCommand $3"
+  } > $d/sshd_config
+  /usr/sbin/sshd -D -e -f $d/sshd_config >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return 0; sleep 0.05; done
+}
+exec_cmd() { echo "$BIN/switchboard-sidecar ssh-exec --key $WORK/$1.pem --directory 127.0.0.1:$HDNS --directory-api http://127.0.0.1:$HAPI --zone $ZONE --repos $WORK/repos-$1"; }
+next_port; SSH_DIRECT=$PORT; start_sshd direct $SSH_DIRECT
+next_port; SSH_LOCAL=$PORT; start_sshd local $SSH_LOCAL "$(exec_cmd wb)"
+next_port; SSH_TUNNEL=$PORT; start_sshd tunnel $SSH_TUNNEL "$(exec_cmd wa)"
+export GIT_SSH_COMMAND="ssh -i $WORK/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"
+clone_time() { # url -> seconds
+  local dir=$WORK/clone-$RANDOM start end
+  start=$(date +%s.%N)
+  $LOAD_CPU git clone -q --bare "$1" "$dir"
+  end=$(date +%s.%N)
+  rm -rf "$dir"
+  awk -v a="$start" -v b="$end" 'BEGIN {printf "%.3f\n", b - a}'
+}
+declare -A CLONE
+for round in $(seq 1 $ROUNDS); do
+  CLONE[direct]="${CLONE[direct]:-} $(clone_time ssh://127.0.0.1:$SSH_DIRECT$WORK/repos-wb/big.git)"
+  CLONE[local]="${CLONE[local]:-} $(clone_time ssh://127.0.0.1:$SSH_LOCAL/big)"
+  CLONE[tunnel]="${CLONE[tunnel]:-} $(clone_time ssh://127.0.0.1:$SSH_TUNNEL/big)"
+done
+unset GIT_SSH_COMMAND
+declare -A CLONE_MED
+for k in direct local tunnel; do CLONE_MED[$k]=$(echo ${CLONE[$k]} | tr ' ' '\n' | median); done
+echo "bench: git clone of $REPO_MB MB over SSH: direct ${CLONE_MED[direct]} s, ssh-exec local ${CLONE_MED[local]} s, tunnelled ${CLONE_MED[tunnel]} s"
+
 # ---- results -------------------------------------------------------------------
 mkdir -p benches/results
 json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
@@ -369,7 +424,9 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in nsd knot switchboard switchboard-store; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
   echo "  \"http\": {\"direct\": [$DIRECT_RPS, $DIRECT_P50], \"sidecar\": [$SC_RPS, $SC_P50], \"haproxy\": [$HAP_RPS, $HAP_P50], \"nginx\": [$NGP_RPS, $NGP_P50]},"
-  echo "  \"signed_hop\": [$HOP_RPS, $HOP_P50]"
+  echo "  \"signed_hop\": [$HOP_RPS, $HOP_P50],"
+  echo "  \"failover\": $FAILOVER,"
+  echo "  \"git_clone_s\": {\"mb\": $REPO_MB, \"direct\": ${CLONE_MED[direct]}, \"local\": ${CLONE_MED[local]}, \"tunnelled\": ${CLONE_MED[tunnel]}}"
   echo "}"
 } > benches/results/latest.json
 echo "bench: results in benches/results/latest.json"
@@ -434,6 +491,20 @@ if [ $QUICK = 0 ]; then
     echo "## Signed hop"
     echo
     echo "wrk POST of a Conduit call for a repository on the other host: client -> sidecar A -> signed -> sidecar B -> nginx, both sidecars on CPU 0: $HOP_RPS requests/s, p50 $HOP_P50 ms."
+    echo
+    echo "## Failover"
+    echo
+    echo "\`repo promote\` back and forth between two up-to-date hosts, then the time until the web host's sidecar sends a Conduit write to the new master: \`$FAILOVER\`."
+    echo
+    echo "## git over SSH"
+    echo
+    echo "\`git clone --bare\` of a $REPO_MB MB generated repository (median of $ROUNDS):"
+    echo
+    echo "| path | seconds |"
+    echo "| --- | --- |"
+    echo "| plain sshd, no Switchboard | ${CLONE_MED[direct]} |"
+    echo "| ssh-exec, repository on this host | ${CLONE_MED[local]} |"
+    echo "| ssh-exec, tunnelled to the repository's host | ${CLONE_MED[tunnel]} |"
   } > docs/benchmarks.md.new
   echo "bench: wrote docs/benchmarks.md.new (merge the analysis by hand)"
 fi
