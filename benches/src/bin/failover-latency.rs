@@ -17,7 +17,8 @@ fn fail(msg: String) -> ! {
 fn http(addr: SocketAddr, req: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| fail(format!("{addr}: {e}")));
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    s.write_all(req.as_bytes()).unwrap_or_else(|e| fail(e.to_string()));
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| fail(e.to_string()));
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
@@ -25,26 +26,54 @@ fn http(addr: SocketAddr, req: &str) -> Vec<u8> {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let sep = a.iter().position(|x| x == "--").unwrap_or_else(|| fail("usage: ... -- COUNT".into()));
+    let sep = a
+        .iter()
+        .position(|x| x == "--")
+        .unwrap_or_else(|| fail("usage: ... -- COUNT".into()));
     if sep < 8 || a.len() != sep + 2 {
-        fail("usage: failover-latency API KEYFILE ZONE REPO HOST-A HOST-B SIDECAR-ADDR... -- COUNT".into());
+        fail(
+            "usage: failover-latency API KEYFILE ZONE REPO HOST-A HOST-B SIDECAR-ADDR... -- COUNT"
+                .into(),
+        );
     }
-    let api: SocketAddr = a[1].parse().unwrap_or_else(|_| fail("bad API address".into()));
-    let key = switchboard_directory::keys::read(std::path::Path::new(&a[2])).unwrap_or_else(|e| fail(e.to_string()));
+    let api: SocketAddr = a[1]
+        .parse()
+        .unwrap_or_else(|_| fail("bad API address".into()));
+    let key = switchboard_directory::keys::read(std::path::Path::new(&a[2]))
+        .unwrap_or_else(|e| fail(e.to_string()));
     let keyid = switchboard_directory::keys::public(&key).fingerprint();
     let (repo, hosts) = (&a[4], [&a[5], &a[6]]);
-    let sidecars: Vec<SocketAddr> = a[7..sep].iter().map(|s| s.parse().unwrap_or_else(|_| fail(format!("bad address {s}")))).collect();
-    let count: usize = a[sep + 1].parse().unwrap_or_else(|_| fail("bad COUNT".into()));
+    let sidecars: Vec<SocketAddr> = a[7..sep]
+        .iter()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| fail(format!("bad address {s}")))
+        })
+        .collect();
+    let count: usize = a[sep + 1]
+        .parse()
+        .unwrap_or_else(|_| fail("bad COUNT".into()));
     let mut samples = Vec::new();
     for i in 0..count {
         let target = hosts[(i + 1) % 2];
         let path = format!("/v1/repos/{repo}/promote");
         let body = format!("{{\"host\":\"{target}\"}}");
-        let uri: http::Uri = format!("http://{api}{path}").parse().unwrap_or_else(|_| fail("uri".into()));
+        let uri: http::Uri = format!("http://{api}{path}")
+            .parse()
+            .unwrap_or_else(|_| fail("uri".into()));
         let mut headers = http::HeaderMap::new();
-        switchboard_directory::sign::Signer { key: &key, keyid: &keyid }
-            .sign(&http::Method::POST, &uri, &mut headers, body.as_bytes(), unix_now())
-            .unwrap_or_else(|e| fail(e.to_string()));
+        switchboard_directory::sign::Signer {
+            key: &key,
+            keyid: &keyid,
+        }
+        .sign(
+            &http::Method::POST,
+            &uri,
+            &mut headers,
+            body.as_bytes(),
+            unix_now(),
+        )
+        .unwrap_or_else(|e| fail(e.to_string()));
         let mut req = format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
         for (k, v) in &headers {
             req.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
@@ -54,7 +83,10 @@ fn main() {
         let start = Instant::now();
         let resp = http(api, &req);
         if !resp.starts_with(b"HTTP/1.1 200") {
-            fail(format!("promotion refused: {}", String::from_utf8_lossy(&resp)));
+            fail(format!(
+                "promotion refused: {}",
+                String::from_utf8_lossy(&resp)
+            ));
         }
         let want = format!("\"host\":\"{target}\"");
         for s in &sidecars {
@@ -73,9 +105,17 @@ fn main() {
     }
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    println!("{{\"promotions\":{count},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}", pct(0.5), pct(0.9), pct(0.99));
+    println!(
+        "{{\"promotions\":{count},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
