@@ -24,6 +24,8 @@ use crate::sidecar::{error, Sidecar};
 use crate::ssh::{self, GitVerb};
 
 const PROTOCOL: &str = "switchboard-ssh";
+/// How long a tunnelled session may go without a frame from the other host.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const EXIT: u8 = 3;
@@ -246,10 +248,13 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
     let mut stderr = tokio::io::stderr();
     loop {
         let mut head = [0u8; 5];
-        if rd.read_exact(&mut head).await.is_err() {
+        // A peer that vanishes without closing would otherwise hold the session forever.
+        let read = tokio::time::timeout(IDLE, rd.read_exact(&mut head)).await;
+        if !matches!(read, Ok(Ok(_))) {
             return Err(Refused::Other(format!(
-                "{} closed the session without an exit status",
-                peer.host
+                "{} closed the session without an exit status, or sent nothing for {} s",
+                peer.host,
+                IDLE.as_secs()
             )));
         }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
