@@ -217,6 +217,26 @@ impl Forwarder {
 
 use http_body_util::BodyExt as _;
 
+/// A body that streams whatever `reader` yields, in chunks of up to 64 KiB.
+pub fn reader_body<R>(reader: R) -> BoxBody
+where
+    R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), r))
+            }
+            Err(e) => Some((Err(Box::new(e) as BoxError), r)),
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
 /// Wraps a peer's response body for our listeners.
 pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
     resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())

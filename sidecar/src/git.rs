@@ -5,13 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::forward::{BoxBody, BoxError};
+use crate::forward::BoxBody;
 use crate::hook::Hooks;
 
 /// A smart-HTTP request for one repository: `/REPO.git/REST?QUERY`.
@@ -274,18 +272,7 @@ impl Repos {
                 resp = resp.header(name, val);
             }
         }
-        let stream = futures_util::stream::unfold(reader, |mut r| async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            match r.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Frame::data(Bytes::from(buf))), r))
-                }
-                Err(e) => Some((Err(Box::new(e) as BoxError), r)),
-            }
-        });
-        resp.body(StreamBody::new(stream).boxed())
+        resp.body(crate::forward::reader_body(reader))
             .map_err(|e| GitError::Backend(e.to_string()))
     }
 }

@@ -7,11 +7,10 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Body;
 use sha2::{Digest, Sha256};
 use switchboard_directory::sign::BodyHash;
-use tokio::io::AsyncReadExt;
 
 use crate::forward::BoxBody;
 
@@ -121,21 +120,7 @@ impl Spooled {
     pub fn into_body(self) -> BoxBody {
         match self.data {
             Data::Memory(b) => http_body_util::Full::new(b).map_err(|e| match e {}).boxed(),
-            Data::File(f) => {
-                let file = tokio::fs::File::from_std(f);
-                let stream = futures_util::stream::unfold(file, |mut file| async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    match file.read(&mut buf).await {
-                        Ok(0) => None,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            Some((Ok(Frame::data(Bytes::from(buf))), file))
-                        }
-                        Err(e) => Some((Err(Box::new(e) as crate::forward::BoxError), file)),
-                    }
-                });
-                StreamBody::new(stream).boxed()
-            }
+            Data::File(f) => crate::forward::reader_body(tokio::fs::File::from_std(f)),
         }
     }
 }

@@ -4,15 +4,13 @@
 //! the p50, p90 and p99 of "change sent" to "first DNS answer that shows it", in
 //! milliseconds.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 fn fail(msg: String) -> ! {
-    eprintln!("change-latency: {msg}");
-    std::process::exit(1)
+    switchboard_bench::fail("change-latency", msg)
 }
 
 /// A TXT query for `name`, as bytes.
@@ -40,7 +38,6 @@ fn main() {
         .unwrap_or_else(|_| fail("bad DNS address".into()));
     let key = switchboard_directory::keys::read(std::path::Path::new(&a[3]))
         .unwrap_or_else(|e| fail(e.to_string()));
-    let keyid = switchboard_directory::keys::public(&key).fingerprint();
     let zone = a[4].trim_end_matches('.').to_string();
     let hosts: usize = a[5].parse().unwrap_or_else(|_| fail("bad HOSTS".into()));
     let count: usize = a[6].parse().unwrap_or_else(|_| fail("bad COUNT".into()));
@@ -61,27 +58,9 @@ fn main() {
         } else {
             b"available=0"
         };
-        let uri: http::Uri = format!("http://{api}{path}")
-            .parse()
-            .unwrap_or_else(|_| fail("uri".into()));
-        let mut headers = http::HeaderMap::new();
-        switchboard_directory::sign::Signer {
-            key: &key,
-            keyid: &keyid,
-        }
-        .sign(&http::Method::POST, &uri, &mut headers, b"", unix_now())
-        .unwrap_or_else(|e| fail(e.to_string()));
-        let mut req = format!("POST {path} HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n");
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
-        }
-        req.push_str("\r\n");
+        let req = switchboard_bench::signed_post(api, &key, &path, "").unwrap_or_else(|e| fail(e));
         let start = Instant::now();
-        let mut s = TcpStream::connect(api).unwrap_or_else(|e| fail(e.to_string()));
-        s.write_all(req.as_bytes())
-            .unwrap_or_else(|e| fail(e.to_string()));
-        let mut resp = Vec::new();
-        let _ = s.read_to_end(&mut resp);
+        let resp = switchboard_bench::http(api, &req).unwrap_or_else(|e| fail(e.to_string()));
         if !resp.starts_with(b"HTTP/1.1 200") {
             fail(format!(
                 "change refused: {}",
@@ -109,19 +88,6 @@ fn main() {
             disabled.insert(h);
         }
     }
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "{{\"changes\":{count},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99)
-    );
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    let (p50, p90, p99) = switchboard_bench::percentiles(&mut samples);
+    println!("{{\"changes\":{count},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3}}}");
 }

@@ -5,23 +5,15 @@
 //! lands on the new master (the echo/backends answer with their host name, or
 //! the body names it). Prints p50/p90/p99 in milliseconds as JSON.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn fail(msg: String) -> ! {
-    eprintln!("failover-latency: {msg}");
-    std::process::exit(1)
+    switchboard_bench::fail("failover-latency", msg)
 }
 
-fn http(addr: SocketAddr, req: &str) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| fail(format!("{addr}: {e}")));
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    s.write_all(req.as_bytes())
-        .unwrap_or_else(|e| fail(e.to_string()));
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+fn http(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    switchboard_bench::http(addr, req).unwrap_or_else(|e| fail(format!("{addr}: {e}")))
 }
 
 fn main() {
@@ -41,7 +33,6 @@ fn main() {
         .unwrap_or_else(|_| fail("bad API address".into()));
     let key = switchboard_directory::keys::read(std::path::Path::new(&a[2]))
         .unwrap_or_else(|e| fail(e.to_string()));
-    let keyid = switchboard_directory::keys::public(&key).fingerprint();
     let (repo, hosts) = (&a[4], [&a[5], &a[6]]);
     let sidecars: Vec<SocketAddr> = a[7..sep]
         .iter()
@@ -58,28 +49,8 @@ fn main() {
         let target = hosts[(i + 1) % 2];
         let path = format!("/v1/repos/{repo}/promote");
         let body = format!("{{\"host\":\"{target}\"}}");
-        let uri: http::Uri = format!("http://{api}{path}")
-            .parse()
-            .unwrap_or_else(|_| fail("uri".into()));
-        let mut headers = http::HeaderMap::new();
-        switchboard_directory::sign::Signer {
-            key: &key,
-            keyid: &keyid,
-        }
-        .sign(
-            &http::Method::POST,
-            &uri,
-            &mut headers,
-            body.as_bytes(),
-            unix_now(),
-        )
-        .unwrap_or_else(|e| fail(e.to_string()));
-        let mut req = format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
+        let req =
+            switchboard_bench::signed_post(api, &key, &path, &body).unwrap_or_else(|e| fail(e));
         let start = Instant::now();
         let resp = http(api, &req);
         if !resp.starts_with(b"HTTP/1.1 200") {
@@ -92,7 +63,7 @@ fn main() {
         for s in &sidecars {
             loop {
                 let call = format!("POST /api/diffusion.repository.edit HTTP/1.1\r\nHost: {s}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\nrepository={repo}", 11 + repo.len());
-                let out = http(*s, &call);
+                let out = http(*s, call.as_bytes());
                 if String::from_utf8_lossy(&out).contains(&want) {
                     break;
                 }
@@ -103,19 +74,8 @@ fn main() {
         }
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
     }
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let (p50, p90, p99) = switchboard_bench::percentiles(&mut samples);
     println!(
-        "{{\"promotions\":{count},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3}}}",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99)
+        "{{\"promotions\":{count},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3}}}"
     );
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
