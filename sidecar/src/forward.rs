@@ -169,7 +169,7 @@ impl Forwarder {
         let uri: Uri = format!("http://{authority}{path_and_query}")
             .parse()
             .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
-                host: "web backend".into(),
+                host: authority.to_string(),
                 reason: e.to_string(),
             })?;
         let mut req = Request::builder()
@@ -177,7 +177,7 @@ impl Forwarder {
             .uri(uri)
             .body(body)
             .map_err(|e| ForwardError::Sign {
-                host: "web backend".into(),
+                host: authority.to_string(),
                 reason: e.to_string(),
             })?;
         *req.headers_mut() = headers.clone();
@@ -185,7 +185,7 @@ impl Forwarder {
             .request(req)
             .await
             .map_err(|e| ForwardError::Unreachable {
-                host: "web backend".into(),
+                host: authority.to_string(),
                 addr: authority.to_string(),
                 reason: e.to_string(),
             })
@@ -193,25 +193,16 @@ impl Forwarder {
 
     /// Plain GET, for the directory's change feed.
     pub async fn get(&self, uri: Uri) -> Result<Response<Incoming>, ForwardError> {
-        let req = Request::builder()
-            .uri(uri.clone())
-            .body(
-                http_body_util::Empty::<Bytes>::new()
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .map_err(|e| ForwardError::Sign {
-                host: "directory".into(),
-                reason: e.to_string(),
-            })?;
-        self.client
-            .request(req)
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|e| match e {})
+            .boxed();
+        self.local_with(&uri, Method::GET, &path, &HeaderMap::new(), body)
             .await
-            .map_err(|e| ForwardError::Unreachable {
-                host: "directory".into(),
-                addr: uri.to_string(),
-                reason: e.to_string(),
-            })
     }
 }
 

@@ -36,6 +36,16 @@ pub fn status(admin: &Admin) -> Reply {
     }))
 }
 
+/// A zone file as an answer (`text/dns`, RFC 4027).
+fn zone_file(text: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/dns"),
+    );
+    Ok(r)
+}
+
 fn absolute(z: &str) -> String {
     let z = z.to_ascii_lowercase();
     if z.ends_with('.') {
@@ -57,12 +67,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                 .find(|z| z.origin.to_string() == origin)
                 .map(|z| zonefile::export_flat(z))
                 .ok_or_else(|| Refusal::not_found(format!("no zone {origin}")))?;
-            let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/dns"),
-            );
-            Ok(r)
+            zone_file(text)
         }
         (&Method::GET, [zone]) => {
             let origin = absolute(zone);
@@ -73,12 +78,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                     zonefile::export(z, cfg.node_ttl, cfg.service_ttl)
                 })
                 .ok_or_else(|| Refusal::not_found(format!("no zone {origin}")))?;
-            let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/dns"),
-            );
-            Ok(r)
+            zone_file(text)
         }
         (&Method::PUT, [zone]) => {
             let origin = absolute(zone);
