@@ -192,13 +192,82 @@ pub struct Host {
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
-    pub props: BTreeMap<String, String>,
+    pub props: Props,
 }
 
 impl Host {
     /// Whether the host may appear in service, write and read answers.
     pub fn in_service(&self) -> bool {
         self.available && self.health != Health::Critical
+    }
+}
+
+/// Free-form `key=value` attributes of a host or binding, sorted by key.
+///
+/// A sorted vector rather than a `BTreeMap`: hosts usually carry one or two, and
+/// a map's first node alone costs half a kilobyte per host at 100k hosts. In
+/// JSON it is an object, as a map would be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Props(Vec<(String, String)>);
+
+impl Props {
+    /// Sets `key` (replacing its old value), keeping the keys sorted.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn shrink(&mut self) {
+        self.0.shrink_to_fit();
+        for (k, v) in &mut self.0 {
+            k.shrink_to_fit();
+            v.shrink_to_fit();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Props {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        let mut p = Props::default();
+        for (k, v) in iter {
+            p.insert(k, v);
+        }
+        p.0.shrink_to_fit();
+        p
+    }
+}
+
+impl Serialize for Props {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Props {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        Ok(Props(map.into_iter().collect()))
     }
 }
 
@@ -222,7 +291,7 @@ pub struct Binding {
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
-    pub props: BTreeMap<String, String>,
+    pub props: Props,
 }
 
 impl Binding {
@@ -363,6 +432,21 @@ pub struct Zone {
 }
 
 impl Zone {
+    /// Gives back the spare capacity that parsing left in every host's and
+    /// binding's lists (a `Vec` grown one push at a time keeps room for four).
+    pub fn shrink(&mut self) {
+        for h in self.hosts.values_mut() {
+            h.name.shrink_to_fit();
+            h.addrs.shrink_to_fit();
+            h.roles.shrink_to_fit();
+            h.roles.iter_mut().for_each(String::shrink_to_fit);
+            h.props.shrink();
+        }
+        for b in self.bindings.values_mut() {
+            b.props.shrink();
+        }
+    }
+
     pub fn new(meta: ZoneMeta, serial: u32) -> Self {
         Zone {
             meta,
@@ -421,14 +505,14 @@ fn txt_string(what: &str, key: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn validate_props(props: &BTreeMap<String, String>, reserved: &[&str]) -> Result<(), Invalid> {
+fn validate_props(props: &Props, reserved: &[&str]) -> Result<(), Invalid> {
     let total: usize = props.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     if total > MAX_PROPS_BYTES {
         return invalid(format!(
             "properties take {total} bytes; at most {MAX_PROPS_BYTES} fit in a TXT record"
         ));
     }
-    for (k, v) in props {
+    for (k, v) in props.iter() {
         let key_ok = !k.is_empty()
             && k.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')

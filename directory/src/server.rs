@@ -89,7 +89,10 @@ async fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener)
 
 /// Runs the directory until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let t = std::time::Instant::now();
     let files = load_zone_files(&cfg.zones)?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "zone files read");
+    let t = std::time::Instant::now();
     let store = SledStore::open(&cfg.data).map_err(|e| ServeError::Start(e.to_string()))?;
     let dir = Directory::open(Box::new(store), cfg.view).map_err(|e| {
         ServeError::Start(format!(
@@ -97,14 +100,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             cfg.data.display()
         ))
     })?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "store loaded");
     let dir = Arc::new(dir);
     for z in files {
+        let t = std::time::Instant::now();
         let origin = z.origin().to_string();
         if dir
             .seed(z)
             .map_err(|e| ServeError::Start(format!("cannot seed {origin}: {e}")))?
         {
-            tracing::info!(zone = %origin, "seeded from its zone file");
+            tracing::info!(zone = %origin, ms = t.elapsed().as_millis() as u64, "seeded from its zone file");
         } else {
             tracing::info!(zone = %origin, "store already has this zone; zone file not used (use `zone import` to replace)");
         }

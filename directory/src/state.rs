@@ -181,11 +181,21 @@ impl Directory {
         event: (&'static str, String, &'static str),
     ) -> Result<(), ApplyError> {
         let zv = view::build(zone, self.cfg).map_err(ApplyError::Invalid)?;
+        self.publish_built(zone, zv, event);
+        Ok(())
+    }
+
+    /// Publishes a view already built for `zone`.
+    fn publish_built(
+        &self,
+        zone: &Zone,
+        zv: view::ZoneView,
+        event: (&'static str, String, &'static str),
+    ) {
         let origin = zv.origin.clone();
         let next = self.view.load().with_zone(&origin, Some(Arc::new(zv)));
         self.view.store(Arc::new(next));
         self.log_event(zone, event);
-        Ok(())
     }
 
     /// Publishes a change that touched only `scope`: the zone's view is patched,
@@ -265,9 +275,13 @@ impl Directory {
         if zones.contains_key(zone.origin()) {
             return Ok(false);
         }
-        view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let t = std::time::Instant::now();
+        let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "view built");
+        let t = std::time::Instant::now();
         self.store.replace_zone(&zone)?;
-        self.publish(&zone, ("zone", zone.origin().to_string(), "seed"))?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
+        self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "seed"));
         zones.insert(zone.origin().to_string(), zone);
         Ok(true)
     }
@@ -284,9 +298,9 @@ impl Directory {
         if let Some(old) = zones.get(zone.origin()) {
             zone.serial = zone.serial.max(next_serial(old.serial));
         }
-        view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
         self.store.replace_zone(&zone)?;
-        self.publish(&zone, ("zone", zone.origin().to_string(), "import"))?;
+        self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "import"));
         let serial = zone.serial;
         zones.insert(zone.origin().to_string(), zone);
         Ok(serial)
@@ -769,12 +783,19 @@ mod tests {
     fn dump(zv: &view::ZoneView) -> Vec<String> {
         let mut out: Vec<String> = zv
             .nodes()
-            .filter(|(_, n)| !n.wire.is_empty())
+            .filter(|(_, n)| !n.is_empty())
             .map(|(k, n)| {
                 let mut wire: Vec<String> = n
-                    .wire
-                    .iter()
-                    .map(|(t, b)| format!("{t}:{}", data_encoding::HEXLOWER.encode(b)))
+                    .sets()
+                    .map(|s| {
+                        format!(
+                            "{}:{}:{}:{}",
+                            s.rtype,
+                            s.answers,
+                            s.additionals,
+                            data_encoding::HEXLOWER.encode(s.body)
+                        )
+                    })
                     .collect();
                 wire.sort();
                 format!("{k:?} {wire:?} {:?}", n.key.as_ref().map(|k| &k.owner))

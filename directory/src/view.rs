@@ -20,7 +20,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::model::{Binding, Repo, Role, Zone};
 use crate::schema;
-use crate::wire::{self, Template};
+use crate::wire;
 use crate::zonefile;
 
 /// TTLs of the derived names (SPEC: 5 s service/repo, 60 s node/key by default).
@@ -84,31 +84,32 @@ impl BuildNode {
     }
 
     fn encode(self, name: &Name) -> Node {
+        let mut sets = Vec::new();
+        for s in &self.sets {
+            if let Some(t) = s.rtype {
+                wire::encode_set(name, t, &s.records, &s.additionals, &mut sets);
+            }
+        }
         Node {
-            wire: self
-                .sets
-                .iter()
-                .filter_map(|s| s.rtype.map(|t| (t, s)))
-                .filter_map(|(t, s)| wire::template(name, t, &s.records, &s.additionals))
-                .collect(),
-            key: self.key,
+            sets: sets.into_boxed_slice(),
+            key: self.key.map(Box::new),
         }
     }
 }
 
-/// Everything at one owner name: each record set as its whole encoded response
-/// (see `wire`), which is all the fast path needs; the full path decodes it.
+/// Everything at one owner name: each record set encoded for the fast path
+/// (`wire::encode_set`), packed in one allocation; the full path decodes it.
 /// Empty for an empty non-terminal (NODATA, not NXDOMAIN).
 #[derive(Debug, Default, Clone)]
 pub struct Node {
-    pub wire: Vec<Template>,
+    sets: Box<[u8]>,
     /// At `FPR.key.Z`: whose key this is.
-    pub key: Option<KeyEntry>,
+    pub key: Option<Box<KeyEntry>>,
 }
 
 /// A set's records decoded from its encoded response: (answers, additionals).
-pub fn decode(template: &[u8]) -> (Vec<Record>, Vec<Record>) {
-    match hickory_proto::op::Message::from_vec(template) {
+fn decode(message: &[u8]) -> (Vec<Record>, Vec<Record>) {
+    match hickory_proto::op::Message::from_vec(message) {
         Ok(mut m) => (
             std::mem::take(&mut m.answers),
             std::mem::take(&mut m.additionals),
@@ -118,24 +119,39 @@ pub fn decode(template: &[u8]) -> (Vec<Record>, Vec<Record>) {
 }
 
 impl Node {
-    fn template(&self, t: RecordType) -> Option<&[u8]> {
-        self.wire
-            .iter()
-            .find(|(x, _)| *x == u16::from(t))
-            .map(|(_, b)| &b[..])
+    /// The set of type `t` at this name.
+    pub fn set(&self, t: u16) -> Option<wire::Set<'_>> {
+        wire::sets(&self.sets).find(|s| s.rtype == t)
     }
 
-    /// Every record at this name, decoded.
-    pub fn records(&self) -> Vec<Record> {
-        self.wire.iter().flat_map(|(_, b)| decode(b).0).collect()
+    /// Every set at this name.
+    pub fn sets(&self) -> impl Iterator<Item = wire::Set<'_>> {
+        wire::sets(&self.sets)
+    }
+
+    /// Whether the name has no records (an empty non-terminal).
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// The records of one set at `name` (this node's lowercase wire name): (answers, additionals).
+    pub fn decode(&self, name: &[u8], t: u16) -> Option<(Vec<Record>, Vec<Record>)> {
+        self.set(t).map(|s| decode(&wire::message(name, &s)))
+    }
+
+    /// Every record at `name` (this node's lowercase wire name), decoded.
+    pub fn records(&self, name: &[u8]) -> Vec<Record> {
+        self.sets()
+            .flat_map(|s| decode(&wire::message(name, &s)).0)
+            .collect()
     }
 }
 
 /// How many pieces the name map is split into.
 const SHARDS: usize = 1024;
 
-type Key = Arc<[u8]>;
-type Shard = Arc<FxHashMap<Key, Arc<Node>>>;
+type Key = Box<[u8]>;
+type Shard = Arc<FxHashMap<Key, Node>>;
 
 fn shard_of(key: &[u8]) -> usize {
     (FxBuildHasher.hash_one(key) as usize) % SHARDS
@@ -173,7 +189,7 @@ pub enum Lookup<'a> {
 impl ZoneView {
     /// The node at a lowercase wire-format name.
     pub fn node(&self, key: &[u8]) -> Option<&Node> {
-        self.shards[shard_of(key)].get(key).map(Arc::as_ref)
+        self.shards[shard_of(key)].get(key)
     }
 
     /// The answer to (name, type) within this zone (the full path).
@@ -184,20 +200,17 @@ impl ZoneView {
         let Some(node) = self.node(&key) else {
             return Lookup::NxDomain(self);
         };
-        if qtype == RecordType::ANY && !node.wire.is_empty() {
-            return Lookup::Any(node.records());
+        if qtype == RecordType::ANY && !node.is_empty() {
+            return Lookup::Any(node.records(&key));
         }
         match node
-            .template(qtype)
-            .or_else(|| node.template(RecordType::CNAME))
+            .decode(&key, u16::from(qtype))
+            .or_else(|| node.decode(&key, u16::from(RecordType::CNAME)))
         {
-            Some(t) => {
-                let (records, additionals) = decode(t);
-                Lookup::Answer {
-                    records,
-                    additionals,
-                }
-            }
+            Some((records, additionals)) => Lookup::Answer {
+                records,
+                additionals,
+            },
             None => Lookup::NoData(self),
         }
     }
@@ -209,22 +222,22 @@ impl ZoneView {
         }
         let name = Name::from_ascii(format!("{fingerprint}.{}.", schema::KEY)).ok()?;
         let name = name.append_domain(&Name::from(self.origin.clone())).ok()?;
-        self.node(&wire::wire_name(&name)?)?.key.as_ref()
+        self.node(&wire::wire_name(&name)?)?.key.as_deref()
     }
 
     /// Every owner name (lowercase wire format) and its node, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = (&[u8], &Node)> {
         self.shards
             .iter()
-            .flat_map(|s| s.iter().map(|(k, v)| (&k[..], v.as_ref())))
+            .flat_map(|s| s.iter().map(|(k, v)| (&k[..], v)))
     }
 
     /// Every record of the zone (decoded: for exports, not for answering).
     pub fn records(&self) -> Vec<Record> {
         self.shards
             .iter()
-            .flat_map(|s| s.values())
-            .flat_map(|n| n.records())
+            .flat_map(|s| s.iter())
+            .flat_map(|(k, n)| n.records(k))
             .collect()
     }
 
@@ -336,7 +349,7 @@ type BindingFilter = dyn Fn(&Binding) -> bool;
 
 struct Builder<'z> {
     origin: Name,
-    names: HashMap<Name, BuildNode>,
+    names: FxHashMap<Name, BuildNode>,
     zone: &'z Zone,
     cfg: ViewConfig,
     scope: &'z Scope,
@@ -655,10 +668,10 @@ fn build_names(
     cfg: ViewConfig,
     origin: &Name,
     scope: &Scope,
-) -> HashMap<Name, BuildNode> {
+) -> FxHashMap<Name, BuildNode> {
     let mut b = Builder {
         origin: origin.clone(),
-        names: HashMap::new(),
+        names: FxHashMap::default(),
         zone,
         cfg,
         scope,
@@ -689,7 +702,7 @@ fn finish(
 }
 
 fn key_of(name: &Name) -> Option<Key> {
-    wire::wire_name(name).map(Key::from)
+    wire::wire_name(name)
 }
 
 /// Builds the answers of one zone from its model.
@@ -713,22 +726,27 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         }
     }
     // Static records: served verbatim, never over a derived set of the same type.
-    let derived: HashSet<(Name, RecordType)> = names
-        .iter()
-        .flat_map(|(n, node)| {
-            node.sets
-                .iter()
-                .filter_map(move |s| s.rtype.map(|t| (n.clone(), t)))
+    let statics: Vec<Record> = zonefile::static_records(&zone.meta)
+        .into_iter()
+        .filter(|r| {
+            let t = r.record_type();
+            let derived = names
+                .get(&r.name.to_lowercase())
+                .is_some_and(|n| n.sets.iter().any(|s| s.rtype == Some(t)));
+            if derived {
+                tracing::warn!(name = %r.name, rtype = %t, "static record shadowed by a derived one; ignored");
+            }
+            !derived
         })
         .collect();
-    for r in zonefile::static_records(&zone.meta) {
-        let name = r.name.to_lowercase();
+    for r in statics {
         let t = r.record_type();
-        if derived.contains(&(name.clone(), t)) {
-            tracing::warn!(name = %r.name, rtype = %t, "static record shadowed by a derived one; ignored");
-            continue;
-        }
-        names.entry(name).or_default().set_mut(t).records.push(r);
+        names
+            .entry(r.name.to_lowercase())
+            .or_default()
+            .set_mut(t)
+            .records
+            .push(r);
     }
     // NS targets inside the zone get their addresses in the additional section.
     let glue: Vec<Record> = zone
@@ -748,12 +766,11 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         apex_node.set_mut(RecordType::NS).additionals = glue;
     }
     add_ancestors(&mut names, &origin, |_| false);
-    let mut shards: Vec<FxHashMap<Key, Arc<Node>>> =
-        (0..SHARDS).map(|_| FxHashMap::default()).collect();
+    let mut shards: Vec<FxHashMap<Key, Node>> = (0..SHARDS).map(|_| FxHashMap::default()).collect();
     for (name, node) in names {
         let node = node.encode(&name);
         if let Some(k) = key_of(&name) {
-            shards[shard_of(&k)].insert(k, Arc::new(node));
+            shards[shard_of(&k)].insert(k, node);
         }
     }
     Ok(finish(
@@ -768,20 +785,27 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
 /// Every ancestor of a name exists (RFC 8020): empty nodes for those missing,
 /// unless `exists` says the view already has them.
 fn add_ancestors(
-    names: &mut HashMap<Name, BuildNode>,
+    names: &mut FxHashMap<Name, BuildNode>,
     origin: &Name,
     exists: impl Fn(&Name) -> bool,
 ) {
-    let owners: Vec<Name> = names.keys().cloned().collect();
-    let mut seen = BTreeSet::new();
-    for n in owners {
+    let mut missing: rustc_hash::FxHashSet<Name> = Default::default();
+    for n in names.keys() {
         let mut cur = n.base_name();
-        while cur.num_labels() > origin.num_labels() && seen.insert(cur.clone()) {
-            if !names.contains_key(&cur) && !exists(&cur) {
-                names.insert(cur.clone(), BuildNode::default());
+        while cur.num_labels() > origin.num_labels()
+            && !names.contains_key(&cur)
+            && !missing.contains(&cur)
+        {
+            if exists(&cur) {
+                break;
             }
-            cur = cur.base_name();
+            let parent = cur.base_name();
+            missing.insert(cur);
+            cur = parent;
         }
+    }
+    for n in missing {
+        names.insert(n, BuildNode::default());
     }
 }
 
@@ -811,18 +835,15 @@ pub fn patch(
     let mut apex_node = key_of(&origin)
         .and_then(|k| old.node(&k).cloned())
         .unwrap_or_default();
-    apex_node
-        .wire
-        .retain(|(t, _)| *t != u16::from(RecordType::SOA));
-    apex_node
-        .wire
-        .extend(wire::template(&origin, RecordType::SOA, &[soa], &[]));
-    let mut touched: HashMap<usize, FxHashMap<Key, Arc<Node>>> = HashMap::new();
+    let mut sets = wire::without_set(&apex_node.sets, u16::from(RecordType::SOA));
+    wire::encode_set(&origin, RecordType::SOA, &[soa], &[], &mut sets);
+    apex_node.sets = sets.into_boxed_slice();
+    let mut touched: HashMap<usize, FxHashMap<Key, Node>> = HashMap::new();
     fn shard<'a>(
-        touched: &'a mut HashMap<usize, FxHashMap<Key, Arc<Node>>>,
+        touched: &'a mut HashMap<usize, FxHashMap<Key, Node>>,
         old: &ZoneView,
         i: usize,
-    ) -> &'a mut FxHashMap<Key, Arc<Node>> {
+    ) -> &'a mut FxHashMap<Key, Node> {
         touched.entry(i).or_insert_with(|| (*old.shards[i]).clone())
     }
     for name in gone {
@@ -835,11 +856,11 @@ pub fn patch(
     for (name, node) in fresh {
         let node = node.encode(&name);
         if let Some(k) = key_of(&name) {
-            shard(&mut touched, old, shard_of(&k)).insert(k, Arc::new(node));
+            shard(&mut touched, old, shard_of(&k)).insert(k, node);
         }
     }
     if let Some(k) = key_of(&origin) {
-        shard(&mut touched, old, shard_of(&k)).insert(k, Arc::new(apex_node));
+        shard(&mut touched, old, shard_of(&k)).insert(k, apex_node);
     }
     let mut shards = old.shards.clone();
     for (i, map) in touched {

@@ -1,24 +1,22 @@
 //! The UDP fast path: answers pre-built in wire format, and a loop that reads only
 //! a query's header and question, copies the answer and patches it.
 //!
-//! When a zone's view is built, every (name, type) that has records gets its whole
-//! response message encoded once (`Template`). Answering is then: check that the
-//! query is plain (QUERY, one question, class IN, no EDNS version above 0),
-//! lowercase the name into a stack buffer, one hash lookup, copy, patch the ID,
-//! RD/CD bits and question (so the client's case is echoed), append an OPT record
-//! when the client sent one. NXDOMAIN and NODATA are assembled from the question
+//! When a zone's view is built, every (name, type) that has records gets its
+//! response encoded once, minus the header and question (`encode_set`; a node's
+//! sets are packed in one allocation). Answering is then: check that the query is
+//! plain (QUERY, one question, class IN, no EDNS version above 0), lowercase the
+//! name into a stack buffer, one hash lookup, write the header, copy the client's
+//! question (so its case is echoed) and the encoded records, and append an OPT
+//! record when the client sent one. NXDOMAIN and NODATA are assembled from the question
 //! and the zone's pre-encoded SOA. Anything else — other opcodes or classes, ANY,
 //! zone transfers, malformed packets, an answer larger than the client's buffer —
 //! returns `None` and takes hickory's full path, which also truncates.
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use crate::view::View;
-
-/// A record type and its whole response message, ID and flags to be patched.
-pub type Template = (u16, Box<[u8]>);
 
 /// A name in lowercase wire format.
 pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
@@ -28,24 +26,115 @@ pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
         .map(Vec::into_boxed_slice)
 }
 
-/// The whole response to (name, type): header, question, answers, additionals.
-pub fn template(
+/// Bytes before a set's records: TYPE, ANCOUNT, ARCOUNT (u16 each), LEN (u32).
+const SET_HEAD: usize = 10;
+
+/// One encoded record set of a node (see `encode_set`).
+#[derive(Debug, Clone, Copy)]
+pub struct Set<'a> {
+    pub rtype: u16,
+    pub answers: u16,
+    pub additionals: u16,
+    /// The answer and additional records, encoded to follow a response's
+    /// header and question (their compression pointers assume the question name
+    /// at offset 12, so any question of the same name fits).
+    pub body: &'a [u8],
+}
+
+/// Appends the record set (name, type) to `out`, a node's packed sets: the
+/// response minus its header and question, which the fast path takes from the
+/// query. Nothing is appended for an empty set or one that does not encode.
+pub fn encode_set(
     name: &Name,
     rtype: RecordType,
     records: &[Record],
     additionals: &[Record],
-) -> Option<Template> {
+    out: &mut Vec<u8>,
+) {
     if records.is_empty() {
-        return None;
+        return;
     }
-    let mut m = Message::new(0, MessageType::Response, OpCode::Query);
-    m.metadata.authoritative = true;
-    m.add_query(Query::query(name.to_lowercase(), rtype));
-    m.add_answers(records.iter().cloned());
-    m.add_additionals(additionals.iter().cloned());
-    m.to_vec()
-        .ok()
-        .map(|b| (u16::from(rtype), b.into_boxed_slice()))
+    // A set too large for one message (tens of thousands of records) keeps the
+    // records that fit: a client gets TC over UDP and that part over TCP.
+    let mut buf = Vec::with_capacity(256);
+    let mut enc = BinEncoder::new(&mut buf);
+    let Ok(start) = enc
+        .emit_vec(&[0; 12])
+        .and_then(|_| Query::query(name.to_lowercase(), rtype).emit(&mut enc))
+        .map(|_| enc.len())
+    else {
+        return;
+    };
+    // The bytes after a record that did not fit are dropped, and nothing is
+    // encoded after it (a later name could point into them).
+    let mut counts = [0u16; 2];
+    let mut end = start;
+    'parts: for (i, part) in [records, additionals].into_iter().enumerate() {
+        for r in part {
+            if r.emit(&mut enc).is_err() || counts[i] == u16::MAX {
+                break 'parts;
+            }
+            counts[i] += 1;
+            end = enc.len();
+        }
+    }
+    drop(enc);
+    push_set(
+        out,
+        u16::from(rtype),
+        counts[0],
+        counts[1],
+        &buf[start..end],
+    );
+}
+
+fn push_set(out: &mut Vec<u8>, rtype: u16, an: u16, ar: u16, body: &[u8]) {
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&an.to_be_bytes());
+    out.extend_from_slice(&ar.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The sets packed in `b` by `encode_set`.
+pub fn sets(b: &[u8]) -> impl Iterator<Item = Set<'_>> {
+    let mut rest = b;
+    std::iter::from_fn(move || {
+        let head = rest.get(..SET_HEAD)?;
+        let len = u32::from_be_bytes([head[6], head[7], head[8], head[9]]) as usize;
+        let body = rest.get(SET_HEAD..SET_HEAD + len)?;
+        let set = Set {
+            rtype: u16::from_be_bytes([head[0], head[1]]),
+            answers: u16::from_be_bytes([head[2], head[3]]),
+            additionals: u16::from_be_bytes([head[4], head[5]]),
+            body,
+        };
+        rest = &rest[SET_HEAD + len..];
+        Some(set)
+    })
+}
+
+/// Packed sets `b` without the set of type `rtype`.
+pub fn without_set(b: &[u8], rtype: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    for s in sets(b).filter(|s| s.rtype != rtype) {
+        push_set(&mut out, s.rtype, s.answers, s.additionals, s.body);
+    }
+    out
+}
+
+/// A whole response for a set at `name` (lowercase wire format), for decoding.
+pub fn message(name: &[u8], set: &Set<'_>) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + name.len() + 4 + set.body.len());
+    m.extend_from_slice(&[0x00, 0x00, 0x84, 0x00, 0x00, 0x01]);
+    m.extend_from_slice(&set.answers.to_be_bytes());
+    m.extend_from_slice(&[0x00, 0x00]);
+    m.extend_from_slice(&set.additionals.to_be_bytes());
+    m.extend_from_slice(name);
+    m.extend_from_slice(&set.rtype.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.extend_from_slice(set.body);
+    m
 }
 
 /// The negative-answer SOA from its TYPE on: TYPE, CLASS, TTL, RDLENGTH, RDATA
@@ -237,31 +326,21 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
     };
     match z.node(name) {
         Some(node) => {
-            let sets = &node.wire;
-            let found = sets
-                .iter()
-                .find(|(t, _)| *t == qu.qtype)
-                .or_else(|| sets.iter().find(|(t, _)| *t == TYPE_CNAME));
-            if let Some((_, template)) = found {
-                if template.len() < qu.end {
-                    return None;
-                }
-                out.extend_from_slice(template);
-                out[0..2].copy_from_slice(&query[0..2]);
-                out[2] = 0x84 | rd;
-                out[3] = cd;
-                out[12..qu.end].copy_from_slice(question);
-                if qu.edns.is_some() {
-                    opt(out);
-                    let ar = u16::from_be_bytes([out[10], out[11]]).checked_add(1)?;
-                    out[10..12].copy_from_slice(&ar.to_be_bytes());
-                }
-                if out.len() > limit(qu.edns) {
-                    return None;
-                }
-                return Some(());
+            let Some(set) = node.set(qu.qtype).or_else(|| node.set(TYPE_CNAME)) else {
+                return negative(out, query, &qu, question, z, origin_at, 0);
+            };
+            let ar = set.additionals.checked_add(u16::from(qu.edns.is_some()))?;
+            out.extend_from_slice(&query[0..2]);
+            out.extend_from_slice(&[0x84 | rd, cd, 0, 1]);
+            out.extend_from_slice(&set.answers.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&ar.to_be_bytes());
+            out.extend_from_slice(question);
+            out.extend_from_slice(set.body);
+            if qu.edns.is_some() {
+                opt(out);
             }
-            negative(out, query, &qu, question, z, origin_at, 0)
+            (out.len() <= limit(qu.edns)).then_some(())
         }
         None => negative(out, query, &qu, question, z, origin_at, 3),
     }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use base64::Engine;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_proto::serialize::txt::Parser;
 
@@ -46,24 +46,32 @@ pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneF
     if let Some((line, message)) = forbidden(text) {
         return Err(fail(Some(line), message));
     }
-    let scanned = entries(text, origin_name.as_ref());
-    if let Some(e) = scanned
-        .iter()
-        .find_map(|e| e.error.as_ref().map(|m| (e.line, m)))
-    {
-        return Err(fail(Some(e.0), e.1.clone()));
-    }
+    // The entry scan (line numbers, owners) is only needed to say where an error
+    // is, so a good file skips it; `forbidden` has already refused `$INCLUDE`.
+    let scan_error = |scanned: &[Entry]| {
+        scanned
+            .iter()
+            .find_map(|e| e.error.as_ref().map(|m| fail(Some(e.line), m.clone())))
+    };
     let (_, rrsets) = Parser::new(text, None, origin_name.clone())
         .parse()
         .map_err(|e| {
-            let line = locate_syntax_error(&scanned, origin_name.as_ref());
-            fail(line, format!("{e}"))
+            let scanned = entries(text, origin_name.as_ref());
+            scan_error(&scanned).unwrap_or_else(|| {
+                let line = locate_syntax_error(&scanned, origin_name.as_ref());
+                fail(line, format!("{e}"))
+            })
         })?;
     let records: Vec<Record> = rrsets
         .into_values()
-        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .flat_map(RecordSet::into_iter)
+        .filter(|r| r.record_type() != RecordType::RRSIG)
         .collect();
     build(records).map_err(|(owner, rtype, message)| {
+        let scanned = entries(text, origin_name.as_ref());
+        if let Some(e) = scan_error(&scanned) {
+            return e;
+        }
         let line = scanned
             .iter()
             .find(|e| {
@@ -238,7 +246,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     roles: vec![],
                     available: true,
                     health: Health::Unknown,
-                    props: BTreeMap::new(),
+                    props: Default::default(),
                 });
                 match &r.data {
                     RData::A(a) => host.addrs.push(IpAddr::V4(a.0)),
@@ -379,7 +387,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
             priority: None,
             available: true,
             health: Health::Unknown,
-            props: BTreeMap::new(),
+            props: Default::default(),
         };
         if let Some((towner, pairs)) = binding_txt.remove(&(host.clone(), service.clone())) {
             for (k, v) in pairs {
@@ -474,6 +482,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
     zone.bindings = bindings;
     zone.repos = repos;
     zone.admins = admins;
+    zone.shrink();
     Ok(zone)
 }
 

@@ -1,26 +1,48 @@
-//! The embedded store: one sled tree, keys `ORIGIN/KIND/NAME`, JSON values.
+//! The embedded store: one sled tree, JSON values.
 //!
-//! Every commit is one `sled::Batch` followed by `flush()`, so an acknowledged
-//! change survives a crash of the process or the machine.
+//! A zone is kept as a snapshot plus an overlay:
+//! - `ORIGIN/meta/` and `ORIGIN/serial/`: the zone's apex and serial;
+//! - `ORIGIN/snapshot/`: every host, binding, repository and admin key of the
+//!   zone as it was seeded or imported, in one value;
+//! - `ORIGIN/KIND/NAME` (`h`, `b`, `r`, `a`): what changed since, one key per
+//!   entity, `null` for one removed.
+//!
+//! A seed or import is one small batch (sled's memory grows with the number of
+//! keys in one batch: 130k keys cost it most of a gigabyte), and loading reads one
+//! large value instead of walking a key per host. Every commit is one
+//! `sled::Batch` followed by `flush()`, so an acknowledged change survives a
+//! crash of the process or the machine. Stores written before the snapshot
+//! existed (one key per entity, no snapshot) load the same way.
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Change, Store, StoreError};
 use crate::model::{AdminKey, Binding, Host, Repo, Zone, ZoneMeta};
 
 const META: &str = "meta";
 const SERIAL: &str = "serial";
+const SNAPSHOT: &str = "snapshot";
 const HOST: &str = "h";
 const BINDING: &str = "b";
 const REPO: &str = "r";
 const ADMIN: &str = "a";
+const REMOVED: &[u8] = b"null";
 
 /// The sled-backed store under `--data`.
 pub struct SledStore {
     db: ::sled::Db,
+}
+
+/// A zone's entities, whole, as seeded or imported.
+#[derive(Serialize, Deserialize, Default)]
+struct Snapshot {
+    hosts: Vec<Host>,
+    bindings: Vec<Binding>,
+    repos: Vec<Repo>,
+    admins: Vec<AdminKey>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -42,6 +64,14 @@ fn parse<T: DeserializeOwned>(k: &str, v: &[u8]) -> Result<T, StoreError> {
     })
 }
 
+/// An overlay value: the entity, or `None` for one removed.
+fn parse_overlay<T: DeserializeOwned>(k: &str, v: &[u8]) -> Result<Option<T>, StoreError> {
+    if v == REMOVED {
+        return Ok(None);
+    }
+    parse(k, v).map(Some)
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -57,18 +87,18 @@ impl SledStore {
     fn apply(batch: &mut ::sled::Batch, origin: &str, change: &Change) -> Result<(), StoreError> {
         match change {
             Change::PutHost(h) => batch.insert(key(origin, HOST, &h.name), json(h)?),
-            Change::DelHost(n) => batch.remove(key(origin, HOST, n)),
+            Change::DelHost(n) => batch.insert(key(origin, HOST, n), REMOVED),
             Change::PutBinding(b) => batch.insert(
                 key(origin, BINDING, &format!("{}/{}", b.host, b.service)),
                 json(b)?,
             ),
             Change::DelBinding { host, service } => {
-                batch.remove(key(origin, BINDING, &format!("{host}/{service}")))
+                batch.insert(key(origin, BINDING, &format!("{host}/{service}")), REMOVED)
             }
             Change::PutRepo(r) => batch.insert(key(origin, REPO, &r.name), json(r)?),
-            Change::DelRepo(n) => batch.remove(key(origin, REPO, n)),
+            Change::DelRepo(n) => batch.insert(key(origin, REPO, n), REMOVED),
             Change::PutAdmin(a) => batch.insert(key(origin, ADMIN, &a.name), json(a)?),
-            Change::DelAdmin(n) => batch.remove(key(origin, ADMIN, n)),
+            Change::DelAdmin(n) => batch.insert(key(origin, ADMIN, n), REMOVED),
         }
         Ok(())
     }
@@ -80,11 +110,62 @@ impl SledStore {
     }
 }
 
+/// Applies one overlay entry (`KIND/NAME` = value) to `zone`.
+fn overlay(zone: &mut Zone, k: &str, kind: &str, name: &str, v: &[u8]) -> Result<(), StoreError> {
+    match kind {
+        HOST => match parse_overlay::<Host>(k, v)? {
+            Some(h) => {
+                zone.hosts.insert(h.name.clone(), h);
+            }
+            None => {
+                zone.hosts.remove(name);
+            }
+        },
+        BINDING => match parse_overlay::<Binding>(k, v)? {
+            Some(b) => {
+                zone.bindings.insert((b.host.clone(), b.service.clone()), b);
+            }
+            None => {
+                let (host, service) = name.split_once('/').ok_or_else(|| StoreError::Corrupt {
+                    key: k.to_string(),
+                    reason: "binding key is not HOST/SERVICE".into(),
+                })?;
+                zone.bindings
+                    .remove(&(host.to_string(), service.to_string()));
+            }
+        },
+        REPO => match parse_overlay::<Repo>(k, v)? {
+            Some(r) => {
+                zone.repos.insert(r.name.clone(), r);
+            }
+            None => {
+                zone.repos.remove(name);
+            }
+        },
+        ADMIN => match parse_overlay::<AdminKey>(k, v)? {
+            Some(a) => {
+                zone.admins.insert(a.name.clone(), a);
+            }
+            None => {
+                zone.admins.remove(name);
+            }
+        },
+        other => {
+            return Err(StoreError::Corrupt {
+                key: k.to_string(),
+                reason: format!("unknown record kind {other:?}"),
+            })
+        }
+    }
+    Ok(())
+}
+
 impl Store for SledStore {
     fn load(&self) -> Result<Vec<Zone>, StoreError> {
         let mut zones: std::collections::BTreeMap<String, Zone> = Default::default();
         let mut serials: std::collections::BTreeMap<String, u32> = Default::default();
-        let mut pending: Vec<(String, String, String, ::sled::IVec)> = Vec::new();
+        let mut snapshots: Vec<(String, String, ::sled::IVec)> = Vec::new();
+        let mut pending: Vec<(String, ::sled::IVec)> = Vec::new();
         for item in self.db.iter() {
             let (k, v) = item.map_err(io)?;
             let k = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
@@ -106,42 +187,37 @@ impl Store for SledStore {
                 SERIAL => {
                     serials.insert(origin.to_string(), parse(&k, &v)?);
                 }
-                _ => pending.push((k.clone(), origin.to_string(), kind.to_string(), v)),
+                SNAPSHOT => snapshots.push((k.clone(), origin.to_string(), v)),
+                _ => pending.push((k, v)),
             }
         }
-        for (k, origin, kind, v) in pending {
-            let Some(zone) = zones.get_mut(&origin) else {
-                return Err(StoreError::Corrupt {
-                    key: k,
-                    reason: "record of a zone that has no meta".into(),
-                });
+        let orphan = |k: &str| StoreError::Corrupt {
+            key: k.to_string(),
+            reason: "record of a zone that has no meta".into(),
+        };
+        for (k, origin, v) in snapshots {
+            let zone = zones.get_mut(&origin).ok_or_else(|| orphan(&k))?;
+            let s: Snapshot = parse(&k, &v)?;
+            zone.hosts = s.hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
+            zone.bindings = s
+                .bindings
+                .into_iter()
+                .map(|b| ((b.host.clone(), b.service.clone()), b))
+                .collect();
+            zone.repos = s.repos.into_iter().map(|r| (r.name.clone(), r)).collect();
+            zone.admins = s.admins.into_iter().map(|a| (a.name.clone(), a)).collect();
+        }
+        for (k, v) in pending {
+            let mut parts = k.splitn(3, '/');
+            let (Some(origin), Some(kind), name) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
             };
-            match kind.as_str() {
-                HOST => {
-                    let h: Host = parse(&k, &v)?;
-                    zone.hosts.insert(h.name.clone(), h);
-                }
-                BINDING => {
-                    let b: Binding = parse(&k, &v)?;
-                    zone.bindings.insert((b.host.clone(), b.service.clone()), b);
-                }
-                REPO => {
-                    let r: Repo = parse(&k, &v)?;
-                    zone.repos.insert(r.name.clone(), r);
-                }
-                ADMIN => {
-                    let a: AdminKey = parse(&k, &v)?;
-                    zone.admins.insert(a.name.clone(), a);
-                }
-                other => {
-                    return Err(StoreError::Corrupt {
-                        key: k.clone(),
-                        reason: format!("unknown record kind {other:?}"),
-                    })
-                }
-            }
+            let zone = zones.get_mut(origin).ok_or_else(|| orphan(&k))?;
+            overlay(zone, &k, kind, name.unwrap_or_default(), &v)?;
         }
         for (origin, zone) in zones.iter_mut() {
+            zone.shrink();
             zone.serial = serials.get(origin).copied().unwrap_or(1);
         }
         Ok(zones.into_values().collect())
@@ -165,18 +241,61 @@ impl Store for SledStore {
         }
         batch.insert(key(origin, META, ""), json(&zone.meta)?);
         batch.insert(key(origin, SERIAL, ""), json(&zone.serial)?);
-        for h in zone.hosts.values() {
-            Self::apply(&mut batch, origin, &Change::PutHost(h.clone()))?;
-        }
-        for b in zone.bindings.values() {
-            Self::apply(&mut batch, origin, &Change::PutBinding(b.clone()))?;
-        }
-        for r in zone.repos.values() {
-            Self::apply(&mut batch, origin, &Change::PutRepo(r.clone()))?;
-        }
-        for a in zone.admins.values() {
-            Self::apply(&mut batch, origin, &Change::PutAdmin(a.clone()))?;
-        }
+        let snapshot = Snapshot {
+            hosts: zone.hosts.values().cloned().collect(),
+            bindings: zone.bindings.values().cloned().collect(),
+            repos: zone.repos.values().cloned().collect(),
+            admins: zone.admins.values().cloned().collect(),
+        };
+        batch.insert(key(origin, SNAPSHOT, ""), json(&snapshot)?);
         self.write(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zonefile;
+
+    fn demo() -> Zone {
+        let text = include_str!("../../../zones/cluster.example.zone");
+        zonefile::parse(text, "demo", Some("cluster.example.")).expect("demo zone")
+    }
+
+    #[test]
+    fn snapshot_and_overlay_load_as_the_zone_they_describe() {
+        let dir = std::env::temp_dir().join(format!("sb-sled-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut zone = demo();
+        {
+            let store = SledStore::open(&dir).expect("open");
+            store.replace_zone(&zone).expect("seed");
+            let gone = zone.hosts.keys().next().cloned().expect("a host");
+            let binding = zone.bindings.keys().next().cloned().expect("a binding");
+            let mut changed = zone.hosts.values().nth(1).cloned().expect("two hosts");
+            changed.available = !changed.available;
+            store
+                .commit(
+                    zone.origin(),
+                    zone.serial + 1,
+                    &[
+                        Change::DelHost(gone.clone()),
+                        Change::DelBinding {
+                            host: binding.0.clone(),
+                            service: binding.1.clone(),
+                        },
+                        Change::PutHost(changed.clone()),
+                    ],
+                )
+                .expect("commit");
+            zone.hosts.remove(&gone);
+            zone.bindings.remove(&binding);
+            zone.hosts.insert(changed.name.clone(), changed);
+            zone.serial += 1;
+        }
+        let store = SledStore::open(&dir).expect("reopen");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded, vec![zone]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
