@@ -81,3 +81,41 @@ fn the_store_wins_over_the_zone_file_after_the_first_start() {
     assert!(d.dig(&n("db2.node"), "TXT", &[]).data("TXT")[0].contains("available=1"));
     assert!(serial(&d) > before, "an import moves the serial forward");
 }
+
+/// A clean stop saves the compiled view for a fast start; it must never outlive
+/// the state it was built from: the next change drops it, even if the directory
+/// is then killed before it could save a new one.
+#[test]
+fn a_saved_view_never_outlives_a_change() {
+    let mut d = Directory::demo();
+    d.cli_ok(&["host", "disable", "web2"]);
+    d.stop(); // saves the view at this serial
+    d.start(); // starts from it
+    assert_eq!(
+        d.dig(&n("http.service"), "A", &[]).data("A"),
+        vec!["10.0.1.11"]
+    );
+    let before = serial(&d);
+    d.cli_ok(&["host", "enable", "web2"]);
+    d.cli_ok(&[
+        "host", "add", "late", "--addr", "10.9.9.9", "--roles", "web",
+    ]);
+    d.kill9(); // no chance to save a new view
+    d.start();
+    assert_eq!(serial(&d), before + 2);
+    let mut http = d.dig(&n("http.service"), "A", &[]).data("A");
+    http.sort();
+    assert_eq!(http, vec!["10.0.1.11", "10.0.1.12"]);
+    assert_eq!(d.dig(&n("late.node"), "A", &[]).data("A"), vec!["10.9.9.9"]);
+    let soa = d.dig(Z, "SOA", &[]);
+    assert!(
+        soa.answer[0].data.contains(&format!(" {} ", before + 2)),
+        "{:?}",
+        soa.answer
+    );
+    // And a clean stop after that change saves the new state, not the old.
+    d.stop();
+    d.start();
+    assert_eq!(d.dig(&n("late.node"), "A", &[]).data("A"), vec!["10.9.9.9"]);
+    assert_eq!(serial(&d), before + 2);
+}

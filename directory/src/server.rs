@@ -160,6 +160,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let _ = stop_tx.send(true);
     let _ = dns.shutdown_gracefully().await;
     let _ = http_task.await;
+    let t = std::time::Instant::now();
+    match dir.save_views() {
+        Ok(()) => tracing::debug!(ms = t.elapsed().as_millis() as u64, "views saved"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not save the views; the next start rebuilds them")
+        }
+    }
     Ok(())
 }
 

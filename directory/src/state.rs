@@ -97,6 +97,8 @@ pub struct Directory {
     events: Mutex<std::collections::VecDeque<ChangeEvent>>,
     /// Write leases by (zone, repository): one write at a time, cluster-wide.
     leases: Mutex<std::collections::HashMap<(String, String), Lease>>,
+    /// Zones whose view the store holds, at that serial (loaded or saved).
+    saved_views: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// The right to write one repository for a short while, held by its master.
@@ -129,8 +131,24 @@ impl Directory {
     pub fn open(store: Box<dyn Store>, cfg: ViewConfig) -> Result<Self, ApplyError> {
         let mut zones = BTreeMap::new();
         let mut view = View::default();
+        let mut stamp = None;
+        let mut saved_views = std::collections::HashMap::new();
         for z in store.load()? {
-            let zv = view::build(&z, cfg).map_err(ApplyError::Invalid)?;
+            let cached = store.load_view(z.origin()).and_then(|bytes| {
+                let stamp = stamp.get_or_insert_with(view::cache::stamp).as_ref()?;
+                let zv = view::cache::decode(&z, cfg, stamp, &bytes);
+                if zv.is_none() {
+                    tracing::info!(zone = %z.origin(), "saved view is from another binary or state; rebuilding");
+                }
+                zv
+            });
+            let zv = match cached {
+                Some(zv) => {
+                    saved_views.insert(z.origin().to_string(), z.serial);
+                    zv
+                }
+                None => view::build(&z, cfg).map_err(ApplyError::Invalid)?,
+            };
             view = view.with_zone(&zv.origin.clone(), Some(Arc::new(zv)));
             zones.insert(z.origin().to_string(), z);
         }
@@ -142,7 +160,29 @@ impl Directory {
             changes: tokio::sync::watch::channel(0).0,
             events: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
+            saved_views: Mutex::new(saved_views),
         })
+    }
+
+    /// Saves each zone's compiled view in the store (see `view::cache`), for a
+    /// fast restart. Call when no more changes will come (at shutdown).
+    pub fn save_views(&self) -> Result<(), StoreError> {
+        let Some(stamp) = view::cache::stamp() else {
+            return Ok(());
+        };
+        let zones = self.lock();
+        let current = self.view.load();
+        let mut saved = self.saved_views.lock().unwrap_or_else(|p| p.into_inner());
+        for zv in &current.zones {
+            let origin = zv.origin.to_string();
+            let current = zones.get(&origin).is_some_and(|z| z.serial == zv.serial);
+            if current && saved.get(&origin) != Some(&zv.serial) {
+                self.store
+                    .save_view(&origin, &view::cache::encode(zv, self.cfg, &stamp))?;
+                saved.insert(origin, zv.serial);
+            }
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Zone>> {
@@ -803,6 +843,44 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_saved_view_loads_as_built_and_only_for_its_state() {
+        let text = include_str!("../../zones/cluster.example.zone");
+        let mut zone =
+            crate::zonefile::parse(text, "demo", Some("cluster.example.")).expect("demo zone");
+        let cfg = ViewConfig::default();
+        let built = view::build(&zone, cfg).expect("build");
+        let stamp = [7u8; 32];
+        let bytes = view::cache::encode(&built, cfg, &stamp);
+        let loaded = view::cache::decode(&zone, cfg, &stamp, &bytes).expect("decodes");
+        assert_eq!(dump(&loaded), dump(&built));
+        assert!(loaded.key(&built_key_fingerprint(&zone)).is_some());
+        // Another binary, other TTLs, another serial, damaged bytes: rebuild.
+        assert!(view::cache::decode(&zone, cfg, &[8u8; 32], &bytes).is_none());
+        let other = ViewConfig {
+            node_ttl: cfg.node_ttl + 1,
+            ..cfg
+        };
+        assert!(view::cache::decode(&zone, other, &stamp, &bytes).is_none());
+        for cut in [0, 10, 60, bytes.len() / 2, bytes.len() - 1] {
+            assert!(view::cache::decode(&zone, cfg, &stamp, &bytes[..cut]).is_none());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(view::cache::decode(&zone, cfg, &stamp, &longer).is_none());
+        zone.serial += 1;
+        assert!(view::cache::decode(&zone, cfg, &stamp, &bytes).is_none());
+    }
+
+    /// The fingerprint of some host key in the zone.
+    fn built_key_fingerprint(zone: &Zone) -> String {
+        zone.hosts
+            .values()
+            .find_map(|h| h.key)
+            .expect("the demo zone has host keys")
+            .fingerprint()
     }
 
     #[test]

@@ -41,4 +41,15 @@ pub trait Store: Send + Sync {
 
     /// Replaces a zone (or creates it) whole, atomically and durably.
     fn replace_zone(&self, zone: &Zone) -> Result<(), StoreError>;
+
+    /// Keeps a compiled view of a zone (`view::cache`) until the zone's next
+    /// change: `commit` and `replace_zone` drop it in the same batch.
+    fn save_view(&self, _origin: &str, _bytes: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The compiled view kept by `save_view`, if no change came after it.
+    fn load_view(&self, _origin: &str) -> Option<Vec<u8>> {
+        None
+    }
 }

@@ -5,7 +5,9 @@
 //! - `ORIGIN/snapshot/`: every host, binding, repository and admin key of the
 //!   zone as it was seeded or imported, in one value;
 //! - `ORIGIN/KIND/NAME` (`h`, `b`, `r`, `a`): what changed since, one key per
-//!   entity, `null` for one removed.
+//!   entity, `null` for one removed;
+//! - `ORIGIN/view/`: the compiled view saved at shutdown, removed by the batch
+//!   of the next change.
 //!
 //! A seed or import is one small batch (sled's memory grows with the number of
 //! keys in one batch: 130k keys cost it most of a gigabyte), and loading reads one
@@ -25,6 +27,7 @@ use crate::model::{AdminKey, Binding, Host, Repo, Zone, ZoneMeta};
 const META: &str = "meta";
 const SERIAL: &str = "serial";
 const SNAPSHOT: &str = "snapshot";
+const VIEW: &str = "view";
 const HOST: &str = "h";
 const BINDING: &str = "b";
 const REPO: &str = "r";
@@ -188,6 +191,7 @@ impl Store for SledStore {
                     serials.insert(origin.to_string(), parse(&k, &v)?);
                 }
                 SNAPSHOT => snapshots.push((k.clone(), origin.to_string(), v)),
+                VIEW => {}
                 _ => pending.push((k, v)),
             }
         }
@@ -229,6 +233,7 @@ impl Store for SledStore {
             Self::apply(&mut batch, origin, c)?;
         }
         batch.insert(key(origin, SERIAL, ""), json(&serial)?);
+        batch.remove(key(origin, VIEW, ""));
         self.write(batch)
     }
 
@@ -249,6 +254,20 @@ impl Store for SledStore {
         };
         batch.insert(key(origin, SNAPSHOT, ""), json(&snapshot)?);
         self.write(batch)
+    }
+
+    fn save_view(&self, origin: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(key(origin, VIEW, ""), bytes).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn load_view(&self, origin: &str) -> Option<Vec<u8>> {
+        self.db
+            .get(key(origin, VIEW, ""))
+            .ok()
+            .flatten()
+            .map(|v| v.to_vec())
     }
 }
 
@@ -295,7 +314,22 @@ mod tests {
         }
         let store = SledStore::open(&dir).expect("reopen");
         let loaded = store.load().expect("load");
-        assert_eq!(loaded, vec![zone]);
+        assert_eq!(loaded, vec![zone.clone()]);
+
+        // A saved view lasts until the next change, and no further.
+        store.save_view(zone.origin(), b"view").expect("save view");
+        assert_eq!(store.load().expect("load"), vec![zone.clone()]);
+        assert_eq!(
+            store.load_view(zone.origin()).as_deref(),
+            Some(&b"view"[..])
+        );
+        store
+            .commit(zone.origin(), zone.serial + 1, &[])
+            .expect("commit");
+        assert_eq!(store.load_view(zone.origin()), None);
+        store.save_view(zone.origin(), b"view").expect("save view");
+        store.replace_zone(&zone).expect("replace");
+        assert_eq!(store.load_view(zone.origin()), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
