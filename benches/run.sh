@@ -22,7 +22,7 @@ fi
 ZONE=bench.example
 
 need=()
-for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl git:git ssh:openssh-client sshd:openssh-server; do
+for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl git:git ssh:openssh-client sshd:openssh-server openssl:openssl; do
   cmd=${p%%:*}; pkg=${p#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -302,10 +302,8 @@ start_sidecar() { # name roles http cluster [backend] -> SPID
   echo "bench: sidecar $1 did not start: $(tail -3 "$WORK/$1.log")" >&2; return 1
 }
 
-read DIRECT_RPS DIRECT_P50 <<<"$(wrk_run http://127.0.0.1:$NGINX_PORT/)"
 next_port; SA_HTTP=$PORT; next_port; SA_CLUSTER=$PORT
 start_sidecar wa web $SA_HTTP $SA_CLUSTER http://127.0.0.1:$NGINX_PORT
-read SC_RPS SC_P50 <<<"$(wrk_run http://127.0.0.1:$SA_HTTP/)"
 
 next_port; HAP_PORT=$PORT
 cat > $WORK/haproxy.cfg <<CONF
@@ -325,10 +323,8 @@ backend b
   server s1 127.0.0.1:$NGINX_PORT
 CONF
 $SERVER_CPU haproxy -f $WORK/haproxy.cfg >/dev/null 2>&1 &
-HPID=$!; PIDS+=($HPID)
+PIDS+=($!)
 for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$HAP_PORT/ && break; sleep 0.02; done
-read HAP_RPS HAP_P50 <<<"$(wrk_run http://127.0.0.1:$HAP_PORT/)"
-kill $HPID 2>/dev/null || true
 
 next_port; NGP_PORT=$PORT
 cat > $WORK/nginx/proxy.conf <<CONF
@@ -344,11 +340,8 @@ http {
 }
 CONF
 $SERVER_CPU nginx -c $WORK/nginx/proxy.conf -p $WORK/nginx >/dev/null 2>&1 &
-NPID=$!; PIDS+=($NPID)
+PIDS+=($!)
 for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$NGP_PORT/ && break; sleep 0.02; done
-read NGP_RPS NGP_P50 <<<"$(wrk_run http://127.0.0.1:$NGP_PORT/)"
-kill $NPID 2>/dev/null || true
-echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
 
 # Signed hop: a Conduit call for a repository on another host: wa -> signed -> wb -> nginx.
 next_port; SB_HTTP=$PORT; next_port; SB_CLUSTER=$PORT
@@ -360,8 +353,80 @@ wrk.body = "repository=hop"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 LUA
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
-read HOP_RPS HOP_P50 <<<"$(wrk_run http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua)"
-echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms"
+
+# The peer of the signed hop: HAProxy A -> mutual TLS (keep-alive) -> HAProxy B -> nginx,
+# two processes on CPU 0, with a throwaway CA, server and client certificate.
+mkdir -p $WORK/tls
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+  -keyout $WORK/tls/ca.key -out $WORK/tls/ca.pem 2>/dev/null
+for n in server client; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout $WORK/tls/$n.key -out $WORK/tls/$n.csr 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\n' > $WORK/tls/$n.ext
+  openssl x509 -req -in $WORK/tls/$n.csr -CA $WORK/tls/ca.pem -CAkey $WORK/tls/ca.key -CAcreateserial \
+    -days 2 -extfile $WORK/tls/$n.ext -out $WORK/tls/$n.crt 2>/dev/null
+  cat $WORK/tls/$n.crt $WORK/tls/$n.key > $WORK/tls/$n.pem
+done
+next_port; MA_PORT=$PORT; next_port; MB_PORT=$PORT
+HAP_DEFAULTS="global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive"
+cat > $WORK/mtls-a.cfg <<CONF
+$HAP_DEFAULTS
+frontend a
+  bind 127.0.0.1:$MA_PORT
+  default_backend to_b
+backend to_b
+  http-reuse always
+  server b 127.0.0.1:$MB_PORT ssl crt $WORK/tls/client.pem ca-file $WORK/tls/ca.pem verify required
+CONF
+cat > $WORK/mtls-b.cfg <<CONF
+$HAP_DEFAULTS
+frontend b
+  bind 127.0.0.1:$MB_PORT ssl crt $WORK/tls/server.pem ca-file $WORK/tls/ca.pem verify required
+  default_backend to_nginx
+backend to_nginx
+  http-reuse always
+  server n 127.0.0.1:$NGINX_PORT
+CONF
+for c in b a; do $SERVER_CPU haproxy -f $WORK/mtls-$c.cfg >/dev/null 2>&1 & PIDS+=($!); done
+for _ in $(seq 1 500); do curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$MA_PORT/ | grep -q 200 && break; sleep 0.02; done
+# B refuses a caller without the client certificate.
+[ "$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:$MB_PORT/ || true)" = 000 ] || echo "bench: warning: HAProxy B accepted a call without a client certificate" >&2
+
+# Every path, back to back in each round.
+declare -A H_RPS H_P50
+HTTP_PATHS="direct sidecar haproxy nginx hop mtls"
+for r in $(seq 1 $ROUNDS); do
+  for t in $HTTP_PATHS; do
+    case $t in
+      direct) out=$(wrk_run http://127.0.0.1:$NGINX_PORT/) ;;
+      sidecar) out=$(wrk_run http://127.0.0.1:$SA_HTTP/) ;;
+      haproxy) out=$(wrk_run http://127.0.0.1:$HAP_PORT/) ;;
+      nginx) out=$(wrk_run http://127.0.0.1:$NGP_PORT/) ;;
+      hop) out=$(wrk_run http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua) ;;
+      mtls) out=$(wrk_run http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua) ;;
+    esac
+    read rps p50 <<<"$out"
+    H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "
+    echo "bench: round $r http $t $rps r/s p50 $p50 ms"
+  done
+done
+hmed() { echo ${1} | tr ' ' '\n' | grep . | median; }
+hspread() { echo ${1} | tr ' ' '\n' | grep . | spread; }
+DIRECT_RPS=$(hmed "${H_RPS[direct]}"); DIRECT_P50=$(hmed "${H_P50[direct]}")
+SC_RPS=$(hmed "${H_RPS[sidecar]}"); SC_P50=$(hmed "${H_P50[sidecar]}")
+HAP_RPS=$(hmed "${H_RPS[haproxy]}"); HAP_P50=$(hmed "${H_P50[haproxy]}")
+NGP_RPS=$(hmed "${H_RPS[nginx]}"); NGP_P50=$(hmed "${H_P50[nginx]}")
+HOP_RPS=$(hmed "${H_RPS[hop]}"); HOP_P50=$(hmed "${H_P50[hop]}")
+MTLS_RPS=$(hmed "${H_RPS[mtls]}"); MTLS_P50=$(hmed "${H_P50[mtls]}")
+echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
+echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms; haproxy mtls $MTLS_RPS / $MTLS_P50"
 
 # Failover: promote back and forth, time until the web host's sidecar sends writes to the new master.
 next_port; SC_HTTP=$PORT; next_port; SC_CLUSTER=$PORT
@@ -430,8 +495,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"p99_ms_at_half_bind\": {\"rate\": $HALF, $(for s in $SERVERS; do printf '"%s": %s, ' $s ${P99[$s]}; done | sed 's/, $//')},"
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in $SCALE_RUNS; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
-  echo "  \"http\": {\"direct\": [$DIRECT_RPS, $DIRECT_P50], \"sidecar\": [$SC_RPS, $SC_P50], \"haproxy\": [$HAP_RPS, $HAP_P50], \"nginx\": [$NGP_RPS, $NGP_P50]},"
-  echo "  \"signed_hop\": [$HOP_RPS, $HOP_P50],"
+  echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
   echo "  \"failover\": $FAILOVER,"
   echo "  \"git_clone_s\": {\"mb\": $REPO_MB, \"direct\": ${CLONE_MED[direct]}, \"local\": ${CLONE_MED[local]}, \"tunnelled\": ${CLONE_MED[tunnel]}}"
   echo "}"
@@ -488,16 +552,21 @@ if [ $QUICK = 0 ]; then
     echo
     echo "wrk -t1 -c64 to a local nginx that answers 200 (requests/s, p50 ms); the proxy pinned to CPU 0."
     echo
-    echo "| path | requests/s | p50 ms |"
-    echo "| --- | --- | --- |"
-    echo "| direct to nginx | $DIRECT_RPS | $DIRECT_P50 |"
-    echo "| through the sidecar | $SC_RPS | $SC_P50 |"
-    echo "| through HAProxy | $HAP_RPS | $HAP_P50 |"
-    echo "| through nginx | $NGP_RPS | $NGP_P50 |"
+    echo "| path | requests/s (median) | spread | p50 ms |"
+    echo "| --- | --- | --- | --- |"
+    echo "| direct to nginx | $DIRECT_RPS | $(hspread "${H_RPS[direct]}") | $DIRECT_P50 |"
+    echo "| through the sidecar | $SC_RPS | $(hspread "${H_RPS[sidecar]}") | $SC_P50 |"
+    echo "| through HAProxy | $HAP_RPS | $(hspread "${H_RPS[haproxy]}") | $HAP_P50 |"
+    echo "| through nginx | $NGP_RPS | $(hspread "${H_RPS[nginx]}") | $NGP_P50 |"
     echo
     echo "## Signed hop"
     echo
-    echo "wrk POST of a Conduit call for a repository on the other host: client -> sidecar A -> signed -> sidecar B -> nginx, both sidecars on CPU 0: $HOP_RPS requests/s, p50 $HOP_P50 ms."
+    echo "wrk POST of a Conduit call for a repository on the other host, both proxies on CPU 0:"
+    echo
+    echo "| path | requests/s (median) | spread | p50 ms |"
+    echo "| --- | --- | --- | --- |"
+    echo "| client -> sidecar A -> signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
+    echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 |"
     echo
     echo "## Failover"
     echo

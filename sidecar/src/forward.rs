@@ -57,6 +57,7 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
     Client::builder(TokioExecutor::new())
+        .http1_writev(false)
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)

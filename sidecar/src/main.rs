@@ -102,10 +102,15 @@ impl From<CommonArgs> for Common {
 fn main() -> ExitCode {
     let args = Args::parse();
     switchboard_directory::process::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core (a cgroup or `taskset` limit) a work-stealing pool only adds
+    // cross-thread wake-ups; the single-threaded scheduler does the same work.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchboard-sidecar: cannot start: {e}");

@@ -196,6 +196,7 @@ where
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
