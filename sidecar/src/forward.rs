@@ -60,7 +60,10 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
         .http1_writev(false)
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(32)
+        // As many idle connections as callers may need at once: a smaller cap
+        // closes and reopens connections under load (one connect per ~30
+        // requests at 64 concurrent callers). Idle ones go after a minute.
+        .pool_max_idle_per_host(1024)
         .build(connector)
 }
 
