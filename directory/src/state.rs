@@ -375,7 +375,9 @@ impl Directory {
         let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::Invalid)?;
         let changes = plan(zone, op)?;
         let serial = next_serial(zone.serial);
+        let t = std::time::Instant::now();
         self.store.commit(origin, serial, &changes)?;
+        let committed = t.elapsed();
         for c in changes {
             apply_change(zone, c);
         }
@@ -383,7 +385,13 @@ impl Directory {
         // Building the view fails only on a bad origin or SOA name, which seed and
         // import have already checked for this zone: the change is never half-seen.
         self.publish_patch(zone, &scope, gone, event)?;
-        tracing::info!(zone = origin, serial, "change applied");
+        tracing::info!(
+            zone = origin,
+            serial,
+            commit_us = committed.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
+            "change applied"
+        );
         Ok(serial)
     }
 

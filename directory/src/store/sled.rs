@@ -2,16 +2,22 @@
 //!
 //! A zone is kept as a snapshot plus an overlay:
 //! - `ORIGIN/meta/` and `ORIGIN/serial/`: the zone's apex and serial;
-//! - `ORIGIN/snapshot/`: every host, binding, repository and admin key of the
-//!   zone as it was seeded or imported, in one value;
+//! - `ORIGIN/snapshot/`: which file under `snapshots/` holds every host,
+//!   binding, repository and admin key of the zone as it was seeded or
+//!   imported, with its SHA-256;
 //! - `ORIGIN/KIND/NAME` (`h`, `b`, `r`, `a`): what changed since, one key per
 //!   entity, `null` for one removed;
-//! - `ORIGIN/view/`: the compiled view saved at shutdown, removed by the batch
-//!   of the next change.
+//! - `ORIGIN/view/`: which file under `views/` holds the compiled view saved at
+//!   shutdown, with its SHA-256; removed by the batch of the next change.
 //!
 //! A seed or import is one small batch (sled's memory grows with the number of
 //! keys in one batch: 130k keys cost it most of a gigabyte), and loading reads one
-//! large value instead of walking a key per host. Every commit is one
+//! file instead of walking a key per host. Large values live in files, written
+//! and synced before the batch that points at them, because sled rewrites a
+//! large value whenever the tree node holding its key is rewritten (a 17 MB
+//! snapshot inside the tree was copied every few commits, 40 ms each). A file
+//! no key points at (an older snapshot, or one written just before a crash) is
+//! removed when the store opens. Every commit is one
 //! `sled::Batch` followed by `flush()`, so an acknowledged change survives a
 //! crash of the process or the machine. Stores written before the snapshot
 //! existed (one key per entity, no snapshot) load the same way.
@@ -37,6 +43,22 @@ const REMOVED: &[u8] = b"null";
 /// The sled-backed store under `--data`.
 pub struct SledStore {
     db: ::sled::Db,
+    dir: std::path::PathBuf,
+}
+
+/// Where a large value is: a file under the data directory, and its SHA-256.
+#[derive(Serialize, Deserialize)]
+struct FileRef {
+    file: String,
+    sha256: String,
+}
+
+const SNAPSHOTS: &str = "snapshots";
+const VIEWS: &str = "views";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(bytes))
 }
 
 /// A zone's entities, whole, as seeded or imported.
@@ -84,7 +106,86 @@ impl SledStore {
             .cache_capacity(16 << 20)
             .open()
             .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", dir.display())))?;
-        Ok(SledStore { db })
+        let store = SledStore {
+            db,
+            dir: dir.to_path_buf(),
+        };
+        store.remove_unreferenced_files()?;
+        Ok(store)
+    }
+
+    /// Writes `bytes` to a new file under `sub/` and syncs it (and the folder),
+    /// so that a batch pointing at it never points at nothing.
+    fn write_file(&self, sub: &str, stem: &str, bytes: &[u8]) -> Result<FileRef, StoreError> {
+        use std::io::Write;
+        let folder = self.dir.join(sub);
+        std::fs::create_dir_all(&folder).map_err(io)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("{stem}-{nanos}");
+        let tmp = folder.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, folder.join(&name)).map_err(io)?;
+        std::fs::File::open(&folder)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(FileRef {
+            file: format!("{sub}/{name}"),
+            sha256: sha256_hex(bytes),
+        })
+    }
+
+    /// The bytes of a file a key points at, checked against its SHA-256.
+    fn read_file(&self, key: &str, r: &FileRef) -> Result<Vec<u8>, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        if r.file.contains("..") || r.file.starts_with('/') {
+            return Err(corrupt(format!("{:?} is not a file of the store", r.file)));
+        }
+        let bytes = std::fs::read(self.dir.join(&r.file))
+            .map_err(|e| corrupt(format!("cannot read {}: {e}", r.file)))?;
+        if sha256_hex(&bytes) != r.sha256 {
+            return Err(corrupt(format!("{} does not match its SHA-256", r.file)));
+        }
+        Ok(bytes)
+    }
+
+    /// Removes the files under `snapshots/` and `views/` that no key points at.
+    fn remove_unreferenced_files(&self) -> Result<(), StoreError> {
+        let mut wanted = std::collections::HashSet::new();
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(io)?;
+            let k = String::from_utf8_lossy(&k);
+            let kind = k.split('/').nth(1);
+            if matches!(kind, Some(SNAPSHOT) | Some(VIEW)) {
+                if let Ok(r) = serde_json::from_slice::<FileRef>(&v) {
+                    wanted.insert(r.file);
+                }
+            }
+        }
+        for sub in [SNAPSHOTS, VIEWS] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let rel = format!("{sub}/{}", e.file_name().to_string_lossy());
+                if !wanted.contains(&rel) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A file-name stem for a zone: its origin, hashed (origins may hold any byte).
+    fn stem(origin: &str) -> String {
+        sha256_hex(origin.as_bytes())[..16].to_string()
     }
 
     fn apply(batch: &mut ::sled::Batch, origin: &str, change: &Change) -> Result<(), StoreError> {
@@ -201,7 +302,8 @@ impl Store for SledStore {
         };
         for (k, origin, v) in snapshots {
             let zone = zones.get_mut(&origin).ok_or_else(|| orphan(&k))?;
-            let s: Snapshot = parse(&k, &v)?;
+            let file: FileRef = parse(&k, &v)?;
+            let s: Snapshot = parse(&k, &self.read_file(&k, &file)?)?;
             zone.hosts = s.hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
             zone.bindings = s
                 .bindings
@@ -252,22 +354,27 @@ impl Store for SledStore {
             repos: zone.repos.values().cloned().collect(),
             admins: zone.admins.values().cloned().collect(),
         };
-        batch.insert(key(origin, SNAPSHOT, ""), json(&snapshot)?);
-        self.write(batch)
+        let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &json(&snapshot)?)?;
+        batch.insert(key(origin, SNAPSHOT, ""), json(&file)?);
+        self.write(batch)?;
+        self.remove_unreferenced_files()
     }
 
     fn save_view(&self, origin: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.db.insert(key(origin, VIEW, ""), bytes).map_err(io)?;
+        let file = self.write_file(VIEWS, &Self::stem(origin), bytes)?;
+        self.db
+            .insert(key(origin, VIEW, ""), json(&file)?)
+            .map_err(io)?;
         self.db.flush().map_err(io)?;
-        Ok(())
+        self.remove_unreferenced_files()
     }
 
     fn load_view(&self, origin: &str) -> Option<Vec<u8>> {
-        self.db
-            .get(key(origin, VIEW, ""))
-            .ok()
-            .flatten()
-            .map(|v| v.to_vec())
+        let k = key(origin, VIEW, "");
+        let v = self.db.get(&k).ok().flatten()?;
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let file: FileRef = parse(&name, &v).ok()?;
+        self.read_file(&name, &file).ok()
     }
 }
 
