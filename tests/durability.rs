@@ -1,5 +1,7 @@
 //! State survives restarts and `kill -9`; zone files seed only an empty store.
 
+use std::time::Duration;
+
 use switchboard_tests::Directory;
 
 const Z: &str = "cluster.example.";
@@ -118,4 +120,76 @@ fn a_saved_view_never_outlives_a_change() {
     d.start();
     assert_eq!(d.dig(&n("late.node"), "A", &[]).data("A"), vec!["10.9.9.9"]);
     assert_eq!(serial(&d), before + 2);
+}
+
+/// SIGKILL at random moments while a client streams signed changes: after 50
+/// kill/restart cycles every change the CLI saw acknowledged is there, and the
+/// store opened every time.
+#[test]
+fn fifty_random_kills_lose_no_acknowledged_change() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut d = Directory::demo();
+    let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, done) = (acked.clone(), done.clone());
+        let cli = d.cli_command();
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                i += 1;
+                let host = format!("k{i}");
+                let addr = format!("10.7.{}.{}", i / 250, i % 250 + 1);
+                let out = cli(&["host", "add", &host, "--addr", &addr, "--roles", "build"]);
+                if out.status.success() {
+                    acked.lock().expect("lock").push((host, addr));
+                }
+            }
+        })
+    };
+    for cycle in 0..50 {
+        let acked_before = acked.lock().expect("lock").len();
+        // Let at least one change land in this cycle, then kill at a random moment.
+        d.wait_for("a change acknowledged in this cycle", || {
+            acked.lock().expect("lock").len() > acked_before
+        });
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 60));
+        d.kill9();
+        if let Err(e) = d.try_start() {
+            panic!("cycle {cycle}: the store did not open after kill -9: {e}");
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 50, "{} changes acknowledged", acked.len());
+    let hosts: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "list"])).expect("json");
+    let stored: std::collections::HashMap<String, String> = hosts
+        .as_array()
+        .expect("host list")
+        .iter()
+        .filter_map(|h| {
+            Some((
+                h["name"].as_str()?.to_string(),
+                h["addrs"][0].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    for (host, addr) in &acked {
+        assert_eq!(
+            stored.get(host),
+            Some(addr),
+            "acknowledged {host} lost after 50 kills"
+        );
+    }
+    // And DNS agrees with the store for the last and first acknowledged hosts.
+    for (host, addr) in [acked.first(), acked.last()].into_iter().flatten() {
+        assert_eq!(
+            d.dig(&n(&format!("{host}.node")), "A", &[]).data("A"),
+            vec![addr.clone()]
+        );
+    }
 }

@@ -160,15 +160,23 @@ impl RequestHandler for DnsHandler {
 /// Idle time after which a TCP client that sends nothing is dropped.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends hickory's answer for a slow-path UDP query on our own socket.
+/// Where hickory's encoded answer goes: a UDP datagram, or a buffer the TCP
+/// connection writes out.
 #[derive(Clone)]
-struct UdpReply {
-    socket: Arc<std::net::UdpSocket>,
-    dst: std::net::SocketAddr,
+enum Sink {
+    Udp {
+        socket: Arc<std::net::UdpSocket>,
+        dst: std::net::SocketAddr,
+    },
+    Buffer(Arc<std::sync::Mutex<Vec<u8>>>),
 }
 
+/// Encodes hickory's answer for a query on one of our own listeners.
+#[derive(Clone)]
+struct Reply(Sink);
+
 #[async_trait::async_trait]
-impl ResponseHandler for UdpReply {
+impl ResponseHandler for Reply {
     async fn send_response<'a>(
         &mut self,
         response: hickory_server::zone_handler::MessageResponse<
@@ -180,20 +188,63 @@ impl ResponseHandler for UdpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let max = response
-            .edns()
-            .map(|e| e.max_payload().max(512))
-            .unwrap_or(512);
+        let max = match &self.0 {
+            Sink::Udp { .. } => response
+                .edns()
+                .map(|e| e.max_payload().max(512))
+                .unwrap_or(512),
+            Sink::Buffer(_) => u16::MAX,
+        };
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut bytes);
         encoder.set_max_size(max);
         let info = response
             .destructive_emit(&mut encoder)
             .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
-        self.socket
-            .send_to(&bytes, self.dst)
-            .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        match &self.0 {
+            Sink::Udp { socket, dst } => {
+                socket
+                    .send_to(&bytes, dst)
+                    .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+            }
+            Sink::Buffer(buf) => *buf.lock().unwrap_or_else(|p| p.into_inner()) = bytes,
+        }
         Ok(info)
+    }
+}
+
+/// FORMERR for a query whose header is readable but whose body is not; `None`
+/// for anything shorter than a header or that is itself a response.
+fn formerr(raw: &[u8]) -> Option<[u8; 12]> {
+    if raw.len() < 12 || raw[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut h = [0u8; 12];
+    h[0..2].copy_from_slice(&raw[0..2]);
+    h[2] = 0x80 | (raw[2] & 0x78);
+    h[3] = 1;
+    Some(h)
+}
+
+/// The full path for one query: hickory decodes it and the handler answers into
+/// `sink`. `false` if it was not answered (a response, or undecodable; the
+/// caller sends `formerr` if it can).
+async fn full_path(
+    handler: &DnsHandler,
+    raw: Vec<u8>,
+    src: std::net::SocketAddr,
+    protocol: hickory_server::net::xfer::Protocol,
+    sink: Sink,
+) -> bool {
+    use hickory_server::net::runtime::TokioTime;
+    match Request::from_bytes(raw, src, protocol) {
+        Ok(req) if req.metadata.message_type == MessageType::Query => {
+            handler
+                .handle_request::<_, TokioTime>(&req, Reply(sink))
+                .await;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -205,51 +256,59 @@ async fn slow_udp(
     raw: Vec<u8>,
     src: std::net::SocketAddr,
     socket: Arc<std::net::UdpSocket>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::xfer::Protocol;
-    match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
-        Ok(req) => {
-            if req.metadata.message_type == MessageType::Response {
-                return;
-            }
-            handler
-                .handle_request::<_, TokioTime>(&req, UdpReply { socket, dst: src })
-                .await;
-        }
-        Err(_) if raw.len() >= 12 && raw[2] & 0x80 == 0 => {
-            let mut h = [0u8; 12];
-            h[0..2].copy_from_slice(&raw[0..2]);
-            h[2] = 0x80 | (raw[2] & 0x78);
-            h[3] = 1;
-            let _ = socket.send_to(&h, src);
-        }
-        Err(_) => {}
+    let header = formerr(&raw);
+    let sink = Sink::Udp {
+        socket: socket.clone(),
+        dst: src,
+    };
+    let answered = full_path(
+        &handler,
+        raw,
+        src,
+        hickory_server::net::xfer::Protocol::Udp,
+        sink,
+    )
+    .await;
+    if let (false, Some(h)) = (answered, header) {
+        let _ = socket.send_to(&h, src);
     }
 }
 
+/// How many UDP queries may be on the full path at once; past it, more are
+/// dropped (a flood of unusual queries must not grow memory without bound).
+const SLOW_UDP_INFLIGHT: usize = 1024;
+
 /// Serves UDP on `socket` with `workers` threads, each a loop of receive, fast
-/// answer, send; declined queries go to `slow_udp` on the runtime.
+/// answer, send; declined queries go to `slow_udp` on the runtime. With `rrl`,
+/// every answer first asks the rate limiter.
 pub fn spawn_udp(
     socket: std::net::UdpSocket,
     view: Arc<ArcSwap<View>>,
     handler: Arc<DnsHandler>,
     runtime: tokio::runtime::Handle,
     workers: usize,
+    rrl: Option<Arc<crate::rrl::Rrl>>,
 ) {
+    use crate::rrl::Verdict;
     let socket = Arc::new(socket);
+    let slow = Arc::new(tokio::sync::Semaphore::new(SLOW_UDP_INFLIGHT));
     for i in 0..workers.max(1) {
-        let (socket, view, handler, runtime) = (
+        let (socket, view, handler, runtime, rrl, slow) = (
             socket.clone(),
             view.clone(),
             handler.clone(),
             runtime.clone(),
+            rrl.clone(),
+            slow.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
             .spawn(move || {
                 let mut buf = [0u8; 4096];
                 let mut out = Vec::with_capacity(4096);
+                let mut shed_logged = std::time::Instant::now() - Duration::from_secs(60);
                 loop {
                     let (n, src) = match socket.recv_from(&mut buf) {
                         Ok(x) => x,
@@ -260,20 +319,201 @@ pub fn spawn_udp(
                         }
                     };
                     let query = &buf[..n];
+                    if let Some(rrl) = &rrl {
+                        match rrl.check(src.ip(), std::time::Instant::now()) {
+                            Verdict::Send => {}
+                            Verdict::Slip => {
+                                if crate::wire::truncated(query, &mut out).is_some() {
+                                    let _ = socket.send_to(&out, src);
+                                }
+                                continue;
+                            }
+                            Verdict::Drop => continue,
+                        }
+                    }
                     let answered = {
                         let v = view.load();
                         crate::wire::answer(&v, query, &mut out).is_some()
                     };
                     if answered {
                         let _ = socket.send_to(&out, src);
-                    } else {
+                    } else if let Ok(permit) = slow.clone().try_acquire_owned() {
                         let raw = query.to_vec();
-                        runtime.spawn(slow_udp(handler.clone(), raw, src, socket.clone()));
+                        runtime.spawn(slow_udp(handler.clone(), raw, src, socket.clone(), permit));
+                    } else if shed_logged.elapsed() >= Duration::from_secs(10) {
+                        tracing::warn!(
+                            inflight = SLOW_UDP_INFLIGHT,
+                            "too many queries on the full path; dropping until some finish"
+                        );
+                        shed_logged = std::time::Instant::now();
                     }
                 }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a UDP worker");
+        }
+    }
+}
+
+/// Limits of the TCP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Connections open at once, from everyone.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_per_client: usize,
+    /// A client must send each length prefix, and then each message, within this.
+    pub idle: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 1024,
+            max_per_client: 64,
+            idle: TCP_TIMEOUT,
+        }
+    }
+}
+
+/// Who holds the TCP connection slots.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    per_client: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// Frees a connection's slot when the connection ends.
+struct Slot {
+    slots: Arc<std::sync::Mutex<Slots>>,
+    client: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.total = s.total.saturating_sub(1);
+        if let Some(n) = s.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn take_slot(
+    slots: &Arc<std::sync::Mutex<Slots>>,
+    client: std::net::IpAddr,
+    limits: &TcpLimits,
+) -> Option<Slot> {
+    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+    let mine = s.per_client.get(&client).copied().unwrap_or(0);
+    if s.total >= limits.max_connections || mine >= limits.max_per_client {
+        return None;
+    }
+    s.total += 1;
+    s.per_client.insert(client, mine + 1);
+    Some(Slot {
+        slots: slots.clone(),
+        client,
+    })
+}
+
+/// Serves DNS over TCP (RFC 7766) until `stop` turns true: length-prefixed
+/// queries, answered in order on the full path. A connection beyond the limits
+/// is closed at once; one that sends nothing, or too slowly, is closed after
+/// `limits.idle`; running out of file descriptors pauses accepting instead of
+/// spinning.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    handler: Arc<DnsHandler>,
+    limits: TcpLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(std::sync::Mutex::new(Slots::default()));
+    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, src) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = take_slot(&slots, src.ip(), &limits) else {
+            if refused_logged.elapsed() >= Duration::from_secs(10) {
+                tracing::warn!(client = %src.ip(), "TCP connection limit reached; closing new connections");
+                refused_logged = std::time::Instant::now();
+            }
+            drop(stream);
+            continue;
+        };
+        let handler = handler.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tcp_connection(stream, src, &handler, limits.idle, stop).await;
+        });
+    }
+}
+
+async fn tcp_connection(
+    stream: tokio::net::TcpStream,
+    src: std::net::SocketAddr,
+    handler: &DnsHandler,
+    idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::timeout;
+    let (mut rd, mut wr) = stream.into_split();
+    loop {
+        let mut len = [0u8; 2];
+        tokio::select! {
+            r = timeout(idle, rd.read_exact(&mut len)) => match r {
+                Ok(Ok(_)) => {}
+                _ => return,
+            },
+            _ = stop.changed() => return,
+        }
+        let n = usize::from(u16::from_be_bytes(len));
+        let mut msg = vec![0u8; n];
+        match timeout(idle, rd.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let header = formerr(&msg);
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answered = full_path(
+            handler,
+            msg,
+            src,
+            hickory_server::net::xfer::Protocol::Tcp,
+            Sink::Buffer(buf.clone()),
+        )
+        .await;
+        let mut answer = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+        if !answered || answer.is_empty() {
+            match header {
+                Some(h) => answer = h.to_vec(),
+                None => return,
+            }
+        }
+        let Ok(alen) = u16::try_from(answer.len()) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(2 + answer.len());
+        frame.extend_from_slice(&alen.to_be_bytes());
+        frame.extend_from_slice(&answer);
+        match timeout(idle, wr.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod dns;
 pub mod keys;
 pub mod model;
 pub mod process;
+pub mod rrl;
 pub mod schema;
 pub mod server;
 pub mod sign;

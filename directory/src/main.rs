@@ -65,6 +65,23 @@ enum Command {
         /// Threads answering DNS over UDP (0: one per core).
         #[arg(long, default_value_t = 0)]
         udp_workers: usize,
+        /// Response rate limiting: at most N UDP answers per second to one client
+        /// network (/24 or /56); 0 turns it off (the default, as in BIND and Knot).
+        #[arg(long, default_value_t = 0)]
+        rrl_rate: u32,
+        /// With --rrl-rate, every Nth refused answer is sent truncated so real
+        /// clients retry over TCP (0: drop them all).
+        #[arg(long, default_value_t = 2)]
+        rrl_slip: u32,
+        /// DNS-over-TCP connections open at once.
+        #[arg(long, default_value_t = 1024)]
+        tcp_max_connections: usize,
+        /// DNS-over-TCP connections open at once from one client address.
+        #[arg(long, default_value_t = 64)]
+        tcp_max_per_client: usize,
+        /// Seconds a TCP client has to send each query before it is dropped.
+        #[arg(long, default_value_t = 10)]
+        tcp_idle_timeout: u64,
     },
     /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print its public key and fingerprint.
     Keygen {
@@ -119,6 +136,11 @@ fn main() -> ExitCode {
                 node_ttl,
                 service_ttl,
                 udp_workers,
+                rrl_rate,
+                rrl_slip,
+                tcp_max_connections,
+                tcp_max_per_client,
+                tcp_idle_timeout,
             } => {
                 let cfg = ServeConfig {
                     zones,
@@ -130,6 +152,12 @@ fn main() -> ExitCode {
                         service_ttl,
                     },
                     udp_workers,
+                    rrl: (rrl_rate > 0).then_some((rrl_rate, rrl_slip)),
+                    tcp: switchboard_directory::dns::TcpLimits {
+                        max_connections: tcp_max_connections.max(1),
+                        max_per_client: tcp_max_per_client.max(1),
+                        idle: std::time::Duration::from_secs(tcp_idle_timeout.max(1)),
+                    },
                 };
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }

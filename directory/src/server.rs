@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin};
-use crate::dns::{DnsHandler, TCP_TIMEOUT};
+use crate::dns::DnsHandler;
 use crate::model::Zone;
 use crate::state::Directory;
 use crate::store::sled::SledStore;
@@ -24,6 +24,9 @@ pub struct ServeConfig {
     pub view: ViewConfig,
     /// Threads answering UDP (0: one per core).
     pub udp_workers: usize,
+    /// Response rate limiting: (answers per second per network, slip).
+    pub rrl: Option<(u32, u32)>,
+    pub tcp: crate::dns::TcpLimits,
 }
 
 /// Why the server could not start.
@@ -134,17 +137,26 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             .unwrap_or(1),
         n => n,
     };
+    let rrl = cfg.rrl.map(|(rate, slip)| {
+        tracing::info!(rate, slip, "response rate limiting on");
+        Arc::new(crate::rrl::Rrl::new(rate, slip))
+    });
     crate::dns::spawn_udp(
         udp,
         dir.view(),
-        handler,
+        handler.clone(),
         tokio::runtime::Handle::current(),
         workers,
+        rrl,
     );
-    let mut dns = hickory_server::Server::new(DnsHandler::new(dir.view()));
-    dns.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp_task = tokio::spawn(crate::dns::serve_tcp(
+        tcp,
+        handler,
+        cfg.tcp,
+        stop_rx.clone(),
+    ));
+
     let admin = Arc::new(Admin::new(dir.clone()));
     let http_task = tokio::spawn(admin::serve(http, admin, stop_rx));
 
@@ -158,7 +170,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     crate::process::wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = dns.shutdown_gracefully().await;
+    let _ = tcp_task.await;
     let _ = http_task.await;
     let t = std::time::Instant::now();
     match dir.save_views() {

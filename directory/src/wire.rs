@@ -346,6 +346,34 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
     }
 }
 
+/// A truncated empty answer to `query` (TC set, the question echoed): what rate
+/// limiting "slips" so that a real client retries over TCP. `None` for a query
+/// the fast path cannot read (those are dropped instead).
+pub fn truncated(query: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let qu = parse(query)?;
+    let rd = query[2] & 0x01;
+    let cd = query[3] & 0x10;
+    out.clear();
+    out.extend_from_slice(&query[0..2]);
+    out.extend_from_slice(&[
+        0x86 | rd,
+        cd,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(qu.edns.is_some()),
+    ]);
+    out.extend_from_slice(&query[12..qu.end]);
+    if qu.edns.is_some() {
+        opt(out);
+    }
+    Some(())
+}
+
 /// NODATA (rcode 0) or NXDOMAIN (rcode 3): the question and the zone's SOA.
 fn negative(
     out: &mut Vec<u8>,

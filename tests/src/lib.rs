@@ -429,6 +429,28 @@ impl Directory {
         run(&mut cmd)
     }
 
+    /// The admin CLI as a function another thread can call (the directory's
+    /// address and key, fixed now; restarts keep the address).
+    pub fn cli_command(&self) -> impl Fn(&[&str]) -> Output + Send + 'static {
+        let (server, key) = (self.server_url(), self.admin_key.clone());
+        move |args: &[&str]| {
+            let mut cmd = Command::new(bin("switchboard-directory"));
+            cmd.arg("--server")
+                .arg(&server)
+                .arg("--key")
+                .arg(&key)
+                .args(args)
+                .env_remove("SWITCHBOARD_KEY")
+                .env_remove("SWITCHBOARD_SERVER");
+            run(&mut cmd)
+        }
+    }
+
+    /// The directory's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The CLI, asserting success; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
