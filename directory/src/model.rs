@@ -361,6 +361,12 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// Drops versions of 0: "no version" is written one way only, so two
+    /// repositories in the same state compare equal (and round-trip).
+    pub fn canonicalize(&mut self) {
+        self.versions.retain(|_, v| *v != 0);
+    }
+
     pub fn version_of(&self, host: &str) -> u64 {
         self.versions.get(host).copied().unwrap_or(0)
     }
@@ -444,6 +450,9 @@ impl Zone {
         }
         for b in self.bindings.values_mut() {
             b.props.shrink();
+        }
+        for r in self.repos.values_mut() {
+            r.canonicalize();
         }
     }
 

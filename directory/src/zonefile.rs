@@ -213,6 +213,14 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
 
     for r in records {
         let owner = r.name.to_lowercase();
+        if r.data.to_bytes().map_or(true, |b| b.is_empty()) {
+            // `TXT` with no strings, say: it cannot be written back as it was read.
+            return err(
+                &owner,
+                Some(r.record_type()),
+                format!("{} record at {owner} has no data", r.record_type()),
+            );
+        }
         let rtype = r.record_type();
         if !apex.zone_of(&owner) {
             return err(&owner, None, format!("{owner} is outside the zone {apex}"));
@@ -332,6 +340,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     return err(&owner, Some(rtype), format!("repository {name} has no master=HOST"));
                 }
                 model::validate_repo(&repo).or_else(|e| err(&owner, Some(rtype), e.0))?;
+                repo.canonicalize();
                 repos.insert(name, repo);
             }
             Place::Admin(name) => {
