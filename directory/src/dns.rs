@@ -280,6 +280,25 @@ async fn slow_udp(
 /// dropped (a flood of unusual queries must not grow memory without bound).
 const SLOW_UDP_INFLIGHT: usize = 1024;
 
+/// The full path's answer to one query as bytes (no size limit: for TCP), FORMERR
+/// for an undecodable query with a readable header, `None` for anything else.
+pub async fn respond(
+    handler: &DnsHandler,
+    raw: Vec<u8>,
+    src: std::net::SocketAddr,
+    protocol: hickory_server::net::xfer::Protocol,
+) -> Option<Vec<u8>> {
+    let header = formerr(&raw);
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let answered = full_path(handler, raw, src, protocol, Sink::Buffer(buf.clone())).await;
+    let answer = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+    if answered && !answer.is_empty() {
+        Some(answer)
+    } else {
+        header.map(|h| h.to_vec())
+    }
+}
+
 /// Serves UDP on `socket` with `workers` threads, each a loop of receive, fast
 /// answer, send; declined queries go to `slow_udp` on the runtime. With `rrl`,
 /// every answer first asks the rate limiter.
@@ -488,23 +507,11 @@ async fn tcp_connection(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let header = formerr(&msg);
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let answered = full_path(
-            handler,
-            msg,
-            src,
-            hickory_server::net::xfer::Protocol::Tcp,
-            Sink::Buffer(buf.clone()),
-        )
-        .await;
-        let mut answer = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
-        if !answered || answer.is_empty() {
-            match header {
-                Some(h) => answer = h.to_vec(),
-                None => return,
-            }
-        }
+        let Some(answer) =
+            respond(handler, msg, src, hickory_server::net::xfer::Protocol::Tcp).await
+        else {
+            return;
+        };
         let Ok(alen) = u16::try_from(answer.len()) else {
             return;
         };

@@ -598,6 +598,16 @@ fn key_in_use(zone: &Zone, key: &model::PublicKey) -> Option<String> {
 
 /// Validates `op` against the zone and says what to write.
 fn plan(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
+    let mut changes = plan_raw(zone, op)?;
+    for c in &mut changes {
+        if let Change::PutRepo(r) = c {
+            r.canonicalize();
+        }
+    }
+    Ok(changes)
+}
+
+fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
     Ok(match op {
         Op::AddHost(h) => {
             model::validate_host(&h)?;
@@ -827,30 +837,8 @@ mod tests {
         }
     }
 
-    /// Every name with records: its encoded answers.
     fn dump(zv: &view::ZoneView) -> Vec<String> {
-        let mut out: Vec<String> = zv
-            .nodes()
-            .filter(|(_, n)| !n.is_empty())
-            .map(|(k, n)| {
-                let mut wire: Vec<String> = n
-                    .sets()
-                    .map(|s| {
-                        format!(
-                            "{}:{}:{}:{}",
-                            s.rtype,
-                            s.answers,
-                            s.additionals,
-                            data_encoding::HEXLOWER.encode(s.body)
-                        )
-                    })
-                    .collect();
-                wire.sort();
-                format!("{k:?} {wire:?} {:?}", n.key.as_ref().map(|k| &k.owner))
-            })
-            .collect();
-        out.sort();
-        out
+        zv.canonical()
     }
 
     #[test]

@@ -241,6 +241,34 @@ impl ZoneView {
             .collect()
     }
 
+    /// Every name with records and its encoded answers, one sorted line each:
+    /// two views answer alike exactly when these are equal (tests and fuzzing
+    /// compare a patched view with a rebuilt one this way).
+    pub fn canonical(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .nodes()
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(k, n)| {
+                let mut sets: Vec<String> = n
+                    .sets()
+                    .map(|s| {
+                        format!(
+                            "{}:{}:{}:{}",
+                            s.rtype,
+                            s.answers,
+                            s.additionals,
+                            data_encoding::HEXLOWER.encode(s.body)
+                        )
+                    })
+                    .collect();
+                sets.sort();
+                format!("{k:?} {sets:?} {:?}", n.key.as_ref().map(|k| &k.owner))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// How many owner names the view holds (for status and tests).
     pub fn name_count(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()

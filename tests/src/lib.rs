@@ -3,6 +3,8 @@
 //! clients (`dig`, `curl`, the CLI itself). Tests read like the docs; the
 //! harness hides ports, temp dirs and process handling.
 
+pub mod fuzz;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,414 @@
+//! The bodies of the fuzz targets (`fuzz/`, run with `cargo fuzz`), kept here so
+//! that `tests/fuzz_corpus.rs` replays every saved input on stable Rust in the
+//! normal test run. Each takes arbitrary bytes, must not panic, and checks
+//! something that would catch a wrong answer, not only a crash.
+
+use std::sync::{Arc, OnceLock};
+
+use switchboard_directory::dns::DnsHandler;
+use switchboard_directory::model::{AdminKey, Binding, Health, Host, Repo, Zone};
+use switchboard_directory::state::{ApplyError, Directory, Op};
+use switchboard_directory::store::{Change, Store, StoreError};
+use switchboard_directory::view::{self, View, ViewConfig};
+use switchboard_directory::{sign, wire, zonefile};
+
+const ORIGIN: &str = "cluster.example.";
+
+fn demo_zone() -> Zone {
+    let text = include_str!("../../zones/cluster.example.zone");
+    zonefile::parse(text, "demo", Some(ORIGIN)).expect("the demo zone parses")
+}
+
+struct Dns {
+    view: Arc<arc_swap::ArcSwap<View>>,
+    handler: DnsHandler,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn dns_fixture() -> &'static Dns {
+    static DNS: OnceLock<Dns> = OnceLock::new();
+    DNS.get_or_init(|| {
+        let zv = view::build(&demo_zone(), ViewConfig::default()).expect("view");
+        let view = Arc::new(arc_swap::ArcSwap::from_pointee(View {
+            zones: vec![Arc::new(zv)],
+        }));
+        Dns {
+            handler: DnsHandler::new(view.clone()),
+            view,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    })
+}
+
+/// A query in, through the UDP fast path and the full path: whatever either
+/// sends back must be a well-formed DNS response to that query.
+pub fn dns(data: &[u8]) {
+    let f = dns_fixture();
+    let mut out = Vec::new();
+    if wire::answer(&f.view.load(), data, &mut out).is_some() {
+        let m = hickory_proto::op::Message::from_vec(&out)
+            .unwrap_or_else(|e| panic!("fast path sent an unreadable response: {e}"));
+        assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));
+        assert_eq!(m.queries.len(), 1, "the question is echoed");
+        assert!(out.len() <= 1232, "a UDP answer fits the EDNS limit");
+    }
+    let src = ([127, 0, 0, 1], 5300).into();
+    let answer = f.runtime.block_on(switchboard_directory::dns::respond(
+        &f.handler,
+        data.to_vec(),
+        src,
+        hickory_server::net::xfer::Protocol::Udp,
+    ));
+    if let Some(bytes) = answer {
+        assert!(bytes.len() >= 12, "a response has a header");
+        assert_eq!(
+            &bytes[0..2],
+            &data[0..2],
+            "the response carries the query id"
+        );
+        assert!(bytes[2] & 0x80 != 0, "QR is set");
+    }
+}
+
+/// Zone-file text in: either a refusal naming the file, or a zone whose export
+/// reads back as the same zone.
+pub fn zonefile(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match zonefile::parse(text, "fuzz.zone", Some(ORIGIN)) {
+        Err(e) => assert!(e.to_string().starts_with("fuzz.zone"), "{e}"),
+        Ok(zone) => {
+            let cfg = ViewConfig::default();
+            if view::build(&zone, cfg).is_err() {
+                return;
+            }
+            let exported = zonefile::export(&zone, cfg.node_ttl, cfg.service_ttl);
+            let again = zonefile::parse(&exported, "export", Some(ORIGIN))
+                .unwrap_or_else(|e| panic!("an export does not read back: {e}\n{exported}"));
+            assert_eq!(again, zone, "export and import round-trip\n{exported}");
+        }
+    }
+}
+
+/// Request headers and a body in (`Name: value` lines, a blank line, the
+/// body): parsing and verifying them against a fixed key never panics, and a
+/// signature made by another key never verifies.
+pub fn signature(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = http::HeaderMap::new();
+    for line in head.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let Ok(parsed) = sign::parse(&headers) else {
+        return;
+    };
+    let _ = (
+        parsed.keyid(),
+        parsed.nonce(),
+        parsed.expires(),
+        parsed.label(),
+    );
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let uri: http::Uri = "http://repo1.cluster.example:7000/api/diffusion.querycommits"
+        .parse()
+        .expect("uri");
+    let verdict = parsed.verify(
+        &http::Method::POST,
+        &uri,
+        &headers,
+        body,
+        &stranger,
+        1_700_000_000,
+        &sign::Policy::default(),
+    );
+    assert!(
+        verdict.is_err(),
+        "a signature by another key verified against the stranger's"
+    );
+}
+
+/// An `SSH_ORIGINAL_COMMAND` in: refused, or a command naming a repository
+/// the model would accept (so nothing reaches a path outside the repos root).
+pub fn ssh_command(data: &[u8]) {
+    let Ok(cmd) = std::str::from_utf8(data) else {
+        return;
+    };
+    match switchboard_sidecar::ssh::parse(cmd) {
+        Ok(switchboard_sidecar::ssh::SshCommand::Git { repo, .. }) => {
+            switchboard_directory::model::validate_label("repository", &repo)
+                .unwrap_or_else(|e| panic!("parsed {cmd:?} to a bad repository {repo:?}: {e}"));
+            assert!(!repo.contains('/') && !repo.contains(".."));
+        }
+        Ok(switchboard_sidecar::ssh::SshCommand::Conduit { method }) => {
+            assert!(method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'));
+        }
+        Err(e) => assert!(!e.is_empty()),
+    }
+}
+
+/// A store that keeps nothing (the model in memory is all the fuzzer needs).
+struct NullStore;
+
+impl Store for NullStore {
+    fn load(&self) -> Result<Vec<Zone>, StoreError> {
+        Ok(vec![])
+    }
+    fn commit(&self, _: &str, _: u32, _: &[Change]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn replace_zone(&self, _: &Zone) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NameBody {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct AvailableBody {
+    host: String,
+    available: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct HealthBody {
+    host: String,
+    health: Health,
+}
+
+#[derive(serde::Deserialize)]
+struct BindingKey {
+    host: String,
+    service: String,
+}
+
+#[derive(serde::Deserialize)]
+struct PromoteBody {
+    repo: String,
+    host: String,
+    force: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct VersionBody {
+    repo: String,
+    host: String,
+    version: u64,
+}
+
+/// One admin change per line: a digit choosing the route, then its JSON body,
+/// as the admin API would receive it. Each change is refused whole or applied;
+/// after each applied one the patched view answers exactly as a view rebuilt
+/// from the model, and the model survives export and import.
+pub fn admin_ops(data: &[u8]) {
+    let dir = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+    dir.seed(demo_zone()).expect("seed");
+    let mut applied = false;
+    for line in data.split(|b| *b == b'\n').take(32) {
+        let Some((&kind, body)) = line.split_first() else {
+            continue;
+        };
+        let op = match kind {
+            b'0' => serde_json::from_slice::<Host>(body).ok().map(Op::AddHost),
+            b'1' => serde_json::from_slice::<Binding>(body)
+                .ok()
+                .map(Op::AddBinding),
+            b'2' => serde_json::from_slice::<Repo>(body).ok().map(Op::AddRepo),
+            b'3' => serde_json::from_slice::<AdminKey>(body)
+                .ok()
+                .map(Op::AddAdmin),
+            b'4' => serde_json::from_slice::<NameBody>(body)
+                .ok()
+                .map(|b| Op::RemoveHost(b.name)),
+            b'5' => serde_json::from_slice::<AvailableBody>(body)
+                .ok()
+                .map(|b| Op::SetAvailable {
+                    host: b.host,
+                    available: b.available,
+                }),
+            b'6' => serde_json::from_slice::<HealthBody>(body)
+                .ok()
+                .map(|b| Op::SetHealth {
+                    host: b.host,
+                    health: b.health,
+                }),
+            b'7' => serde_json::from_slice::<BindingKey>(body)
+                .ok()
+                .map(|b| Op::RemoveBinding {
+                    host: b.host,
+                    service: b.service,
+                }),
+            b'8' => serde_json::from_slice::<PromoteBody>(body)
+                .ok()
+                .map(|b| Op::Promote {
+                    repo: b.repo,
+                    host: b.host,
+                    force: b.force,
+                }),
+            b'9' => serde_json::from_slice::<VersionBody>(body)
+                .ok()
+                .map(|b| Op::SetVersion {
+                    repo: b.repo,
+                    host: b.host,
+                    version: b.version,
+                    lease: None,
+                }),
+            b'r' => serde_json::from_slice::<NameBody>(body)
+                .ok()
+                .map(|b| Op::RemoveRepo(b.name)),
+            _ => None,
+        };
+        let Some(op) = op else {
+            continue;
+        };
+        let before = dir.read(ORIGIN, Clone::clone).expect("zone");
+        match dir.apply(ORIGIN, op) {
+            Ok(_) => applied = true,
+            Err(ApplyError::Store(e)) => panic!("the null store failed: {e}"),
+            Err(_) => {
+                let after = dir.read(ORIGIN, Clone::clone).expect("zone");
+                assert_eq!(before, after, "a refused change left a trace");
+            }
+        }
+    }
+    if !applied {
+        return;
+    }
+    let zone = dir.read(ORIGIN, Clone::clone).expect("zone");
+    let current = dir.view().load_full();
+    let patched = current
+        .zones
+        .iter()
+        .find(|z| z.origin.to_string() == ORIGIN)
+        .expect("zone view");
+    let cfg = ViewConfig::default();
+    let rebuilt = view::build(&zone, cfg).expect("rebuild");
+    assert_eq!(
+        patched.canonical(),
+        rebuilt.canonical(),
+        "the patched view differs from a rebuilt one"
+    );
+    let exported = zonefile::export(&zone, cfg.node_ttl, cfg.service_ttl);
+    let again = zonefile::parse(&exported, "export", Some(ORIGIN))
+        .unwrap_or_else(|e| panic!("an export does not read back: {e}\n{exported}"));
+    assert_eq!(again, zone, "export and import round-trip\n{exported}");
+}
+
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, for the corpus replay.
+pub const TARGETS: [(&str, Target); 5] = [
+    ("dns", dns),
+    ("zonefile", zonefile),
+    ("signature", signature),
+    ("ssh_command", ssh_command),
+    ("admin_ops", admin_ops),
+];
+
+/// Starting inputs for each target: well-formed cases the fuzzer mutates from.
+/// `tests/fuzz_corpus.rs` replays them too, and writes them to
+/// `fuzz/corpus/TARGET/` when `SWITCHBOARD_WRITE_SEEDS=1`.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let q = |id: u16, name: &str, qtype: u16, edns: bool| {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, u8::from(edns)]);
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        q
+    };
+    let mut out = vec![
+        ("dns", q(1, "web1.node.cluster.example", 1, false)),
+        ("dns", q(2, "http.service.cluster.example", 33, true)),
+        ("dns", q(3, "arcanist.repo.cluster.example", 16, true)),
+        ("dns", q(4, "nope.node.cluster.example", 1, false)),
+        ("dns", q(5, "cluster.example", 255, true)),
+        (
+            "dns",
+            vec![
+                0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0x00, 0x01, 0x00,
+                0x01,
+            ],
+        ),
+        (
+            "zonefile",
+            include_bytes!("../../zones/cluster.example.zone").to_vec(),
+        ),
+        (
+            "zonefile",
+            b"$TTL 60\n@ IN SOA ns1 hostmaster 1 3600 600 604800 30\n@ IN NS ns1\nns1 IN A 127.0.0.1\nh1.node IN A 10.0.0.1\nh1.node IN TXT \"roles=web\"\n"
+                .to_vec(),
+        ),
+        ("ssh_command", b"git-upload-pack 'arcanist'".to_vec()),
+        ("ssh_command", b"git-receive-pack '/source/arcanist.git'".to_vec()),
+        ("ssh_command", b"conduit diffusion.querycommits".to_vec()),
+        (
+            "admin_ops",
+            br#"0{"name":"web9","addrs":["10.0.1.19"],"roles":["web"]}
+1{"host":"web9","service":"http","port":80}
+5{"host":"web1","available":false}
+6{"host":"db2","health":"critical"}
+8{"repo":"arcanist","host":"repo3","force":false}
+7{"host":"web9","service":"http"}
+4{"name":"web9"}"#
+                .to_vec(),
+        ),
+    ];
+    // A request signed as the sidecar signs it.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let uri: http::Uri = "http://repo1.cluster.example:7000/api/diffusion.querycommits"
+        .parse()
+        .expect("uri");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let body = b"repository=arcanist";
+    let signed = sign::Signer {
+        key: &key,
+        keyid: "fuzz",
+    }
+    .sign(&http::Method::POST, &uri, &mut headers, body, 1_700_000_000);
+    if signed.is_ok() {
+        let mut text = Vec::new();
+        for (name, value) in &headers {
+            text.extend_from_slice(name.as_str().as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value.as_bytes());
+            text.push(b'\n');
+        }
+        text.push(b'\n');
+        text.extend_from_slice(body);
+        out.push(("signature", text));
+    }
+    out
+}
