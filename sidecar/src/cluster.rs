@@ -15,7 +15,7 @@ use switchboard_directory::sign::{self, Policy};
 
 use crate::forward::{unix_now, BoxBody};
 use crate::route;
-use crate::sidecar::{error, Sidecar, MAX_BODY};
+use crate::sidecar::{error, Sidecar};
 use crate::spool::Spooled;
 
 /// How long a caller may take to send a signed body.
@@ -109,7 +109,7 @@ pub async fn handle(
     {
         return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
     }
-    let read = Spooled::read(body, MAX_BODY, &sc.spool_dir);
+    let read = Spooled::read(body, sc.limits.max_body, &sc.spool_dir);
     let spooled = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
@@ -133,7 +133,15 @@ pub async fn handle(
             return error(StatusCode::NOT_FOUND, "not-found", "use /ssh/VERB/REPO");
         };
         tracing::info!(from = %caller.host, verb, repo, "SSH session tunnelled here");
-        return crate::tunnel::accept(sc.clone(), verb, repo, on_upgrade).await;
+        let slot = match sc.take_tunnel(&caller.host) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                tracing::warn!(from = %caller.host, "SSH tunnel refused: too many open");
+                sc.metrics.request("cluster", "too-many-tunnels");
+                return *refused;
+            }
+        };
+        return crate::tunnel::accept(sc.clone(), verb, repo, on_upgrade, slot).await;
     }
     let pq = parts
         .uri

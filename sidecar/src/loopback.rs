@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::forward::{self, BoxBody};
 use crate::route::{self, Access};
-use crate::sidecar::{error, Sidecar, MAX_BODY};
+use crate::sidecar::{error, Sidecar};
 use crate::spool::Spooled;
 
 /// The header that carries the proxy's token.
@@ -116,7 +116,7 @@ pub async fn handle(
         pq.push_str(q);
     }
     let (parts, body) = req.into_parts();
-    let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
+    let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
     };

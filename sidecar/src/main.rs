@@ -54,6 +54,12 @@ enum Command {
         /// The signed listener other hosts' sidecars call (publish it as this host's `switchboard` binding).
         #[arg(long, default_value = "127.0.0.1:7443")]
         cluster: SocketAddr,
+        /// The largest request body either listener takes, in MiB (a git push is one body).
+        #[arg(long, default_value_t = 4096)]
+        max_body_mb: u64,
+        /// SSH sessions one host may tunnel to this one at once.
+        #[arg(long, default_value_t = 32)]
+        max_tunnels_per_peer: usize,
     },
     /// Serve one SSH session: what sshd runs as a forced command (reads SSH_ORIGINAL_COMMAND).
     SshExec {
@@ -138,8 +144,12 @@ fn main() -> ExitCode {
                     (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
                 }
             }
-            Command::Run { common, http, cluster } => {
-                server::run(RunConfig { common: common.into(), http, cluster }).await.map_err(|e| e.to_string())
+            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer } => {
+                let limits = switchboard_sidecar::sidecar::Limits {
+                    max_body: max_body_mb.max(1).saturating_mul(1 << 20),
+                    max_tunnels_per_peer: max_tunnels_per_peer.max(1),
+                };
+                server::run(RunConfig { common: common.into(), http, cluster, limits }).await.map_err(|e| e.to_string())
             }
             Command::SshExec { common } => {
                 let code = switchboard_sidecar::ssh::exec(common.into()).await;

@@ -19,7 +19,7 @@ use crate::identity::{self, Identity};
 use crate::loopback::{self, Loopback};
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::sidecar::Sidecar;
+use crate::sidecar::{Limits, Sidecar};
 use crate::{cluster, feed, replicate, user};
 
 /// What every mode (`run`, `ssh-exec`) is told.
@@ -48,6 +48,7 @@ pub struct RunConfig {
     pub common: Common,
     pub http: SocketAddr,
     pub cluster: SocketAddr,
+    pub limits: Limits,
 }
 
 /// Why the sidecar could not start.
@@ -81,7 +82,7 @@ pub async fn who_am_i(
 }
 
 /// The shared state of a sidecar process.
-pub async fn build(c: &Common) -> Result<Arc<Sidecar>, RunError> {
+pub async fn build(c: &Common, limits: Limits) -> Result<Arc<Sidecar>, RunError> {
     let metrics = Arc::new(Metrics::default());
     let (id, me, dir) = who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
     std::fs::create_dir_all(&c.repos)
@@ -108,6 +109,8 @@ pub async fn build(c: &Common) -> Result<Arc<Sidecar>, RunError> {
         hooks,
         cluster_addr: Default::default(),
         callers: Default::default(),
+        limits,
+        tunnels: Default::default(),
         dir,
         me,
     }))
@@ -126,7 +129,7 @@ pub fn api_client(c: &Common) -> Result<Client, RunError> {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
-    let sc = build(&cfg.common).await?;
+    let sc = build(&cfg.common, cfg.limits).await?;
     let api = Arc::new(api_client(&cfg.common)?);
     let http = TcpListener::bind(cfg.http)
         .await

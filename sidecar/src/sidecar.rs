@@ -45,6 +45,69 @@ pub struct Sidecar {
     pub cluster_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Callers already looked up and their parsed keys, valid until the directory changes.
     pub callers: std::sync::Mutex<HashMap<String, Caller>>,
+    pub limits: Limits,
+    /// SSH sessions tunnelled here, open now, per calling host.
+    pub tunnels: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// What one request or one peer may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request body on any listener (a git push is one body).
+    pub max_body: u64,
+    /// SSH sessions one host may tunnel here at once.
+    pub max_tunnels_per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: MAX_BODY,
+            max_tunnels_per_peer: 32,
+        }
+    }
+}
+
+/// One open tunnel of a peer; frees its slot when dropped.
+pub struct TunnelSlot {
+    tunnels: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    host: String,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.host);
+            }
+        }
+    }
+}
+
+/// Refuses a body declared larger than `limit` before reading it, and cuts one
+/// that grows past it while it streams (the backend then sees an aborted body).
+pub fn limit_body(
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    limit: u64,
+) -> Result<crate::forward::BoxBody, Box<Response<crate::forward::BoxBody>>> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("the request body is larger than the {limit}-byte limit"),
+        )));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(http_body_util::Limited::new(body, limit)
+        .map_err(|e| e as crate::forward::BoxError)
+        .boxed())
 }
 
 /// A calling host as the directory knows it, with its key ready to verify.
@@ -89,6 +152,30 @@ pub struct Standing {
 }
 
 impl Sidecar {
+    /// Takes one of `host`'s tunnel slots, or says why not.
+    pub fn take_tunnel(
+        &self,
+        host: &str,
+    ) -> Result<TunnelSlot, Box<Response<crate::forward::BoxBody>>> {
+        let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        let open = t.get(host).copied().unwrap_or(0);
+        if open >= self.limits.max_tunnels_per_peer {
+            return Err(Box::new(error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-tunnels",
+                format!(
+                    "{host} already has {open} SSH sessions open on {}; the limit is {}",
+                    self.me.host, self.limits.max_tunnels_per_peer
+                ),
+            )));
+        }
+        t.insert(host.to_string(), open + 1);
+        Ok(TunnelSlot {
+            tunnels: self.tunnels.clone(),
+            host: host.to_string(),
+        })
+    }
+
     /// The host whose key has fingerprint `keyid`, if it may call: known, available,
     /// with a valid key. Cached (keys are parsed once) until the directory changes.
     pub async fn caller(

@@ -121,7 +121,7 @@ pub async fn exec(common: Common) -> i32 {
             return 1;
         }
     };
-    let sc = match server::build(&common).await {
+    let sc = match server::build(&common, Default::default()).await {
         Ok(sc) => sc,
         Err(e) => {
             eprintln!("switchboard: {e}");

@@ -61,6 +61,7 @@ pub async fn accept(
     verb: &str,
     repo: &str,
     on_upgrade: OnUpgrade,
+    slot: crate::sidecar::TunnelSlot,
 ) -> Response<BoxBody> {
     let Some(verb) = GitVerb::from_program(verb) else {
         return error(
@@ -81,6 +82,8 @@ pub async fn accept(
         Err(e) => return error(StatusCode::FORBIDDEN, "refused", e),
     };
     tokio::spawn(async move {
+        // The peer's slot is held for as long as the session runs.
+        let _slot = slot;
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

@@ -8,9 +8,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::forward::{self, BoxBody, BoxError};
+use crate::forward::{self, BoxBody};
 use crate::route::{self, Target};
-use crate::sidecar::{error, Sidecar, MAX_BODY, MAX_CONDUIT_BODY};
+use crate::sidecar::{error, limit_body, Sidecar, MAX_CONDUIT_BODY};
 use crate::spool::Spooled;
 
 /// Handles one user request.
@@ -57,7 +57,10 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let (parts, body) = req.into_parts();
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+    let body = match limit_body(&parts.headers, body, sc.limits.max_body) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
     sc.web_local(parts.method, &pq, &parts.headers, body).await
 }
 
@@ -133,7 +136,10 @@ async fn git(
     match target {
         Target::Local => {
             sc.metrics.request("git", "local");
-            let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+            let body = match limit_body(&parts.headers, body, sc.limits.max_body) {
+                Ok(b) => b,
+                Err(refused) => return *refused,
+            };
             sc.git_local(
                 repo,
                 rest,
@@ -145,7 +151,7 @@ async fn git(
             .await
         }
         Target::Peer(peer) => {
-            let spooled = match Spooled::read(body, MAX_BODY, &sc.spool_dir).await {
+            let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
                 Ok(s) => s,
                 Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
             };

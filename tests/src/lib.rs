@@ -538,6 +538,17 @@ impl Directory {
     /// Registers host `name` (127.0.0.1, a fresh key, `roles`), starts its sidecar
     /// with `backend` as its web backend, and publishes its cluster port.
     pub fn sidecar(&self, name: &str, roles: &str, backend: Option<&Backend>) -> Sidecar {
+        self.sidecar_with(name, roles, backend, &[])
+    }
+
+    /// [`Self::sidecar`] with extra `run` flags (limits, say).
+    pub fn sidecar_with(
+        &self,
+        name: &str,
+        roles: &str,
+        backend: Option<&Backend>,
+        extra: &[&str],
+    ) -> Sidecar {
         let (key, pubkey, _) = keygen(self.dir.path(), name);
         self.cli_ok(&[
             "host",
@@ -567,6 +578,7 @@ impl Directory {
             args.push("--web-backend".into());
             args.push(b.url().into());
         }
+        args.extend(extra.iter().map(|a| a.into()));
         let mut child = Sidecar::spawn(&args, "127.0.0.1:0", "127.0.0.1:0");
         let line = wait_listening(&mut child, name);
         let http = field(&line, "http=").expect("http= in the sidecar's listening line");
