@@ -125,7 +125,7 @@ fn listening_line(child: &mut Child) -> Result<mpsc::Receiver<String>, String> {
 }
 
 /// Waits for a child's "listening" line and returns the words after it.
-fn wait_listening(child: &mut Child, what: &str) -> String {
+pub fn wait_listening(child: &mut Child, what: &str) -> String {
     let rx = listening_line(child).unwrap_or_else(|e| panic!("{what}: {e}"));
     let deadline = Instant::now() + DEADLINE;
     loop {

@@ -56,6 +56,11 @@ pub struct Client {
     http: HyperClient<HttpConnector, Full<Bytes>>,
 }
 
+/// How long a connection to the directory may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long one call (request and whole answer) may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Client {
     pub fn new(g: &Global) -> Result<Self, CliError> {
         let base: Uri = g
@@ -82,7 +87,11 @@ impl Client {
             key_path: g.key.clone(),
             zone: g.zone.clone(),
             json: g.json,
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            http: {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                HyperClient::builder(TokioExecutor::new()).build(connector)
+            },
         })
     }
 
@@ -137,16 +146,30 @@ impl Client {
                 .sign(&method, &uri, headers, &body, crate::admin::unix_now())
                 .map_err(|e| CliError::new(format!("cannot sign the request: {e}")))?;
         }
-        let resp = self.http.request(req).await.map_err(|e| {
-            CliError::new(format!("cannot reach the directory at {}: {e}", self.base))
-        })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
+        // A partitioned directory drops packets rather than refusing them: bound
+        // the whole call, so a write hook or a script fails instead of hanging.
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| {
+                CliError::new(format!("cannot reach the directory at {}: {e}", self.base))
+            })?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| CliError::new(format!("reading the answer failed: {e}")))?
+                .to_bytes();
+            Ok::<_, CliError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|e| CliError::new(format!("reading the answer failed: {e}")))?
-            .to_bytes();
+            .map_err(|_| {
+                CliError::new(format!(
+                    "the directory at {} did not answer within {} s",
+                    self.base,
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })??;
         if status.is_success() {
             return Ok(bytes);
         }
