@@ -389,3 +389,74 @@ fn conduit_over_ssh_answers_from_a_host_of_the_repository() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
 }
+
+/// Sidecars killed with SIGKILL at random moments of replicated pushes (the
+/// master's, a tunnelling replica's, a catching-up replica's), and started
+/// again: no acknowledged push is lost, and no host is ever recorded at a
+/// version whose acknowledged commits it does not have.
+#[test]
+fn sidecars_killed_mid_push_lose_nothing_and_claim_nothing_they_lack() {
+    let mut h = hosts();
+    let (src, first) = h.commit("src");
+    h.git_ok(&src, &["push", "-q", &h.sshd(0).url("r1"), "main"]);
+    h.wait_converged();
+    // (version the master was at after the push, commit) for every acknowledged push.
+    let mut acked: Vec<(u64, String)> = vec![(h.master_version(), first)];
+    let check_claims = |h: &Hosts, acked: &[(u64, String)]| {
+        for (host, v) in h.versions() {
+            let i = NAMES.iter().position(|n| *n == host).expect("a known host");
+            for (at, sha) in acked.iter().filter(|(at, _)| *at <= v) {
+                assert!(
+                    h.has_commit(i, sha),
+                    "{host} is recorded at version {v} but lacks {sha} (version {at})"
+                );
+            }
+        }
+    };
+    for round in 0..12 {
+        let (src, sha) = h.commit("src");
+        let via = 1 + round % 2;
+        let mut push = Command::new("git")
+            .args(["push", "-q", &h.sshd(via).url("r1"), "main"])
+            .current_dir(&src)
+            .env("GIT_SSH_COMMAND", h.sshd(0).ssh_command(&h.key))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("git push");
+        let victim = rand::random::<usize>() % 3;
+        std::thread::sleep(std::time::Duration::from_millis(
+            rand::random::<u64>() % 300,
+        ));
+        h.hosts[victim].0.kill();
+        h.hosts[victim].0.restart();
+        let status = push.wait().expect("push finished");
+        if status.success() {
+            acked.push((h.master_version(), sha));
+        } else {
+            // Not acknowledged: the work tree goes back to what the master has.
+            let _ = h.git(
+                &src,
+                &["pull", "-q", "--rebase", &h.sshd(0).url("r1"), "main"],
+            );
+        }
+        check_claims(&h, &acked);
+    }
+    println!(
+        "mid-push kills: {} of 12 pushes acknowledged",
+        acked.len() - 1
+    );
+    assert!(
+        acked.len() >= 4,
+        "only {} pushes acknowledged",
+        acked.len() - 1
+    );
+    h.wait_converged();
+    check_claims(&h, &acked);
+    for (i, name) in NAMES.iter().enumerate() {
+        for (_, sha) in &acked {
+            assert!(h.has_commit(i, sha), "acknowledged {sha} lost on {name}");
+        }
+    }
+}
