@@ -1,7 +1,8 @@
-//! Replays every saved fuzz input (`fuzz/corpus/TARGET/` seeds and what the
-//! fuzzer kept, `fuzz/regressions/TARGET/` inputs that once crashed) through the
-//! target bodies in `switchboard_tests::fuzz`, on stable Rust: a fixed crash
-//! stays fixed even where `cargo fuzz` is not installed.
+//! Replays the saved fuzz inputs (the seeds, `fuzz/corpus/TARGET/seed-*`, and
+//! `fuzz/regressions/TARGET/`, inputs that once crashed) through the target
+//! bodies in `switchboard_tests::fuzz`, on stable Rust: a fixed crash stays
+//! fixed even where `cargo fuzz` is not installed. (What the fuzzer adds to the
+//! corpus locally is not replayed: it changes while a fuzzer runs.)
 
 use switchboard_tests::{fuzz, root};
 
@@ -15,6 +16,10 @@ fn every_saved_fuzz_input_still_passes() {
                 continue;
             };
             for e in entries.flatten() {
+                let seed = e.file_name().to_string_lossy().starts_with("seed-");
+                if kind == "corpus" && !seed {
+                    continue;
+                }
                 let data = std::fs::read(e.path()).expect("read input");
                 let path = e.path();
                 let outcome = std::panic::catch_unwind(|| target(&data));

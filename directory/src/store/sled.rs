@@ -419,7 +419,16 @@ mod tests {
             zone.hosts.insert(changed.name.clone(), changed);
             zone.serial += 1;
         }
-        let store = SledStore::open(&dir).expect("reopen");
+        // sled's flusher thread lets go of the directory's lock a moment after
+        // the last handle is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match SledStore::open(&dir) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         let loaded = store.load().expect("load");
         assert_eq!(loaded, vec![zone.clone()]);
 
