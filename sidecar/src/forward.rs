@@ -59,10 +59,13 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
     Client::builder(TokioExecutor::new())
         .http1_writev(false)
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Below the 30 s a listener waits for the next request on an idle
+        // connection (server.rs), so the pool drops a connection before the
+        // peer does instead of racing the peer's close with a new request.
+        .pool_idle_timeout(Duration::from_secs(20))
         // As many idle connections as callers may need at once: a smaller cap
         // closes and reopens connections under load (one connect per ~30
-        // requests at 64 concurrent callers). Idle ones go after a minute.
+        // requests at 64 concurrent callers). Idle ones go after 20 s.
         .pool_max_idle_per_host(1024)
         .build(connector)
 }

@@ -120,11 +120,29 @@ pub async fn handle(
         Ok(s) => s,
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
     };
-    match sc
+    // Only fetches come through here, so a call that failed on the way (a pooled
+    // connection the master had just closed, say) is sent once more, re-signed.
+    let again = spooled.bytes().cloned();
+    let first = sc
         .forwarder
-        .send(&peer, parts.method, &pq, &parts.headers, spooled)
-        .await
-    {
+        .send(&peer, parts.method.clone(), &pq, &parts.headers, spooled)
+        .await;
+    let result = match (first, again) {
+        (Err(e), Some(body)) => {
+            tracing::debug!(error = %e, "fetch from the master failed on the way; once more");
+            sc.forwarder
+                .send(
+                    &peer,
+                    parts.method,
+                    &pq,
+                    &parts.headers,
+                    Spooled::from_bytes(body),
+                )
+                .await
+        }
+        (first, _) => first,
+    };
+    match result {
         Ok(r) => forward::stream_back(r),
         Err(e) => error(StatusCode::BAD_GATEWAY, "peer-unreachable", e.to_string()),
     }
