@@ -22,6 +22,10 @@ fn export_imports_back_to_the_same_state_and_bind_accepts_it() {
         "proto=h2",
         "--priority",
         "5",
+        "--check",
+        "http:200:/healthz",
+        "--check-failures",
+        "5",
     ]);
     let exported = d.cli_ok(&["zone", "export", "cluster.example"]);
     let file = d.dir.path().join("exported.zone");

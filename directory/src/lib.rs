@@ -10,6 +10,7 @@
 //! - `admin`: the JSON admin API; `cli`: the commands that talk to it.
 
 pub mod admin;
+pub mod checks;
 pub mod cli;
 pub mod dns;
 pub mod keys;

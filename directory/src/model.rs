@@ -292,6 +292,171 @@ pub struct Binding {
     pub health: Health,
     #[serde(default)]
     pub props: Props,
+    /// The directory's check of this binding, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+}
+
+/// How the directory checks a binding: what to probe, how often, and how many
+/// results in a row move its health (so one lost probe does not flap DNS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub probe: Probe,
+    /// Seconds between probes.
+    #[serde(default = "Check::default_interval")]
+    pub interval: u32,
+    /// How long one probe may take, in milliseconds.
+    #[serde(default = "Check::default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// Failed probes in a row before the binding turns `critical`.
+    #[serde(default = "Check::default_failures")]
+    pub failures: u32,
+    /// Passed probes in a row before a `critical` binding turns `passing`.
+    #[serde(default = "Check::default_recoveries")]
+    pub recoveries: u32,
+}
+
+/// What one probe does, against the binding's host address and port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    /// A TCP connection opens.
+    Tcp,
+    /// `GET path` answers with `status`.
+    Http { path: String, status: u16 },
+}
+
+impl Check {
+    fn default_interval() -> u32 {
+        10
+    }
+    fn default_timeout_ms() -> u32 {
+        2000
+    }
+    fn default_failures() -> u32 {
+        3
+    }
+    fn default_recoveries() -> u32 {
+        2
+    }
+
+    /// A check with the default timing.
+    pub fn new(probe: Probe) -> Self {
+        Check {
+            probe,
+            interval: Self::default_interval(),
+            timeout_ms: Self::default_timeout_ms(),
+            failures: Self::default_failures(),
+            recoveries: Self::default_recoveries(),
+        }
+    }
+
+    /// The `check=` value: `tcp` or `http:STATUS:PATH`.
+    pub fn probe_text(&self) -> String {
+        match &self.probe {
+            Probe::Tcp => "tcp".into(),
+            Probe::Http { path, status } => format!("http:{status}:{path}"),
+        }
+    }
+
+    /// The TXT attributes of this check, as `key=value` strings.
+    pub fn txt(&self) -> Vec<String> {
+        use schema::txt;
+        vec![
+            format!("{}={}", txt::CHECK, self.probe_text()),
+            format!("{}={}", txt::CHECK_INTERVAL, self.interval),
+            format!("{}={}", txt::CHECK_TIMEOUT_MS, self.timeout_ms),
+            format!("{}={}", txt::CHECK_FAILURES, self.failures),
+            format!("{}={}", txt::CHECK_RECOVERIES, self.recoveries),
+        ]
+    }
+
+    /// Sets one `check*` attribute from TXT; `false` if `key` is not one.
+    pub fn set(check: &mut Option<Check>, key: &str, value: &str) -> Result<bool, Invalid> {
+        use schema::txt;
+        let number = |v: &str| -> Result<u32, Invalid> {
+            v.parse()
+                .map_err(|_| Invalid(format!("{key}={v:?} is not a number")))
+        };
+        let known = [
+            txt::CHECK,
+            txt::CHECK_INTERVAL,
+            txt::CHECK_TIMEOUT_MS,
+            txt::CHECK_FAILURES,
+            txt::CHECK_RECOVERIES,
+        ];
+        if !known.contains(&key) {
+            return Ok(false);
+        }
+        let c = check.get_or_insert_with(|| Check::new(Probe::Tcp));
+        match key {
+            txt::CHECK => c.probe = value.parse()?,
+            txt::CHECK_INTERVAL => c.interval = number(value)?,
+            txt::CHECK_TIMEOUT_MS => c.timeout_ms = number(value)?,
+            txt::CHECK_FAILURES => c.failures = number(value)?,
+            txt::CHECK_RECOVERIES => c.recoveries = number(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl FromStr for Probe {
+    type Err = Invalid;
+    /// `tcp`, or `http:STATUS:PATH` (`http` alone is `http:200:/`).
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "tcp" => return Ok(Probe::Tcp),
+            "http" => {
+                return Ok(Probe::Http {
+                    path: "/".into(),
+                    status: 200,
+                })
+            }
+            _ => {}
+        }
+        let Some(rest) = s.strip_prefix("http:") else {
+            return invalid(format!(
+                "check {s:?} is not tcp or http:STATUS:PATH (e.g. http:200:/healthz)"
+            ));
+        };
+        let (status, path) = rest.split_once(':').unwrap_or((rest, "/"));
+        let status = status
+            .parse()
+            .map_err(|_| Invalid(format!("check {s:?}: {status:?} is not an HTTP status")))?;
+        Ok(Probe::Http {
+            path: path.to_string(),
+            status,
+        })
+    }
+}
+
+fn validate_check(c: &Check) -> Result<(), Invalid> {
+    if !(1..=3600).contains(&c.interval) {
+        return invalid("check_interval must be 1 to 3600 seconds");
+    }
+    if !(50..=60_000).contains(&c.timeout_ms) {
+        return invalid("check_timeout_ms must be 50 to 60000");
+    }
+    if !(1..=100).contains(&c.failures) || !(1..=100).contains(&c.recoveries) {
+        return invalid("check_failures and check_recoveries must be 1 to 100");
+    }
+    if let Probe::Http { path, status } = &c.probe {
+        if !(100..=599).contains(status) {
+            return invalid(format!("check status {status} is not an HTTP status"));
+        }
+        let ok = path.starts_with('/')
+            && path.len() <= 200
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !ok {
+            return invalid(format!(
+                "check path {path:?} must start with / and hold no spaces, quotes or backslashes (200 characters at most)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Binding {
@@ -557,13 +722,18 @@ pub const HOST_ATTRS: [&str; 4] = [
 ];
 
 /// TXT keys a binding's properties may not use.
-pub const BINDING_ATTRS: [&str; 6] = [
+pub const BINDING_ATTRS: [&str; 11] = [
     schema::txt::ROLE,
     schema::txt::READONLY,
     schema::txt::AVAILABLE,
     schema::txt::HEALTH,
     schema::txt::WEIGHT,
     schema::txt::PRIORITY,
+    schema::txt::CHECK,
+    schema::txt::CHECK_INTERVAL,
+    schema::txt::CHECK_TIMEOUT_MS,
+    schema::txt::CHECK_FAILURES,
+    schema::txt::CHECK_RECOVERIES,
 ];
 
 pub fn validate_host(h: &Host) -> Result<(), Invalid> {
@@ -587,6 +757,9 @@ pub fn validate_binding(b: &Binding) -> Result<(), Invalid> {
             "service name {:?} is reserved by the schema",
             b.service
         ));
+    }
+    if let Some(c) = &b.check {
+        validate_check(c)?;
     }
     validate_props(&b.props, &BINDING_ATTRS)
 }

@@ -48,6 +48,12 @@ pub mod txt {
     pub const VERSION_OF: &str = "version.";
     pub const HOST: &str = "host";
     pub const LOST: &str = "lost";
+    /// A binding's health check: `tcp` or `http:STATUS:PATH`.
+    pub const CHECK: &str = "check";
+    pub const CHECK_INTERVAL: &str = "check_interval";
+    pub const CHECK_TIMEOUT_MS: &str = "check_timeout_ms";
+    pub const CHECK_FAILURES: &str = "check_failures";
+    pub const CHECK_RECOVERIES: &str = "check_recoveries";
 }
 
 /// Default TTL of service, repo and read/write names.

@@ -150,6 +150,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         rrl,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let checks_task = tokio::spawn(crate::checks::run(dir.clone(), stop_rx.clone()));
     let tcp_task = tokio::spawn(crate::dns::serve_tcp(
         tcp,
         handler,
@@ -171,6 +172,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
+    let _ = checks_task.await;
     let _ = http_task.await;
     let t = std::time::Instant::now();
     match dir.save_views() {

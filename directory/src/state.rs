@@ -33,6 +33,12 @@ pub enum Op {
         host: String,
         service: String,
     },
+    /// A binding's health, as its check (or an operator) found it.
+    SetBindingHealth {
+        host: String,
+        service: String,
+        health: Health,
+    },
     AddRepo(Repo),
     RemoveRepo(String),
     Promote {
@@ -502,6 +508,9 @@ fn describe(op: &Op) -> (&'static str, String, &'static str) {
         Op::SetHealth { host, .. } => ("host", host.clone(), "health"),
         Op::AddBinding(b) => ("binding", format!("{}/{}", b.host, b.service), "add"),
         Op::RemoveBinding { host, service } => ("binding", format!("{host}/{service}"), "remove"),
+        Op::SetBindingHealth { host, service, .. } => {
+            ("binding", format!("{host}/{service}"), "health")
+        }
         Op::AddRepo(r) => ("repo", r.name.clone(), "add"),
         Op::RemoveRepo(r) => ("repo", r.clone(), "remove"),
         Op::Promote { repo, .. } => ("repo", repo.clone(), "promote"),
@@ -518,7 +527,9 @@ fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         Op::RemoveHost(h) => view::Scope::host(zone, h),
         Op::SetAvailable { host, .. } | Op::SetHealth { host, .. } => view::Scope::host(zone, host),
         Op::AddBinding(b) => view::Scope::binding(zone, &b.host, &b.service),
-        Op::RemoveBinding { host, service } => view::Scope::binding(zone, host, service),
+        Op::RemoveBinding { host, service } | Op::SetBindingHealth { host, service, .. } => {
+            view::Scope::binding(zone, host, service)
+        }
         Op::AddRepo(_) | Op::RemoveRepo(_) | Op::Promote { .. } | Op::SetVersion { .. } => {
             view::Scope::default()
         }
@@ -664,6 +675,20 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             let mut h = host(zone, &name)?.clone();
             h.health = health;
             vec![Change::PutHost(h)]
+        }
+        Op::SetBindingHealth {
+            host,
+            service,
+            health,
+        } => {
+            let Some(b) = zone.bindings.get(&(host.clone(), service.clone())) else {
+                return Err(ApplyError::NotFound(format!(
+                    "{host} does not provide {service}"
+                )));
+            };
+            let mut b = b.clone();
+            b.health = health;
+            vec![Change::PutBinding(b)]
         }
         Op::AddBinding(b) => {
             model::validate_binding(&b)?;
@@ -907,6 +932,7 @@ mod tests {
             available: true,
             health: Health::Unknown,
             props: Default::default(),
+            check: None,
         };
         let ops = vec![
             Op::SetAvailable {

@@ -397,8 +397,18 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
             available: true,
             health: Health::Unknown,
             props: Default::default(),
+            check: None,
         };
         if let Some((towner, pairs)) = binding_txt.remove(&(host.clone(), service.clone())) {
+            if pairs.iter().any(|(k, _)| k.starts_with("check_"))
+                && !pairs.iter().any(|(k, _)| k == txt::CHECK)
+            {
+                return err(
+                    &towner,
+                    Some(RecordType::TXT),
+                    "check_* attributes need check=tcp or check=http:STATUS:PATH",
+                );
+            }
             for (k, v) in pairs {
                 let bad = |e: model::Invalid| (towner.clone(), Some(RecordType::TXT), e.0);
                 match k.as_str() {
@@ -408,6 +418,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     txt::AVAILABLE => b.available = flag(&towner, &k, &v)?,
                     txt::HEALTH => b.health = v.parse().map_err(bad)?,
                     txt::WEIGHT | txt::PRIORITY => {}
+                    _ if model::Check::set(&mut b.check, &k, &v).map_err(bad)? => {}
                     _ => {
                         b.props.insert(k, v);
                     }
@@ -818,6 +829,9 @@ pub fn binding_txt(b: &Binding) -> Vec<String> {
     v.push(format!("{}={}", txt::AVAILABLE, u8::from(b.available)));
     if b.health != Health::Unknown {
         v.push(format!("{}={}", txt::HEALTH, b.health.as_str()));
+    }
+    if let Some(c) = &b.check {
+        v.extend(c.txt());
     }
     v.extend(b.props.iter().map(|(k, val)| format!("{k}={val}")));
     v

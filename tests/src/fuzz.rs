@@ -374,6 +374,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "admin_ops",
             br#"0{"name":"web9","addrs":["10.0.1.19"],"roles":["web"]}
 1{"host":"web9","service":"http","port":80}
+1{"host":"web9","service":"api","port":81,"check":{"probe":{"kind":"http","path":"/healthz","status":200},"interval":5,"failures":2}}
+1{"host":"web9","service":"tcp","port":82,"check":{"probe":{"kind":"tcp"}}}
 5{"host":"web1","available":false}
 6{"host":"db2","health":"critical"}
 8{"repo":"arcanist","host":"repo3","force":false}

@@ -325,6 +325,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::SetHealth { .. } => "host health",
         Op::AddBinding(_) => "bind add",
         Op::RemoveBinding { .. } => "bind rm",
+        Op::SetBindingHealth { .. } => "bind health",
         Op::AddRepo(_) => "repo add",
         Op::RemoveRepo(_) => "repo rm",
         Op::Promote { .. } => "repo promote",

@@ -27,6 +27,21 @@ pub enum BindCmd {
         priority: Option<u16>,
         #[arg(long = "prop", value_parser = super::host::parse_prop)]
         props: Vec<(String, String)>,
+        /// Have the directory check it: `tcp`, or `http:STATUS:PATH` (e.g. `http:200:/healthz`).
+        #[arg(long)]
+        check: Option<String>,
+        /// Seconds between checks.
+        #[arg(long, requires = "check")]
+        check_interval: Option<u32>,
+        /// Milliseconds one check may take.
+        #[arg(long, requires = "check")]
+        check_timeout_ms: Option<u32>,
+        /// Failed checks in a row before the binding turns critical (leaves DNS).
+        #[arg(long, requires = "check")]
+        check_failures: Option<u32>,
+        /// Passed checks in a row before a critical binding turns passing again.
+        #[arg(long, requires = "check")]
+        check_recoveries: Option<u32>,
     },
     /// HOST no longer provides SVC.
     Rm { host: String, service: String },
@@ -79,7 +94,26 @@ pub async fn run(c: &Client, cmd: BindCmd) -> Result<(), CliError> {
             weight,
             priority,
             props,
+            check,
+            check_interval,
+            check_timeout_ms,
+            check_failures,
+            check_recoveries,
         } => {
+            let check = check
+                .map(|probe| -> Result<crate::model::Check, CliError> {
+                    let mut c = crate::model::Check::new(
+                        probe
+                            .parse()
+                            .map_err(|e: crate::model::Invalid| CliError::new(e.0))?,
+                    );
+                    c.interval = check_interval.unwrap_or(c.interval);
+                    c.timeout_ms = check_timeout_ms.unwrap_or(c.timeout_ms);
+                    c.failures = check_failures.unwrap_or(c.failures);
+                    c.recoveries = check_recoveries.unwrap_or(c.recoveries);
+                    Ok(c)
+                })
+                .transpose()?;
             let role: Option<Role> = role
                 .map(|r| r.parse())
                 .transpose()
@@ -91,6 +125,7 @@ pub async fn run(c: &Client, cmd: BindCmd) -> Result<(), CliError> {
             let body = json!({
                 "host": host, "service": service, "port": port, "role": role,
                 "readonly": readonly, "weight": weight, "priority": priority, "props": props,
+                "check": check,
             });
             c.change(
                 Method::POST,
