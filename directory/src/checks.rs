@@ -40,7 +40,7 @@ struct Due {
 pub async fn run(dir: Arc<Directory>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tracks: HashMap<Key, Track> = HashMap::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Key, Check, bool)>(1024);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
@@ -52,9 +52,9 @@ pub async fn run(dir: Arc<Directory>, mut stop: tokio::sync::watch::Receiver<boo
             _ = stop.changed() => return,
         }
         let now = Instant::now();
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for due in checked(&dir) {
-            seen.push(due.key.clone());
+            seen.insert(due.key.clone());
             let t = tracks.entry(due.key.clone()).or_insert(Track {
                 next: now,
                 passed: 0,

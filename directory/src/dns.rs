@@ -327,7 +327,10 @@ pub fn spawn_udp(
             .spawn(move || {
                 let mut buf = [0u8; 4096];
                 let mut out = Vec::with_capacity(4096);
-                let mut shed_logged = std::time::Instant::now() - Duration::from_secs(60);
+                // (checked: `Instant` may be younger than a minute right after boot)
+                let mut shed_logged = std::time::Instant::now()
+                    .checked_sub(Duration::from_secs(60))
+                    .unwrap_or_else(std::time::Instant::now);
                 loop {
                     let (n, src) = match socket.recv_from(&mut buf) {
                         Ok(x) => x,
@@ -451,7 +454,9 @@ pub async fn serve_tcp(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(std::sync::Mutex::new(Slots::default()));
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_logged = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(60))
+        .unwrap_or_else(std::time::Instant::now);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -465,7 +470,7 @@ pub async fn serve_tcp(
                 continue;
             }
         };
-        let Some(slot) = take_slot(&slots, src.ip(), &limits) else {
+        let Some(slot) = take_slot(&slots, crate::rrl::client(src.ip()), &limits) else {
             if refused_logged.elapsed() >= Duration::from_secs(10) {
                 tracing::warn!(client = %src.ip(), "TCP connection limit reached; closing new connections");
                 refused_logged = std::time::Instant::now();

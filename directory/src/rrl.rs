@@ -53,9 +53,18 @@ const IDLE: Duration = Duration::from_secs(2);
 /// and, if the table is still full, new networks are limited as one.
 const MAX_BUCKETS: usize = 100_000;
 
+/// One client, for per-client limits: its IPv4 address, or its IPv6 /64 (one
+/// host may hold a whole /64), with IPv4-mapped addresses seen as IPv4.
+pub fn client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// The network a client is limited as: its /24 (IPv4) or /56 (IPv6).
 fn network(ip: IpAddr) -> u128 {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00),
         IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 72) - 1)) | 1,
     }
@@ -81,7 +90,11 @@ impl Rrl {
     /// The verdict for one answer to `client` at `now`.
     pub fn check(&self, client: IpAddr, now: Instant) -> Verdict {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if now.duration_since(st.last_sweep) >= IDLE || st.buckets.len() >= MAX_BUCKETS {
+        // A full table is swept at most every 100 ms: under a flood from many
+        // networks, sweeping on every packet would cost more than the flood.
+        let since = now.saturating_duration_since(st.last_sweep);
+        if since >= IDLE || (st.buckets.len() >= MAX_BUCKETS && since >= Duration::from_millis(100))
+        {
             st.buckets
                 .retain(|_, b| now.saturating_duration_since(b.last) < IDLE);
             st.last_sweep = now;
@@ -150,6 +163,26 @@ mod tests {
             .filter(|_| rrl.check(a, later) == Verdict::Send)
             .count();
         assert_eq!(sent, 5);
+    }
+
+    #[test]
+    fn mapped_ipv4_is_ipv4_and_a_v6_client_is_its_64() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(client(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(network(mapped), network("192.0.2.99".parse().expect("ip")));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        assert_eq!(client(a), client(b));
+        assert_ne!(client(a), client("2001:db8:1:3::1".parse().expect("ip")));
+        // A full table is not swept on every answer.
+        let rrl = Rrl::new(1, 0);
+        let t0 = Instant::now();
+        for i in 0..(MAX_BUCKETS as u32 + 10) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(i << 8));
+            rrl.check(ip, t0);
+        }
+        let st = rrl.state.lock().expect("state");
+        assert!(st.buckets.len() <= MAX_BUCKETS + 1);
     }
 
     #[test]

@@ -118,17 +118,35 @@ impl SledStore {
     /// so that a batch pointing at it never points at nothing.
     fn write_file(&self, sub: &str, stem: &str, bytes: &[u8]) -> Result<FileRef, StoreError> {
         use std::io::Write;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let folder = self.dir.join(sub);
-        std::fs::create_dir_all(&folder).map_err(io)?;
+        if !folder.exists() {
+            std::fs::create_dir_all(&folder).map_err(io)?;
+            // The new folder's entry must be on disk before anything points into it.
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let name = format!("{stem}-{nanos}");
+        // Never the name of a file a key may still point at: time, process and a
+        // counter, and `create_new` refuses an existing name outright.
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{stem}-{nanos}-{}-{n}", std::process::id());
         let tmp = folder.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
+        if folder.join(&name).exists() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io(format!("{sub}/{name} already exists")));
+        }
         std::fs::rename(&tmp, folder.join(&name)).map_err(io)?;
         std::fs::File::open(&folder)
             .and_then(|d| d.sync_all())
@@ -181,6 +199,14 @@ impl SledStore {
             }
         }
         Ok(())
+    }
+
+    /// Removes unreferenced files after a write that succeeded; a failure here
+    /// loses nothing (the next open tries again), so it is only logged.
+    fn tidy(&self) {
+        if let Err(e) = self.remove_unreferenced_files() {
+            tracing::warn!(error = %e, "could not remove old snapshot or view files");
+        }
     }
 
     /// A file-name stem for a zone: its origin, hashed (origins may hold any byte).
@@ -357,7 +383,8 @@ impl Store for SledStore {
         let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &json(&snapshot)?)?;
         batch.insert(key(origin, SNAPSHOT, ""), json(&file)?);
         self.write(batch)?;
-        self.remove_unreferenced_files()
+        self.tidy();
+        Ok(())
     }
 
     fn save_view(&self, origin: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -366,7 +393,8 @@ impl Store for SledStore {
             .insert(key(origin, VIEW, ""), json(&file)?)
             .map_err(io)?;
         self.db.flush().map_err(io)?;
-        self.remove_unreferenced_files()
+        self.tidy();
+        Ok(())
     }
 
     fn load_view(&self, origin: &str) -> Option<Vec<u8>> {
