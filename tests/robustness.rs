@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use switchboard_tests::{demo_zone, Directory};
+use switchboard_tests::{demo_zone, dns_query, Directory};
 
 const Z: &str = "cluster.example.";
 
@@ -13,16 +13,9 @@ fn n(rel: &str) -> String {
     format!("{rel}.{Z}")
 }
 
-/// A plain query for `name` A with this id, as it goes on the wire (no length prefix).
+/// A plain query for `name` A with this id, as it goes on the wire.
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
+    dns_query(id, name, 1, false)
 }
 
 /// Whether the server closed `s` (EOF or reset) within `within`, having sent nothing.

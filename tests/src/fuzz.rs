@@ -330,21 +330,7 @@ pub const TARGETS: [(&str, Target); 5] = [
 /// `tests/fuzz_corpus.rs` replays them too, and writes them to
 /// `fuzz/corpus/TARGET/` when `SWITCHBOARD_WRITE_SEEDS=1`.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let q = |id: u16, name: &str, qtype: u16, edns: bool| {
-        let mut q = id.to_be_bytes().to_vec();
-        q.extend_from_slice(&[0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, u8::from(edns)]);
-        for label in name.trim_end_matches('.').split('.') {
-            q.push(label.len() as u8);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.push(0);
-        q.extend_from_slice(&qtype.to_be_bytes());
-        q.extend_from_slice(&[0, 1]);
-        if edns {
-            q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
-        }
-        q
-    };
+    let q = crate::dns_query;
     let mut out = vec![
         ("dns", q(1, "web1.node.cluster.example", 1, false)),
         ("dns", q(2, "http.service.cluster.example", 33, true)),

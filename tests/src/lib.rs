@@ -144,6 +144,28 @@ pub fn wait_listening(child: &mut Child, what: &str) -> String {
     }
 }
 
+/// A plain DNS query on the wire (no TCP length prefix): one question, class IN,
+/// no RD, and an OPT record offering 4096 bytes when `edns`.
+pub fn dns_query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, u8::from(edns)]);
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    if edns {
+        q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    q
+}
+
 /// The value of `key=` in a "listening" line.
 pub fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
     line.split_whitespace()
