@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::Draft;
 use crate::model::{Check, Health, Probe};
 use crate::state::{Directory, Op};
 
@@ -36,9 +37,29 @@ struct Due {
     check: Check,
 }
 
+/// Settings of the checker.
+#[derive(Debug, Clone, Copy)]
+pub struct ChecksConfig {
+    /// How long a replica may stay behind its `max_lag` before an event says so.
+    pub lag_alert_after: Duration,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            lag_alert_after: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Runs the checks until `stop` turns true.
-pub async fn run(dir: Arc<Directory>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    dir: Arc<Directory>,
+    cfg: ChecksConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tracks: HashMap<Key, Track> = HashMap::new();
+    let mut lags = Lags::default();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Key, Check, bool)>(1024);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -52,6 +73,7 @@ pub async fn run(dir: Arc<Directory>, mut stop: tokio::sync::watch::Receiver<boo
             _ = stop.changed() => return,
         }
         let now = Instant::now();
+        lags.scan(&dir, cfg.lag_alert_after, now).await;
         let mut seen = std::collections::HashSet::new();
         for due in checked(&dir) {
             seen.insert(due.key.clone());
@@ -67,8 +89,15 @@ pub async fn run(dir: Arc<Directory>, mut stop: tokio::sync::watch::Receiver<boo
             t.probing = true;
             t.next = now + Duration::from_secs(u64::from(due.check.interval));
             let tx = tx.clone();
+            let dir = dir.clone();
             tokio::spawn(async move {
-                let passed = probe(due.addr, &due.check).await;
+                let passed = match due.check.probe {
+                    Probe::Heartbeat => {
+                        let (origin, host, _) = &due.key;
+                        heartbeat_fresh(&dir, origin, host, &due.check)
+                    }
+                    _ => probe(due.addr, &due.check).await,
+                };
                 let _ = tx.send((due.key, due.check, passed)).await;
             });
         }
@@ -104,11 +133,102 @@ async fn probe(addr: SocketAddr, check: &Check) -> bool {
         match &check.probe {
             Probe::Tcp => tokio::net::TcpStream::connect(addr).await.is_ok(),
             Probe::Http { path, status } => http_status(addr, path).await == Some(*status),
+            Probe::Heartbeat => false,
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(false)
+}
+
+/// Whether the host's sidecar sent a heartbeat within the check's interval
+/// plus its timeout (counting from the directory's start, so a restart does
+/// not find every host silent).
+fn heartbeat_fresh(dir: &Directory, origin: &str, host: &str, check: &Check) -> bool {
+    let window = Duration::from_secs(u64::from(check.interval))
+        + Duration::from_millis(u64::from(check.timeout_ms));
+    dir.heartbeat_age(origin, host) <= window
+}
+
+/// Replicas behind their repository's `max_lag`, and since when.
+#[derive(Default)]
+struct Lags {
+    /// (zone, repo, host) -> (behind since, alerted).
+    behind: HashMap<(String, String, String), (Instant, bool)>,
+}
+
+impl Lags {
+    /// Notes which replicas are behind; writes `lagging` for one behind longer
+    /// than `after`, and `caught-up` when an alerted one is back within `max_lag`.
+    async fn scan(&mut self, dir: &Arc<Directory>, after: Duration, now: Instant) {
+        let mut lagging: HashMap<(String, String, String), String> = HashMap::new();
+        for origin in dir.origins() {
+            dir.read(&origin, |z| {
+                for r in z.repos.values() {
+                    let master = r.versions.get(&r.master).copied().unwrap_or(0);
+                    for h in &r.replicas {
+                        let have = r.versions.get(h).copied().unwrap_or(0);
+                        let behind = master.saturating_sub(have);
+                        if behind > r.max_lag {
+                            lagging.insert(
+                                (origin.clone(), r.name.clone(), h.clone()),
+                                format!(
+                                    "replica {h} of {} is {behind} version(s) behind its master {} (max_lag {})",
+                                    r.name, r.master, r.max_lag
+                                ),
+                            );
+                        }
+                    }
+                }
+            });
+        }
+        let mut events = Vec::new();
+        for (key, message) in &lagging {
+            let entry = self.behind.entry(key.clone()).or_insert((now, false));
+            if !entry.1 && now.duration_since(entry.0) >= after {
+                entry.1 = true;
+                let (zone, repo, host) = key;
+                events.push((
+                    zone.clone(),
+                    Draft::new("repo", format!("{repo}/{host}"), "lagging")
+                        .transition("current", "lagging")
+                        .message(format!("{message} for {} s", after.as_secs())),
+                ));
+            }
+        }
+        self.behind.retain(|key, (_, alerted)| {
+            if lagging.contains_key(key) {
+                return true;
+            }
+            if *alerted {
+                let (zone, repo, host) = key;
+                events.push((
+                    zone.clone(),
+                    Draft::new("repo", format!("{repo}/{host}"), "caught-up")
+                        .transition("lagging", "current")
+                        .message(format!(
+                            "replica {host} of {repo} is back within max_lag of its master"
+                        )),
+                ));
+            }
+            false
+        });
+        if events.is_empty() {
+            return;
+        }
+        let dir = dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            for (zone, draft) in events {
+                if let Err(e) = dir.record(&zone, draft, "directory") {
+                    tracing::warn!(error = %e, "could not record a replica's lag");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "lag recording task failed");
+        }
+    }
 }
 
 /// The status of `GET path` on `addr`, if it answers.
@@ -187,7 +307,7 @@ async fn record(
             health,
         },
     );
-    let applied = tokio::task::spawn_blocking(move || dir.apply(&origin, op)).await;
+    let applied = tokio::task::spawn_blocking(move || dir.apply_by(&origin, op, "check")).await;
     if let Ok(Err(e)) = applied {
         tracing::warn!(error = %e, "could not record a binding's health");
     }

@@ -82,7 +82,15 @@ enum Command {
         /// Seconds a TCP client has to send each query before it is dropped.
         #[arg(long, default_value_t = 10)]
         tcp_idle_timeout: u64,
+        /// POST every audit event as JSON to this URL (http:// only; repeat for several).
+        #[arg(long = "webhook", value_name = "URL")]
+        webhooks: Vec<String>,
+        /// Seconds a replica may stay behind its repository's max_lag before an event says so.
+        #[arg(long, default_value_t = 60)]
+        lag_alert_after: u64,
     },
+    /// The audit log: the last events, and with --follow every new one as it happens.
+    Events(cli::events::EventsCmd),
     /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print its public key and fingerprint.
     Keygen {
         #[arg(long)]
@@ -141,7 +149,13 @@ fn main() -> ExitCode {
                 tcp_max_connections,
                 tcp_max_per_client,
                 tcp_idle_timeout,
+                webhooks,
+                lag_alert_after,
             } => {
+                let webhooks = webhooks
+                    .iter()
+                    .map(|u| switchboard_directory::webhooks::Webhook::parse(u))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let cfg = ServeConfig {
                     zones,
                     data,
@@ -158,6 +172,10 @@ fn main() -> ExitCode {
                         max_per_client: tcp_max_per_client.max(1),
                         idle: std::time::Duration::from_secs(tcp_idle_timeout.max(1)),
                     },
+                    checks: switchboard_directory::checks::ChecksConfig {
+                        lag_alert_after: std::time::Duration::from_secs(lag_alert_after),
+                    },
+                    webhooks,
                 };
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }
@@ -171,6 +189,7 @@ fn main() -> ExitCode {
                     Command::Repo(c) => cli::repo::run(&client, c).await,
                     Command::Zone(c) => cli::zone::run(&client, c).await,
                     Command::Admin(c) => cli::admin::run(&client, c).await,
+                    Command::Events(c) => cli::events::run(&client, c).await,
                     Command::Serve { .. } | Command::Keygen { .. } => Ok(()),
                 }
                 .map_err(|e| e.to_string())

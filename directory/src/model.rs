@@ -324,6 +324,9 @@ pub enum Probe {
     Tcp,
     /// `GET path` answers with `status`.
     Http { path: String, status: u16 },
+    /// The host's sidecar sent a signed heartbeat within the last interval
+    /// (plus the timeout): the host is up and its sidecar routes.
+    Heartbeat,
 }
 
 impl Check {
@@ -351,12 +354,9 @@ impl Check {
         }
     }
 
-    /// The `check=` value: `tcp` or `http:STATUS:PATH`.
+    /// The `check=` value: `tcp`, `http:STATUS:PATH` or `heartbeat`.
     pub fn probe_text(&self) -> String {
-        match &self.probe {
-            Probe::Tcp => "tcp".into(),
-            Probe::Http { path, status } => format!("http:{status}:{path}"),
-        }
+        self.probe.to_txt()
     }
 
     /// The TXT attributes of this check, as `key=value` strings.
@@ -401,12 +401,24 @@ impl Check {
     }
 }
 
+impl Probe {
+    /// The `check=` value: `tcp`, `http:STATUS:PATH` or `heartbeat`.
+    pub fn to_txt(&self) -> String {
+        match self {
+            Probe::Tcp => "tcp".into(),
+            Probe::Http { path, status } => format!("http:{status}:{path}"),
+            Probe::Heartbeat => "heartbeat".into(),
+        }
+    }
+}
+
 impl FromStr for Probe {
     type Err = Invalid;
-    /// `tcp`, or `http:STATUS:PATH` (`http` alone is `http:200:/`).
+    /// `tcp`, `heartbeat`, or `http:STATUS:PATH` (`http` alone is `http:200:/`).
     fn from_str(s: &str) -> Result<Self, Invalid> {
         match s {
             "tcp" => return Ok(Probe::Tcp),
+            "heartbeat" => return Ok(Probe::Heartbeat),
             "http" => {
                 return Ok(Probe::Http {
                     path: "/".into(),
@@ -417,7 +429,7 @@ impl FromStr for Probe {
         }
         let Some(rest) = s.strip_prefix("http:") else {
             return invalid(format!(
-                "check {s:?} is not tcp or http:STATUS:PATH (e.g. http:200:/healthz)"
+                "check {s:?} is not tcp, heartbeat or http:STATUS:PATH (e.g. http:200:/healthz)"
             ));
         };
         let (status, path) = rest.split_once(':').unwrap_or((rest, "/"));

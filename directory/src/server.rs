@@ -27,6 +27,9 @@ pub struct ServeConfig {
     /// Response rate limiting: (answers per second per network, slip).
     pub rrl: Option<(u32, u32)>,
     pub tcp: crate::dns::TcpLimits,
+    pub checks: crate::checks::ChecksConfig,
+    /// Receivers of every audit event.
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 /// Why the server could not start.
@@ -150,7 +153,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         rrl,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let checks_task = tokio::spawn(crate::checks::run(dir.clone(), stop_rx.clone()));
+    let checks_task = tokio::spawn(crate::checks::run(dir.clone(), cfg.checks, stop_rx.clone()));
+    for hook in cfg.webhooks.iter().cloned() {
+        // Not awaited at shutdown: a delivery in flight may take its timeout,
+        // and its cursor says where the next start resumes.
+        tokio::spawn(crate::webhooks::deliver(dir.clone(), hook, stop_rx.clone()));
+    }
     let tcp_task = tokio::spawn(crate::dns::serve_tcp(
         tcp,
         handler,

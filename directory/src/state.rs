@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{LowerName, Name};
 
+use crate::events::{self, Draft, Event};
 use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Zone};
 use crate::store::{Change, Store, StoreError};
 use crate::view::{self, View, ViewConfig};
@@ -105,6 +106,45 @@ pub struct Directory {
     leases: Mutex<std::collections::HashMap<(String, String), Lease>>,
     /// Zones whose view the store holds, at that serial (loaded or saved).
     saved_views: Mutex<std::collections::HashMap<String, u32>>,
+    /// The next audit event's id; held while an event is written so ids reach
+    /// the store in order.
+    next_event: Mutex<u64>,
+    /// The id of the last audit event written.
+    last_event: tokio::sync::watch::Sender<u64>,
+    /// Sidecar heartbeats by (zone, host).
+    heartbeats: Mutex<std::collections::HashMap<(String, String), Heartbeat>>,
+    started: std::time::Instant,
+}
+
+/// What the directory remembers of a host's heartbeats (in memory only).
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    last: std::time::Instant,
+    /// The stale episode the directory has announced, by its start (unix ms).
+    stale_since: Option<u64>,
+    /// The last finished episode acknowledged to the sidecar.
+    acked: Option<u64>,
+}
+
+/// What a sidecar says in its heartbeat.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct HeartbeatReport {
+    /// Since when (unix ms) it has been routing on answers past their TTL, if it is now.
+    #[serde(default)]
+    pub stale_since: Option<u64>,
+    /// Its last finished stale episode, (from, to) in unix ms, until acknowledged.
+    #[serde(default)]
+    pub last_stale: Option<(u64, u64)>,
+}
+
+/// The directory's answer to a heartbeat.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeartbeatReply {
+    /// When to send the next one.
+    pub next_ms: u64,
+    /// The finished stale episode (its start) now in the audit log.
+    #[serde(default)]
+    pub ack_stale: Option<u64>,
 }
 
 /// The right to write one repository for a short while, held by its master.
@@ -123,6 +163,28 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A unix time in ms as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn next_serial(s: u32) -> u32 {
@@ -158,7 +220,12 @@ impl Directory {
             view = view.with_zone(&zv.origin.clone(), Some(Arc::new(zv)));
             zones.insert(z.origin().to_string(), z);
         }
+        let last_event = store.last_event_id()?;
         Ok(Directory {
+            next_event: Mutex::new(last_event + 1),
+            heartbeats: Mutex::new(Default::default()),
+            started: std::time::Instant::now(),
+            last_event: tokio::sync::watch::channel(last_event).0,
             store,
             zones: Mutex::new(zones),
             view: Arc::new(ArcSwap::from_pointee(view)),
@@ -328,13 +395,24 @@ impl Directory {
         self.store.replace_zone(&zone)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
         self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "seed"));
-        zones.insert(zone.origin().to_string(), zone);
+        let origin = zone.origin().to_string();
+        let draft = Draft::new("zone", &origin, "seed").message(format!(
+            "zone {origin} seeded from its zone file ({} hosts, {} bindings, {} repositories)",
+            zone.hosts.len(),
+            zone.bindings.len(),
+            zone.repos.len()
+        ));
+        zones.insert(origin.clone(), zone);
+        drop(zones);
+        if let Err(e) = self.record(&origin, draft, "directory") {
+            tracing::warn!(error = %e, "could not write the zone's event to the audit log");
+        }
         Ok(true)
     }
 
     /// Replaces a zone whole (`zone import`). The serial moves past both the old
     /// zone's and the file's, so secondaries see the change.
-    pub fn import(&self, mut zone: Zone) -> Result<u32, ApplyError> {
+    pub fn import(&self, mut zone: Zone, by: &str) -> Result<u32, ApplyError> {
         if zone.admins.is_empty() {
             return Err(ApplyError::Invalid(
                 "the zone has no admin key (NAME._admin TXT key=ed25519:...): importing it would lock every admin out".into(),
@@ -348,12 +426,30 @@ impl Directory {
         self.store.replace_zone(&zone)?;
         self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "import"));
         let serial = zone.serial;
-        zones.insert(zone.origin().to_string(), zone);
+        let origin = zone.origin().to_string();
+        let draft = Draft::new("zone", &origin, "import").message(format!(
+            "zone {origin} replaced whole by an import ({} hosts, {} bindings, {} repositories; serial {serial})",
+            zone.hosts.len(),
+            zone.bindings.len(),
+            zone.repos.len()
+        ));
+        zones.insert(origin.clone(), zone);
+        drop(zones);
+        if let Err(e) = self.record(&origin, draft, by) {
+            tracing::warn!(error = %e, "could not write the zone's event to the audit log");
+        }
         Ok(serial)
     }
 
-    /// Applies one change to one zone: validate, commit durably, publish. Returns the new serial.
+    /// Applies one change made by the directory itself.
     pub fn apply(&self, origin: &str, op: Op) -> Result<u32, ApplyError> {
+        self.apply_by(origin, op, "directory")
+    }
+
+    /// Applies one change to one zone: validate, commit durably with its audit
+    /// event, publish. `by` says who asked (`admin NAME`, `host NAME`, `check`).
+    /// Returns the new serial.
+    pub fn apply_by(&self, origin: &str, op: Op, by: &str) -> Result<u32, ApplyError> {
         let mut zones = self.lock();
         let zone = zones
             .get_mut(origin)
@@ -379,10 +475,18 @@ impl Directory {
         let event = describe(&op);
         let scope = scope_of(zone, &op);
         let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::Invalid)?;
-        let changes = plan(zone, op)?;
+        let changes = plan(zone, op.clone())?;
+        let draft = events::of_change(zone, &op, &changes);
         let serial = next_serial(zone.serial);
         let t = std::time::Instant::now();
-        self.store.commit(origin, serial, &changes)?;
+        let mut next_event = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
+        let audit: Vec<Event> = draft
+            .map(|d| d.finish(*next_event, events::now_ms(), origin, by))
+            .into_iter()
+            .collect();
+        self.store.commit(origin, serial, &changes, &audit)?;
+        *next_event += audit.len() as u64;
+        drop(next_event);
         let committed = t.elapsed();
         for c in changes {
             apply_change(zone, c);
@@ -391,6 +495,7 @@ impl Directory {
         // Building the view fails only on a bad origin or SOA name, which seed and
         // import have already checked for this zone: the change is never half-seen.
         self.publish_patch(zone, &scope, gone, event)?;
+        self.announce(&audit);
         tracing::info!(
             zone = origin,
             serial,
@@ -399,6 +504,140 @@ impl Directory {
             "change applied"
         );
         Ok(serial)
+    }
+
+    /// Writes an event that is not a change of the model (a lagging replica, a
+    /// sidecar serving stale answers) to the audit log, durably.
+    pub fn record(&self, origin: &str, draft: Draft, by: &str) -> Result<Event, StoreError> {
+        let mut next = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
+        let event = draft.finish(*next, events::now_ms(), origin, by);
+        self.store.append_events(std::slice::from_ref(&event))?;
+        *next += 1;
+        drop(next);
+        self.announce(std::slice::from_ref(&event));
+        Ok(event)
+    }
+
+    /// Logs written events and wakes their readers.
+    fn announce(&self, written: &[Event]) {
+        for e in written {
+            tracing::info!(id = e.id, zone = %e.zone, kind = %e.kind, name = %e.name, action = %e.action, by = %e.by, "event: {}", e.message);
+        }
+        if let Some(last) = written.last() {
+            self.last_event.send_modify(|n| *n = (*n).max(last.id));
+        }
+    }
+
+    /// Notes a heartbeat from `host`'s sidecar and writes the stale-answer
+    /// episodes it reports to the audit log (each once: `stale` when it starts
+    /// or is first heard of, `fresh` when it ends).
+    pub fn heartbeat(
+        &self,
+        origin: &str,
+        host: &str,
+        report: &HeartbeatReport,
+    ) -> Result<HeartbeatReply, ApplyError> {
+        let next_ms = self
+            .read(origin, |z| {
+                z.hosts.get(host)?;
+                let least = z
+                    .bindings_of(host)
+                    .filter_map(|b| b.check.as_ref())
+                    .filter(|c| c.probe == model::Probe::Heartbeat)
+                    .map(|c| u64::from(c.interval) * 1000 / 2)
+                    .min();
+                Some(least.unwrap_or(10_000).clamp(500, 30_000))
+            })
+            .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?
+            .ok_or_else(|| ApplyError::NotFound(format!("no host {host} in {origin}")))?;
+        let key = (origin.to_string(), host.to_string());
+        let mut drafts = Vec::new();
+        let mut ack = None;
+        {
+            let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            let hb = beats.entry(key).or_insert(Heartbeat {
+                last: std::time::Instant::now(),
+                stale_since: None,
+                acked: None,
+            });
+            hb.last = std::time::Instant::now();
+            let stale = |since: u64| {
+                Draft::new("sidecar", host, "stale")
+                    .transition("fresh", "stale")
+                    .message(format!(
+                        "the sidecar on {host} routes on answers past their TTL since {}: it cannot reach the directory's DNS",
+                        clock(since)
+                    ))
+            };
+            if let Some((from, to)) = report.last_stale {
+                if hb.acked != Some(from) {
+                    if hb.stale_since != Some(from) {
+                        drafts.push(stale(from));
+                    }
+                    drafts.push(
+                        Draft::new("sidecar", host, "fresh")
+                            .transition("stale", "fresh")
+                            .message(format!(
+                                "the sidecar on {host} has fresh answers again; it served stale ones for {} s (from {})",
+                                to.saturating_sub(from) / 1000,
+                                clock(from)
+                            )),
+                    );
+                    hb.stale_since = None;
+                }
+                hb.acked = Some(from);
+                ack = Some(from);
+            }
+            if let Some(since) = report.stale_since {
+                if hb.stale_since != Some(since) {
+                    hb.stale_since = Some(since);
+                    drafts.push(stale(since));
+                }
+            }
+        }
+        for d in drafts {
+            self.record(origin, d, &format!("host {host}"))?;
+        }
+        Ok(HeartbeatReply {
+            next_ms,
+            ack_stale: ack,
+        })
+    }
+
+    /// How long ago `host`'s sidecar last sent a heartbeat, counting from the
+    /// directory's start if it has not since.
+    pub fn heartbeat_age(&self, origin: &str, host: &str) -> std::time::Duration {
+        let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let last = beats
+            .get(&(origin.to_string(), host.to_string()))
+            .map(|h| h.last)
+            .unwrap_or(self.started)
+            .max(self.started);
+        last.elapsed()
+    }
+
+    /// Up to `limit` audit events after `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.store.events_after(after, limit)
+    }
+
+    /// A receiver whose value is the id of the last audit event written.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.last_event.subscribe()
+    }
+
+    /// The id of the last audit event written.
+    pub fn last_event_id(&self) -> u64 {
+        *self.last_event.borrow()
+    }
+
+    /// A named reader's place in the audit log (see `Store::cursor`).
+    pub fn cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.store.cursor(name)
+    }
+
+    pub fn set_cursor(&self, name: &str, id: u64) -> Result<(), StoreError> {
+        self.store.set_cursor(name, id)
     }
 
     /// Grants `host` the write lease of `repo` for `ttl`, if `host` is the master,
@@ -848,13 +1087,26 @@ mod tests {
     use super::*;
     use crate::model::{Binding, Health, Host};
 
+    #[test]
+    fn clock_is_utc_calendar_time() {
+        assert_eq!(clock(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(clock(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(clock(1_795_600_000_123), "2026-11-25 09:46:40 UTC");
+    }
+
     struct NullStore;
 
     impl Store for NullStore {
         fn load(&self) -> Result<Vec<Zone>, StoreError> {
             Ok(vec![])
         }
-        fn commit(&self, _: &str, _: u32, _: &[Change]) -> Result<(), StoreError> {
+        fn commit(
+            &self,
+            _: &str,
+            _: u32,
+            _: &[Change],
+            _: &[crate::events::Event],
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         fn replace_zone(&self, _: &Zone) -> Result<(), StoreError> {

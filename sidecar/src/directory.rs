@@ -210,7 +210,7 @@ impl DirectoryClient {
                 }
             }
         }
-        self.metrics.serving_stale.store(true, Ordering::Relaxed);
+        self.metrics.set_stale(true);
         self.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
         stale.ok_or_else(|| DirError::Unreachable {
             server: self.server,
@@ -258,7 +258,7 @@ impl DirectoryClient {
     fn reachable(&self) {
         self.metrics.answered();
         self.metrics.directory_up.store(true, Ordering::Relaxed);
-        self.metrics.serving_stale.store(false, Ordering::Relaxed);
+        self.metrics.set_stale(false);
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = r.down_since.take() {
             tracing::info!(server = %self.server, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");

@@ -11,6 +11,7 @@
 //! - `git`: serving a local repository with `git http-backend`; `hook`: recording writes.
 //! - `replicate`: replicas catch up with their master; `loopback`: the signing proxy local git uses.
 //! - `ssh`: the forced command OpenSSH runs; `tunnel`: SSH sessions carried to another host.
+//! - `heartbeat`: tells the directory this sidecar is alive, and when it served stale answers.
 //! - `metrics`: Prometheus counters.
 
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod directory;
 pub mod feed;
 pub mod forward;
 pub mod git;
+pub mod heartbeat;
 pub mod hook;
 pub mod identity;
 pub mod loopback;

@@ -23,6 +23,23 @@ pub struct Metrics {
     /// Seconds since start of the last answer from the directory (0: never).
     last_answer_ms: AtomicU64,
     pub stale_answers: AtomicU64,
+    /// Stale-answer episodes, for the heartbeat to report.
+    stale: Mutex<Episodes>,
+}
+
+/// When routing started using answers past their TTL, and the last such
+/// episode that ended (unix ms), until the directory acknowledges it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Episodes {
+    pub since: Option<u64>,
+    pub last: Option<(u64, u64)>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Default for Metrics {
@@ -36,11 +53,42 @@ impl Default for Metrics {
             feed_up: AtomicBool::new(false),
             last_answer_ms: AtomicU64::new(0),
             stale_answers: AtomicU64::new(0),
+            stale: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Notes whether routing now uses answers past their TTL.
+    pub fn set_stale(&self, stale: bool) {
+        if self.serving_stale.swap(stale, Ordering::Relaxed) == stale {
+            return;
+        }
+        let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        let now = unix_ms();
+        match (stale, e.since) {
+            (true, None) => e.since = Some(now),
+            (false, Some(from)) => {
+                e.since = None;
+                e.last = Some((from, now));
+            }
+            _ => {}
+        }
+    }
+
+    /// The episodes the next heartbeat reports.
+    pub fn stale_episodes(&self) -> Episodes {
+        *self.stale.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the finished episode that began at `from`: the directory has it.
+    pub fn stale_acknowledged(&self, from: u64) {
+        let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        if e.last.is_some_and(|(f, _)| f == from) {
+            e.last = None;
+        }
+    }
+
     /// Counts one request: `kind` is conduit, git, cluster, web; `outcome` local, forwarded, refused, error.
     pub fn request(&self, kind: &'static str, outcome: &'static str) {
         *self

@@ -20,7 +20,7 @@ use crate::loopback::{self, Loopback};
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::sidecar::{Limits, Sidecar};
-use crate::{cluster, feed, replicate, user};
+use crate::{cluster, feed, heartbeat, replicate, user};
 
 /// What every mode (`run`, `ssh-exec`) is told.
 #[derive(Debug, Clone)]
@@ -163,6 +163,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     tokio::spawn(serve(lb_listener, move |req, _peer| {
         loopback::handle(s.clone(), l.clone(), req)
     }));
+    tokio::spawn(heartbeat::run(
+        api.clone(),
+        sc.me.host.clone(),
+        sc.metrics.clone(),
+    ));
     tokio::spawn(replicate::run(sc.clone(), api, lb));
 
     tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");

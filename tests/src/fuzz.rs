@@ -171,7 +171,13 @@ impl Store for NullStore {
     fn load(&self) -> Result<Vec<Zone>, StoreError> {
         Ok(vec![])
     }
-    fn commit(&self, _: &str, _: u32, _: &[Change]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        _: &str,
+        _: u32,
+        _: &[Change],
+        _: &[switchboard_directory::events::Event],
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     fn replace_zone(&self, _: &Zone) -> Result<(), StoreError> {

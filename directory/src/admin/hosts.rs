@@ -3,9 +3,9 @@
 use http::Method;
 use serde::Deserialize;
 
-use super::{change, json, method_not_allowed, Admin, Call, Refusal, Reply};
+use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::model::{Health, Host};
-use crate::state::Op;
+use crate::state::{HeartbeatReport, Op};
 
 #[derive(Deserialize)]
 struct HealthBody {
@@ -72,6 +72,16 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                 available: true,
             },
         ),
+        (&Method::POST, [name, "heartbeat"]) => {
+            let origin = call.zone(admin)?;
+            authorize(admin, call, &origin, Need::Host(name))?;
+            let report: HeartbeatReport = if call.body.is_empty() {
+                HeartbeatReport::default()
+            } else {
+                call.json()?
+            };
+            json(&admin.dir.heartbeat(&origin, name, &report)?)
+        }
         (&Method::PUT, [name, "health"]) => {
             let body: HealthBody = call.json()?;
             change(

@@ -214,6 +214,8 @@ pub enum Need<'a> {
     AdminOrHost(&'a str),
     /// Importing a zone: an admin of it, or for a new zone, an admin of the zone that encloses it.
     Import,
+    /// The named host's own key only (its heartbeat).
+    Host(&'a str),
 }
 
 impl<'a> Need<'a> {
@@ -295,8 +297,18 @@ pub fn authorize(
         .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
         .map_err(unauthorized)?;
     match (&entry.owner, need) {
+        (KeyOwner::Admin(name), Need::Host(host)) => {
+            tracing::warn!(reason = "key-not-allowed", admin = %name, path = %call.uri.path(), "call refused");
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "key-not-allowed",
+                format!("only {host}'s own key may send its heartbeat"),
+            ))
+        }
         (KeyOwner::Admin(name), _) => Ok(format!("admin {name}")),
-        (KeyOwner::Host(h), Need::AdminOrHost(host)) if h == host => Ok(format!("host {h}")),
+        (KeyOwner::Host(h), Need::AdminOrHost(host) | Need::Host(host)) if h == host => {
+            Ok(format!("host {h}"))
+        }
         (KeyOwner::Host(h), _) => {
             tracing::warn!(reason = "key-not-allowed", host = %h, path = %call.uri.path(), "change refused");
             Err(Refusal::new(
@@ -313,7 +325,7 @@ pub fn change(admin: &Admin, call: &Call, op: Op) -> Reply {
     let origin = call.zone(admin)?;
     let who = authorize(admin, call, &origin, Need::of(&op))?;
     tracing::info!(zone = %origin, by = %who, op = ?op_name(&op), "applying change");
-    let serial = admin.dir.apply(&origin, op)?;
+    let serial = admin.dir.apply_by(&origin, op, &who)?;
     json(&serde_json::json!({"zone": origin, "serial": serial}))
 }
 
@@ -383,6 +395,9 @@ async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
     if call.method == Method::GET && path == "/v1/feed" {
         return feed(&admin, &call).await;
     }
+    if call.method == Method::GET && path == "/v1/events" {
+        return events(&admin, &call).await;
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let m = call.method.clone();
     // Changes touch the store (fsync): keep them off the reactor threads.
@@ -426,6 +441,58 @@ async fn feed(admin: &Admin, call: &Call) -> Reply {
         }
         if let Ok(Err(_)) = tokio::time::timeout_at(deadline, rx.changed()).await {
             // The directory is shutting down: answer at the deadline.
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// `GET /v1/events?after=ID[&limit=N][&wait=SECS]` or `?last=N`: audit events,
+/// oldest first, with `last` the id to ask after next time. With `wait`, a long
+/// poll that answers as soon as there is an event after `after`. `zone=` keeps
+/// one zone's events.
+async fn events(admin: &Admin, call: &Call) -> Reply {
+    let number = |k: &str, default: u64| -> Result<u64, Refusal> {
+        match call.query.get(k) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| Refusal::bad_request(format!("{k}={v:?} is not a number"))),
+            None => Ok(default),
+        }
+    };
+    let zone = match call.query.get("zone") {
+        Some(_) => Some(call.zone(admin)?),
+        None => None,
+    };
+    let limit = number("limit", 1000)?.clamp(1, 1000) as usize;
+    let wait = number("wait", 0)?.min(60);
+    let mut rx = admin.dir.subscribe_events();
+    let after = match (call.query.contains_key("after"), call.query.get("last")) {
+        (true, _) => number("after", 0)?,
+        (false, Some(_)) => {
+            let last = number("last", 20)?.min(limit as u64);
+            rx.borrow_and_update().saturating_sub(last)
+        }
+        (false, None) => 0,
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        rx.borrow_and_update();
+        let dir = admin.dir.clone();
+        let found = tokio::task::spawn_blocking(move || dir.events_after(after, limit))
+            .await
+            .map_err(|e| {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
+            .map_err(ApplyError::from)?;
+        let last = found.last().map(|e| e.id).unwrap_or(after);
+        let found: Vec<_> = found
+            .into_iter()
+            .filter(|e| zone.as_ref().is_none_or(|z| &e.zone == z))
+            .collect();
+        if !found.is_empty() || last != after || tokio::time::Instant::now() >= deadline {
+            return json(&serde_json::json!({"events": found, "last": last}));
+        }
+        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, rx.changed()).await {
             tokio::time::sleep_until(deadline).await;
         }
     }

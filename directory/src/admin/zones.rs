@@ -82,7 +82,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
         }
         (&Method::PUT, [zone]) => {
             let origin = absolute(zone);
-            authorize(admin, call, &origin, Need::Import)?;
+            let who = authorize(admin, call, &origin, Need::Import)?;
             let text = std::str::from_utf8(&call.body)
                 .map_err(|_| Refusal::bad_request("the zone file is not UTF-8 text"))?;
             let parsed = zonefile::parse(text, "request body", Some(&origin)).map_err(|e| {
@@ -99,7 +99,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                     format!("the file is for zone {}, not {origin}", parsed.origin()),
                 ));
             }
-            let serial = admin.dir.import(parsed)?;
+            let serial = admin.dir.import(parsed, &who)?;
             tracing::info!(zone = %origin, serial, "zone imported");
             json(&serde_json::json!({"zone": origin, "serial": serial}))
         }

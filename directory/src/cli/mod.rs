@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bind;
+pub mod events;
 pub mod host;
 pub mod repo;
 pub mod status;

@@ -5,6 +5,7 @@
 //! batch that is on disk when `commit` returns. Nothing above this trait knows
 //! which backend holds the data (sled today; a distributed store later).
 
+use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone};
 
 pub mod sled;
@@ -36,8 +37,15 @@ pub trait Store: Send + Sync {
     /// Every stored zone, whole.
     fn load(&self) -> Result<Vec<Zone>, StoreError>;
 
-    /// Applies `changes` and sets the zone's serial, atomically and durably.
-    fn commit(&self, origin: &str, serial: u32, changes: &[Change]) -> Result<(), StoreError>;
+    /// Applies `changes`, sets the zone's serial and appends `events` to the
+    /// audit log, atomically and durably.
+    fn commit(
+        &self,
+        origin: &str,
+        serial: u32,
+        changes: &[Change],
+        events: &[Event],
+    ) -> Result<(), StoreError>;
 
     /// Replaces a zone (or creates it) whole, atomically and durably.
     fn replace_zone(&self, zone: &Zone) -> Result<(), StoreError>;
@@ -51,5 +59,30 @@ pub trait Store: Send + Sync {
     /// The compiled view kept by `save_view`, if no change came after it.
     fn load_view(&self, _origin: &str) -> Option<Vec<u8>> {
         None
+    }
+
+    /// Appends events to the audit log, durably. Their ids come after every stored one.
+    fn append_events(&self, _events: &[Event]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Up to `limit` events with ids after `after`, oldest first.
+    fn events_after(&self, _after: u64, _limit: usize) -> Result<Vec<Event>, StoreError> {
+        Ok(vec![])
+    }
+
+    /// The id of the last stored event (0 if none).
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// A named reader's place in the audit log (a webhook's last delivered id).
+    fn cursor(&self, _name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records a reader's place, durably.
+    fn set_cursor(&self, _name: &str, _id: u64) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Change, Store, StoreError};
+use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone, ZoneMeta};
 
 const META: &str = "meta";
@@ -43,8 +44,15 @@ const REMOVED: &[u8] = b"null";
 /// The sled-backed store under `--data`.
 pub struct SledStore {
     db: ::sled::Db,
+    /// The audit log: big-endian id -> event JSON.
+    events: ::sled::Tree,
+    /// Readers' places in the audit log: name -> big-endian id.
+    cursors: ::sled::Tree,
     dir: std::path::PathBuf,
 }
+
+/// How many events the audit log keeps; older ones are dropped as new ones come.
+pub const EVENTS_KEPT: u64 = 100_000;
 
 /// Where a large value is: a file under the data directory, and its SHA-256.
 #[derive(Serialize, Deserialize)]
@@ -106,8 +114,12 @@ impl SledStore {
             .cache_capacity(16 << 20)
             .open()
             .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", dir.display())))?;
+        let events = db.open_tree("events").map_err(io)?;
+        let cursors = db.open_tree("cursors").map_err(io)?;
         let store = SledStore {
             db,
+            events,
+            cursors,
             dir: dir.to_path_buf(),
         };
         store.remove_unreferenced_files()?;
@@ -238,6 +250,31 @@ impl SledStore {
         self.db.flush().map_err(io)?;
         Ok(())
     }
+
+    /// Writes `batch` to the zone tree and `events` to the audit log in one
+    /// transaction, then flushes: both are on disk, or neither.
+    fn write_with_events(&self, batch: ::sled::Batch, events: &[Event]) -> Result<(), StoreError> {
+        use ::sled::Transactional;
+        if events.is_empty() {
+            return self.write(batch);
+        }
+        let mut log = ::sled::Batch::default();
+        for e in events {
+            log.insert(&e.id.to_be_bytes(), json(e)?);
+            if let Some(old) = e.id.checked_sub(EVENTS_KEPT) {
+                log.remove(&old.to_be_bytes());
+            }
+        }
+        (&*self.db, &self.events)
+            .transaction(|(db, ev)| {
+                db.apply_batch(&batch)?;
+                ev.apply_batch(&log)?;
+                Ok::<(), ::sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| io(format!("{e:?}")))?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
 }
 
 /// Applies one overlay entry (`KIND/NAME` = value) to `zone`.
@@ -288,6 +325,19 @@ fn overlay(zone: &mut Zone, k: &str, kind: &str, name: &str, v: &[u8]) -> Result
         }
     }
     Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// A big-endian u64 key or value.
+fn id_of(b: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = b.try_into().map_err(|_| StoreError::Corrupt {
+        key: format!("events/{}", hex(b)),
+        reason: "an event id is 8 bytes".into(),
+    })?;
+    Ok(u64::from_be_bytes(arr))
 }
 
 impl Store for SledStore {
@@ -355,14 +405,58 @@ impl Store for SledStore {
         Ok(zones.into_values().collect())
     }
 
-    fn commit(&self, origin: &str, serial: u32, changes: &[Change]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        origin: &str,
+        serial: u32,
+        changes: &[Change],
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         let mut batch = ::sled::Batch::default();
         for c in changes {
             Self::apply(&mut batch, origin, c)?;
         }
         batch.insert(key(origin, SERIAL, ""), json(&serial)?);
         batch.remove(key(origin, VIEW, ""));
-        self.write(batch)
+        self.write_with_events(batch, events)
+    }
+
+    fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.write_with_events(::sled::Batch::default(), events)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for item in self.events.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = item.map_err(io)?;
+            out.push(parse(&format!("events/{}", hex(&k)), &v)?);
+        }
+        Ok(out)
+    }
+
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        match self.events.last().map_err(io)? {
+            Some((k, _)) => id_of(&k),
+            None => Ok(0),
+        }
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        match self.cursors.get(name.as_bytes()).map_err(io)? {
+            Some(v) => id_of(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_cursor(&self, name: &str, id: u64) -> Result<(), StoreError> {
+        self.cursors
+            .insert(name.as_bytes(), &id.to_be_bytes())
+            .map_err(io)?;
+        self.cursors.flush().map_err(io)?;
+        Ok(())
     }
 
     fn replace_zone(&self, zone: &Zone) -> Result<(), StoreError> {
@@ -417,6 +511,45 @@ mod tests {
     }
 
     #[test]
+    fn events_commit_with_their_change_and_survive_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("sb-sled-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let zone = demo();
+        let event =
+            |id| crate::events::Draft::new("host", "h", "add").finish(id, 1, zone.origin(), "t");
+        {
+            let store = SledStore::open(&dir).expect("open");
+            assert_eq!(store.last_event_id().expect("last"), 0);
+            store.replace_zone(&zone).expect("seed");
+            let host = zone.hosts.values().next().cloned().expect("a host");
+            store
+                .commit(
+                    zone.origin(),
+                    zone.serial + 1,
+                    &[Change::PutHost(host)],
+                    &[event(1)],
+                )
+                .expect("commit");
+            store.append_events(&[event(2), event(3)]).expect("append");
+            store.set_cursor("webhook x", 2).expect("cursor");
+        }
+        let store = SledStore::open(&dir).expect("reopen");
+        assert_eq!(store.last_event_id().expect("last"), 3);
+        assert_eq!(
+            store.events_after(0, 10).expect("all"),
+            vec![event(1), event(2), event(3)]
+        );
+        assert_eq!(store.events_after(1, 1).expect("one"), vec![event(2)]);
+        assert_eq!(store.events_after(u64::MAX, 10).expect("none"), vec![]);
+        assert_eq!(store.cursor("webhook x").expect("cursor"), Some(2));
+        assert_eq!(store.cursor("webhook y").expect("cursor"), None);
+        // The zone tree never sees the log: the zone loads as before.
+        assert_eq!(store.load().expect("load").len(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn snapshot_and_overlay_load_as_the_zone_they_describe() {
         let dir = std::env::temp_dir().join(format!("sb-sled-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -440,6 +573,7 @@ mod tests {
                         },
                         Change::PutHost(changed.clone()),
                     ],
+                    &[],
                 )
                 .expect("commit");
             zone.hosts.remove(&gone);
@@ -468,7 +602,7 @@ mod tests {
             Some(&b"view"[..])
         );
         store
-            .commit(zone.origin(), zone.serial + 1, &[])
+            .commit(zone.origin(), zone.serial + 1, &[], &[])
             .expect("commit");
         assert_eq!(store.load_view(zone.origin()), None);
         store.save_view(zone.origin(), b"view").expect("save view");

@@ -1,0 +1,54 @@
+//! The heartbeat: a signed `POST /v1/hosts/HOST/heartbeat` to the directory,
+//! as often as the directory asks (half the shortest `heartbeat` check interval
+//! on this host's bindings, else every 10 s). It tells the directory this
+//! sidecar is alive (a binding with `check=heartbeat` turns critical when the
+//! beats stop) and reports stale-answer episodes, which the directory writes
+//! to its audit log; a finished episode is reported until acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_directory::cli::Client;
+use switchboard_directory::state::{HeartbeatReply, HeartbeatReport};
+
+use crate::metrics::Metrics;
+
+/// Sends heartbeats forever.
+pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
+    let path = format!("/v1/hosts/{host}/heartbeat");
+    let mut failing = false;
+    loop {
+        let episodes = metrics.stale_episodes();
+        let report = HeartbeatReport {
+            stale_since: episodes.since,
+            last_stale: episodes.last,
+        };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let next = match api.call(http::Method::POST, &path, body, true).await {
+            Ok(bytes) => match serde_json::from_slice::<HeartbeatReply>(&bytes) {
+                Ok(reply) => {
+                    if failing {
+                        tracing::info!("heartbeats reach the directory again");
+                        failing = false;
+                    }
+                    if let Some(from) = reply.ack_stale {
+                        metrics.stale_acknowledged(from);
+                    }
+                    Duration::from_millis(reply.next_ms.clamp(200, 60_000))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the directory's heartbeat answer is not JSON");
+                    Duration::from_secs(5)
+                }
+            },
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "heartbeat not delivered; retrying every second");
+                    failing = true;
+                }
+                Duration::from_secs(1)
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
+}

@@ -1,0 +1,428 @@
+//! Alerts: every transition lands in the audit log (`events`) and reaches each
+//! webhook exactly once, in order, through receiver failures and a restart; a
+//! sidecar's heartbeat keeps its `heartbeat` check passing and its stale-answer
+//! episodes are reported; a replica behind its max_lag for too long is an event.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_tests::{minimal_zone, signed_headers, stdout, unix_now, Backend, Directory};
+
+/// A webhook receiver: answers 500 to the first `fail_first` deliveries, then
+/// 204, and keeps the events it accepted (and how many attempts it saw).
+struct Receiver {
+    url: String,
+    accepted: Arc<Mutex<Vec<Value>>>,
+    attempts: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    fn start(fail_first: u32) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/hooks/switchboard",
+            listener.local_addr().expect("addr")
+        );
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(0u32));
+        let (acc, att) = (accepted.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(stream) = conn else { continue };
+                let (acc, att) = (acc.clone(), att.clone());
+                std::thread::spawn(move || serve(stream, fail_first, &acc, &att));
+            }
+        });
+        Receiver {
+            url,
+            accepted,
+            attempts,
+        }
+    }
+
+    fn accepted(&self) -> Vec<Value> {
+        self.accepted.lock().expect("lock").clone()
+    }
+}
+
+/// Reads HTTP/1.1 requests off one connection and answers each.
+fn serve(stream: std::net::TcpStream, fail_first: u32, acc: &Mutex<Vec<Value>>, att: &Mutex<u32>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        assert!(line.starts_with("POST /hooks/switchboard "), "{line}");
+        let (mut len, mut id) = (0usize, None::<u64>);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').expect("header");
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().expect("length"),
+                "switchboard-event-id" => id = v.trim().parse().ok(),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("body");
+        let event: Value = serde_json::from_slice(&body).expect("a JSON event");
+        assert_eq!(
+            event["id"].as_u64(),
+            id,
+            "Switchboard-Event-Id is the event's id"
+        );
+        let n = {
+            let mut a = att.lock().expect("lock");
+            *a += 1;
+            *a
+        };
+        let status = if n <= fail_first {
+            "500 Not Now"
+        } else {
+            acc.lock().expect("lock").push(event);
+            "204 No Content"
+        };
+        let _ = write!(out, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
+/// (kind, name, action, from, to) of an event.
+fn what(e: &Value) -> (String, String, String, String, String) {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    (s("kind"), s("name"), s("action"), s("from"), s("to"))
+}
+
+fn t(
+    kind: &str,
+    name: &str,
+    action: &str,
+    from: &str,
+    to: &str,
+) -> (String, String, String, String, String) {
+    (
+        kind.into(),
+        name.into(),
+        action.into(),
+        from.into(),
+        to.into(),
+    )
+}
+
+/// Every event in the log, by `events --json`.
+fn logged(d: &Directory) -> Vec<Value> {
+    let out = d.cli_ok(&["--json", "events", "--last", "1000"]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(|e| e["id"].as_u64()).collect()
+}
+
+#[test]
+fn every_transition_reaches_the_webhook_once_and_the_log_survives_a_restart() {
+    let hook = Receiver::start(2);
+    let mut d = Directory::with_zone(minimal_zone, &["--webhook", &hook.url]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+
+    d.cli_ok(&[
+        "host",
+        "add",
+        "app1",
+        "--addr",
+        "127.0.0.1",
+        "--roles",
+        "app",
+    ]);
+    d.cli_ok(&[
+        "host",
+        "add",
+        "app2",
+        "--addr",
+        "127.0.0.1",
+        "--roles",
+        "app",
+    ]);
+    d.cli_ok(&["host", "disable", "app1"]);
+    // Already disabled: a change, but no transition.
+    d.cli_ok(&["host", "disable", "app1"]);
+    d.cli_ok(&["host", "enable", "app1"]);
+    d.cli_ok(&[
+        "bind",
+        "add",
+        "app1",
+        "api",
+        &port,
+        "--check",
+        "tcp",
+        "--check-interval",
+        "1",
+        "--check-failures",
+        "2",
+        "--check-recoveries",
+        "1",
+        "--check-timeout-ms",
+        "500",
+    ]);
+    let passing = || {
+        logged(&d)
+            .iter()
+            .any(|e| what(e) == t("binding", "app1/api", "health", "unknown", "passing"))
+    };
+    d.wait_for("the check's first pass in the log", passing);
+    drop(listener);
+    d.wait_for("the check's failure in the log", || {
+        logged(&d)
+            .iter()
+            .any(|e| what(e) == t("binding", "app1/api", "health", "passing", "critical"))
+    });
+    let _back = TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind again");
+
+    let expected = vec![
+        t("host", "app1", "add", "", ""),
+        t("host", "app2", "add", "", ""),
+        t("host", "app1", "disable", "available", "unavailable"),
+        t("host", "app1", "enable", "unavailable", "available"),
+        t("binding", "app1/api", "add", "", ""),
+        t("binding", "app1/api", "health", "unknown", "passing"),
+        t("binding", "app1/api", "health", "passing", "critical"),
+        t("binding", "app1/api", "health", "critical", "passing"),
+    ];
+    d.wait_for("every transition at the webhook", || {
+        hook.accepted().len() >= expected.len()
+    });
+    let got = hook.accepted();
+    assert_eq!(got.iter().map(what).collect::<Vec<_>>(), expected);
+    assert!(
+        *hook.attempts.lock().expect("lock") >= 3,
+        "the two refused deliveries were retried"
+    );
+    // The same events, with the same ids, are in the log; ids grow by one.
+    let log = logged(&d);
+    let tail = &log[log.len() - expected.len()..];
+    assert_eq!(tail, &got[..], "the webhook got what the audit log holds");
+    let got_ids = ids(&got);
+    assert!(got_ids.windows(2).all(|w| w[1] == w[0] + 1), "{got_ids:?}");
+    assert_eq!(got[2]["by"].as_str(), Some("admin admin"), "{}", got[2]);
+    assert_eq!(got[6]["by"].as_str(), Some("check"));
+    assert!(
+        got[6]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("leaves service answers"),
+        "{}",
+        got[6]
+    );
+
+    // A restart keeps the log and the webhook's place: nothing is sent twice.
+    d.stop();
+    d.start();
+    assert_eq!(
+        &logged(&d)[..log.len()],
+        &log[..],
+        "the log survived the restart"
+    );
+    d.cli_ok(&["host", "disable", "app2"]);
+    d.wait_for("the change after the restart at the webhook", || {
+        hook.accepted().len() > expected.len()
+    });
+    let all = hook.accepted();
+    assert_eq!(all.len(), expected.len() + 1, "{all:#?}");
+    assert_eq!(
+        what(&all[expected.len()]),
+        t("host", "app2", "disable", "available", "unavailable")
+    );
+    let all_ids = ids(&all);
+    assert!(all_ids.windows(2).all(|w| w[1] == w[0] + 1), "{all_ids:?}");
+
+    // The human form says what happened.
+    let human = stdout(&d.cli(&["events", "--last", "1"]));
+    assert!(
+        human.contains("host app2 disable available->unavailable  by admin admin: host app2 marked unavailable"),
+        "{human}"
+    );
+}
+
+/// A POST through the admin API signed with the admin key: (status, body).
+fn signed(d: &Directory, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string().into_bytes();
+    let url = format!("{}{path}", d.server_url());
+    let headers = signed_headers(&d.admin_key, method, &url, &body, unix_now());
+    d.curl(method, path, &headers, Some(&body))
+}
+
+#[test]
+fn a_replica_behind_max_lag_for_too_long_is_an_event() {
+    let d = Directory::with_zone(minimal_zone, &["--lag-alert-after", "1"]);
+    for h in ["m1", "r2"] {
+        d.cli_ok(&["host", "add", h, "--addr", "127.0.0.1", "--roles", "repo"]);
+    }
+    d.cli_ok(&[
+        "repo",
+        "add",
+        "r1",
+        "--master",
+        "m1",
+        "--replicas",
+        "r2",
+        "--max-lag",
+        "0",
+    ]);
+    let (code, lease) = signed(
+        &d,
+        "POST",
+        "/v1/repos/r1/lease",
+        &serde_json::json!({"host": "m1"}),
+    );
+    assert_eq!(code, 200, "{lease}");
+    let (code, body) = signed(
+        &d,
+        "PUT",
+        "/v1/repos/r1/versions/m1",
+        &serde_json::json!({"version": 1, "lease": lease["token"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let behind = Instant::now();
+    let lagging = |d: &Directory| {
+        logged(d)
+            .into_iter()
+            .filter(|e| what(e) == t("repo", "r1/r2", "lagging", "current", "lagging"))
+            .count()
+    };
+    d.wait_for("a lagging event", || lagging(&d) == 1);
+    assert!(
+        behind.elapsed() >= Duration::from_secs(1),
+        "alerted before --lag-alert-after"
+    );
+    let (code, body) = signed(
+        &d,
+        "PUT",
+        "/v1/repos/r1/versions/r2",
+        &serde_json::json!({"version": 1}),
+    );
+    assert_eq!(code, 200, "{body}");
+    d.wait_for("a caught-up event", || {
+        logged(&d)
+            .iter()
+            .any(|e| what(e) == t("repo", "r1/r2", "caught-up", "lagging", "current"))
+    });
+    assert_eq!(lagging(&d), 1, "one event per episode");
+}
+
+#[test]
+fn heartbeats_keep_a_host_in_and_stale_answers_are_reported() {
+    let mut d = Directory::with_zone(minimal_zone, &["--node-ttl", "1", "--service-ttl", "1"]);
+    let backend = Backend::start("web1");
+    let mut web1 = d.sidecar("web1", "web", Some(&backend));
+    d.cli_ok(&[
+        "bind",
+        "add",
+        "web1",
+        "alive",
+        "1",
+        "--check",
+        "heartbeat",
+        "--check-interval",
+        "1",
+        "--check-failures",
+        "2",
+        "--check-recoveries",
+        "1",
+        "--check-timeout-ms",
+        "500",
+    ]);
+    let health = |d: &Directory| {
+        d.dig("web1._alive._tcp.cluster.example.", "TXT", &[])
+            .data("TXT")
+            .join(" ")
+            .split_whitespace()
+            .find_map(|w| {
+                w.trim_matches('"')
+                    .strip_prefix("health=")
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
+    d.wait_for("the heartbeat check to pass", || health(&d) == "passing");
+
+    web1.kill();
+    let killed = Instant::now();
+    d.wait_for("a silent sidecar's binding to turn critical", || {
+        health(&d) == "critical"
+    });
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "interval 1 s × 2 failures, yet {took:?}"
+    );
+    assert!(
+        d.dig("alive.service.cluster.example.", "SRV", &[])
+            .data("SRV")
+            .is_empty(),
+        "a critical binding leaves the service answer"
+    );
+    web1.restart();
+    d.wait_for("the heartbeat check to pass again", || {
+        health(&d) == "passing"
+    });
+
+    // The directory goes away: once the sidecar's answers expire it routes on
+    // stale ones, and says so when the directory is back.
+    d.cli_ok(&["repo", "add", "r1", "--master", "web1"]);
+    let lookup = || {
+        let _ = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "--data-binary",
+                "repository=r1",
+            ])
+            .arg(web1.http_url("/api/diffusion.querycommits"))
+            .status();
+    };
+    lookup();
+    d.stop();
+    d.wait_for("the sidecar's answers to expire", || {
+        web1.metric("switchboard_sidecar_cache_age_seconds")
+            .unwrap_or(0.0)
+            > 2.0
+    });
+    lookup();
+    assert_eq!(web1.metric("switchboard_sidecar_serving_stale"), Some(1.0));
+    d.start();
+    d.wait_for("the stale episode in the log", || {
+        let log = logged(&d);
+        let n = |a: &str| {
+            log.iter()
+                .filter(|e| what(e).0 == "sidecar" && what(e).2 == a)
+                .count()
+        };
+        if n("fresh") == 0 {
+            // Fresh answers come with the next lookup.
+            lookup();
+        }
+        n("stale") == 1 && n("fresh") == 1
+    });
+    let log = logged(&d);
+    let sc: Vec<_> = log.iter().filter(|e| what(e).0 == "sidecar").collect();
+    assert_eq!(what(sc[0]), t("sidecar", "web1", "stale", "fresh", "stale"));
+    assert_eq!(what(sc[1]), t("sidecar", "web1", "fresh", "stale", "fresh"));
+    assert_eq!(sc[1]["by"].as_str(), Some("host web1"));
+}
