@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a machine that has only Rust: installs the
-# real clients the end-to-end tests drive (dig, named-checkzone, curl, git, ssh, sshd) from
+# real clients the end-to-end tests drive (dig, named-checkzone, curl, git, ssh, sshd,
+# chromium and chromedriver) from
 # Debian's packages if they are missing, then lints, builds and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # The partition test puts hosts in network namespaces and cuts links with nftables.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+# The console test drives a headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

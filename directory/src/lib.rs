@@ -7,11 +7,13 @@
 //! - `dns`: the hickory-server request handler that reads the view; `wire`: the UDP fast path.
 //! - `state`: the one place a change is applied.
 //! - `sign`: RFC 9421 HTTP Message Signatures, shared with the sidecar.
-//! - `admin`: the JSON admin API; `cli`: the commands that talk to it.
+//! - `admin`: the JSON admin API; `cli`: the commands that talk to it; `console`: the web console.
+//! - `checks`: health checks; `events`: the audit log; `webhooks`: its delivery.
 
 pub mod admin;
 pub mod checks;
 pub mod cli;
+pub mod console;
 pub mod dns;
 pub mod events;
 pub mod keys;

@@ -89,6 +89,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         lag_alert_after: u64,
     },
+    /// A one-time link that signs you in to the web console (signed with --key).
+    Console(cli::console::ConsoleCmd),
     /// The audit log: the last events, and with --follow every new one as it happens.
     Events(cli::events::EventsCmd),
     /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print its public key and fingerprint.
@@ -190,6 +192,7 @@ fn main() -> ExitCode {
                     Command::Zone(c) => cli::zone::run(&client, c).await,
                     Command::Admin(c) => cli::admin::run(&client, c).await,
                     Command::Events(c) => cli::events::run(&client, c).await,
+                    Command::Console(c) => cli::console::run(&client, c).await,
                     Command::Serve { .. } | Command::Keygen { .. } => Ok(()),
                 }
                 .map_err(|e| e.to_string())

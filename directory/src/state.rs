@@ -616,6 +616,20 @@ impl Directory {
         last.elapsed()
     }
 
+    /// How long ago each host of the zone sent its last heartbeat (hosts heard
+    /// from since the directory started).
+    pub fn heartbeats_seen(
+        &self,
+        origin: &str,
+    ) -> std::collections::HashMap<String, std::time::Duration> {
+        let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        beats
+            .iter()
+            .filter(|((z, _), _)| z == origin)
+            .map(|((_, h), hb)| (h.clone(), hb.last.elapsed()))
+            .collect()
+    }
+
     /// Up to `limit` audit events after `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.store.events_after(after, limit)

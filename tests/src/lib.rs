@@ -4,6 +4,7 @@
 //! harness hides ports, temp dirs and process handling.
 
 pub mod fuzz;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

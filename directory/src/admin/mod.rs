@@ -38,6 +38,8 @@ pub struct Admin {
     pub dir: Arc<Directory>,
     replay: ReplayGuard,
     policy: Policy,
+    /// Console logins and sessions.
+    pub sessions: crate::console::Sessions,
 }
 
 impl Admin {
@@ -49,6 +51,7 @@ impl Admin {
                 max_skew_secs: 30,
                 max_lifetime_secs: 60,
             },
+            sessions: Default::default(),
         }
     }
 }
@@ -169,7 +172,7 @@ impl Call {
     }
 }
 
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for pair in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -508,6 +511,7 @@ fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
         (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
         (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
         (&Method::GET, ["v1", "keys", fpr]) => admins::key(admin, fpr),
+        (&Method::POST, ["v1", "sessions"]) => crate::console::mint(admin, call),
         _ => Err(Refusal::not_found(format!(
             "no such API route: {} {}",
             m,
@@ -546,6 +550,10 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move {
+                    let p = req.uri().path();
+                    if p == "/ui" || p.starts_with("/ui/") {
+                        return Ok::<_, Infallible>(crate::console::route(admin, req).await);
+                    }
                     Ok::<_, Infallible>(match route(admin, req).await {
                         Ok(r) => r,
                         Err(r) => refusal_response(r),

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bind;
+pub mod console;
 pub mod events;
 pub mod host;
 pub mod repo;
@@ -94,6 +95,12 @@ impl Client {
                 HyperClient::builder(TokioExecutor::new()).build(connector)
             },
         })
+    }
+
+    /// `http://HOST:PORT` of the directory this client talks to.
+    pub fn base(&self) -> String {
+        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or("");
+        format!("http://{authority}")
     }
 
     fn uri(&self, path: &str) -> Result<Uri, CliError> {
