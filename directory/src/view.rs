@@ -381,6 +381,32 @@ struct Builder<'z> {
     zone: &'z Zone,
     cfg: ViewConfig,
     scope: &'z Scope,
+    /// In a full build, host names are encoded as soon as they are built,
+    /// straight into the shards: most of a zone's names are hosts, and holding
+    /// every host's hickory records until the end cost hundreds of megabytes
+    /// of short-lived memory (and the time to fault it in).
+    eager: Option<Eager>,
+}
+
+/// Names encoded early, and the parents they need as (empty) nodes.
+#[derive(Default)]
+struct Eager {
+    shards: Vec<FxHashMap<Key, Node>>,
+    parents: rustc_hash::FxHashSet<Name>,
+}
+
+impl Eager {
+    fn new() -> Self {
+        Eager {
+            shards: (0..SHARDS).map(|_| FxHashMap::default()).collect(),
+            parents: Default::default(),
+        }
+    }
+
+    fn get(&self, name: &Name) -> Option<&Node> {
+        let k = key_of(name)?;
+        self.shards[shard_of(&k)].get(&k)
+    }
 }
 
 fn txt(strings: Vec<String>) -> RData {
@@ -510,11 +536,31 @@ impl<'z> Builder<'z> {
         }
     }
 
+    /// Runs `f`, whose names are complete when it returns; in a full build
+    /// they are encoded into the shards at once instead of joining `names`.
+    fn eagerly(&mut self, f: impl FnOnce(&mut Self)) {
+        if self.eager.is_none() {
+            return f(self);
+        }
+        let rest = std::mem::take(&mut self.names);
+        f(self);
+        let built = std::mem::replace(&mut self.names, rest);
+        if let Some(eager) = &mut self.eager {
+            for (name, node) in built {
+                eager.parents.insert(name.base_name());
+                if let Some(k) = key_of(&name) {
+                    let node = node.encode(&name);
+                    eager.shards[shard_of(&k)].insert(k, node);
+                }
+            }
+        }
+    }
+
     fn hosts(&mut self) {
         let zone = self.zone;
         if self.scope.all {
             for h in zone.hosts.values() {
-                self.host(h);
+                self.eagerly(|b| b.host(h));
             }
         } else {
             for name in &self.scope.hosts {
@@ -584,7 +630,7 @@ impl<'z> Builder<'z> {
             }
         }
         for (svc, bindings) in by_service {
-            self.service(svc, bindings);
+            self.eagerly(|b| b.service(svc, bindings));
         }
         if self.scope.all || self.scope.service_index {
             let Some(services_name) = self.name(&schema::DNS_SD_SERVICES) else {
@@ -697,18 +743,30 @@ fn build_names(
     origin: &Name,
     scope: &Scope,
 ) -> FxHashMap<Name, BuildNode> {
+    build_names_with(zone, cfg, origin, scope, None).0
+}
+
+/// The names of `scope`, with `eager` given: hosts already encoded in it.
+fn build_names_with(
+    zone: &Zone,
+    cfg: ViewConfig,
+    origin: &Name,
+    scope: &Scope,
+    eager: Option<Eager>,
+) -> (FxHashMap<Name, BuildNode>, Option<Eager>) {
     let mut b = Builder {
         origin: origin.clone(),
         names: FxHashMap::default(),
         zone,
         cfg,
         scope,
+        eager,
     };
     b.hosts();
     b.services();
     b.repos();
     b.admins();
-    b.names
+    (b.names, b.eager)
 }
 
 fn finish(
@@ -736,7 +794,9 @@ fn key_of(name: &Name) -> Option<Key> {
 /// Builds the answers of one zone from its model.
 pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
     let (origin, soa, negative_soa) = apex(zone)?;
-    let mut names = build_names(zone, cfg, &origin, &Scope::all());
+    let (mut names, eager) =
+        build_names_with(zone, cfg, &origin, &Scope::all(), Some(Eager::new()));
+    let mut eager = eager.unwrap_or_else(Eager::new);
     {
         let apex_node = names.entry(origin.clone()).or_default();
         apex_node.set_mut(RecordType::SOA).records.push(soa);
@@ -758,9 +818,13 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         .into_iter()
         .filter(|r| {
             let t = r.record_type();
+            let lower = r.name.to_lowercase();
             let derived = names
-                .get(&r.name.to_lowercase())
-                .is_some_and(|n| n.sets.iter().any(|s| s.rtype == Some(t)));
+                .get(&lower)
+                .is_some_and(|n| n.sets.iter().any(|s| s.rtype == Some(t)))
+                || eager
+                    .get(&lower)
+                    .is_some_and(|n| n.set(u16::from(t)).is_some());
             if derived {
                 tracing::warn!(name = %r.name, rtype = %t, "static record shadowed by a derived one; ignored");
             }
@@ -782,24 +846,54 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         .ns
         .iter()
         .filter_map(|n| Name::from_ascii(n).ok())
-        .filter_map(|t| names.get(&t.to_lowercase()))
-        .flat_map(|n| {
-            n.sets
-                .iter()
-                .filter(|s| matches!(s.rtype, Some(RecordType::A | RecordType::AAAA)))
+        .flat_map(|t| {
+            let t = t.to_lowercase();
+            let mut found: Vec<Record> = names
+                .get(&t)
+                .map(|n| {
+                    n.sets
+                        .iter()
+                        .filter(|s| matches!(s.rtype, Some(RecordType::A | RecordType::AAAA)))
+                        .flat_map(|s| s.records.iter().cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let (Some(node), Some(k)) = (eager.get(&t), key_of(&t)) {
+                for rt in [RecordType::A, RecordType::AAAA] {
+                    if let Some((answers, _)) = node.decode(&k, u16::from(rt)) {
+                        found.extend(answers);
+                    }
+                }
+            }
+            found
         })
-        .flat_map(|s| s.records.iter().cloned())
         .collect();
     if let Some(apex_node) = names.get_mut(&origin) {
         apex_node.set_mut(RecordType::NS).additionals = glue;
     }
-    add_ancestors(&mut names, &origin, |_| false);
-    let mut shards: Vec<FxHashMap<Key, Node>> = (0..SHARDS).map(|_| FxHashMap::default()).collect();
-    for (name, node) in names {
-        let node = node.encode(&name);
-        if let Some(k) = key_of(&name) {
-            shards[shard_of(&k)].insert(k, node);
+    // The early-encoded names' parents exist too (`node.Z`, `key.Z`), and
+    // every ancestor of those.
+    for p in std::mem::take(&mut eager.parents) {
+        if p.num_labels() > origin.num_labels() && eager.get(&p).is_none() {
+            names.entry(p).or_default();
         }
+    }
+    add_ancestors(&mut names, &origin, |n| eager.get(n).is_some());
+    let mut shards = eager.shards;
+    for (name, mut node) in names {
+        let Some(k) = key_of(&name) else { continue };
+        let shard = &mut shards[shard_of(&k)];
+        // A name built both early and late (a static record at a host's name):
+        // one node with both.
+        if let Some(early) = shard.remove(&k) {
+            for r in early.records(&k) {
+                node.set_mut(r.record_type()).records.push(r);
+            }
+            if node.key.is_none() {
+                node.key = early.key.map(|b| *b);
+            }
+        }
+        shard.insert(k, node.encode(&name));
     }
     Ok(finish(
         origin,

@@ -510,6 +510,19 @@ mod tests {
         zonefile::parse(text, "demo", Some("cluster.example.")).expect("demo zone")
     }
 
+    /// Opens a store just closed: sled's flusher thread lets go of the
+    /// directory's lock a moment after the last handle is dropped.
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
     #[test]
     fn events_commit_with_their_change_and_survive_a_reopen() {
         let dir = std::env::temp_dir().join(format!("sb-sled-events-{}", std::process::id()));
@@ -533,7 +546,7 @@ mod tests {
             store.append_events(&[event(2), event(3)]).expect("append");
             store.set_cursor("webhook x", 2).expect("cursor");
         }
-        let store = SledStore::open(&dir).expect("reopen");
+        let store = reopen(&dir);
         assert_eq!(store.last_event_id().expect("last"), 3);
         assert_eq!(
             store.events_after(0, 10).expect("all"),
@@ -581,16 +594,7 @@ mod tests {
             zone.hosts.insert(changed.name.clone(), changed);
             zone.serial += 1;
         }
-        // sled's flusher thread lets go of the directory's lock a moment after
-        // the last handle is dropped.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let store = loop {
-            match SledStore::open(&dir) {
-                Ok(s) => break s,
-                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
+        let store = reopen(&dir);
         let loaded = store.load().expect("load");
         assert_eq!(loaded, vec![zone.clone()]);
 
