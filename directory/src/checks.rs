@@ -33,7 +33,8 @@ struct Track {
 /// One probe to run.
 struct Due {
     key: Key,
-    addr: SocketAddr,
+    /// The host's first address and the binding's port (none without an address).
+    addr: Option<SocketAddr>,
     check: Check,
 }
 
@@ -59,15 +60,23 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tracks: HashMap<Key, Track> = HashMap::new();
-    let mut lags = Lags::default();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Key, Check, bool)>(1024);
+    let mut lags = Lags::reopened(&dir).await;
+    // A probe's verdict: None is "no verdict yet" (a heartbeat check just after a restart).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Key, Check, Option<bool>)>(1024);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some((key, check, passed)) = rx.recv() => {
-                record(&dir, &mut tracks, key, &check, passed).await;
+            Some((key, check, verdict)) = rx.recv() => {
+                match verdict {
+                    Some(passed) => record(&dir, &mut tracks, key, &check, passed).await,
+                    None => {
+                        if let Some(t) = tracks.get_mut(&key) {
+                            t.probing = false;
+                        }
+                    }
+                }
                 continue;
             }
             _ = stop.changed() => return,
@@ -91,12 +100,14 @@ pub async fn run(
             let tx = tx.clone();
             let dir = dir.clone();
             tokio::spawn(async move {
-                let passed = match due.check.probe {
-                    Probe::Heartbeat => {
+                let passed = match (due.check.probe.clone(), due.addr) {
+                    (Probe::Heartbeat, _) => {
                         let (origin, host, _) = &due.key;
                         heartbeat_fresh(&dir, origin, host, &due.check)
                     }
-                    _ => probe(due.addr, &due.check).await,
+                    (_, Some(addr)) => Some(probe(addr, &due.check).await),
+                    // No address to probe: it cannot pass.
+                    (_, None) => Some(false),
                 };
                 let _ = tx.send((due.key, due.check, passed)).await;
             });
@@ -112,12 +123,10 @@ fn checked(dir: &Directory) -> Vec<Due> {
         dir.read(&origin, |z| {
             for b in z.bindings.values() {
                 let Some(check) = &b.check else { continue };
-                let Some(ip) = z.hosts.get(&b.host).and_then(|h| h.addrs.first()) else {
-                    continue;
-                };
+                let ip = z.hosts.get(&b.host).and_then(|h| h.addrs.first());
                 out.push(Due {
                     key: (origin.clone(), b.host.clone(), b.service.clone()),
-                    addr: SocketAddr::new(*ip, b.port),
+                    addr: ip.map(|ip| SocketAddr::new(*ip, b.port)),
                     check: check.clone(),
                 });
             }
@@ -142,12 +151,12 @@ async fn probe(addr: SocketAddr, check: &Check) -> bool {
 }
 
 /// Whether the host's sidecar sent a heartbeat within the check's interval
-/// plus its timeout (counting from the directory's start, so a restart does
-/// not find every host silent).
-fn heartbeat_fresh(dir: &Directory, origin: &str, host: &str, check: &Check) -> bool {
+/// plus its timeout; no verdict until the directory has run that long (a
+/// restart neither fails every host nor lets a dead one pass).
+fn heartbeat_fresh(dir: &Directory, origin: &str, host: &str, check: &Check) -> Option<bool> {
     let window = Duration::from_secs(u64::from(check.interval))
         + Duration::from_millis(u64::from(check.timeout_ms));
-    dir.heartbeat_age(origin, host) <= window
+    dir.heartbeat_within(origin, host, window)
 }
 
 /// Replicas behind their repository's `max_lag`, and since when.
@@ -158,26 +167,50 @@ struct Lags {
 }
 
 impl Lags {
+    /// Replicas the audit log leaves `lagging` (no `caught-up` after): a
+    /// restart does not announce them again.
+    async fn reopened(dir: &Arc<Directory>) -> Self {
+        let d = dir.clone();
+        let open =
+            tokio::task::spawn_blocking(move || d.open_episodes("repo", "lagging", "caught-up"))
+                .await
+                .unwrap_or_default();
+        let now = Instant::now();
+        let behind = open
+            .into_iter()
+            .filter_map(|(zone, name)| {
+                let (repo, host) = name.split_once('/')?;
+                Some(((zone, repo.to_string(), host.to_string()), (now, true)))
+            })
+            .collect();
+        Lags { behind }
+    }
+
     /// Notes which replicas are behind; writes `lagging` for one behind longer
-    /// than `after`, and `caught-up` when an alerted one is back within `max_lag`.
+    /// than `after`, and `caught-up` when an alerted one is back within
+    /// `max_lag`. A replica that stopped being one (removed, promoted) is
+    /// forgotten without a `caught-up`: its own change is the event.
     async fn scan(&mut self, dir: &Arc<Directory>, after: Duration, now: Instant) {
         let mut lagging: HashMap<(String, String, String), String> = HashMap::new();
+        let mut replicas: std::collections::HashSet<(String, String, String)> = Default::default();
         for origin in dir.origins() {
             dir.read(&origin, |z| {
                 for r in z.repos.values() {
                     let master = r.versions.get(&r.master).copied().unwrap_or(0);
                     for h in &r.replicas {
+                        let key = (origin.clone(), r.name.clone(), h.clone());
                         let have = r.versions.get(h).copied().unwrap_or(0);
                         let behind = master.saturating_sub(have);
                         if behind > r.max_lag {
                             lagging.insert(
-                                (origin.clone(), r.name.clone(), h.clone()),
+                                key.clone(),
                                 format!(
                                     "replica {h} of {} is {behind} version(s) behind its master {} (max_lag {})",
                                     r.name, r.master, r.max_lag
                                 ),
                             );
                         }
+                        replicas.insert(key);
                     }
                 }
             });
@@ -186,9 +219,9 @@ impl Lags {
         for (key, message) in &lagging {
             let entry = self.behind.entry(key.clone()).or_insert((now, false));
             if !entry.1 && now.duration_since(entry.0) >= after {
-                entry.1 = true;
                 let (zone, repo, host) = key;
                 events.push((
+                    key.clone(),
                     zone.clone(),
                     Draft::new("repo", format!("{repo}/{host}"), "lagging")
                         .transition("current", "lagging")
@@ -196,13 +229,15 @@ impl Lags {
                 ));
             }
         }
-        self.behind.retain(|key, (_, alerted)| {
+        let mut gone = Vec::new();
+        for (key, (_, alerted)) in &self.behind {
             if lagging.contains_key(key) {
-                return true;
+                continue;
             }
-            if *alerted {
+            if *alerted && replicas.contains(key) {
                 let (zone, repo, host) = key;
                 events.push((
+                    key.clone(),
                     zone.clone(),
                     Draft::new("repo", format!("{repo}/{host}"), "caught-up")
                         .transition("lagging", "current")
@@ -210,23 +245,44 @@ impl Lags {
                             "replica {host} of {repo} is back within max_lag of its master"
                         )),
                 ));
+            } else {
+                gone.push(key.clone());
             }
-            false
-        });
+        }
+        for key in gone {
+            self.behind.remove(&key);
+        }
         if events.is_empty() {
             return;
         }
-        let dir = dir.clone();
+        // The state moves only once its event is written: a failed write is
+        // tried again at the next scan.
+        let d = dir.clone();
         let written = tokio::task::spawn_blocking(move || {
-            for (zone, draft) in events {
-                if let Err(e) = dir.record(&zone, draft, "directory") {
-                    tracing::warn!(error = %e, "could not record a replica's lag");
-                }
-            }
+            events
+                .into_iter()
+                .filter_map(|(key, zone, draft)| {
+                    let action = draft.action;
+                    match d.record(&zone, draft, "directory") {
+                        Ok(_) => Some((key, action)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not record a replica's lag; trying again");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
         })
-        .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "lag recording task failed");
+        .await
+        .unwrap_or_default();
+        for (key, action) in written {
+            if action == "lagging" {
+                if let Some(entry) = self.behind.get_mut(&key) {
+                    entry.1 = true;
+                }
+            } else {
+                self.behind.remove(&key);
+            }
         }
     }
 }

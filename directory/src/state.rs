@@ -116,11 +116,14 @@ pub struct Directory {
     started: std::time::Instant,
 }
 
-/// What the directory remembers of a host's heartbeats (in memory only).
-#[derive(Debug, Clone)]
+/// What the directory remembers of a host's heartbeats: in memory, except
+/// that an episode left open in the audit log is reopened at start.
+#[derive(Debug, Clone, Default)]
 struct Heartbeat {
-    last: std::time::Instant,
-    /// The stale episode the directory has announced, by its start (unix ms).
+    /// The last heartbeat since the directory started.
+    last: Option<std::time::Instant>,
+    /// The stale episode the directory has announced and not closed, by its
+    /// start (unix ms; 0 when reopened from the audit log).
     stale_since: Option<u64>,
     /// The last finished episode acknowledged to the sidecar.
     acked: Option<u64>,
@@ -221,7 +224,7 @@ impl Directory {
             zones.insert(z.origin().to_string(), z);
         }
         let last_event = store.last_event_id()?;
-        Ok(Directory {
+        let dir = Directory {
             next_event: Mutex::new(last_event + 1),
             heartbeats: Mutex::new(Default::default()),
             started: std::time::Instant::now(),
@@ -234,7 +237,15 @@ impl Directory {
             events: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
             saved_views: Mutex::new(saved_views),
-        })
+        };
+        {
+            let reopened = dir.open_episodes("sidecar", "stale", "fresh");
+            let mut beats = dir.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            for key in reopened {
+                beats.entry(key).or_default().stale_since = Some(0);
+            }
+        }
+        Ok(dir)
     }
 
     /// Saves each zone's compiled view in the store (see `view::cache`), for a
@@ -392,9 +403,6 @@ impl Directory {
         let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "view built");
         let t = std::time::Instant::now();
-        self.store.replace_zone(&zone)?;
-        tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
-        self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "seed"));
         let origin = zone.origin().to_string();
         let draft = Draft::new("zone", &origin, "seed").message(format!(
             "zone {origin} seeded from its zone file ({} hosts, {} bindings, {} repositories)",
@@ -402,11 +410,14 @@ impl Directory {
             zone.bindings.len(),
             zone.repos.len()
         ));
-        zones.insert(origin.clone(), zone);
+        let ((), audit) = self.with_events(&origin, vec![draft], "directory", |ev| {
+            self.store.replace_zone(&zone, ev)
+        })?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
+        self.publish_built(&zone, zv, ("zone", origin.clone(), "seed"));
+        zones.insert(origin, zone);
         drop(zones);
-        if let Err(e) = self.record(&origin, draft, "directory") {
-            tracing::warn!(error = %e, "could not write the zone's event to the audit log");
-        }
+        self.announce(&audit);
         Ok(true)
     }
 
@@ -423,8 +434,6 @@ impl Directory {
             zone.serial = zone.serial.max(next_serial(old.serial));
         }
         let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
-        self.store.replace_zone(&zone)?;
-        self.publish_built(&zone, zv, ("zone", zone.origin().to_string(), "import"));
         let serial = zone.serial;
         let origin = zone.origin().to_string();
         let draft = Draft::new("zone", &origin, "import").message(format!(
@@ -433,11 +442,13 @@ impl Directory {
             zone.bindings.len(),
             zone.repos.len()
         ));
-        zones.insert(origin.clone(), zone);
+        let ((), audit) = self.with_events(&origin, vec![draft], by, |ev| {
+            self.store.replace_zone(&zone, ev)
+        })?;
+        self.publish_built(&zone, zv, ("zone", origin.clone(), "import"));
+        zones.insert(origin, zone);
         drop(zones);
-        if let Err(e) = self.record(&origin, draft, by) {
-            tracing::warn!(error = %e, "could not write the zone's event to the audit log");
-        }
+        self.announce(&audit);
         Ok(serial)
     }
 
@@ -479,14 +490,9 @@ impl Directory {
         let draft = events::of_change(zone, &op, &changes);
         let serial = next_serial(zone.serial);
         let t = std::time::Instant::now();
-        let mut next_event = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
-        let audit: Vec<Event> = draft
-            .map(|d| d.finish(*next_event, events::now_ms(), origin, by))
-            .into_iter()
-            .collect();
-        self.store.commit(origin, serial, &changes, &audit)?;
-        *next_event += audit.len() as u64;
-        drop(next_event);
+        let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {
+            self.store.commit(origin, serial, &changes, ev)
+        })?;
         let committed = t.elapsed();
         for c in changes {
             apply_change(zone, c);
@@ -509,13 +515,61 @@ impl Directory {
     /// Writes an event that is not a change of the model (a lagging replica, a
     /// sidecar serving stale answers) to the audit log, durably.
     pub fn record(&self, origin: &str, draft: Draft, by: &str) -> Result<Event, StoreError> {
+        let ((), mut written) =
+            self.with_events(origin, vec![draft], by, |ev| self.store.append_events(ev))?;
+        self.announce(&written);
+        written
+            .pop()
+            .ok_or_else(|| StoreError::Io("no event was numbered".into()))
+    }
+
+    /// Numbers `drafts` and runs `write`, the store write that carries them.
+    /// The ids are used up whatever happens: a write that failed after its
+    /// events reached the store (a failed flush) never lends their ids to
+    /// other events, so a reader's place in the log stays exact.
+    fn with_events<T>(
+        &self,
+        origin: &str,
+        drafts: Vec<Draft>,
+        by: &str,
+        write: impl FnOnce(&[Event]) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<Event>), StoreError> {
         let mut next = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
-        let event = draft.finish(*next, events::now_ms(), origin, by);
-        self.store.append_events(std::slice::from_ref(&event))?;
-        *next += 1;
+        let now = events::now_ms();
+        let numbered: Vec<Event> = drafts
+            .into_iter()
+            .zip(*next..)
+            .map(|(d, id)| d.finish(id, now, origin, by))
+            .collect();
+        let result = write(&numbered);
+        *next += numbered.len() as u64;
         drop(next);
-        self.announce(std::slice::from_ref(&event));
-        Ok(event)
+        result.map(|t| (t, numbered))
+    }
+
+    /// The (zone, name) of every `kind` episode the audit log leaves open: its
+    /// last `open` or `close` event among the recent ones is `open` (a replica
+    /// still lagging, a sidecar still stale), so a restart does not announce
+    /// it twice.
+    pub fn open_episodes(&self, kind: &str, open: &str, close: &str) -> Vec<(String, String)> {
+        let last = self.last_event_id();
+        let recent = match self.store.events_after(last.saturating_sub(10_000), 10_000) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the audit log; open episodes are forgotten");
+                return vec![];
+            }
+        };
+        let mut state: std::collections::BTreeMap<(String, String), bool> = Default::default();
+        for e in recent.into_iter().filter(|e| e.kind == kind) {
+            if e.action == open || e.action == close {
+                state.insert((e.zone, e.name), e.action == open);
+            }
+        }
+        state
+            .into_iter()
+            .filter_map(|(k, is_open)| is_open.then_some(k))
+            .collect()
     }
 
     /// Logs written events and wakes their readers.
@@ -551,16 +605,15 @@ impl Directory {
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?
             .ok_or_else(|| ApplyError::NotFound(format!("no host {host} in {origin}")))?;
         let key = (origin.to_string(), host.to_string());
-        let mut drafts = Vec::new();
-        let mut ack = None;
-        {
+        // Decide under the lock, write the events without it, and remember what
+        // was announced only once it is written: a failed write is retried by
+        // the sidecar's next heartbeat, not lost.
+        let (drafts, open, acked, ack) = {
             let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-            let hb = beats.entry(key).or_insert(Heartbeat {
-                last: std::time::Instant::now(),
-                stale_since: None,
-                acked: None,
-            });
-            hb.last = std::time::Instant::now();
+            let hb = beats.entry(key.clone()).or_default();
+            hb.last = Some(std::time::Instant::now());
+            let (mut open, mut acked, mut ack) = (hb.stale_since, hb.acked, None);
+            let mut drafts = Vec::new();
             let stale = |since: u64| {
                 Draft::new("sidecar", host, "stale")
                     .transition("fresh", "stale")
@@ -570,8 +623,9 @@ impl Directory {
                     ))
             };
             if let Some((from, to)) = report.last_stale {
-                if hb.acked != Some(from) {
-                    if hb.stale_since != Some(from) {
+                if acked != Some(from) {
+                    // An episode the directory never heard begin is announced now.
+                    if open.is_none() {
                         drafts.push(stale(from));
                     }
                     drafts.push(
@@ -583,37 +637,63 @@ impl Directory {
                                 clock(from)
                             )),
                     );
-                    hb.stale_since = None;
+                    open = None;
                 }
-                hb.acked = Some(from);
+                acked = Some(from);
                 ack = Some(from);
             }
-            if let Some(since) = report.stale_since {
-                if hb.stale_since != Some(since) {
-                    hb.stale_since = Some(since);
+            match report.stale_since {
+                Some(since) if open.is_none() => {
+                    open = Some(since);
                     drafts.push(stale(since));
                 }
+                Some(_) => {}
+                // Announced as stale, and now neither stale nor reporting an
+                // end the directory has not seen (the sidecar restarted, or an
+                // acknowledgement was lost): the episode is over.
+                None => {
+                    if open.take().is_some() {
+                        drafts.push(
+                            Draft::new("sidecar", host, "fresh")
+                                .transition("stale", "fresh")
+                                .message(format!("the sidecar on {host} has fresh answers again")),
+                        );
+                    }
+                }
             }
-        }
+            (drafts, open, acked, ack)
+        };
         for d in drafts {
             self.record(origin, d, &format!("host {host}"))?;
         }
+        let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let hb = beats.entry(key).or_default();
+        hb.stale_since = open;
+        hb.acked = acked;
         Ok(HeartbeatReply {
             next_ms,
             ack_stale: ack,
         })
     }
 
-    /// How long ago `host`'s sidecar last sent a heartbeat, counting from the
-    /// directory's start if it has not since.
-    pub fn heartbeat_age(&self, origin: &str, host: &str) -> std::time::Duration {
+    /// Whether `host`'s sidecar sent a heartbeat within `window`: `None` while
+    /// the directory has run for less than `window` and not heard from it yet
+    /// (no verdict: a restart must neither fail every host nor pass a dead one).
+    pub fn heartbeat_within(
+        &self,
+        origin: &str,
+        host: &str,
+        window: std::time::Duration,
+    ) -> Option<bool> {
         let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        let last = beats
+        match beats
             .get(&(origin.to_string(), host.to_string()))
-            .map(|h| h.last)
-            .unwrap_or(self.started)
-            .max(self.started);
-        last.elapsed()
+            .and_then(|h| h.last)
+        {
+            Some(last) => Some(last.elapsed() <= window),
+            None if self.started.elapsed() < window => None,
+            None => Some(false),
+        }
     }
 
     /// How long ago each host of the zone sent its last heartbeat (hosts heard
@@ -626,7 +706,7 @@ impl Directory {
         beats
             .iter()
             .filter(|((z, _), _)| z == origin)
-            .map(|((_, h), hb)| (h.clone(), hb.last.elapsed()))
+            .filter_map(|((_, h), hb)| Some((h.clone(), hb.last?.elapsed())))
             .collect()
     }
 
@@ -1123,7 +1203,7 @@ mod tests {
         ) -> Result<(), StoreError> {
             Ok(())
         }
-        fn replace_zone(&self, _: &Zone) -> Result<(), StoreError> {
+        fn replace_zone(&self, _: &Zone, _: &[crate::events::Event]) -> Result<(), StoreError> {
             Ok(())
         }
     }

@@ -7,8 +7,9 @@
 //! (1 s doubling to 60 s) until it succeeds, and the cursor moves only after a
 //! 2xx. The cursor is stored after each delivery, so a restart resumes where
 //! the last run stopped: a receiver sees each event once, unless the directory
-//! dies between the receiver's 2xx and the cursor's write, in which case that
-//! one event comes again with the same id (`Switchboard-Event-Id`).
+//! dies between the receiver's 2xx and the cursor's write, or the receiver
+//! answers after the timeout; then that one event comes again with the same
+//! id (`Switchboard-Event-Id`), for the receiver to dedupe.
 //!
 //! A webhook the store has no cursor for starts at the log's end: it gets what
 //! happens from now on, not the history.

@@ -59,17 +59,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Notes whether routing now uses answers past their TTL.
+    /// Notes whether routing now uses answers past their TTL. An episode that
+    /// ends before the directory acknowledged the previous one is merged into
+    /// it (from the first start to the last end), so none is ever dropped.
     pub fn set_stale(&self, stale: bool) {
+        if self.serving_stale.load(Ordering::Relaxed) == stale {
+            return;
+        }
+        // The flag and the episodes change together, under the lock: lookups
+        // that succeed and fail at once cannot leave them disagreeing.
+        let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
         if self.serving_stale.swap(stale, Ordering::Relaxed) == stale {
             return;
         }
-        let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
         let now = unix_ms();
         match (stale, e.since) {
             (true, None) => e.since = Some(now),
             (false, Some(from)) => {
                 e.since = None;
+                let from = e.last.map_or(from, |(first, _)| first);
                 e.last = Some((from, now));
             }
             _ => {}

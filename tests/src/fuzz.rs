@@ -180,7 +180,11 @@ impl Store for NullStore {
     ) -> Result<(), StoreError> {
         Ok(())
     }
-    fn replace_zone(&self, _: &Zone) -> Result<(), StoreError> {
+    fn replace_zone(
+        &self,
+        _: &Zone,
+        _: &[switchboard_directory::events::Event],
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 }

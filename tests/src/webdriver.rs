@@ -173,6 +173,24 @@ impl Browser {
         v.get(ELEMENT).and_then(Value::as_str).map(str::to_string)
     }
 
+    /// Finds `css` and clicks it, finding it again if the page replaced it in
+    /// between (the console refreshes itself).
+    pub fn click_css(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(el) = self.find(css) {
+                let v = self.try_call("POST", &format!("/element/{el}/click"), Some(json!({})));
+                match v.get("error").and_then(Value::as_str) {
+                    None => return,
+                    Some("stale element reference") => {}
+                    Some(e) => panic!("WebDriver click on {css}: {e} {}", v["message"]),
+                }
+            }
+            assert!(Instant::now() < deadline, "nothing to click at {css}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn click(&self, element: &str) {
         self.call(
             "POST",

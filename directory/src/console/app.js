@@ -22,12 +22,15 @@
   };
   var main = function () { return document.querySelector("main"); };
   var busy = false;
+  var lastRefresh = 0;
+  function wait(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
   function refresh() {
     // Leave the page alone while someone is filling in a form on it.
     var a = document.activeElement;
     if (busy || document.querySelector("main details[open]") ||
-        (a && a.tagName === "INPUT" && main().contains(a))) return wait(1000);
+        (a && a.tagName === "INPUT" && main().contains(a))) return Promise.resolve();
     busy = true;
+    lastRefresh = Date.now();
     return fetch(location.pathname + location.search, { credentials: "same-origin" })
       .then(function (r) { return r.text(); })
       .then(function (html) {
@@ -38,19 +41,25 @@
       })
       .finally(function () { busy = false; });
   }
-  function wait(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
+  // What the feed last said, so a change seen but not yet shown (a form was
+  // open) is not reported again at once: the next poll waits for a new one.
+  var seen = null;
   function poll() {
     var m = main();
+    var mark = feed === "events" ? "data-last-event" : "data-serial";
+    if (seen === null) seen = m.getAttribute(mark);
     var url = feed === "events"
-      ? "/v1/events?after=" + m.getAttribute("data-last-event") + "&wait=25&limit=1"
-      : "/v1/feed?zone=" + encodeURIComponent(zone) + "&since=" + m.getAttribute("data-serial") + "&timeout=25";
+      ? "/v1/events?after=" + seen + "&wait=25&limit=1"
+      : "/v1/feed?zone=" + encodeURIComponent(zone) + "&since=" + seen + "&timeout=25";
     return fetch(url, { credentials: "same-origin" })
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (j) {
-        var changed = feed === "events"
-          ? String(j.last) !== m.getAttribute("data-last-event")
-          : String(j.serial) !== m.getAttribute("data-serial");
-        return changed ? refresh() : null;
+        var now = String(feed === "events" ? j.last : j.serial);
+        if (now === seen) return null;
+        seen = now;
+        // At most one refresh every 1.5 s, however fast changes come.
+        var gap = 1500 - (Date.now() - lastRefresh);
+        return (gap > 0 ? wait(gap) : Promise.resolve()).then(refresh);
       })
       .catch(function () { live("directory unreachable; retrying"); return wait(2000); })
       .then(function () { return wait(50); })
@@ -58,5 +67,7 @@
   }
   poll();
   // Heartbeat ages and the like move without a change: a slow refresh too.
-  setInterval(refresh, 30000);
+  setInterval(function () {
+    if (Date.now() - lastRefresh > 25000) refresh();
+  }, 30000);
 })();

@@ -103,14 +103,14 @@ impl Sessions {
     }
 
     /// Trades a code (once) for a session token.
-    fn redeem(&self, code: &str) -> Option<(String, Session)> {
-        let pending = {
-            let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-            codes.remove(&digest(code))?
-        };
-        if pending.expires <= Instant::now() {
-            return None;
-        }
+    fn redeem(&self, code: &str) -> Result<(String, Session), &'static str> {
+        let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
+        let key = digest(code);
+        let pending = codes
+            .get(&key)
+            .filter(|p| p.expires > Instant::now())
+            .cloned()
+            .ok_or("unknown")?;
         let token = secret();
         let s = Session {
             expires: Instant::now() + pending.ttl,
@@ -118,7 +118,13 @@ impl Sessions {
             csrf: secret(),
             ..pending
         };
-        insert(&self.live, digest(&token), s.clone()).then_some((token, s))
+        // The code is spent only once the session exists (it stays usable if
+        // the table of sessions is full for a moment).
+        if !insert(&self.live, digest(&token), s.clone()) {
+            return Err("full");
+        }
+        codes.remove(&key);
+        Ok((token, s))
     }
 
     fn get(&self, token: &str) -> Option<Session> {
@@ -292,12 +298,14 @@ pub async fn route(admin: Arc<Admin>, req: http::Request<hyper::body::Incoming>)
             pages::SCRIPT,
         ),
         (&Method::GET, _) => {
-            let ctx = Ctx::new(&admin, &parts.headers, query);
-            let dir = admin.dir.clone();
-            let rendered =
-                tokio::task::spawn_blocking(move || pages::page(&dir, &ctx, &path, None))
-                    .await
-                    .unwrap_or_else(|e| Some(pages::error_page(&e.to_string())));
+            // Pages read the model under its lock: never on a reactor thread.
+            let a = admin.clone();
+            let rendered = tokio::task::spawn_blocking(move || {
+                let ctx = Ctx::new(&a, &parts.headers, query);
+                pages::page(&a.dir, &ctx, &path, None)
+            })
+            .await
+            .unwrap_or_else(|e| Some(pages::error_page(&e.to_string())));
             match rendered {
                 Some(body) => html(StatusCode::OK, body),
                 None => html(
@@ -370,9 +378,9 @@ async fn post(
     if path == "/ui/login" {
         let code = form.get("code").map(String::as_str).unwrap_or("").trim();
         return match admin.sessions.redeem(code) {
-            Some((token, s)) => {
+            Ok((token, s)) => {
                 tracing::info!(zone = %s.zone, admin = %s.admin, "console session started");
-                let mut r = see_other(&format!("/ui/hosts?zone={}", s.zone));
+                let mut r = see_other(&format!("/ui/hosts?zone={}", pages::url_encode(&s.zone)));
                 let max_age = s.ttl.as_secs();
                 if let Ok(v) = HeaderValue::from_str(&format!(
                     "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}"
@@ -381,7 +389,12 @@ async fn post(
                 }
                 r
             }
-            None => refuse(
+            Err("full") => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-sessions",
+                "Too many console sessions are open; try again in a few minutes (the link works until it expires).",
+            ),
+            Err(_) => refuse(
                 StatusCode::UNAUTHORIZED,
                 "bad-login-code",
                 "That login code is unknown, used or expired. Run `switchboard-directory --key ADMIN.pem console` for a new link.",
@@ -415,14 +428,17 @@ async fn post(
             "This form is not from your console session; reload the page and try again.",
         );
     }
-    let still_admin = admin
-        .dir
-        .read(&session.zone, |z| {
+    let (d, s) = (admin.dir.clone(), session.clone());
+    let still_admin = tokio::task::spawn_blocking(move || {
+        d.read(&s.zone, |z| {
             z.admins
-                .get(&session.admin)
-                .is_some_and(|a| a.key.fingerprint() == session.fingerprint)
+                .get(&s.admin)
+                .is_some_and(|a| a.key.fingerprint() == s.fingerprint)
         })
-        .unwrap_or(false);
+        .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
     if !still_admin {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -431,6 +447,8 @@ async fn post(
         );
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Where to go back to, and what the page says once it is done (named by
+    // a fixed id and names the page checks, never free text from the URL).
     let (op, back, done) = match segs.as_slice() {
         ["ui", "hosts", host, action @ ("disable" | "enable")] => (
             Op::SetAvailable {
@@ -438,25 +456,23 @@ async fn post(
                 available: *action == "enable",
             },
             "hosts",
-            format!(
-                "{host} marked {}",
-                if *action == "enable" {
-                    "available"
-                } else {
-                    "unavailable"
-                }
-            ),
+            format!("done={action}&host={}", pages::url_encode(host)),
         ),
         ["ui", "repos", repo, "promote"] => {
             let host = form.get("host").cloned().unwrap_or_default();
+            let done = format!(
+                "done=promote&repo={}&host={}",
+                pages::url_encode(repo),
+                pages::url_encode(&host)
+            );
             (
                 Op::Promote {
                     repo: repo.to_string(),
-                    host: host.clone(),
+                    host,
                     force: form.get("force").is_some_and(|v| v == "yes"),
                 },
                 "repos",
-                format!("{host} is now the master of {repo}"),
+                done,
             )
         }
         _ => {
@@ -472,11 +488,10 @@ async fn post(
     let applied = tokio::task::spawn_blocking(move || dir.apply_by(&zone, op, &by)).await;
     match applied {
         Ok(Ok(serial)) => {
-            tracing::info!(zone = %session.zone, admin = %session.admin, serial, "{done} (console)");
+            tracing::info!(zone = %session.zone, admin = %session.admin, serial, path, "console change applied");
             see_other(&format!(
-                "/ui/{back}?zone={}&ok={}",
-                session.zone,
-                pages::url_encode(&done)
+                "/ui/{back}?zone={}&{done}",
+                pages::url_encode(&session.zone)
             ))
         }
         Ok(Err(e)) => {

@@ -60,11 +60,11 @@ pub fn page(dir: &Directory, ctx: &Ctx, path: &str, error: Option<&str>) -> Opti
             r#"<p class="flash error" role="alert">{}</p>"#,
             esc(e)
         );
-    } else if let Some(ok) = ctx.query.get("ok") {
+    } else if let Some(ok) = done_message(dir, ctx) {
         let _ = write!(
             flash,
             r#"<p class="flash ok" role="status">{}</p>"#,
-            esc(ok)
+            esc(&ok)
         );
     }
     let heartbeats = dir.heartbeats_seen(&ctx.zone);
@@ -98,6 +98,27 @@ pub fn page(dir: &Directory, ctx: &Ctx, path: &str, error: Option<&str>) -> Opti
         last_event,
         &format!("{flash}{content}"),
     ))
+}
+
+/// The confirmation of a console change (`?done=ID&host=…&repo=…`), only
+/// for names the zone holds: a link cannot make the console say anything else.
+fn done_message(dir: &Directory, ctx: &Ctx) -> Option<String> {
+    let q = |k: &str| ctx.query.get(k).map(String::as_str).unwrap_or("");
+    let (host, repo) = (q("host"), q("repo"));
+    let known = dir
+        .read(&ctx.zone, |z| {
+            z.hosts.contains_key(host) && (repo.is_empty() || z.repos.contains_key(repo))
+        })
+        .unwrap_or(false);
+    if !known {
+        return None;
+    }
+    match q("done") {
+        "disable" => Some(format!("{host} marked unavailable")),
+        "enable" => Some(format!("{host} marked available")),
+        "promote" if !repo.is_empty() => Some(format!("{host} is now the master of {repo}")),
+        _ => None,
+    }
 }
 
 /// A page for a refusal or an unknown route.

@@ -47,8 +47,9 @@ pub trait Store: Send + Sync {
         events: &[Event],
     ) -> Result<(), StoreError>;
 
-    /// Replaces a zone (or creates it) whole, atomically and durably.
-    fn replace_zone(&self, zone: &Zone) -> Result<(), StoreError>;
+    /// Replaces a zone (or creates it) whole and appends `events` to the audit
+    /// log, atomically and durably.
+    fn replace_zone(&self, zone: &Zone, events: &[Event]) -> Result<(), StoreError>;
 
     /// Keeps a compiled view of a zone (`view::cache`) until the zone's next
     /// change: `commit` and `replace_zone` drop it in the same batch.

@@ -459,7 +459,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn replace_zone(&self, zone: &Zone) -> Result<(), StoreError> {
+    fn replace_zone(&self, zone: &Zone, events: &[Event]) -> Result<(), StoreError> {
         let origin = zone.origin();
         let mut batch = ::sled::Batch::default();
         for item in self.db.scan_prefix(format!("{origin}/").as_bytes()) {
@@ -476,7 +476,7 @@ impl Store for SledStore {
         };
         let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &json(&snapshot)?)?;
         batch.insert(key(origin, SNAPSHOT, ""), json(&file)?);
-        self.write(batch)?;
+        self.write_with_events(batch, events)?;
         self.tidy();
         Ok(())
     }
@@ -533,7 +533,7 @@ mod tests {
         {
             let store = SledStore::open(&dir).expect("open");
             assert_eq!(store.last_event_id().expect("last"), 0);
-            store.replace_zone(&zone).expect("seed");
+            store.replace_zone(&zone, &[]).expect("seed");
             let host = zone.hosts.values().next().cloned().expect("a host");
             store
                 .commit(
@@ -569,7 +569,7 @@ mod tests {
         let mut zone = demo();
         {
             let store = SledStore::open(&dir).expect("open");
-            store.replace_zone(&zone).expect("seed");
+            store.replace_zone(&zone, &[]).expect("seed");
             let gone = zone.hosts.keys().next().cloned().expect("a host");
             let binding = zone.bindings.keys().next().cloned().expect("a binding");
             let mut changed = zone.hosts.values().nth(1).cloned().expect("two hosts");
@@ -610,7 +610,7 @@ mod tests {
             .expect("commit");
         assert_eq!(store.load_view(zone.origin()), None);
         store.save_view(zone.origin(), b"view").expect("save view");
-        store.replace_zone(&zone).expect("replace");
+        store.replace_zone(&zone, &[]).expect("replace");
         assert_eq!(store.load_view(zone.origin()), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
