@@ -204,6 +204,18 @@ fn conduit_calls_land_on_a_host_of_their_repository() {
     // A call naming no repository stays on this web host.
     let (_, v) = conduit(&c.web1.http_url("/api/user.whoami"), "");
     assert_eq!(v["host"], "web1", "{v}");
+    // The backend learns which sidecar served it, and a client cannot say otherwise.
+    let out = run(Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "X-Switchboard-Host: forged",
+            "--data-binary",
+            "repository=r2",
+        ])
+        .arg(c.web1.http_url("/api/diffusion.querycommits")));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v["sidecar"], "repo2", "{v}");
 }
 
 #[test]

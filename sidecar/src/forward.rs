@@ -147,19 +147,20 @@ impl Forwarder {
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        host_tag: Option<HeaderValue>,
         body: BoxBody,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let mut out = HeaderMap::new();
+        let mut out = HeaderMap::with_capacity(PASS.len() + 2);
         pass_headers(headers, &mut out);
         if let Some(v) = headers.get(header::CONTENT_LENGTH) {
             out.insert(header::CONTENT_LENGTH, v.clone());
         }
-        for (k, v) in headers {
-            if k.as_str().starts_with("x-switchboard-") {
-                out.insert(k.clone(), v.clone());
-            }
+        // Which host served it. A client's own `X-Switchboard-*` headers never
+        // reach the backend (they are not in PASS), so it may trust this one.
+        if let Some(v) = host_tag {
+            out.insert(HeaderName::from_static("x-switchboard-host"), v);
         }
-        self.local_with(base, method, path_and_query, &out, body)
+        self.local_with(base, method, path_and_query, out, body)
             .await
     }
 
@@ -169,25 +170,25 @@ impl Forwarder {
         base: &Uri,
         method: Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         body: BoxBody,
     ) -> Result<Response<Incoming>, ForwardError> {
         let authority = base.authority().map(|a| a.as_str()).unwrap_or("");
-        let uri: Uri = format!("http://{authority}{path_and_query}")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
-                host: authority.to_string(),
-                reason: e.to_string(),
-            })?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body)
-            .map_err(|e| ForwardError::Sign {
-                host: authority.to_string(),
-                reason: e.to_string(),
-            })?;
-        *req.headers_mut() = headers.clone();
+        let bad = |reason: String| ForwardError::Sign {
+            host: authority.to_string(),
+            reason,
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = base.authority().cloned();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(path_and_query).map_err(|e| bad(e.to_string()))?,
+        );
+        let uri = Uri::from_parts(parts).map_err(|e| bad(e.to_string()))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
         self.client
             .request(req)
             .await
@@ -208,7 +209,7 @@ impl Forwarder {
         let body = http_body_util::Empty::<Bytes>::new()
             .map_err(|e| match e {})
             .boxed();
-        self.local_with(&uri, Method::GET, &path, &HeaderMap::new(), body)
+        self.local_with(&uri, Method::GET, &path, HeaderMap::new(), body)
             .await
     }
 }

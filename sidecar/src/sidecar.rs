@@ -425,13 +425,10 @@ impl Sidecar {
                 ),
             );
         };
-        let mut headers = headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&self.me.host) {
-            headers.insert("x-switchboard-host", v);
-        }
+        let tag = HeaderValue::from_str(&self.me.host).ok();
         match self
             .forwarder
-            .local(base, method, path_and_query, &headers, body)
+            .local(base, method, path_and_query, headers, tag, body)
             .await
         {
             Ok(r) => forward::stream_back(r),

@@ -101,7 +101,7 @@ async fn authorize_git(
     let path = format!("/switchboard/auth/git?repository={repo}&access={access}");
     match sc
         .forwarder
-        .local_with(base, Method::GET, &path, &pass, empty)
+        .local_with(base, Method::GET, &path, pass, empty)
         .await
     {
         Ok(r) if r.status().is_success() => Ok(()),
