@@ -426,3 +426,53 @@ fn heartbeats_keep_a_host_in_and_stale_answers_are_reported() {
     assert_eq!(what(sc[1]), t("sidecar", "web1", "fresh", "stale", "fresh"));
     assert_eq!(sc[1]["by"].as_str(), Some("host web1"));
 }
+
+#[test]
+fn events_follow_prints_each_new_event_as_it_happens() {
+    use std::process::{Command, Stdio};
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let mut follow = Command::new(switchboard_tests::bin("switchboard-directory"))
+        .args([
+            "--server",
+            &d.server_url(),
+            "--json",
+            "events",
+            "--follow",
+            "--last",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("events --follow");
+    let out = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("an event within 20 s")
+    };
+    d.cli_ok(&[
+        "host",
+        "add",
+        "app9",
+        "--addr",
+        "127.0.0.1",
+        "--roles",
+        "app",
+    ]);
+    assert_eq!(what(&next()), t("host", "app9", "add", "", ""));
+    d.cli_ok(&["host", "disable", "app9"]);
+    assert_eq!(
+        what(&next()),
+        t("host", "app9", "disable", "available", "unavailable")
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
