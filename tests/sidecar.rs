@@ -204,18 +204,20 @@ fn conduit_calls_land_on_a_host_of_their_repository() {
     // A call naming no repository stays on this web host.
     let (_, v) = conduit(&c.web1.http_url("/api/user.whoami"), "");
     assert_eq!(v["host"], "web1", "{v}");
-    // The backend learns which sidecar served it, and a client cannot say otherwise.
-    let out = run(Command::new("curl")
-        .args([
-            "-s",
-            "-H",
-            "X-Switchboard-Host: forged",
-            "--data-binary",
-            "repository=r2",
-        ])
-        .arg(c.web1.http_url("/api/diffusion.querycommits")));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
-    assert_eq!(v["sidecar"], "repo2", "{v}");
+    // The backend learns which sidecar served it, and a client cannot say
+    // otherwise nor slip other X-Switchboard-* headers through.
+    for url in [
+        c.web1.http_url("/api/user.whoami"),
+        c.web1.http_url("/api/diffusion.querycommits"),
+    ] {
+        let out = run(Command::new("curl")
+            .args(["-s", "-H", "X-Switchboard-Host: forged"])
+            .args(["-H", "X-Switchboard-Caller: admin"])
+            .args(["--data-binary", "repository=r2"])
+            .arg(&url));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+        assert_eq!(v["sidecar"], v["host"], "{url}: {v}");
+    }
 }
 
 #[test]

@@ -167,23 +167,37 @@ struct Lags {
 }
 
 impl Lags {
-    /// Replicas the audit log leaves `lagging` (no `caught-up` after): a
-    /// restart does not announce them again.
+    /// Replicas the audit log leaves `lagging` (no `caught-up` after) and
+    /// that are still behind: a restart does not announce them again. One left
+    /// `lagging` that is not behind now was removed or promoted since: its own
+    /// change closed the matter, and no `caught-up` is owed.
     async fn reopened(dir: &Arc<Directory>) -> Self {
         let d = dir.clone();
-        let open =
-            tokio::task::spawn_blocking(move || d.open_episodes("repo", "lagging", "caught-up"))
-                .await
-                .unwrap_or_default();
+        let behind = tokio::task::spawn_blocking(move || {
+            d.last_events("repo", &["lagging", "caught-up"])
+                .into_iter()
+                .filter(|e| e.action == "lagging")
+                .filter_map(|e| {
+                    let (repo, host) = e.name.split_once('/')?;
+                    let still = d
+                        .read(&e.zone, |z| {
+                            z.repos.get(repo).is_some_and(|r| {
+                                r.replicas.iter().any(|h| h == host)
+                                    && r.master_version().saturating_sub(r.version_of(host))
+                                        > r.max_lag
+                            })
+                        })
+                        .unwrap_or(false);
+                    still.then(|| (e.zone.clone(), repo.to_string(), host.to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
         let now = Instant::now();
-        let behind = open
-            .into_iter()
-            .filter_map(|(zone, name)| {
-                let (repo, host) = name.split_once('/')?;
-                Some(((zone, repo.to_string(), host.to_string()), (now, true)))
-            })
-            .collect();
-        Lags { behind }
+        Lags {
+            behind: behind.into_iter().map(|k| (k, (now, true))).collect(),
+        }
     }
 
     /// Notes which replicas are behind; writes `lagging` for one behind longer

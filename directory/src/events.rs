@@ -42,6 +42,19 @@ pub struct Event {
     pub by: String,
     /// One sentence for people.
     pub message: String,
+    /// For an episode (a sidecar's stale answers): when it began and, once
+    /// over, ended (unix ms), so a restarted directory knows which one it has
+    /// logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<Span>,
+}
+
+/// When an episode began and ended (unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub from: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
 }
 
 /// An event before it has an id and a time.
@@ -53,6 +66,7 @@ pub struct Draft {
     pub from: Option<String>,
     pub to: Option<String>,
     pub message: String,
+    pub span: Option<Span>,
 }
 
 impl Draft {
@@ -64,7 +78,13 @@ impl Draft {
             from: None,
             to: None,
             message: String::new(),
+            span: None,
         }
+    }
+
+    pub fn span(mut self, from: u64, to: Option<u64>) -> Self {
+        self.span = Some(Span { from, to });
+        self
     }
 
     pub fn transition(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
@@ -91,6 +111,7 @@ impl Draft {
             to: self.to,
             by: by.to_string(),
             message: self.message,
+            span: self.span,
         }
     }
 }

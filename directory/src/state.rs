@@ -117,16 +117,17 @@ pub struct Directory {
 }
 
 /// What the directory remembers of a host's heartbeats: in memory, except
-/// that an episode left open in the audit log is reopened at start.
+/// that the episode it last logged is read back from the audit log at start.
 #[derive(Debug, Clone, Default)]
 struct Heartbeat {
     /// The last heartbeat since the directory started.
     last: Option<std::time::Instant>,
-    /// The stale episode the directory has announced and not closed, by its
-    /// start (unix ms; 0 when reopened from the audit log).
-    stale_since: Option<u64>,
-    /// The last finished episode acknowledged to the sidecar.
-    acked: Option<u64>,
+    /// The stale episode announced and not yet over, by its start (unix ms).
+    open: Option<u64>,
+    /// The last episode logged as over: (from, to), unix ms.
+    closed: Option<(u64, u64)>,
+    /// This host's events are being written.
+    writing: bool,
 }
 
 /// What a sidecar says in its heartbeat.
@@ -145,9 +146,9 @@ pub struct HeartbeatReport {
 pub struct HeartbeatReply {
     /// When to send the next one.
     pub next_ms: u64,
-    /// The finished stale episode (its start) now in the audit log.
+    /// The finished stale episode (from, to) now in the audit log.
     #[serde(default)]
-    pub ack_stale: Option<u64>,
+    pub ack_stale: Option<(u64, u64)>,
 }
 
 /// The right to write one repository for a short while, held by its master.
@@ -239,10 +240,17 @@ impl Directory {
             saved_views: Mutex::new(saved_views),
         };
         {
-            let reopened = dir.open_episodes("sidecar", "stale", "fresh");
+            // Each sidecar's last logged episode, so a report of it is not
+            // logged again after a restart.
+            let last = dir.last_events("sidecar", &["stale", "fresh"]);
             let mut beats = dir.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-            for key in reopened {
-                beats.entry(key).or_default().stale_since = Some(0);
+            for e in last {
+                let hb = beats.entry((e.zone.clone(), e.name.clone())).or_default();
+                match (e.action.as_str(), e.span) {
+                    ("stale", span) => hb.open = Some(span.map_or(0, |s| s.from)),
+                    (_, Some(events::Span { from, to: Some(to) })) => hb.closed = Some((from, to)),
+                    _ => {}
+                }
             }
         }
         Ok(dir)
@@ -547,11 +555,11 @@ impl Directory {
         result.map(|t| (t, numbered))
     }
 
-    /// The (zone, name) of every `kind` episode the audit log leaves open: its
-    /// last `open` or `close` event among the recent ones is `open` (a replica
-    /// still lagging, a sidecar still stale), so a restart does not announce
-    /// it twice.
-    pub fn open_episodes(&self, kind: &str, open: &str, close: &str) -> Vec<(String, String)> {
+    /// The last of the recent events of `kind` with one of `actions`, per
+    /// (zone, name): what a restarted directory needs to know of episodes it
+    /// had announced (a replica lagging, a sidecar stale) so as not to
+    /// announce them twice.
+    pub fn last_events(&self, kind: &str, actions: &[&str]) -> Vec<Event> {
         let last = self.last_event_id();
         let recent = match self.store.events_after(last.saturating_sub(10_000), 10_000) {
             Ok(r) => r,
@@ -560,16 +568,13 @@ impl Directory {
                 return vec![];
             }
         };
-        let mut state: std::collections::BTreeMap<(String, String), bool> = Default::default();
-        for e in recent.into_iter().filter(|e| e.kind == kind) {
-            if e.action == open || e.action == close {
-                state.insert((e.zone, e.name), e.action == open);
+        let mut latest: std::collections::BTreeMap<(String, String), Event> = Default::default();
+        for e in recent {
+            if e.kind == kind && actions.contains(&e.action.as_str()) {
+                latest.insert((e.zone.clone(), e.name.clone()), e);
             }
         }
-        state
-            .into_iter()
-            .filter_map(|(k, is_open)| is_open.then_some(k))
-            .collect()
+        latest.into_values().collect()
     }
 
     /// Logs written events and wakes their readers.
@@ -605,14 +610,23 @@ impl Directory {
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?
             .ok_or_else(|| ApplyError::NotFound(format!("no host {host} in {origin}")))?;
         let key = (origin.to_string(), host.to_string());
-        // Decide under the lock, write the events without it, and remember what
-        // was announced only once it is written: a failed write is retried by
-        // the sidecar's next heartbeat, not lost.
-        let (drafts, open, acked, ack) = {
+        let by = format!("host {host}");
+        // Decide under the lock; write every event of this heartbeat in one
+        // batch without it; remember what was logged only once it is written
+        // (a failed write is retried by the sidecar's next heartbeat). While a
+        // host's events are being written, its other heartbeats only count as
+        // heartbeats, so two in flight never announce the same episode twice.
+        let (drafts, open, closed, ack) = {
             let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
             let hb = beats.entry(key.clone()).or_default();
             hb.last = Some(std::time::Instant::now());
-            let (mut open, mut acked, mut ack) = (hb.stale_since, hb.acked, None);
+            if hb.writing {
+                return Ok(HeartbeatReply {
+                    next_ms,
+                    ack_stale: None,
+                });
+            }
+            let (mut open, mut closed, mut ack) = (hb.open, hb.closed, None);
             let mut drafts = Vec::new();
             let stale = |since: u64| {
                 Draft::new("sidecar", host, "stale")
@@ -621,26 +635,33 @@ impl Directory {
                         "the sidecar on {host} routes on answers past their TTL since {}: it cannot reach the directory's DNS",
                         clock(since)
                     ))
+                    .span(since, None)
+            };
+            let fresh = |from: u64, to: u64| {
+                Draft::new("sidecar", host, "fresh")
+                    .transition("stale", "fresh")
+                    .message(format!(
+                        "the sidecar on {host} has fresh answers again; it served stale ones for {} s (from {})",
+                        to.saturating_sub(from) / 1000,
+                        clock(from)
+                    ))
+                    .span(from, Some(to))
             };
             if let Some((from, to)) = report.last_stale {
-                if acked != Some(from) {
-                    // An episode the directory never heard begin is announced now.
+                if closed != Some((from, to)) {
+                    // The same start with a later end: the sidecar merged an
+                    // episode into one already logged (its acknowledgement was
+                    // lost); what comes after the logged end is new.
+                    let resumed = closed.filter(|&(f, t)| f == from && to > t).map(|(_, t)| t);
+                    let start = resumed.unwrap_or(from);
                     if open.is_none() {
-                        drafts.push(stale(from));
+                        drafts.push(stale(start));
                     }
-                    drafts.push(
-                        Draft::new("sidecar", host, "fresh")
-                            .transition("stale", "fresh")
-                            .message(format!(
-                                "the sidecar on {host} has fresh answers again; it served stale ones for {} s (from {})",
-                                to.saturating_sub(from) / 1000,
-                                clock(from)
-                            )),
-                    );
+                    drafts.push(fresh(start, to));
                     open = None;
+                    closed = Some((from, to));
                 }
-                acked = Some(from);
-                ack = Some(from);
+                ack = Some((from, to));
             }
             match report.stale_since {
                 Some(since) if open.is_none() => {
@@ -648,28 +669,33 @@ impl Directory {
                     drafts.push(stale(since));
                 }
                 Some(_) => {}
-                // Announced as stale, and now neither stale nor reporting an
-                // end the directory has not seen (the sidecar restarted, or an
-                // acknowledgement was lost): the episode is over.
-                None => {
-                    if open.take().is_some() {
-                        drafts.push(
-                            Draft::new("sidecar", host, "fresh")
-                                .transition("stale", "fresh")
-                                .message(format!("the sidecar on {host} has fresh answers again")),
-                        );
+                // Announced as stale, and now neither stale nor reporting how
+                // it ended (the sidecar restarted): the episode is over.
+                None if report.last_stale.is_none() => {
+                    if let Some(from) = open.take() {
+                        drafts.push(fresh(from, events::now_ms()));
                     }
                 }
+                None => {}
             }
-            (drafts, open, acked, ack)
+            hb.writing = !drafts.is_empty();
+            (drafts, open, closed, ack)
         };
-        for d in drafts {
-            self.record(origin, d, &format!("host {host}"))?;
+        if drafts.is_empty() {
+            return Ok(HeartbeatReply {
+                next_ms,
+                ack_stale: ack,
+            });
         }
+        let written = self.with_events(origin, drafts, &by, |ev| self.store.append_events(ev));
         let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
         let hb = beats.entry(key).or_default();
-        hb.stale_since = open;
-        hb.acked = acked;
+        hb.writing = false;
+        let ((), events) = written?;
+        hb.open = open;
+        hb.closed = closed;
+        drop(beats);
+        self.announce(&events);
         Ok(HeartbeatReply {
             next_ms,
             ack_stale: ack,
@@ -1210,6 +1236,114 @@ mod tests {
 
     fn dump(zv: &view::ZoneView) -> Vec<String> {
         zv.canonical()
+    }
+
+    /// A store that keeps only the audit log, in memory.
+    #[derive(Default)]
+    struct LogStore(Arc<Mutex<Vec<Event>>>);
+
+    impl Store for LogStore {
+        fn load(&self) -> Result<Vec<Zone>, StoreError> {
+            Ok(vec![])
+        }
+        fn commit(&self, _: &str, _: u32, _: &[Change], ev: &[Event]) -> Result<(), StoreError> {
+            self.append_events(ev)
+        }
+        fn replace_zone(&self, _: &Zone, ev: &[Event]) -> Result<(), StoreError> {
+            self.append_events(ev)
+        }
+        fn append_events(&self, ev: &[Event]) -> Result<(), StoreError> {
+            self.0.lock().expect("lock").extend_from_slice(ev);
+            Ok(())
+        }
+        fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+            let log = self.0.lock().expect("lock");
+            Ok(log
+                .iter()
+                .filter(|e| e.id > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn last_event_id(&self) -> Result<u64, StoreError> {
+            Ok(self.0.lock().expect("lock").last().map_or(0, |e| e.id))
+        }
+    }
+
+    #[test]
+    fn each_stale_episode_is_logged_once_whatever_the_sidecar_repeats() {
+        let text = include_str!("../../zones/cluster.example.zone");
+        let zone = crate::zonefile::parse(text, "demo", Some("cluster.example.")).expect("zone");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let open = |log: &Arc<Mutex<Vec<Event>>>| {
+            let d = Directory::open(Box::new(LogStore(log.clone())), ViewConfig::default())
+                .expect("open");
+            d.seed(zone.clone()).expect("seed");
+            d
+        };
+        let mut d = open(&log);
+        let z = "cluster.example.";
+        type Logged = Vec<(String, Option<(u64, Option<u64>)>)>;
+        let seen = |log: &Arc<Mutex<Vec<Event>>>| -> Logged {
+            log.lock()
+                .expect("lock")
+                .iter()
+                .filter(|e| e.kind == "sidecar")
+                .map(|e| (e.action.clone(), e.span.map(|s| (s.from, s.to))))
+                .collect()
+        };
+        let beat = |d: &Directory, since: Option<u64>, last: Option<(u64, u64)>| {
+            d.heartbeat(
+                z,
+                "web1",
+                &HeartbeatReport {
+                    stale_since: since,
+                    last_stale: last,
+                },
+            )
+            .expect("heartbeat")
+            .ack_stale
+        };
+        // Stale, heard live, twice; then over, reported twice (a lost acknowledgement).
+        beat(&d, Some(100), None);
+        beat(&d, Some(100), None);
+        assert_eq!(beat(&d, None, Some((100, 200))), Some((100, 200)));
+        assert_eq!(beat(&d, None, Some((100, 200))), Some((100, 200)));
+        let one = vec![
+            ("stale".to_string(), Some((100, None))),
+            ("fresh".to_string(), Some((100, Some(200)))),
+        ];
+        assert_eq!(seen(&log), one);
+        // A second episode merged into the first after that lost acknowledgement:
+        // only the part after what was logged is new.
+        beat(&d, None, Some((100, 300)));
+        // An episode never heard live (the directory was unreachable): both ends at once.
+        beat(&d, None, Some((400, 500)));
+        // The directory restarts: what it logged is read back, nothing is repeated.
+        drop(d);
+        d = open(&log);
+        beat(&d, None, Some((400, 500)));
+        beat(&d, Some(600), None);
+        drop(d);
+        d = open(&log);
+        beat(&d, Some(600), None);
+        // The sidecar restarts while stale: it reports nothing; the episode is over.
+        beat(&d, None, None);
+        beat(&d, None, None);
+        let all = seen(&log);
+        let actions: Vec<&str> = all.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["stale", "fresh", "stale", "fresh", "stale", "fresh", "stale", "fresh"],
+            "{all:?}"
+        );
+        assert_eq!(
+            all[2].1,
+            Some((200, None)),
+            "the merged part starts where the log ended"
+        );
+        assert_eq!(all[4].1, Some((400, None)));
+        assert_eq!(all[6].1, Some((600, None)));
     }
 
     #[test]

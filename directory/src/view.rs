@@ -883,11 +883,16 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
     for (name, mut node) in names {
         let Some(k) = key_of(&name) else { continue };
         let shard = &mut shards[shard_of(&k)];
-        // A name built both early and late (a static record at a host's name):
-        // one node with both.
+        // A name built both early and late: one node with both. (The zone
+        // file refuses static records at derived names, so nothing reaches
+        // this today; it keeps the view whole if that ever changes.)
         if let Some(early) = shard.remove(&k) {
-            for r in early.records(&k) {
-                node.set_mut(r.record_type()).records.push(r);
+            for t in early.sets().map(|s| s.rtype).collect::<Vec<_>>() {
+                if let Some((answers, additionals)) = early.decode(&k, t) {
+                    let set = node.set_mut(RecordType::from(t));
+                    set.records.extend(answers);
+                    set.additionals.extend(additionals);
+                }
             }
             if node.key.is_none() {
                 node.key = early.key.map(|b| *b);

@@ -31,8 +31,8 @@ pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
                         tracing::info!("heartbeats reach the directory again");
                         failing = false;
                     }
-                    if let Some(from) = reply.ack_stale {
-                        metrics.stale_acknowledged(from);
+                    if let Some(episode) = reply.ack_stale {
+                        metrics.stale_acknowledged(episode);
                     }
                     Duration::from_millis(reply.next_ms.clamp(200, 60_000))
                 }

@@ -89,10 +89,11 @@ impl Metrics {
         *self.stale.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets the finished episode that began at `from`: the directory has it.
-    pub fn stale_acknowledged(&self, from: u64) {
+    /// Forgets the finished episode the directory has logged, if it is still
+    /// the one to report (not since merged with a later one).
+    pub fn stale_acknowledged(&self, episode: (u64, u64)) {
         let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
-        if e.last.is_some_and(|(f, _)| f == from) {
+        if e.last == Some(episode) {
             e.last = None;
         }
     }

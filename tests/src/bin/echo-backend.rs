@@ -19,6 +19,7 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
         let path = parts.next().unwrap_or("").to_string();
         let mut len = 0usize;
         let mut routed_by = String::new();
+        let mut routed_by_count = 0;
         let mut authorized = false;
         loop {
             let mut h = String::new();
@@ -32,7 +33,14 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
             if let Some((k, v)) = h.split_once(':') {
                 match k.trim().to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap_or(0),
-                    "x-switchboard-host" => routed_by = v.trim().to_string(),
+                    "x-switchboard-host" => {
+                        routed_by = v.trim().to_string();
+                        routed_by_count += 1;
+                    }
+                    other if other.starts_with("x-switchboard-") => {
+                        routed_by = format!("unexpected {other}");
+                        routed_by_count += 1;
+                    }
                     "authorization" => authorized = !v.trim().is_empty(),
                     _ => {}
                 }
@@ -46,8 +54,14 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
             out.flush()?;
             continue;
         }
+        // `sidecar`: the one X-Switchboard-Host it got; anything else says so.
+        let sidecar = if routed_by_count > 1 {
+            "several x-switchboard headers".to_string()
+        } else {
+            routed_by.replace('"', "")
+        };
         let reply = format!(
-            "{{\"host\":\"{name}\",\"sidecar\":\"{routed_by}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
+            "{{\"host\":\"{name}\",\"sidecar\":\"{sidecar}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
             path.replace('"', ""),
             String::from_utf8_lossy(&body).replace(['"', '\\'], "")
         );
