@@ -1385,6 +1385,41 @@ mod tests {
     }
 
     #[test]
+    fn glue_follows_a_name_server_that_is_a_host() {
+        let text = "$ORIGIN gw.example.\n$TTL 3600\n@ IN SOA ns hostmaster ( 1 3600 600 604800 30 )\n  IN NS gw.node\ngw.node 60 IN A 10.0.0.1\ngw.node 60 IN TXT \"roles=dns\" \"available=1\"\nops._admin 60 IN TXT \"key=ed25519:tBgoI/KoTuYfrd2fNDc749DrvPspqsT2CcsB29CpN04=\"\n";
+        let zone = crate::zonefile::parse(text, "gw", Some("gw.example.")).expect("zone");
+        let d = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+        d.seed(zone).expect("seed");
+        let origin = "gw.example.";
+        let same = |d: &Directory, what: &str| {
+            let patched = d.view().load_full();
+            let patched = patched
+                .zones
+                .iter()
+                .find(|z| z.origin.to_string() == origin)
+                .expect("zone");
+            let full = d
+                .read(origin, |z| view::build(z, ViewConfig::default()))
+                .expect("zone")
+                .expect("build");
+            assert_eq!(dump(patched), dump(&full), "after {what}");
+        };
+        same(&d, "seed");
+        d.apply(
+            origin,
+            Op::SetAvailable {
+                host: "gw".into(),
+                available: false,
+            },
+        )
+        .expect("disable");
+        same(&d, "disable");
+        d.apply(origin, Op::RemoveHost("gw".into()))
+            .expect("remove");
+        same(&d, "remove");
+    }
+
+    #[test]
     fn a_patched_view_equals_a_rebuilt_one() {
         let text = include_str!("../../zones/cluster.example.zone");
         let zone =

@@ -954,6 +954,18 @@ pub fn patch(
     cfg: ViewConfig,
 ) -> Result<ZoneView, String> {
     let (origin, soa, negative_soa) = apex(after)?;
+    // A change to a host that is a name server of the zone changes the glue
+    // at the apex: rebuild (rare; the patch below keeps the apex's NS set).
+    let ns_host = after.meta.ns.iter().any(|ns| {
+        scope.hosts.iter().any(|h| {
+            let node = format!("{h}.{}.{}", schema::NODE, after.meta.origin);
+            ns.trim_end_matches('.')
+                .eq_ignore_ascii_case(node.trim_end_matches('.'))
+        })
+    });
+    if scope.all || ns_host {
+        return build(after, cfg);
+    }
     let mut fresh = build_names(after, cfg, &origin, scope);
     add_ancestors(&mut fresh, &origin, |n| {
         key_of(n).is_some_and(|k| old.node(&k).is_some())
