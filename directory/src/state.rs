@@ -1385,7 +1385,7 @@ mod tests {
     }
 
     #[test]
-    fn glue_follows_a_name_server_that_is_a_host() {
+    fn glue_and_empty_non_terminals_follow_changes() {
         let text = "$ORIGIN gw.example.\n$TTL 3600\n@ IN SOA ns hostmaster ( 1 3600 600 604800 30 )\n  IN NS gw.node\ngw.node 60 IN A 10.0.0.1\ngw.node 60 IN TXT \"roles=dns\" \"available=1\"\nops._admin 60 IN TXT \"key=ed25519:tBgoI/KoTuYfrd2fNDc749DrvPspqsT2CcsB29CpN04=\"\n";
         let zone = crate::zonefile::parse(text, "gw", Some("gw.example.")).expect("zone");
         let d = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
@@ -1405,6 +1405,32 @@ mod tests {
             assert_eq!(dump(patched), dump(&full), "after {what}");
         };
         same(&d, "seed");
+        // The zone's only binding comes and goes: `service.Z` and `_tcp.Z`
+        // exist only while it does (NXDOMAIN after, not NODATA).
+        let binding = Binding {
+            host: "gw".into(),
+            service: "dns".into(),
+            port: 53,
+            role: None,
+            readonly: false,
+            weight: 0,
+            priority: None,
+            available: true,
+            health: Health::Unknown,
+            props: Default::default(),
+            check: None,
+        };
+        d.apply(origin, Op::AddBinding(binding)).expect("bind");
+        same(&d, "bind add");
+        d.apply(
+            origin,
+            Op::RemoveBinding {
+                host: "gw".into(),
+                service: "dns".into(),
+            },
+        )
+        .expect("unbind");
+        same(&d, "bind rm");
         d.apply(
             origin,
             Op::SetAvailable {

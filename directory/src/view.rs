@@ -245,9 +245,9 @@ impl ZoneView {
     /// two views answer alike exactly when these are equal (tests and fuzzing
     /// compare a patched view with a rebuilt one this way).
     pub fn canonical(&self) -> Vec<String> {
+        // Empty non-terminals too: NODATA and NXDOMAIN differ.
         let mut out: Vec<String> = self
             .nodes()
-            .filter(|(_, n)| !n.is_empty())
             .map(|(k, n)| {
                 let mut sets: Vec<String> = n
                     .sets()
@@ -909,6 +909,15 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
     ))
 }
 
+/// The parent of a lowercase wire name (its first label dropped), if it has one.
+fn wire_parent(name: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(*name.first()?);
+    if len == 0 {
+        return None;
+    }
+    name.get(1 + len..)
+}
+
 /// Every ancestor of a name exists (RFC 8020): empty nodes for those missing,
 /// unless `exists` says the view already has them.
 fn add_ancestors(
@@ -985,13 +994,16 @@ pub fn patch(
     ) -> &'a mut FxHashMap<Key, Node> {
         touched.entry(i).or_insert_with(|| (*old.shards[i]).clone())
     }
+    let mut removed: Vec<Key> = Vec::new();
     for name in gone {
         if !fresh.contains_key(&name) {
             if let Some(k) = key_of(&name) {
                 shard(&mut touched, old, shard_of(&k)).remove(&k);
+                removed.push(k);
             }
         }
     }
+    let fresh_keys: rustc_hash::FxHashSet<Key> = fresh.keys().filter_map(key_of).collect();
     for (name, node) in fresh {
         let node = node.encode(&name);
         if let Some(k) = key_of(&name) {
@@ -1000,6 +1012,46 @@ pub fn patch(
     }
     if let Some(k) = key_of(&origin) {
         shard(&mut touched, old, shard_of(&k)).insert(k, apex_node);
+    }
+    // An empty non-terminal whose last descendant went is no name any more
+    // (NXDOMAIN, as in a rebuilt view, not NODATA).
+    let origin_len = key_of(&origin).map_or(0, |k| k.len());
+    let mut orphans: rustc_hash::FxHashSet<Key> = Default::default();
+    for k in &removed {
+        let mut a: &[u8] = k;
+        while let Some(parent) = wire_parent(a).filter(|p| p.len() > origin_len) {
+            let i = shard_of(parent);
+            let node = match touched.get(&i) {
+                Some(m) => m.get(parent),
+                None => old.shards[i].get(parent),
+            };
+            if node.is_some_and(Node::is_empty) && !fresh_keys.contains(parent) {
+                orphans.insert(parent.into());
+            }
+            a = parent;
+        }
+    }
+    if !orphans.is_empty() {
+        // One pass over every name: which of them still has a descendant.
+        let mut kept: rustc_hash::FxHashSet<Key> = Default::default();
+        for i in 0..SHARDS {
+            let keys: Vec<&Key> = match touched.get(&i) {
+                Some(m) => m.keys().collect(),
+                None => old.shards[i].keys().collect(),
+            };
+            for k in keys {
+                let mut a: &[u8] = k;
+                while let Some(parent) = wire_parent(a).filter(|p| p.len() > origin_len) {
+                    if orphans.contains(parent) {
+                        kept.insert(parent.into());
+                    }
+                    a = parent;
+                }
+            }
+        }
+        for k in orphans.difference(&kept) {
+            shard(&mut touched, old, shard_of(k)).remove(k);
+        }
     }
     let mut shards = old.shards.clone();
     for (i, map) in touched {
