@@ -476,3 +476,126 @@ fn events_follow_prints_each_new_event_as_it_happens() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[test]
+fn a_repository_that_opted_in_fails_over_only_to_a_replica_with_every_version() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let (m1, r2) = (
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+    );
+    let port = |l: &TcpListener| l.local_addr().expect("addr").port().to_string();
+    for h in ["m1", "r2"] {
+        d.cli_ok(&["host", "add", h, "--addr", "127.0.0.1", "--roles", "repo"]);
+    }
+    // Each host's sidecar stands in as a listener its `switchboard` binding's check probes.
+    for (h, l) in [("m1", &m1), ("r2", &r2)] {
+        d.cli_ok(&[
+            "bind",
+            "add",
+            h,
+            "switchboard",
+            &port(l),
+            "--check",
+            "tcp",
+            "--check-interval",
+            "1",
+            "--check-failures",
+            "2",
+            "--check-recoveries",
+            "1",
+            "--check-timeout-ms",
+            "500",
+        ]);
+    }
+    d.cli_ok(&[
+        "repo",
+        "add",
+        "auto",
+        "--master",
+        "m1",
+        "--replicas",
+        "r2",
+        "--auto-failover",
+    ]);
+    d.cli_ok(&[
+        "repo",
+        "add",
+        "manual",
+        "--master",
+        "m1",
+        "--replicas",
+        "r2",
+    ]);
+    d.cli_ok(&["repo", "add", "ahead", "--master", "m1", "--replicas", "r2"]);
+    d.cli_ok(&["repo", "auto-failover", "ahead", "on"]);
+    // The choice is part of the repository: in its TXT record and zone exports.
+    let exported = d.cli_ok(&["zone", "export", "cluster.example."]);
+    let opted: Vec<&str> = exported
+        .lines()
+        .filter(|l| l.contains("auto_failover=1"))
+        .collect();
+    assert_eq!(opted.len(), 2, "{exported}");
+    // m1 has a write of `ahead` that r2 lacks.
+    let (code, lease) = signed(
+        &d,
+        "POST",
+        "/v1/repos/ahead/lease",
+        &serde_json::json!({"host": "m1"}),
+    );
+    assert_eq!(code, 200, "{lease}");
+    let (code, body) = signed(
+        &d,
+        "PUT",
+        "/v1/repos/ahead/versions/m1",
+        &serde_json::json!({"version": 1, "lease": lease["token"]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let master = |repo: &str| {
+        let v: Value =
+            serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", repo])).expect("json");
+        v["master"].as_str().unwrap_or("").to_string()
+    };
+    let writes_to = |repo: &str| {
+        d.dig(&format!("write.{repo}.repo.cluster.example."), "SRV", &[])
+            .data("SRV")
+            .iter()
+            .filter_map(|r| r.split_whitespace().nth(3).map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    d.wait_for("m1 passing its check", || {
+        logged(&d)
+            .iter()
+            .any(|e| what(e) == t("binding", "m1/switchboard", "health", "unknown", "passing"))
+    });
+    assert_eq!(
+        writes_to("auto"),
+        vec!["m1.node.cluster.example.".to_string()]
+    );
+
+    drop(m1);
+    d.wait_for("writes of `auto` to go to r2", || {
+        writes_to("auto") == vec!["r2.node.cluster.example.".to_string()]
+    });
+    let log = logged(&d);
+    let promoted = log
+        .iter()
+        .find(|e| what(e) == t("repo", "auto", "promote", "m1", "r2"))
+        .expect("the promotion in the log");
+    assert_eq!(promoted["by"], "directory (auto-failover)");
+    // Not opted in: the checks alert, nobody promotes.
+    assert_eq!(master("manual"), "m1");
+    // Opted in, but r2 lacks version 1: not promoted, said once.
+    d.wait_for("the blocked failover in the log", || {
+        logged(&d)
+            .iter()
+            .any(|e| what(e).1 == "ahead" && what(e).2 == "failover-blocked")
+    });
+    assert_eq!(master("ahead"), "m1");
+    let blocked = logged(&d)
+        .iter()
+        .filter(|e| what(e).2 == "failover-blocked")
+        .count();
+    assert_eq!(blocked, 1, "said once");
+    drop(r2);
+}

@@ -61,6 +61,7 @@ pub async fn run(
 ) {
     let mut tracks: HashMap<Key, Track> = HashMap::new();
     let mut lags = Lags::reopened(&dir).await;
+    let mut failover = Failover::default();
     // A probe's verdict: None is "no verdict yet" (a heartbeat check just after a restart).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Key, Check, Option<bool>)>(1024);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -83,6 +84,7 @@ pub async fn run(
         }
         let now = Instant::now();
         lags.scan(&dir, cfg.lag_alert_after, now).await;
+        failover.scan(&dir).await;
         let mut seen = std::collections::HashSet::new();
         for due in checked(&dir) {
             seen.insert(due.key.clone());
@@ -296,6 +298,99 @@ impl Lags {
                 }
             } else {
                 self.behind.remove(&key);
+            }
+        }
+    }
+}
+
+/// Whether a host is fit to be a repository's master: in service, and its
+/// sidecar's `switchboard` binding (if it has one) neither unavailable nor
+/// failing its check.
+fn fit(z: &crate::model::Zone, host: &str) -> bool {
+    z.hosts.get(host).is_some_and(|h| h.in_service())
+        && z.bindings
+            .get(&(
+                host.to_string(),
+                crate::schema::SWITCHBOARD_SERVICE.to_string(),
+            ))
+            .is_none_or(|b| b.available && b.health != Health::Critical)
+}
+
+/// Automatic failover, for repositories that opted in (`auto_failover`):
+/// when the master is not fit, promote the first fit replica that has every
+/// version the master has. Never one that would lose a version: then an
+/// event says so once (`failover-blocked`) and an admin decides. A promotion
+/// is an ordinary change (refused while a write holds the lease; tried again
+/// at the next tick), logged `by directory (auto-failover)`.
+#[derive(Default)]
+struct Failover {
+    /// (zone, repo) already reported as blocked, until its master is fit again.
+    blocked: std::collections::HashSet<(String, String)>,
+}
+
+impl Failover {
+    async fn scan(&mut self, dir: &Arc<Directory>) {
+        // (zone, repo, master, master's version, the replica to promote)
+        let mut down: Vec<(String, String, String, u64, Option<String>)> = Vec::new();
+        let mut fine: Vec<(String, String)> = Vec::new();
+        for origin in dir.origins() {
+            dir.read(&origin, |z| {
+                for r in z.repos.values().filter(|r| r.auto_failover) {
+                    if fit(z, &r.master) {
+                        fine.push((origin.clone(), r.name.clone()));
+                        continue;
+                    }
+                    let v = r.master_version();
+                    let pick = r
+                        .replicas
+                        .iter()
+                        .find(|h| fit(z, h) && r.version_of(h) == v)
+                        .cloned();
+                    down.push((origin.clone(), r.name.clone(), r.master.clone(), v, pick));
+                }
+            });
+        }
+        for key in fine {
+            self.blocked.remove(&key);
+        }
+        for (zone, repo, master, version, pick) in down {
+            let key = (zone.clone(), repo.clone());
+            let d = dir.clone();
+            match pick {
+                Some(host) => {
+                    let op = Op::Promote {
+                        repo: repo.clone(),
+                        host: host.clone(),
+                        force: false,
+                    };
+                    let done = tokio::task::spawn_blocking(move || {
+                        d.apply_by(&zone, op, "directory (auto-failover)")
+                    })
+                    .await;
+                    match done {
+                        Ok(Ok(_)) => {
+                            tracing::warn!(repo = %repo, from = %master, to = %host, "automatic failover: promoted");
+                            self.blocked.remove(&key);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(repo = %repo, error = %e, "automatic failover waits")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "automatic failover task failed"),
+                    }
+                }
+                None if !self.blocked.contains(&key) => {
+                    let draft = Draft::new("repo", &repo, "failover-blocked").message(format!(
+                        "the master {master} of {repo} is out of service and no replica in service has all {version} versions: promote one by hand (repo promote --force records the loss) or bring {master} back"
+                    ));
+                    let written = tokio::task::spawn_blocking(move || {
+                        d.record(&zone, draft, "directory (auto-failover)")
+                    })
+                    .await;
+                    if let Ok(Ok(_)) = written {
+                        self.blocked.insert(key);
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -260,6 +260,19 @@ pub fn of_change(before: &Zone, op: &Op, changes: &[Change]) -> Option<Draft> {
                     "{host} promoted to master of {repo} (was {old}){loss}"
                 ))
         }
+        Op::SetAutoFailover { repo, on } => {
+            let was = before.repos.get(repo)?.auto_failover;
+            if was == *on {
+                return None;
+            }
+            let state = |b: bool| if b { "on" } else { "off" };
+            Draft::new("repo", repo, "auto-failover")
+                .transition(state(was), state(*on))
+                .message(format!(
+                    "automatic failover of {repo} turned {}",
+                    state(*on)
+                ))
+        }
         Op::SetVersion { .. } => return None,
         Op::AddAdmin(a) => {
             Draft::new("admin", &a.name, "add").message(format!("admin key {} added", a.name))

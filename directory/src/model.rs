@@ -535,6 +535,10 @@ pub struct Repo {
     pub readonly: bool,
     #[serde(default)]
     pub lost: Vec<Loss>,
+    /// Opt-in: when the master is out of service, the directory promotes a
+    /// replica that has every version (never one that would lose any).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_failover: bool,
 }
 
 impl Repo {

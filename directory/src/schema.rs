@@ -48,6 +48,8 @@ pub mod txt {
     pub const VERSION_OF: &str = "version.";
     pub const HOST: &str = "host";
     pub const LOST: &str = "lost";
+    /// `auto_failover=1`: the directory promotes an up-to-date replica when the master is down.
+    pub const AUTO_FAILOVER: &str = "auto_failover";
     /// A binding's health check: `tcp` or `http:STATUS:PATH`.
     pub const CHECK: &str = "check";
     pub const CHECK_INTERVAL: &str = "check_interval";

@@ -47,6 +47,11 @@ pub enum Op {
         host: String,
         force: bool,
     },
+    /// Turns the directory's automatic failover of a repository on or off.
+    SetAutoFailover {
+        repo: String,
+        on: bool,
+    },
     /// A host's version of a repository. The master's needs the write lease.
     SetVersion {
         repo: String,
@@ -873,6 +878,7 @@ fn describe(op: &Op) -> (&'static str, String, &'static str) {
         Op::AddRepo(r) => ("repo", r.name.clone(), "add"),
         Op::RemoveRepo(r) => ("repo", r.clone(), "remove"),
         Op::Promote { repo, .. } => ("repo", repo.clone(), "promote"),
+        Op::SetAutoFailover { repo, .. } => ("repo", repo.clone(), "auto-failover"),
         Op::SetVersion { repo, .. } => ("repo", repo.clone(), "version"),
         Op::AddAdmin(a) => ("admin", a.name.clone(), "add"),
         Op::RemoveAdmin(a) => ("admin", a.clone(), "remove"),
@@ -889,16 +895,21 @@ fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         Op::RemoveBinding { host, service } | Op::SetBindingHealth { host, service, .. } => {
             view::Scope::binding(zone, host, service)
         }
-        Op::AddRepo(_) | Op::RemoveRepo(_) | Op::Promote { .. } | Op::SetVersion { .. } => {
-            view::Scope::default()
-        }
+        Op::AddRepo(_)
+        | Op::RemoveRepo(_)
+        | Op::Promote { .. }
+        | Op::SetAutoFailover { .. }
+        | Op::SetVersion { .. } => view::Scope::default(),
         Op::AddAdmin(_) | Op::RemoveAdmin(_) => view::Scope::default(),
     };
     match op {
         Op::AddRepo(r) => {
             s.repos.insert(r.name.clone());
         }
-        Op::RemoveRepo(r) | Op::Promote { repo: r, .. } | Op::SetVersion { repo: r, .. } => {
+        Op::RemoveRepo(r)
+        | Op::Promote { repo: r, .. }
+        | Op::SetAutoFailover { repo: r, .. }
+        | Op::SetVersion { repo: r, .. } => {
             s.repos.insert(r.clone());
         }
         Op::AddAdmin(a) => {
@@ -1139,6 +1150,11 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             next.replicas.insert(0, r.master.clone());
             next.master = new;
             vec![Change::PutRepo(next)]
+        }
+        Op::SetAutoFailover { repo: name, on } => {
+            let mut r = repo(zone, &name)?.clone();
+            r.auto_failover = on;
+            vec![Change::PutRepo(r)]
         }
         Op::SetVersion {
             repo: name,

@@ -318,6 +318,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     max_lag: 0,
                     readonly: false,
                     lost: vec![],
+                    auto_failover: false,
                 };
                 for (k, v) in txt_pairs(&owner, &r.data)? {
                     let bad = |what: &str| (owner.clone(), Some(rtype), format!("{k}={v:?}: {what}"));
@@ -326,6 +327,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                         txt::REPLICAS => repo.replicas = list(&v),
                         txt::MAX_LAG => repo.max_lag = v.parse().map_err(|_| bad("not a number"))?,
                         txt::READONLY => repo.readonly = flag(&owner, &k, &v)?,
+                        txt::AUTO_FAILOVER => repo.auto_failover = flag(&owner, &k, &v)?,
                         _ if k.starts_with(txt::VERSION_OF) => {
                             let host = &k[txt::VERSION_OF.len()..];
                             repo.versions.insert(host.to_string(), v.parse().map_err(|_| bad("not a number"))?);
@@ -848,6 +850,9 @@ pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
     }
     v.push(format!("{}={}", txt::MAX_LAG, r.max_lag));
     v.push(format!("{}={}", txt::READONLY, u8::from(r.readonly)));
+    if r.auto_failover {
+        v.push(format!("{}=1", txt::AUTO_FAILOVER));
+    }
     v.extend(
         r.hosts()
             .map(|h| format!("{}{h}={}", txt::VERSION_OF, r.version_of(h))),

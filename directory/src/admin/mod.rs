@@ -344,6 +344,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::AddRepo(_) => "repo add",
         Op::RemoveRepo(_) => "repo rm",
         Op::Promote { .. } => "repo promote",
+        Op::SetAutoFailover { .. } => "repo auto-failover",
         Op::SetVersion { .. } => "repo version",
         Op::AddAdmin(_) => "admin add",
         Op::RemoveAdmin(_) => "admin rm",

@@ -18,6 +18,11 @@ struct PromoteBody {
 }
 
 #[derive(Deserialize)]
+struct AutoFailoverBody {
+    on: bool,
+}
+
+#[derive(Deserialize)]
 struct VersionBody {
     version: u64,
     /// The write lease, when the master records a write.
@@ -42,6 +47,7 @@ fn describe(r: &Repo) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("version".into(), r.master_version().into());
+        obj.insert("auto_failover".into(), r.auto_failover.into());
         let readers: Vec<&str> = view::readers(r).collect();
         obj.insert("readers".into(), readers.into());
     }
@@ -80,6 +86,17 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                     repo: name.to_string(),
                     host: body.host,
                     force: body.force,
+                },
+            )
+        }
+        (&Method::POST, [name, "auto-failover"]) => {
+            let body: AutoFailoverBody = call.json()?;
+            change(
+                admin,
+                call,
+                Op::SetAutoFailover {
+                    repo: name.to_string(),
+                    on: body.on,
                 },
             )
         }

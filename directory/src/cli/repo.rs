@@ -22,6 +22,16 @@ pub enum RepoCmd {
         /// How many versions a reader may be behind the master (0: read-after-write).
         #[arg(long, default_value_t = 0)]
         max_lag: u64,
+        /// Let the directory promote an up-to-date replica when the master is down.
+        #[arg(long)]
+        auto_failover: bool,
+    },
+    /// Turn the directory's automatic failover of REPO on or off (off by default:
+    /// checks alert, an admin promotes).
+    AutoFailover {
+        repo: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
     /// Remove a repository from the directory (its data on the hosts is untouched).
     Rm { repo: String },
@@ -70,7 +80,14 @@ pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
             let v = c.get(&format!("/v1/repos/{repo}")).await?;
             c.show(&v, |v| {
                 for k in [
-                    "name", "master", "replicas", "version", "max_lag", "readonly", "readers",
+                    "name",
+                    "master",
+                    "replicas",
+                    "version",
+                    "max_lag",
+                    "readonly",
+                    "auto_failover",
+                    "readers",
                 ] {
                     println!("{k:<10} {}", field(v, k));
                 }
@@ -110,14 +127,23 @@ pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
             master,
             replicas,
             max_lag,
+            auto_failover,
         } => {
-            let body =
-                json!({"name": repo, "master": master, "replicas": replicas, "max_lag": max_lag});
+            let body = json!({"name": repo, "master": master, "replicas": replicas, "max_lag": max_lag, "auto_failover": auto_failover});
             c.change(
                 Method::POST,
                 "/v1/repos",
                 Some(body),
                 &format!("added repository {repo}"),
+            )
+            .await?;
+        }
+        RepoCmd::AutoFailover { repo, state } => {
+            c.change(
+                Method::POST,
+                &format!("/v1/repos/{repo}/auto-failover"),
+                Some(json!({"on": state == "on"})),
+                &format!("automatic failover of {repo} is {state}"),
             )
             .await?;
         }

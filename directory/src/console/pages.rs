@@ -476,11 +476,14 @@ fn repo_card(z: &Zone, ctx: &Ctx, r: &Repo) -> String {
     } else {
         badge("bad", "master out of service")
     };
-    let ro = if r.readonly {
+    let mut ro = if r.readonly {
         badge("muted", "read-only")
     } else {
         String::new()
     };
+    if r.auto_failover {
+        ro.push_str(&badge("muted", "auto-failover"));
+    }
     let mut out = format!(
         r#"<article class="card" id="repo-{id}"><h2>{name} {state} {ro}</h2><p class="summary">Master <b>{master}</b> at version {master_v} · max lag {lag}</p><ul class="rows">"#,
         id = esc(&r.name),
