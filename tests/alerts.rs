@@ -161,23 +161,7 @@ fn every_transition_reaches_the_webhook_once_and_the_log_survives_a_restart() {
     // Already disabled: a change, but no transition.
     d.cli_ok(&["host", "disable", "app1"]);
     d.cli_ok(&["host", "enable", "app1"]);
-    d.cli_ok(&[
-        "bind",
-        "add",
-        "app1",
-        "api",
-        &port,
-        "--check",
-        "tcp",
-        "--check-interval",
-        "1",
-        "--check-failures",
-        "2",
-        "--check-recoveries",
-        "1",
-        "--check-timeout-ms",
-        "500",
-    ]);
+    bind_checked(&d, "app1", "api", &port, "tcp");
     let passing = || {
         logged(&d)
             .iter()
@@ -265,6 +249,40 @@ fn signed(d: &Directory, method: &str, path: &str, body: &Value) -> (u16, Value)
     d.curl(method, path, &headers, Some(&body))
 }
 
+/// `bind add HOST SVC PORT` with a fast check of `probe`: every second, 500 ms
+/// to answer, critical after 2 failures, back after 1 pass.
+fn bind_checked(d: &Directory, host: &str, svc: &str, port: &str, probe: &str) {
+    d.cli_ok(&[
+        "bind",
+        "add",
+        host,
+        svc,
+        port,
+        "--check",
+        probe,
+        "--check-interval",
+        "1",
+        "--check-failures",
+        "2",
+        "--check-recoveries",
+        "1",
+        "--check-timeout-ms",
+        "500",
+    ]);
+}
+
+/// Records `version` of `repo` on its master `host`, as the master's write
+/// hook does: the write lease first, then the version under it.
+fn master_writes(d: &Directory, repo: &str, host: &str, version: u64) {
+    let path = format!("/v1/repos/{repo}/lease");
+    let (code, lease) = signed(d, "POST", &path, &serde_json::json!({"host": host}));
+    assert_eq!(code, 200, "{lease}");
+    let path = format!("/v1/repos/{repo}/versions/{host}");
+    let body = serde_json::json!({"version": version, "lease": lease["token"]});
+    let (code, body) = signed(d, "PUT", &path, &body);
+    assert_eq!(code, 200, "{body}");
+}
+
 #[test]
 fn a_replica_behind_max_lag_for_too_long_is_an_event() {
     let d = Directory::with_zone(minimal_zone, &["--lag-alert-after", "1"]);
@@ -282,20 +300,7 @@ fn a_replica_behind_max_lag_for_too_long_is_an_event() {
         "--max-lag",
         "0",
     ]);
-    let (code, lease) = signed(
-        &d,
-        "POST",
-        "/v1/repos/r1/lease",
-        &serde_json::json!({"host": "m1"}),
-    );
-    assert_eq!(code, 200, "{lease}");
-    let (code, body) = signed(
-        &d,
-        "PUT",
-        "/v1/repos/r1/versions/m1",
-        &serde_json::json!({"version": 1, "lease": lease["token"]}),
-    );
-    assert_eq!(code, 200, "{body}");
+    master_writes(&d, "r1", "m1", 1);
     let behind = Instant::now();
     let lagging = |d: &Directory| {
         logged(d)
@@ -328,23 +333,7 @@ fn heartbeats_keep_a_host_in_and_stale_answers_are_reported() {
     let mut d = Directory::with_zone(minimal_zone, &["--node-ttl", "1", "--service-ttl", "1"]);
     let backend = Backend::start("web1");
     let mut web1 = d.sidecar("web1", "web", Some(&backend));
-    d.cli_ok(&[
-        "bind",
-        "add",
-        "web1",
-        "alive",
-        "1",
-        "--check",
-        "heartbeat",
-        "--check-interval",
-        "1",
-        "--check-failures",
-        "2",
-        "--check-recoveries",
-        "1",
-        "--check-timeout-ms",
-        "500",
-    ]);
+    bind_checked(&d, "web1", "alive", "1", "heartbeat");
     let health = |d: &Directory| {
         d.dig("web1._alive._tcp.cluster.example.", "TXT", &[])
             .data("TXT")
@@ -490,23 +479,7 @@ fn a_repository_that_opted_in_fails_over_only_to_a_replica_with_every_version() 
     }
     // Each host's sidecar stands in as a listener its `switchboard` binding's check probes.
     for (h, l) in [("m1", &m1), ("r2", &r2)] {
-        d.cli_ok(&[
-            "bind",
-            "add",
-            h,
-            "switchboard",
-            &port(l),
-            "--check",
-            "tcp",
-            "--check-interval",
-            "1",
-            "--check-failures",
-            "2",
-            "--check-recoveries",
-            "1",
-            "--check-timeout-ms",
-            "500",
-        ]);
+        bind_checked(&d, h, "switchboard", &port(l), "tcp");
     }
     d.cli_ok(&[
         "repo",
@@ -537,20 +510,7 @@ fn a_repository_that_opted_in_fails_over_only_to_a_replica_with_every_version() 
         .collect();
     assert_eq!(opted.len(), 2, "{exported}");
     // m1 has a write of `ahead` that r2 lacks.
-    let (code, lease) = signed(
-        &d,
-        "POST",
-        "/v1/repos/ahead/lease",
-        &serde_json::json!({"host": "m1"}),
-    );
-    assert_eq!(code, 200, "{lease}");
-    let (code, body) = signed(
-        &d,
-        "PUT",
-        "/v1/repos/ahead/versions/m1",
-        &serde_json::json!({"version": 1, "lease": lease["token"]}),
-    );
-    assert_eq!(code, 200, "{body}");
+    master_writes(&d, "ahead", "m1", 1);
     let master = |repo: &str| {
         let v: Value =
             serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", repo])).expect("json");

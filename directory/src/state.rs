@@ -1254,6 +1254,22 @@ mod tests {
         zv.canonical()
     }
 
+    /// The view the directory serves for `origin` is the one a full build gives.
+    fn patched_equals_rebuilt(d: &Directory, origin: &str, what: &str) {
+        let patched = d.view().load_full();
+        let patched = patched
+            .zones
+            .iter()
+            .find(|z| z.origin.to_string() == origin)
+            .expect("zone");
+        let full = d
+            .read(origin, |z| view::build(z, ViewConfig::default()))
+            .expect("zone")
+            .expect("build");
+        assert_eq!(dump(patched), dump(&full), "after {what}");
+        assert_eq!(patched.serial, full.serial);
+    }
+
     /// A store that keeps only the audit log, in memory.
     #[derive(Default)]
     struct LogStore(Arc<Mutex<Vec<Event>>>);
@@ -1407,19 +1423,7 @@ mod tests {
         let d = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
         d.seed(zone).expect("seed");
         let origin = "gw.example.";
-        let same = |d: &Directory, what: &str| {
-            let patched = d.view().load_full();
-            let patched = patched
-                .zones
-                .iter()
-                .find(|z| z.origin.to_string() == origin)
-                .expect("zone");
-            let full = d
-                .read(origin, |z| view::build(z, ViewConfig::default()))
-                .expect("zone")
-                .expect("build");
-            assert_eq!(dump(patched), dump(&full), "after {what}");
-        };
+        let same = |d: &Directory, what: &str| patched_equals_rebuilt(d, origin, what);
         same(&d, "seed");
         // The zone's only binding comes and goes: `service.Z` and `_tcp.Z`
         // exist only while it does (NXDOMAIN after, not NODATA).
@@ -1546,18 +1550,7 @@ mod tests {
             let what = format!("{op:?}");
             d.apply(origin, op)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            let patched = d.view().load_full();
-            let patched = patched
-                .zones
-                .iter()
-                .find(|z| z.origin.to_string() == origin)
-                .expect("zone");
-            let full = d
-                .read(origin, |z| view::build(z, ViewConfig::default()))
-                .expect("zone")
-                .expect("build");
-            assert_eq!(dump(patched), dump(&full), "after {what}");
-            assert_eq!(patched.serial, full.serial);
+            patched_equals_rebuilt(&d, origin, &what);
         }
     }
 }
