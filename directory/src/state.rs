@@ -1254,6 +1254,23 @@ mod tests {
         zv.canonical()
     }
 
+    /// A binding with no role, check or properties.
+    fn plain_binding(host: &str, service: &str, port: u16) -> Binding {
+        Binding {
+            host: host.into(),
+            service: service.into(),
+            port,
+            role: None,
+            readonly: false,
+            weight: 0,
+            priority: None,
+            available: true,
+            health: Health::Unknown,
+            props: Default::default(),
+            check: None,
+        }
+    }
+
     /// The view the directory serves for `origin` is the one a full build gives.
     fn patched_equals_rebuilt(d: &Directory, origin: &str, what: &str) {
         let patched = d.view().load_full();
@@ -1427,20 +1444,8 @@ mod tests {
         same(&d, "seed");
         // The zone's only binding comes and goes: `service.Z` and `_tcp.Z`
         // exist only while it does (NXDOMAIN after, not NODATA).
-        let binding = Binding {
-            host: "gw".into(),
-            service: "dns".into(),
-            port: 53,
-            role: None,
-            readonly: false,
-            weight: 0,
-            priority: None,
-            available: true,
-            health: Health::Unknown,
-            props: Default::default(),
-            check: None,
-        };
-        d.apply(origin, Op::AddBinding(binding)).expect("bind");
+        d.apply(origin, Op::AddBinding(plain_binding("gw", "dns", 53)))
+            .expect("bind");
         same(&d, "bind add");
         d.apply(
             origin,
@@ -1482,19 +1487,7 @@ mod tests {
             health: Health::Unknown,
             props: Default::default(),
         };
-        let bind = |h: &str, s: &str| Binding {
-            host: h.into(),
-            service: s.into(),
-            port: 81,
-            role: None,
-            readonly: false,
-            weight: 0,
-            priority: None,
-            available: true,
-            health: Health::Unknown,
-            props: Default::default(),
-            check: None,
-        };
+        let bind = |h: &str, s: &str| plain_binding(h, s, 81);
         let ops = vec![
             Op::SetAvailable {
                 host: "web1".into(),
