@@ -387,6 +387,95 @@ fn the_cluster_channel_refuses_every_bad_call() {
     }
 }
 
+/// Calls arriving together are verified in one ed25519 batch; a forged one among
+/// them is refused on its own and the others are served.
+#[test]
+fn a_forged_call_in_a_burst_of_signed_calls_is_refused_alone() {
+    let c = cluster(&[]);
+    let body = b"repository=r9";
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::write(out.path().join("body"), body).expect("write");
+    const CALLS: usize = 48;
+    let forged = |i: usize| i % 6 == 5;
+    let burst = |round: usize| {
+        // One curl, all calls at once on their own connections; every 6th is signed
+        // for another query than the one it is sent with.
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            "48",
+        ]);
+        for i in 0..CALLS {
+            let url = c.repo1.cluster_url(&format!(
+                "/api/diffusion.querycommits?round={round}&call={i}"
+            ));
+            let signed_for = if forged(i) {
+                format!("{url}&forged=1")
+            } else {
+                url.clone()
+            };
+            if i > 0 {
+                cmd.arg("--next");
+            }
+            cmd.args(["-s", "-X", "POST", "-o"])
+                .arg(out.path().join(format!("{round}-{i}")))
+                .arg("--data-binary")
+                .arg(format!("@{}", out.path().join("body").display()));
+            for (k, v) in signed_headers(&c.web1.key, "POST", &signed_for, body, unix_now()) {
+                cmd.arg("-H").arg(format!("{k}: {v}"));
+            }
+            cmd.arg(&url);
+        }
+        run(&mut cmd);
+        for i in 0..CALLS {
+            let text = std::fs::read_to_string(out.path().join(format!("{round}-{i}")))
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if forged(i) {
+                assert_eq!(v["reason"], "bad-signature", "forged call {i}: {text}");
+            } else {
+                assert_eq!(v["host"], "repo1", "good call {i} served: {text}");
+            }
+        }
+    };
+    let verified = || {
+        let batches = c
+            .repo1
+            .metric("switchboard_sidecar_signature_batches_total")
+            .unwrap_or(0.0);
+        let signatures = c
+            .repo1
+            .metric("switchboard_sidecar_signatures_verified_total")
+            .unwrap_or(0.0);
+        (batches, signatures)
+    };
+    // Until two or more calls shared a batch (each burst checked call by call).
+    let mut round = 0;
+    c.d.wait_for("calls to be verified in batches", || {
+        burst(round);
+        round += 1;
+        let (batches, signatures) = verified();
+        assert_eq!(
+            signatures,
+            (round * CALLS) as f64,
+            "every call verified once"
+        );
+        batches < signatures
+    });
+    let refused = c
+        .repo1
+        .metric("switchboard_sidecar_signature_refusals_total{reason=\"bad-signature\"}")
+        .unwrap_or(0.0);
+    assert_eq!(
+        refused,
+        (round * CALLS / 6) as f64,
+        "only the forged calls refused"
+    );
+}
+
 #[test]
 fn a_disabled_host_stops_getting_traffic_within_a_second() {
     let c = cluster(&[]);

@@ -259,6 +259,18 @@ impl ParsedSignature {
         now_unix: u64,
         policy: &Policy,
     ) -> Result<(), SignError> {
+        self.check_covered(headers, expects_body, now_unix, policy)?;
+        self.verify_signature(method, uri, headers, key)
+    }
+
+    /// The covered components and the parameters `created`, `expires` and `nonce`, fresh.
+    fn check_covered(
+        &self,
+        headers: &HeaderMap,
+        expects_body: bool,
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<(), SignError> {
         let needed = REQUIRED
             .iter()
             .chain((expects_body || headers.contains_key(DIGEST)).then_some(&DIGEST));
@@ -275,8 +287,33 @@ impl ParsedSignature {
         ) else {
             fail!(MissingComponent, "signature lacks created, expires or nonce: sign with created, expires, nonce and keyid")
         };
-        check_times(created, expires, now_unix, policy)?;
-        self.verify_signature(method, uri, headers, key)
+        check_times(created, expires, now_unix, policy)
+    }
+
+    /// Everything [`Self::verify_headers`] checks but the ed25519 signature itself, which is
+    /// left to the caller (to verify many calls in one batch): returns what was signed, for
+    /// [`Self::signature`] to be checked against. A failed check is [`Self::bad_signature`].
+    pub fn signed_base(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        expects_body: bool,
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<String, SignError> {
+        self.check_covered(headers, expects_body, now_unix, policy)?;
+        signature_base(&self.components, &self.params, method, uri, headers)
+    }
+
+    /// The ed25519 signature the request carries (not yet verified).
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// The refusal for a signature that does not verify over [`Self::signed_base`].
+    pub fn bad_signature(&self) -> SignError {
+        SignError::BadSignature(format!("signature {:?} does not verify with the key of keyid {:?}: the method, authority, path, query or a covered header changed after signing, or another key signed; sign the request exactly as it is sent, with the enrolled key", self.label, self.keyid))
     }
 
     /// The body against the signed `Content-Digest`, once it has been read.
@@ -303,7 +340,7 @@ impl ParsedSignature {
     ) -> Result<(), SignError> {
         let base = signature_base(&self.components, &self.params, method, uri, headers)?;
         if key.verify_strict(base.as_bytes(), &self.signature).is_err() {
-            fail!(BadSignature, "signature {:?} does not verify with the key of keyid {:?}: the method, authority, path, query or a covered header changed after signing, or another key signed; sign the request exactly as it is sent, with the enrolled key", self.label, self.keyid);
+            return Err(self.bad_signature());
         }
         Ok(())
     }

@@ -76,16 +76,30 @@ pub async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v != "0")
         || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
-    if let Err(e) = parsed.verify_headers(
+    let base = match parsed.signed_base(
         &parts.method,
         &parts.uri,
         &parts.headers,
         expects_body,
-        &key,
         now,
         &Policy::default(),
     ) {
-        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+        Ok(base) => base,
+        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
+    };
+    match sc.verifier.verify(base, *parsed.signature(), key).await {
+        Some(true) => {}
+        Some(false) => {
+            let e = parsed.bad_signature();
+            return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+        }
+        None => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "the sidecar is shutting down",
+            )
+        }
     }
     let authority = parts
         .headers

@@ -32,3 +32,4 @@ pub mod spool;
 pub mod ssh;
 pub mod tunnel;
 pub mod user;
+pub mod verify;

@@ -23,6 +23,9 @@ pub struct Metrics {
     /// Seconds since start of the last answer from the directory (0: never).
     last_answer_ms: AtomicU64,
     pub stale_answers: AtomicU64,
+    /// Ed25519 batches run and cluster-call signatures verified in them.
+    verify_batches: AtomicU64,
+    verified_signatures: AtomicU64,
     /// Stale-answer episodes, for the heartbeat to report.
     stale: Mutex<Episodes>,
 }
@@ -53,6 +56,8 @@ impl Default for Metrics {
             feed_up: AtomicBool::new(false),
             last_answer_ms: AtomicU64::new(0),
             stale_answers: AtomicU64::new(0),
+            verify_batches: AtomicU64::new(0),
+            verified_signatures: AtomicU64::new(0),
             stale: Mutex::default(),
         }
     }
@@ -116,6 +121,21 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// Counts one verification batch of `signatures` cluster-call signatures.
+    pub fn verified(&self, signatures: u64) {
+        self.verify_batches.fetch_add(1, Ordering::Relaxed);
+        self.verified_signatures
+            .fetch_add(signatures, Ordering::Relaxed);
+    }
+
+    /// (batches, signatures) verified so far.
+    pub fn verifications(&self) -> (u64, u64) {
+        (
+            self.verify_batches.load(Ordering::Relaxed),
+            self.verified_signatures.load(Ordering::Relaxed),
+        )
     }
 
     /// Notes a fresh answer from the directory.
@@ -209,6 +229,23 @@ impl Metrics {
             "switchboard_sidecar_stale_answers_total {}",
             self.stale_answers.load(Ordering::Relaxed)
         );
+        let (batches, signatures) = self.verifications();
+        for (name, help, v) in [
+            (
+                "switchboard_sidecar_signature_batches_total",
+                "Ed25519 verification batches run for cluster calls.",
+                batches,
+            ),
+            (
+                "switchboard_sidecar_signatures_verified_total",
+                "Cluster-call signatures verified (signatures / batches is the mean batch size).",
+                signatures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
+        }
         out
     }
 }

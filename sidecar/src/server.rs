@@ -103,6 +103,7 @@ pub async fn build(c: &Common, limits: Limits) -> Result<Arc<Sidecar>, RunError>
         forwarder: Forwarder::new(identity),
         repos: Repos::new(c.repos.clone()),
         web_backend: c.web_backend.clone(),
+        verifier: crate::verify::BatchVerifier::spawn(metrics.clone()),
         metrics,
         replay: Default::default(),
         spool_dir,

@@ -37,6 +37,8 @@ pub struct Sidecar {
     pub web_backend: Option<Uri>,
     pub metrics: Arc<Metrics>,
     pub replay: ReplayGuard,
+    /// Verifies cluster-call signatures, batched under load.
+    pub verifier: crate::verify::BatchVerifier,
     /// Where large bodies are spooled while they are hashed.
     pub spool_dir: PathBuf,
     /// The write hook for receive-pack runs on repositories this host is master of.
