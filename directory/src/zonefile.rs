@@ -12,12 +12,14 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use base64::Engine;
-use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_proto::serialize::txt::Parser;
 
 use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Soa, Zone, ZoneMeta};
 use crate::schema::{self, txt};
+
+mod plain;
 
 /// A zone file that cannot be loaded: where, and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,6 +33,26 @@ pub struct ZoneFileError {
 /// Parses a zone file's text. `file` names it in errors; `origin` is the origin to
 /// assume before any `$ORIGIN` (derived from the file name by the caller).
 pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneFileError> {
+    parse_with(text, file, origin, true)
+}
+
+/// [`parse`] with hickory's parser reading the whole file, for the fuzz target that
+/// checks the plain reader against it.
+#[doc(hidden)]
+pub fn parse_with_hickory(
+    text: &str,
+    file: &str,
+    origin: Option<&str>,
+) -> Result<Zone, ZoneFileError> {
+    parse_with(text, file, origin, false)
+}
+
+fn parse_with(
+    text: &str,
+    file: &str,
+    origin: Option<&str>,
+    plain: bool,
+) -> Result<Zone, ZoneFileError> {
     let fail = |line: Option<usize>, message: String| ZoneFileError {
         file: file.to_string(),
         line,
@@ -53,21 +75,36 @@ pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneF
             .iter()
             .find_map(|e| e.error.as_ref().map(|m| fail(Some(e.line), m.clone())))
     };
-    let (_, rrsets) = Parser::new(text, None, origin_name.clone())
-        .parse()
-        .map_err(|e| {
-            let scanned = entries(text, origin_name.as_ref());
-            scan_error(&scanned).unwrap_or_else(|| {
-                let line = locate_syntax_error(&scanned, origin_name.as_ref());
-                fail(line, format!("{e}"))
-            })
-        })?;
-    let records: Vec<Record> = rrsets
-        .into_values()
-        .flat_map(RecordSet::into_iter)
-        .filter(|r| r.record_type() != RecordType::RRSIG)
-        .collect();
-    build(records).map_err(|(owner, rtype, message)| {
+    let built = match plain.then(|| plain::records(text, origin)).flatten() {
+        Some((soa, records)) => build(soa, records),
+        None => {
+            let (_, rrsets) = Parser::new(text, None, origin_name.clone())
+                .parse()
+                .map_err(|e| {
+                    let scanned = entries(text, origin_name.as_ref());
+                    scan_error(&scanned).unwrap_or_else(|| {
+                        let line = locate_syntax_error(&scanned, origin_name.as_ref());
+                        fail(line, format!("{e}"))
+                    })
+                })?;
+            let records: Vec<Record> = rrsets
+                .into_values()
+                .flat_map(RecordSet::into_iter)
+                .filter(|r| r.record_type() != RecordType::RRSIG)
+                .collect();
+            let soa = records
+                .iter()
+                .find(|r| r.record_type() == RecordType::SOA)
+                .cloned()
+                .ok_or_else(|| fail(None, "the zone has no SOA record".to_string()))?;
+            let apex = soa.name.to_lowercase();
+            build(
+                soa,
+                records.into_iter().map(|r| Rec::parsed(r, &apex)).collect(),
+            )
+        }
+    };
+    built.map_err(|(owner, rtype, message)| {
         let scanned = entries(text, origin_name.as_ref());
         if let Some(e) = scan_error(&scanned) {
             return e;
@@ -89,18 +126,107 @@ pub fn parse(text: &str, file: &str, origin: Option<&str>) -> Result<Zone, ZoneF
 type BuildError = (Name, Option<RecordType>, String);
 
 /// A binding's TXT attributes, with the owner name they came from.
-type InstanceTxt = (Name, Vec<(String, String)>);
+type InstanceTxt<'a> = (Owner<'a>, Vec<(String, String)>);
+
+/// A record's owner as written: a parsed name, or (from [`plain::records`]) the text
+/// and the origin it is relative to, made a `Name` only for an error or a static record.
+#[derive(Debug, Clone)]
+enum Owner<'a> {
+    Name(Name),
+    Text { written: &'a str, origin: &'a str },
+}
+
+impl Owner<'_> {
+    /// The name as written (its case kept).
+    fn written(&self) -> Name {
+        match self {
+            Owner::Name(n) => n.clone(),
+            Owner::Text { written, origin } => {
+                let text = match *written {
+                    "@" => origin.to_string(),
+                    w if w.ends_with('.') => w.to_string(),
+                    w => format!("{w}.{origin}"),
+                };
+                // plain::records only takes owners that are names.
+                Name::from_ascii(&text).unwrap_or_else(|_| Name::root())
+            }
+        }
+    }
+
+    /// The name in lower case, as errors show it.
+    fn name(&self) -> Name {
+        self.written().to_lowercase()
+    }
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.name().fmt(f)
+    }
+}
+
+/// One record for [`build`]: its owner, its labels below the apex (lower case, leaf
+/// first; `None` outside the zone), TTL, class and data.
+#[derive(Debug)]
+struct Rec<'a> {
+    owner: Owner<'a>,
+    rel: Option<Vec<String>>,
+    ttl: u32,
+    class: DNSClass,
+    data: RData,
+}
+
+impl Rec<'_> {
+    /// A record from hickory's parser, placed relative to `apex`.
+    fn parsed(r: Record, apex: &Name) -> Rec<'static> {
+        let lower = r.name.to_lowercase();
+        let rel = apex.zone_of(&lower).then(|| {
+            lower
+                .iter()
+                .take(lower.num_labels() as usize - apex.num_labels() as usize)
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .collect()
+        });
+        Rec {
+            owner: Owner::Name(r.name),
+            rel,
+            ttl: r.ttl,
+            class: r.dns_class,
+            data: r.data,
+        }
+    }
+
+    fn record_type(&self) -> RecordType {
+        self.data.record_type()
+    }
+
+    /// Whether the data is empty (a `TXT` with no strings, say), so it could not be
+    /// written back as it was read.
+    fn is_empty(&self) -> bool {
+        match &self.data {
+            RData::A(_) | RData::AAAA(_) | RData::SRV(_) => false,
+            RData::TXT(t) => t.txt_data.is_empty(),
+            d => d.to_bytes().map_or(true, |b| b.is_empty()),
+        }
+    }
+
+    fn into_record(self) -> Record {
+        let mut r = Record::from_rdata(self.owner.written(), self.ttl, self.data);
+        r.dns_class = self.class;
+        r
+    }
+}
 
 fn err<T>(
-    owner: &Name,
+    owner: &Owner<'_>,
     rtype: Option<RecordType>,
     msg: impl Into<String>,
 ) -> Result<T, BuildError> {
-    Err((owner.clone(), rtype, msg.into()))
+    Err((owner.name(), rtype, msg.into()))
 }
 
 /// TXT strings as `key=value` pairs (RFC 6763 §6); a string without '=' is a key with empty value.
-fn txt_pairs(owner: &Name, data: &RData) -> Result<Vec<(String, String)>, BuildError> {
+fn txt_pairs(owner: &Owner<'_>, data: &RData) -> Result<Vec<(String, String)>, BuildError> {
     let RData::TXT(t) = data else {
         return err(owner, None, "expected a TXT record");
     };
@@ -109,7 +235,7 @@ fn txt_pairs(owner: &Name, data: &RData) -> Result<Vec<(String, String)>, BuildE
         .map(|s| {
             let s = std::str::from_utf8(s).map_err(|_| {
                 (
-                    owner.clone(),
+                    owner.name(),
                     Some(RecordType::TXT),
                     "TXT string is not UTF-8".to_string(),
                 )
@@ -120,7 +246,7 @@ fn txt_pairs(owner: &Name, data: &RData) -> Result<Vec<(String, String)>, BuildE
         .collect()
 }
 
-fn flag(owner: &Name, key: &str, v: &str) -> Result<bool, BuildError> {
+fn flag(owner: &Owner<'_>, key: &str, v: &str) -> Result<bool, BuildError> {
     match v {
         "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
@@ -181,15 +307,11 @@ fn place(rel: &[String]) -> Place {
 }
 
 /// Turns parsed records into the model.
-fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
-    let soa = records
-        .iter()
-        .find(|r| r.record_type() == RecordType::SOA)
-        .cloned()
-        .ok_or_else(|| (Name::root(), None, "the zone has no SOA record".to_string()))?;
+fn build(soa: Record, records: Vec<Rec<'_>>) -> Result<Zone, BuildError> {
     let apex = soa.name.to_lowercase();
+    let apex_owner = Owner::Name(apex.clone());
     let RData::SOA(soa_data) = &soa.data else {
-        return err(&apex, Some(RecordType::SOA), "bad SOA");
+        return err(&apex_owner, Some(RecordType::SOA), "bad SOA");
     };
     let meta_soa = Soa {
         mname: soa_data.mname.to_ascii(),
@@ -208,31 +330,27 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
     let mut srvs: BTreeMap<(String, String), (Name, u16, u16, u16)> = BTreeMap::new();
     let mut binding_txt: BTreeMap<(String, String), InstanceTxt> = BTreeMap::new();
     let mut repos = BTreeMap::new();
+    // Each repository's TXT data: the same record twice is one record (RFC 2181 §5).
+    let mut repo_txt: BTreeMap<String, RData> = BTreeMap::new();
     let mut admins = BTreeMap::new();
-    let apex_labels = apex.num_labels() as usize;
 
     for r in records {
-        let owner = r.name.to_lowercase();
-        if r.data.to_bytes().map_or(true, |b| b.is_empty()) {
+        let owner = r.owner.clone();
+        let rtype = r.record_type();
+        if r.is_empty() {
             // `TXT` with no strings, say: it cannot be written back as it was read.
             return err(
                 &owner,
-                Some(r.record_type()),
-                format!("{} record at {owner} has no data", r.record_type()),
+                Some(rtype),
+                format!("{rtype} record at {owner} has no data"),
             );
         }
-        let rtype = r.record_type();
-        if !apex.zone_of(&owner) {
+        let Some(rel) = &r.rel else {
             return err(&owner, None, format!("{owner} is outside the zone {apex}"));
-        }
-        let rel: Vec<String> = owner
-            .iter()
-            .take(owner.num_labels() as usize - apex_labels)
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect();
-        match place(&rel) {
+        };
+        match place(rel) {
             Place::Apex => match rtype {
-                RecordType::SOA if owner == apex => {
+                RecordType::SOA if owner.name() == apex => {
                     if r.data != soa.data {
                         return err(&owner, Some(rtype), "a zone has exactly one SOA record");
                     }
@@ -243,7 +361,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                         ns_ttl = r.ttl;
                     }
                 }
-                _ => statics.push(r),
+                _ => statics.push(r.into_record()),
             },
             Place::Node(h) => {
                 model::validate_label("host name", &h).or_else(|e| err(&owner, None, e.0))?;
@@ -257,6 +375,9 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     props: Default::default(),
                 });
                 match &r.data {
+                    // The same record twice is one record (RFC 2181 §5).
+                    RData::A(a) if host.addrs.contains(&IpAddr::V4(a.0)) => {}
+                    RData::AAAA(a) if host.addrs.contains(&IpAddr::V6(a.0)) => {}
                     RData::A(a) => host.addrs.push(IpAddr::V4(a.0)),
                     RData::AAAA(a) => host.addrs.push(IpAddr::V6(a.0)),
                     RData::TXT(_) => {
@@ -304,6 +425,9 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                 }
             },
             Place::Repo(name) => {
+                if repo_txt.get(&name) == Some(&r.data) {
+                    continue;
+                }
                 if repos.contains_key(&name) {
                     return err(&owner, Some(rtype), format!("repository {name} has more than one TXT record: put every attribute in one"));
                 }
@@ -321,7 +445,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     auto_failover: false,
                 };
                 for (k, v) in txt_pairs(&owner, &r.data)? {
-                    let bad = |what: &str| (owner.clone(), Some(rtype), format!("{k}={v:?}: {what}"));
+                    let bad = |what: &str| (owner.name(), Some(rtype), format!("{k}={v:?}: {what}"));
                     match k.as_str() {
                         txt::MASTER => repo.master = v,
                         txt::REPLICAS => repo.replicas = list(&v),
@@ -343,6 +467,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                 }
                 model::validate_repo(&repo).or_else(|e| err(&owner, Some(rtype), e.0))?;
                 repo.canonicalize();
+                repo_txt.insert(name.clone(), r.data.clone());
                 repos.insert(name, repo);
             }
             Place::Admin(name) => {
@@ -364,16 +489,36 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                     "{owner} is a name the directory derives from the model; remove it from the zone file"
                 ))
             }
-            Place::Static => statics.push(r),
+            Place::Static => statics.push(r.into_record()),
         }
     }
+    // Records in any order give the same zone: addresses IPv4 first, static records
+    // by name and type, the same record twice kept once (RFC 2181 §5) with the
+    // later TTL, each RRset in the order it was written.
+    for h in hosts.values_mut() {
+        h.addrs.sort_by_key(IpAddr::is_ipv6);
+    }
+    statics.sort_by(|a, b| (&a.name, a.record_type()).cmp(&(&b.name, b.record_type())));
+    let mut kept: Vec<Record> = Vec::with_capacity(statics.len());
+    for r in statics {
+        let same = kept
+            .iter_mut()
+            .rev()
+            .take_while(|k| k.name == r.name && k.record_type() == r.record_type());
+        match same.into_iter().find(|k| k.data == r.data) {
+            Some(k) => k.ttl = r.ttl,
+            None => kept.push(r),
+        }
+    }
+    let statics = kept;
 
     for h in hosts.values() {
-        model::validate_host(h).or_else(|e| err(&node_name(&apex, &h.name), None, e.0))?;
+        model::validate_host(h)
+            .or_else(|e| err(&Owner::Name(node_name(&apex, &h.name)), None, e.0))?;
     }
     let mut bindings = BTreeMap::new();
     for ((host, service), (target, prio, weight, port)) in srvs {
-        let owner = instance_name(&apex, &host, &service);
+        let owner = Owner::Name(instance_name(&apex, &host, &service));
         if !hosts.contains_key(&host) {
             return err(
                 &owner,
@@ -412,7 +557,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
                 );
             }
             for (k, v) in pairs {
-                let bad = |e: model::Invalid| (towner.clone(), Some(RecordType::TXT), e.0);
+                let bad = |e: model::Invalid| (towner.name(), Some(RecordType::TXT), e.0);
                 match k.as_str() {
                     txt::ROLE if v.is_empty() || v == "none" => b.role = None,
                     txt::ROLE => b.role = Some(v.parse().map_err(bad)?),
@@ -443,8 +588,10 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
     for repo in repos.values() {
         for h in repo.hosts() {
             if !hosts.contains_key(h) {
-                let owner = Name::from_ascii(format!("{}.{}.{apex}", repo.name, schema::REPO))
-                    .unwrap_or(apex.clone());
+                let owner = Owner::Name(
+                    Name::from_ascii(format!("{}.{}.{apex}", repo.name, schema::REPO))
+                        .unwrap_or(apex.clone()),
+                );
                 return err(
                     &owner,
                     Some(RecordType::TXT),
@@ -458,7 +605,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
     }
     for r in &statics {
         if !STATIC_TYPES.contains(&r.record_type()) || !round_trips(r) {
-            return err(&r.name, Some(r.record_type()), format!(
+            return err(&Owner::Name(r.name.clone()), Some(r.record_type()), format!(
                 "static {} records cannot be exported faithfully yet; leave them out of the zone", r.record_type()
             ));
         }
@@ -474,7 +621,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
         }));
     for (key, owner) in owners {
         if let Some(first) = keys.insert(key.0, owner.to_string()) {
-            return err(&owner, Some(RecordType::TXT), format!("the same key is already given to {first}: every host and admin needs its own key"));
+            return err(&Owner::Name(owner), Some(RecordType::TXT), format!("the same key is already given to {first}: every host and admin needs its own key"));
         }
     }
     let engine = base64::engine::general_purpose::STANDARD;
@@ -483,7 +630,7 @@ fn build(records: Vec<Record>) -> Result<Zone, BuildError> {
         .map(|r| {
             r.to_bytes().map(|b| engine.encode(b)).or_else(|e| {
                 err(
-                    &r.name,
+                    &Owner::Name(r.name.clone()),
                     Some(r.record_type()),
                     format!("cannot encode: {e}"),
                 )

@@ -79,7 +79,18 @@ pub fn zonefile(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match zonefile::parse(text, "fuzz.zone", Some(ORIGIN)) {
+    let parsed = zonefile::parse(text, "fuzz.zone", Some(ORIGIN));
+    // The plain reader (one record per line, most files) and hickory's parser (all
+    // of them) read a file alike: both refuse it, or both give the same zone.
+    match (
+        &parsed,
+        zonefile::parse_with_hickory(text, "fuzz.zone", Some(ORIGIN)),
+    ) {
+        (Ok(a), Ok(b)) => assert_eq!(a, &b, "the plain reader and hickory's disagree"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("the plain reader and hickory's disagree:\n{a:?}\n{b:?}"),
+    }
+    match parsed {
         Err(e) => assert!(e.to_string().starts_with("fuzz.zone"), "{e}"),
         Ok(zone) => {
             let cfg = ViewConfig::default();

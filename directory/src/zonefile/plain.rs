@@ -1,0 +1,395 @@
+//! The plain form of a zone file, read without hickory's whole-file parser.
+//!
+//! hickory-proto's `Parser` builds every record set in a `BTreeMap` keyed by name before
+//! anything is used: ~1–2 s for the ~300k records of a 100,000-host zone, more than the
+//! whole start-up budget. Most of such a file is lines of the one form [`super::export`]
+//! writes, one record per line: `OWNER [TTL] [IN] A|AAAA|TXT|SRV DATA`. Those are read
+//! here straight into [`Rec`]s. Every other entry (SOA, NS, any other type, parenthesised
+//! ones) is handed to hickory's parser as a small zone of its own, with the same `$ORIGIN`
+//! and `$TTL`. Anything this reader is not sure it reads exactly as hickory would (an
+//! owner left out, an escape, a class other than IN, a TTL it would have to inherit, an
+//! `$ORIGIN` that moves, unquoted TXT, a malformed address...) makes it give up, and the
+//! caller parses the whole file with hickory, which also finds the line of any error.
+//! The `zonefile` fuzz target checks the two readers agree.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use hickory_proto::rr::rdata::{A, AAAA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
+use hickory_proto::serialize::txt::Parser;
+
+use super::{Owner, Rec};
+
+/// One token of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Open,
+    Close,
+}
+
+/// The tokens of one line up to its comment, or `None` for what this reader leaves to
+/// hickory (escapes, quotes that do not close on the line or touch other text).
+fn tokenize<'a>(line: &'a str, out: &mut Vec<Tok<'a>>) -> Option<()> {
+    out.clear();
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' => i += 1,
+            b';' => break,
+            b'(' => {
+                out.push(Tok::Open);
+                i += 1;
+            }
+            b')' => {
+                out.push(Tok::Close);
+                i += 1;
+            }
+            b'"' => {
+                let len = b[i + 1..].iter().position(|&c| c == b'"')?;
+                let s = &line[i + 1..i + 1 + len];
+                if s.contains('\\') {
+                    return None;
+                }
+                out.push(Tok::Quoted(s));
+                i += len + 2;
+                if i < b.len() && !matches!(b[i], b' ' | b'\t' | b';') {
+                    return None;
+                }
+            }
+            b'\\' => return None,
+            _ => {
+                let start = i;
+                while i < b.len() && !matches!(b[i], b' ' | b'\t' | b';' | b'(' | b')') {
+                    if matches!(b[i], b'"' | b'\\') {
+                        return None;
+                    }
+                    i += 1;
+                }
+                out.push(Tok::Word(&line[start..i]));
+            }
+        }
+    }
+    Some(())
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// A name's labels if every one is a plain host-name-like label.
+fn plain_labels(s: &str) -> Option<std::str::Split<'_, char>> {
+    let ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    s.split('.').all(ok).then(|| s.split('.'))
+}
+
+/// The labels of `written` below `origin` (lower case, leaf first), if it is a plain
+/// name inside the zone.
+fn relative(written: &str, origin: &str) -> Option<Vec<String>> {
+    if written == "@" {
+        return Some(Vec::new());
+    }
+    if written.len() + origin.len() > 250 {
+        return None;
+    }
+    let inner = match written.strip_suffix('.') {
+        Some(abs) => {
+            if abs.eq_ignore_ascii_case(origin.trim_end_matches('.')) {
+                return Some(Vec::new());
+            }
+            let cut = abs.len().checked_sub(origin.len())?;
+            let (head, tail) = abs.split_at(cut);
+            // tail is ".origin" without origin's final dot.
+            if !tail.starts_with('.')
+                || !tail[1..].eq_ignore_ascii_case(&origin[..origin.len() - 1])
+            {
+                return None;
+            }
+            head
+        }
+        None => written,
+    };
+    Some(
+        plain_labels(inner)?
+            .map(|l| l.to_ascii_lowercase())
+            .collect(),
+    )
+}
+
+/// A plain name as hickory would read it relative to `origin`.
+fn name(written: &str, origin: &str) -> Option<Name> {
+    relative(written, origin)?;
+    let text = match written {
+        "@" => origin.to_string(),
+        w if w.ends_with('.') => w.to_string(),
+        w => format!("{w}.{origin}"),
+    };
+    Name::from_ascii(text).ok()
+}
+
+/// The data of a plain record of type `rtype`, or `None` to leave it to hickory.
+fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
+    let words: Option<Vec<&str>> = toks
+        .iter()
+        .map(|t| match t {
+            Tok::Word(w) => Some(*w),
+            _ => None,
+        })
+        .collect();
+    if rtype.eq_ignore_ascii_case("A") {
+        let [ip] = words?[..] else { return None };
+        Some(RData::A(A(Ipv4Addr::from_str(ip).ok()?)))
+    } else if rtype.eq_ignore_ascii_case("AAAA") {
+        let [ip] = words?[..] else { return None };
+        Some(RData::AAAA(AAAA(Ipv6Addr::from_str(ip).ok()?)))
+    } else if rtype.eq_ignore_ascii_case("SRV") {
+        let [prio, weight, port, target] = words?[..] else {
+            return None;
+        };
+        let num = |s: &str| is_digits(s).then(|| s.parse::<u16>().ok()).flatten();
+        Some(RData::SRV(SRV::new(
+            num(prio)?,
+            num(weight)?,
+            num(port)?,
+            name(target, origin)?,
+        )))
+    } else if rtype.eq_ignore_ascii_case("TXT") {
+        let strings: Option<Vec<String>> = toks
+            .iter()
+            .map(|t| match t {
+                Tok::Quoted(s) if s.len() <= 255 => Some(s.to_string()),
+                _ => None,
+            })
+            .collect();
+        let strings = strings.filter(|s| !s.is_empty())?;
+        Some(RData::TXT(TXT::new(strings)))
+    } else {
+        None
+    }
+}
+
+/// The SOA and every record of `text`, or `None` when hickory's parser must read it.
+pub(super) fn records<'a>(
+    text: &'a str,
+    origin: Option<&'a str>,
+) -> Option<(Record, Vec<Rec<'a>>)> {
+    let mut origin = origin;
+    if origin.is_some_and(|o| !o.ends_with('.') || o == ".") {
+        return None;
+    }
+    let mut default_ttl: Option<u32> = None;
+    // Entries for hickory, with the $TTL in force before each.
+    let mut other = String::new();
+    let mut other_ttl: Option<u32> = None;
+    let mut recs = Vec::with_capacity(text.len() / 40);
+    let mut toks = Vec::with_capacity(16);
+    let mut lines = text.split('\n');
+    while let Some(line) = lines.next() {
+        if !line.is_ascii() || line.contains('\r') {
+            return None;
+        }
+        tokenize(line, &mut toks)?;
+        if toks.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            // The owner left out: the previous record's (RFC 1035 §5.1).
+            return None;
+        }
+        let Tok::Word(owner) = toks[0] else {
+            return None;
+        };
+        if let Some(directive) = owner.strip_prefix('$') {
+            let [_, Tok::Word(value)] = toks[..] else {
+                return None;
+            };
+            if directive.eq_ignore_ascii_case("ORIGIN") {
+                match origin {
+                    Some(o) if o.eq_ignore_ascii_case(value) => {}
+                    None if value.ends_with('.') && value != "." => origin = Some(value),
+                    _ => return None,
+                }
+            } else if directive.eq_ignore_ascii_case("TTL") && is_digits(value) {
+                default_ttl = Some(value.parse().ok()?);
+            } else {
+                return None;
+            }
+            continue;
+        }
+        let o = origin?;
+        let mut ttl = None;
+        let mut rest = toks[1..].iter();
+        let rtype = loop {
+            match rest.next()? {
+                Tok::Word(w) if is_digits(w) => ttl = Some(w.parse::<u32>().ok()?),
+                Tok::Word(w) if w.eq_ignore_ascii_case("IN") => {}
+                Tok::Word(w) => break *w,
+                _ => return None,
+            }
+        };
+        let rest = rest.as_slice();
+        let ttl = ttl.or(default_ttl)?;
+        if let Some(data) = data(rtype, rest, o) {
+            recs.push(Rec {
+                owner: Owner::Text {
+                    written: owner,
+                    origin: o,
+                },
+                rel: Some(relative(owner, o)?),
+                ttl,
+                class: DNSClass::IN,
+                data,
+            });
+            continue;
+        }
+        // Another type (or a plain type this reader does not take): hickory reads it,
+        // unless it is one of the plain types, which must not be split between readers.
+        let upper = rtype.to_ascii_uppercase();
+        match RecordType::from_str(&upper) {
+            Ok(RecordType::A | RecordType::AAAA | RecordType::TXT | RecordType::SRV) | Err(_) => {
+                return None
+            }
+            Ok(_) => {}
+        }
+        if default_ttl != other_ttl {
+            other.push_str(&format!("$TTL {}\n", default_ttl?));
+            other_ttl = default_ttl;
+        }
+        other.push_str(line);
+        other.push('\n');
+        let mut depth = 0i32;
+        loop {
+            for t in &toks {
+                match t {
+                    Tok::Open => depth += 1,
+                    Tok::Close => depth -= 1,
+                    _ => {}
+                }
+            }
+            if depth <= 0 {
+                break;
+            }
+            let next = lines.next()?;
+            if !next.is_ascii() || next.contains('\r') {
+                return None;
+            }
+            tokenize(next, &mut toks)?;
+            other.push_str(next);
+            other.push('\n');
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    let origin = origin?;
+    let apex = Name::from_ascii(origin).ok()?.to_lowercase();
+    let (_, sets) = Parser::new(&other, None, Some(apex.clone())).parse().ok()?;
+    let parsed: Vec<Record> = sets
+        .into_values()
+        .flat_map(RecordSet::into_iter)
+        .filter(|r| r.record_type() != RecordType::RRSIG)
+        .collect();
+    let mut soas = parsed.iter().filter(|r| r.record_type() == RecordType::SOA);
+    let soa = soas.next()?.clone();
+    if soas.next().is_some() || soa.name.to_lowercase() != apex {
+        return None;
+    }
+    let mut all: Vec<Rec<'a>> = parsed.into_iter().map(|r| Rec::parsed(r, &apex)).collect();
+    all.append(&mut recs);
+    Some((soa, all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONE: &str = "$ORIGIN cluster.example.
+$TTL 3600
+@ IN SOA ns1 hostmaster ( 1 3600 600 604800 30 )
+@ IN NS ns1
+ns1 IN A 127.0.0.1
+web1.node 60 IN A 10.0.0.1 ; a comment
+WEB1.node 60 IN AAAA fd00::1
+web1.node 60 IN TXT \"roles=web\" \"available=1\" \"note=a;b (c)\"
+web1._conduit._tcp 5 IN SRV 0 0 8080 web1.node
+web1._conduit._tcp.cluster.example. 5 IN TXT \"role=master\"
+mx 300 IN MX 10 mail.example.org.
+";
+
+    fn both(text: &str) -> (super::super::Zone, super::super::Zone) {
+        let fast = {
+            let (soa, recs) = records(text, Some("cluster.example.")).expect("plain");
+            super::super::build(soa, recs).expect("fast build")
+        };
+        let (_, sets) = Parser::new(
+            text,
+            None,
+            Some(Name::from_ascii("cluster.example.").unwrap()),
+        )
+        .parse()
+        .expect("hickory");
+        let records: Vec<Record> = sets.into_values().flat_map(RecordSet::into_iter).collect();
+        let soa = records
+            .iter()
+            .find(|r| r.record_type() == RecordType::SOA)
+            .cloned()
+            .expect("soa");
+        let apex = soa.name.to_lowercase();
+        let slow = super::super::build(
+            soa,
+            records.into_iter().map(|r| Rec::parsed(r, &apex)).collect(),
+        )
+        .expect("slow build");
+        (fast, slow)
+    }
+
+    #[test]
+    fn plain_lines_read_as_hickory_reads_them() {
+        let (fast, slow) = both(ZONE);
+        assert_eq!(fast, slow);
+        assert_eq!(fast.hosts["web1"].addrs.len(), 2);
+        assert_eq!(fast.meta.statics.len(), 2, "ns1 A and mx MX");
+        // The same record twice is one record, whichever reader.
+        let twice = format!("{ZONE}web1.node 60 IN A 10.0.0.1\nns1 IN A 127.0.0.1\n");
+        let (fast, slow) = both(&twice);
+        assert_eq!(fast, slow);
+        assert_eq!(fast.hosts["web1"].addrs.len(), 2);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_hickory() {
+        let plain =
+            |extra: &str| records(&format!("{ZONE}{extra}\n"), Some("cluster.example.")).is_some();
+        assert!(plain("h2.node 60 IN A 10.0.0.2"));
+        for extra in [
+            "  60 IN A 10.0.0.2",                               // owner left out
+            "h2.node 60 CH A 10.0.0.2",                         // another class
+            "h2.node 60 IN A 010.0.0.2x",                       // not an address
+            "h2.node 60 IN TXT unquoted",                       // unquoted TXT
+            "h2.node 60 IN TXT \"a\\\"b\"",                     // escape
+            "h2.node 60 IN A ( 10.0.0.2 )",                     // parenthesised plain type
+            "$ORIGIN other.example.",                           // the origin moves
+            "$TTL 1h",                                          // a TTL with a unit
+            "h*.node 60 IN A 10.0.0.2",                         // not a plain label
+            "h2.node.other.example. 60 IN A 10.0.0.2",          // outside the zone
+            "h2.node 60 IN TYPE999 \\# 0",                      // escape in other data
+            "h2.node 60 IN BOGUS x",                            // no such type
+            "@ IN SOA ns1 hostmaster ( 2 3600 600 604800 30 )", // a second SOA
+            "x 60 IN NS (",                                     // parentheses never closed
+        ] {
+            assert!(!plain(extra), "{extra:?} read as plain");
+        }
+        assert!(
+            records("$ORIGIN cluster.example.\nweb1.node IN A 10.0.0.1\n", None).is_none(),
+            "no TTL"
+        );
+    }
+}
