@@ -141,14 +141,9 @@ impl Owner<'_> {
     fn written(&self) -> Name {
         match self {
             Owner::Name(n) => n.clone(),
+            // plain::records only takes owners that are names.
             Owner::Text { written, origin } => {
-                let text = match *written {
-                    "@" => origin.to_string(),
-                    w if w.ends_with('.') => w.to_string(),
-                    w => format!("{w}.{origin}"),
-                };
-                // plain::records only takes owners that are names.
-                Name::from_ascii(&text).unwrap_or_else(|_| Name::root())
+                plain::name(written, origin).unwrap_or_else(Name::root)
             }
         }
     }
@@ -505,8 +500,11 @@ fn build(soa: Record, records: Vec<Rec<'_>>) -> Result<Zone, BuildError> {
             .iter_mut()
             .rev()
             .take_while(|k| k.name == r.name && k.record_type() == r.record_type());
+        // As hickory's `RecordSet::insert`: an equal record is ignored, one with the
+        // same data but another TTL (or case) replaces it in place.
         match same.into_iter().find(|k| k.data == r.data) {
-            Some(k) => k.ttl = r.ttl,
+            Some(k) if *k == r => {}
+            Some(k) => *k = r,
             None => kept.push(r),
         }
     }

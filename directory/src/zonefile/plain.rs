@@ -80,19 +80,23 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
 }
 
-/// A name's labels if every one is a plain host-name-like label.
-fn plain_labels(s: &str) -> Option<std::str::Split<'_, char>> {
-    let ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    };
-    s.split('.').all(ok).then(|| s.split('.'))
+/// Whether `l` is a label hickory's `Name::parse` takes as it is, but for case: one
+/// that starts with `_` (kept as written) or a host-name label that is not an IDNA
+/// one (lower-cased by UTS #46); anything else (a `_` inside, `xn--`) is left to hickory.
+fn plain_label(l: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'-';
+    !l.is_empty()
+        && l.len() <= 63
+        && match l.strip_prefix('_') {
+            Some(rest) => rest.bytes().all(|c| word(c) || c == b'_'),
+            None => {
+                l.bytes().all(word) && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
+            }
+        }
 }
 
 /// The labels of `written` below `origin` (lower case, leaf first), if it is a plain
-/// name inside the zone.
+/// name inside the zone. `origin` is absolute and lower case.
 fn relative(written: &str, origin: &str) -> Option<Vec<String>> {
     if written == "@" {
         return Some(Vec::new());
@@ -117,21 +121,32 @@ fn relative(written: &str, origin: &str) -> Option<Vec<String>> {
         }
         None => written,
     };
-    Some(
-        plain_labels(inner)?
-            .map(|l| l.to_ascii_lowercase())
-            .collect(),
-    )
+    inner
+        .split('.')
+        .map(|l| plain_label(l).then(|| l.to_ascii_lowercase()))
+        .collect()
 }
 
-/// A plain name as hickory would read it relative to `origin`.
-fn name(written: &str, origin: &str) -> Option<Name> {
+/// A plain name as hickory's `Name::parse` reads it relative to `origin` (absolute,
+/// lower case): labels starting with `_` as written, the others in lower case.
+pub(super) fn name(written: &str, origin: &str) -> Option<Name> {
     relative(written, origin)?;
-    let text = match written {
-        "@" => origin.to_string(),
-        w if w.ends_with('.') => w.to_string(),
-        w => format!("{w}.{origin}"),
+    let mut text = String::with_capacity(written.len() + origin.len() + 1);
+    let own = match written {
+        "@" => "",
+        w => w.strip_suffix('.').unwrap_or(w),
     };
+    for l in own.split('.').filter(|l| !l.is_empty()) {
+        if l.starts_with('_') {
+            text.push_str(l);
+        } else {
+            text.extend(l.chars().map(|c| c.to_ascii_lowercase()));
+        }
+        text.push('.');
+    }
+    if !written.ends_with('.') {
+        text.push_str(origin);
+    }
     Name::from_ascii(text).ok()
 }
 
@@ -181,8 +196,12 @@ pub(super) fn records<'a>(
     text: &'a str,
     origin: Option<&'a str>,
 ) -> Option<(Record, Vec<Rec<'a>>)> {
+    // Lower case, so hickory's `Name::from_ascii` of it (the given origin) and its
+    // `Name::parse` (an `$ORIGIN`) are the same name.
+    let plain_origin =
+        |o: &str| o.ends_with('.') && o != "." && !o.bytes().any(|c| c.is_ascii_uppercase());
     let mut origin = origin;
-    if origin.is_some_and(|o| !o.ends_with('.') || o == ".") {
+    if origin.is_some_and(|o| !plain_origin(o)) {
         return None;
     }
     let mut default_ttl: Option<u32> = None;
@@ -213,8 +232,8 @@ pub(super) fn records<'a>(
             };
             if directive.eq_ignore_ascii_case("ORIGIN") {
                 match origin {
-                    Some(o) if o.eq_ignore_ascii_case(value) => {}
-                    None if value.ends_with('.') && value != "." => origin = Some(value),
+                    Some(o) if o == value => {}
+                    None if plain_origin(value) => origin = Some(value),
                     _ => return None,
                 }
             } else if directive.eq_ignore_ascii_case("TTL") && is_digits(value) {
@@ -362,6 +381,31 @@ mx 300 IN MX 10 mail.example.org.
         let (fast, slow) = both(&twice);
         assert_eq!(fast, slow);
         assert_eq!(fast.hosts["web1"].addrs.len(), 2);
+    }
+
+    #[test]
+    fn names_are_read_as_hickory_reads_them() {
+        let origin = Name::from_ascii("cluster.example.").unwrap();
+        for w in [
+            "@",
+            "web1.node",
+            "WEB1.Node",
+            "repo3._switchboard.N",
+            "_Conduit._tcp",
+            "Web1.node.cluster.example.",
+            "a-b.c--d",
+        ] {
+            let ours = name(w, "cluster.example.").expect(w);
+            let theirs = if w == "@" {
+                origin.clone()
+            } else {
+                Name::parse(w, Some(&origin)).expect(w)
+            };
+            assert_eq!(ours.to_string(), theirs.to_string(), "{w}");
+        }
+        for w in ["a_b.node", "xn--nxasmq6b.node", "a..b", "*.node"] {
+            assert!(name(w, "cluster.example.").is_none(), "{w} left to hickory");
+        }
     }
 
     #[test]
