@@ -108,20 +108,23 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     })?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "store loaded");
     let dir = Arc::new(dir);
+    // A zone seeded from its file answers before it is written to the store (the
+    // file stays the truth until then); changes are taken only after.
+    let mut unsaved = Vec::new();
     for z in files {
         let t = std::time::Instant::now();
         let origin = z.origin().to_string();
-        if dir
-            .seed(z)
+        match dir
+            .seed_unsaved(z)
             .map_err(|e| ServeError::Start(format!("cannot seed {origin}: {e}")))?
         {
-            tracing::info!(zone = %origin, ms = t.elapsed().as_millis() as u64, "seeded from its zone file");
-        } else {
-            tracing::info!(zone = %origin, "store already has this zone; zone file not used (use `zone import` to replace)");
+            Some(seed) => unsaved.push((seed, origin, t)),
+            None => {
+                tracing::info!(zone = %origin, "store already has this zone; zone file not used (use `zone import` to replace)")
+            }
         }
     }
 
-    release_memory();
     let (udp, tcp) = bind_dns(cfg.dns).await?;
     let http = TcpListener::bind(cfg.http)
         .await
@@ -152,6 +155,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         workers,
         rrl,
     );
+    for (seed, origin, t) in unsaved {
+        dir.save_seed(seed)
+            .map_err(|e| ServeError::Start(format!("cannot store {origin}: {e}")))?;
+        tracing::info!(zone = %origin, ms = t.elapsed().as_millis() as u64, "seeded from its zone file");
+    }
+    release_memory();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checks_task = tokio::spawn(crate::checks::run(dir.clone(), cfg.checks, stop_rx.clone()));
     for hook in cfg.webhooks.iter().cloned() {

@@ -99,6 +99,14 @@ pub struct ChangeEvent {
 /// How many change events the feed remembers; a follower further behind re-reads everything.
 const EVENT_LOG: usize = 4096;
 
+/// A zone answering from its zone file, not yet written to the store
+/// ([`Directory::seed_unsaved`], then [`Directory::save_seed`]).
+#[derive(Debug)]
+#[must_use = "save the seed before taking changes"]
+pub struct UnsavedSeed {
+    origin: String,
+}
+
 /// The running directory.
 pub struct Directory {
     store: Box<dyn Store>,
@@ -408,30 +416,55 @@ impl Directory {
 
     /// Stores `zone` unless the store already has its origin. Returns whether it did.
     pub fn seed(&self, zone: Zone) -> Result<bool, ApplyError> {
+        match self.seed_unsaved(zone)? {
+            Some(seed) => self.save_seed(seed).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The first half of [`Self::seed`]: builds the zone's view and answers from it,
+    /// before the store has it. Nothing is lost if the process dies before
+    /// [`Self::save_seed`]: the next start seeds again from the same file. Save it
+    /// before taking any change.
+    pub fn seed_unsaved(&self, zone: Zone) -> Result<Option<UnsavedSeed>, ApplyError> {
         let mut zones = self.lock();
         if zones.contains_key(zone.origin()) {
-            return Ok(false);
+            return Ok(None);
         }
         let t = std::time::Instant::now();
         let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "view built");
-        let t = std::time::Instant::now();
         let origin = zone.origin().to_string();
-        let draft = Draft::new("zone", &origin, "seed").message(format!(
-            "zone {origin} seeded from its zone file ({} hosts, {} bindings, {} repositories)",
+        self.publish_built(&zone, zv, ("zone", origin.clone(), "seed"));
+        zones.insert(origin.clone(), zone);
+        Ok(Some(UnsavedSeed { origin }))
+    }
+
+    /// The second half of [`Self::seed`]: writes the seeded zone to the store, with
+    /// its event.
+    pub fn save_seed(&self, seed: UnsavedSeed) -> Result<(), ApplyError> {
+        let t = std::time::Instant::now();
+        let zones = self.lock();
+        let Some(zone) = zones.get(&seed.origin) else {
+            return Err(ApplyError::Invalid(format!(
+                "zone {} was seeded but is gone",
+                seed.origin
+            )));
+        };
+        let draft = Draft::new("zone", &seed.origin, "seed").message(format!(
+            "zone {} seeded from its zone file ({} hosts, {} bindings, {} repositories)",
+            seed.origin,
             zone.hosts.len(),
             zone.bindings.len(),
             zone.repos.len()
         ));
-        let ((), audit) = self.with_events(&origin, vec![draft], "directory", |ev| {
-            self.store.replace_zone(&zone, ev)
+        let ((), audit) = self.with_events(&seed.origin, vec![draft], "directory", |ev| {
+            self.store.replace_zone(zone, ev)
         })?;
-        tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
-        self.publish_built(&zone, zv, ("zone", origin.clone(), "seed"));
-        zones.insert(origin, zone);
         drop(zones);
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
         self.announce(&audit);
-        Ok(true)
+        Ok(())
     }
 
     /// Replaces a zone whole (`zone import`). The serial moves past both the old

@@ -98,10 +98,7 @@ fn parse_with(
                 .cloned()
                 .ok_or_else(|| fail(None, "the zone has no SOA record".to_string()))?;
             let apex = soa.name.to_lowercase();
-            build(
-                soa,
-                records.into_iter().map(|r| Rec::parsed(r, &apex)).collect(),
-            )
+            build(soa, records.into_iter().map(|r| Rec::parsed(r, &apex)))
         }
     };
     built.map_err(|(owner, rtype, message)| {
@@ -302,7 +299,7 @@ fn place(rel: &[String]) -> Place {
 }
 
 /// Turns parsed records into the model.
-fn build(soa: Record, records: Vec<Rec<'_>>) -> Result<Zone, BuildError> {
+fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<Zone, BuildError> {
     let apex = soa.name.to_lowercase();
     let apex_owner = Owner::Name(apex.clone());
     let RData::SOA(soa_data) = &soa.data else {
@@ -338,6 +335,16 @@ fn build(soa: Record, records: Vec<Rec<'_>>) -> Result<Zone, BuildError> {
                 &owner,
                 Some(rtype),
                 format!("{rtype} record at {owner} has no data"),
+            );
+        }
+        if r.class != DNSClass::IN {
+            return err(
+                &owner,
+                Some(rtype),
+                format!(
+                    "class {} record at {owner}: the directory serves class IN only",
+                    r.class
+                ),
             );
         }
         let Some(rel) = &r.rel else {

@@ -195,7 +195,7 @@ fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
 pub(super) fn records<'a>(
     text: &'a str,
     origin: Option<&'a str>,
-) -> Option<(Record, Vec<Rec<'a>>)> {
+) -> Option<(Record, impl Iterator<Item = Rec<'a>>)> {
     // Lower case, so hickory's `Name::from_ascii` of it (the given origin) and its
     // `Name::parse` (an `$ORIGIN`) are the same name.
     let plain_origin =
@@ -230,13 +230,14 @@ pub(super) fn records<'a>(
             let [_, Tok::Word(value)] = toks[..] else {
                 return None;
             };
-            if directive.eq_ignore_ascii_case("ORIGIN") {
+            // hickory's lexer knows the directives in upper case only.
+            if directive == "ORIGIN" {
                 match origin {
                     Some(o) if o == value => {}
                     None if plain_origin(value) => origin = Some(value),
                     _ => return None,
                 }
-            } else if directive.eq_ignore_ascii_case("TTL") && is_digits(value) {
+            } else if directive == "TTL" && is_digits(value) {
                 default_ttl = Some(value.parse().ok()?);
             } else {
                 return None;
@@ -272,6 +273,10 @@ pub(super) fn records<'a>(
         // Another type (or a plain type this reader does not take): hickory reads it,
         // unless it is one of the plain types, which must not be split between readers.
         let upper = rtype.to_ascii_uppercase();
+        if DNSClass::from_str(&upper).is_ok() {
+            // A class (hickory keeps it for the lines after): not plain.
+            return None;
+        }
         match RecordType::from_str(&upper) {
             Ok(RecordType::A | RecordType::AAAA | RecordType::TXT | RecordType::SRV) | Err(_) => {
                 return None
@@ -321,9 +326,9 @@ pub(super) fn records<'a>(
     if soas.next().is_some() || soa.name.to_lowercase() != apex {
         return None;
     }
-    let mut all: Vec<Rec<'a>> = parsed.into_iter().map(|r| Rec::parsed(r, &apex)).collect();
-    all.append(&mut recs);
-    Some((soa, all))
+    // Not appended to `recs` (~300 bytes a record): that would copy them all.
+    let parsed = parsed.into_iter().map(move |r| Rec::parsed(r, &apex));
+    Some((soa, parsed.chain(recs)))
 }
 
 #[cfg(test)]
@@ -362,11 +367,8 @@ mx 300 IN MX 10 mail.example.org.
             .cloned()
             .expect("soa");
         let apex = soa.name.to_lowercase();
-        let slow = super::super::build(
-            soa,
-            records.into_iter().map(|r| Rec::parsed(r, &apex)).collect(),
-        )
-        .expect("slow build");
+        let slow = super::super::build(soa, records.into_iter().map(|r| Rec::parsed(r, &apex)))
+            .expect("slow build");
         (fast, slow)
     }
 
