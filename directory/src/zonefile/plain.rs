@@ -89,8 +89,11 @@ fn plain_label(l: &str) -> bool {
         && l.len() <= 63
         && match l.strip_prefix('_') {
             Some(rest) => rest.bytes().all(|c| word(c) || c == b'_'),
+            // hickory's Label::from_ascii refuses a leading '-'.
             None => {
-                l.bytes().all(word) && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
+                l.bytes().all(word)
+                    && !l.starts_with('-')
+                    && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
             }
         }
 }
@@ -405,7 +408,7 @@ mx 300 IN MX 10 mail.example.org.
             };
             assert_eq!(ours.to_string(), theirs.to_string(), "{w}");
         }
-        for w in ["a_b.node", "xn--nxasmq6b.node", "a..b", "*.node"] {
+        for w in ["a_b.node", "xn--nxasmq6b.node", "a..b", "*.node", "-1.node"] {
             assert!(name(w, "cluster.example.").is_none(), "{w} left to hickory");
         }
     }
