@@ -415,6 +415,8 @@ impl Directory {
     }
 
     /// Stores `zone` unless the store already has its origin. Returns whether it did.
+    /// If the store write fails the zone still answers, unsaved: a caller that goes on
+    /// must not take changes for it (`serve` stops instead).
     pub fn seed(&self, zone: Zone) -> Result<bool, ApplyError> {
         match self.seed_unsaved(zone)? {
             Some(seed) => self.save_seed(seed).map(|()| true),

@@ -122,8 +122,8 @@ fn parse_with(
 /// Error from `build`: owner, type (if the error is about one record type), message.
 type BuildError = (Name, Option<RecordType>, String);
 
-/// A binding's TXT attributes, with the owner name they came from.
-type InstanceTxt<'a> = (Owner<'a>, Vec<(String, String)>);
+/// An instance's SRV data: target (lower case), priority, weight, port.
+type Srv = (Name, u16, u16, u16);
 
 /// A record's owner as written: a parsed name, or (from [`plain::records`]) the text
 /// and the origin it is relative to, made a `Name` only for an error or a static record.
@@ -134,20 +134,18 @@ enum Owner<'a> {
 }
 
 impl Owner<'_> {
-    /// The name as written (its case kept).
-    fn written(&self) -> Name {
+    /// The name as hickory reads it (`None` only if the plain reader took an owner
+    /// hickory would refuse, which it must not).
+    fn written(&self) -> Option<Name> {
         match self {
-            Owner::Name(n) => n.clone(),
-            // plain::records only takes owners that are names.
-            Owner::Text { written, origin } => {
-                plain::name(written, origin).unwrap_or_else(Name::root)
-            }
+            Owner::Name(n) => Some(n.clone()),
+            Owner::Text { written, origin } => plain::name(written, origin),
         }
     }
 
     /// The name in lower case, as errors show it.
     fn name(&self) -> Name {
-        self.written().to_lowercase()
+        self.written().map_or_else(Name::root, |n| n.to_lowercase())
     }
 }
 
@@ -202,10 +200,13 @@ impl Rec<'_> {
         }
     }
 
-    fn into_record(self) -> Record {
-        let mut r = Record::from_rdata(self.owner.written(), self.ttl, self.data);
+    fn into_record(self) -> Result<Record, BuildError> {
+        let Some(name) = self.owner.written() else {
+            return err(&self.owner, None, format!("{} is not a name", self.owner));
+        };
+        let mut r = Record::from_rdata(name, self.ttl, self.data);
         r.dns_class = self.class;
-        r
+        Ok(r)
     }
 }
 
@@ -319,8 +320,13 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
     let mut ns_ttl = soa.ttl;
     let mut statics = Vec::new();
     let mut hosts: BTreeMap<String, Host> = BTreeMap::new();
-    let mut srvs: BTreeMap<(String, String), (Name, u16, u16, u16)> = BTreeMap::new();
-    let mut binding_txt: BTreeMap<(String, String), InstanceTxt> = BTreeMap::new();
+    // Records of one RRset are collected and applied after the loop, an equal one
+    // again dropped as hickory's `RecordSet::insert` drops it (RFC 2181 §5), so the
+    // records' order in the file (beyond each RRset's own) does not matter.
+    let mut host_txt: Vec<(String, Owner, RData)> = Vec::new();
+    let mut srvs: BTreeMap<(String, String), Vec<Srv>> = BTreeMap::new();
+    let mut binding_txt: BTreeMap<(String, String), Vec<(Owner, RData)>> = BTreeMap::new();
+    let mut admin_txt: BTreeMap<String, Vec<RData>> = BTreeMap::new();
     let mut repos = BTreeMap::new();
     // Each repository's TXT data: the same record twice is one record (RFC 2181 §5).
     let mut repo_txt: BTreeMap<String, RData> = BTreeMap::new();
@@ -363,7 +369,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
                         ns_ttl = r.ttl;
                     }
                 }
-                _ => statics.push(r.into_record()),
+                _ => statics.push(r.into_record()?),
             },
             Place::Node(h) => {
                 model::validate_label("host name", &h).or_else(|e| err(&owner, None, e.0))?;
@@ -382,27 +388,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
                     RData::AAAA(a) if host.addrs.contains(&IpAddr::V6(a.0)) => {}
                     RData::A(a) => host.addrs.push(IpAddr::V4(a.0)),
                     RData::AAAA(a) => host.addrs.push(IpAddr::V6(a.0)),
-                    RData::TXT(_) => {
-                        for (k, v) in txt_pairs(&owner, &r.data)? {
-                            match k.as_str() {
-                                txt::ROLES => host.roles = list(&v),
-                                txt::AVAILABLE => host.available = flag(&owner, &k, &v)?,
-                                txt::KEY => {
-                                    host.key = Some(v.parse().or_else(|e: model::Invalid| {
-                                        err(&owner, Some(rtype), e.0)
-                                    })?)
-                                }
-                                txt::HEALTH => {
-                                    host.health = v.parse().or_else(|e: model::Invalid| {
-                                        err(&owner, Some(rtype), e.0)
-                                    })?
-                                }
-                                _ => {
-                                    host.props.insert(k, v);
-                                }
-                            }
-                        }
-                    }
+                    RData::TXT(_) => host_txt.push((h, owner, r.data)),
                     _ => {
                         return err(&owner, Some(rtype), format!(
                             "{owner} is a host name: only A, AAAA and TXT records belong there"
@@ -412,13 +398,18 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
             }
             Place::Instance { host, service } => match &r.data {
                 RData::SRV(s) => {
-                    srvs.insert(
-                        (host, service),
-                        (s.target.to_lowercase(), s.priority, s.weight, s.port),
-                    );
+                    let srv = (s.target.to_lowercase(), s.priority, s.weight, s.port);
+                    let set = srvs.entry((host, service)).or_default();
+                    if !set.contains(&srv) {
+                        set.push(srv);
+                    }
                 }
                 RData::TXT(_) => {
-                    binding_txt.insert((host, service), (owner.clone(), txt_pairs(&owner, &r.data)?));
+                    txt_pairs(&owner, &r.data)?;
+                    let set = binding_txt.entry((host, service)).or_default();
+                    if !set.iter().any(|(_, d)| d == &r.data) {
+                        set.push((owner, r.data));
+                    }
                 }
                 _ => {
                     return err(&owner, Some(rtype), format!(
@@ -473,6 +464,11 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
                 repos.insert(name, repo);
             }
             Place::Admin(name) => {
+                let seen = admin_txt.entry(name.clone()).or_default();
+                if seen.contains(&r.data) {
+                    continue;
+                }
+                seen.push(r.data.clone());
                 let mut key = None;
                 for (k, v) in txt_pairs(&owner, &r.data)? {
                     if k == txt::KEY {
@@ -491,38 +487,76 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
                     "{owner} is a name the directory derives from the model; remove it from the zone file"
                 ))
             }
-            Place::Static => statics.push(r.into_record()),
+            Place::Static => statics.push(r.into_record()?),
         }
     }
-    // Records in any order give the same zone: addresses IPv4 first, static records
-    // by name and type, the same record twice kept once (RFC 2181 §5) with the
-    // later TTL, each RRset in the order it was written.
+    // The zone does not depend on how the file orders its RRsets: addresses IPv4
+    // first, static records by name and type. Within an RRset the records keep the
+    // order written, and a record equal to one before it (RFC 2136 §1.1.1: name,
+    // class, type and data; the TTL aside) is dropped, as hickory's
+    // `RecordSet::insert` drops it.
     for h in hosts.values_mut() {
         h.addrs.sort_by_key(IpAddr::is_ipv6);
     }
     statics.sort_by(|a, b| (&a.name, a.record_type()).cmp(&(&b.name, b.record_type())));
     let mut kept: Vec<Record> = Vec::with_capacity(statics.len());
     for r in statics {
-        let same = kept
-            .iter_mut()
+        let mut same = kept
+            .iter()
             .rev()
             .take_while(|k| k.name == r.name && k.record_type() == r.record_type());
-        // As hickory's `RecordSet::insert`: an equal record is ignored, one with the
-        // same data but another TTL (or case) replaces it in place.
-        match same.into_iter().find(|k| k.data == r.data) {
-            Some(k) if *k == r => {}
-            Some(k) => *k = r,
-            None => kept.push(r),
+        if !same.any(|k| *k == r) {
+            kept.push(r);
         }
     }
     let statics = kept;
 
+    // Each host's TXT records, in the order written, an equal one again dropped.
+    host_txt.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut seen: Vec<&RData> = Vec::new();
+    for (i, (h, owner, data)) in host_txt.iter().enumerate() {
+        if i == 0 || host_txt[i - 1].0 != *h {
+            seen.clear();
+        }
+        if seen.contains(&data) {
+            continue;
+        }
+        seen.push(data);
+        let Some(host) = hosts.get_mut(h) else {
+            continue;
+        };
+        let rtype = Some(RecordType::TXT);
+        for (k, v) in txt_pairs(owner, data)? {
+            match k.as_str() {
+                txt::ROLES => host.roles = list(&v),
+                txt::AVAILABLE => host.available = flag(owner, &k, &v)?,
+                txt::KEY => {
+                    host.key = Some(
+                        v.parse()
+                            .or_else(|e: model::Invalid| err(owner, rtype, e.0))?,
+                    )
+                }
+                txt::HEALTH => {
+                    host.health = v
+                        .parse()
+                        .or_else(|e: model::Invalid| err(owner, rtype, e.0))?
+                }
+                _ => {
+                    host.props.insert(k, v);
+                }
+            }
+        }
+    }
     for h in hosts.values() {
         model::validate_host(h)
             .or_else(|e| err(&Owner::Name(node_name(&apex, &h.name)), None, e.0))?;
     }
     let mut bindings = BTreeMap::new();
-    for ((host, service), (target, prio, weight, port)) in srvs {
+    for ((host, service), set) in srvs {
+        // The last of the set's records, as when each is applied in turn.
+        let Some((target, prio, weight, port)) = set.into_iter().last() else {
+            continue;
+        };
         let owner = Owner::Name(instance_name(&apex, &host, &service));
         if !hosts.contains_key(&host) {
             return err(
@@ -551,7 +585,11 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
             props: Default::default(),
             check: None,
         };
-        if let Some((towner, pairs)) = binding_txt.remove(&(host.clone(), service.clone())) {
+        let txt = binding_txt
+            .remove(&(host.clone(), service.clone()))
+            .and_then(|set| set.into_iter().last());
+        if let Some((towner, data)) = txt {
+            let pairs = txt_pairs(&towner, &data)?;
             if pairs.iter().any(|(k, _)| k.starts_with("check_"))
                 && !pairs.iter().any(|(k, _)| k == txt::CHECK)
             {
@@ -583,7 +621,10 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
         model::validate_binding(&b).or_else(|e| err(&owner, None, e.0))?;
         bindings.insert((host, service), b);
     }
-    if let Some(((host, service), (owner, _))) = binding_txt.into_iter().next() {
+    let leftover = binding_txt
+        .into_iter()
+        .find_map(|(key, set)| Some((key, set.into_iter().next()?)));
+    if let Some(((host, service), (owner, _))) = leftover {
         return err(
             &owner,
             Some(RecordType::TXT),

@@ -2,18 +2,22 @@
 //!
 //! One ed25519 verification costs ~32 µs on the bench machine; a batch of 8 or more costs
 //! ~14 µs a signature (`ed25519_dalek::verify_batch`: one multiscalar multiplication with
-//! random 128-bit coefficients drawn from a transcript of the whole batch). Each call hands
-//! its signature base, signature and key to one verifier task and waits; the task takes
-//! whatever calls are waiting when it runs (up to [`MAX_BATCH`]), so under load a batch
-//! forms by itself and a lone call is verified alone, at once, with `verify_strict`.
+//! 128-bit coefficients drawn from a transcript of the whole batch). Each call hands its
+//! signature base, signature and key to a verifier task and waits; the task takes whatever
+//! calls are waiting when it runs (up to [`MAX_BATCH`]), so under load a batch forms by
+//! itself and a lone call is verified alone, at once, with `verify_strict`. There is one
+//! verifier task per runtime worker thread, calls dealt to them in turn, so verification
+//! spreads over the cores as it did when each call verified its own.
 //!
 //! A batch that fails is verified again one call at a time with `verify_strict`, so a bad
-//! signature refuses only its own call. The batch equation is the cofactored one, so a
-//! signature with a small-order component, which only the key's holder can make, may pass
-//! in a batch where `verify_strict` refuses it alone; keys are checked for small order
-//! before they enter a batch. Nothing changes on the wire: every call is still signed by
-//! its host's ed25519 key (SPEC "Identity and signing").
+//! signature refuses only its own call. The batch equation is not `verify_strict`'s (no
+//! small-order checks, and whether a signature with a small-order component passes can
+//! depend on the batch it lands in); such a signature can only be made by the holder of
+//! the private key, so a batch never accepts a forgery. Keys of small order never enter a
+//! batch. Nothing changes on the wire: every call is still signed by its host's ed25519
+//! key (SPEC "Identity and signing").
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -31,18 +35,29 @@ struct Job {
     done: oneshot::Sender<bool>,
 }
 
-/// Hands signatures to the verifier task.
+/// Hands signatures to the verifier tasks.
 pub struct BatchVerifier {
-    jobs: mpsc::UnboundedSender<Job>,
+    tasks: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
 impl BatchVerifier {
-    /// Starts the verifier task on the current tokio runtime.
+    /// Starts one verifier task per worker thread of the current tokio runtime.
     pub fn spawn(metrics: Arc<Metrics>) -> Self {
-        let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, metrics.clone()));
-        BatchVerifier { jobs, metrics }
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let tasks = (0..workers.max(1))
+            .map(|_| {
+                let (jobs, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(rx, metrics.clone()));
+                jobs
+            })
+            .collect();
+        BatchVerifier {
+            tasks,
+            next: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     /// Whether `signature` is `key`'s over `base`; `None` if the verifier task is gone.
@@ -59,7 +74,8 @@ impl BatchVerifier {
             key,
             done,
         };
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+        let task = &self.tasks[self.next.fetch_add(1, Ordering::Relaxed) % self.tasks.len()];
+        if let Err(mpsc::error::SendError(job)) = task.send(job) {
             // No task to batch with (the runtime is shutting down): verify here.
             self.metrics.verified(1);
             return Some(strict(&job));
@@ -73,6 +89,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, metrics: Arc<Metrics>) {
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // A call whose client went away needs no answer.
         jobs.retain(|j| !j.done.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let verdicts = settle(&jobs);
         metrics.verified(jobs.len() as u64);
         for (job, ok) in jobs.drain(..).zip(verdicts) {

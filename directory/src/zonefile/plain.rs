@@ -40,12 +40,15 @@ fn tokenize<'a>(line: &'a str, out: &mut Vec<Tok<'a>>) -> Option<()> {
         match b[i] {
             b' ' | b'\t' => i += 1,
             b';' => break,
-            b'(' => {
-                out.push(Tok::Open);
-                i += 1;
-            }
-            b')' => {
-                out.push(Tok::Close);
+            b'(' | b')' => {
+                // hickory reads a parenthesis touching a word as part of it.
+                let apart = |c: Option<&u8>| {
+                    c.is_none_or(|c| matches!(c, b' ' | b'\t' | b'(' | b')' | b';'))
+                };
+                if !apart(i.checked_sub(1).and_then(|p| b.get(p))) || !apart(b.get(i + 1)) {
+                    return None;
+                }
+                out.push(if b[i] == b'(' { Tok::Open } else { Tok::Close });
                 i += 1;
             }
             b'"' => {
@@ -74,6 +77,13 @@ fn tokenize<'a>(line: &'a str, out: &mut Vec<Tok<'a>>) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// ASCII without control characters but tab (hickory's lexer takes a vertical tab
+/// or form feed for a blank, say) and without a carriage return.
+fn plain_text(line: &str) -> bool {
+    line.bytes()
+        .all(|c| c == b'\t' || (0x20..0x7f).contains(&c))
 }
 
 fn is_digits(s: &str) -> bool {
@@ -173,6 +183,10 @@ fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
             return None;
         };
         let num = |s: &str| is_digits(s).then(|| s.parse::<u16>().ok()).flatten();
+        // hickory's lexer reads `@` as its own token, which record data refuses.
+        if target.starts_with('@') {
+            return None;
+        }
         Some(RData::SRV(SRV::new(
             num(prio)?,
             num(weight)?,
@@ -201,8 +215,11 @@ pub(super) fn records<'a>(
 ) -> Option<(Record, impl Iterator<Item = Rec<'a>>)> {
     // Lower case, so hickory's `Name::from_ascii` of it (the given origin) and its
     // `Name::parse` (an `$ORIGIN`) are the same name.
-    let plain_origin =
-        |o: &str| o.ends_with('.') && o != "." && !o.bytes().any(|c| c.is_ascii_uppercase());
+    let plain_origin = |o: &str| {
+        o.strip_suffix('.').is_some_and(|o| {
+            o.split('.').all(plain_label) && !o.bytes().any(|c| c.is_ascii_uppercase())
+        })
+    };
     let mut origin = origin;
     if origin.is_some_and(|o| !plain_origin(o)) {
         return None;
@@ -215,7 +232,7 @@ pub(super) fn records<'a>(
     let mut toks = Vec::with_capacity(16);
     let mut lines = text.split('\n');
     while let Some(line) = lines.next() {
-        if !line.is_ascii() || line.contains('\r') {
+        if !plain_text(line) {
             return None;
         }
         tokenize(line, &mut toks)?;
@@ -298,6 +315,8 @@ pub(super) fn records<'a>(
                 match t {
                     Tok::Open => depth += 1,
                     Tok::Close => depth -= 1,
+                    // hickory does not read quotes inside parentheses as we do.
+                    Tok::Quoted(_) if depth > 0 => return None,
                     _ => {}
                 }
             }
@@ -305,7 +324,8 @@ pub(super) fn records<'a>(
                 break;
             }
             let next = lines.next()?;
-            if !next.is_ascii() || next.contains('\r') {
+            // A directive inside parentheses: left to hickory.
+            if !plain_text(next) || next.trim_start().starts_with('$') {
                 return None;
             }
             tokenize(next, &mut toks)?;
@@ -386,6 +406,30 @@ mx 300 IN MX 10 mail.example.org.
         let (fast, slow) = both(&twice);
         assert_eq!(fast, slow);
         assert_eq!(fast.hosts["web1"].addrs.len(), 2);
+        // A record equal to an earlier one of its RRset is dropped before the
+        // records are applied in turn: the key is K2, the port 8081, the role replica.
+        let repeats = format!(
+            "{ZONE}web2.node 60 IN A 10.0.0.2
+web2.node 60 IN TXT \"key=ed25519:2u+T1To66qKQ1My8LiGl/GsF9SrOo9GdXywhR+8b4EU=\"
+web2.node 60 IN TXT \"key=ed25519:3bh4OQAy/QEk0XseX1FZU/dTlulptxR9p0RpJ2YRPoU=\"
+web2.node 60 IN TXT \"key=ed25519:2u+T1To66qKQ1My8LiGl/GsF9SrOo9GdXywhR+8b4EU=\"
+web1._conduit._tcp 5 IN SRV 0 0 8081 web1.node
+web1._conduit._tcp 5 IN SRV 0 0 8080 web1.node
+web1._conduit._tcp 5 IN TXT \"role=replica\"
+web1._conduit._tcp 5 IN TXT \"role=master\"
+"
+        );
+        let (fast, slow) = both(&repeats);
+        assert_eq!(fast, slow);
+        assert_eq!(
+            fast.hosts["web2"].key.map(|k| k.to_string()),
+            Some("ed25519:3bh4OQAy/QEk0XseX1FZU/dTlulptxR9p0RpJ2YRPoU=".to_string())
+        );
+        let b = &fast.bindings[&("web1".to_string(), "conduit".to_string())];
+        assert_eq!(
+            (b.port, b.role.map(|r| r.as_str())),
+            (8081, Some("replica"))
+        );
     }
 
     #[test]
@@ -433,6 +477,11 @@ mx 300 IN MX 10 mail.example.org.
             "h2.node 60 IN BOGUS x",                            // no such type
             "@ IN SOA ns1 hostmaster ( 2 3600 600 604800 30 )", // a second SOA
             "x 60 IN NS (",                                     // parentheses never closed
+            "x 60 IN HINFO a( b",                               // a parenthesis touching a word
+            "x 60 IN HINFO ( \"a\" b )",                        // a quote inside parentheses
+            "x 60 IN MX (\n$TTL 60\n10 mail )",                 // a directive inside them
+            "_sip._udp 60 IN SRV 0 0 5060 @",                   // `@` in record data
+            "\u{b} IN MX 10 mail",                              // a vertical tab for a blank
         ] {
             assert!(!plain(extra), "{extra:?} read as plain");
         }
