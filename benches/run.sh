@@ -216,23 +216,26 @@ for s in $SERVERS; do
 done
 
 # ---- scale: memory and start to first answer -----------------------------------
-declare -A RSS START
+# Every round seeds a fresh store; the figures are the medians of the rounds.
+declare -A RSS START RSS_ALL START_ALL
 probe="h$((SCALE_HOSTS - 1)).node.$ZONE"
 SCALE_RUNS="nsd knot switchboard switchboard-store switchboard-rebuild"
+for r in $(seq 1 $ROUNDS); do
 for s in $SCALE_RUNS; do
   next_port; port=$PORT
   case $s in
-    switchboard) start_switchboard "$WORK/scale" $port "$WORK/scale-data"; pid=$SPID ;;
+    switchboard) rm -rf "$WORK/scale-data"; start_switchboard "$WORK/scale" $port "$WORK/scale-data"; pid=$SPID ;;
     switchboard-store|switchboard-rebuild) start_switchboard "$WORK/empty-zones" $port "$WORK/scale-data"; pid=$SPID ;;
     nsd) start_nsd "$WORK/scale-flat.zone" $port; pid=$SPID ;;
     knot) start_knot "$WORK/scale-flat.zone" $port; pid=$SPID ;;
   esac
   PIDS+=($pid)
-  START[$s]=$(wait_answer $port $probe A)
+  start_s=$(wait_answer $port $probe A)
   sleep 1
-  RSS[$s]=$(rss_mb $pid)
-  echo "bench: scale $s first answer ${START[$s]} s, RSS ${RSS[$s]} MB"
-  if [ $s = switchboard ]; then
+  rss=$(rss_mb $pid)
+  START_ALL[$s]+="$start_s "; RSS_ALL[$s]+="$rss "
+  echo "bench: round $r scale $s first answer $start_s s, RSS $rss MB"
+  if [ $s = switchboard ] && [ $r = 1 ]; then
     # Change to answer on the large zone, through the signed API.
     api=$SB_API
     CHANGE_SCALE=$($LOAD_CPU "$BIN/change-latency" $api 127.0.0.1:$port "$WORK/admin.pem" $ZONE $SCALE_HOSTS $CHANGES)
@@ -245,6 +248,12 @@ for s in $SCALE_RUNS; do
     kill -9 $pid
   fi
   kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
+done
+done
+for s in $SCALE_RUNS; do
+  START[$s]=$(echo ${START_ALL[$s]} | tr ' ' '\n' | median)
+  RSS[$s]=$(echo ${RSS_ALL[$s]} | tr ' ' '\n' | median)
+  echo "bench: scale $s first answer ${START[$s]} s ($(echo ${START_ALL[$s]} | tr ' ' '\n' | spread)), RSS ${RSS[$s]} MB"
 done
 
 next_port; port=$PORT; start_switchboard "$WORK/zones" $port; pid=$SPID; PIDS+=($pid)
@@ -533,9 +542,9 @@ if [ $QUICK = 0 ]; then
     echo
     echo "## Scale: $SCALE_HOSTS hosts, $SCALE_SERVICES services"
     echo
-    echo "| server | RSS MB | start to first answer, s |"
-    echo "| --- | --- | --- |"
-    for s in $SCALE_RUNS; do echo "| $s | ${RSS[$s]} | ${START[$s]} |"; done
+    echo "| server | RSS MB (median) | start to first answer, s (median) | spread, s |"
+    echo "| --- | --- | --- | --- |"
+    for s in $SCALE_RUNS; do echo "| $s | ${RSS[$s]} | ${START[$s]} | $(spr "${START_ALL[$s]}") |"; done
     echo
     echo "(switchboard: seeded from the zone file into an empty store; switchboard-store: restarted on that store after a clean stop, which saved the compiled view; switchboard-rebuild: restarted after a change and kill -9, so the view is built from the model.)"
     echo

@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot pieces (`cargo bench -p switchboard-directory`):
 //! answering one UDP query from the view, patching the view after one change,
-//! and signing and verifying one request.
+//! and signing and verifying one request (and 16 in one batch).
 
 use std::hint::black_box;
 
@@ -142,5 +142,51 @@ fn signing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot, answering, patching, signing);
+/// What the sidecar's batch verifier does for 16 calls that arrive together.
+fn batch_verifying(c: &mut Criterion) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let keyid = sign::fingerprint(&key.verifying_key());
+    let vk = key.verifying_key();
+    let body = b"repository=r1&limit=10";
+    let calls: Vec<(http::Uri, http::HeaderMap)> = (0..16)
+        .map(|i| {
+            let uri: http::Uri = format!("http://10.0.0.1:7443/api/diffusion.querycommits?x={i}")
+                .parse()
+                .expect("uri");
+            let mut h = http::HeaderMap::new();
+            Signer {
+                key: &key,
+                keyid: &keyid,
+            }
+            .sign(&http::Method::POST, &uri, &mut h, body, 1_800_000_000)
+            .expect("sign");
+            (uri, h)
+        })
+        .collect();
+    c.bench_function("parse and verify 16 requests in one batch", |b| {
+        b.iter(|| {
+            let mut bases = Vec::with_capacity(16);
+            let mut sigs = Vec::with_capacity(16);
+            for (uri, h) in &calls {
+                let p = sign::parse(black_box(h)).expect("parse");
+                let base = p
+                    .signed_base(
+                        &http::Method::POST,
+                        uri,
+                        h,
+                        true,
+                        1_800_000_010,
+                        &Policy::default(),
+                    )
+                    .expect("base");
+                bases.push(base);
+                sigs.push(*p.signature());
+            }
+            let messages: Vec<&[u8]> = bases.iter().map(|b| b.as_bytes()).collect();
+            ed25519_dalek::verify_batch(&messages, &sigs, &[vk; 16]).expect("batch");
+        })
+    });
+}
+
+criterion_group!(hot, answering, patching, signing, batch_verifying);
 criterion_main!(hot);
