@@ -7,11 +7,13 @@
 //! and line: hickory's parser reports neither, so on error a light entry scan
 //! (`entries`) finds the line the error belongs to.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use base64::Engine;
+use hickory_proto::rr::rdata::{A, AAAA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_proto::serialize::txt::Parser;
@@ -129,16 +131,20 @@ type Srv = (Name, u16, u16, u16);
 /// and the origin it is relative to, made a `Name` only for an error or a static record.
 #[derive(Debug, Clone)]
 enum Owner<'a> {
-    Name(Name),
+    Name(Box<Name>),
     Text { written: &'a str, origin: &'a str },
 }
 
 impl Owner<'_> {
+    fn of(name: Name) -> Self {
+        Owner::Name(Box::new(name))
+    }
+
     /// The name as hickory reads it (`None` only if the plain reader took an owner
     /// hickory would refuse, which it must not).
     fn written(&self) -> Option<Name> {
         match self {
-            Owner::Name(n) => Some(n.clone()),
+            Owner::Name(n) => Some((**n).clone()),
             Owner::Text { written, origin } => plain::name(written, origin),
         }
     }
@@ -156,17 +162,42 @@ impl std::fmt::Display for Owner<'_> {
 }
 
 /// One record for [`build`]: its owner, its labels below the apex (lower case, leaf
-/// first; `None` outside the zone), TTL, class and data.
+/// first; `None` outside the zone), TTL, class and data, kept small (~100 bytes)
+/// while a whole zone of them waits to be built.
 #[derive(Debug)]
 struct Rec<'a> {
     owner: Owner<'a>,
-    rel: Option<Vec<String>>,
+    rel: Option<Vec<Cow<'a, str>>>,
     ttl: u32,
     class: DNSClass,
-    data: RData,
+    data: Data<'a>,
 }
 
-impl Rec<'_> {
+/// A record's data: hickory's, or the plain reader's until [`build`] takes it.
+#[derive(Debug)]
+enum Data<'a> {
+    Parsed(Box<RData>),
+    A(std::net::Ipv4Addr),
+    Aaaa(std::net::Ipv6Addr),
+    Txt(Vec<&'a str>),
+    Srv(u16, u16, u16, Box<Name>),
+}
+
+impl Data<'_> {
+    fn into_rdata(self) -> RData {
+        match self {
+            Data::Parsed(d) => *d,
+            Data::A(a) => RData::A(A(a)),
+            Data::Aaaa(a) => RData::AAAA(AAAA(a)),
+            Data::Txt(t) => RData::TXT(TXT::new(t.into_iter().map(str::to_string).collect())),
+            Data::Srv(priority, weight, port, target) => {
+                RData::SRV(SRV::new(priority, weight, port, *target))
+            }
+        }
+    }
+}
+
+impl<'a> Rec<'a> {
     /// A record from hickory's parser, placed relative to `apex`.
     fn parsed(r: Record, apex: &Name) -> Rec<'static> {
         let lower = r.name.to_lowercase();
@@ -174,18 +205,39 @@ impl Rec<'_> {
             lower
                 .iter()
                 .take(lower.num_labels() as usize - apex.num_labels() as usize)
-                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .map(|l| Cow::Owned(String::from_utf8_lossy(l).to_ascii_lowercase()))
                 .collect()
         });
         Rec {
-            owner: Owner::Name(r.name),
+            owner: Owner::of(r.name),
             rel,
             ttl: r.ttl,
             class: r.dns_class,
-            data: r.data,
+            data: Data::Parsed(Box::new(r.data)),
         }
     }
 
+    fn full(self) -> Full<'a> {
+        Full {
+            owner: self.owner,
+            rel: self.rel,
+            ttl: self.ttl,
+            class: self.class,
+            data: self.data.into_rdata(),
+        }
+    }
+}
+
+/// A [`Rec`] with its data made hickory's, as [`build`] works on it.
+struct Full<'a> {
+    owner: Owner<'a>,
+    rel: Option<Vec<Cow<'a, str>>>,
+    ttl: u32,
+    class: DNSClass,
+    data: RData,
+}
+
+impl Full<'_> {
     fn record_type(&self) -> RecordType {
         self.data.record_type()
     }
@@ -270,8 +322,8 @@ enum Place {
     Static,
 }
 
-fn place(rel: &[String]) -> Place {
-    let s: Vec<&str> = rel.iter().map(String::as_str).collect();
+fn place(rel: &[Cow<'_, str>]) -> Place {
+    let s: Vec<&str> = rel.iter().map(|l| l.as_ref()).collect();
     match s.as_slice() {
         [] => Place::Apex,
         [h, schema::NODE] => Place::Node(h.to_string()),
@@ -302,7 +354,7 @@ fn place(rel: &[String]) -> Place {
 /// Turns parsed records into the model.
 fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<Zone, BuildError> {
     let apex = soa.name.to_lowercase();
-    let apex_owner = Owner::Name(apex.clone());
+    let apex_owner = Owner::of(apex.clone());
     let RData::SOA(soa_data) = &soa.data else {
         return err(&apex_owner, Some(RecordType::SOA), "bad SOA");
     };
@@ -333,6 +385,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
     let mut admins = BTreeMap::new();
 
     for r in records {
+        let r = r.full();
         let owner = r.owner.clone();
         let rtype = r.record_type();
         if r.is_empty() {
@@ -549,7 +602,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
     }
     for h in hosts.values() {
         model::validate_host(h)
-            .or_else(|e| err(&Owner::Name(node_name(&apex, &h.name)), None, e.0))?;
+            .or_else(|e| err(&Owner::of(node_name(&apex, &h.name)), None, e.0))?;
     }
     let mut bindings = BTreeMap::new();
     for ((host, service), set) in srvs {
@@ -557,7 +610,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
         let Some((target, prio, weight, port)) = set.into_iter().last() else {
             continue;
         };
-        let owner = Owner::Name(instance_name(&apex, &host, &service));
+        let owner = Owner::of(instance_name(&apex, &host, &service));
         if !hosts.contains_key(&host) {
             return err(
                 &owner,
@@ -634,7 +687,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
     for repo in repos.values() {
         for h in repo.hosts() {
             if !hosts.contains_key(h) {
-                let owner = Owner::Name(
+                let owner = Owner::of(
                     Name::from_ascii(format!("{}.{}.{apex}", repo.name, schema::REPO))
                         .unwrap_or(apex.clone()),
                 );
@@ -651,7 +704,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
     }
     for r in &statics {
         if !STATIC_TYPES.contains(&r.record_type()) || !round_trips(r) {
-            return err(&Owner::Name(r.name.clone()), Some(r.record_type()), format!(
+            return err(&Owner::of(r.name.clone()), Some(r.record_type()), format!(
                 "static {} records cannot be exported faithfully yet; leave them out of the zone", r.record_type()
             ));
         }
@@ -667,7 +720,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
         }));
     for (key, owner) in owners {
         if let Some(first) = keys.insert(key.0, owner.to_string()) {
-            return err(&Owner::Name(owner), Some(RecordType::TXT), format!("the same key is already given to {first}: every host and admin needs its own key"));
+            return err(&Owner::of(owner), Some(RecordType::TXT), format!("the same key is already given to {first}: every host and admin needs its own key"));
         }
     }
     let engine = base64::engine::general_purpose::STANDARD;
@@ -676,7 +729,7 @@ fn build<'a>(soa: Record, records: impl IntoIterator<Item = Rec<'a>>) -> Result<
         .map(|r| {
             r.to_bytes().map(|b| engine.encode(b)).or_else(|e| {
                 err(
-                    &Owner::Name(r.name.clone()),
+                    &Owner::of(r.name.clone()),
                     Some(r.record_type()),
                     format!("cannot encode: {e}"),
                 )

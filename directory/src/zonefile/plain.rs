@@ -12,14 +12,14 @@
 //! caller parses the whole file with hickory, which also finds the line of any error.
 //! The `zonefile` fuzz target checks the two readers agree.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use hickory_proto::rr::rdata::{A, AAAA, SRV, TXT};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordSet, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
-use super::{Owner, Rec};
+use super::{Data, Owner, Rec};
 
 /// One token of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ fn plain_label(l: &str) -> bool {
 
 /// The labels of `written` below `origin` (lower case, leaf first), if it is a plain
 /// name inside the zone. `origin` is absolute and lower case.
-fn relative(written: &str, origin: &str) -> Option<Vec<String>> {
+fn relative<'a>(written: &'a str, origin: &str) -> Option<Vec<Cow<'a, str>>> {
     if written == "@" {
         return Some(Vec::new());
     }
@@ -136,7 +136,12 @@ fn relative(written: &str, origin: &str) -> Option<Vec<String>> {
     };
     inner
         .split('.')
-        .map(|l| plain_label(l).then(|| l.to_ascii_lowercase()))
+        .map(|l| {
+            plain_label(l).then(|| match l.bytes().any(|c| c.is_ascii_uppercase()) {
+                true => Cow::Owned(l.to_ascii_lowercase()),
+                false => Cow::Borrowed(l),
+            })
+        })
         .collect()
 }
 
@@ -164,7 +169,7 @@ pub(super) fn name(written: &str, origin: &str) -> Option<Name> {
 }
 
 /// The data of a plain record of type `rtype`, or `None` to leave it to hickory.
-fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
+fn data<'a>(rtype: &str, toks: &[Tok<'a>], origin: &str) -> Option<Data<'a>> {
     let words: Option<Vec<&str>> = toks
         .iter()
         .map(|t| match t {
@@ -174,10 +179,10 @@ fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
         .collect();
     if rtype.eq_ignore_ascii_case("A") {
         let [ip] = words?[..] else { return None };
-        Some(RData::A(A(Ipv4Addr::from_str(ip).ok()?)))
+        Some(Data::A(Ipv4Addr::from_str(ip).ok()?))
     } else if rtype.eq_ignore_ascii_case("AAAA") {
         let [ip] = words?[..] else { return None };
-        Some(RData::AAAA(AAAA(Ipv6Addr::from_str(ip).ok()?)))
+        Some(Data::Aaaa(Ipv6Addr::from_str(ip).ok()?))
     } else if rtype.eq_ignore_ascii_case("SRV") {
         let [prio, weight, port, target] = words?[..] else {
             return None;
@@ -187,22 +192,21 @@ fn data(rtype: &str, toks: &[Tok<'_>], origin: &str) -> Option<RData> {
         if target.starts_with('@') {
             return None;
         }
-        Some(RData::SRV(SRV::new(
+        Some(Data::Srv(
             num(prio)?,
             num(weight)?,
             num(port)?,
-            name(target, origin)?,
-        )))
+            Box::new(name(target, origin)?),
+        ))
     } else if rtype.eq_ignore_ascii_case("TXT") {
-        let strings: Option<Vec<String>> = toks
+        let strings: Option<Vec<&'a str>> = toks
             .iter()
             .map(|t| match t {
-                Tok::Quoted(s) if s.len() <= 255 => Some(s.to_string()),
+                Tok::Quoted(s) if s.len() <= 255 => Some(*s),
                 _ => None,
             })
             .collect();
-        let strings = strings.filter(|s| !s.is_empty())?;
-        Some(RData::TXT(TXT::new(strings)))
+        Some(Data::Txt(strings.filter(|s| !s.is_empty())?))
     } else {
         None
     }
