@@ -98,6 +98,18 @@ fn patching(c: &mut Criterion) {
     });
 }
 
+/// `body` POSTed to `uri`, signed by `key`: the headers.
+fn signed(key: &ed25519_dalek::SigningKey, uri: &http::Uri, body: &[u8]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    Signer {
+        key,
+        keyid: &sign::fingerprint(&key.verifying_key()),
+    }
+    .sign(&http::Method::POST, uri, &mut h, body, 1_800_000_000)
+    .expect("sign");
+    h
+}
+
 fn signing(c: &mut Criterion) {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let keyid = sign::fingerprint(&key.verifying_key());
@@ -117,13 +129,7 @@ fn signing(c: &mut Criterion) {
             black_box(h)
         })
     });
-    let mut headers = http::HeaderMap::new();
-    Signer {
-        key: &key,
-        keyid: &keyid,
-    }
-    .sign(&http::Method::POST, &uri, &mut headers, body, 1_800_000_000)
-    .expect("sign");
+    let headers = signed(&key, &uri, body);
     let vk = key.verifying_key();
     c.bench_function("parse and verify one request", |b| {
         b.iter(|| {
@@ -145,7 +151,6 @@ fn signing(c: &mut Criterion) {
 /// What the sidecar's batch verifier does for 16 calls that arrive together.
 fn batch_verifying(c: &mut Criterion) {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-    let keyid = sign::fingerprint(&key.verifying_key());
     let vk = key.verifying_key();
     let body = b"repository=r1&limit=10";
     let calls: Vec<(http::Uri, http::HeaderMap)> = (0..16)
@@ -153,13 +158,7 @@ fn batch_verifying(c: &mut Criterion) {
             let uri: http::Uri = format!("http://10.0.0.1:7443/api/diffusion.querycommits?x={i}")
                 .parse()
                 .expect("uri");
-            let mut h = http::HeaderMap::new();
-            Signer {
-                key: &key,
-                keyid: &keyid,
-            }
-            .sign(&http::Method::POST, &uri, &mut h, body, 1_800_000_000)
-            .expect("sign");
+            let h = signed(&key, &uri, body);
             (uri, h)
         })
         .collect();
