@@ -235,6 +235,58 @@ fn hosts_without_the_web_role_refuse_user_http() {
     );
 }
 
+/// Sends every path in `paths` on one keep-alive connection (curl reuses it) and
+/// gives each answer's (backend, backend connection).
+fn one_connection(base: &Sidecar, paths: &[&str], body: Option<&str>) -> Vec<(String, u64)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\\n"]);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    for p in paths {
+        cmd.arg(base.http_url(p));
+    }
+    let out = run(&mut cmd);
+    stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            let host = v["host"].as_str().unwrap_or_default().to_string();
+            (host, v["conn"].as_u64().expect("conn"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_connection_keeps_its_backend_connection_until_the_backend_hangs_up() {
+    let c = cluster(&[]);
+    // Local web traffic: one backend connection for the client's connection, and
+    // a fresh one once the backend closes it without a word.
+    let got = one_connection(&c.web1, &["/a", "/b", "/hangup", "/c", "/d"], None);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got.iter().all(|(h, _)| h == "web1"), "{got:?}");
+    let conns: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert!(
+        conns[0] == conns[1] && conns[1] == conns[2],
+        "requests on one client connection share a backend connection: {conns:?}"
+    );
+    assert!(
+        conns[3] != conns[2] && conns[3] == conns[4],
+        "after the backend hangs up, the next request gets a new connection and keeps it: {conns:?}"
+    );
+    // Signed calls to another host: web1 keeps its connection to repo2, and repo2
+    // keeps its connection to its backend.
+    c.d.cli_ok(&["repo", "add", "r2", "--master", "repo2"]);
+    let path = "/api/diffusion.querycommits";
+    let got = one_connection(&c.web1, &[path, path, path], Some("repository=r2"));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|(h, _)| h == "repo2"), "{got:?}");
+    assert!(
+        got.iter().all(|g| g.1 == got[0].1),
+        "signed calls on one client connection share repo2's backend connection: {got:?}"
+    );
+}
+
 #[test]
 fn routing_errors_tell_the_user_what_is_wrong() {
     let c = cluster(&[]);

@@ -1,19 +1,16 @@
 //! Calls to other hosts: every one signed with this host's key (RFC 9421, with the
-//! body's `Content-Digest`), over a pooled keep-alive HTTP/1.1 client, with the
-//! response streamed back as it arrives.
+//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections (`conns`), with
+//! the response streamed back as it arrives.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use switchboard_directory::sign::Signer;
 
+use crate::conns::Pool;
 use crate::directory::Peer;
 use crate::identity::Identity;
 use crate::spool::Spooled;
@@ -47,27 +44,8 @@ pub enum ForwardError {
 
 /// Signs and sends calls to peers.
 pub struct Forwarder {
-    client: Client<HttpConnector, BoxBody>,
+    pool: Arc<Pool>,
     identity: Arc<Identity>,
-}
-
-/// A pooled HTTP/1.1 client.
-pub fn client() -> Client<HttpConnector, BoxBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    Client::builder(TokioExecutor::new())
-        .http1_writev(false)
-        .pool_timer(TokioTimer::new())
-        // Below the 30 s a listener waits for the next request on an idle
-        // connection (server.rs), so the pool drops a connection before the
-        // peer does instead of racing the peer's close with a new request.
-        .pool_idle_timeout(Duration::from_secs(20))
-        // As many idle connections as callers may need at once: a smaller cap
-        // closes and reopens connections under load (one connect per ~30
-        // requests at 64 concurrent callers). Idle ones go after 20 s.
-        .pool_max_idle_per_host(1024)
-        .build(connector)
 }
 
 /// Copies the end-to-end headers worth passing on.
@@ -82,9 +60,14 @@ pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
 impl Forwarder {
     pub fn new(identity: Arc<Identity>) -> Self {
         Forwarder {
-            client: client(),
+            pool: Arc::default(),
             identity,
         }
+    }
+
+    /// The connections this forwarder sends on (for `conns::scope`).
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.clone()
     }
 
     /// Sends `method path_and_query` to `peer`'s cluster listener, signed.
@@ -96,12 +79,10 @@ impl Forwarder {
         headers: &HeaderMap,
         body: Spooled,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let uri: Uri = format!("http://{}{}", peer.addr, path_and_query)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ForwardError::Sign {
-                host: peer.host.clone(),
-                reason: e.to_string(),
-            })?;
+        let uri = Uri::try_from(path_and_query).map_err(|e| ForwardError::Sign {
+            host: peer.host.clone(),
+            reason: e.to_string(),
+        })?;
         let mut out = HeaderMap::new();
         pass_headers(headers, &mut out);
         if let Ok(v) = HeaderValue::from_str(&peer.addr.to_string()) {
@@ -129,13 +110,14 @@ impl Forwarder {
                 reason: e.to_string(),
             })?;
         *req.headers_mut() = out;
-        self.client
-            .request(req)
+        let addr = peer.addr.to_string();
+        self.pool
+            .send(&addr, req)
             .await
-            .map_err(|e| ForwardError::Unreachable {
+            .map_err(|reason| ForwardError::Unreachable {
                 host: peer.host.clone(),
-                addr: peer.addr.to_string(),
-                reason: e.to_string(),
+                addr,
+                reason,
             })
     }
 
@@ -178,24 +160,25 @@ impl Forwarder {
             host: authority.to_string(),
             reason,
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = base.authority().cloned();
-        parts.path_and_query = Some(
-            http::uri::PathAndQuery::try_from(path_and_query).map_err(|e| bad(e.to_string()))?,
-        );
-        let uri = Uri::from_parts(parts).map_err(|e| bad(e.to_string()))?;
+        let uri = Uri::try_from(path_and_query).map_err(|e| bad(e.to_string()))?;
+        let mut headers = headers;
+        if !headers.contains_key(header::HOST) {
+            headers.insert(
+                header::HOST,
+                HeaderValue::from_str(authority).map_err(|e| bad(e.to_string()))?,
+            );
+        }
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        self.client
-            .request(req)
+        self.pool
+            .send(&connect_addr(base), req)
             .await
-            .map_err(|e| ForwardError::Unreachable {
+            .map_err(|reason| ForwardError::Unreachable {
                 host: authority.to_string(),
                 addr: authority.to_string(),
-                reason: e.to_string(),
+                reason,
             })
     }
 
@@ -239,6 +222,21 @@ where
 /// Wraps a peer's response body for our listeners.
 pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
     resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// Where to connect for `base`: its `host:port`, port 80 when it names none.
+fn connect_addr(base: &Uri) -> String {
+    let host = base.host().unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = base.port_u16().unwrap_or(80);
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 pub fn unix_now() -> u64 {

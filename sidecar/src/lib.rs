@@ -15,6 +15,7 @@
 //! - `metrics`: Prometheus counters.
 
 pub mod cluster;
+pub mod conns;
 pub mod directory;
 pub mod feed;
 pub mod forward;

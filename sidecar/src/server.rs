@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_directory::cli::{Client, Global};
 use tokio::net::TcpListener;
 
+use crate::conns::{self, Pool};
 use crate::directory::DirectoryClient;
 use crate::forward::Forwarder;
 use crate::git::Repos;
@@ -155,15 +156,19 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         cfg.common.zone.clone(),
     ));
     let s = sc.clone();
-    tokio::spawn(serve(http, move |req, _peer| user::handle(s.clone(), req)));
+    tokio::spawn(serve(http, sc.forwarder.pool(), move |req, _peer| {
+        user::handle(s.clone(), req)
+    }));
     let s = sc.clone();
-    tokio::spawn(serve(cluster_l, move |req, peer| {
+    tokio::spawn(serve(cluster_l, sc.forwarder.pool(), move |req, peer| {
         cluster::handle(s.clone(), req, peer)
     }));
     let (s, l) = (sc.clone(), lb.clone());
-    tokio::spawn(serve(lb_listener, move |req, _peer| {
-        loopback::handle(s.clone(), l.clone(), req)
-    }));
+    tokio::spawn(serve(
+        lb_listener,
+        sc.forwarder.pool(),
+        move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
+    ));
     tokio::spawn(heartbeat::run(
         api.clone(),
         sc.me.host.clone(),
@@ -183,7 +188,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
 }
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F)
+/// Backend connections its requests open stay with the connection (`conns::scope`).
+pub async fn serve<F, Fut>(listener: TcpListener, pool: Arc<Pool>, handler: F)
 where
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::forward::BoxBody>> + Send + 'static,
@@ -199,19 +205,19 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let pool = pool.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
+                .with_upgrades();
+            if let Err(e) = conns::scope(pool, conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

@@ -1,12 +1,13 @@
 //! A stand-in web backend for the tests: answers every HTTP request with JSON
 //! naming itself, the method, path and body it received, so a test can tell
-//! which host a routed request landed on. `echo-backend NAME` prints
-//! `listening ADDR` on stdout.
+//! which host a routed request landed on, and which of its connections carried
+//! it (`conn`, counted from 1). `/hangup` is answered, then its connection closed
+//! without warning. `echo-backend NAME` prints `listening ADDR` on stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
+fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -61,12 +62,15 @@ fn handle(name: &str, stream: TcpStream) -> std::io::Result<()> {
             routed_by.replace('"', "")
         };
         let reply = format!(
-            "{{\"host\":\"{name}\",\"sidecar\":\"{sidecar}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
+            "{{\"host\":\"{name}\",\"conn\":{conn},\"sidecar\":\"{sidecar}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
             path.replace('"', ""),
             String::from_utf8_lossy(&body).replace(['"', '\\'], "")
         );
         write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
         out.flush()?;
+        if path == "/hangup" {
+            return Ok(());
+        }
     }
 }
 
@@ -83,10 +87,10 @@ fn main() {
         println!("listening {addr}");
     }
     let _ = std::io::stdout().flush();
-    for stream in listener.incoming().flatten() {
+    for (i, stream) in listener.incoming().flatten().enumerate() {
         let name = name.clone();
         std::thread::spawn(move || {
-            let _ = handle(&name, stream);
+            let _ = handle(&name, i + 1, stream);
         });
     }
 }
