@@ -95,6 +95,7 @@ async fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener)
 
 /// Runs the directory until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    small_pages();
     let t = std::time::Instant::now();
     let files = load_zone_files(&cfg.zones)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "zone files read");
@@ -205,6 +206,23 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
 /// buffers, the records the view was built from) back to the system, so the
 /// resident size is what the running directory holds. (The binary runs on
 /// mimalloc; see main.rs.)
+/// Transparent huge pages off for this process (unless `SWITCHBOARD_HUGE_PAGES=1`).
+///
+/// mimalloc asks for huge pages on its arenas. On the VMs we measure on, a start
+/// whose heap is faulted in as fresh 2 MiB pages takes 1.2-1.4 s to the first
+/// answer at 100k hosts, against 0.9-1.0 s on 4 KiB pages, and which of the two a
+/// start gets depends on what ran before it (docs/benchmarks.md#scale).
+fn small_pages() {
+    if std::env::var_os("SWITCHBOARD_HUGE_PAGES").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot turn transparent huge pages off");
+    }
+}
+
 pub fn release_memory() {
     // SAFETY: mi_collect only returns free pages of mimalloc's heap to the system.
     unsafe {
