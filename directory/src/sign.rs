@@ -15,7 +15,6 @@
 //! re-serialized, which RFC 8941 makes canonical, so it is the text any conformant signer
 //! signed. `Content-Digest` carries a `sha-256` digest of the body (RFC 9530 §2).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -433,19 +432,39 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
     })
 }
 
-type Seen = HashMap<(String, String), u64>;
+/// Remembered pairs: a 128-bit keyed hash of `(keyid, nonce)` to the signature's expiry.
+type Seen = rustc_hash::FxHashMap<u128, u64>;
 
 /// Remembers `(keyid, nonce)` pairs until their signature expires, refusing a second use.
 /// Memory stays bounded: expired entries are pruned whenever the map has doubled.
+///
+/// A pair is kept as a 128-bit hash under two random SipHash keys of this process,
+/// not as its strings: 32 bytes an entry instead of ~200 (a busy host remembers a
+/// minute of calls, ~800k at 13k calls/s), and no allocation per call. Nobody outside
+/// knows the keys, so nobody can choose nonces that collide, and two honest pairs
+/// collide with odds of about n²/2¹²⁹.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     seen: Mutex<(Seen, usize)>,
+    keys: (std::hash::RandomState, std::hash::RandomState),
 }
 
 impl ReplayGuard {
     /// An empty guard.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn pair_hash(&self, keyid: &str, nonce: &str) -> u128 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let one = |k: &std::hash::RandomState| {
+            let mut h = k.build_hasher();
+            h.write_usize(keyid.len());
+            h.write(keyid.as_bytes());
+            h.write(nonce.as_bytes());
+            h.finish()
+        };
+        (u128::from(one(&self.keys.0)) << 64) | u128::from(one(&self.keys.1))
     }
 
     /// Records `(keyid, nonce)` until `expires`; fails with [`SignError::Replayed`] if the pair
@@ -457,17 +476,24 @@ impl ReplayGuard {
         expires: u64,
         now: u64,
     ) -> Result<(), SignError> {
+        let key = self.pair_hash(keyid, nonce);
         let mut guard = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let (seen, prune_at) = &mut *guard;
         if seen.len() >= *prune_at {
             seen.retain(|_, until| *until >= now);
             *prune_at = (seen.len() * 2).max(1024);
         }
-        let key = (keyid.to_owned(), nonce.to_owned());
-        if seen.get(&key).is_some_and(|until| *until >= now) {
-            fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+        match seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if *e.get() >= now {
+                    fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+                }
+                e.insert(expires);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(expires);
+            }
         }
-        seen.insert(key, expires);
         Ok(())
     }
 }
@@ -908,6 +934,8 @@ mod tests {
         assert_eq!(again.reason(), "replayed");
         guard.check_and_remember("k2", "n1", NOW + 60, NOW).unwrap();
         guard.check_and_remember("k1", "n2", NOW + 60, NOW).unwrap();
+        // The pair is hashed with its boundary: ("k1n", "1") is another pair.
+        guard.check_and_remember("k1n", "1", NOW + 60, NOW).unwrap();
         for i in 0..3000 {
             guard
                 .check_and_remember("k", &i.to_string(), NOW + 60, NOW)
