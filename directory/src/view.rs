@@ -378,6 +378,9 @@ type BindingFilter = dyn Fn(&Binding) -> bool;
 struct Builder<'z> {
     origin: Name,
     names: FxHashMap<Name, BuildNode>,
+    /// What the answers need of each host they name, looked up once a build: a
+    /// service's names name each of its hosts up to a dozen times.
+    hosts: FxHashMap<&'z str, Option<HostInfo<'z>>>,
     zone: &'z Zone,
     cfg: ViewConfig,
     scope: &'z Scope,
@@ -409,6 +412,16 @@ impl Eager {
     }
 }
 
+/// A host as the answers that name it see it.
+struct HostInfo<'z> {
+    /// `HOST.node.Z`.
+    node: Name,
+    /// Its A/AAAA records at `node`, for additional sections.
+    addr_records: Vec<Record>,
+    addrs: &'z [IpAddr],
+    in_service: bool,
+}
+
 fn txt(strings: Vec<String>) -> RData {
     RData::TXT(TXT::new(strings))
 }
@@ -438,43 +451,47 @@ impl<'z> Builder<'z> {
         self.node(name).set_mut(t).records.push(rec);
     }
 
-    /// A host's A/AAAA records at its node name, for additional sections.
-    fn host_addr_records(&self, host: &str) -> Vec<Record> {
-        let (Some(h), Some(node)) = (self.zone.hosts.get(host), self.name(&[host, schema::NODE]))
-        else {
-            return vec![];
-        };
-        h.addrs
-            .iter()
-            .map(|a| Record::from_rdata(node.clone(), self.cfg.node_ttl, addr_rdata(a)))
-            .collect()
+    /// What the answers need of `host` (no addresses and out of service when the
+    /// zone does not have it); `None` only when its name is not a valid name.
+    fn host_info(&mut self, host: &'z str) -> Option<&HostInfo<'z>> {
+        if !self.hosts.contains_key(host) {
+            let info = self.name(&[host, schema::NODE]).map(|node| {
+                let h = self.zone.hosts.get(host);
+                let addrs = h.map(|h| h.addrs.as_slice()).unwrap_or_default();
+                HostInfo {
+                    addr_records: addrs
+                        .iter()
+                        .map(|a| Record::from_rdata(node.clone(), self.cfg.node_ttl, addr_rdata(a)))
+                        .collect(),
+                    node,
+                    addrs,
+                    in_service: h.is_some_and(|h| h.in_service()),
+                }
+            });
+            self.hosts.insert(host, info);
+        }
+        self.hosts.get(host).and_then(Option::as_ref)
     }
 
     /// SRV records, the matching A/AAAA at `name`, and targets' addresses as additionals.
     fn srv_answer(&mut self, name: &Name, targets: &[(&'z str, u16, u16, u16)], ttl: u32) {
         // Each target host appears once per name (a binding is host x service), so
         // only addresses shared by several hosts need de-duplicating.
-        let zone = self.zone;
         let mut srv = Vec::with_capacity(targets.len());
         let mut extra = Vec::with_capacity(targets.len());
         let mut addrs = Vec::new();
         let mut seen = HashSet::new();
         for &(host, prio, weight, port) in targets {
-            let Some(target) = self.name(&[host, schema::NODE]) else {
+            let Some(info) = self.host_info(host) else {
                 continue;
             };
             srv.push(Record::from_rdata(
                 name.clone(),
                 ttl,
-                RData::SRV(SRV::new(prio, weight, port, target)),
+                RData::SRV(SRV::new(prio, weight, port, info.node.clone())),
             ));
-            extra.extend(self.host_addr_records(host));
-            for a in zone
-                .hosts
-                .get(host)
-                .map(|h| h.addrs.as_slice())
-                .unwrap_or_default()
-            {
+            extra.extend(info.addr_records.iter().cloned());
+            for a in info.addrs {
                 if seen.insert(*a) {
                     addrs.push(Record::from_rdata(name.clone(), ttl, addr_rdata(a)));
                 }
@@ -500,10 +517,10 @@ impl<'z> Builder<'z> {
             .unwrap_or(0)
     }
 
-    fn eligible(&self, b: &Binding) -> bool {
+    fn eligible(&mut self, b: &'z Binding) -> bool {
         b.available
             && b.health != crate::model::Health::Critical
-            && self.zone.hosts.get(&b.host).is_some_and(|h| h.in_service())
+            && self.host_info(&b.host).is_some_and(|h| h.in_service)
     }
 
     fn host(&mut self, h: &crate::model::Host) {
@@ -585,13 +602,13 @@ impl<'z> Builder<'z> {
                 continue;
             };
             self.add(&type_name, ttl, RData::PTR(PTR(inst.clone())));
-            if let Some(target) = self.name(&[&b.host, schema::NODE]) {
+            if let Some(info) = self.host_info(&b.host) {
+                let (target, extra) = (info.node.clone(), info.addr_records.clone());
                 self.add(
                     &inst,
                     ttl,
                     RData::SRV(SRV::new(b.srv_priority(), b.weight, b.port, target)),
                 );
-                let extra = self.host_addr_records(&b.host);
                 self.node(&inst).set_mut(RecordType::SRV).additionals = extra;
             }
             self.add(&inst, ttl, txt(zonefile::binding_txt(b)));
@@ -757,6 +774,7 @@ fn build_names_with(
     let mut b = Builder {
         origin: origin.clone(),
         names: FxHashMap::default(),
+        hosts: FxHashMap::default(),
         zone,
         cfg,
         scope,
