@@ -396,6 +396,8 @@ struct Builder<'z> {
 struct Eager {
     shards: Vec<FxHashMap<Key, Node>>,
     parents: rustc_hash::FxHashSet<Name>,
+    /// The parents' keys, so that each parent's `Name` is made once.
+    parent_keys: rustc_hash::FxHashSet<Key>,
 }
 
 impl Eager {
@@ -403,6 +405,7 @@ impl Eager {
         Eager {
             shards: (0..SHARDS).map(|_| FxHashMap::default()).collect(),
             parents: Default::default(),
+            parent_keys: Default::default(),
         }
     }
 
@@ -564,8 +567,12 @@ impl<'z> Builder<'z> {
         let built = std::mem::replace(&mut self.names, rest);
         if let Some(eager) = &mut self.eager {
             for (name, node) in built {
-                eager.parents.insert(name.base_name());
                 if let Some(k) = key_of(&name) {
+                    let parent = wire_parent(&k).unwrap_or_default();
+                    if !eager.parent_keys.contains(parent) {
+                        eager.parent_keys.insert(parent.into());
+                        eager.parents.insert(name.base_name());
+                    }
                     let node = node.encode(&name);
                     eager.shards[shard_of(&k)].insert(k, node);
                 }
