@@ -83,9 +83,10 @@ impl Forwarder {
             host: peer.host.clone(),
             reason: e.to_string(),
         })?;
-        let mut out = HeaderMap::new();
+        let addr = peer.addr.to_string();
+        let mut out = HeaderMap::with_capacity(PASS.len() + 6);
         pass_headers(headers, &mut out);
-        if let Ok(v) = HeaderValue::from_str(&peer.addr.to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&addr) {
             out.insert(header::HOST, v);
         }
         let hash = *body.hash();
@@ -110,7 +111,6 @@ impl Forwarder {
                 reason: e.to_string(),
             })?;
         *req.headers_mut() = out;
-        let addr = peer.addr.to_string();
         self.pool
             .send(&addr, req)
             .await
@@ -225,7 +225,12 @@ pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
 }
 
 /// Where to connect for `base`: its `host:port`, port 80 when it names none.
-fn connect_addr(base: &Uri) -> String {
+fn connect_addr(base: &Uri) -> std::borrow::Cow<'_, str> {
+    if let Some(a) = base.authority() {
+        if a.port().is_some() && !a.as_str().contains('@') {
+            return a.as_str().into();
+        }
+    }
     let host = base.host().unwrap_or("");
     let host = host
         .strip_prefix('[')
@@ -233,9 +238,9 @@ fn connect_addr(base: &Uri) -> String {
         .unwrap_or(host);
     let port = base.port_u16().unwrap_or(80);
     if host.contains(':') {
-        format!("[{host}]:{port}")
+        format!("[{host}]:{port}").into()
     } else {
-        format!("{host}:{port}")
+        format!("{host}:{port}").into()
     }
 }
 

@@ -27,15 +27,14 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
             ),
         );
     }
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
-    match route::git_path(&path, query.as_deref()) {
+    let git_route = route::git_path(req.uri().path(), req.uri().query())
+        .map(|gp| gp.map(|gp| (gp.repo, gp.rest.to_string(), gp.access)));
+    match git_route {
         Err(e) => {
             sc.metrics.request("git", "refused");
             return error(e.status(), e.reason(), e.to_string());
         }
-        Ok(Some(gp)) => {
-            let (repo, rest, access) = (gp.repo, gp.rest.to_string(), gp.access);
+        Ok(Some((repo, rest, access))) => {
             if let Err(refused) = authorize_git(&sc, req.headers(), &repo, access).await {
                 sc.metrics.request("git", "refused");
                 return refused;
@@ -45,23 +44,19 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
         Ok(None) => {}
     }
     if req.method() == Method::POST {
-        if let Some(method) = path.strip_prefix("/api/") {
+        if let Some(method) = req.uri().path().strip_prefix("/api/") {
             let method = method.to_string();
             return conduit(sc, req, &method).await;
         }
     }
     sc.metrics.request("web", "local");
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
     let (parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let body = match limit_body(&parts.headers, body, sc.limits.max_body) {
         Ok(b) => b,
         Err(refused) => return *refused,
     };
-    sc.web_local(parts.method, &pq, &parts.headers, body).await
+    sc.web_local(parts.method, pq, &parts.headers, body).await
 }
 
 /// Asks the web application whether the user may read or write `repo` over HTTP:
