@@ -6,7 +6,8 @@
 //! - `directory`: DNS answers, cached by TTL, served stale when the directory is down.
 //! - `feed`: follows the directory's change feed so changes land within a second.
 //! - `route`: classify a request (repository, read or write) and pick its target.
-//! - `forward`: signed, pooled calls to other hosts; `spool`: bodies hashed for signing.
+//! - `forward`: signed calls to other hosts; `conns`: the keep-alive connections they and
+//!   local backend calls go out on; `spool`: bodies hashed for signing.
 //! - `user`: the user-facing listener; `cluster`: the signed listener between hosts.
 //! - `git`: serving a local repository with `git http-backend`; `hook`: recording writes.
 //! - `replicate`: replicas catch up with their master; `loopback`: the signing proxy local git uses.
