@@ -290,6 +290,16 @@ wrk_run() { # url [script] -> "rps p50_ms"
     END {printf "%d %.3f", rps, p50}'
 }
 
+wrk_lat() { # url [script] -> "p50_ms p99_ms" over one connection: what a proxy adds, unloaded
+  local url=$1 script=${2:-}
+  local args=(-t1 -c1 -d$(( (DUR + 1) / 2 ))s --latency)
+  [ -n "$script" ] && args+=(-s "$script")
+  $LOAD_CPU wrk "${args[@]}" "$url" 2>/dev/null | awk '
+    function ms(v) { if (v ~ /us$/) {sub(/us$/,"",v); return v/1000} if (v ~ /ms$/) {sub(/ms$/,"",v); return v} sub(/s$/,"",v); return v*1000 }
+    /^ +50%/ {p50=ms($2)} /^ +99%/ {p99=ms($2)}
+    END {printf "%.3f %.3f", p50, p99}'
+}
+
 # A directory for the sidecars (not pinned: idle while they run on their caches).
 next_port; HDNS=$PORT; next_port; HAPI=$PORT
 mkdir -p $WORK/hzones
@@ -409,21 +419,29 @@ for _ in $(seq 1 500); do curl -s -o /dev/null -w '%{http_code}' http://127.0.0.
 [ "$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:$MB_PORT/ || true)" = 000 ] || echo "bench: warning: HAProxy B accepted a call without a client certificate" >&2
 
 # Every path, back to back in each round.
-declare -A H_RPS H_P50
+declare -A H_RPS H_P50 L_P50 L_P99
 HTTP_PATHS="direct sidecar haproxy nginx hop mtls"
+http_url() { # path -> "url [script]"
+  case $1 in
+    direct) echo "http://127.0.0.1:$NGINX_PORT/" ;;
+    sidecar) echo "http://127.0.0.1:$SA_HTTP/" ;;
+    haproxy) echo "http://127.0.0.1:$HAP_PORT/" ;;
+    nginx) echo "http://127.0.0.1:$NGP_PORT/" ;;
+    hop) echo "http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua" ;;
+    mtls) echo "http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua" ;;
+  esac
+}
 for r in $(seq 1 $ROUNDS); do
   for t in $HTTP_PATHS; do
-    case $t in
-      direct) out=$(wrk_run http://127.0.0.1:$NGINX_PORT/) ;;
-      sidecar) out=$(wrk_run http://127.0.0.1:$SA_HTTP/) ;;
-      haproxy) out=$(wrk_run http://127.0.0.1:$HAP_PORT/) ;;
-      nginx) out=$(wrk_run http://127.0.0.1:$NGP_PORT/) ;;
-      hop) out=$(wrk_run http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua) ;;
-      mtls) out=$(wrk_run http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua) ;;
-    esac
-    read rps p50 <<<"$out"
+    read rps p50 <<<"$(wrk_run $(http_url $t))"
     H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "
     echo "bench: round $r http $t $rps r/s p50 $p50 ms"
+  done
+  # The same paths over one connection: the latency each adds when nothing queues.
+  for t in $HTTP_PATHS; do
+    read p50 p99 <<<"$(wrk_lat $(http_url $t))"
+    L_P50[$t]+="$p50 "; L_P99[$t]+="$p99 "
+    echo "bench: round $r http one connection $t p50 $p50 ms p99 $p99 ms"
   done
 done
 hmed() { echo ${1} | tr ' ' '\n' | grep . | median; }
@@ -505,6 +523,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in $SCALE_RUNS; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
   echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
+  echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
   echo "  \"failover\": $FAILOVER,"
   echo "  \"git_clone_s\": {\"mb\": $REPO_MB, \"direct\": ${CLONE_MED[direct]}, \"local\": ${CLONE_MED[local]}, \"tunnelled\": ${CLONE_MED[tunnel]}}"
   echo "}"
@@ -576,6 +595,14 @@ if [ $QUICK = 0 ]; then
     echo "| --- | --- | --- | --- |"
     echo "| client -> sidecar A -> signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
     echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 |"
+    echo
+    echo "## Latency over one connection"
+    echo
+    echo "wrk -t1 -c1, each path above: nothing queues, so this is what each proxy adds."
+    echo
+    echo "| path | p50 ms (median) | p99 ms (median) |"
+    echo "| --- | --- | --- |"
+    for t in $HTTP_PATHS; do echo "| $t | $(hmed "${L_P50[$t]}") | $(hmed "${L_P99[$t]}") |"; done
     echo
     echo "## Failover"
     echo
