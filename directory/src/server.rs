@@ -202,16 +202,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Hands the memory that loading freed (the parsed zone files, the store's read
-/// buffers, the records the view was built from) back to the system, so the
-/// resident size is what the running directory holds. (The binary runs on
-/// mimalloc; see main.rs.)
 /// Transparent huge pages off for this process (unless `SWITCHBOARD_HUGE_PAGES=1`).
 ///
 /// mimalloc asks for huge pages on its arenas. On the VMs we measure on, a start
 /// whose heap is faulted in as fresh 2 MiB pages takes 1.2-1.4 s to the first
 /// answer at 100k hosts, against 0.9-1.0 s on 4 KiB pages, and which of the two a
 /// start gets depends on what ran before it (docs/benchmarks.md#scale).
+#[cfg(target_os = "linux")]
 fn small_pages() {
     if std::env::var_os("SWITCHBOARD_HUGE_PAGES").is_some_and(|v| v == "1") {
         return;
@@ -223,6 +220,14 @@ fn small_pages() {
     }
 }
 
+/// Other systems have no transparent huge pages to turn off.
+#[cfg(not(target_os = "linux"))]
+fn small_pages() {}
+
+/// Hands the memory that loading freed (the parsed zone files, the store's read
+/// buffers, the records the view was built from) back to the system, so the
+/// resident size is what the running directory holds. (The binary runs on
+/// mimalloc; see main.rs.)
 pub fn release_memory() {
     // SAFETY: mi_collect only returns free pages of mimalloc's heap to the system.
     unsafe {

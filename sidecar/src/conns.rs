@@ -35,16 +35,17 @@ tokio::task_local! {
     static LENT: RefCell<Lent>;
 }
 
-/// The backend connections one inbound connection holds; back to the pool on drop.
+/// The backend connections one inbound connection holds, each with when it was
+/// last handed back; back to the pool on drop, keeping that time.
 struct Lent {
     pool: Arc<Pool>,
-    conns: Vec<(Arc<str>, SendRequest<BoxBody>)>,
+    conns: Vec<(Arc<str>, SendRequest<BoxBody>, Instant)>,
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        for (addr, s) in self.conns.drain(..) {
-            self.pool.put(addr, s);
+        for (addr, s, since) in self.conns.drain(..) {
+            self.pool.put(addr, s, since);
         }
     }
 }
@@ -80,9 +81,10 @@ impl Pool {
         // unsent: try once more on a fresh connection.
         let mut fresh = false;
         loop {
-            let (key, mut sender) = match self.take(addr) {
-                Some(x) if !fresh => x,
-                _ => {
+            let kept = if fresh { None } else { self.take(addr) };
+            let (key, mut sender) = match kept {
+                Some(x) => x,
+                None => {
                     fresh = true;
                     (Arc::from(addr), connect(addr).await?)
                 }
@@ -103,17 +105,21 @@ impl Pool {
         }
     }
 
-    /// A ready connection to `addr`: this inbound connection's own, else the pool's.
+    /// A ready connection to `addr` idle for less than `IDLE`: this inbound
+    /// connection's own, else the pool's.
     fn take(&self, addr: &str) -> Option<(Arc<str>, SendRequest<BoxBody>)> {
+        let now = Instant::now();
         let mine = LENT
             .try_with(|l| {
                 let mut l = l.borrow_mut();
-                l.conns.retain(|(_, s)| !s.is_closed());
+                l.conns
+                    .retain(|(_, s, since)| !s.is_closed() && now.duration_since(*since) < IDLE);
                 let i = l
                     .conns
                     .iter()
-                    .position(|(a, s)| &**a == addr && s.is_ready())?;
-                Some(l.conns.swap_remove(i))
+                    .position(|(a, s, _)| &**a == addr && s.is_ready())?;
+                let (a, s, _) = l.conns.swap_remove(i);
+                Some((a, s))
             })
             .ok()
             .flatten();
@@ -123,7 +129,6 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let key = idle.get_key_value(addr)?.0.clone();
         let list = idle.get_mut(addr)?;
-        let now = Instant::now();
         while let Some((since, s)) = list.pop() {
             if s.is_ready() && now.duration_since(since) < IDLE {
                 return Some((key.clone(), s));
@@ -133,31 +138,35 @@ impl Pool {
     }
 
     /// Keeps `sender` for this inbound connection's next request, else pools it.
+    /// Its idle time counts from now (its answer may still be streaming, so the
+    /// connection goes idle later: the limit errs early).
     fn give_back(self: &Arc<Self>, addr: Arc<str>, sender: SendRequest<BoxBody>) {
+        let now = Instant::now();
         let mut sender = Some(sender);
         let _ = LENT.try_with(|l| {
             let mut l = l.borrow_mut();
             if l.conns.len() < MAX_LENT {
                 if let Some(s) = sender.take() {
-                    l.conns.push((addr.clone(), s));
+                    l.conns.push((addr.clone(), s, now));
                 }
             }
         });
         if let Some(s) = sender {
-            self.put(addr, s);
+            self.put(addr, s, now);
         }
     }
 
-    fn put(&self, addr: Arc<str>, sender: SendRequest<BoxBody>) {
-        if sender.is_closed() {
+    /// Pools `sender`, idle since `since`.
+    fn put(&self, addr: Arc<str>, sender: SendRequest<BoxBody>, since: Instant) {
+        let now = Instant::now();
+        if sender.is_closed() || now.duration_since(since) >= IDLE {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
-        let now = Instant::now();
         list.retain(|(since, s)| !s.is_closed() && now.duration_since(*since) < IDLE);
         if list.len() < MAX_IDLE {
-            list.push((now, sender));
+            list.push((since, sender));
         }
     }
 }

@@ -160,13 +160,21 @@ impl Forwarder {
             host: authority.to_string(),
             reason,
         };
+        if base.scheme().is_some_and(|s| *s != http::uri::Scheme::HTTP) {
+            return Err(bad(format!(
+                "{base} is not an http:// URL: the sidecar speaks plain HTTP to local backends"
+            )));
+        }
         let uri = Uri::try_from(path_and_query).map_err(|e| bad(e.to_string()))?;
         let mut headers = headers;
         if !headers.contains_key(header::HOST) {
-            headers.insert(
-                header::HOST,
-                HeaderValue::from_str(authority).map_err(|e| bad(e.to_string()))?,
-            );
+            // As hyper's client: the host, and the port unless it is 80; never userinfo.
+            let host = base.host().unwrap_or_default();
+            let value = match base.port_u16() {
+                Some(p) if p != 80 => HeaderValue::from_str(&format!("{host}:{p}")),
+                _ => HeaderValue::from_str(host),
+            };
+            headers.insert(header::HOST, value.map_err(|e| bad(e.to_string()))?);
         }
         let mut req = Request::new(body);
         *req.method_mut() = method;
