@@ -221,6 +221,57 @@ fn conduit_calls_land_on_a_host_of_their_repository() {
 }
 
 #[test]
+fn the_web_backend_gets_the_users_headers_and_who_asked() {
+    let c = cluster(&[]);
+    let sidecar_addr = c
+        .web1
+        .http_url("")
+        .trim_start_matches("http://")
+        .to_string();
+    for (path, data) in [
+        ("/account/settings", None),
+        ("/api/user.whoami", Some("x=1")),
+    ] {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-H", "Cookie: session=abc"])
+            .args(["-H", "Authorization: Bearer t0ken"])
+            .args(["-H", "Accept-Language: fr"])
+            .args(["-H", "X-Forwarded-For: 203.0.113.9"])
+            .args(["-H", "Connection: keep-alive, X-Private"])
+            .args(["-H", "X-Private: for the sidecar only"])
+            .args(["-H", "Keep-Alive: timeout=5"])
+            .args(["-H", "X-Switchboard-Caller: admin"]);
+        if let Some(d) = data {
+            cmd.args(["--data-binary", d]);
+        }
+        let out = run(cmd.arg(c.web1.http_url(path)));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+        let h = &v["headers"];
+        assert_eq!(v["host"], "web1", "{path}: {v}");
+        assert_eq!(h["cookie"], "session=abc", "{path}: {v}");
+        assert_eq!(h["authorization"], "Bearer t0ken", "{path}: {v}");
+        assert_eq!(h["accept-language"], "fr", "{path}: {v}");
+        assert_eq!(
+            h["x-forwarded-for"], "203.0.113.9, 127.0.0.1",
+            "{path}: {v}"
+        );
+        assert_eq!(h["x-forwarded-host"], sidecar_addr.as_str(), "{path}: {v}");
+        assert_eq!(h["host"], c._backends[0].addr.to_string(), "{path}: {v}");
+        assert_eq!(h["x-switchboard-host"], "web1", "{path}: {v}");
+        for hop in ["x-private", "keep-alive", "x-switchboard-caller"] {
+            assert!(
+                h.get(hop).is_none(),
+                "{path}: {hop} reached the backend: {v}"
+            );
+        }
+        if let Some(d) = data {
+            assert_eq!(h["content-length"], d.len().to_string(), "{path}: {v}");
+            assert_eq!(v["body"], d, "{path}: {v}");
+        }
+    }
+}
+
+#[test]
 fn hosts_without_the_web_role_refuse_user_http() {
     let c = cluster(&[]);
     let (code, v) = conduit(&c.repo2.http_url("/api/user.whoami"), "");

@@ -180,7 +180,12 @@ pub async fn handle(
     }
     if path.starts_with("/api/") {
         return sc
-            .web_local(parts.method, &pq, &parts.headers, spooled.into_body())
+            .web_local(
+                parts.method,
+                &pq,
+                crate::forward::relayed_headers(&parts.headers),
+                spooled.into_body(),
+            )
             .await;
     }
     error(

@@ -29,6 +29,82 @@ const PASS: [HeaderName; 6] = [
     HeaderName::from_static("git-protocol"),
 ];
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1): about one connection, never passed on.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The header names a message's `Connection` header lists: hop-by-hop as well.
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    values
+        .flat_map(|v| v.split(|&b| b == b',').map(|t| t.trim_ascii()))
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether a user's request header goes on to the local web backend. Every
+/// end-to-end header does, except `Host` (the backend gets its own, and the
+/// client's as `X-Forwarded-Host`), the length (set anew) and `X-Switchboard-*`
+/// (only the sidecar says those). Hop-by-hop headers, and those `listed` in
+/// `Connection`, never do.
+pub fn to_web_backend(name: &[u8], listed: &[&[u8]]) -> bool {
+    const OWN: [&str; 3] = ["host", "content-length", "x-forwarded-host"];
+    const PREFIX: &[u8] = b"x-switchboard-";
+    let is = |n: &&str| name.eq_ignore_ascii_case(n.as_bytes());
+    !(HOP_BY_HOP.iter().any(is)
+        || OWN.iter().any(is)
+        || name
+            .get(..PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+        || listed.iter().any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// The headers a user's request carries to the local web backend (`to_web_backend`),
+/// with the client's `Host` as `X-Forwarded-Host`.
+pub fn user_headers(from: &HeaderMap) -> HeaderMap {
+    let listed = connection_tokens(
+        from.get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let mut out = HeaderMap::with_capacity(from.len() + 3);
+    for (name, v) in from {
+        if to_web_backend(name.as_str().as_bytes(), &listed) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    if let Some(v) = from.get(header::CONTENT_LENGTH) {
+        out.insert(header::CONTENT_LENGTH, v.clone());
+    }
+    if let Some(v) = from.get(header::HOST) {
+        out.insert(X_FORWARDED_HOST, v.clone());
+    }
+    out
+}
+
+/// The headers a call relayed by another host carries to the local web backend:
+/// the end-to-end ones worth passing on (`PASS`) and the length.
+pub fn relayed_headers(from: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(PASS.len() + 3);
+    pass_headers(from, &mut out);
+    if let Some(v) = from.get(header::CONTENT_LENGTH) {
+        out.insert(header::CONTENT_LENGTH, v.clone());
+    }
+    out
+}
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_SWITCHBOARD_HOST: HeaderName = HeaderName::from_static("x-switchboard-host");
+
 /// Why a call to another host failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -121,28 +197,23 @@ impl Forwarder {
             })
     }
 
-    /// Sends a request to a local backend (unsigned: it is on this host), with the
-    /// end-to-end headers worth passing on and Switchboard's own.
+    /// Sends a request to a local backend (unsigned: it is on this host) with
+    /// `headers` (`user_headers` or `relayed_headers`) and which host served it.
+    /// Neither passes a client's own `X-Switchboard-*` headers, so the backend
+    /// may trust this one.
     pub async fn local(
         &self,
         base: &Uri,
         method: Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        mut headers: HeaderMap,
         host_tag: Option<HeaderValue>,
         body: BoxBody,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let mut out = HeaderMap::with_capacity(PASS.len() + 2);
-        pass_headers(headers, &mut out);
-        if let Some(v) = headers.get(header::CONTENT_LENGTH) {
-            out.insert(header::CONTENT_LENGTH, v.clone());
-        }
-        // Which host served it. A client's own `X-Switchboard-*` headers never
-        // reach the backend (they are not in PASS), so it may trust this one.
         if let Some(v) = host_tag {
-            out.insert(HeaderName::from_static("x-switchboard-host"), v);
+            headers.insert(X_SWITCHBOARD_HOST, v);
         }
-        self.local_with(base, method, path_and_query, out, body)
+        self.local_with(base, method, path_and_query, headers, body)
             .await
     }
 

@@ -156,8 +156,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         cfg.common.zone.clone(),
     ));
     let s = sc.clone();
-    tokio::spawn(serve(http, sc.forwarder.pool(), move |req, _peer| {
-        user::handle(s.clone(), req)
+    tokio::spawn(serve(http, sc.forwarder.pool(), move |req, peer| {
+        user::handle(s.clone(), req, peer)
     }));
     let s = sc.clone();
     tokio::spawn(serve(cluster_l, sc.forwarder.pool(), move |req, peer| {

@@ -414,7 +414,7 @@ impl Sidecar {
         &self,
         method: Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         body: BoxBody,
     ) -> Response<BoxBody> {
         let Some(base) = &self.web_backend else {

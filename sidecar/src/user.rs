@@ -13,8 +13,16 @@ use crate::route::{self, Target};
 use crate::sidecar::{error, limit_body, Sidecar, MAX_CONDUIT_BODY};
 use crate::spool::Spooled;
 
-/// Handles one user request.
-pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBody> {
+/// Handles one user request from `client`.
+pub async fn handle(
+    sc: Arc<Sidecar>,
+    mut req: Request<Incoming>,
+    client: std::net::SocketAddr,
+) -> Response<BoxBody> {
+    // Who asked, for the web backend (appended, as every proxy on the way does).
+    if let Ok(v) = http::HeaderValue::from_str(&client.ip().to_string()) {
+        req.headers_mut().append(forward::X_FORWARDED_FOR, v);
+    }
     if !sc.me.has_role("web") {
         sc.metrics.request("user", "refused");
         return error(
@@ -56,7 +64,13 @@ pub async fn handle(sc: Arc<Sidecar>, req: Request<Incoming>) -> Response<BoxBod
         Ok(b) => b,
         Err(refused) => return *refused,
     };
-    sc.web_local(parts.method, pq, &parts.headers, body).await
+    sc.web_local(
+        parts.method,
+        pq,
+        forward::user_headers(&parts.headers),
+        body,
+    )
+    .await
 }
 
 /// Asks the web application whether the user may read or write `repo` over HTTP:
@@ -257,6 +271,7 @@ pub async fn send_conduit(
     match target {
         Target::Local => {
             sc.metrics.request("conduit", "local");
+            let headers = forward::user_headers(headers);
             sc.web_local(method, pq, headers, body.into_body()).await
         }
         Target::Peer(peer) => match sc.forwarder.send(&peer, method, pq, headers, body).await {

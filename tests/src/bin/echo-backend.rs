@@ -1,7 +1,8 @@
 //! A stand-in web backend for the tests: answers every HTTP request with JSON
 //! naming itself, the method, path and body it received, so a test can tell
 //! which host a routed request landed on, and which of its connections carried
-//! it (`conn`, counted from 1). `/hangup` is answered, then its connection closed
+//! it (`conn`, counted from 1), and the headers it got (`headers`, names in
+//! lower case, repeated ones joined with ", "). `/hangup` is answered, then its connection closed
 //! without warning. `echo-backend NAME` prints `listening ADDR` on stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +23,7 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
         let mut routed_by = String::new();
         let mut routed_by_count = 0;
         let mut authorized = false;
+        let mut headers: Vec<(String, String)> = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -32,6 +34,12 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
+                let clean = |s: &str| s.trim().replace(['"', '\\'], "");
+                let (name, value) = (clean(k).to_ascii_lowercase(), clean(v));
+                match headers.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, old)) => *old = format!("{old}, {value}"),
+                    None => headers.push((name, value)),
+                }
                 match k.trim().to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap_or(0),
                     "x-switchboard-host" => {
@@ -61,9 +69,14 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
         } else {
             routed_by.replace('"', "")
         };
+        let headers: Vec<String> = headers
+            .iter()
+            .map(|(n, v)| format!("\"{n}\":\"{v}\""))
+            .collect();
         let reply = format!(
-            "{{\"host\":\"{name}\",\"conn\":{conn},\"sidecar\":\"{sidecar}\",\"method\":\"{method}\",\"path\":\"{}\",\"body\":\"{}\"}}",
+            "{{\"host\":\"{name}\",\"conn\":{conn},\"sidecar\":\"{sidecar}\",\"method\":\"{method}\",\"path\":\"{}\",\"headers\":{{{}}},\"body\":\"{}\"}}",
             path.replace('"', ""),
+            headers.join(","),
             String::from_utf8_lossy(&body).replace(['"', '\\'], "")
         );
         write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
