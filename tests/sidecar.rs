@@ -338,6 +338,93 @@ fn a_client_connection_keeps_its_backend_connection_until_the_backend_hangs_up()
     );
 }
 
+/// Writes `raw` to `sidecar`'s user listener in `pieces` writes and reads until
+/// the sidecar closes the connection (the last request says `Connection: close`).
+fn raw_exchange(sidecar: &Sidecar, raw: &[u8], pieces: usize) -> String {
+    use std::io::{Read, Write};
+    let addr = sidecar
+        .http_url("")
+        .trim_start_matches("http://")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // A deadline, not a wait: read_to_end returns when the sidecar closes.
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for piece in raw.chunks(raw.len().div_ceil(pieces)) {
+        s.write_all(piece).expect("write");
+        s.flush().expect("flush");
+    }
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .expect("the sidecar closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn plain_web_traffic_keeps_its_framing_on_one_connection() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r2", "--master", "repo2"]);
+    // A chunked answer, then one with a length on the same backend connection;
+    // one that ends with its connection closes the client's too, and the next
+    // request goes out on a new one.
+    let got = one_connection(&c.web1, &["/chunked", "/a", "/until-close", "/b"], None);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.iter().all(|(h, _)| h == "web1"), "{got:?}");
+    let conns: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert!(
+        conns[0] == conns[1] && conns[1] == conns[2] && conns[3] != conns[2],
+        "{conns:?}"
+    );
+
+    // Pipelined requests, a body, HEAD, and a routed Conduit call among plain
+    // ones: each answered in order, on one connection.
+    let raw = "GET /one HTTP/1.1\r\nHost: h\r\n\r\n\
+               PUT /two HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+               HEAD /three HTTP/1.1\r\nHost: h\r\n\r\n\
+               POST /api/diffusion.querycommits HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 13\r\n\r\nrepository=r2\
+               GET /four HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    for pieces in [1, raw.len()] {
+        let out = raw_exchange(&c.web1, raw.as_bytes(), pieces);
+        let heads = out.matches("HTTP/1.1 200 OK").count();
+        assert_eq!(heads, 5, "{pieces} writes: {out}");
+        let order: Vec<usize> = [
+            "\"path\":\"/one\"",
+            "\"method\":\"PUT\",\"path\":\"/two\"",
+            "\"body\":\"hello\"",
+            "\"host\":\"repo2\"",
+            "\"path\":\"/four\"",
+        ]
+        .iter()
+        .map(|m| out.find(m).unwrap_or_else(|| panic!("{m} in {out}")))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {out}");
+        assert!(!out.contains("/three\""), "HEAD has no body: {out}");
+    }
+
+    // A head that is not HTTP is refused, as on every listener.
+    let out = raw_exchange(&c.web1, b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n", 1);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[test]
+fn a_web_backend_that_is_down_gets_a_502_and_the_connection_goes_on() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let gone = Backend::start("gone");
+    let web = d.sidecar("web1", "web", Some(&gone));
+    drop(gone);
+    let raw =
+        "GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(&web, raw.as_bytes(), 1);
+    assert_eq!(out.matches("HTTP/1.1 502 Bad Gateway").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("\"reason\":\"web-backend-unreachable\"")
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
 #[test]
 fn routing_errors_tell_the_user_what_is_wrong() {
     let c = cluster(&[]);

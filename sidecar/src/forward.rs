@@ -239,13 +239,8 @@ impl Forwarder {
         let uri = Uri::try_from(path_and_query).map_err(|e| bad(e.to_string()))?;
         let mut headers = headers;
         if !headers.contains_key(header::HOST) {
-            // As hyper's client: the host, and the port unless it is 80; never userinfo.
-            let host = base.host().unwrap_or_default();
-            let value = match base.port_u16() {
-                Some(p) if p != 80 => HeaderValue::from_str(&format!("{host}:{p}")),
-                _ => HeaderValue::from_str(host),
-            };
-            headers.insert(header::HOST, value.map_err(|e| bad(e.to_string()))?);
+            let value = backend_host(base).map_err(|e| bad(e.to_string()))?;
+            headers.insert(header::HOST, value);
         }
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -303,8 +298,18 @@ pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
     resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 
+/// The `Host` a backend at `base` is sent, as hyper's client would: the host, and
+/// the port unless it is 80; never userinfo.
+pub fn backend_host(base: &Uri) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let host = base.host().unwrap_or_default();
+    match base.port_u16() {
+        Some(p) if p != 80 => HeaderValue::from_str(&format!("{host}:{p}")),
+        _ => HeaderValue::from_str(host),
+    }
+}
+
 /// Where to connect for `base`: its `host:port`, port 80 when it names none.
-fn connect_addr(base: &Uri) -> std::borrow::Cow<'_, str> {
+pub fn connect_addr(base: &Uri) -> std::borrow::Cow<'_, str> {
     if let Some(a) = base.authority() {
         if a.port().is_some() && !a.as_str().contains('@') {
             return a.as_str().into();

@@ -26,6 +26,7 @@ pub mod hook;
 pub mod identity;
 pub mod loopback;
 pub mod metrics;
+pub mod passthrough;
 pub mod replicate;
 pub mod route;
 pub mod server;

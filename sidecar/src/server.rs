@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use http::Uri;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_directory::cli::{Client, Global};
@@ -19,6 +20,7 @@ use crate::hook::Hooks;
 use crate::identity::{self, Identity};
 use crate::loopback::{self, Loopback};
 use crate::metrics::Metrics;
+use crate::passthrough::{Done, Passthrough, Prefixed};
 use crate::route::Router;
 use crate::sidecar::{Limits, Sidecar};
 use crate::{cluster, feed, heartbeat, replicate, user};
@@ -156,17 +158,24 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
         cfg.common.zone.clone(),
     ));
     let s = sc.clone();
-    tokio::spawn(serve(http, sc.forwarder.pool(), move |req, peer| {
-        user::handle(s.clone(), req, peer)
-    }));
+    tokio::spawn(serve(
+        http,
+        sc.forwarder.pool(),
+        Passthrough::new(sc.clone()),
+        move |req, peer| user::handle(s.clone(), req, peer),
+    ));
     let s = sc.clone();
-    tokio::spawn(serve(cluster_l, sc.forwarder.pool(), move |req, peer| {
-        cluster::handle(s.clone(), req, peer)
-    }));
+    tokio::spawn(serve(
+        cluster_l,
+        sc.forwarder.pool(),
+        None,
+        move |req, peer| cluster::handle(s.clone(), req, peer),
+    ));
     let (s, l) = (sc.clone(), lb.clone());
     tokio::spawn(serve(
         lb_listener,
         sc.forwarder.pool(),
+        None,
         move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
     ));
     tokio::spawn(heartbeat::run(
@@ -187,10 +196,15 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`.
+/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
+/// or first to the short way for plain web traffic (`passthrough`) when there is one.
 /// Backend connections its requests open stay with the connection (`conns::scope`).
-pub async fn serve<F, Fut>(listener: TcpListener, pool: Arc<Pool>, handler: F)
-where
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    fast: Option<Arc<Passthrough>>,
+    handler: F,
+) where
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::forward::BoxBody>> + Send + 'static,
 {
@@ -206,7 +220,15 @@ where
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let pool = pool.clone();
+        let fast = fast.clone();
         tokio::spawn(async move {
+            let io = match fast {
+                None => Prefixed::new(BytesMut::new(), stream),
+                Some(fast) => match fast.connection(stream, peer).await {
+                    Done::Closed => return,
+                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
+                },
+            };
             let service = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
@@ -215,7 +237,7 @@ where
                 .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             if let Err(e) = conns::scope(pool, conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended");

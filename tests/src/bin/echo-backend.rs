@@ -3,7 +3,8 @@
 //! which host a routed request landed on, and which of its connections carried
 //! it (`conn`, counted from 1), and the headers it got (`headers`, names in
 //! lower case, repeated ones joined with ", "). `/hangup` is answered, then its connection closed
-//! without warning. `echo-backend NAME` prints `listening ADDR` on stdout.
+//! without warning; `/chunked` is answered in chunks, `/until-close` with no
+//! length, the connection's end ending the body. `echo-backend NAME` prints `listening ADDR` on stdout.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -79,10 +80,29 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
             headers.join(","),
             String::from_utf8_lossy(&body).replace(['"', '\\'], "")
         );
-        write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
-        out.flush()?;
-        if path == "/hangup" {
-            return Ok(());
+        match path.as_str() {
+            // Chunked, in two chunks written apart, with a trailer.
+            "/chunked" => {
+                let (a, b) = reply.split_at(reply.len() / 2);
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x};part=1\r\n{a}\r\n", a.len())?;
+                out.flush()?;
+                write!(out, "{:x}\r\n{b}\r\n0\r\nX-Trailer: yes\r\n\r\n", b.len())?;
+                out.flush()?;
+            }
+            // No length: the body ends with the connection.
+            "/until-close" => {
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{reply}")?;
+                out.flush()?;
+                return Ok(());
+            }
+            _ => {
+                let body = if method == "HEAD" { "" } else { reply.as_str() };
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", reply.len())?;
+                out.flush()?;
+                if path == "/hangup" {
+                    return Ok(());
+                }
+            }
         }
     }
 }
