@@ -50,6 +50,23 @@ pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a 
         .collect()
 }
 
+/// Takes out the `Connection` header and the headers it names.
+pub fn drop_connection_listed(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = connection_tokens(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+    .into_iter()
+    .filter_map(|t| HeaderName::from_bytes(t).ok())
+    .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+}
+
 /// Whether a user's request header goes on to the local web backend. Every
 /// end-to-end header does, except `Host` (the backend gets its own, and the
 /// client's as `X-Forwarded-Host`), the length (set anew) and `X-Switchboard-*`

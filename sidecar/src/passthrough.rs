@@ -179,7 +179,7 @@ impl Passthrough {
                         StatusCode::BAD_GATEWAY,
                         "web-backend-unreachable",
                         &msg,
-                        plan.close,
+                        &plan,
                     );
                     if client.write_all(&page).await.is_err() || plan.close {
                         break Done::Closed;
@@ -187,6 +187,11 @@ impl Passthrough {
                 }
             }
             active = Instant::now();
+            // One large request does not keep its buffers for the connection's life.
+            if buf.is_empty() && buf.capacity() > 16 * 1024 {
+                buf = BytesMut::with_capacity(8 * 1024);
+            }
+            out.shrink_to(16 * 1024);
         };
         self.finish(backend, done)
     }
@@ -308,9 +313,10 @@ impl Passthrough {
     ) -> Result<bool, Failed> {
         let mut fresh = false;
         loop {
-            let mut b = match self.take(kept) {
-                Some(b) if !fresh => b,
-                _ => {
+            let reused = if fresh { None } else { self.take(kept) };
+            let mut b = match reused {
+                Some(b) => b,
+                None => {
                     fresh = true;
                     self.connect().await.map_err(Failed::Early)?
                 }
@@ -362,8 +368,8 @@ impl Passthrough {
                 return Some(b);
             }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((since, stream)) = idle.pop() {
+        loop {
+            let (since, stream) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if since.elapsed() < IDLE && alive(&stream) {
                 return Some(Backend {
                     stream,
@@ -372,7 +378,6 @@ impl Passthrough {
                 });
             }
         }
-        None
     }
 
     async fn connect(&self) -> Result<Backend, String> {
@@ -410,15 +415,16 @@ impl Passthrough {
         );
         let backend_close =
             resp.version != Some(1) || listed.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
+        // Repeated lengths, in one field or several, must agree (RFC 9112 §6.3).
         let mut lengths = resp
             .headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| parse_length(h.value));
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(|v| parse_length(v.trim_ascii()));
         let length = match lengths.next() {
             None => None,
             Some(first) => {
-                // Several lengths must agree (RFC 9112 §6.3); else it is not HTTP.
                 let n = first.ok_or(BAD)?;
                 if lengths.any(|l| l != Some(n)) {
                     return Err(BAD);
@@ -451,13 +457,18 @@ impl Passthrough {
         out.extend_from_slice(b"\r\n");
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            // The framing goes through as it is; a length beside a coding does not
-            // (RFC 9112 §6.1).
-            let hop = HOP_BY_HOP
-                .iter()
-                .any(|n| *n != "transfer-encoding" && name.eq_ignore_ascii_case(n.as_bytes()))
-                || listed.iter().any(|t| t.eq_ignore_ascii_case(name))
-                || (coding.is_some() && name.eq_ignore_ascii_case(b"content-length"));
+            // The framing goes through as it is, whatever `Connection` lists; a
+            // length beside a coding does not (RFC 9112 §6.1).
+            let framing_header = name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"content-length");
+            let hop = if framing_header {
+                coding.is_some() && name.eq_ignore_ascii_case(b"content-length")
+            } else {
+                HOP_BY_HOP
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+                    || listed.iter().any(|t| t.eq_ignore_ascii_case(name))
+            };
             if !hop {
                 push_header(&mut out, name, h.value);
             }
@@ -465,7 +476,11 @@ impl Passthrough {
         Ok(Some(Response {
             head: out,
             framing,
-            reuse: !backend_close && framing != Framing::UntilClose,
+            // A backend that sends both a coding and a length is not trusted to
+            // frame the next answer either.
+            reuse: !backend_close
+                && framing != Framing::UntilClose
+                && !(coding.is_some() && length.is_some()),
         }))
     }
 }
@@ -599,7 +614,8 @@ async fn copy_body(
 }
 
 /// The same JSON refusal as `sidecar::error`, as bytes on the wire.
-fn error_page(status: StatusCode, reason: &str, message: &str, close: bool) -> Vec<u8> {
+/// (Without the body for HEAD, as hyper does.)
+fn error_page(status: StatusCode, reason: &str, message: &str, plan: &Plan) -> Vec<u8> {
     let body = serde_json::json!({"error": message, "reason": reason}).to_string();
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{}: {reason}\r\ncontent-length: {}\r\n",
@@ -609,11 +625,13 @@ fn error_page(status: StatusCode, reason: &str, message: &str, close: bool) -> V
         body.len()
     )
     .into_bytes();
-    if close {
+    if plan.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
+    if !plan.head_method {
+        out.extend_from_slice(body.as_bytes());
+    }
     out
 }
 

@@ -19,7 +19,10 @@ pub async fn handle(
     mut req: Request<Incoming>,
     client: std::net::SocketAddr,
 ) -> Response<BoxBody> {
-    // Who asked, for the web backend (appended, as every proxy on the way does).
+    // Headers the client meant for this hop only go no further, whatever the
+    // route; then who asked, for the web backend (appended after that, so no
+    // client can take it off, as every proxy on the way does).
+    forward::drop_connection_listed(req.headers_mut());
     if let Ok(v) = http::HeaderValue::from_str(&client.ip().to_string()) {
         req.headers_mut().append(forward::X_FORWARDED_FOR, v);
     }
