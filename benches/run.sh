@@ -175,7 +175,13 @@ dnsperf_qps() { # port [extra args] -> qps
     | awk '/Queries per second/ {printf "%d", $4}'
 }
 
-declare -A QPS
+# How busy a CPU was between two of its /proc/stat lines, in percent.
+cpu_busy() { printf '%s\n%s\n' "$1" "$2" | awk '{idle=$5+$6; t=0; for (i=2; i<=NF; i++) t+=$i; if (NR==1) {i1=idle; t1=t} else printf "%d", (t>t1) ? 100-100*(idle-i1)/(t-t1) : 0}'; }
+
+# dnsperf on one core cannot always keep a server on the other core busy: each
+# round also records how busy each CPU was, so a server's rate per busy core shows
+# what it would do with the load generator out of the way.
+declare -A QPS BUSY LOADBUSY
 SERVERS="nsd knot bind switchboard"
 for round in $(seq 1 $ROUNDS); do
   for s in $SERVERS; do
@@ -188,9 +194,11 @@ for round in $(seq 1 $ROUNDS); do
     esac
     PIDS+=($pid)
     wait_answer $port h1.node.$ZONE A $pid >/dev/null
+    c0=$(grep '^cpu0 ' /proc/stat); c1=$(grep '^cpu1 ' /proc/stat)
     q=$(dnsperf_qps $port)
-    QPS[$s]="${QPS[$s]:-} $q"
-    echo "bench: round $round $s ${q} q/s"
+    b0=$(cpu_busy "$c0" "$(grep '^cpu0 ' /proc/stat)"); b1=$(cpu_busy "$c1" "$(grep '^cpu1 ' /proc/stat)")
+    QPS[$s]="${QPS[$s]:-} $q"; BUSY[$s]="${BUSY[$s]:-} $b0"; LOADBUSY[$s]="${LOADBUSY[$s]:-} $b1"
+    echo "bench: round $round $s ${q} q/s, server CPU ${b0}% busy, dnsperf CPU ${b1}%"
     kill $pid; wait $pid 2>/dev/null || true
   done
 done
@@ -519,6 +527,8 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"dns_qps\": {"
   first=1; for s in $SERVERS; do [ $first = 1 ] || echo ","; first=0; printf "    \"%s\": %s" $s "$(json_list "${QPS[$s]}")"; done; echo
   echo "  },"
+  echo "  \"dns_server_cpu_busy_pct\": {$(for s in $SERVERS; do printf '"%s": %s, ' $s "$(json_list "${BUSY[$s]}")"; done | sed 's/, $//')},"
+  echo "  \"dns_dnsperf_cpu_busy_pct\": {$(for s in $SERVERS; do printf '"%s": %s, ' $s "$(json_list "${LOADBUSY[$s]}")"; done | sed 's/, $//')},"
   echo "  \"p99_ms_at_half_bind\": {\"rate\": $HALF, $(for s in $SERVERS; do printf '"%s": %s, ' $s ${P99[$s]}; done | sed 's/, $//')},"
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in $SCALE_RUNS; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
@@ -546,11 +556,13 @@ if [ $QUICK = 0 ]; then
     echo
     echo "dnsperf, 20 clients, 200 outstanding; $HOSTS hosts, $SERVICES services x 3 bindings; mix 40% A, 30% SRV, 20% TXT, 10% NXDOMAIN."
     echo
-    echo "| server | median q/s | spread | vs NSD |"
-    echo "| --- | --- | --- | --- |"
+    echo "| server | median q/s | spread | vs NSD | server CPU busy % | dnsperf CPU busy % | q/s per busy server CPU | vs NSD |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    NSD_PER=$(awk -v a="$NSD_MED" -v b="$(med "${BUSY[nsd]}")" 'BEGIN {printf "%d", (b > 0) ? a * 100 / b : 0}')
     for s in $SERVERS; do
-      m=$(med "${QPS[$s]}")
-      echo "| $s | $m | $(spr "${QPS[$s]}") | $(awk -v a="$m" -v b="$NSD_MED" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}') |"
+      m=$(med "${QPS[$s]}"); b=$(med "${BUSY[$s]}")
+      per=$(awk -v a="$m" -v b="$b" 'BEGIN {printf "%d", (b > 0) ? a * 100 / b : 0}')
+      echo "| $s | $m | $(spr "${QPS[$s]}") | $(awk -v a="$m" -v b="$NSD_MED" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}') | $b | $(med "${LOADBUSY[$s]}") | $per | $(awk -v a="$per" -v b="$NSD_PER" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}') |"
     done
     echo
     echo "## DNS latency at half of BIND's peak ($HALF q/s)"
