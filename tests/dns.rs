@@ -331,3 +331,73 @@ fn queries_are_case_insensitive_and_other_classes_refused() {
     );
     assert_eq!(d.dig(&n("web1.node"), "A", &["-c", "CH"]).status, "REFUSED");
 }
+
+/// A query for `name` (absolute, dotted) of `qtype`, with `id`, as a resolver sends it.
+fn query_packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_burst_of_queries_from_many_senders_gets_every_answer_to_its_sender() {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::RData;
+    let d = Directory::demo();
+    // Four senders, 64 queries each, all sent before any answer is read, so the
+    // server takes them many to a system call.
+    let senders: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let names = [
+        ("web1.node", "10.0.1.11"),
+        ("nosuch.node", ""),
+        ("web1.node", "10.0.1.11"),
+    ];
+    for (s, sock) in senders.iter().enumerate() {
+        for i in 0..64u16 {
+            let (name, _) = names[i as usize % names.len()];
+            let id = (s as u16) << 8 | i;
+            sock.send_to(&query_packet(id, &n(name), 1), d.dns)
+                .expect("send");
+        }
+    }
+    for (s, sock) in senders.iter().enumerate() {
+        // A deadline per answer, not a wait: each recv returns as soon as one arrives.
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 1500];
+        while seen.len() < 64 {
+            let (len, from) = sock
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("sender {s}: {} of 64 answers, then {e}", seen.len()));
+            assert_eq!(from, d.dns);
+            let m = Message::from_vec(&buf[..len]).expect("a DNS message");
+            let id = m.metadata.id;
+            assert_eq!(id >> 8, s as u16, "sender {s} got another sender's answer");
+            let (_, want) = names[(id & 0xff) as usize % names.len()];
+            let got: Vec<String> = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0.to_string()),
+                    _ => None,
+                })
+                .collect();
+            if want.is_empty() {
+                assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
+            } else {
+                assert_eq!(got, vec![want.to_string()], "{m:?}");
+            }
+            assert!(seen.insert(id), "one answer per query: {id:#x} twice");
+        }
+    }
+}

@@ -300,7 +300,8 @@ pub async fn respond(
 }
 
 /// Serves UDP on `socket` with `workers` threads, each a loop of receive, fast
-/// answer, send; declined queries go to `slow_udp` on the runtime. With `rrl`,
+/// answer, send, a batch of packets at a time (`mmsg`); declined queries go to
+/// `slow_udp` on the runtime. With `rrl`,
 /// every answer first asks the rate limiter.
 pub fn spawn_udp(
     socket: std::net::UdpSocket,
@@ -325,50 +326,64 @@ pub fn spawn_udp(
         let spawned = std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
             .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut out = Vec::with_capacity(4096);
+                let mut batch = crate::mmsg::Batch::default();
+                let mut outs: Vec<Vec<u8>> = (0..crate::mmsg::BATCH)
+                    .map(|_| Vec::with_capacity(4096))
+                    .collect();
+                let mut replies = Vec::with_capacity(crate::mmsg::BATCH);
                 // (checked: `Instant` may be younger than a minute right after boot)
                 let mut shed_logged = std::time::Instant::now()
                     .checked_sub(Duration::from_secs(60))
                     .unwrap_or_else(std::time::Instant::now);
                 loop {
-                    let (n, src) = match socket.recv_from(&mut buf) {
-                        Ok(x) => x,
+                    let n = match batch.recv(&socket) {
+                        Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "UDP receive failed");
                             continue;
                         }
                     };
-                    let query = &buf[..n];
-                    if let Some(rrl) = &rrl {
-                        match rrl.check(src.ip(), std::time::Instant::now()) {
-                            Verdict::Send => {}
-                            Verdict::Slip => {
-                                if crate::wire::truncated(query, &mut out).is_some() {
-                                    let _ = socket.send_to(&out, src);
+                    replies.clear();
+                    for (i, out) in outs.iter_mut().enumerate().take(n) {
+                        let (query, src) = batch.packet(i);
+                        let Some(src) = src else { continue };
+                        if let Some(rrl) = &rrl {
+                            match rrl.check(src.ip(), std::time::Instant::now()) {
+                                Verdict::Send => {}
+                                Verdict::Slip => {
+                                    if crate::wire::truncated(query, out).is_some() {
+                                        replies.push(i);
+                                    }
+                                    continue;
                                 }
-                                continue;
+                                Verdict::Drop => continue,
                             }
-                            Verdict::Drop => continue,
+                        }
+                        let answered = {
+                            let v = view.load();
+                            crate::wire::answer(&v, query, out).is_some()
+                        };
+                        if answered {
+                            replies.push(i);
+                        } else if let Ok(permit) = slow.clone().try_acquire_owned() {
+                            let raw = query.to_vec();
+                            runtime.spawn(slow_udp(
+                                handler.clone(),
+                                raw,
+                                src,
+                                socket.clone(),
+                                permit,
+                            ));
+                        } else if shed_logged.elapsed() >= Duration::from_secs(10) {
+                            tracing::warn!(
+                                inflight = SLOW_UDP_INFLIGHT,
+                                "too many queries on the full path; dropping until some finish"
+                            );
+                            shed_logged = std::time::Instant::now();
                         }
                     }
-                    let answered = {
-                        let v = view.load();
-                        crate::wire::answer(&v, query, &mut out).is_some()
-                    };
-                    if answered {
-                        let _ = socket.send_to(&out, src);
-                    } else if let Ok(permit) = slow.clone().try_acquire_owned() {
-                        let raw = query.to_vec();
-                        runtime.spawn(slow_udp(handler.clone(), raw, src, socket.clone(), permit));
-                    } else if shed_logged.elapsed() >= Duration::from_secs(10) {
-                        tracing::warn!(
-                            inflight = SLOW_UDP_INFLIGHT,
-                            "too many queries on the full path; dropping until some finish"
-                        );
-                        shed_logged = std::time::Instant::now();
-                    }
+                    batch.send(&socket, &replies, &outs);
                 }
             });
         if let Err(e) = spawned {

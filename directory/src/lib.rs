@@ -17,6 +17,7 @@ pub mod console;
 pub mod dns;
 pub mod events;
 pub mod keys;
+pub mod mmsg;
 pub mod model;
 pub mod process;
 pub mod rrl;
