@@ -5,9 +5,10 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-/// Packets taken in one call.
+/// Packets taken in one call. Answers go out when the whole batch is done, so a
+/// batch is kept small: the first query waits for at most 15 others.
 #[cfg(target_os = "linux")]
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 16;
 #[cfg(not(target_os = "linux"))]
 pub const BATCH: usize = 1;
 /// The largest query read (a longer one is cut, and then refused as malformed).
@@ -15,6 +16,8 @@ pub const PACKET: usize = 4096;
 
 /// Received packets and their senders.
 pub struct Batch {
+    /// How many packets the last `recv` took.
+    n: usize,
     bufs: Vec<[u8; PACKET]>,
     lens: [usize; BATCH],
     from: [Option<SocketAddr>; BATCH],
@@ -27,6 +30,7 @@ pub struct Batch {
 impl Default for Batch {
     fn default() -> Self {
         Batch {
+            n: 0,
             bufs: vec![[0; PACKET]; BATCH],
             lens: [0; BATCH],
             from: [None; BATCH],
@@ -43,6 +47,7 @@ impl Batch {
     /// Packet `i` of the last `recv` and who sent it (`None`: an address family
     /// this server does not answer).
     pub fn packet(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        debug_assert!(i < self.n, "packet {i} of a batch of {}", self.n);
         (&self.bufs[i][..self.lens[i]], self.from[i])
     }
 
@@ -51,14 +56,19 @@ impl Batch {
     #[cfg(target_os = "linux")]
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
+        // Each pointer is derived from one pointer to the whole buffer, so none
+        // invalidates another.
+        let bufs = self.bufs.as_mut_ptr();
+        let names = self.names.as_mut_ptr();
+        // SAFETY (both `add`s): i < BATCH, the length of `bufs` and of `names`.
         let mut iov: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.bufs[i].as_mut_ptr().cast(),
+            iov_base: unsafe { bufs.add(i) }.cast(),
             iov_len: PACKET,
         });
         // SAFETY: mmsghdr is plain data; the fields that matter are set below.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, h) in hdrs.iter_mut().enumerate() {
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_name = unsafe { names.add(i) }.cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
             h.msg_hdr.msg_iov = &mut iov[i];
             h.msg_hdr.msg_iovlen = 1;
@@ -70,7 +80,7 @@ impl Batch {
                 socket.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 BATCH as _,
-                libc::MSG_WAITFORONE,
+                libc::MSG_WAITFORONE as _,
                 std::ptr::null_mut(),
             )
         };
@@ -78,6 +88,7 @@ impl Batch {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
+        self.n = n;
         for (i, h) in hdrs.iter().enumerate().take(n) {
             self.lens[i] = (h.msg_len as usize).min(PACKET);
             self.namelens[i] = h.msg_hdr.msg_namelen;
@@ -91,13 +102,14 @@ impl Batch {
         let (n, from) = socket.recv_from(&mut self.bufs[0])?;
         self.lens[0] = n;
         self.from[0] = Some(from);
+        self.n = 1;
         Ok(1)
     }
 
     /// Sends `outs[i]` back to the sender of packet `i`, for each `i` in `to`.
     /// An answer the kernel refuses is dropped (logged) and the rest still go.
     #[cfg(target_os = "linux")]
-    pub fn send(&mut self, socket: &UdpSocket, to: &[usize], outs: &[Vec<u8>]) {
+    pub fn send(&self, socket: &UdpSocket, to: &[usize], outs: &[Vec<u8>]) {
         use std::os::fd::AsRawFd;
         let mut iov: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -105,20 +117,29 @@ impl Batch {
         });
         // SAFETY: mmsghdr is plain data; the fields that matter are set below.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        let count = to.len().min(BATCH);
-        for (k, &i) in to.iter().take(count).enumerate() {
-            iov[k].iov_base = outs[i].as_ptr() as *mut libc::c_void;
-            iov[k].iov_len = outs[i].len();
-            let h = &mut hdrs[k].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+        // Which packet each header answers.
+        let mut dest = [0usize; BATCH];
+        let mut count = 0;
+        for &i in to {
+            if i >= self.n || self.from[i].is_none() || count == BATCH {
+                continue;
+            }
+            iov[count].iov_base = outs[i].as_ptr().cast_mut().cast();
+            iov[count].iov_len = outs[i].len();
+            let h = &mut hdrs[count].msg_hdr;
+            // SAFETY: i < self.n <= BATCH; the kernel only reads the address.
+            h.msg_name = unsafe { self.names.as_ptr().add(i) }.cast_mut().cast();
             h.msg_namelen = self.namelens[i];
-            h.msg_iov = &mut iov[k];
+            h.msg_iov = &mut iov[count];
             h.msg_iovlen = 1;
+            dest[count] = i;
+            count += 1;
         }
         let mut start = 0;
         while start < count {
             // SAFETY: headers `start..count` point at live answers and addresses
-            // with their true sizes; the kernel only reads them.
+            // with their true sizes; the kernel reads those and writes only each
+            // header's `msg_len`.
             let sent = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
@@ -136,13 +157,13 @@ impl Batch {
                 continue;
             }
             // The first one failed (an unreachable sender, say): skip it.
-            tracing::debug!(error = %e, to = ?self.from[to[start]], "UDP answer not sent");
+            tracing::debug!(error = %e, to = ?self.from[dest[start]], "UDP answer not sent");
             start += 1;
         }
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn send(&mut self, socket: &UdpSocket, to: &[usize], outs: &[Vec<u8>]) {
+    pub fn send(&self, socket: &UdpSocket, to: &[usize], outs: &[Vec<u8>]) {
         for &i in to {
             if let Some(addr) = self.from[i] {
                 let _ = socket.send_to(&outs[i], addr);
