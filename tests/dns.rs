@@ -6,7 +6,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use switchboard_directory::model::PublicKey;
-use switchboard_tests::Directory;
+use switchboard_tests::{dns_query, Directory};
 
 const Z: &str = "cluster.example.";
 
@@ -332,20 +332,6 @@ fn queries_are_case_insensitive_and_other_classes_refused() {
     assert_eq!(d.dig(&n("web1.node"), "A", &["-c", "CH"]).status, "REFUSED");
 }
 
-/// A query for `name` (absolute, dotted) of `qtype`, with `id`, as a resolver sends it.
-fn query_packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut p = id.to_be_bytes().to_vec();
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.push(0);
-    p.extend_from_slice(&qtype.to_be_bytes());
-    p.extend_from_slice(&1u16.to_be_bytes());
-    p
-}
-
 #[test]
 fn a_burst_of_queries_from_many_senders_gets_every_answer_to_its_sender() {
     use hickory_proto::op::{Message, ResponseCode};
@@ -365,7 +351,7 @@ fn a_burst_of_queries_from_many_senders_gets_every_answer_to_its_sender() {
         for i in 0..64u16 {
             let (name, _) = names[i as usize % names.len()];
             let id = (s as u16) << 8 | i;
-            sock.send_to(&query_packet(id, &n(name), 1), d.dns)
+            sock.send_to(&dns_query(id, &n(name), 1, false), d.dns)
                 .expect("send");
         }
     }
