@@ -439,3 +439,108 @@ fn oversized_values_are_refused_not_served_broken() {
     let (code, v) = d.curl("GET", "/v1/feed?since=18446744073709551615", &[], None);
     assert_eq!(code, 200, "{v}");
 }
+
+/// Keys that must never reach the store: an off-curve string, the all-zero
+/// string, the identity, and the identity spelled as `p + 1` (non-canonical).
+fn bad_keys() -> Vec<(&'static str, [u8; 32])> {
+    let off_curve = (0u8..=255)
+        .map(|i| [i; 32])
+        .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+        .expect("some 32-byte string is not a point");
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut p_plus_1 = [0xffu8; 32];
+    p_plus_1[0] = 0xee;
+    p_plus_1[31] = 0x7f;
+    vec![
+        ("off-curve", off_curve),
+        ("all-zero", [0u8; 32]),
+        ("identity", identity),
+        ("non-canonical", p_plus_1),
+    ]
+}
+
+fn openssh_line(raw: &[u8; 32]) -> String {
+    use base64::Engine;
+    let mut blob = Vec::new();
+    for part in [&b"ssh-ed25519"[..], &raw[..]] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    format!(
+        "ssh-ed25519 {} evil@example",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
+
+#[test]
+fn keys_that_are_not_sound_curve_points_are_refused_in_every_form_and_the_store_stays_loadable() {
+    use base64::Engine;
+    let mut d = Directory::demo();
+    let url = |d: &Directory, p: &str| format!("{}{p}", d.server_url());
+    let serial_before = d.dig(Z, "SOA", &[]).data("SOA");
+    for (what, raw) in bad_keys() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        for form in [b64.clone(), format!("ed25519:{b64}"), openssh_line(&raw)] {
+            // The admin API.
+            let body =
+                serde_json::json!({"name": "evil", "addrs": ["10.9.9.9"], "key": form}).to_string();
+            let h = signed_headers(
+                &d.admin_key,
+                "POST",
+                &url(&d, "/v1/hosts"),
+                body.as_bytes(),
+                unix_now(),
+            );
+            let (code, v) = d.curl("POST", "/v1/hosts", &h, Some(body.as_bytes()));
+            assert!(
+                (400..500).contains(&code),
+                "{what} key {form:?} was accepted: {code} {v}"
+            );
+            assert!(
+                v["error"].as_str().unwrap_or_default().contains("key"),
+                "{what}: {v}"
+            );
+            // The CLI.
+            let out = d.cli(&[
+                "host", "add", "evil", "--addr", "10.9.9.9", "--pubkey", &form,
+            ]);
+            assert!(
+                !out.status.success(),
+                "{what} key {form:?} was accepted by the CLI"
+            );
+            let err = stderr(&out);
+            assert!(
+                err.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .contains("not a valid ed25519")
+                    || err.lines().next().unwrap_or_default().contains("weak"),
+                "{err}"
+            );
+        }
+        // A zone file that names it.
+        let zone = switchboard_tests::demo_zone(&d.admin_pub)
+            + &format!("evil.node 60 IN A 10.9.9.9\nevil.node 60 IN TXT \"key=ed25519:{b64}\"\n");
+        let path = d.dir.path().join("evil.zone");
+        std::fs::write(&path, zone).expect("write zone");
+        let out = d.cli(&["zone", "import", path.to_str().expect("utf-8 path")]);
+        assert!(
+            !out.status.success(),
+            "a zone with the {what} key was imported"
+        );
+    }
+    assert_eq!(
+        d.dig(Z, "SOA", &[]).data("SOA"),
+        serial_before,
+        "nothing changed"
+    );
+    assert_eq!(d.dig(&n("evil.node"), "A", &[]).status, "NXDOMAIN");
+    // The state still loads, and an export of it imports.
+    d.stop();
+    d.start();
+    let out = d.cli_ok(&["zone", "export", Z]);
+    let path = d.dir.path().join("export.zone");
+    std::fs::write(&path, out).expect("write export");
+    d.cli_ok(&["zone", "import", path.to_str().expect("utf-8 path")]);
+}

@@ -193,3 +193,78 @@ fn fifty_random_kills_lose_no_acknowledged_change() {
         );
     }
 }
+
+#[test]
+fn a_stored_record_that_cannot_be_read_is_left_out_and_everything_else_is_served() {
+    use switchboard_directory::model::PublicKey;
+    use switchboard_directory::store::{sled::SledStore, Change, Store};
+    let mut d = Directory::demo();
+    d.stop();
+    {
+        // Records as a buggy or older directory may have written them: a key
+        // that is not a curve point inside the zone's snapshot, and in two
+        // later changes.
+        let off_curve = (0u8..=255)
+            .map(|i| [i; 32])
+            .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+            .expect("some 32-byte string is not a point");
+        let store = SledStore::open(&d.data_dir()).expect("open the store");
+        let mut zone = store.load().expect("load").zones.remove(0);
+        let weak = |name: &str, from: &switchboard_directory::model::Host| {
+            let mut h = from.clone();
+            h.name = name.to_string();
+            h.key = Some(PublicKey(off_curve));
+            h
+        };
+        let web2 = zone.hosts["web2"].clone();
+        zone.hosts.insert("evil1".into(), weak("evil1", &web2));
+        zone.serial += 1;
+        store.replace_zone(&zone, &[]).expect("write a snapshot");
+        let web1 = weak("web1", &zone.hosts["web1"]);
+        store
+            .commit(
+                zone.origin(),
+                zone.serial + 1,
+                &[Change::PutHost(weak("evil2", &web2)), Change::PutHost(web1)],
+                &[],
+            )
+            .expect("commit");
+    }
+    d.try_start()
+        .unwrap_or_else(|e| panic!("one bad record stopped the directory: {e}"));
+    // Everything else is served; the unreadable entities are not.
+    assert_eq!(d.dig(&n("web2.node"), "A", &[]).status, "NOERROR");
+    assert!(!d.dig(&n("web2.node"), "A", &[]).data("A").is_empty());
+    for gone in ["evil1", "evil2", "web1"] {
+        assert_eq!(
+            d.dig(&n(&format!("{gone}.node")), "A", &[]).status,
+            "NXDOMAIN",
+            "{gone}"
+        );
+    }
+    // `status` counts and names them.
+    let v: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "status"])).expect("json");
+    let bad = v["unreadable"].as_array().expect("an unreadable list");
+    assert_eq!(bad.len(), 3, "{v}");
+    for name in ["evil1", "evil2", "web1"] {
+        assert!(
+            bad.iter()
+                .any(|u| u["key"].as_str().unwrap_or_default().contains(name)
+                    && u["reason"].as_str().unwrap_or_default().contains("key")),
+            "{name} missing from {v}"
+        );
+    }
+    let table = d.cli_ok(&["status"]);
+    assert!(
+        table.contains("3 stored record(s) could not be read"),
+        "{table}"
+    );
+    // Changes go on, and survive a restart.
+    d.cli_ok(&["host", "disable", "db1"]);
+    let before = serial(&d);
+    d.stop();
+    d.start();
+    assert_eq!(serial(&d), before);
+    assert_eq!(d.dig(&n("web2.node"), "A", &[]).status, "NOERROR");
+}

@@ -42,10 +42,34 @@ impl PublicKey {
             .to_ascii_lowercase()
     }
 
-    /// The key for signature checks, or an error if the bytes are not a curve point.
+    /// The one gate every public key from outside passes (base64, `ed25519:`,
+    /// OpenSSH, the store, zone files): the 32 bytes must be the canonical
+    /// encoding of a curve point that is not of small order. A weak key (the
+    /// identity, all-zero, any small-order point) verifies forged signatures
+    /// over many messages; a non-canonical encoding names the same point as
+    /// another key while its fingerprint differs.
+    pub fn from_bytes(raw: [u8; 32]) -> Result<Self, Invalid> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| {
+            Invalid("the key is not a valid ed25519 public key (not a curve point)".into())
+        })?;
+        if key.to_edwards().compress().to_bytes() != raw {
+            return invalid(
+                "the key is not a valid ed25519 public key (not the canonical encoding of its point)",
+            );
+        }
+        if key.is_weak() {
+            return invalid("the key is a weak ed25519 public key (a small-order point); make a new one with keygen");
+        }
+        Ok(PublicKey(raw))
+    }
+
+    /// The key for signature checks, or an error if the bytes are not a curve
+    /// point or are a weak key (a key from [`PublicKey::from_bytes`] is neither).
     pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, Invalid> {
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| Invalid("the key is not a valid ed25519 public key".into()))
+        match ed25519_dalek::VerifyingKey::from_bytes(&self.0) {
+            Ok(key) if !key.is_weak() => Ok(key),
+            _ => invalid("the key is not a valid ed25519 public key"),
+        }
     }
 }
 
@@ -63,7 +87,7 @@ impl FromStr for PublicKey {
                     k.algorithm()
                 ));
             };
-            return Ok(PublicKey(ed.0));
+            return PublicKey::from_bytes(ed.0);
         }
         let b64 = s
             .trim()
@@ -76,9 +100,7 @@ impl FromStr for PublicKey {
         let raw: [u8; 32] = bytes.try_into().map_err(|_| {
             Invalid("an ed25519 public key is 32 bytes (44 characters of base64)".into())
         })?;
-        let key = PublicKey(raw);
-        key.verifying_key()?;
-        Ok(key)
+        PublicKey::from_bytes(raw)
     }
 }
 
@@ -846,6 +868,64 @@ mod tests {
             .unwrap_or(k);
         assert_eq!(k.fingerprint().len(), 52);
         assert!("ed25519:AAAA".parse::<PublicKey>().is_err());
+    }
+
+    /// `p + k` (p = 2^255 - 19) as a little-endian field encoding: the
+    /// non-canonical spelling of the y-coordinate `k`.
+    fn above_p(k: u8) -> [u8; 32] {
+        let mut b = [0xffu8; 32];
+        b[0] = 0xed + k;
+        b[31] = 0x7f;
+        b
+    }
+
+    fn openssh_line(raw: &[u8; 32]) -> String {
+        let mut blob = Vec::new();
+        for part in [&b"ssh-ed25519"[..], &raw[..]] {
+            blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            blob.extend_from_slice(part);
+        }
+        format!(
+            "ssh-ed25519 {} test",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
+    #[test]
+    fn every_form_of_a_key_refuses_weak_non_canonical_and_off_curve_keys() {
+        let good = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32])
+            .verifying_key()
+            .to_bytes();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // A y-coordinate that is on no point: the first one found, for the test.
+        let off_curve = (0u8..=255)
+            .map(|i| [i; 32])
+            .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+            .expect("some 32-byte string is not a point");
+        // Spellings of y >= p that decompress to a point of large order.
+        let non_canonical: Vec<[u8; 32]> = (2..19)
+            .map(above_p)
+            .filter(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_ok_and(|k| !k.is_weak()))
+            .collect();
+        assert!(
+            !non_canonical.is_empty(),
+            "no non-canonical point found to test"
+        );
+        let mut bad = vec![[0u8; 32], identity, off_curve, above_p(1)];
+        bad.extend(non_canonical);
+        for raw in bad {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+            for form in [b64.clone(), format!("ed25519:{b64}"), openssh_line(&raw)] {
+                assert!(form.parse::<PublicKey>().is_err(), "{form} was accepted");
+            }
+            assert!(PublicKey::from_bytes(raw).is_err());
+            assert!(serde_json::from_value::<PublicKey>(serde_json::json!(b64)).is_err());
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(good);
+        for form in [b64.clone(), format!("ed25519:{b64}"), openssh_line(&good)] {
+            assert_eq!(form.parse::<PublicKey>(), Ok(PublicKey(good)), "{form}");
+        }
     }
 
     #[test]

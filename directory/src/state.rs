@@ -13,7 +13,7 @@ use hickory_proto::rr::{LowerName, Name};
 
 use crate::events::{self, Draft, Event};
 use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Zone};
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, Store, StoreError, Unreadable};
 use crate::view::{self, View, ViewConfig};
 
 /// A change the admin API can ask for.
@@ -127,6 +127,8 @@ pub struct Directory {
     /// Sidecar heartbeats by (zone, host).
     heartbeats: Mutex<std::collections::HashMap<(String, String), Heartbeat>>,
     started: std::time::Instant,
+    /// Stored records left out at start because they could not be read.
+    unreadable: Vec<Unreadable>,
 }
 
 /// What the directory remembers of a host's heartbeats: in memory, except
@@ -218,7 +220,9 @@ impl Directory {
         let mut view = View::default();
         let mut stamp = None;
         let mut saved_views = std::collections::HashMap::new();
-        for z in store.load()? {
+        let loaded = store.load()?;
+        let mut unreadable = loaded.unreadable;
+        for z in loaded.zones {
             let cached = store.load_view(z.origin()).and_then(|bytes| {
                 let stamp = stamp.get_or_insert_with(view::cache::stamp).as_ref()?;
                 let zv = view::cache::decode(&z, cfg, stamp, &bytes);
@@ -232,13 +236,26 @@ impl Directory {
                     saved_views.insert(z.origin().to_string(), z.serial);
                     zv
                 }
-                None => view::build(&z, cfg).map_err(ApplyError::Invalid)?,
+                None => match view::build(&z, cfg) {
+                    Ok(zv) => zv,
+                    Err(reason) => {
+                        unreadable.push(Unreadable {
+                            key: format!("{}/", z.origin()),
+                            reason: format!("the zone is not served: {reason}"),
+                        });
+                        continue;
+                    }
+                },
             };
             view = view.with_zone(&zv.origin.clone(), Some(Arc::new(zv)));
             zones.insert(z.origin().to_string(), z);
         }
+        for u in &unreadable {
+            tracing::error!(key = %u.key, reason = %u.reason, "stored record is unreadable; left out, serving the rest (see `status`)");
+        }
         let last_event = store.last_event_id()?;
         let dir = Directory {
+            unreadable,
             next_event: Mutex::new(last_event + 1),
             heartbeats: Mutex::new(Default::default()),
             started: std::time::Instant::now(),
@@ -308,6 +325,11 @@ impl Directory {
     /// A receiver that sees a new value after every change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Stored records that could not be read at start (left out of the model).
+    pub fn unreadable(&self) -> &[Unreadable] {
+        &self.unreadable
     }
 
     /// Origins of every zone, sorted.
@@ -1268,8 +1290,8 @@ mod tests {
     struct NullStore;
 
     impl Store for NullStore {
-        fn load(&self) -> Result<Vec<Zone>, StoreError> {
-            Ok(vec![])
+        fn load(&self) -> Result<crate::store::Loaded, StoreError> {
+            Ok(Default::default())
         }
         fn commit(
             &self,
@@ -1327,8 +1349,8 @@ mod tests {
     struct LogStore(Arc<Mutex<Vec<Event>>>);
 
     impl Store for LogStore {
-        fn load(&self) -> Result<Vec<Zone>, StoreError> {
-            Ok(vec![])
+        fn load(&self) -> Result<crate::store::Loaded, StoreError> {
+            Ok(Default::default())
         }
         fn commit(&self, _: &str, _: u32, _: &[Change], ev: &[Event]) -> Result<(), StoreError> {
             self.append_events(ev)

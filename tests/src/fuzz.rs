@@ -179,8 +179,8 @@ pub fn ssh_command(data: &[u8]) {
 struct NullStore;
 
 impl Store for NullStore {
-    fn load(&self) -> Result<Vec<Zone>, StoreError> {
-        Ok(vec![])
+    fn load(&self) -> Result<switchboard_directory::store::Loaded, StoreError> {
+        Ok(Default::default())
     }
     fn commit(
         &self,

@@ -33,6 +33,7 @@ pub fn status(admin: &Admin) -> Reply {
     json(&serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "zones": summary(admin),
+        "unreadable": admin.dir.unreadable(),
     }))
 }
 

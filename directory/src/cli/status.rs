@@ -32,6 +32,22 @@ pub async fn run(c: &Client) -> Result<(), CliError> {
                 &rows
             )
         );
+        let bad = v
+            .get("unreadable")
+            .and_then(|u| u.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !bad.is_empty() {
+            println!(
+                "\n{} stored record(s) could not be read at start and are left out:",
+                bad.len()
+            );
+            let rows: Vec<Vec<String>> = bad
+                .iter()
+                .map(|u| vec![field(u, "key"), field(u, "reason")])
+                .collect();
+            println!("{}", table(&["RECORD", "REASON"], &rows));
+        }
     });
     Ok(())
 }

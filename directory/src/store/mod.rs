@@ -19,6 +19,24 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// What [`Store::load`] read: every zone it could, and each record it could not.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub zones: Vec<Zone>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A stored record that could not be read. One bad record never stops the
+/// directory: it is left out of the model (an entity whose latest record is
+/// unreadable is absent; a zone whose apex, serial or snapshot is unreadable is
+/// not served), logged at start and listed by `status` until the next start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unreadable {
+    /// The store's key, e.g. `cluster.example./h/web1` or a snapshot's `…/hosts[3]`.
+    pub key: String,
+    pub reason: String,
+}
+
 /// One entity-level change inside a batch.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -34,8 +52,9 @@ pub enum Change {
 
 /// A durable home for zones.
 pub trait Store: Send + Sync {
-    /// Every stored zone, whole.
-    fn load(&self) -> Result<Vec<Zone>, StoreError>;
+    /// Every stored zone, whole, and the records that could not be read. An
+    /// error means the store itself could not be read (I/O), not one record.
+    fn load(&self) -> Result<Loaded, StoreError>;
 
     /// Applies `changes`, sets the zone's serial and appends `events` to the
     /// audit log, atomically and durably.

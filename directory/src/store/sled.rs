@@ -27,7 +27,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, Store, StoreError};
+use super::{Change, Loaded, Store, StoreError, Unreadable};
 use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone, ZoneMeta};
 
@@ -70,12 +70,64 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A zone's entities, whole, as seeded or imported.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Default)]
 struct Snapshot {
     hosts: Vec<Host>,
     bindings: Vec<Binding>,
     repos: Vec<Repo>,
     admins: Vec<AdminKey>,
+}
+
+/// A snapshot as read back: each entity is parsed on its own, so one that
+/// cannot be read is skipped and reported rather than failing the load.
+#[derive(Deserialize)]
+struct SnapshotIn<'a> {
+    #[serde(borrow)]
+    hosts: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    bindings: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    repos: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    admins: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// Parses each of a snapshot's records of one kind, reporting those that fail
+/// (by name when the record has a readable `name`).
+fn parse_each<T: DeserializeOwned>(
+    key: &str,
+    what: &str,
+    raw: &[&serde_json::value::RawValue],
+    unreadable: &mut Vec<Unreadable>,
+) -> Vec<T> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: Option<String>,
+        host: Option<String>,
+        service: Option<String>,
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        match serde_json::from_str::<T>(r.get()) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                let label = match serde_json::from_str::<Named>(r.get()) {
+                    Ok(Named { name: Some(n), .. }) => n,
+                    Ok(Named {
+                        host: Some(h),
+                        service: Some(s),
+                        ..
+                    }) => format!("{h}/{s}"),
+                    _ => format!("#{i}"),
+                };
+                unreadable.push(Unreadable {
+                    key: format!("{key} {what} {label}"),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -277,8 +329,41 @@ impl SledStore {
     }
 }
 
-/// Applies one overlay entry (`KIND/NAME` = value) to `zone`.
+/// Applies one overlay entry (`KIND/NAME` = value) to `zone`. An entry that
+/// cannot be read leaves its entity out (its latest state is unknown, so an
+/// older one is not served in its place) and is returned as the error.
 fn overlay(zone: &mut Zone, k: &str, kind: &str, name: &str, v: &[u8]) -> Result<(), StoreError> {
+    let result = overlay_entry(zone, k, kind, name, v);
+    if result.is_err() {
+        match kind {
+            HOST => {
+                zone.hosts.remove(name);
+            }
+            BINDING => {
+                if let Some((host, service)) = name.split_once('/') {
+                    zone.bindings
+                        .remove(&(host.to_string(), service.to_string()));
+                }
+            }
+            REPO => {
+                zone.repos.remove(name);
+            }
+            ADMIN => {
+                zone.admins.remove(name);
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+fn overlay_entry(
+    zone: &mut Zone,
+    k: &str,
+    kind: &str,
+    name: &str,
+    v: &[u8],
+) -> Result<(), StoreError> {
     match kind {
         HOST => match parse_overlay::<Host>(k, v)? {
             Some(h) => {
@@ -341,32 +426,57 @@ fn id_of(b: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Store for SledStore {
-    fn load(&self) -> Result<Vec<Zone>, StoreError> {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let mut unreadable = Vec::new();
+        let mut skip = |e: StoreError| match e {
+            StoreError::Corrupt { key, reason } => {
+                unreadable.push(Unreadable { key, reason });
+                Ok(())
+            }
+            e => Err(e),
+        };
         let mut zones: std::collections::BTreeMap<String, Zone> = Default::default();
         let mut serials: std::collections::BTreeMap<String, u32> = Default::default();
         let mut snapshots: Vec<(String, String, ::sled::IVec)> = Vec::new();
         let mut pending: Vec<(String, ::sled::IVec)> = Vec::new();
+        // Zones that cannot be served: their apex, serial or snapshot is unreadable.
+        let mut broken: std::collections::BTreeSet<String> = Default::default();
         for item in self.db.iter() {
             let (k, v) = item.map_err(io)?;
-            let k = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: "key is not UTF-8".into(),
-            })?;
+            let Ok(k) = String::from_utf8(k.to_vec()) else {
+                skip(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "key is not UTF-8".into(),
+                })?;
+                continue;
+            };
             let mut parts = k.splitn(3, '/');
             let (Some(origin), Some(kind)) = (parts.next(), parts.next()) else {
-                return Err(StoreError::Corrupt {
+                skip(StoreError::Corrupt {
                     key: k.clone(),
                     reason: "key is not ORIGIN/KIND/NAME".into(),
-                });
+                })?;
+                continue;
             };
             match kind {
-                META => {
-                    let meta: ZoneMeta = parse(&k, &v)?;
-                    zones.insert(origin.to_string(), Zone::new(meta, 0));
-                }
-                SERIAL => {
-                    serials.insert(origin.to_string(), parse(&k, &v)?);
-                }
+                META => match parse::<ZoneMeta>(&k, &v) {
+                    Ok(meta) => {
+                        zones.insert(origin.to_string(), Zone::new(meta, 0));
+                    }
+                    Err(e) => {
+                        broken.insert(origin.to_string());
+                        skip(e)?;
+                    }
+                },
+                SERIAL => match parse(&k, &v) {
+                    Ok(serial) => {
+                        serials.insert(origin.to_string(), serial);
+                    }
+                    Err(e) => {
+                        broken.insert(origin.to_string());
+                        skip(e)?;
+                    }
+                },
                 SNAPSHOT => snapshots.push((k.clone(), origin.to_string(), v)),
                 VIEW => {}
                 _ => pending.push((k, v)),
@@ -374,20 +484,56 @@ impl Store for SledStore {
         }
         let orphan = |k: &str| StoreError::Corrupt {
             key: k.to_string(),
-            reason: "record of a zone that has no meta".into(),
+            reason: "record of a zone that has no readable apex (meta)".into(),
         };
         for (k, origin, v) in snapshots {
-            let zone = zones.get_mut(&origin).ok_or_else(|| orphan(&k))?;
-            let file: FileRef = parse(&k, &v)?;
-            let s: Snapshot = parse(&k, &self.read_file(&k, &file)?)?;
-            zone.hosts = s.hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
-            zone.bindings = s
-                .bindings
+            let Some(zone) = zones.get_mut(&origin) else {
+                skip(orphan(&k))?;
+                continue;
+            };
+            let bytes = match parse::<FileRef>(&k, &v).and_then(|f| self.read_file(&k, &f)) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    broken.insert(origin);
+                    skip(e)?;
+                    continue;
+                }
+            };
+            let parsed = serde_json::from_slice::<SnapshotIn>(&bytes);
+            let s = match parsed.map_err(|e| StoreError::Corrupt {
+                key: k.clone(),
+                reason: e.to_string(),
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    broken.insert(origin);
+                    skip(e)?;
+                    continue;
+                }
+            };
+            let mut bad = Vec::new();
+            zone.hosts = parse_each::<Host>(&k, "host", &s.hosts, &mut bad)
+                .into_iter()
+                .map(|h| (h.name.clone(), h))
+                .collect();
+            zone.bindings = parse_each::<Binding>(&k, "binding", &s.bindings, &mut bad)
                 .into_iter()
                 .map(|b| ((b.host.clone(), b.service.clone()), b))
                 .collect();
-            zone.repos = s.repos.into_iter().map(|r| (r.name.clone(), r)).collect();
-            zone.admins = s.admins.into_iter().map(|a| (a.name.clone(), a)).collect();
+            zone.repos = parse_each::<Repo>(&k, "repo", &s.repos, &mut bad)
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect();
+            zone.admins = parse_each::<AdminKey>(&k, "admin", &s.admins, &mut bad)
+                .into_iter()
+                .map(|a| (a.name.clone(), a))
+                .collect();
+            for b in bad {
+                skip(StoreError::Corrupt {
+                    key: b.key,
+                    reason: b.reason,
+                })?;
+            }
         }
         for (k, v) in pending {
             let mut parts = k.splitn(3, '/');
@@ -395,14 +541,33 @@ impl Store for SledStore {
             else {
                 continue;
             };
-            let zone = zones.get_mut(origin).ok_or_else(|| orphan(&k))?;
-            overlay(zone, &k, kind, name.unwrap_or_default(), &v)?;
+            let Some(zone) = zones.get_mut(origin) else {
+                if !broken.contains(origin) {
+                    skip(orphan(&k))?;
+                }
+                continue;
+            };
+            if let Err(e) = overlay(zone, &k, kind, name.unwrap_or_default(), &v) {
+                skip(e)?;
+            }
+        }
+        for origin in &broken {
+            zones.remove(origin);
         }
         for (origin, zone) in zones.iter_mut() {
             zone.shrink();
             zone.serial = serials.get(origin).copied().unwrap_or(1);
         }
-        Ok(zones.into_values().collect())
+        for origin in broken {
+            unreadable.push(Unreadable {
+                key: format!("{origin}/"),
+                reason: "the zone is not served: its apex, serial or snapshot is unreadable".into(),
+            });
+        }
+        Ok(Loaded {
+            zones: zones.into_values().collect(),
+            unreadable,
+        })
     }
 
     fn commit(
@@ -557,7 +722,7 @@ mod tests {
         assert_eq!(store.cursor("webhook x").expect("cursor"), Some(2));
         assert_eq!(store.cursor("webhook y").expect("cursor"), None);
         // The zone tree never sees the log: the zone loads as before.
-        assert_eq!(store.load().expect("load").len(), 1);
+        assert_eq!(store.load().expect("load").zones.len(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -596,11 +761,12 @@ mod tests {
         }
         let store = reopen(&dir);
         let loaded = store.load().expect("load");
-        assert_eq!(loaded, vec![zone.clone()]);
+        assert_eq!(loaded.zones, vec![zone.clone()]);
+        assert_eq!(loaded.unreadable, vec![]);
 
         // A saved view lasts until the next change, and no further.
         store.save_view(zone.origin(), b"view").expect("save view");
-        assert_eq!(store.load().expect("load"), vec![zone.clone()]);
+        assert_eq!(store.load().expect("load").zones, vec![zone.clone()]);
         assert_eq!(
             store.load_view(zone.origin()).as_deref(),
             Some(&b"view"[..])
