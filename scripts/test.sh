@@ -12,6 +12,8 @@ command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v named-checkzone >/dev/null 2>&1 || need+=(bind9-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v git >/dev/null 2>&1 || need+=(git)
+# Key files are checked against what OpenSSL reads and writes.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 # The partition test puts hosts in network namespaces and cuts links with nftables.

@@ -544,3 +544,74 @@ fn keys_that_are_not_sound_curve_points_are_refused_in_every_form_and_the_store_
     std::fs::write(&path, out).expect("write export");
     d.cli_ok(&["zone", "import", path.to_str().expect("utf-8 path")]);
 }
+
+#[test]
+fn key_files_are_ones_openssl_reads_and_openssl_keys_sign_changes() {
+    use base64::Engine;
+    use std::process::Command;
+    use switchboard_tests::{bin, run};
+    let d = Directory::demo();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Both binaries write RFC 8410 documents that OpenSSL 3 reads, with the
+    // public key the CLI reports.
+    for binary in ["switchboard-directory", "switchboard-sidecar"] {
+        let path = tmp.path().join(format!("{binary}.pem"));
+        let out = run(Command::new(bin(binary))
+            .arg("keygen")
+            .arg("--out")
+            .arg(&path));
+        assert!(out.status.success(), "{binary} keygen: {}", stderr(&out));
+        let out = run(Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&path));
+        assert!(
+            out.status.success(),
+            "openssl cannot read {binary}'s key: {}",
+            stderr(&out)
+        );
+        // The DER SubjectPublicKeyInfo ends with the 32 raw bytes.
+        let raw = &out.stdout[out.stdout.len() - 32..];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        let pem = std::fs::read_to_string(&path).expect("read key");
+        let key =
+            <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(
+                &pem,
+            )
+            .expect("our own key reads back");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes()),
+            b64
+        );
+    }
+    // A key OpenSSL made signs changes once its public half is an admin key.
+    let theirs = tmp.path().join("openssl.pem");
+    let out = run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&theirs));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&theirs));
+    let b64 =
+        base64::engine::general_purpose::STANDARD.encode(&out.stdout[out.stdout.len() - 32..]);
+    d.cli_ok(&["admin", "add", "ossl", "--pubkey", &b64]);
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let out = d.cli_with_key(Some(&theirs), &["host", "disable", "db1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("readable by others"),
+        "{}",
+        stderr(&out)
+    );
+    // A private key others may read still works, with a warning as ssh gives.
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let out = d.cli_with_key(Some(&theirs), &["host", "enable", "db1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("readable by others than its owner"),
+        "no warning for a 0644 key: {}",
+        stderr(&out)
+    );
+}

@@ -41,13 +41,21 @@ pub fn public(key: &SigningKey) -> PublicKey {
 }
 
 /// Writes `key` to `path` as PKCS#8 PEM, mode 0600, refusing to overwrite a file.
+///
+/// The document is RFC 8410's form, a PKCS#8 v1 `OneAsymmetricKey` holding
+/// only the private key — what `openssl genpkey -algorithm ed25519` writes, and
+/// what OpenSSL 3.0 reads (it refuses the v2 form with the public key attached).
 pub fn write(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     let werr = |err| KeyError::Write {
         path: path.display().to_string(),
         err,
     };
-    let pem = key
-        .to_pkcs8_pem(Default::default())
+    let doc = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = doc
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -62,10 +70,26 @@ pub fn write(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Reads an ed25519 private key: PKCS#8 PEM, or OpenSSH's own format.
+/// Reads an ed25519 private key: PKCS#8 PEM (RFC 8410's v1 form or the v2
+/// form with the public key), or OpenSSH's own format. Warns, as ssh does,
+/// when the file may be read by its group or by others.
 pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
     let p = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|err| KeyError::Read { path: p(), err })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %p(),
+                    mode = format!("{mode:04o}"),
+                    "private key file is readable by others than its owner; chmod 600 it"
+                );
+            }
+        }
+    }
     if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
         let key =
             ssh_key::PrivateKey::from_openssh(&text).map_err(|_| KeyError::Format { path: p() })?;
@@ -81,4 +105,29 @@ pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
         return Ok(SigningKey::from_bytes(&pair.private.to_bytes()));
     }
     SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::Format { path: p() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_v1_form_it_writes_and_the_v2_form_older_builds_wrote() {
+        let dir = std::env::temp_dir().join(format!("sb-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let key = generate();
+        let v1 = dir.join("v1.pem");
+        write(&v1, &key).expect("write");
+        assert_eq!(read(&v1).expect("read v1").to_bytes(), key.to_bytes());
+        let v2 = dir.join("v2.pem");
+        let pem = key.to_pkcs8_pem(Default::default()).expect("v2 document");
+        std::fs::write(&v2, pem.as_bytes()).expect("write v2");
+        assert_eq!(read(&v2).expect("read v2").to_bytes(), key.to_bytes());
+        assert!(
+            write(&v1, &key).is_err(),
+            "an existing key file is never overwritten"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
