@@ -145,6 +145,29 @@ fn promote_refuses_a_stale_replica_unless_forced_and_records_the_loss() {
     assert_eq!(show["lost"][0]["old_master"], "repo1");
     let human = d.cli_ok(&["repo", "show", "phabricator"]);
     assert!(human.contains("42..=42 written on repo1"), "{human}");
+    // Tables show times as RFC 3339 in UTC; --json keeps the number.
+    let at = show["lost"][0]["at"]
+        .as_u64()
+        .expect("a unix time in --json");
+    assert!(at > 1_700_000_000, "{show}");
+    let line = human
+        .lines()
+        .find(|l| l.contains("42..=42"))
+        .expect("the loss line");
+    let when = line.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        when.len() == 20
+            && when.ends_with('Z')
+            && when.as_bytes()[4] == b'-'
+            && when.as_bytes()[10] == b'T',
+        "not RFC 3339: {line}"
+    );
+    let events = d.cli_ok(&["events"]);
+    let first = events.lines().next().unwrap_or_default();
+    assert!(
+        first.len() > 20 && first.as_bytes()[10] == b'T' && first.as_bytes()[19] == b'Z',
+        "events table time is not RFC 3339: {first}"
+    );
 }
 
 #[test]

@@ -184,7 +184,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A unix time in ms as `YYYY-MM-DD HH:MM:SS UTC`.
+/// A unix time in ms as RFC 3339 in UTC, to the second: `YYYY-MM-DDTHH:MM:SSZ`
+/// (how every table, log message and console page shows a time; `--json`
+/// keeps the number).
 pub fn clock(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -199,7 +201,7 @@ pub fn clock(ms: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -1282,9 +1284,9 @@ mod tests {
 
     #[test]
     fn clock_is_utc_calendar_time() {
-        assert_eq!(clock(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(clock(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(clock(1_795_600_000_123), "2026-11-25 09:46:40 UTC");
+        assert_eq!(clock(0), "1970-01-01T00:00:00Z");
+        assert_eq!(clock(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(clock(1_795_600_000_123), "2026-11-25T09:46:40Z");
     }
 
     struct NullStore;

@@ -110,13 +110,17 @@ pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
                     println!();
                     println!("versions that may have been lost by forced promotions:");
                     for l in lost {
+                        let at = l
+                            .get("at")
+                            .and_then(Value::as_u64)
+                            .map(|s| crate::state::clock(s.saturating_mul(1000)))
+                            .unwrap_or_else(|| field(l, "at"));
                         println!(
-                            "  {}..={} written on {}, promoted {} at unix time {}",
+                            "  {}..={} written on {}, promoted {} at {at}",
                             field(l, "from"),
                             field(l, "to"),
                             field(l, "old_master"),
                             field(l, "new_master"),
-                            field(l, "at")
                         );
                     }
                 }
