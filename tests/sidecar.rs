@@ -488,6 +488,127 @@ fn routing_errors_tell_the_user_what_is_wrong() {
     });
 }
 
+/// curl `method url` with `headers`: (status, the JSON error's reason).
+fn reason_of(method: &str, url: &str, headers: &[(String, String)]) -> (u16, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["-w", "%{http_code}", "-X", method]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = run(cmd.arg(url));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out")).unwrap_or_default())
+            .unwrap_or_default();
+    (
+        stdout(&out).trim().parse().unwrap_or(0),
+        v["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn a_git_service_is_read_as_git_reads_it_and_an_unknown_one_is_refused() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r6", "--master", "repo2"]);
+    let info = "/source/r6.git/info/refs";
+    // Straight to repo1's cluster listener, signed by web1: repo1 is not r6's
+    // master, so a write is refused there (403), and a read finds no copy (503).
+    let signed = |method: &str, path: &str| {
+        let url = c.repo1.cluster_url(path);
+        reason_of(
+            method,
+            &url,
+            &signed_headers(&c.web1.key, method, &url, b"", unix_now()),
+        )
+    };
+    let read = (503, "stale-replica".to_string());
+    let write = (403, "not-master".to_string());
+    let unknown = (400, "bad-git-service".to_string());
+    let cases = [
+        ("GET", format!("{info}?service=git-upload-pack"), &read),
+        ("GET", format!("{info}?service=git-receive-pack"), &write),
+        ("GET", format!("{info}?service=git%2Dreceive-pack"), &write),
+        (
+            "GET",
+            format!("{info}?serv%69ce=git%2dreceive%2Dpack"),
+            &write,
+        ),
+        (
+            "POST",
+            "/source/r6.git/git%2Dreceive-pack".to_string(),
+            &write,
+        ),
+        (
+            "GET",
+            format!("{info}?service=git-upload-archive"),
+            &unknown,
+        ),
+        ("GET", format!("{info}?service=git-receive-pack+"), &unknown),
+        (
+            "GET",
+            format!("{info}?service=git-upload-pack&service=git-receive-pack"),
+            &unknown,
+        ),
+    ];
+    for (method, path, want) in &cases {
+        assert_eq!(
+            &signed(method, path),
+            *want,
+            "{method} {path} on the cluster listener"
+        );
+    }
+
+    // Through web1's user listener, with r6's only host disabled: a read finds
+    // no reader, a write no master.
+    c.d.cli_ok(&["host", "disable", "repo2"]);
+    let user = |method: &str, path: &str| {
+        reason_of(
+            method,
+            &c.web1.http_url(path),
+            &[("Authorization".into(), "Basic dDpw".into())],
+        )
+    };
+    let read = (503, "no-reader".to_string());
+    let write = (503, "no-master".to_string());
+    c.d.wait_for("reads of r6 to find no reader", || {
+        user("GET", &format!("{info}?service=git-upload-pack")) == read
+    });
+    let cases = [
+        ("GET", format!("{info}?service=git-receive-pack"), &write),
+        ("GET", format!("{info}?service=git%2Dreceive-pack"), &write),
+        (
+            "GET",
+            format!("{info}?serv%69ce=git%2dreceive%2Dpack"),
+            &write,
+        ),
+        (
+            "POST",
+            "/source/r6.git/git%2Dreceive-pack".to_string(),
+            &write,
+        ),
+        (
+            "POST",
+            "/%73ource/r6.git/git-receive-pack".to_string(),
+            &write,
+        ),
+        (
+            "GET",
+            format!("{info}?service=git-upload-archive"),
+            &unknown,
+        ),
+        ("GET", format!("{info}?service="), &unknown),
+    ];
+    for (method, path, want) in &cases {
+        assert_eq!(
+            &user(method, path),
+            *want,
+            "{method} {path} on the user listener"
+        );
+    }
+}
+
 #[test]
 fn the_cluster_channel_refuses_every_bad_call() {
     let c = cluster(&[]);

@@ -172,14 +172,7 @@ pub async fn handle(
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
         Ok(Some(gp)) => {
             return sc
-                .git_local(
-                    &gp.repo,
-                    gp.rest,
-                    &parts.method,
-                    parts.uri.query(),
-                    &parts.headers,
-                    spooled.into_body(),
-                )
+                .git_local(&gp, &parts.method, &parts.headers, spooled.into_body())
                 .await;
         }
         Ok(None) => {}

@@ -18,7 +18,7 @@ use crate::git::{GitRequest, Repos};
 use crate::hook::Hooks;
 use crate::identity::{Identity, KeyInfo};
 use crate::metrics::Metrics;
-use crate::route::{Access, RouteError, Router, Target};
+use crate::route::{Access, GitPath, RouteError, Router, Target};
 use crate::spool::SpoolError;
 
 /// Largest request body routed (a pushed pack included).
@@ -357,15 +357,13 @@ impl Sidecar {
     /// that is current. The master creates a repository it lacks.
     pub async fn git_local(
         &self,
-        repo: &str,
-        rest: &str,
+        gp: &GitPath,
         method: &Method,
-        query: Option<&str>,
         headers: &HeaderMap,
         body: BoxBody,
     ) -> Response<BoxBody> {
-        let write = rest == "git-receive-pack"
-            || query.is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack"));
+        let repo = gp.repo.as_str();
+        let write = gp.access == Access::Write;
         let standing = match self.standing(repo).await {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -419,9 +417,9 @@ impl Sidecar {
             .http_backend(
                 GitRequest {
                     repo,
-                    rest,
+                    rest: gp.rest,
                     method,
-                    query,
+                    query: gp.query,
                     headers,
                 },
                 body,

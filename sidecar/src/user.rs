@@ -44,19 +44,17 @@ pub async fn handle(
         sc.metrics.request("user", "refused");
         return *refused;
     }
-    let git_route = route::git_path(req.uri().path(), req.uri().query())
-        .map(|gp| gp.map(|gp| (gp.repo, gp.rest.to_string(), gp.access)));
-    match git_route {
+    match route::git_path(req.uri().path(), req.uri().query()) {
         Err(e) => {
             sc.metrics.request("git", "refused");
             return error(e.status(), e.reason(), e.to_string());
         }
-        Ok(Some((repo, rest, access))) => {
-            if let Err(refused) = authorize_git(&sc, req.headers(), &repo, access).await {
+        Ok(Some(gp)) => {
+            if let Err(refused) = authorize_git(&sc, req.headers(), &gp.repo, gp.access).await {
                 sc.metrics.request("git", "refused");
                 return refused;
             }
-            return git(sc, req, &repo, &rest, access).await;
+            return git(sc, req, &gp).await;
         }
         Ok(None) => {}
     }
@@ -135,13 +133,8 @@ async fn authorize_git(
     }
 }
 
-async fn git(
-    sc: Arc<Sidecar>,
-    req: Request<Incoming>,
-    repo: &str,
-    rest: &str,
-    access: route::Access,
-) -> Response<BoxBody> {
+async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> Response<BoxBody> {
+    let (repo, access) = (gp.repo.as_str(), gp.access);
     let target = match sc.target(repo, access).await {
         Ok(t) => t,
         Err(e) => {
@@ -158,15 +151,7 @@ async fn git(
                 Ok(b) => b,
                 Err(refused) => return *refused,
             };
-            sc.git_local(
-                repo,
-                rest,
-                &parts.method,
-                parts.uri.query(),
-                &parts.headers,
-                body,
-            )
-            .await
+            sc.git_local(gp, &parts.method, &parts.headers, body).await
         }
         Target::Peer(peer) => {
             let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
