@@ -250,7 +250,11 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
             .args(["-H", connection])
             .args(["-H", "X-Private: for the sidecar only"])
             .args(["-H", "Keep-Alive: timeout=5"])
-            .args(["-H", "X-Switchboard-Caller: admin"]);
+            .args(["-H", "X-Switchboard-Caller: admin"])
+            // CGI gives these the same name as X-Switchboard-Host (HTTP_X_SWITCHBOARD_HOST).
+            .args(["-H", "X_Switchboard_Host: web9"])
+            .args(["-H", "x-SWITCHBOARD_caller: admin"])
+            .args(["-H", "X_Forwarded_Host: evil.example"]);
         if let Some(d) = data {
             cmd.args(["--data-binary", d]);
         }
@@ -271,7 +275,14 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
         assert_eq!(h["x-forwarded-host"], sidecar_addr.as_str(), "{path}: {v}");
         assert_eq!(h["host"], c._backends[0].addr.to_string(), "{path}: {v}");
         assert_eq!(h["x-switchboard-host"], "web1", "{path}: {v}");
-        for hop in ["x-private", "keep-alive", "x-switchboard-caller"] {
+        for hop in [
+            "x-private",
+            "keep-alive",
+            "x-switchboard-caller",
+            "x_switchboard_host",
+            "x-switchboard_caller",
+            "x_forwarded_host",
+        ] {
             assert!(
                 h.get(hop).is_none(),
                 "{path}: {hop} reached the backend: {v}"
