@@ -895,6 +895,65 @@ fn routing_goes_on_from_the_cache_when_the_directory_stops() {
     });
 }
 
+/// A change reported by the feed marks cached answers to be asked again; it
+/// does not drop them. A directory that dies right after a change leaves every
+/// sidecar routing on what it knew, over git as over Conduit.
+#[test]
+fn a_clone_goes_on_from_the_cache_when_the_directory_dies_right_after_a_change() {
+    let mut c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r8", "--master", "repo1"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    git_ok(w, &["init", "-q", "src"]);
+    let src = w.join("src");
+    std::fs::write(src.join("README"), "hello\n").expect("write");
+    git_ok(&src, &["add", "README"]);
+    git_ok(&src, &["commit", "-q", "-m", "first"]);
+    let head = git_ok(&src, &["rev-parse", "HEAD"]).trim().to_string();
+    let url = c
+        .web1
+        .http_url("/source/r8.git")
+        .replacen("http://", "http://tester:secret@", 1);
+    git_ok(&src, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    git_ok(w, &["clone", "-q", "-b", "main", &url, "before"]);
+
+    // The master is disabled and enabled again; the sidecars hear of it from the
+    // feed, and nobody asks for r8 before the directory dies a second later.
+    c.d.cli_ok(&["host", "disable", "repo1"]);
+    c.d.cli_ok(&["host", "enable", "repo1"]);
+    // The timing, not a wait for a condition: the directory dies ~1 s
+    // after the change, once the feed has reported it.
+    std::thread::sleep(Duration::from_secs(1));
+    c.d.kill9();
+    // Past the 5 s TTL of r8's answers on both hosts.
+    c.d.wait_for("the caches to age past the TTL", || {
+        [&c.web1, &c.repo1].iter().all(|s| {
+            s.metric("switchboard_sidecar_cache_age_seconds")
+                .unwrap_or(0.0)
+                > 6.0
+        })
+    });
+    let out = git(w, &["clone", "-q", "-b", "main", &url, "after"]);
+    assert!(
+        out.status.success(),
+        "clone through web1 with the directory down: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        git_ok(&w.join("after"), &["rev-parse", "HEAD"]).trim(),
+        head
+    );
+    for s in [&c.web1, &c.repo1] {
+        assert_eq!(
+            s.metric("switchboard_sidecar_serving_stale"),
+            Some(1.0),
+            "{} says it serves stale answers",
+            s.name
+        );
+    }
+}
+
 #[test]
 fn identity_comes_from_the_key_and_an_unknown_key_routes_nothing() {
     let d = Directory::with_zone(minimal_zone, &[]);

@@ -309,14 +309,17 @@ impl Sidecar {
     }
 
     /// Asks the directory, uncached, who is master of `repo` and whether this
-    /// host's copy is within `max_lag` of the master's version.
+    /// host's copy is within `max_lag` of the master's version. For a read, the
+    /// last answer does when the directory cannot be reached (serve-stale); a
+    /// write needs the directory's answer now.
     pub async fn standing(
         &self,
         repo: &str,
+        access: Access,
     ) -> Result<Option<Standing>, crate::directory::DirError> {
         let Some(t) = self
             .dir
-            .txt_fresh(&format!("{repo}.{}", schema::REPO))
+            .txt_fresh(&format!("{repo}.{}", schema::REPO), access == Access::Read)
             .await?
         else {
             return Ok(None);
@@ -339,7 +342,7 @@ impl Sidecar {
     pub async fn target(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
         let t = self.router.repo(repo, access).await?;
         if t == Target::Local && access == Access::Read {
-            if let Ok(Some(s)) = self.standing(repo).await {
+            if let Ok(Some(s)) = self.standing(repo, Access::Read).await {
                 if !s.current {
                     tracing::info!(
                         repo,
@@ -364,7 +367,7 @@ impl Sidecar {
     ) -> Response<BoxBody> {
         let repo = gp.repo.as_str();
         let write = gp.access == Access::Write;
-        let standing = match self.standing(repo).await {
+        let standing = match self.standing(repo, gp.access).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return error(
