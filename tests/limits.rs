@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::{
-    minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory, DEADLINE,
+    minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory, Sidecar, DEADLINE,
 };
 
 /// curl POST of `len` bytes to `url` with `headers`: (status, the reason header).
@@ -140,5 +140,146 @@ fn ssh_tunnels_per_peer_are_capped() {
             }
             Err((code, text)) => panic!("the freed slot was not given back ({code}): {text}"),
         }
+    }
+}
+
+/// Sends `head` (a request head, no body) to `to` and reads the answer's head
+/// without sending a byte of the body: (status, the reason header). Status 0
+/// when nothing came back in 10 s (the sidecar sat waiting for the body).
+fn head_only(to: std::net::SocketAddr, head: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("send the head");
+    read_answer_head(&mut s)
+}
+
+/// Reads an answer's head: (status, the reason header); status 0 if none came.
+fn read_answer_head(s: &mut TcpStream) -> (u16, String) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let reason = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-switchboard-reason:"))
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default();
+    (status, reason)
+}
+
+/// A 1 MiB limit on a web host (`big1`) and a repository host (`big2`, master of `huge`).
+fn limited() -> (Directory, Backend, Sidecar, Sidecar) {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let backend = Backend::start("big");
+    let web = d.sidecar_with("big1", "web", Some(&backend), &["--max-body-mb", "1"]);
+    let repo = d.sidecar_with("big2", "repo", None, &["--max-body-mb", "1"]);
+    d.cli_ok(&["repo", "add", "huge", "--master", "big2"]);
+    (d, backend, web, repo)
+}
+
+/// The requests each test sends: git pushes and fetches, Conduit calls with and
+/// without a repository, and a plain page (which takes the short way).
+const BIG_PATHS: [&str; 5] = [
+    "/source/huge.git/git-receive-pack",
+    "/source/huge.git/git-upload-pack",
+    "/api/diffusion.querycommits",
+    "/api/user.whoami",
+    "/upload",
+];
+
+#[test]
+fn a_declared_body_past_the_limit_is_refused_before_it_is_read() {
+    let (_d, _backend, web, repo) = limited();
+    let huge = "Content-Length: 5000000000\r\n";
+    // The user listener: the answer comes back though the body never does.
+    for path in BIG_PATHS {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: big1\r\nAuthorization: Basic dDpw\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{huge}\r\n"
+        );
+        assert_eq!(
+            head_only(web.http, &head),
+            (413, "body-too-large".to_string()),
+            "POST {path} on the user listener"
+        );
+    }
+    // The cluster listener: a call signed by another host, refused once its
+    // headers are checked and before its body is read.
+    for path in BIG_PATHS {
+        let url = repo.cluster_url(path);
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n{huge}", repo.cluster);
+        for (k, v) in signed_headers(&web.key, "POST", &url, b"x", unix_now()) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        assert_eq!(
+            head_only(repo.cluster, &head),
+            (413, "body-too-large".to_string()),
+            "POST {path} on the cluster listener"
+        );
+    }
+    // An unsigned call is still refused for that first.
+    let head = format!(
+        "POST /api/user.whoami HTTP/1.1\r\nHost: {}\r\n{huge}\r\n",
+        repo.cluster
+    );
+    assert_eq!(
+        head_only(repo.cluster, &head),
+        (401, "no-signature".to_string())
+    );
+}
+
+#[test]
+fn a_chunked_body_is_cut_where_it_passes_the_limit() {
+    let (_d, _backend, web, repo) = limited();
+    // One chunk a byte over the limit, sent whole (so that nothing is left
+    // unread when the sidecar answers), its end never sent.
+    let over = (1 << 20) + 1;
+    let chunk = format!("{over:x}\r\n{}", "x".repeat(over));
+    let send = |to: std::net::SocketAddr, head: String| {
+        let mut s = TcpStream::connect(to).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(head.as_bytes()).expect("send the head");
+        s.write_all(chunk.as_bytes()).expect("send the chunk");
+        read_answer_head(&mut s)
+    };
+    // The bodies the sidecar reads whole before it sends them on: a git request
+    // for another host, a Conduit call, and any call on the cluster listener.
+    for path in &BIG_PATHS[..3] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: big1\r\nAuthorization: Basic dDpw\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            send(web.http, head),
+            (413, "body-too-large".to_string()),
+            "chunked POST {path} on the user listener"
+        );
+        let url = repo.cluster_url(path);
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n",
+            repo.cluster
+        );
+        for (k, v) in signed_headers(&web.key, "POST", &url, b"x", unix_now()) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        assert_eq!(
+            send(repo.cluster, head),
+            (413, "body-too-large".to_string()),
+            "chunked POST {path} on the cluster listener"
+        );
     }
 }

@@ -250,7 +250,11 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
             .args(["-H", connection])
             .args(["-H", "X-Private: for the sidecar only"])
             .args(["-H", "Keep-Alive: timeout=5"])
-            .args(["-H", "X-Switchboard-Caller: admin"]);
+            .args(["-H", "X-Switchboard-Caller: admin"])
+            // CGI gives these the same name as X-Switchboard-Host (HTTP_X_SWITCHBOARD_HOST).
+            .args(["-H", "X_Switchboard_Host: web9"])
+            .args(["-H", "x-SWITCHBOARD_caller: admin"])
+            .args(["-H", "X_Forwarded_Host: evil.example"]);
         if let Some(d) = data {
             cmd.args(["--data-binary", d]);
         }
@@ -271,7 +275,14 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
         assert_eq!(h["x-forwarded-host"], sidecar_addr.as_str(), "{path}: {v}");
         assert_eq!(h["host"], c._backends[0].addr.to_string(), "{path}: {v}");
         assert_eq!(h["x-switchboard-host"], "web1", "{path}: {v}");
-        for hop in ["x-private", "keep-alive", "x-switchboard-caller"] {
+        for hop in [
+            "x-private",
+            "keep-alive",
+            "x-switchboard-caller",
+            "x_switchboard_host",
+            "x-switchboard_caller",
+            "x_forwarded_host",
+        ] {
             assert!(
                 h.get(hop).is_none(),
                 "{path}: {hop} reached the backend: {v}"
@@ -486,6 +497,127 @@ fn routing_errors_tell_the_user_what_is_wrong() {
         );
         code == 503 && v["reason"] == "no-master"
     });
+}
+
+/// curl `method url` with `headers`: (status, the JSON error's reason).
+fn reason_of(method: &str, url: &str, headers: &[(String, String)]) -> (u16, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["-w", "%{http_code}", "-X", method]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = run(cmd.arg(url));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out")).unwrap_or_default())
+            .unwrap_or_default();
+    (
+        stdout(&out).trim().parse().unwrap_or(0),
+        v["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn a_git_service_is_read_as_git_reads_it_and_an_unknown_one_is_refused() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r6", "--master", "repo2"]);
+    let info = "/source/r6.git/info/refs";
+    // Straight to repo1's cluster listener, signed by web1: repo1 is not r6's
+    // master, so a write is refused there (403), and a read finds no copy (503).
+    let signed = |method: &str, path: &str| {
+        let url = c.repo1.cluster_url(path);
+        reason_of(
+            method,
+            &url,
+            &signed_headers(&c.web1.key, method, &url, b"", unix_now()),
+        )
+    };
+    let read = (503, "stale-replica".to_string());
+    let write = (403, "not-master".to_string());
+    let unknown = (400, "bad-git-service".to_string());
+    let cases = [
+        ("GET", format!("{info}?service=git-upload-pack"), &read),
+        ("GET", format!("{info}?service=git-receive-pack"), &write),
+        ("GET", format!("{info}?service=git%2Dreceive-pack"), &write),
+        (
+            "GET",
+            format!("{info}?serv%69ce=git%2dreceive%2Dpack"),
+            &write,
+        ),
+        (
+            "POST",
+            "/source/r6.git/git%2Dreceive-pack".to_string(),
+            &write,
+        ),
+        (
+            "GET",
+            format!("{info}?service=git-upload-archive"),
+            &unknown,
+        ),
+        ("GET", format!("{info}?service=git-receive-pack+"), &unknown),
+        (
+            "GET",
+            format!("{info}?service=git-upload-pack&service=git-receive-pack"),
+            &unknown,
+        ),
+    ];
+    for (method, path, want) in &cases {
+        assert_eq!(
+            &signed(method, path),
+            *want,
+            "{method} {path} on the cluster listener"
+        );
+    }
+
+    // Through web1's user listener, with r6's only host disabled: a read finds
+    // no reader, a write no master.
+    c.d.cli_ok(&["host", "disable", "repo2"]);
+    let user = |method: &str, path: &str| {
+        reason_of(
+            method,
+            &c.web1.http_url(path),
+            &[("Authorization".into(), "Basic dDpw".into())],
+        )
+    };
+    let read = (503, "no-reader".to_string());
+    let write = (503, "no-master".to_string());
+    c.d.wait_for("reads of r6 to find no reader", || {
+        user("GET", &format!("{info}?service=git-upload-pack")) == read
+    });
+    let cases = [
+        ("GET", format!("{info}?service=git-receive-pack"), &write),
+        ("GET", format!("{info}?service=git%2Dreceive-pack"), &write),
+        (
+            "GET",
+            format!("{info}?serv%69ce=git%2dreceive%2Dpack"),
+            &write,
+        ),
+        (
+            "POST",
+            "/source/r6.git/git%2Dreceive-pack".to_string(),
+            &write,
+        ),
+        (
+            "POST",
+            "/%73ource/r6.git/git-receive-pack".to_string(),
+            &write,
+        ),
+        (
+            "GET",
+            format!("{info}?service=git-upload-archive"),
+            &unknown,
+        ),
+        ("GET", format!("{info}?service="), &unknown),
+    ];
+    for (method, path, want) in &cases {
+        assert_eq!(
+            &user(method, path),
+            *want,
+            "{method} {path} on the user listener"
+        );
+    }
 }
 
 #[test]
@@ -761,6 +893,65 @@ fn routing_goes_on_from_the_cache_when_the_directory_stops() {
         conduit(&url, "repository=r5").0 == 200
             && c.web1.metric("switchboard_sidecar_serving_stale") == Some(0.0)
     });
+}
+
+/// A change reported by the feed marks cached answers to be asked again; it
+/// does not drop them. A directory that dies right after a change leaves every
+/// sidecar routing on what it knew, over git as over Conduit.
+#[test]
+fn a_clone_goes_on_from_the_cache_when_the_directory_dies_right_after_a_change() {
+    let mut c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r8", "--master", "repo1"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    git_ok(w, &["init", "-q", "src"]);
+    let src = w.join("src");
+    std::fs::write(src.join("README"), "hello\n").expect("write");
+    git_ok(&src, &["add", "README"]);
+    git_ok(&src, &["commit", "-q", "-m", "first"]);
+    let head = git_ok(&src, &["rev-parse", "HEAD"]).trim().to_string();
+    let url = c
+        .web1
+        .http_url("/source/r8.git")
+        .replacen("http://", "http://tester:secret@", 1);
+    git_ok(&src, &["push", "-q", &url, "HEAD:refs/heads/main"]);
+    git_ok(w, &["clone", "-q", "-b", "main", &url, "before"]);
+
+    // The master is disabled and enabled again; the sidecars hear of it from the
+    // feed, and nobody asks for r8 before the directory dies a second later.
+    c.d.cli_ok(&["host", "disable", "repo1"]);
+    c.d.cli_ok(&["host", "enable", "repo1"]);
+    // The timing, not a wait for a condition: the directory dies ~1 s
+    // after the change, once the feed has reported it.
+    std::thread::sleep(Duration::from_secs(1));
+    c.d.kill9();
+    // Past the 5 s TTL of r8's answers on both hosts.
+    c.d.wait_for("the caches to age past the TTL", || {
+        [&c.web1, &c.repo1].iter().all(|s| {
+            s.metric("switchboard_sidecar_cache_age_seconds")
+                .unwrap_or(0.0)
+                > 6.0
+        })
+    });
+    let out = git(w, &["clone", "-q", "-b", "main", &url, "after"]);
+    assert!(
+        out.status.success(),
+        "clone through web1 with the directory down: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        git_ok(&w.join("after"), &["rev-parse", "HEAD"]).trim(),
+        head
+    );
+    for s in [&c.web1, &c.repo1] {
+        assert_eq!(
+            s.metric("switchboard_sidecar_serving_stale"),
+            Some(1.0),
+            "{} says it serves stale answers",
+            s.name
+        );
+    }
 }
 
 #[test]

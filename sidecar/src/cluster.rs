@@ -15,7 +15,7 @@ use switchboard_directory::sign::{self, Policy};
 
 use crate::forward::{unix_now, BoxBody};
 use crate::route;
-use crate::sidecar::{error, Sidecar};
+use crate::sidecar::{check_declared, error, spool_refusal, Sidecar};
 use crate::spool::Spooled;
 
 /// How long a caller may take to send a signed body.
@@ -123,10 +123,16 @@ pub async fn handle(
     {
         return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
     }
+    // The signed headers are good; a body declared too large is still refused
+    // before any of it is read.
+    if let Err(refused) = check_declared(&parts.headers, sc.limits.max_body) {
+        sc.metrics.request("cluster", "refused");
+        return *refused;
+    }
     let read = Spooled::read(body, sc.limits.max_body, &sc.spool_dir);
     let spooled = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+        Ok(Err(e)) => return spool_refusal(e),
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -166,14 +172,7 @@ pub async fn handle(
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
         Ok(Some(gp)) => {
             return sc
-                .git_local(
-                    &gp.repo,
-                    gp.rest,
-                    &parts.method,
-                    parts.uri.query(),
-                    &parts.headers,
-                    spooled.into_body(),
-                )
+                .git_local(&gp, &parts.method, &parts.headers, spooled.into_body())
                 .await;
         }
         Ok(None) => {}

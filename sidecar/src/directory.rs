@@ -1,6 +1,8 @@
 //! What the sidecar knows of the directory: DNS answers, cached by TTL, kept past
 //! their TTL when the directory cannot be reached (serve-stale, RFC 8767), and
-//! dropped the moment the directory's change feed reports a new serial.
+//! marked to be asked again the moment the directory's change feed reports a new
+//! serial. A marked answer is kept until a new one replaces it: a directory that
+//! dies right after a change still leaves every name with its last answer.
 //!
 //! Lookups go through hickory-resolver pointed at `--directory` with its own
 //! cache off, so this module alone decides what is fresh, what is stale, and
@@ -26,7 +28,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DirError {
     #[error(
-        "the directory at {server} did not answer ({reason}) and nothing is cached for {name}"
+        "the directory at {server} did not answer ({reason}) and no earlier answer for {name} can be used"
     )]
     Unreachable {
         server: SocketAddr,
@@ -60,6 +62,37 @@ struct Reachability {
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// While the directory is down, ask it again at most this often.
 const RETRY: Duration = Duration::from_millis(500);
+/// Names cached at most. Past it, answers past their TTL are forgotten first; if
+/// every one is still fresh, a new answer is used but not kept.
+const MAX_CACHED: usize = 65_536;
+
+/// How much a cached answer is worth to one lookup.
+#[derive(Clone, Copy)]
+enum Fresh {
+    /// Fresh within its TTL; past it, asked again, and served stale if the
+    /// directory does not answer.
+    Cached,
+    /// Asked again whatever its TTL; served stale only if `stale_ok`.
+    Now { stale_ok: bool },
+}
+
+/// TXT attributes as a map; `None` for NXDOMAIN.
+fn txt_map(a: &Answer) -> Option<HashMap<String, String>> {
+    if !a.exists {
+        return None;
+    }
+    let mut out = HashMap::new();
+    for r in &a.records {
+        if let RData::TXT(t) = &r.data {
+            for s in t.txt_data.iter() {
+                let s = String::from_utf8_lossy(s);
+                let (k, v) = s.split_once('=').unwrap_or((&s, ""));
+                out.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    Some(out)
+}
 
 /// A host's cluster listener, as the directory publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +160,16 @@ impl DirectoryClient {
         &self.zone
     }
 
-    /// Forgets every cached answer (the directory changed).
+    /// The directory changed: every cached answer is to be asked for again on
+    /// its next use, and is kept until a new one arrives (served stale if the
+    /// directory does not answer).
     pub fn invalidate(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        cache.clear();
+        let now = Instant::now();
+        for c in cache.values_mut() {
+            c.expires = c.expires.min(now);
+        }
         drop(cache);
         self.changed.send_modify(|n| *n += 1);
     }
@@ -146,14 +184,18 @@ impl DirectoryClient {
         self.changed.subscribe()
     }
 
-    /// Asks the directory now, whatever is cached (for checks that must not be stale).
-    pub async fn txt_fresh(&self, rel: &str) -> Result<Option<HashMap<String, String>>, DirError> {
-        let name = self.name(rel)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(name, RecordType::TXT));
-        self.txt(rel).await
+    /// Asks the directory now, whatever is cached. When it cannot answer: the
+    /// last answer if `stale_ok` (serve-stale), else an error (for checks that
+    /// must not be stale). The cached answer is kept either way.
+    pub async fn txt_fresh(
+        &self,
+        rel: &str,
+        stale_ok: bool,
+    ) -> Result<Option<HashMap<String, String>>, DirError> {
+        let a = self
+            .ask(rel, RecordType::TXT, Fresh::Now { stale_ok })
+            .await?;
+        Ok(txt_map(&a))
     }
 
     fn name(&self, rel: &str) -> Result<Name, DirError> {
@@ -164,14 +206,18 @@ impl DirectoryClient {
 
     /// The answer for `rel` (relative to the zone) and type `t`.
     pub async fn lookup(&self, rel: &str, t: RecordType) -> Result<Arc<Answer>, DirError> {
+        self.ask(rel, t, Fresh::Cached).await
+    }
+
+    async fn ask(&self, rel: &str, t: RecordType, fresh: Fresh) -> Result<Arc<Answer>, DirError> {
         let name = self.name(rel)?;
         let now = Instant::now();
         let stale = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(&(name.clone(), t)) {
-                Some(c) if c.expires > now => return Ok(c.answer.clone()),
-                Some(c) => Some(c.answer.clone()),
-                None => None,
+            match (cache.get(&(name.clone(), t)), fresh) {
+                (Some(c), Fresh::Cached) if c.expires > now => return Ok(c.answer.clone()),
+                (_, Fresh::Now { stale_ok: false }) => None,
+                (c, _) => c.map(|c| c.answer.clone()),
             }
         };
         // While the directory is down, don't make every request wait for a timeout.
@@ -241,7 +287,12 @@ impl DirectoryClient {
             additionals,
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if self.generation.load(Ordering::SeqCst) == gen {
+        let known = cache.contains_key(&(name.clone(), t));
+        if !known && cache.len() >= MAX_CACHED {
+            let now = Instant::now();
+            cache.retain(|_, c| c.expires > now);
+        }
+        if self.generation.load(Ordering::SeqCst) == gen && (known || cache.len() < MAX_CACHED) {
             cache.insert(
                 (name, t),
                 Cached {
@@ -279,20 +330,7 @@ impl DirectoryClient {
     /// TXT attributes at `rel` as a map; `None` for NXDOMAIN.
     pub async fn txt(&self, rel: &str) -> Result<Option<HashMap<String, String>>, DirError> {
         let a = self.lookup(rel, RecordType::TXT).await?;
-        if !a.exists {
-            return Ok(None);
-        }
-        let mut out = HashMap::new();
-        for r in &a.records {
-            if let RData::TXT(t) = &r.data {
-                for s in t.txt_data.iter() {
-                    let s = String::from_utf8_lossy(s);
-                    let (k, v) = s.split_once('=').unwrap_or((&s, ""));
-                    out.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-        Ok(Some(out))
+        Ok(txt_map(&a))
     }
 
     /// The hosts an SRV name points at, with their addresses and the SRV port;

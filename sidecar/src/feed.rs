@@ -1,7 +1,9 @@
 //! Following the directory's change feed (`GET /v1/feed`, a long poll): when the
-//! zone's serial moves, every cached answer is dropped, so a promotion or a host
-//! marked unavailable reaches routing within a second instead of a TTL. When the
-//! feed is down, answers simply expire by TTL.
+//! zone's serial moves, every cached answer is marked to be asked for again, so a
+//! promotion or a host marked unavailable reaches routing within a second instead
+//! of a TTL. A marked answer stays until a new one replaces it, so a directory
+//! that dies right after a change leaves nothing unanswered (serve-stale). When
+//! the feed is down, answers simply expire by TTL.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,7 +55,10 @@ pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String,
                 }
                 if serial != since {
                     dir.invalidate();
-                    tracing::debug!(serial, "directory changed; cache dropped");
+                    tracing::debug!(
+                        serial,
+                        "directory changed; cached answers to be asked again"
+                    );
                     since = serial;
                 }
             }

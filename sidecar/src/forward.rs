@@ -71,17 +71,28 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
 /// end-to-end header does, except `Host` (the backend gets its own, and the
 /// client's as `X-Forwarded-Host`), the length (set anew) and `X-Switchboard-*`
 /// (only the sidecar says those). Hop-by-hop headers, and those `listed` in
-/// `Connection`, never do.
+/// `Connection`, never do. Names are compared as CGI sees them (RFC 3875 §4.1.18:
+/// any case, `_` for `-`), so `X_Switchboard_Host` is dropped as `X-Switchboard-Host` is:
+/// a backend behind CGI or FastCGI would read both as `HTTP_X_SWITCHBOARD_HOST`.
 pub fn to_web_backend(name: &[u8], listed: &[&[u8]]) -> bool {
     const OWN: [&str; 3] = ["host", "content-length", "x-forwarded-host"];
     const PREFIX: &[u8] = b"x-switchboard-";
-    let is = |n: &&str| name.eq_ignore_ascii_case(n.as_bytes());
+    let is = |n: &&str| same_for_cgi(name, n.as_bytes());
     !(HOP_BY_HOP.iter().any(is)
         || OWN.iter().any(is)
         || name
             .get(..PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+            .is_some_and(|p| same_for_cgi(p, PREFIX))
         || listed.iter().any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether two header names are one CGI meta-variable: equal but for ASCII case
+/// and `-` against `_`.
+fn same_for_cgi(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.eq_ignore_ascii_case(y) || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_'))
+        })
 }
 
 /// The headers a user's request carries to the local web backend (`to_web_backend`),

@@ -17,7 +17,7 @@ pub struct GitRequest<'a> {
     pub repo: &'a str,
     pub rest: &'a str,
     pub method: &'a Method,
-    pub query: Option<&'a str>,
+    pub query: &'a str,
     pub headers: &'a HeaderMap,
 }
 
@@ -185,7 +185,7 @@ impl Repos {
             .env("GIT_PROJECT_ROOT", &self.root)
             .env("GIT_HTTP_EXPORT_ALL", "1")
             .env("PATH_INFO", format!("/{repo}.git/{rest}"))
-            .env("QUERY_STRING", query.unwrap_or(""))
+            .env("QUERY_STRING", query)
             .env("REQUEST_METHOD", method.as_str())
             .env("CONTENT_TYPE", header("content-type"))
             .env("REMOTE_USER", "switchboard")

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::forward::{self, BoxBody};
 use crate::route::{self, Access};
-use crate::sidecar::{error, Sidecar};
+use crate::sidecar::{error, spool_refusal, Sidecar};
 use crate::spool::Spooled;
 
 /// The header that carries the proxy's token.
@@ -118,7 +118,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+        Err(e) => return spool_refusal(e),
     };
     // Only fetches come through here, so a call that failed on the way (a pooled
     // connection the master had just closed, say) is sent once more, re-signed.

@@ -30,6 +30,10 @@ pub enum Target {
 pub enum RouteError {
     #[error("repository name {0:?} is not valid: use one DNS label (letters, digits, '-'), no '/' or '..'")]
     BadName(String),
+    #[error(
+        "{0}: info/refs takes one service, service=git-upload-pack or service=git-receive-pack"
+    )]
+    BadService(String),
     #[error("no repository {0} in the directory")]
     UnknownRepo(String),
     #[error("the master of {0} is unavailable: writes are refused until it is back or an admin promotes a replica (`repo promote`)")]
@@ -49,7 +53,7 @@ impl RouteError {
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
-            RouteError::BadName(_) => S::BAD_REQUEST,
+            RouteError::BadName(_) | RouteError::BadService(_) => S::BAD_REQUEST,
             RouteError::UnknownRepo(_) => S::NOT_FOUND,
             RouteError::NoMaster(_)
             | RouteError::NoReader(_)
@@ -63,6 +67,7 @@ impl RouteError {
     pub fn reason(&self) -> &'static str {
         match self {
             RouteError::BadName(_) => "bad-repository-name",
+            RouteError::BadService(_) => "bad-git-service",
             RouteError::UnknownRepo(_) => "unknown-repository",
             RouteError::NoMaster(_) => "no-master",
             RouteError::NoReader(_) => "no-reader",
@@ -80,16 +85,33 @@ pub fn repo_name(raw: &str) -> Result<String, RouteError> {
     Ok(name.to_string())
 }
 
-/// A git smart-HTTP path: `/source/REPO.git/REST`, with `REST` one of
-/// `info/refs`, `git-upload-pack`, `git-receive-pack`.
-pub struct GitPath<'a> {
+/// A git smart-HTTP request: `/source/REPO.git/REST?QUERY`, classified on the
+/// decoded path and query, as the web server and `git http-backend` read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitPath {
     pub repo: String,
-    pub rest: &'a str,
+    /// `info/refs`, `git-upload-pack`, `git-receive-pack` or `git-upload-archive`.
+    pub rest: &'static str,
+    /// The query `git http-backend` is given: the service this request was
+    /// classified by (`service=git-upload-pack` or `service=git-receive-pack`
+    /// for `info/refs`), else empty. Never the client's own spelling of it.
+    pub query: &'static str,
     pub access: Access,
 }
 
 /// Parses `/source/REPO.git/...`; `Ok(None)` if the path is not a git path at all.
-pub fn git_path<'a>(path: &'a str, query: Option<&str>) -> Result<Option<GitPath<'a>>, RouteError> {
+/// The path is percent-decoded first (`git%2Dreceive-pack` is `git-receive-pack`),
+/// and `info/refs` takes exactly one `service`, `git-upload-pack` or
+/// `git-receive-pack` once decoded (or none, for dumb HTTP): anything else is refused.
+pub fn git_path(path: &str, query: Option<&str>) -> Result<Option<GitPath>, RouteError> {
+    // Almost every path has nothing encoded: decode only those that do.
+    let decoded;
+    let path = if path.contains('%') {
+        decoded = percent_decode(path);
+        decoded.as_str()
+    } else {
+        path
+    };
     let Some(tail) = path.strip_prefix("/source/") else {
         return Ok(None);
     };
@@ -98,20 +120,48 @@ pub fn git_path<'a>(path: &'a str, query: Option<&str>) -> Result<Option<GitPath
         return Err(RouteError::BadName(raw.to_string()));
     };
     let repo = repo_name(repo)?;
-    let access = match rest {
-        "git-receive-pack" => Access::Write,
-        "info/refs"
-            if query
-                .unwrap_or("")
-                .split('&')
-                .any(|p| p == "service=git-receive-pack") =>
-        {
-            Access::Write
-        }
-        "info/refs" | "git-upload-pack" | "git-upload-archive" => Access::Read,
+    let (rest, query, access) = match rest {
+        "git-receive-pack" => ("git-receive-pack", "", Access::Write),
+        "git-upload-pack" => ("git-upload-pack", "", Access::Read),
+        "git-upload-archive" => ("git-upload-archive", "", Access::Read),
+        "info/refs" => match info_refs_service(query)? {
+            None => ("info/refs", "", Access::Read),
+            Some(Access::Read) => ("info/refs", "service=git-upload-pack", Access::Read),
+            Some(Access::Write) => ("info/refs", "service=git-receive-pack", Access::Write),
+        },
         _ => return Ok(None),
     };
-    Ok(Some(GitPath { repo, rest, access }))
+    Ok(Some(GitPath {
+        repo,
+        rest,
+        query,
+        access,
+    }))
+}
+
+/// The `service` an `info/refs` query names, decoded as git decodes it
+/// (names and values, `%XX` and `+`): none, upload-pack (read) or receive-pack (write).
+fn info_refs_service(query: Option<&str>) -> Result<Option<Access>, RouteError> {
+    let mut service = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(k) != "service" {
+            continue;
+        }
+        if service.replace(form_decode(v)).is_some() {
+            return Err(RouteError::BadService(
+                "service is given more than once".into(),
+            ));
+        }
+    }
+    match service.as_deref() {
+        None => Ok(None),
+        Some("git-upload-pack") => Ok(Some(Access::Read)),
+        Some("git-receive-pack") => Ok(Some(Access::Write)),
+        Some(other) => Err(RouteError::BadService(format!(
+            "service {other:?} is not a git service"
+        ))),
+    }
 }
 
 /// Conduit methods that change a repository. Everything else under `diffusion.` reads.
@@ -159,12 +209,21 @@ pub fn conduit_repository(method: &str, content_type: Option<&str>, body: &[u8])
 
 /// Decodes one `application/x-www-form-urlencoded` component.
 pub fn form_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+/// Decodes the `%XX` escapes of a URL path (a `+` stays a `+`).
+pub fn percent_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = b
                     .get(i + 1..i + 3)
@@ -278,6 +337,55 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(git_path("/other", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn git_paths_are_classified_decoded() {
+        let access = |path: &str, query: Option<&str>| {
+            git_path(path, query)
+                .map(|gp| gp.map(|gp| (gp.rest, gp.query, gp.access)))
+                .map_err(|e| e.reason())
+        };
+        let write = Ok(Some((
+            "info/refs",
+            "service=git-receive-pack",
+            Access::Write,
+        )));
+        let info = "/source/r1.git/info/refs";
+        assert_eq!(access(info, Some("service=git%2Dreceive-pack")), write);
+        assert_eq!(access(info, Some("serv%69ce=git%2dreceive%2Dpack")), write);
+        assert_eq!(access(info, Some("x=1&service=git-receive-pack")), write);
+        assert_eq!(
+            access(info, Some("service=git-upload-pack")),
+            Ok(Some(("info/refs", "service=git-upload-pack", Access::Read)))
+        );
+        assert_eq!(
+            access(info, None),
+            Ok(Some(("info/refs", "", Access::Read)))
+        );
+        assert_eq!(
+            access("/source/r1.git/git%2Dreceive-pack", None),
+            Ok(Some(("git-receive-pack", "", Access::Write)))
+        );
+        assert_eq!(
+            access(
+                "/%73ource/r1.git/info%2Frefs",
+                Some("service=git-receive-pack")
+            ),
+            write
+        );
+        for bad in [
+            "service=git-upload-archive",
+            "service=",
+            "service",
+            "service=git-receive-pack+",
+            "service=GIT-RECEIVE-PACK",
+            "service=git-receive-pack%00",
+            "service=git-upload-pack&service=git-receive-pack",
+        ] {
+            assert_eq!(access(info, Some(bad)), Err("bad-git-service"), "{bad}");
+        }
+        assert_eq!(percent_decode("a+b%2"), "a+b%2");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::git::{GitRequest, Repos};
 use crate::hook::Hooks;
 use crate::identity::{Identity, KeyInfo};
 use crate::metrics::Metrics;
-use crate::route::{Access, RouteError, Router, Target};
+use crate::route::{Access, GitPath, RouteError, Router, Target};
+use crate::spool::SpoolError;
 
 /// Largest request body routed (a pushed pack included).
 pub const MAX_BODY: u64 = 4 << 30;
@@ -88,6 +89,44 @@ impl Drop for TunnelSlot {
     }
 }
 
+/// Refuses a body declared (`Content-Length`) larger than `limit`, before a
+/// byte of it is read: nothing waits for, or spools, a body that will not do.
+pub fn check_declared(
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<(), Box<Response<crate::forward::BoxBody>>> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Box::new(too_large(limit)));
+    }
+    Ok(())
+}
+
+fn too_large(limit: u64) -> Response<BoxBody> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("the request body is larger than the {limit}-byte limit"),
+    )
+}
+
+/// The answer to a body that could not be spooled: too large (413, as a
+/// declared one), cut off by the client (400), or no room on disk (500).
+pub fn spool_refusal(e: SpoolError) -> Response<BoxBody> {
+    match e {
+        SpoolError::TooLarge(limit) => too_large(limit),
+        SpoolError::Read(_) => error(StatusCode::BAD_REQUEST, "body-unreadable", e.to_string()),
+        SpoolError::Disk(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "spool-failed",
+            e.to_string(),
+        ),
+    }
+}
+
 /// Refuses a body declared larger than `limit` before reading it, and cuts one
 /// that grows past it while it streams (the backend then sees an aborted body).
 pub fn limit_body(
@@ -95,17 +134,7 @@ pub fn limit_body(
     body: hyper::body::Incoming,
     limit: u64,
 ) -> Result<crate::forward::BoxBody, Box<Response<crate::forward::BoxBody>>> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Box::new(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            format!("the request body is larger than the {limit}-byte limit"),
-        )));
-    }
+    check_declared(headers, limit)?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     Ok(http_body_util::Limited::new(body, limit)
         .map_err(|e| e as crate::forward::BoxError)
@@ -280,14 +309,17 @@ impl Sidecar {
     }
 
     /// Asks the directory, uncached, who is master of `repo` and whether this
-    /// host's copy is within `max_lag` of the master's version.
+    /// host's copy is within `max_lag` of the master's version. For a read, the
+    /// last answer does when the directory cannot be reached (serve-stale); a
+    /// write needs the directory's answer now.
     pub async fn standing(
         &self,
         repo: &str,
+        access: Access,
     ) -> Result<Option<Standing>, crate::directory::DirError> {
         let Some(t) = self
             .dir
-            .txt_fresh(&format!("{repo}.{}", schema::REPO))
+            .txt_fresh(&format!("{repo}.{}", schema::REPO), access == Access::Read)
             .await?
         else {
             return Ok(None);
@@ -310,7 +342,7 @@ impl Sidecar {
     pub async fn target(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
         let t = self.router.repo(repo, access).await?;
         if t == Target::Local && access == Access::Read {
-            if let Ok(Some(s)) = self.standing(repo).await {
+            if let Ok(Some(s)) = self.standing(repo, Access::Read).await {
                 if !s.current {
                     tracing::info!(
                         repo,
@@ -328,16 +360,14 @@ impl Sidecar {
     /// that is current. The master creates a repository it lacks.
     pub async fn git_local(
         &self,
-        repo: &str,
-        rest: &str,
+        gp: &GitPath,
         method: &Method,
-        query: Option<&str>,
         headers: &HeaderMap,
         body: BoxBody,
     ) -> Response<BoxBody> {
-        let write = rest == "git-receive-pack"
-            || query.is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack"));
-        let standing = match self.standing(repo).await {
+        let repo = gp.repo.as_str();
+        let write = gp.access == Access::Write;
+        let standing = match self.standing(repo, gp.access).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return error(
@@ -390,9 +420,9 @@ impl Sidecar {
             .http_backend(
                 GitRequest {
                     repo,
-                    rest,
+                    rest: gp.rest,
                     method,
-                    query,
+                    query: gp.query,
                     headers,
                 },
                 body,

@@ -164,7 +164,7 @@ pub async fn local_command(
     repo: &str,
 ) -> Result<tokio::process::Command, String> {
     let standing = sc
-        .standing(repo)
+        .standing(repo, verb.access())
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no repository {repo} in the directory"))?;

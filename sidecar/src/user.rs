@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::forward::{self, BoxBody};
 use crate::route::{self, Target};
-use crate::sidecar::{error, limit_body, Sidecar, MAX_CONDUIT_BODY};
+use crate::sidecar::{check_declared, error, limit_body, spool_refusal, Sidecar, MAX_CONDUIT_BODY};
 use crate::spool::Spooled;
 
 /// Handles one user request from `client`.
@@ -38,19 +38,23 @@ pub async fn handle(
             ),
         );
     }
-    let git_route = route::git_path(req.uri().path(), req.uri().query())
-        .map(|gp| gp.map(|gp| (gp.repo, gp.rest.to_string(), gp.access)));
-    match git_route {
+    // A body declared too large is refused before any of it is read, whatever
+    // the route (Conduit calls have their own, lower, limit as well).
+    if let Err(refused) = check_declared(req.headers(), sc.limits.max_body) {
+        sc.metrics.request("user", "refused");
+        return *refused;
+    }
+    match route::git_path(req.uri().path(), req.uri().query()) {
         Err(e) => {
             sc.metrics.request("git", "refused");
             return error(e.status(), e.reason(), e.to_string());
         }
-        Ok(Some((repo, rest, access))) => {
-            if let Err(refused) = authorize_git(&sc, req.headers(), &repo, access).await {
+        Ok(Some(gp)) => {
+            if let Err(refused) = authorize_git(&sc, req.headers(), &gp.repo, gp.access).await {
                 sc.metrics.request("git", "refused");
                 return refused;
             }
-            return git(sc, req, &repo, &rest, access).await;
+            return git(sc, req, &gp).await;
         }
         Ok(None) => {}
     }
@@ -129,13 +133,8 @@ async fn authorize_git(
     }
 }
 
-async fn git(
-    sc: Arc<Sidecar>,
-    req: Request<Incoming>,
-    repo: &str,
-    rest: &str,
-    access: route::Access,
-) -> Response<BoxBody> {
+async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> Response<BoxBody> {
+    let (repo, access) = (gp.repo.as_str(), gp.access);
     let target = match sc.target(repo, access).await {
         Ok(t) => t,
         Err(e) => {
@@ -152,20 +151,12 @@ async fn git(
                 Ok(b) => b,
                 Err(refused) => return *refused,
             };
-            sc.git_local(
-                repo,
-                rest,
-                &parts.method,
-                parts.uri.query(),
-                &parts.headers,
-                body,
-            )
-            .await
+            sc.git_local(gp, &parts.method, &parts.headers, body).await
         }
         Target::Peer(peer) => {
             let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
                 Ok(s) => s,
-                Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+                Err(e) => return spool_refusal(e),
             };
             let again = spooled.bytes().cloned();
             let pq = parts
@@ -218,9 +209,13 @@ async fn git(
 /// Routes a Conduit call: by repository when it names one, else to the web backend.
 pub async fn conduit(sc: Arc<Sidecar>, req: Request<Incoming>, method: &str) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
-    let spooled = match Spooled::read(body, MAX_CONDUIT_BODY, &sc.spool_dir).await {
+    let limit = MAX_CONDUIT_BODY.min(sc.limits.max_body);
+    if let Err(refused) = check_declared(&parts.headers, limit) {
+        return *refused;
+    }
+    let spooled = match Spooled::read(body, limit, &sc.spool_dir).await {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string()),
+        Err(e) => return spool_refusal(e),
     };
     route_conduit(&sc, method, &parts.headers, spooled).await
 }
