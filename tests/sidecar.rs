@@ -254,7 +254,9 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
             // CGI gives these the same name as X-Switchboard-Host (HTTP_X_SWITCHBOARD_HOST).
             .args(["-H", "X_Switchboard_Host: web9"])
             .args(["-H", "x-SWITCHBOARD_caller: admin"])
-            .args(["-H", "X_Forwarded_Host: evil.example"]);
+            .args(["-H", "X_Forwarded_Host: evil.example"])
+            // httpoxy: CGI would hand this to the backend as HTTP_PROXY.
+            .args(["-H", "Proxy: http://evil.example:3128"]);
         if let Some(d) = data {
             cmd.args(["--data-binary", d]);
         }
@@ -282,6 +284,7 @@ fn the_web_backend_gets_the_users_headers_and_who_asked() {
             "x_switchboard_host",
             "x-switchboard_caller",
             "x_forwarded_host",
+            "proxy",
         ] {
             assert!(
                 h.get(hop).is_none(),

@@ -70,12 +70,14 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
 /// Whether a user's request header goes on to the local web backend. Every
 /// end-to-end header does, except `Host` (the backend gets its own, and the
 /// client's as `X-Forwarded-Host`), the length (set anew) and `X-Switchboard-*`
-/// (only the sidecar says those). Hop-by-hop headers, and those `listed` in
+/// (only the sidecar says those) and `Proxy` (httpoxy: CGI would hand it to
+/// the backend as `HTTP_PROXY`, which many HTTP clients take as their outbound
+/// proxy). Hop-by-hop headers, and those `listed` in
 /// `Connection`, never do. Names are compared as CGI sees them (RFC 3875 §4.1.18:
 /// any case, `_` for `-`), so `X_Switchboard_Host` is dropped as `X-Switchboard-Host` is:
 /// a backend behind CGI or FastCGI would read both as `HTTP_X_SWITCHBOARD_HOST`.
 pub fn to_web_backend(name: &[u8], listed: &[&[u8]]) -> bool {
-    const OWN: [&str; 3] = ["host", "content-length", "x-forwarded-host"];
+    const OWN: [&str; 4] = ["host", "content-length", "x-forwarded-host", "proxy"];
     const PREFIX: &[u8] = b"x-switchboard-";
     let is = |n: &&str| same_for_cgi(name, n.as_bytes());
     !(HOP_BY_HOP.iter().any(is)
