@@ -387,3 +387,128 @@ fn a_burst_of_queries_from_many_senders_gets_every_answer_to_its_sender() {
         }
     }
 }
+
+/// Sends `query` over UDP and returns the reply.
+fn udp_exchange(d: &Directory, query: &[u8]) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    sock.send_to(query, d.dns).expect("send");
+    let mut buf = [0u8; 65535];
+    let (len, _) = sock.recv_from(&mut buf).expect("a UDP reply");
+    buf[..len].to_vec()
+}
+
+/// Sends `query` over TCP (RFC 7766 framing) and returns the reply.
+fn tcp_exchange(d: &Directory, query: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(d.dns).expect("connect");
+    s.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    s.write_all(&framed).expect("send");
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).expect("a TCP reply");
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut reply).expect("the whole TCP reply");
+    reply
+}
+
+/// A query with opcode `opcode`, RD and CD set (`dig +opcode=N +rec +cd`).
+fn query_with_opcode(id: u16, opcode: u8, edns: bool) -> Vec<u8> {
+    let mut q = dns_query(id, &n("web1.node"), 1, edns);
+    q[2] = (opcode << 3) | 0x01;
+    q[3] = 0x10;
+    q
+}
+
+/// (opcode, RD, CD, rcode) of a reply, after checking it is a reply to `id`.
+fn reply_flags(reply: &[u8], id: u16) -> (u8, bool, bool, u8) {
+    assert!(reply.len() >= 12, "a reply shorter than a header: {reply:?}");
+    assert_eq!(u16::from_be_bytes([reply[0], reply[1]]), id, "reply id");
+    assert!(reply[2] & 0x80 != 0, "QR set");
+    (
+        (reply[2] >> 3) & 0x0f,
+        reply[2] & 0x01 != 0,
+        reply[3] & 0x10 != 0,
+        reply[3] & 0x0f,
+    )
+}
+
+#[test]
+fn replies_to_other_opcodes_clear_rd_and_cd() {
+    let d = Directory::demo();
+    // dig itself: `dig +opcode=15 +rec +cd` gets NOTIMP with neither flag back.
+    for transport in ["+notcp", "+tcp"] {
+        let r = d.dig(
+            &n("web1.node"),
+            "A",
+            &["+opcode=15", "+rec", "+cd", transport],
+        );
+        assert_eq!(r.status, "NOTIMP", "{transport}: {}", r.raw);
+        assert!(
+            !r.has_flag("rd") && !r.has_flag("cd"),
+            "{transport}: RD and CD are QUERY's only: {:?}",
+            r.flags
+        );
+    }
+    // Every other opcode (IQUERY, STATUS, NOTIFY, UPDATE, DSO, unassigned ones),
+    // with and without EDNS, over UDP and TCP.
+    let mut id = 0x4000;
+    for opcode in [1u8, 2, 3, 4, 5, 6, 7, 15] {
+        for edns in [false, true] {
+            for tcp in [false, true] {
+                id += 1;
+                let q = query_with_opcode(id, opcode, edns);
+                let reply = if tcp {
+                    tcp_exchange(&d, &q)
+                } else {
+                    udp_exchange(&d, &q)
+                };
+                let (op, rd, cd, rcode) = reply_flags(&reply, id);
+                let what = format!("opcode {opcode} edns {edns} tcp {tcp}");
+                assert_eq!(op, opcode, "{what}: the opcode is echoed");
+                assert_eq!(rcode, 4, "{what}: NOTIMP");
+                assert!(!rd && !cd, "{what}: RD {rd} CD {cd} in the reply");
+            }
+        }
+    }
+    // An EDNS version we do not speak on another opcode: whatever the rcode,
+    // RD and CD stay clear.
+    let mut q = query_with_opcode(0x5000, 4, true);
+    let ttl_at = q.len() - 11 + 5;
+    q[ttl_at + 1] = 1;
+    let (_, rd, cd, _) = reply_flags(&udp_exchange(&d, &q), 0x5000);
+    assert!(!rd && !cd, "EDNS version 1 NOTIFY: RD {rd} CD {cd}");
+    // A burst, so the UDP workers take them many to a system call (mmsg).
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    for i in 0..64u16 {
+        let opcode = [4u8, 5, 15][usize::from(i) % 3];
+        sock.send_to(&query_with_opcode(0x6000 + i, opcode, i % 2 == 0), d.dns)
+            .expect("send");
+    }
+    let mut buf = [0u8; 1500];
+    for _ in 0..64 {
+        let (len, _) = sock.recv_from(&mut buf).expect("every reply of the burst");
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        let (_, rd, cd, rcode) = reply_flags(&buf[..len], id);
+        assert_eq!(rcode, 4, "{id:#x}: NOTIMP");
+        assert!(!rd && !cd, "{id:#x}: RD {rd} CD {cd} in the reply");
+    }
+    // QUERY still echoes both (RFC 1035 §4.1.1, RFC 4035 §3.1.6), on the fast
+    // path (A) and the full path (ANY).
+    for (qtype, tcp) in [(1u16, false), (1, true), (255, false)] {
+        let mut q = dns_query(0x7000, &n("web1.node"), qtype, false);
+        q[2] |= 0x01;
+        q[3] |= 0x10;
+        let reply = if tcp {
+            tcp_exchange(&d, &q)
+        } else {
+            udp_exchange(&d, &q)
+        };
+        let (op, rd, cd, rcode) = reply_flags(&reply, 0x7000);
+        assert_eq!((op, rd, cd, rcode), (0, true, true, 0), "QUERY type {qtype}");
+    }
+}

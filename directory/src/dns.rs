@@ -64,8 +64,14 @@ async fn send_error(
         }
         other => other,
     };
-    let response =
-        MessageResponseBuilder::new(&request.queries, edns).error_msg(&request.metadata, code);
+    // RD and CD are defined for QUERY only (RFC 1035 §4.1.1, RFC 4035 §3.1.6):
+    // a reply to any other opcode leaves them clear, as BIND's does.
+    let mut metadata = request.metadata;
+    if metadata.op_code != OpCode::Query {
+        metadata.recursion_desired = false;
+        metadata.checking_disabled = false;
+    }
+    let response = MessageResponseBuilder::new(&request.queries, edns).error_msg(&metadata, code);
     handle
         .send_response(response)
         .await
