@@ -245,9 +245,17 @@ fn apex_static_and_negative_answers() {
 #[test]
 fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     let d = Directory::demo();
-    // Seven switchboard bindings with their addresses make an answer over 512 bytes.
+    // Seven switchboard bindings with their addresses make a response over 512
+    // bytes; the seven SRV records fit, so only addresses are left out, and
+    // that sets no TC (RFC 2181 §9: a client looks them up if it needs them).
     let udp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+ignore"]);
-    assert!(udp.has_flag("tc"), "truncated without EDNS: {}", udp.raw);
+    assert!(
+        !udp.has_flag("tc"),
+        "no TC for additional records: {}",
+        udp.raw
+    );
+    assert_eq!(udp.data("SRV").len(), 7, "every SRV record: {}", udp.raw);
+    assert!(udp.additional.len() < 8, "not every address: {}", udp.raw);
     let tcp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+tcp"]);
     assert!(!tcp.has_flag("tc"));
     assert_eq!(tcp.data("SRV").len(), 7);
@@ -424,7 +432,10 @@ fn query_with_opcode(id: u16, opcode: u8, edns: bool) -> Vec<u8> {
 
 /// (opcode, RD, CD, rcode) of a reply, after checking it is a reply to `id`.
 fn reply_flags(reply: &[u8], id: u16) -> (u8, bool, bool, u8) {
-    assert!(reply.len() >= 12, "a reply shorter than a header: {reply:?}");
+    assert!(
+        reply.len() >= 12,
+        "a reply shorter than a header: {reply:?}"
+    );
     assert_eq!(u16::from_be_bytes([reply[0], reply[1]]), id, "reply id");
     assert!(reply[2] & 0x80 != 0, "QR set");
     (
@@ -509,6 +520,198 @@ fn replies_to_other_opcodes_clear_rd_and_cd() {
             udp_exchange(&d, &q)
         };
         let (op, rd, cd, rcode) = reply_flags(&reply, 0x7000);
-        assert_eq!((op, rd, cd, rcode), (0, true, true, 0), "QUERY type {qtype}");
+        assert_eq!(
+            (op, rd, cd, rcode),
+            (0, true, true, 0),
+            "QUERY type {qtype}"
+        );
     }
+}
+
+/// One record of a strictly parsed reply: owner (lowercase, dotted), type, RDATA.
+#[derive(Debug)]
+struct WireRr {
+    name: String,
+    rtype: u16,
+    rdata: Vec<u8>,
+}
+
+/// A reply parsed strictly: every count matches the records present, every
+/// name and RDLENGTH stays inside the message, every TXT RDATA is whole
+/// character-strings, and nothing follows the last record.
+#[derive(Debug)]
+struct Strict {
+    tc: bool,
+    rcode: u8,
+    answers: Vec<WireRr>,
+    authority: Vec<WireRr>,
+    additional: Vec<WireRr>,
+}
+
+fn strict_name(m: &[u8], mut pos: usize) -> (String, usize) {
+    let mut labels = Vec::new();
+    let mut end = None;
+    for _ in 0..128 {
+        let len = *m
+            .get(pos)
+            .unwrap_or_else(|| panic!("name runs off the end at {pos}"));
+        if len & 0xc0 == 0xc0 {
+            let to = usize::from(u16::from_be_bytes([len, m[pos + 1]]) & 0x3fff);
+            assert!(to < pos, "compression pointer forward at {pos}");
+            end.get_or_insert(pos + 2);
+            pos = to;
+            continue;
+        }
+        assert!(len & 0xc0 == 0, "bad label type at {pos}");
+        if len == 0 {
+            return (
+                labels.join(".").to_lowercase() + ".",
+                end.unwrap_or(pos + 1),
+            );
+        }
+        let label = m
+            .get(pos + 1..pos + 1 + usize::from(len))
+            .unwrap_or_else(|| panic!("label runs off the end at {pos}"));
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        pos += 1 + usize::from(len);
+    }
+    panic!("a name of more than 128 labels");
+}
+
+fn strict(m: &[u8]) -> Strict {
+    assert!(m.len() >= 12, "shorter than a header");
+    let count = |i: usize| usize::from(u16::from_be_bytes([m[i], m[i + 1]]));
+    let mut pos = 12;
+    for _ in 0..count(4) {
+        pos = strict_name(m, pos).1 + 4;
+    }
+    let mut sections: [Vec<WireRr>; 3] = Default::default();
+    for (s, at) in [6, 8, 10].into_iter().enumerate() {
+        for i in 0..count(at) {
+            let (name, p) = strict_name(m, pos);
+            let head = m.get(p..p + 10).unwrap_or_else(|| {
+                panic!("section {s} record {i} ({name}): header runs off the end")
+            });
+            let rtype = u16::from_be_bytes([head[0], head[1]]);
+            let rdlen = usize::from(u16::from_be_bytes([head[8], head[9]]));
+            let rdata = m.get(p + 10..p + 10 + rdlen).unwrap_or_else(|| {
+                panic!(
+                    "section {s} record {i} ({name} type {rtype}): RDLENGTH {rdlen} past the end ({} bytes)",
+                    m.len()
+                )
+            });
+            if rtype == 16 {
+                assert!(rdlen > 0, "{name} TXT with RDLENGTH 0");
+                let mut at = 0;
+                while at < rdlen {
+                    at += 1 + usize::from(rdata[at]);
+                }
+                assert_eq!(at, rdlen, "{name} TXT: a character-string cut short");
+            }
+            sections[s].push(WireRr {
+                name,
+                rtype,
+                rdata: rdata.to_vec(),
+            });
+            pos = p + 10 + rdlen;
+        }
+    }
+    assert_eq!(
+        pos,
+        m.len(),
+        "{} bytes after the last record",
+        m.len() - pos
+    );
+    let [answers, authority, additional] = sections;
+    Strict {
+        tc: m[2] & 0x02 != 0,
+        rcode: m[3] & 0x0f,
+        answers,
+        authority,
+        additional,
+    }
+}
+
+/// A query offering an EDNS buffer of `size` bytes.
+fn dns_query_bufsize(id: u16, name: &str, qtype: u16, size: u16) -> Vec<u8> {
+    let mut q = dns_query(id, name, qtype, true);
+    let at = q.len() - 11 + 3;
+    q[at..at + 2].copy_from_slice(&size.to_be_bytes());
+    q
+}
+
+#[test]
+fn truncated_udp_answers_hold_whole_records_and_tcp_the_whole_answer() {
+    // A host whose node TXT (about 1 KB of properties) fits neither 512 bytes
+    // nor a 600-byte EDNS buffer, and a service of 16 bindings (SRV answers of
+    // about 700 bytes, then 16 addresses).
+    let props: Vec<String> = (0..10)
+        .map(|i| format!("\"p{i}={}\"", "x".repeat(90)))
+        .collect();
+    let mut bindings = String::new();
+    for i in 0..16 {
+        bindings.push_str(&format!(
+            "b{i}.node 60 IN A 10.0.8.{i}\nb{i}.node 60 IN TXT \"roles=web\"\nb{i}._wide._tcp 5 IN SRV 0 0 80 b{i}.node\n"
+        ));
+    }
+    let d = Directory::with_zone(
+        |k| {
+            format!(
+                "{}big.node 60 IN A 10.0.9.9\nbig.node 60 IN TXT \"roles=web\" \"available=1\" {}\n{bindings}",
+                switchboard_tests::demo_zone(k),
+                props.join(" ")
+            )
+        },
+        &[],
+    );
+    let big = n("big.node");
+    let wide = n("wide.service");
+    for (name, qtype) in [(&big, 16u16), (&wide, 33)] {
+        let full = strict(&tcp_exchange(&d, &dns_query(1, name, qtype, false)));
+        assert!(!full.tc, "{name}: complete over TCP");
+        assert_eq!(full.rcode, 0);
+        let want = if qtype == 16 { 1 } else { 16 };
+        assert_eq!(full.answers.len(), want, "{name}: every record over TCP");
+        if qtype == 16 {
+            assert_eq!(
+                full.answers[0].rdata.len(),
+                10 + 12 + 10 * 94,
+                "the whole TXT"
+            );
+        }
+        for (what, query, limit) in [
+            ("no EDNS", dns_query(2, name, qtype, false), 512),
+            ("EDNS 600", dns_query_bufsize(3, name, qtype, 600), 600),
+        ] {
+            let raw = udp_exchange(&d, &query);
+            assert!(raw.len() <= limit, "{name} {what}: {} bytes", raw.len());
+            let r = strict(&raw);
+            assert!(r.tc, "{name} {what}: TC set");
+            assert_eq!(r.rcode, 0, "{name} {what}");
+            assert!(r.answers.len() < want, "{name} {what}: not all of it");
+            assert!(
+                r.answers
+                    .iter()
+                    .all(|a| a.name == *name && a.rtype == qtype),
+                "{name} {what}: {:?}",
+                r.answers
+            );
+            assert!(r.authority.is_empty(), "{name} {what}: {:?}", r.authority);
+            let opts = r.additional.iter().filter(|a| a.rtype == 41).count();
+            assert_eq!(opts, usize::from(what != "no EDNS"), "{name} {what}: OPT");
+        }
+        // With room for it, the whole answer over UDP.
+        let r = strict(&udp_exchange(&d, &dns_query_bufsize(4, name, qtype, 1232)));
+        assert!(!r.tc, "{name}: fits in 1232 bytes");
+        assert_eq!(r.answers.len(), want);
+    }
+    // Room for every answer but not every address: no TC for what the
+    // additional section left out (RFC 2181 §9), and the OPT record stays.
+    let raw = udp_exchange(&d, &dns_query_bufsize(5, &wide, 33, 800));
+    assert!(raw.len() <= 800, "{} bytes", raw.len());
+    let r = strict(&raw);
+    assert!(!r.tc, "TC for a short additional section");
+    assert_eq!(r.answers.len(), 16);
+    assert!(r.additional.len() < 17, "{:?}", r.additional);
+    assert_eq!(r.additional.last().map(|a| a.rtype), Some(41), "OPT last");
 }

@@ -194,19 +194,30 @@ impl ResponseHandler for Reply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let max = match &self.0 {
-            Sink::Udp { .. } => response
-                .edns()
-                .map(|e| e.max_payload().max(512))
-                .unwrap_or(512),
-            Sink::Buffer(_) => u16::MAX,
-        };
+        // The client's UDP buffer: 512 bytes without EDNS (RFC 1035 §4.2.1).
+        let max = response
+            .edns()
+            .map(|e| usize::from(e.max_payload().max(512)))
+            .unwrap_or(512);
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response
+        let mut info = response
             .destructive_emit(&mut encoder)
             .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        // A record past 64 KiB is rolled back, but its bytes stay in the
+        // buffer: the message ends where the encoder does.
+        let end = encoder.offset();
+        bytes.truncate(end);
+        if let Sink::Udp { .. } = &self.0 {
+            // Cut to the client's buffer ourselves: hickory's own cut can drop
+            // the OPT record, and sets TC when only additional records went.
+            if crate::wire::truncate(&mut bytes, max) {
+                use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+                if let Ok(h) = Header::read(&mut BinDecoder::new(&bytes)) {
+                    info = ResponseInfo::from(h);
+                }
+            }
+        }
         match &self.0 {
             Sink::Udp { socket, dst } => {
                 socket
