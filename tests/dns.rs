@@ -715,3 +715,131 @@ fn truncated_udp_answers_hold_whole_records_and_tcp_the_whole_answer() {
     assert!(r.additional.len() < 17, "{:?}", r.additional);
     assert_eq!(r.additional.last().map(|a| a.rtype), Some(41), "OPT last");
 }
+
+#[test]
+fn cname_answers_carry_the_targets_records_from_the_zone() {
+    let extra = "alias IN CNAME www\n\
+                 loop1 IN CNAME loop2\n\
+                 loop2 IN CNAME loop1\n\
+                 away IN CNAME example.org.\n\
+                 db IN CNAME mysql.service\n\
+                 soon IN CNAME later.node\n";
+    let d = Directory::with_zone(
+        |k| format!("{}{extra}", switchboard_tests::demo_zone(k)),
+        &[],
+    );
+    let rows = |r: &switchboard_tests::Dig| -> Vec<String> {
+        r.answer
+            .iter()
+            .map(|a| format!("{} {} {}", a.name, a.rtype, a.data))
+            .collect()
+    };
+    let www = format!("{} CNAME web1.node.{Z}", n("www"));
+    // The same answers on the UDP fast path, without EDNS, and over TCP.
+    for flags in [&[][..], &["+noedns"], &["+tcp"]] {
+        let ask = |name: &str, t: &str| {
+            let r = d.dig(&n(name), t, flags);
+            assert_eq!(r.status, "NOERROR", "{name} {t} {flags:?}: {}", r.raw);
+            assert!(r.has_flag("aa"), "{name} {t} {flags:?}: {:?}", r.flags);
+            r
+        };
+        // RFC 1034 §4.3.2: the CNAME, then the target's records.
+        assert_eq!(
+            rows(&ask("www", "A")),
+            vec![www.clone(), format!("web1.node.{Z} A 10.0.1.11")],
+            "{flags:?}"
+        );
+        let txt = rows(&ask("www", "TXT"));
+        assert_eq!(txt.len(), 2, "{txt:?}");
+        assert_eq!(txt[0], www);
+        assert!(txt[1].starts_with(&format!("web1.node.{Z} TXT \"roles=web\"")));
+        // A chain within the zone, followed to its end.
+        assert_eq!(
+            rows(&ask("alias", "A")),
+            vec![
+                format!("{} CNAME www.{Z}", n("alias")),
+                www.clone(),
+                format!("web1.node.{Z} A 10.0.1.11"),
+            ],
+            "{flags:?}"
+        );
+        // The target has no such type: the chain alone.
+        assert_eq!(rows(&ask("www", "AAAA")), vec![www.clone()]);
+        assert_eq!(
+            rows(&ask("alias", "AAAA")),
+            vec![format!("{} CNAME www.{Z}", n("alias")), www.clone()]
+        );
+        // Asked for the CNAME itself: the CNAME only.
+        assert_eq!(rows(&ask("www", "CNAME")), vec![www.clone()]);
+        assert_eq!(
+            rows(&ask("alias", "CNAME")),
+            vec![format!("{} CNAME www.{Z}", n("alias"))]
+        );
+        // A target outside our zones: the CNAME alone.
+        assert_eq!(
+            rows(&ask("away", "A")),
+            vec![format!("{} CNAME example.org.", n("away"))]
+        );
+        // A loop ends: each CNAME once, no more.
+        assert_eq!(
+            rows(&ask("loop1", "A")),
+            vec![
+                format!("{} CNAME loop2.{Z}", n("loop1")),
+                format!("{} CNAME loop1.{Z}", n("loop2")),
+            ]
+        );
+        // A derived target: SRV records, their addresses in the additional section.
+        let srv = ask("db", "SRV");
+        assert_eq!(
+            rows(&srv),
+            vec![
+                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
+                format!("mysql.service.{Z} SRV 10 0 3306 db2.node.{Z}"),
+            ]
+        );
+        assert!(
+            srv.additional.iter().any(|r| r.data == "10.0.4.12"),
+            "{}",
+            srv.raw
+        );
+        // A target that does not exist yet.
+        assert_eq!(
+            rows(&ask("soon", "A")),
+            vec![format!("{} CNAME later.node.{Z}", n("soon"))]
+        );
+    }
+    // ANY at an alias is its CNAME, and the zone's records are not repeated
+    // under it in a flat export.
+    assert_eq!(rows(&d.dig(&n("www"), "ANY", &["+tcp"])), vec![www.clone()]);
+    let flat = d.cli_ok(&["zone", "export", "cluster.example", "--flat"]);
+    let a_lines = flat
+        .lines()
+        .filter(|l| l.starts_with(&format!("web1.node.{Z}\t")) && l.contains("\tA\t"))
+        .count();
+    assert_eq!(a_lines, 1, "{flat}");
+    // The answers follow the model: a binding removed, a host added.
+    d.cli_ok(&["bind", "rm", "db2", "mysql"]);
+    let (_, later_pub, _) = switchboard_tests::keygen(d.dir.path(), "later");
+    d.cli_ok(&[
+        "host", "add", "later", "--addr", "10.0.7.1", "--pubkey", &later_pub, "--roles", "web",
+    ]);
+    for flags in [&[][..], &["+tcp"]] {
+        assert_eq!(
+            rows(&d.dig(&n("db"), "SRV", flags)),
+            vec![
+                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
+            ],
+            "{flags:?}"
+        );
+        assert_eq!(
+            rows(&d.dig(&n("soon"), "A", flags)),
+            vec![
+                format!("{} CNAME later.node.{Z}", n("soon")),
+                format!("later.node.{Z} A 10.0.7.1"),
+            ],
+            "{flags:?}"
+        );
+    }
+}

@@ -30,8 +30,12 @@ pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
     (w.len() <= 255).then(|| w.into_boxed_slice())
 }
 
-/// Bytes before a set's records: TYPE, ANCOUNT, ARCOUNT (u16 each), LEN (u32).
+/// Bytes before a set's records: TYPE, ANCOUNT, ARCOUNT (u16 each), LEN (u32,
+/// its top bit `ALIAS`).
 const SET_HEAD: usize = 10;
+
+/// The bit of a set's LEN that marks an alias set (no set is 2 GiB long).
+const ALIAS: u32 = 1 << 31;
 
 /// One encoded record set of a node (see `encode_set`).
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +47,11 @@ pub struct Set<'a> {
     /// header and question (their compression pointers assume the question name
     /// at offset 12, so any question of the same name fits).
     pub body: &'a [u8],
+    /// An answer built at a CNAME's owner from the end of its chain (RFC 1034
+    /// §4.3.2: the CNAMEs, then the target's records of `rtype`): it answers a
+    /// query there, but holds no record of the owner's own (not in ANY, not
+    /// exported).
+    pub alias: bool,
 }
 
 /// Appends the record set (name, type) to `out`, a node's packed sets: the
@@ -53,6 +62,28 @@ pub fn encode_set(
     rtype: RecordType,
     records: &[Record],
     additionals: &[Record],
+    out: &mut Vec<u8>,
+) {
+    encode(name, rtype, records, additionals, false, out)
+}
+
+/// `encode_set` for an alias set (see `Set::alias`).
+pub fn encode_alias_set(
+    name: &Name,
+    rtype: RecordType,
+    records: &[Record],
+    additionals: &[Record],
+    out: &mut Vec<u8>,
+) {
+    encode(name, rtype, records, additionals, true, out)
+}
+
+fn encode(
+    name: &Name,
+    rtype: RecordType,
+    records: &[Record],
+    additionals: &[Record],
+    alias: bool,
     out: &mut Vec<u8>,
 ) {
     if records.is_empty() {
@@ -70,10 +101,13 @@ pub fn encode_set(
     if let Some((buf, start, end, counts)) = encoded {
         push_set(
             out,
-            u16::from(rtype),
-            counts[0],
-            counts[1],
-            &buf[start..end],
+            &Set {
+                rtype: u16::from(rtype),
+                answers: counts[0],
+                additionals: counts[1],
+                body: &buf[start..end],
+                alias,
+            },
         );
     }
 }
@@ -293,12 +327,13 @@ impl Enc {
     }
 }
 
-fn push_set(out: &mut Vec<u8>, rtype: u16, an: u16, ar: u16, body: &[u8]) {
-    out.extend_from_slice(&rtype.to_be_bytes());
-    out.extend_from_slice(&an.to_be_bytes());
-    out.extend_from_slice(&ar.to_be_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(body);
+fn push_set(out: &mut Vec<u8>, set: &Set<'_>) {
+    out.extend_from_slice(&set.rtype.to_be_bytes());
+    out.extend_from_slice(&set.answers.to_be_bytes());
+    out.extend_from_slice(&set.additionals.to_be_bytes());
+    let flag = if set.alias { ALIAS } else { 0 };
+    out.extend_from_slice(&(set.body.len() as u32 | flag).to_be_bytes());
+    out.extend_from_slice(set.body);
 }
 
 /// The sets packed in `b` by `encode_set`.
@@ -306,24 +341,27 @@ pub fn sets(b: &[u8]) -> impl Iterator<Item = Set<'_>> {
     let mut rest = b;
     std::iter::from_fn(move || {
         let head = rest.get(..SET_HEAD)?;
-        let len = u32::from_be_bytes([head[6], head[7], head[8], head[9]]) as usize;
+        let len = u32::from_be_bytes([head[6], head[7], head[8], head[9]]);
+        let alias = len & ALIAS != 0;
+        let len = (len & !ALIAS) as usize;
         let body = rest.get(SET_HEAD..SET_HEAD + len)?;
         let set = Set {
             rtype: u16::from_be_bytes([head[0], head[1]]),
             answers: u16::from_be_bytes([head[2], head[3]]),
             additionals: u16::from_be_bytes([head[4], head[5]]),
             body,
+            alias,
         };
         rest = &rest[SET_HEAD + len..];
         Some(set)
     })
 }
 
-/// Packed sets `b` without the set of type `rtype`.
-pub fn without_set(b: &[u8], rtype: u16) -> Vec<u8> {
+/// Packed sets `b` with only the sets `keep` says yes to.
+pub fn retain_sets(b: &[u8], keep: impl Fn(&Set<'_>) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
-    for s in sets(b).filter(|s| s.rtype != rtype) {
-        push_set(&mut out, s.rtype, s.answers, s.additionals, s.body);
+    for s in sets(b).filter(|s| keep(s)) {
+        push_set(&mut out, &s);
     }
     out
 }
@@ -364,7 +402,6 @@ pub fn soa_tail(negative_soa: &Record) -> Box<[u8]> {
     tail.into_boxed_slice()
 }
 
-const TYPE_CNAME: u16 = 5;
 const TYPE_OPT: u16 = 41;
 /// Our largest UDP answer, whatever the client offers (as in the slow path).
 const MAX_UDP: usize = 1232;
@@ -531,7 +568,7 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
     };
     match z.node(name) {
         Some(node) => {
-            let Some(set) = node.set(qu.qtype).or_else(|| node.set(TYPE_CNAME)) else {
+            let Some(set) = node.answer(qu.qtype) else {
                 return negative(out, query, &qu, question, z, origin_at, 0);
             };
             let ar = set.additionals.checked_add(u16::from(qu.edns.is_some()))?;
