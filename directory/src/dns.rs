@@ -2,8 +2,9 @@
 //!
 //! A request is decoded by hickory-server; `DnsHandler` picks the zone, does one
 //! lookup in the current `View` and hands borrowed records to the response
-//! encoder, which applies the client's EDNS(0) buffer size and sets TC when an
-//! answer does not fit (RFC 1035 §4.2.1, RFC 6891 §7). No I/O, no lock, no
+//! encoder; a UDP answer is then cut to the client's EDNS(0) buffer size at a
+//! record boundary, TC set when an answer does not fit (`wire::truncate`;
+//! RFC 1035 §4.2.1, RFC 2181 §9, RFC 6891 §7). No I/O, no lock, no
 //! allocation beyond the response itself.
 
 use std::sync::Arc;

@@ -10,7 +10,9 @@
 //! record when the client sent one. NXDOMAIN and NODATA are assembled from the question
 //! and the zone's pre-encoded SOA. Anything else — other opcodes or classes, ANY,
 //! zone transfers, malformed packets, an answer larger than the client's buffer —
-//! returns `None` and takes hickory's full path, which also truncates.
+//! returns `None` and takes hickory's full path, whose UDP answers `truncate`
+//! cuts to the client's buffer. At a CNAME's owner, the set answered may be an
+//! alias set: the chain and its target's records, built with the view.
 
 use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -607,7 +609,7 @@ fn skip_name(m: &[u8], mut pos: usize) -> Option<usize> {
 /// when an answer or authority record had to go, not for additional records
 /// (RFC 2181 §9); the OPT record is kept whatever else goes (RFC 6891 §7).
 /// Returns whether anything was cut. A message it cannot walk keeps only its
-/// header and question, with TC.
+/// header (and question, if that much is whole), with TC.
 pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> bool {
     if msg.len() <= limit || msg.len() < 12 {
         return false;
