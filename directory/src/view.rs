@@ -1228,14 +1228,18 @@ pub fn patch(
     // Alias sets whose chain ends at a name this change rebuilt or removed (or
     // at the apex, whose SOA moved).
     let origin_key = key_of(&origin).unwrap_or_default();
-    let owners: rustc_hash::FxHashSet<&Key> = fresh_keys
-        .iter()
-        .chain(&removed)
-        .chain(&orphans)
-        .chain(std::iter::once(&origin_key))
-        .filter_map(|k| old.aliases.get(k))
-        .flatten()
-        .collect();
+    let owners: rustc_hash::FxHashSet<&Key> = if old.aliases.is_empty() {
+        Default::default()
+    } else {
+        fresh_keys
+            .iter()
+            .chain(&removed)
+            .chain(&orphans)
+            .chain(std::iter::once(&origin_key))
+            .filter_map(|k| old.aliases.get(k))
+            .flatten()
+            .collect()
+    };
     if !owners.is_empty() {
         let rebuilt: Vec<(Key, Node)> = {
             let at = |k: &[u8]| {
