@@ -158,7 +158,6 @@ options {
   recursion no;
   pid-file "$d/named.pid";
   minimal-responses no;
-  check-names primary ignore;
   max-records-per-type 0;
   max-types-per-name 0;
 };

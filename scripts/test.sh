@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a machine that has only Rust: installs the
-# real clients the end-to-end tests drive (dig, named-checkzone, curl, git, ssh, sshd,
-# chromium and chromedriver) from
+# real clients the end-to-end tests drive (dig, named-checkzone, nsd-checkzone,
+# kzonecheck, curl, git, ssh, sshd, chromium and chromedriver) from
 # Debian's packages if they are missing, then lints, builds and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 need=()
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 command -v named-checkzone >/dev/null 2>&1 || need+=(bind9-utils)
+# The flat export must load in NSD and Knot too.
+command -v nsd-checkzone >/dev/null 2>&1 || need+=(nsd)
+command -v kzonecheck >/dev/null 2>&1 || need+=(knot-dnssecutils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v git >/dev/null 2>&1 || need+=(git)
 # Key files are checked against what OpenSSL reads and writes.

@@ -245,9 +245,17 @@ fn apex_static_and_negative_answers() {
 #[test]
 fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     let d = Directory::demo();
-    // Seven switchboard bindings with their addresses make an answer over 512 bytes.
+    // Seven switchboard bindings with their addresses make a response over 512
+    // bytes; the seven SRV records fit, so only addresses are left out, and
+    // that sets no TC (RFC 2181 §9: a client looks them up if it needs them).
     let udp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+ignore"]);
-    assert!(udp.has_flag("tc"), "truncated without EDNS: {}", udp.raw);
+    assert!(
+        !udp.has_flag("tc"),
+        "no TC for additional records: {}",
+        udp.raw
+    );
+    assert_eq!(udp.data("SRV").len(), 7, "every SRV record: {}", udp.raw);
+    assert!(udp.additional.len() < 8, "not every address: {}", udp.raw);
     let tcp = d.dig(&n("switchboard.service"), "SRV", &["+noedns", "+tcp"]);
     assert!(!tcp.has_flag("tc"));
     assert_eq!(tcp.data("SRV").len(), 7);
@@ -385,5 +393,453 @@ fn a_burst_of_queries_from_many_senders_gets_every_answer_to_its_sender() {
             }
             assert!(seen.insert(id), "one answer per query: {id:#x} twice");
         }
+    }
+}
+
+/// Sends `query` over UDP and returns the reply.
+fn udp_exchange(d: &Directory, query: &[u8]) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    sock.send_to(query, d.dns).expect("send");
+    let mut buf = [0u8; 65535];
+    let (len, _) = sock.recv_from(&mut buf).expect("a UDP reply");
+    buf[..len].to_vec()
+}
+
+/// Sends `query` over TCP (RFC 7766 framing) and returns the reply.
+fn tcp_exchange(d: &Directory, query: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(d.dns).expect("connect");
+    s.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    s.write_all(&framed).expect("send");
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).expect("a TCP reply");
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut reply).expect("the whole TCP reply");
+    reply
+}
+
+/// A query with opcode `opcode`, RD and CD set (`dig +opcode=N +rec +cd`).
+fn query_with_opcode(id: u16, opcode: u8, edns: bool) -> Vec<u8> {
+    let mut q = dns_query(id, &n("web1.node"), 1, edns);
+    q[2] = (opcode << 3) | 0x01;
+    q[3] = 0x10;
+    q
+}
+
+/// (opcode, RD, CD, rcode) of a reply, after checking it is a reply to `id`.
+fn reply_flags(reply: &[u8], id: u16) -> (u8, bool, bool, u8) {
+    assert!(
+        reply.len() >= 12,
+        "a reply shorter than a header: {reply:?}"
+    );
+    assert_eq!(u16::from_be_bytes([reply[0], reply[1]]), id, "reply id");
+    assert!(reply[2] & 0x80 != 0, "QR set");
+    (
+        (reply[2] >> 3) & 0x0f,
+        reply[2] & 0x01 != 0,
+        reply[3] & 0x10 != 0,
+        reply[3] & 0x0f,
+    )
+}
+
+#[test]
+fn replies_to_other_opcodes_clear_rd_and_cd() {
+    let d = Directory::demo();
+    // dig itself: `dig +opcode=15 +rec +cd` gets NOTIMP with neither flag back.
+    for transport in ["+notcp", "+tcp"] {
+        let r = d.dig(
+            &n("web1.node"),
+            "A",
+            &["+opcode=15", "+rec", "+cd", transport],
+        );
+        assert_eq!(r.status, "NOTIMP", "{transport}: {}", r.raw);
+        assert!(
+            !r.has_flag("rd") && !r.has_flag("cd"),
+            "{transport}: RD and CD are QUERY's only: {:?}",
+            r.flags
+        );
+    }
+    // Every other opcode (IQUERY, STATUS, NOTIFY, UPDATE, DSO, unassigned ones),
+    // with and without EDNS, over UDP and TCP.
+    let mut id = 0x4000;
+    for opcode in [1u8, 2, 3, 4, 5, 6, 7, 15] {
+        for edns in [false, true] {
+            for tcp in [false, true] {
+                id += 1;
+                let q = query_with_opcode(id, opcode, edns);
+                let reply = if tcp {
+                    tcp_exchange(&d, &q)
+                } else {
+                    udp_exchange(&d, &q)
+                };
+                let (op, rd, cd, rcode) = reply_flags(&reply, id);
+                let what = format!("opcode {opcode} edns {edns} tcp {tcp}");
+                assert_eq!(op, opcode, "{what}: the opcode is echoed");
+                assert_eq!(rcode, 4, "{what}: NOTIMP");
+                assert!(!rd && !cd, "{what}: RD {rd} CD {cd} in the reply");
+            }
+        }
+    }
+    // An EDNS version we do not speak on another opcode: whatever the rcode,
+    // RD and CD stay clear.
+    let mut q = query_with_opcode(0x5000, 4, true);
+    let ttl_at = q.len() - 11 + 5;
+    q[ttl_at + 1] = 1;
+    let (_, rd, cd, _) = reply_flags(&udp_exchange(&d, &q), 0x5000);
+    assert!(!rd && !cd, "EDNS version 1 NOTIFY: RD {rd} CD {cd}");
+    // A burst, so the UDP workers take them many to a system call (mmsg).
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(switchboard_tests::DEADLINE))
+        .expect("timeout");
+    for i in 0..64u16 {
+        let opcode = [4u8, 5, 15][usize::from(i) % 3];
+        sock.send_to(&query_with_opcode(0x6000 + i, opcode, i % 2 == 0), d.dns)
+            .expect("send");
+    }
+    let mut buf = [0u8; 1500];
+    for _ in 0..64 {
+        let (len, _) = sock.recv_from(&mut buf).expect("every reply of the burst");
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        let (_, rd, cd, rcode) = reply_flags(&buf[..len], id);
+        assert_eq!(rcode, 4, "{id:#x}: NOTIMP");
+        assert!(!rd && !cd, "{id:#x}: RD {rd} CD {cd} in the reply");
+    }
+    // QUERY still echoes both (RFC 1035 §4.1.1, RFC 4035 §3.1.6), on the fast
+    // path (A) and the full path (ANY).
+    for (qtype, tcp) in [(1u16, false), (1, true), (255, false)] {
+        let mut q = dns_query(0x7000, &n("web1.node"), qtype, false);
+        q[2] |= 0x01;
+        q[3] |= 0x10;
+        let reply = if tcp {
+            tcp_exchange(&d, &q)
+        } else {
+            udp_exchange(&d, &q)
+        };
+        let (op, rd, cd, rcode) = reply_flags(&reply, 0x7000);
+        assert_eq!(
+            (op, rd, cd, rcode),
+            (0, true, true, 0),
+            "QUERY type {qtype}"
+        );
+    }
+}
+
+/// One record of a strictly parsed reply: owner (lowercase, dotted), type, RDATA.
+#[derive(Debug)]
+struct WireRr {
+    name: String,
+    rtype: u16,
+    rdata: Vec<u8>,
+}
+
+/// A reply parsed strictly: every count matches the records present, every
+/// name and RDLENGTH stays inside the message, every TXT RDATA is whole
+/// character-strings, and nothing follows the last record.
+#[derive(Debug)]
+struct Strict {
+    tc: bool,
+    rcode: u8,
+    answers: Vec<WireRr>,
+    authority: Vec<WireRr>,
+    additional: Vec<WireRr>,
+}
+
+fn strict_name(m: &[u8], mut pos: usize) -> (String, usize) {
+    let mut labels = Vec::new();
+    let mut end = None;
+    for _ in 0..128 {
+        let len = *m
+            .get(pos)
+            .unwrap_or_else(|| panic!("name runs off the end at {pos}"));
+        if len & 0xc0 == 0xc0 {
+            let to = usize::from(u16::from_be_bytes([len, m[pos + 1]]) & 0x3fff);
+            assert!(to < pos, "compression pointer forward at {pos}");
+            end.get_or_insert(pos + 2);
+            pos = to;
+            continue;
+        }
+        assert!(len & 0xc0 == 0, "bad label type at {pos}");
+        if len == 0 {
+            return (
+                labels.join(".").to_lowercase() + ".",
+                end.unwrap_or(pos + 1),
+            );
+        }
+        let label = m
+            .get(pos + 1..pos + 1 + usize::from(len))
+            .unwrap_or_else(|| panic!("label runs off the end at {pos}"));
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        pos += 1 + usize::from(len);
+    }
+    panic!("a name of more than 128 labels");
+}
+
+fn strict(m: &[u8]) -> Strict {
+    assert!(m.len() >= 12, "shorter than a header");
+    let count = |i: usize| usize::from(u16::from_be_bytes([m[i], m[i + 1]]));
+    let mut pos = 12;
+    for _ in 0..count(4) {
+        pos = strict_name(m, pos).1 + 4;
+    }
+    let mut sections: [Vec<WireRr>; 3] = Default::default();
+    for (s, at) in [6, 8, 10].into_iter().enumerate() {
+        for i in 0..count(at) {
+            let (name, p) = strict_name(m, pos);
+            let head = m.get(p..p + 10).unwrap_or_else(|| {
+                panic!("section {s} record {i} ({name}): header runs off the end")
+            });
+            let rtype = u16::from_be_bytes([head[0], head[1]]);
+            let rdlen = usize::from(u16::from_be_bytes([head[8], head[9]]));
+            let rdata = m.get(p + 10..p + 10 + rdlen).unwrap_or_else(|| {
+                panic!(
+                    "section {s} record {i} ({name} type {rtype}): RDLENGTH {rdlen} past the end ({} bytes)",
+                    m.len()
+                )
+            });
+            if rtype == 16 {
+                assert!(rdlen > 0, "{name} TXT with RDLENGTH 0");
+                let mut at = 0;
+                while at < rdlen {
+                    at += 1 + usize::from(rdata[at]);
+                }
+                assert_eq!(at, rdlen, "{name} TXT: a character-string cut short");
+            }
+            sections[s].push(WireRr {
+                name,
+                rtype,
+                rdata: rdata.to_vec(),
+            });
+            pos = p + 10 + rdlen;
+        }
+    }
+    assert_eq!(
+        pos,
+        m.len(),
+        "{} bytes after the last record",
+        m.len() - pos
+    );
+    let [answers, authority, additional] = sections;
+    Strict {
+        tc: m[2] & 0x02 != 0,
+        rcode: m[3] & 0x0f,
+        answers,
+        authority,
+        additional,
+    }
+}
+
+/// A query offering an EDNS buffer of `size` bytes.
+fn dns_query_bufsize(id: u16, name: &str, qtype: u16, size: u16) -> Vec<u8> {
+    let mut q = dns_query(id, name, qtype, true);
+    let at = q.len() - 11 + 3;
+    q[at..at + 2].copy_from_slice(&size.to_be_bytes());
+    q
+}
+
+#[test]
+fn truncated_udp_answers_hold_whole_records_and_tcp_the_whole_answer() {
+    // A host whose node TXT (about 1 KB of properties) fits neither 512 bytes
+    // nor a 600-byte EDNS buffer, and a service of 16 bindings (SRV answers of
+    // about 700 bytes, then 16 addresses).
+    let props: Vec<String> = (0..10)
+        .map(|i| format!("\"p{i}={}\"", "x".repeat(90)))
+        .collect();
+    let mut bindings = String::new();
+    for i in 0..16 {
+        bindings.push_str(&format!(
+            "b{i}.node 60 IN A 10.0.8.{i}\nb{i}.node 60 IN TXT \"roles=web\"\nb{i}._wide._tcp 5 IN SRV 0 0 80 b{i}.node\n"
+        ));
+    }
+    let d = Directory::with_zone(
+        |k| {
+            format!(
+                "{}big.node 60 IN A 10.0.9.9\nbig.node 60 IN TXT \"roles=web\" \"available=1\" {}\n{bindings}",
+                switchboard_tests::demo_zone(k),
+                props.join(" ")
+            )
+        },
+        &[],
+    );
+    let big = n("big.node");
+    let wide = n("wide.service");
+    for (name, qtype) in [(&big, 16u16), (&wide, 33)] {
+        let full = strict(&tcp_exchange(&d, &dns_query(1, name, qtype, false)));
+        assert!(!full.tc, "{name}: complete over TCP");
+        assert_eq!(full.rcode, 0);
+        let want = if qtype == 16 { 1 } else { 16 };
+        assert_eq!(full.answers.len(), want, "{name}: every record over TCP");
+        if qtype == 16 {
+            assert_eq!(
+                full.answers[0].rdata.len(),
+                10 + 12 + 10 * 94,
+                "the whole TXT"
+            );
+        }
+        for (what, query, limit) in [
+            ("no EDNS", dns_query(2, name, qtype, false), 512),
+            ("EDNS 600", dns_query_bufsize(3, name, qtype, 600), 600),
+        ] {
+            let raw = udp_exchange(&d, &query);
+            assert!(raw.len() <= limit, "{name} {what}: {} bytes", raw.len());
+            let r = strict(&raw);
+            assert!(r.tc, "{name} {what}: TC set");
+            assert_eq!(r.rcode, 0, "{name} {what}");
+            assert!(r.answers.len() < want, "{name} {what}: not all of it");
+            assert!(
+                r.answers
+                    .iter()
+                    .all(|a| a.name == *name && a.rtype == qtype),
+                "{name} {what}: {:?}",
+                r.answers
+            );
+            assert!(r.authority.is_empty(), "{name} {what}: {:?}", r.authority);
+            let opts = r.additional.iter().filter(|a| a.rtype == 41).count();
+            assert_eq!(opts, usize::from(what != "no EDNS"), "{name} {what}: OPT");
+        }
+        // With room for it, the whole answer over UDP.
+        let r = strict(&udp_exchange(&d, &dns_query_bufsize(4, name, qtype, 1232)));
+        assert!(!r.tc, "{name}: fits in 1232 bytes");
+        assert_eq!(r.answers.len(), want);
+    }
+    // Room for every answer but not every address: no TC for what the
+    // additional section left out (RFC 2181 §9), and the OPT record stays.
+    let raw = udp_exchange(&d, &dns_query_bufsize(5, &wide, 33, 800));
+    assert!(raw.len() <= 800, "{} bytes", raw.len());
+    let r = strict(&raw);
+    assert!(!r.tc, "TC for a short additional section");
+    assert_eq!(r.answers.len(), 16);
+    assert!(r.additional.len() < 17, "{:?}", r.additional);
+    assert_eq!(r.additional.last().map(|a| a.rtype), Some(41), "OPT last");
+}
+
+#[test]
+fn cname_answers_carry_the_targets_records_from_the_zone() {
+    let extra = "alias IN CNAME www\n\
+                 loop1 IN CNAME loop2\n\
+                 loop2 IN CNAME loop1\n\
+                 away IN CNAME example.org.\n\
+                 db IN CNAME mysql.service\n\
+                 soon IN CNAME later.node\n";
+    let d = Directory::with_zone(
+        |k| format!("{}{extra}", switchboard_tests::demo_zone(k)),
+        &[],
+    );
+    let rows = |r: &switchboard_tests::Dig| -> Vec<String> {
+        r.answer
+            .iter()
+            .map(|a| format!("{} {} {}", a.name, a.rtype, a.data))
+            .collect()
+    };
+    let www = format!("{} CNAME web1.node.{Z}", n("www"));
+    // The same answers on the UDP fast path, without EDNS, and over TCP.
+    for flags in [&[][..], &["+noedns"], &["+tcp"]] {
+        let ask = |name: &str, t: &str| {
+            let r = d.dig(&n(name), t, flags);
+            assert_eq!(r.status, "NOERROR", "{name} {t} {flags:?}: {}", r.raw);
+            assert!(r.has_flag("aa"), "{name} {t} {flags:?}: {:?}", r.flags);
+            r
+        };
+        // RFC 1034 §4.3.2: the CNAME, then the target's records.
+        assert_eq!(
+            rows(&ask("www", "A")),
+            vec![www.clone(), format!("web1.node.{Z} A 10.0.1.11")],
+            "{flags:?}"
+        );
+        let txt = rows(&ask("www", "TXT"));
+        assert_eq!(txt.len(), 2, "{txt:?}");
+        assert_eq!(txt[0], www);
+        assert!(txt[1].starts_with(&format!("web1.node.{Z} TXT \"roles=web\"")));
+        // A chain within the zone, followed to its end.
+        assert_eq!(
+            rows(&ask("alias", "A")),
+            vec![
+                format!("{} CNAME www.{Z}", n("alias")),
+                www.clone(),
+                format!("web1.node.{Z} A 10.0.1.11"),
+            ],
+            "{flags:?}"
+        );
+        // The target has no such type: the chain alone.
+        assert_eq!(rows(&ask("www", "AAAA")), vec![www.clone()]);
+        assert_eq!(
+            rows(&ask("alias", "AAAA")),
+            vec![format!("{} CNAME www.{Z}", n("alias")), www.clone()]
+        );
+        // Asked for the CNAME itself: the CNAME only.
+        assert_eq!(rows(&ask("www", "CNAME")), vec![www.clone()]);
+        assert_eq!(
+            rows(&ask("alias", "CNAME")),
+            vec![format!("{} CNAME www.{Z}", n("alias"))]
+        );
+        // A target outside our zones: the CNAME alone.
+        assert_eq!(
+            rows(&ask("away", "A")),
+            vec![format!("{} CNAME example.org.", n("away"))]
+        );
+        // A loop ends: each CNAME once, no more.
+        assert_eq!(
+            rows(&ask("loop1", "A")),
+            vec![
+                format!("{} CNAME loop2.{Z}", n("loop1")),
+                format!("{} CNAME loop1.{Z}", n("loop2")),
+            ]
+        );
+        // A derived target: SRV records, their addresses in the additional section.
+        let srv = ask("db", "SRV");
+        assert_eq!(
+            rows(&srv),
+            vec![
+                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
+                format!("mysql.service.{Z} SRV 10 0 3306 db2.node.{Z}"),
+            ]
+        );
+        assert!(
+            srv.additional.iter().any(|r| r.data == "10.0.4.12"),
+            "{}",
+            srv.raw
+        );
+        // A target that does not exist yet.
+        assert_eq!(
+            rows(&ask("soon", "A")),
+            vec![format!("{} CNAME later.node.{Z}", n("soon"))]
+        );
+    }
+    // ANY at an alias is its CNAME, and the zone's records are not repeated
+    // under it in a flat export.
+    assert_eq!(rows(&d.dig(&n("www"), "ANY", &["+tcp"])), vec![www.clone()]);
+    let flat = d.cli_ok(&["zone", "export", "cluster.example", "--flat"]);
+    let a_lines = flat
+        .lines()
+        .filter(|l| l.starts_with(&format!("web1.node.{Z}\t")) && l.contains("\tA\t"))
+        .count();
+    assert_eq!(a_lines, 1, "{flat}");
+    // The answers follow the model: a binding removed, a host added.
+    d.cli_ok(&["bind", "rm", "db2", "mysql"]);
+    let (_, later_pub, _) = switchboard_tests::keygen(d.dir.path(), "later");
+    d.cli_ok(&[
+        "host", "add", "later", "--addr", "10.0.7.1", "--pubkey", &later_pub, "--roles", "web",
+    ]);
+    for flags in [&[][..], &["+tcp"]] {
+        assert_eq!(
+            rows(&d.dig(&n("db"), "SRV", flags)),
+            vec![
+                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
+            ],
+            "{flags:?}"
+        );
+        assert_eq!(
+            rows(&d.dig(&n("soon"), "A", flags)),
+            vec![
+                format!("{} CNAME later.node.{Z}", n("soon")),
+                format!("later.node.{Z} A 10.0.7.1"),
+            ],
+            "{flags:?}"
+        );
     }
 }

@@ -171,3 +171,63 @@ fn an_include_hidden_behind_a_quote_is_still_refused() {
     let want = format!("cluster.example.zone:{}:", line_of("www ") + 1);
     assert!(err.contains(&want) && err.contains("$INCLUDE"), "{err}");
 }
+
+/// A zone checker from the Debian packages `scripts/test.sh` installs
+/// (`nsd-checkzone` lives in /usr/sbin, which a user's PATH may lack).
+fn checker(name: &str) -> Command {
+    let sbin = std::path::Path::new("/usr/sbin").join(name);
+    Command::new(if sbin.exists() {
+        sbin.into_os_string()
+    } else {
+        name.into()
+    })
+}
+
+#[test]
+fn flat_export_loads_in_bind_nsd_and_knot_with_their_defaults() {
+    let d = Directory::demo();
+    let flat = d.cli_ok(&["zone", "export", "cluster.example", "--flat"]);
+    let file = d.dir.path().join("flat.zone");
+    std::fs::write(&file, &flat).expect("write flat export");
+    // `-k fail` is BIND's check-names for a primary zone (named.conf's default).
+    let checks = [
+        ("named-checkzone", vec!["-k", "fail", "cluster.example"]),
+        ("nsd-checkzone", vec!["cluster.example"]),
+        ("kzonecheck", vec!["-o", "cluster.example"]),
+    ];
+    for (tool, args) in checks {
+        let out = run(checker(tool).args(&args).arg(&file));
+        assert!(
+            out.status.success(),
+            "{tool} refused the flat export:\n{}{}\n{flat}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    // Its shape: each service's SRV records at `_SVC._tcp.Z` and `SVC.service.Z`,
+    // addresses only at hostnames (`SVC.service.Z`, `HOST.node.Z`).
+    let has = |line: &str| flat.lines().any(|l| l == line);
+    for line in [
+        "_conduit._tcp.cluster.example.\t5\tIN\tSRV\t0 10 80 web1.node.cluster.example.",
+        "conduit.service.cluster.example.\t5\tIN\tSRV\t0 10 80 web1.node.cluster.example.",
+        "conduit.service.cluster.example.\t5\tIN\tA\t10.0.1.11",
+        "conduit.service.cluster.example.\t5\tIN\tAAAA\tfd00::12",
+        "_conduit._tcp.cluster.example.\t5\tIN\tPTR\tweb1._conduit._tcp.cluster.example.",
+        "web2.node.cluster.example.\t60\tIN\tAAAA\tfd00::12",
+    ] {
+        assert!(has(line), "{line:?} in\n{flat}");
+    }
+    let misplaced: Vec<&str> = flat
+        .lines()
+        .filter(|l| {
+            let mut f = l.split('\t');
+            let owner = f.next().unwrap_or_default();
+            let rtype = f.nth(2).unwrap_or_default();
+            owner.contains('_') && matches!(rtype, "A" | "AAAA")
+        })
+        .collect();
+    assert!(
+        misplaced.is_empty(),
+        "addresses at non-hostnames: {misplaced:?}"
+    );
+}

@@ -2,8 +2,9 @@
 //!
 //! A request is decoded by hickory-server; `DnsHandler` picks the zone, does one
 //! lookup in the current `View` and hands borrowed records to the response
-//! encoder, which applies the client's EDNS(0) buffer size and sets TC when an
-//! answer does not fit (RFC 1035 §4.2.1, RFC 6891 §7). No I/O, no lock, no
+//! encoder; a UDP answer is then cut to the client's EDNS(0) buffer size at a
+//! record boundary, TC set when an answer does not fit (`wire::truncate`;
+//! RFC 1035 §4.2.1, RFC 2181 §9, RFC 6891 §7). No I/O, no lock, no
 //! allocation beyond the response itself.
 
 use std::sync::Arc;
@@ -64,8 +65,14 @@ async fn send_error(
         }
         other => other,
     };
-    let response =
-        MessageResponseBuilder::new(&request.queries, edns).error_msg(&request.metadata, code);
+    // RD and CD are defined for QUERY only (RFC 1035 §4.1.1, RFC 4035 §3.1.6):
+    // a reply to any other opcode leaves them clear, as BIND's does.
+    let mut metadata = request.metadata;
+    if metadata.op_code != OpCode::Query {
+        metadata.recursion_desired = false;
+        metadata.checking_disabled = false;
+    }
+    let response = MessageResponseBuilder::new(&request.queries, edns).error_msg(&metadata, code);
     handle
         .send_response(response)
         .await
@@ -188,19 +195,30 @@ impl ResponseHandler for Reply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let max = match &self.0 {
-            Sink::Udp { .. } => response
-                .edns()
-                .map(|e| e.max_payload().max(512))
-                .unwrap_or(512),
-            Sink::Buffer(_) => u16::MAX,
-        };
+        // The client's UDP buffer: 512 bytes without EDNS (RFC 1035 §4.2.1).
+        let max = response
+            .edns()
+            .map(|e| usize::from(e.max_payload().max(512)))
+            .unwrap_or(512);
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response
+        let mut info = response
             .destructive_emit(&mut encoder)
             .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        // A record past 64 KiB is rolled back, but its bytes stay in the
+        // buffer: the message ends where the encoder does.
+        let end = encoder.offset();
+        bytes.truncate(end);
+        if let Sink::Udp { .. } = &self.0 {
+            // Cut to the client's buffer ourselves: hickory's own cut can drop
+            // the OPT record, and sets TC when only additional records went.
+            if crate::wire::truncate(&mut bytes, max) {
+                use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+                if let Ok(h) = Header::read(&mut BinDecoder::new(&bytes)) {
+                    info = ResponseInfo::from(h);
+                }
+            }
+        }
         match &self.0 {
             Sink::Udp { socket, dst } => {
                 socket

@@ -7,7 +7,9 @@
 //! behind `Arc`s: a change rebuilds only the names it touches (one host, one
 //! service, one repository) and copies only the shards they live in, so the cost
 //! of a change does not grow with the zone. The whole `View` is swapped
-//! atomically (`arc_swap`), so readers never wait for a writer.
+//! atomically (`arc_swap`), so readers never wait for a writer. A CNAME's owner
+//! also holds alias sets, its chain's answer for each type the chain's end
+//! holds (`aliased`), rebuilt when that end changes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -118,13 +120,31 @@ fn decode(message: &[u8]) -> (Vec<Record>, Vec<Record>) {
     }
 }
 
+const CNAME: u16 = 5;
+
 impl Node {
-    /// The set of type `t` at this name.
+    /// The name's own set of type `t`.
     pub fn set(&self, t: u16) -> Option<wire::Set<'_>> {
-        wire::sets(&self.sets).find(|s| s.rtype == t)
+        wire::sets(&self.sets).find(|s| s.rtype == t && !s.alias)
     }
 
-    /// Every set at this name.
+    /// The answer to a query of type `t` here: the set of that type (an alias
+    /// set at a CNAME's owner), else the CNAME chain (RFC 1034 §4.3.2). One pass:
+    /// the name's own sets come first, a chain's alias CNAME set last.
+    pub fn answer(&self, t: u16) -> Option<wire::Set<'_>> {
+        let mut cname = None;
+        for s in wire::sets(&self.sets) {
+            if s.rtype == t {
+                return Some(s);
+            }
+            if s.rtype == CNAME {
+                cname = Some(s);
+            }
+        }
+        cname
+    }
+
+    /// Every set at this name, alias sets included.
     pub fn sets(&self) -> impl Iterator<Item = wire::Set<'_>> {
         wire::sets(&self.sets)
     }
@@ -134,14 +154,22 @@ impl Node {
         self.sets.is_empty()
     }
 
-    /// The records of one set at `name` (this node's lowercase wire name): (answers, additionals).
+    /// The records of the name's own set of type `t` at `name` (this node's
+    /// lowercase wire name): (answers, additionals).
     pub fn decode(&self, name: &[u8], t: u16) -> Option<(Vec<Record>, Vec<Record>)> {
         self.set(t).map(|s| decode(&wire::message(name, &s)))
     }
 
-    /// Every record at `name` (this node's lowercase wire name), decoded.
+    /// `answer(t)` at `name` (this node's lowercase wire name), decoded.
+    pub fn decode_answer(&self, name: &[u8], t: u16) -> Option<(Vec<Record>, Vec<Record>)> {
+        self.answer(t).map(|s| decode(&wire::message(name, &s)))
+    }
+
+    /// Every record of the name's own at `name` (this node's lowercase wire
+    /// name), decoded: alias sets left out.
     pub fn records(&self, name: &[u8]) -> Vec<Record> {
         self.sets()
+            .filter(|s| !s.alias)
             .flat_map(|s| decode(&wire::message(name, &s)).0)
             .collect()
     }
@@ -170,7 +198,14 @@ pub struct ZoneView {
     pub soa_tail: Box<[u8]>,
     shards: Vec<Shard>,
     admin_keys: Arc<HashMap<String, KeyEntry>>,
+    /// The owners of the zone's CNAMEs by the in-zone name their chain ends at:
+    /// a change there rebuilds their alias sets. (CNAMEs are static records,
+    /// so only a zone import changes the chains themselves.)
+    aliases: Arc<Aliases>,
 }
+
+/// CNAME owners by their chain's end (lowercase wire names).
+type Aliases = FxHashMap<Key, Vec<Key>>;
 
 /// The result of looking a question up.
 pub enum Lookup<'a> {
@@ -203,10 +238,7 @@ impl ZoneView {
         if qtype == RecordType::ANY && !node.is_empty() {
             return Lookup::Any(node.records(&key));
         }
-        match node
-            .decode(&key, u16::from(qtype))
-            .or_else(|| node.decode(&key, u16::from(RecordType::CNAME)))
-        {
+        match node.decode_answer(&key, u16::from(qtype)) {
             Some((records, additionals)) => Lookup::Answer {
                 records,
                 additionals,
@@ -253,7 +285,8 @@ impl ZoneView {
                     .sets()
                     .map(|s| {
                         format!(
-                            "{}:{}:{}:{}",
+                            "{}{}:{}:{}:{}",
+                            if s.alias { "alias " } else { "" },
                             s.rtype,
                             s.answers,
                             s.additionals,
@@ -800,6 +833,7 @@ fn finish(
     negative_soa: Record,
     shards: Vec<Shard>,
     admin_keys: Arc<HashMap<String, KeyEntry>>,
+    aliases: Arc<Aliases>,
 ) -> ZoneView {
     ZoneView {
         origin: LowerName::new(&origin),
@@ -809,6 +843,7 @@ fn finish(
         negative_soa,
         shards,
         admin_keys,
+        aliases,
     }
 }
 
@@ -856,6 +891,7 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
             !derived
         })
         .collect();
+    let cnames = cname_owners(&statics);
     for r in statics {
         let t = r.record_type();
         names
@@ -925,13 +961,124 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         }
         shard.insert(k, node.encode(&name));
     }
+    let aliases = chase(&mut shards, &origin, cnames);
     Ok(finish(
         origin,
         zone.serial,
         negative_soa,
         shards.into_iter().map(Arc::new).collect(),
         Arc::new(admin_keys(zone)),
+        Arc::new(aliases),
     ))
+}
+
+/// How many CNAMEs an answer follows; a longer chain is answered with the
+/// CNAMEs so far, as a loop is.
+const MAX_CHAIN: usize = 8;
+
+/// The owners of the CNAMEs among `statics` (CNAMEs are static records only).
+fn cname_owners(statics: &[Record]) -> Vec<Key> {
+    let mut owners: Vec<Key> = statics
+        .iter()
+        .filter(|r| r.record_type() == RecordType::CNAME)
+        .filter_map(|r| key_of(&r.name))
+        .collect();
+    owners.sort();
+    owners.dedup();
+    owners
+}
+
+/// Gives each CNAME owner among `owners` its alias sets (see `aliased`) in
+/// `shards`, and returns the owners by the end of their chain.
+fn chase(shards: &mut [FxHashMap<Key, Node>], origin: &Name, owners: Vec<Key>) -> Aliases {
+    let origin = key_of(origin).unwrap_or_default();
+    let mut aliases = Aliases::default();
+    let mut rebuilt = Vec::with_capacity(owners.len());
+    for owner in owners {
+        let at = |k: &[u8]| shards[shard_of(k)].get(k);
+        let Some((node, end)) = aliased(&owner, &origin, at) else {
+            continue;
+        };
+        if let Some(end) = end {
+            aliases.entry(end).or_default().push(owner.clone());
+        }
+        rebuilt.push((owner, node));
+    }
+    for (k, node) in rebuilt {
+        shards[shard_of(&k)].insert(k, node);
+    }
+    aliases
+}
+
+/// The node at the CNAME owner `owner` with its alias sets rebuilt from the
+/// nodes `at` finds, and the in-zone name its chain ends at (`None` when it
+/// leaves the zone, loops or runs past `MAX_CHAIN`). An authoritative answer
+/// follows a CNAME within its zone (RFC 1034 §4.3.2): for each type the chain's
+/// end holds, an alias set of the CNAMEs then that end's records (and their
+/// additionals); for a chain of several CNAMEs, an alias CNAME set of them all,
+/// the answer for any other type.
+fn aliased<'a>(
+    owner: &[u8],
+    origin: &[u8],
+    at: impl Fn(&[u8]) -> Option<&'a Node>,
+) -> Option<(Node, Option<Key>)> {
+    let node = at(owner)?;
+    let mut chain: Vec<Record> = Vec::new();
+    let mut seen: Vec<Key> = Vec::new();
+    let mut cur: Key = owner.into();
+    let end = loop {
+        let cname = at(&cur)
+            .and_then(|n| n.decode(&cur, CNAME))
+            .and_then(|(answers, _)| answers.into_iter().next());
+        let Some(cname) = cname else {
+            break Some(cur);
+        };
+        let RData::CNAME(target) = &cname.data else {
+            break None;
+        };
+        let next = wire::wire_name(&target.0);
+        chain.push(cname);
+        seen.push(cur);
+        match next {
+            Some(k) if within(&k, origin) && !seen.contains(&k) && chain.len() < MAX_CHAIN => {
+                cur = k
+            }
+            _ => break None,
+        }
+    };
+    let owner_name = chain.first()?.name.clone();
+    let mut sets = wire::retain_sets(&node.sets, |s| !s.alias);
+    if let Some((end_key, end_node)) = end.as_deref().and_then(|k| Some((k, at(k)?))) {
+        for s in end_node.sets().filter(|s| !s.alias) {
+            if node.set(s.rtype).is_some() {
+                continue;
+            }
+            let (answers, additionals) = decode(&wire::message(end_key, &s));
+            let records: Vec<Record> = chain.iter().cloned().chain(answers).collect();
+            let t = RecordType::from(s.rtype);
+            wire::encode_alias_set(&owner_name, t, &records, &additionals, &mut sets);
+        }
+    }
+    if chain.len() > 1 {
+        wire::encode_alias_set(&owner_name, RecordType::CNAME, &chain, &[], &mut sets);
+    }
+    let node = Node {
+        sets: sets.into_boxed_slice(),
+        key: node.key.clone(),
+    };
+    Some((node, end))
+}
+
+/// Whether the lowercase wire name `name` is `origin` or below it.
+fn within(name: &[u8], origin: &[u8]) -> bool {
+    let mut n = Some(name);
+    while let Some(x) = n {
+        if x == origin {
+            return true;
+        }
+        n = wire_parent(x);
+    }
+    false
 }
 
 /// The parent of a lowercase wire name (its first label dropped), if it has one.
@@ -1008,7 +1155,7 @@ pub fn patch(
     let mut apex_node = key_of(&origin)
         .and_then(|k| old.node(&k).cloned())
         .unwrap_or_default();
-    let mut sets = wire::without_set(&apex_node.sets, u16::from(RecordType::SOA));
+    let mut sets = wire::retain_sets(&apex_node.sets, |s| s.rtype != u16::from(RecordType::SOA));
     wire::encode_set(&origin, RecordType::SOA, &[soa], &[], &mut sets);
     apex_node.sets = sets.into_boxed_slice();
     let mut touched: HashMap<usize, FxHashMap<Key, Node>> = HashMap::new();
@@ -1078,6 +1225,39 @@ pub fn patch(
             shard(&mut touched, old, shard_of(k)).remove(k);
         }
     }
+    // Alias sets whose chain ends at a name this change rebuilt or removed (or
+    // at the apex, whose SOA moved).
+    let origin_key = key_of(&origin).unwrap_or_default();
+    let owners: rustc_hash::FxHashSet<&Key> = if old.aliases.is_empty() {
+        Default::default()
+    } else {
+        fresh_keys
+            .iter()
+            .chain(&removed)
+            .chain(&orphans)
+            .chain(std::iter::once(&origin_key))
+            .filter_map(|k| old.aliases.get(k))
+            .flatten()
+            .collect()
+    };
+    if !owners.is_empty() {
+        let rebuilt: Vec<(Key, Node)> = {
+            let at = |k: &[u8]| {
+                let i = shard_of(k);
+                match touched.get(&i) {
+                    Some(m) => m.get(k),
+                    None => old.shards[i].get(k),
+                }
+            };
+            owners
+                .iter()
+                .filter_map(|&o| aliased(o, &origin_key, at).map(|(n, _)| (o.clone(), n)))
+                .collect()
+        };
+        for (k, node) in rebuilt {
+            shard(&mut touched, old, shard_of(&k)).insert(k, node);
+        }
+    }
     let mut shards = old.shards.clone();
     for (i, map) in touched {
         shards[i] = Arc::new(map);
@@ -1087,7 +1267,14 @@ pub fn patch(
     } else {
         old.admin_keys.clone()
     };
-    Ok(finish(origin, after.serial, negative_soa, shards, admins))
+    Ok(finish(
+        origin,
+        after.serial,
+        negative_soa,
+        shards,
+        admins,
+        old.aliases.clone(),
+    ))
 }
 
 /// A compiled view saved beside the store, so a restart need not rebuild it
@@ -1208,12 +1395,15 @@ pub mod cache {
         if !r.0.is_empty() {
             return None;
         }
+        let cnames = cname_owners(&crate::zonefile::static_records(&zone.meta));
+        let aliases = chase(&mut shards, &origin, cnames);
         Some(finish(
             origin,
             zone.serial,
             negative_soa,
             shards.into_iter().map(Arc::new).collect(),
             Arc::new(admin_keys(zone)),
+            Arc::new(aliases),
         ))
     }
 }

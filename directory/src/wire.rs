@@ -10,7 +10,9 @@
 //! record when the client sent one. NXDOMAIN and NODATA are assembled from the question
 //! and the zone's pre-encoded SOA. Anything else — other opcodes or classes, ANY,
 //! zone transfers, malformed packets, an answer larger than the client's buffer —
-//! returns `None` and takes hickory's full path, which also truncates.
+//! returns `None` and takes hickory's full path, whose UDP answers `truncate`
+//! cuts to the client's buffer. At a CNAME's owner, the set answered may be an
+//! alias set: the chain and its target's records, built with the view.
 
 use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -30,8 +32,12 @@ pub fn wire_name(name: &Name) -> Option<Box<[u8]>> {
     (w.len() <= 255).then(|| w.into_boxed_slice())
 }
 
-/// Bytes before a set's records: TYPE, ANCOUNT, ARCOUNT (u16 each), LEN (u32).
+/// Bytes before a set's records: TYPE, ANCOUNT, ARCOUNT (u16 each), LEN (u32,
+/// its top bit `ALIAS`).
 const SET_HEAD: usize = 10;
+
+/// The bit of a set's LEN that marks an alias set (no set is 2 GiB long).
+const ALIAS: u32 = 1 << 31;
 
 /// One encoded record set of a node (see `encode_set`).
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +49,11 @@ pub struct Set<'a> {
     /// header and question (their compression pointers assume the question name
     /// at offset 12, so any question of the same name fits).
     pub body: &'a [u8],
+    /// An answer built at a CNAME's owner from the end of its chain (RFC 1034
+    /// §4.3.2: the CNAMEs, then the target's records of `rtype`): it answers a
+    /// query there, but holds no record of the owner's own (not in ANY, not
+    /// exported).
+    pub alias: bool,
 }
 
 /// Appends the record set (name, type) to `out`, a node's packed sets: the
@@ -53,6 +64,28 @@ pub fn encode_set(
     rtype: RecordType,
     records: &[Record],
     additionals: &[Record],
+    out: &mut Vec<u8>,
+) {
+    encode(name, rtype, records, additionals, false, out)
+}
+
+/// `encode_set` for an alias set (see `Set::alias`).
+pub fn encode_alias_set(
+    name: &Name,
+    rtype: RecordType,
+    records: &[Record],
+    additionals: &[Record],
+    out: &mut Vec<u8>,
+) {
+    encode(name, rtype, records, additionals, true, out)
+}
+
+fn encode(
+    name: &Name,
+    rtype: RecordType,
+    records: &[Record],
+    additionals: &[Record],
+    alias: bool,
     out: &mut Vec<u8>,
 ) {
     if records.is_empty() {
@@ -70,10 +103,13 @@ pub fn encode_set(
     if let Some((buf, start, end, counts)) = encoded {
         push_set(
             out,
-            u16::from(rtype),
-            counts[0],
-            counts[1],
-            &buf[start..end],
+            &Set {
+                rtype: u16::from(rtype),
+                answers: counts[0],
+                additionals: counts[1],
+                body: &buf[start..end],
+                alias,
+            },
         );
     }
 }
@@ -293,12 +329,13 @@ impl Enc {
     }
 }
 
-fn push_set(out: &mut Vec<u8>, rtype: u16, an: u16, ar: u16, body: &[u8]) {
-    out.extend_from_slice(&rtype.to_be_bytes());
-    out.extend_from_slice(&an.to_be_bytes());
-    out.extend_from_slice(&ar.to_be_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(body);
+fn push_set(out: &mut Vec<u8>, set: &Set<'_>) {
+    out.extend_from_slice(&set.rtype.to_be_bytes());
+    out.extend_from_slice(&set.answers.to_be_bytes());
+    out.extend_from_slice(&set.additionals.to_be_bytes());
+    let flag = if set.alias { ALIAS } else { 0 };
+    out.extend_from_slice(&(set.body.len() as u32 | flag).to_be_bytes());
+    out.extend_from_slice(set.body);
 }
 
 /// The sets packed in `b` by `encode_set`.
@@ -306,24 +343,27 @@ pub fn sets(b: &[u8]) -> impl Iterator<Item = Set<'_>> {
     let mut rest = b;
     std::iter::from_fn(move || {
         let head = rest.get(..SET_HEAD)?;
-        let len = u32::from_be_bytes([head[6], head[7], head[8], head[9]]) as usize;
+        let len = u32::from_be_bytes([head[6], head[7], head[8], head[9]]);
+        let alias = len & ALIAS != 0;
+        let len = (len & !ALIAS) as usize;
         let body = rest.get(SET_HEAD..SET_HEAD + len)?;
         let set = Set {
             rtype: u16::from_be_bytes([head[0], head[1]]),
             answers: u16::from_be_bytes([head[2], head[3]]),
             additionals: u16::from_be_bytes([head[4], head[5]]),
             body,
+            alias,
         };
         rest = &rest[SET_HEAD + len..];
         Some(set)
     })
 }
 
-/// Packed sets `b` without the set of type `rtype`.
-pub fn without_set(b: &[u8], rtype: u16) -> Vec<u8> {
+/// Packed sets `b` with only the sets `keep` says yes to.
+pub fn retain_sets(b: &[u8], keep: impl Fn(&Set<'_>) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
-    for s in sets(b).filter(|s| s.rtype != rtype) {
-        push_set(&mut out, s.rtype, s.answers, s.additionals, s.body);
+    for s in sets(b).filter(|s| keep(s)) {
+        push_set(&mut out, &s);
     }
     out
 }
@@ -364,7 +404,6 @@ pub fn soa_tail(negative_soa: &Record) -> Box<[u8]> {
     tail.into_boxed_slice()
 }
 
-const TYPE_CNAME: u16 = 5;
 const TYPE_OPT: u16 = 41;
 /// Our largest UDP answer, whatever the client offers (as in the slow path).
 const MAX_UDP: usize = 1232;
@@ -531,7 +570,7 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
     };
     match z.node(name) {
         Some(node) => {
-            let Some(set) = node.set(qu.qtype).or_else(|| node.set(TYPE_CNAME)) else {
+            let Some(set) = node.answer(qu.qtype) else {
                 return negative(out, query, &qu, question, z, origin_at, 0);
             };
             let ar = set.additionals.checked_add(u16::from(qu.edns.is_some()))?;
@@ -549,6 +588,108 @@ pub fn answer(view: &View, query: &[u8], out: &mut Vec<u8>) -> Option<()> {
         }
         None => negative(out, query, &qu, question, z, origin_at, 3),
     }
+}
+
+/// The offset just past the name at `pos` (a pointer ends it).
+fn skip_name(m: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(pos)?;
+        match len & 0xc0 {
+            0xc0 => return (pos + 2 <= m.len()).then_some(pos + 2),
+            0 if len == 0 => return Some(pos + 1),
+            0 => pos += 1 + usize::from(len),
+            _ => return None,
+        }
+    }
+}
+
+/// Cuts the encoded response `msg` to at most `limit` bytes for UDP, at a
+/// record boundary: the answer, authority and additional records that fit, in
+/// order, then the OPT record; counts rewritten to the records kept. TC is set
+/// when an answer or authority record had to go, not for additional records
+/// (RFC 2181 §9); the OPT record is kept whatever else goes (RFC 6891 §7).
+/// Returns whether anything was cut. A message it cannot walk keeps only its
+/// header (and question, if that much is whole), with TC.
+pub fn truncate(msg: &mut Vec<u8>, limit: usize) -> bool {
+    if msg.len() <= limit || msg.len() < 12 {
+        return false;
+    }
+    let count = |i: usize| usize::from(u16::from_be_bytes([msg[i], msg[i + 1]]));
+    let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
+    let mut pos = 12;
+    for _ in 0..qd {
+        match skip_name(msg, pos) {
+            Some(p) if p + 4 <= msg.len() => pos = p + 4,
+            _ => {
+                msg[4..6].copy_from_slice(&[0, 0]);
+                return cut(msg, 12, [0; 3], None, true);
+            }
+        }
+    }
+    let question_end = pos;
+    // Each record's end, and the OPT record's place if there is one.
+    let mut ends = Vec::with_capacity(an + ns + ar);
+    let mut opt = None;
+    for i in 0..an + ns + ar {
+        let Some(p) = skip_name(msg, pos).filter(|p| p + 10 <= msg.len()) else {
+            return cut(msg, question_end, [0; 3], None, true);
+        };
+        let rtype = u16::from_be_bytes([msg[p], msg[p + 1]]);
+        let end = p + 10 + usize::from(u16::from_be_bytes([msg[p + 8], msg[p + 9]]));
+        if end > msg.len() {
+            return cut(msg, question_end, [0; 3], None, true);
+        }
+        if i >= an + ns && rtype == TYPE_OPT {
+            opt = Some(pos..end);
+        } else {
+            ends.push((i, end));
+        }
+        pos = end;
+    }
+    let opt_len = opt.as_ref().map_or(0, |r| r.len());
+    let budget = limit.saturating_sub(opt_len);
+    // Records are kept as a prefix: a later record's names may point into an
+    // earlier one, never the other way. The OPT record comes last.
+    let before_opt = |i: usize, end: usize| match &opt {
+        Some(o) => i < an + ns || end <= o.start,
+        None => true,
+    };
+    let kept = ends
+        .iter()
+        .take_while(|&&(i, end)| end <= budget && before_opt(i, end))
+        .count();
+    let end = if kept == 0 {
+        question_end
+    } else {
+        ends[kept - 1].1
+    };
+    let kept_an = kept.min(an);
+    let kept_ns = kept.saturating_sub(an).min(ns);
+    let kept_ar = kept - kept_an - kept_ns;
+    let tc = kept_an < an || kept_ns < ns;
+    cut(msg, end, [kept_an, kept_ns, kept_ar], opt, tc)
+}
+
+/// `msg` cut to `end`, its counts set to `counts` (plus the OPT record, moved to
+/// the end), TC set when `tc`.
+fn cut(
+    msg: &mut Vec<u8>,
+    end: usize,
+    counts: [usize; 3],
+    opt: Option<std::ops::Range<usize>>,
+    tc: bool,
+) -> bool {
+    let opt_bytes = opt.map(|r| msg[r].to_vec()).unwrap_or_default();
+    msg.truncate(end);
+    msg.extend_from_slice(&opt_bytes);
+    let ar = counts[2] + usize::from(!opt_bytes.is_empty());
+    for (at, n) in [(6, counts[0]), (8, counts[1]), (10, ar)] {
+        msg[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+    }
+    if tc {
+        msg[2] |= 0x02;
+    }
+    true
 }
 
 /// A truncated empty answer to `query` (TC set, the question echoed): what rate
@@ -757,6 +898,35 @@ mod tests {
                 answers.len()
             );
         }
+    }
+
+    #[test]
+    fn truncate_keeps_whole_records_and_the_opt_record() {
+        // Header (1 question, 3 answers, 0, 1 additional: OPT), question "a.", three
+        // A records at a pointer to it, then OPT.
+        let mut m = vec![
+            0, 1, 0x84, 0, 0, 1, 0, 3, 0, 0, 0, 1, 1, b'a', 0, 0, 1, 0, 1,
+        ];
+        for i in 0..3 {
+            m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, i]);
+        }
+        let opt = [0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&opt);
+        let mut cut = m.clone();
+        assert!(!truncate(&mut cut, m.len()), "it fits");
+        assert!(truncate(&mut cut, 19 + 16 + 11 + 5));
+        assert_eq!(cut.len(), 19 + 16 + 11);
+        assert_eq!(&cut[4..12], &[0, 1, 0, 1, 0, 0, 0, 1], "counts");
+        assert!(cut[2] & 0x02 != 0, "TC");
+        assert_eq!(&cut[cut.len() - 11..], &opt);
+        // An answer record that runs past the end: header and question, TC.
+        let mut bad = m[..19 + 10].to_vec();
+        bad.extend_from_slice(&[0, 200]);
+        bad.extend_from_slice(&[0; 40]);
+        assert!(truncate(&mut bad, 40));
+        assert_eq!(bad.len(), 19);
+        assert_eq!(&bad[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
+        assert!(bad[2] & 0x02 != 0, "TC");
     }
 
     #[test]
