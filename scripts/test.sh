@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a machine that has only Rust: installs the
 # real clients the end-to-end tests drive (dig, named-checkzone, nsd-checkzone,
-# kzonecheck, curl, git, ssh, sshd, chromium and chromedriver) from
+# kzonecheck, curl, git, openssl, ssh, sshd, chromium and chromedriver) from
 # Debian's packages if they are missing, then lints, builds and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
