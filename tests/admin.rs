@@ -638,3 +638,109 @@ fn key_files_are_ones_openssl_reads_and_openssl_keys_sign_changes() {
         stderr(&out)
     );
 }
+
+fn available(d: &Directory, host: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "show", host])).expect("json");
+    v["available"].clone()
+}
+
+#[test]
+fn a_change_signed_for_another_directory_is_refused() {
+    let d = Directory::demo();
+    let path = "/v1/hosts/db2/disable";
+    let other = "other-directory.example:8053";
+    // Signed for another directory, and sent here with that Host: the signature
+    // itself is good, only the authority is not this directory's.
+    let mut h = signed_headers(
+        &d.admin_key,
+        "POST",
+        &format!("http://{other}{path}"),
+        b"",
+        unix_now(),
+    );
+    h.push(("Host".to_string(), other.to_string()));
+    let (code, body) = d.curl("POST", path, &h, None);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("wrong-authority")),
+        "{body}"
+    );
+    let error = body["error"].as_str().unwrap_or_default();
+    let here = d.http.to_string();
+    assert!(
+        error.contains(other) && error.contains(&here),
+        "the error names what was signed and what is accepted: {error}"
+    );
+    assert_eq!(body["signed_authority"], other, "{body}");
+    let port = d.http.port();
+    assert_eq!(
+        body["accepted"],
+        serde_json::json!([here, format!("localhost:{port}")]),
+        "{body}"
+    );
+    assert_eq!(available(&d, "db2"), true);
+}
+
+#[test]
+fn public_names_are_the_authorities_changes_must_be_signed_for() {
+    let d = Directory::with_zone(
+        switchboard_tests::demo_zone,
+        &["--public-name", "Directory.Cluster.Example"],
+    );
+    let path = "/v1/hosts/db2/disable";
+    // The name it was given is accepted (case aside; no port is the default port).
+    let name = "directory.cluster.example";
+    let mut h = signed_headers(
+        &d.admin_key,
+        "POST",
+        &format!("http://{name}{path}"),
+        b"",
+        unix_now(),
+    );
+    h.push(("Host".to_string(), name.to_string()));
+    let (code, body) = d.curl("POST", path, &h, None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(available(&d, "db2"), false);
+    // Its listening address is no longer among them: the CLI, pointed at the
+    // address, is told which names to use.
+    let out = d.cli(&["host", "enable", "db2"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(name) && err.contains("[HTTP 401]"),
+        "the CLI's error names the accepted authority: {err}"
+    );
+    assert_eq!(available(&d, "db2"), false);
+}
+
+#[test]
+fn a_captured_change_replayed_after_a_restart_is_refused() {
+    let mut d = Directory::demo();
+    let path = "/v1/hosts/db2/disable";
+    let url = format!("{}{path}", d.server_url());
+    for (how, restart) in [
+        ("a clean restart", Directory::stop as fn(&mut Directory)),
+        ("a restart after kill -9", Directory::kill9),
+    ] {
+        // Someone on the path keeps a copy of an admin's change...
+        let captured = signed_headers(&d.admin_key, "POST", &url, b"", unix_now());
+        let (code, body) = d.curl("POST", path, &captured, None);
+        assert_eq!(code, 200, "{body}");
+        d.cli_ok(&["host", "enable", "db2"]);
+        // ...and sends it again once the directory has restarted, well within
+        // the signature's 60 s.
+        restart(&mut d);
+        d.start();
+        let (code, body) = d.curl("POST", path, &captured, None);
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (401, Some("stale-signature")),
+            "{how}: {body}"
+        );
+        assert_eq!(available(&d, "db2"), true, "{how}: the replay disabled db2");
+        // A change signed now is taken at once.
+        d.cli_ok(&["host", "disable", "db1"]);
+        d.cli_ok(&["host", "enable", "db1"]);
+    }
+}

@@ -1,6 +1,7 @@
-//! Resource limits of the sidecar's listeners: request bodies past
-//! `--max-body-mb` and SSH tunnels past `--max-tunnels-per-peer` get a clear
-//! refusal, and what is within the limits still works.
+//! Resource limits of the sidecar's listeners and the directory's admin API:
+//! request bodies past `--max-body-mb`, SSH tunnels past `--max-tunnels-per-peer`,
+//! admin changes that are not signed or send no body, and admin connections past
+//! their caps get a clear refusal, and what is within the limits still works.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::{
-    minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory, Sidecar, DEADLINE,
+    keygen, minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory, Sidecar,
+    DEADLINE,
 };
 
 /// curl POST of `len` bytes to `url` with `headers`: (status, the reason header).
@@ -282,4 +284,177 @@ fn a_chunked_body_is_cut_where_it_passes_the_limit() {
             "chunked POST {path} on the cluster listener"
         );
     }
+}
+
+/// Sends the head of a request (no body, whatever Content-Length says) to the
+/// directory's admin API and returns the open connection.
+fn send_head(
+    d: &Directory,
+    method: &str,
+    path: &str,
+    content_length: usize,
+    headers: &[(String, String)],
+) -> TcpStream {
+    let mut s = TcpStream::connect(d.http).expect("connect to the admin API");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {content_length}\r\n",
+        d.http
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send the head");
+    s
+}
+
+/// Reads what the server sends until it closes the connection, or `until`:
+/// (everything read, whether the server closed it).
+fn read_until_closed(s: &mut TcpStream, until: Instant) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (String::from_utf8_lossy(&got).into_owned(), false);
+        }
+        s.set_read_timeout(Some(left)).expect("read timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true)
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// The status code of an HTTP/1.1 answer.
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_change_with_a_bad_signature_is_refused_before_its_body_is_sent() {
+    let d = Directory::demo();
+    let import = "/v1/zones/cluster.example";
+    let url = format!("{}{import}", d.server_url());
+    // 60 MiB: within what a zone import may carry, so only the signature can refuse it.
+    let declared = 60 << 20;
+    let (stranger, _, _) = keygen(d.dir.path(), "stranger");
+    let garbage = vec![("Signature".to_string(), "garbage".to_string())];
+    let unknown = signed_headers(&stranger, "PUT", &url, b"$ORIGIN x.\n", unix_now());
+    for (what, headers, reason) in [
+        ("Signature: garbage", garbage, "no-signature"),
+        ("an unknown keyid", unknown, "unknown-key"),
+    ] {
+        let mut s = send_head(&d, "PUT", import, declared, &headers);
+        // Not a byte of the body is sent: the answer must come anyway, and the
+        // directory must hang up rather than wait for 60 MiB.
+        let (answer, closed) = read_until_closed(&mut s, Instant::now() + DEADLINE);
+        assert_eq!(
+            status_of(&answer),
+            401,
+            "{what}: no refusal before the body was sent: {answer:?}"
+        );
+        assert!(answer.contains(reason), "{what}: {answer}");
+        assert!(
+            closed,
+            "{what}: the connection stayed open after the refusal"
+        );
+    }
+
+    // A good signature on a body larger than its route takes: refused by its
+    // declared length, before the body too.
+    let hosts = "/v1/hosts";
+    let h = signed_headers(
+        &d.admin_key,
+        "POST",
+        &format!("{}{hosts}", d.server_url()),
+        b"{}",
+        unix_now(),
+    );
+    let mut s = send_head(&d, "POST", hosts, 8 << 20, &h);
+    let (answer, _) = read_until_closed(&mut s, Instant::now() + DEADLINE);
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    assert!(answer.contains("body-too-large"), "{answer}");
+}
+
+#[test]
+fn connections_that_send_no_body_are_closed_while_signed_changes_get_in() {
+    // The documented bound: a body must have arrived within --http-body-timeout (10 s).
+    const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    let d = Directory::demo();
+    let import = "/v1/zones/cluster.example";
+    let url = format!("{}{import}", d.server_url());
+    let opened = Instant::now();
+    // Fifty imports, each signed by the admin key (the most the directory lets
+    // through before a body), each promising 1 MiB and sending nothing.
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let h = signed_headers(&d.admin_key, "PUT", &url, b"zone", unix_now());
+            send_head(&d, "PUT", import, 1 << 20, &h)
+        })
+        .collect();
+
+    // Meanwhile, a signed change gets in and is applied.
+    d.cli_ok(&["host", "disable", "db2"]);
+
+    let until = opened + BODY_TIMEOUT + Duration::from_secs(5);
+    for (i, s) in idle.iter_mut().enumerate() {
+        let (answer, closed) = read_until_closed(s, until);
+        assert!(
+            closed,
+            "connection {i} is still open {:?} after it sent its headers",
+            opened.elapsed()
+        );
+        assert_eq!(status_of(&answer), 408, "connection {i}: {answer}");
+        assert!(answer.contains("body-timeout"), "connection {i}: {answer}");
+    }
+
+    // And afterwards.
+    d.cli_ok(&["host", "enable", "db2"]);
+    let hosts: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "show", "db2"])).expect("json");
+    assert_eq!(hosts["available"], true);
+}
+
+#[test]
+fn admin_connections_are_capped_per_client_and_in_all() {
+    let d = Directory::with_zone(minimal_zone, &["--http-max-per-client", "4"]);
+    // Four connections that say nothing hold this client's four places.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(d.http).expect("connect"))
+        .collect();
+    d.wait_for("a fifth connection refused", || {
+        let mut s = send_head(&d, "GET", "/v1/status", 0, &[]);
+        let (answer, closed) = read_until_closed(&mut s, Instant::now() + DEADLINE);
+        closed && status_of(&answer) == 503 && answer.contains("too-many-connections")
+    });
+    // One place freed: the CLI gets in again.
+    drop(held);
+    d.wait_for("the CLI answered once the connections closed", || {
+        d.cli(&["status"]).status.success()
+    });
+
+    let d = Directory::with_zone(minimal_zone, &["--http-max-connections", "3"]);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(d.http).expect("connect"))
+        .collect();
+    let out = d.cli(&["status"]);
+    assert!(!out.status.success(), "a fourth connection was served");
+    assert!(
+        switchboard_tests::stderr(&out).contains("too many"),
+        "{}",
+        switchboard_tests::stderr(&out)
+    );
+    drop(held);
+    d.wait_for("the CLI answered once the connections closed", || {
+        d.cli(&["status"]).status.success()
+    });
 }

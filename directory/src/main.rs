@@ -88,6 +88,20 @@ enum Command {
         /// Seconds a replica may stay behind its repository's max_lag before an event says so.
         #[arg(long, default_value_t = 60)]
         lag_alert_after: u64,
+        /// A NAME[:PORT] clients reach the admin API by, which changes must be signed
+        /// for (repeat for several); default: the address a client connected to.
+        #[arg(long = "public-name", value_name = "NAME[:PORT]")]
+        public_names: Vec<String>,
+        /// Admin API connections open at once.
+        #[arg(long, default_value_t = 1024)]
+        http_max_connections: usize,
+        /// Admin API connections open at once from one client address.
+        #[arg(long, default_value_t = 64)]
+        http_max_per_client: usize,
+        /// Seconds a change's body has to arrive (a zone import: to keep arriving;
+        /// 12 times this in all).
+        #[arg(long, default_value_t = 10)]
+        http_body_timeout: u64,
     },
     /// A one-time link that signs you in to the web console (signed with --key).
     Console(cli::console::ConsoleCmd),
@@ -153,7 +167,15 @@ fn main() -> ExitCode {
                 tcp_idle_timeout,
                 webhooks,
                 lag_alert_after,
+                public_names,
+                http_max_connections,
+                http_max_per_client,
+                http_body_timeout,
             } => {
+                let public_names = public_names
+                    .iter()
+                    .map(|n| switchboard_directory::admin::public_name(n))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let webhooks = webhooks
                     .iter()
                     .map(|u| switchboard_directory::webhooks::Webhook::parse(u))
@@ -178,6 +200,12 @@ fn main() -> ExitCode {
                         lag_alert_after: std::time::Duration::from_secs(lag_alert_after),
                     },
                     webhooks,
+                    public_names,
+                    admin_limits: switchboard_directory::admin::Limits {
+                        max_connections: http_max_connections.max(1),
+                        max_per_client: http_max_per_client.max(1),
+                        body_timeout: std::time::Duration::from_secs(http_body_timeout.max(1)),
+                    },
                 };
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }

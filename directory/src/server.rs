@@ -30,6 +30,32 @@ pub struct ServeConfig {
     pub checks: crate::checks::ChecksConfig,
     /// Receivers of every audit event.
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// The names the admin API answers to (`--public-name`, checked by
+    /// `admin::public_name`); empty: the address a client connected to.
+    pub public_names: Vec<String>,
+    /// Connection, body size and body time limits of the admin API.
+    pub admin_limits: admin::Limits,
+}
+
+/// In the data directory while the admin API takes changes: a start that finds it
+/// knows the last run stopped without holding its port into a new second.
+const RUNNING_MARKER: &str = "admin.running";
+
+/// Waits until the clock is in a later unix second than `after`.
+///
+/// A directory refuses signatures created before the second it opened its admin
+/// port (its replay guard starts empty). So that no signature its last run took
+/// can be taken again, that run's last second must be over before the port
+/// opens: a clean stop holds the port into the next second, and a start after a
+/// crash waits out the second it began in.
+async fn next_second_after(after: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let next = std::time::Duration::from_secs(after.saturating_add(1));
+    if let Some(wait) = next.checked_sub(now) {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Why the server could not start.
@@ -96,6 +122,7 @@ async fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener)
 /// Runs the directory until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     small_pages();
+    let started = admin::unix_now();
     let t = std::time::Instant::now();
     let files = load_zone_files(&cfg.zones)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "zone files read");
@@ -127,9 +154,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     }
 
     let (udp, tcp) = bind_dns(cfg.dns).await?;
+    let marker = cfg.data.join(RUNNING_MARKER);
+    if marker.exists() {
+        tracing::info!("the last run did not stop cleanly; the admin API opens in the next second, so that no signature it took is taken again");
+        next_second_after(started).await;
+    }
     let http = TcpListener::bind(cfg.http)
         .await
         .map_err(|e| ServeError::Start(format!("cannot bind HTTP {}: {e}", cfg.http)))?;
+    let not_before = admin::unix_now();
+    if let Err(e) = std::fs::write(&marker, b"") {
+        tracing::warn!(error = %e, file = %marker.display(), "cannot mark the admin API open; a restart after a crash may take a signature this run took in its last second");
+    }
     let dns_addr = udp
         .local_addr()
         .map_err(|e| ServeError::Start(e.to_string()))?;
@@ -176,8 +212,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         stop_rx.clone(),
     ));
 
-    let admin = Arc::new(Admin::new(dir.clone()));
-    let http_task = tokio::spawn(admin::serve(http, admin, stop_rx));
+    let admin = Arc::new(Admin::new(
+        dir.clone(),
+        admin::AdminConfig {
+            public_names: cfg.public_names.clone(),
+            limits: cfg.admin_limits,
+            not_before,
+        },
+    ));
+    let http_task = tokio::spawn(admin::serve(http, admin.clone(), stop_rx));
 
     println!(
         "switchboard-directory: listening dns={dns_addr} http={http_addr} zones={}",
@@ -188,10 +231,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
 
     crate::process::wait_for_signal().await;
     tracing::info!("shutting down");
+    admin.close();
+    let closed = admin::unix_now();
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
     let _ = checks_task.await;
-    let _ = http_task.await;
+    let http = http_task.await.ok();
     let t = std::time::Instant::now();
     match dir.save_views() {
         Ok(()) => tracing::debug!(ms = t.elapsed().as_millis() as u64, "views saved"),
@@ -199,6 +244,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "could not save the views; the next start rebuilds them")
         }
     }
+    next_second_after(closed).await;
+    drop(http);
+    let _ = std::fs::remove_file(&marker);
     Ok(())
 }
 

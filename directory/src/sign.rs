@@ -190,6 +190,11 @@ impl ParsedSignature {
         self.expires.unwrap_or_default()
     }
 
+    /// The `created` parameter, or 0 when absent ([`Self::verify`] refuses that).
+    pub fn created(&self) -> u64 {
+        self.created.unwrap_or_default()
+    }
+
     /// The label of the signature that was picked from the headers.
     pub fn label(&self) -> &str {
         &self.label
@@ -467,6 +472,19 @@ impl ReplayGuard {
         (u128::from(one(&self.keys.0)) << 64) | u128::from(one(&self.keys.1))
     }
 
+    /// Fails with [`SignError::Replayed`] if `(keyid, nonce)` was recorded and has not expired
+    /// at `now`, without recording it: a receiver refuses a known replay before reading its
+    /// body, and records the pair only once the body matches (so a request whose body was
+    /// tampered with cannot use up the nonce of the genuine one).
+    pub fn check_unseen(&self, keyid: &str, nonce: &str, now: u64) -> Result<(), SignError> {
+        let key = self.pair_hash(keyid, nonce);
+        let guard = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.0.get(&key).is_some_and(|until| *until >= now) {
+            fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+        }
+        Ok(())
+    }
+
     /// Records `(keyid, nonce)` until `expires`; fails with [`SignError::Replayed`] if the pair
     /// was already recorded and has not expired at `now`. Call it after a successful verify.
     pub fn check_and_remember(
@@ -605,6 +623,19 @@ fn signature_params(
         .parameter(key_ref("keyid"), keyid)
         .parameter(key_ref("alg"), sfv::string_ref("ed25519"));
     list.finish().ok_or_else(|| bad("no components"))
+}
+
+/// The `@authority` a request's signature covers (RFC 9421 §2.2.3): its `Host`
+/// header, or the authority of an absolute-form target, lowercased; `None` when it
+/// has neither, or several `Host` headers (which no signature verifies over).
+pub fn authority(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let value = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().ok()?.trim_matches([' ', '\t']).to_owned(),
+        (None, _) => uri.authority()?.as_str().to_owned(),
+        (Some(_), Some(_)) => return None,
+    };
+    Some(value.to_ascii_lowercase())
 }
 
 /// The RFC 9421 §2.5 signature base: one `"name": value` line per component, then
@@ -863,6 +894,15 @@ mod tests {
         );
         assert_eq!(check(&m, &u, &h, BODY, NOW), "ok");
         assert_eq!(check(&m, &u, &h, BODY, NOW + 60), "ok");
+        assert_eq!(authority(&u, &h).as_deref(), Some("admin.example:8080"));
+        let absolute: Uri = "http://Other.Example/x".parse().unwrap();
+        assert_eq!(
+            authority(&absolute, &HeaderMap::new()).as_deref(),
+            Some("other.example")
+        );
+        let mut twice = h.clone();
+        twice.append(HOST, HeaderValue::from_static("evil.example"));
+        assert_eq!(authority(&u, &twice), None);
         let (m, u, h) = signed(Method::GET, b"");
         assert!(!h.contains_key(DIGEST));
         assert_eq!(check(&m, &u, &h, b"", NOW), "ok");
@@ -963,7 +1003,12 @@ mod tests {
             value
         }
         let guard = shareable(ReplayGuard::new());
+        guard.check_unseen("k1", "n1", NOW).unwrap();
+        guard.check_unseen("k1", "n1", NOW).unwrap();
         guard.check_and_remember("k1", "n1", NOW + 60, NOW).unwrap();
+        let seen = guard.check_unseen("k1", "n1", NOW + 5).unwrap_err();
+        assert_eq!(seen.reason(), "replayed");
+        guard.check_unseen("k1", "n1", NOW + 61).unwrap();
         let again = guard
             .check_and_remember("k1", "n1", NOW + 60, NOW + 5)
             .unwrap_err();

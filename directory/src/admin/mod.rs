@@ -2,36 +2,45 @@
 //!
 //! Reads are open. A change must carry an RFC 9421 signature (see `sign`) by an
 //! admin key of the zone it changes, or by a host's own key for that host's
-//! health and repository versions. Refusals are 401 (who are you?) or 403 (not
+//! health and repository versions, made for one of the names this directory
+//! answers to and after it started. Refusals are 401 (who are you?) or 403 (not
 //! you), with a JSON body `{"error": ..., "reason": ...}`. A change is answered
 //! only after `Directory::apply` has made it durable and visible in DNS.
+//!
+//! A change is checked in two steps: `authenticate`, from its headers alone
+//! before a byte of its body is read (the signature covers `content-digest`, not
+//! the body), then `authorize`, once the body has been read within its route's
+//! limits (`limits`): the body against its digest, the nonce recorded, the key's
+//! right to that change.
 //!
 //! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`.
 
 mod admins;
 mod bindings;
 mod hosts;
+pub mod limits;
 mod repos;
 mod zones;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::sign::{self, Policy, ReplayGuard};
+use crate::sign::{self, BodyHash, ParsedSignature, Policy, ReplayGuard};
 use crate::state::{ApplyError, Directory, Op};
 use crate::view::KeyOwner;
-
-/// The largest body a change may carry (a zone import of ~100k hosts fits).
-pub const MAX_BODY: usize = 64 << 20;
+pub use limits::Limits;
 
 /// Shared by every connection.
 pub struct Admin {
@@ -40,10 +49,29 @@ pub struct Admin {
     policy: Policy,
     /// Console logins and sessions.
     pub sessions: crate::console::Sessions,
+    limits: Limits,
+    /// The authorities a change must be signed for (`serve --public-name`),
+    /// normalized; empty: the address the connection came in on.
+    public_names: Vec<String>,
+    /// Signatures created before this second are refused: they may have been
+    /// used before a restart, whose replay guard is gone.
+    not_before: u64,
+    /// Set at shutdown: no signature is taken after it.
+    closed: AtomicBool,
+}
+
+/// How `serve` sets up the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// `--public-name`s, as [`public_name`] returns them.
+    pub public_names: Vec<String>,
+    pub limits: Limits,
+    /// The unix second the admin listener opened: signatures created before it are refused.
+    pub not_before: u64,
 }
 
 impl Admin {
-    pub fn new(dir: Arc<Directory>) -> Self {
+    pub fn new(dir: Arc<Directory>, cfg: AdminConfig) -> Self {
         Admin {
             dir,
             replay: ReplayGuard::new(),
@@ -52,16 +80,74 @@ impl Admin {
                 max_lifetime_secs: 60,
             },
             sessions: Default::default(),
+            limits: cfg.limits,
+            public_names: cfg.public_names,
+            not_before: cfg.not_before,
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Takes no signature from now on (the directory is stopping; see `server`).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// How long a request body may take to arrive (the console's forms too).
+    pub fn body_timeout(&self) -> std::time::Duration {
+        self.limits.body_timeout
+    }
+
+    /// The authorities a change that came in on `local` may be signed for.
+    fn accepted_authorities(&self, local: SocketAddr) -> Vec<String> {
+        if !self.public_names.is_empty() {
+            return self.public_names.clone();
+        }
+        let local = SocketAddr::new(local.ip().to_canonical(), local.port());
+        let mut names = vec![normal_authority(&local.to_string())];
+        if local.ip().is_loopback() {
+            names.push(normal_authority(&format!("localhost:{}", local.port())));
+        }
+        names
     }
 }
 
-/// An HTTP answer that is not a success: status, a message, a stable reason code.
+/// An authority as compared: lowercase, and without `:80`, the default port of
+/// `http` (RFC 9110 §4.2.3), which clients leave out.
+fn normal_authority(a: &str) -> String {
+    let a = a.to_ascii_lowercase();
+    match a.strip_suffix(":80") {
+        Some(bare) => bare.to_string(),
+        None => a,
+    }
+}
+
+/// Checks a `--public-name NAME[:PORT]` and returns it as changes are compared with it.
+pub fn public_name(s: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!("--public-name {s:?}: {why}; give the NAME[:PORT] clients put in their URLs")
+    };
+    let authority: http::uri::Authority = s.parse().map_err(|_| bad("not a host name"))?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(bad("not a host name"));
+    }
+    let port = authority
+        .as_str()
+        .get(authority.host().len()..)
+        .unwrap_or(":");
+    if !port.is_empty() && !port[1..].parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(bad("not a port"));
+    }
+    Ok(normal_authority(authority.as_str()))
+}
+
+/// An HTTP answer that is not a success: status, a message, a stable reason code,
+/// and any fields that say more.
 #[derive(Debug)]
 pub struct Refusal {
     status: StatusCode,
     reason: &'static str,
     message: String,
+    details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Refusal {
@@ -70,7 +156,14 @@ impl Refusal {
             status,
             reason,
             message: message.into(),
+            details: Default::default(),
         }
+    }
+
+    /// Adds a field to the JSON body.
+    fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -115,7 +208,10 @@ pub fn json<T: Serialize>(v: &T) -> Reply {
 }
 
 fn refusal_response(r: Refusal) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({"error": r.message, "reason": r.reason});
+    let mut body = r.details;
+    body.insert("error".into(), r.message.into());
+    body.insert("reason".into(), r.reason.into());
+    let body = serde_json::Value::Object(body);
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = r.status;
     resp.headers_mut().insert(
@@ -132,6 +228,14 @@ pub struct Call {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub query: HashMap<String, String>,
+    /// A change's signature, checked before its body was read.
+    signed: Option<Signed>,
+}
+
+/// A signature that verified over a request's headers, by the key its keyid names.
+struct Signed {
+    parsed: ParsedSignature,
+    key: VerifyingKey,
 }
 
 impl Call {
@@ -231,17 +335,120 @@ impl<'a> Need<'a> {
     }
 }
 
+fn no_signature() -> Refusal {
+    Refusal::new(
+        StatusCode::UNAUTHORIZED,
+        "no-signature",
+        "changes must be signed (RFC 9421 Signature and Signature-Input headers) by an admin key: use the CLI with --key",
+    )
+}
+
+fn unauthorized(path: &str, e: sign::SignError) -> Refusal {
+    tracing::warn!(reason = e.reason(), error = %e, path = %path, "change refused");
+    Refusal::new(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
+}
+
+/// Checks a change from its headers alone, before its body is read: a signature
+/// that parses, by a key some zone knows, that covers what it must, is fresh,
+/// verifies, was made for one of this directory's names (`local` is the address
+/// the request came in on) after this directory started, and whose nonce is not
+/// used yet. The nonce is only recorded by [`authorize`], once the body matches
+/// its digest, so a copy with another body cannot use up the genuine request's.
+fn authenticate(
+    admin: &Admin,
+    parts: &http::request::Parts,
+    local: SocketAddr,
+) -> Result<Signed, Refusal> {
+    let path = parts.uri.path();
+    if admin.closed.load(Ordering::SeqCst) {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "the directory is stopping; send the change again once it is back",
+        ));
+    }
+    if !parts.headers.contains_key("signature") && !parts.headers.contains_key("signature-input") {
+        tracing::warn!(reason = "no-signature", path = %path, "change refused");
+        return Err(no_signature());
+    }
+    let parsed = sign::parse(&parts.headers).map_err(|e| unauthorized(path, e))?;
+    let keyid = parsed.keyid();
+    let view = admin.dir.view().load_full();
+    let Some(entry) = view.zones.iter().find_map(|z| z.key(keyid)) else {
+        tracing::warn!(reason = "unknown-key", keyid = %keyid, path = %path, "change refused");
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown-key",
+            format!("key {keyid} is no admin or host key of any zone of this directory"),
+        ));
+    };
+    let key = entry
+        .key
+        .verifying_key()
+        .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, "unknown-key", e.0))?;
+    let now = unix_now();
+    parsed
+        .verify_headers(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            limits::expects_body(&parts.headers),
+            &key,
+            now,
+            &admin.policy,
+        )
+        .map_err(|e| unauthorized(path, e))?;
+    let accepted = admin.accepted_authorities(local);
+    let signed_for = sign::authority(&parts.uri, &parts.headers).unwrap_or_default();
+    if !accepted.contains(&normal_authority(&signed_for)) {
+        tracing::warn!(reason = "wrong-authority", authority = %signed_for, path = %path, "change refused");
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong-authority",
+            format!(
+                "this change was signed for {signed_for:?}, but this directory answers to {}: sign it for one of those (CLI: --server http://NAME:PORT; the directory: serve --public-name)",
+                accepted.join(", ")
+            ),
+        )
+        .with("signed_authority", signed_for)
+        .with("accepted", accepted));
+    }
+    if parsed.created() < admin.not_before {
+        tracing::warn!(reason = "stale-signature", created = parsed.created(), path = %path, "change refused: signed before this start");
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "stale-signature",
+            format!(
+                "signature created at {} (unix), before this directory started at {}: a restart forgets which nonces were used, so it takes only signatures made since; sign the request again",
+                parsed.created(),
+                admin.not_before
+            ),
+        ));
+    }
+    admin
+        .replay
+        .check_unseen(keyid, parsed.nonce(), now)
+        .map_err(|e| unauthorized(path, e))?;
+    Ok(Signed { parsed, key })
+}
+
+/// Checks that a change, already authenticated from its headers, may be made to
+/// `origin` by its key, once its body is read: the body matches the signed
+/// `Content-Digest`, the nonce is recorded, and the key may make `need`.
 pub fn authorize(
     admin: &Admin,
     call: &Call,
     origin: &str,
     need: Need<'_>,
 ) -> Result<String, Refusal> {
-    let unauthorized = |e: sign::SignError| {
-        tracing::warn!(reason = e.reason(), error = %e, path = %call.uri.path(), "change refused");
-        Refusal::new(StatusCode::UNAUTHORIZED, e.reason(), e.to_string())
+    let unauthorized = |e: sign::SignError| unauthorized(call.uri.path(), e);
+    let Some(Signed {
+        parsed,
+        key: checked,
+    }) = &call.signed
+    else {
+        return Err(no_signature());
     };
-    let parsed = sign::parse(&call.headers).map_err(unauthorized)?;
     let keyid = parsed.keyid().to_string();
     let view = admin.dir.view().load_full();
     let entry = view
@@ -284,16 +491,22 @@ pub fn authorize(
         .verifying_key()
         .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, "unknown-key", e.0))?;
     let now = unix_now();
+    if key != *checked {
+        // This zone holds another key under the same keyid: verify with it too.
+        parsed
+            .verify_headers(
+                &call.method,
+                &call.uri,
+                &call.headers,
+                !call.body.is_empty(),
+                &key,
+                now,
+                &admin.policy,
+            )
+            .map_err(unauthorized)?;
+    }
     parsed
-        .verify(
-            &call.method,
-            &call.uri,
-            &call.headers,
-            &call.body,
-            &key,
-            now,
-            &admin.policy,
-        )
+        .check_body(&call.headers, &BodyHash::of(&call.body))
         .map_err(unauthorized)?;
     admin
         .replay
@@ -358,42 +571,25 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The largest body of any call but a zone import.
-pub const MAX_CHANGE_BODY: usize = 1 << 20;
-
-async fn route(admin: Arc<Admin>, req: Request<Incoming>) -> Reply {
+async fn route(admin: Arc<Admin>, req: Request<Incoming>, local: SocketAddr) -> Reply {
     let (parts, body) = req.into_parts();
-    // Reads carry no body; a change without signature headers is refused before
-    // its body is read; only a zone import may be large.
-    let limit = match parts.method {
-        Method::PUT if parts.uri.path().starts_with("/v1/zones/") => MAX_BODY,
-        Method::POST | Method::PUT | Method::DELETE => MAX_CHANGE_BODY,
-        _ => 0,
+    // Reads carry no body. A change is authenticated from its headers, and its
+    // declared length checked, before a byte of its body is read; only a zone
+    // import may be large, and every body must arrive in time.
+    let rule = limits::BodyRule::of(&parts.method, parts.uri.path(), &admin.limits);
+    let signed = match rule.is_change() {
+        true => Some(authenticate(&admin, &parts, local)?),
+        false => None,
     };
-    if limit > 0 && !parts.headers.contains_key("signature") {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "no-signature",
-            "changes must be signed (RFC 9421 Signature and Signature-Input headers) by an admin key: use the CLI with --key",
-        ));
-    }
-    let body = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                format!("cannot read the body (limit {limit} bytes): {e}"),
-            )
-        })?
-        .to_bytes();
+    rule.check_declared(&parts.headers)?;
+    let body = rule.read(body).await?;
     let call = Call {
         query: parse_query(parts.uri.query()),
         method: parts.method,
         uri: parts.uri,
         headers: parts.headers,
         body,
+        signed,
     };
     let path = call.uri.path().to_string();
     if call.method == Method::GET && path == "/v1/feed" {
@@ -529,25 +725,49 @@ fn method_not_allowed(call: &Call) -> Refusal {
     )
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires.
+/// Serves the admin API on `listener` until `shutdown` fires, then hands the
+/// listener back (the caller decides when the port is let go). A connection
+/// beyond `Limits` is answered 503 and closed; one whose request head is not in
+/// within `limits::HEAD_TIMEOUT` is closed.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> TcpListener {
+    let slots = limits::Slots::default();
+    let refusals = limits::Refusals::default();
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    // Out of file descriptors, say: pause rather than spin.
+                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => break,
         };
+        let slot = match slots.take(peer.ip(), &admin.limits) {
+            Ok(slot) => slot,
+            Err(message) => {
+                if refused_logged.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                    tracing::warn!(client = %peer.ip(), reason = "too-many-connections", "{message}; refusing new admin connections");
+                    refused_logged = Some(std::time::Instant::now());
+                }
+                refusals.refuse(stream, message);
+                continue;
+            }
+        };
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move {
@@ -555,7 +775,7 @@ pub async fn serve(
                     if p == "/ui" || p.starts_with("/ui/") {
                         return Ok::<_, Infallible>(crate::console::route(admin, req).await);
                     }
-                    Ok::<_, Infallible>(match route(admin, req).await {
+                    Ok::<_, Infallible>(match route(admin, req, local).await {
                         Ok(r) => r,
                         Err(r) => refusal_response(r),
                     })
@@ -563,11 +783,39 @@ pub async fn serve(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(limits::HEAD_TIMEOUT)
+                .max_buf_size(limits::MAX_BUFFER)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "admin connection ended");
             }
         });
+    }
+    listener
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_names_are_compared_as_clients_send_them() {
+        assert_eq!(public_name("Dir.Example:8053").unwrap(), "dir.example:8053");
+        assert_eq!(public_name("dir.example:80").unwrap(), "dir.example");
+        assert_eq!(public_name("dir.example").unwrap(), "dir.example");
+        assert_eq!(public_name("[::1]:8053").unwrap(), "[::1]:8053");
+        assert_eq!(public_name("10.0.0.5:8053").unwrap(), "10.0.0.5:8053");
+        for bad in [
+            "",
+            "user@dir.example",
+            "dir.example:http",
+            "dir.example:0",
+            "a b",
+            "http://x/",
+        ] {
+            assert!(public_name(bad).is_err(), "{bad:?} was taken");
+        }
+        assert_eq!(normal_authority("DIR.example:8080"), "dir.example:8080");
+        assert_eq!(normal_authority("[::1]:80"), "[::1]");
     }
 }

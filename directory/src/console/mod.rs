@@ -315,12 +315,19 @@ pub async fn route(admin: Arc<Admin>, req: http::Request<hyper::body::Incoming>)
             }
         }
         (&Method::POST, _) => {
-            let form = match Limited::new(body, MAX_FORM).collect().await {
-                Ok(b) => admin::parse_query(std::str::from_utf8(&b.to_bytes()).ok()),
-                Err(_) => {
+            let read = Limited::new(body, MAX_FORM).collect();
+            let form = match tokio::time::timeout(admin.body_timeout(), read).await {
+                Ok(Ok(b)) => admin::parse_query(std::str::from_utf8(&b.to_bytes()).ok()),
+                Ok(Err(_)) => {
                     return html(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         pages::error_page("That form is too large."),
+                    )
+                }
+                Err(_) => {
+                    return html(
+                        StatusCode::REQUEST_TIMEOUT,
+                        pages::error_page("The form did not arrive in time; send it again."),
                     )
                 }
             };
