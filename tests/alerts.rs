@@ -559,3 +559,221 @@ fn a_repository_that_opted_in_fails_over_only_to_a_replica_with_every_version() 
     assert_eq!(blocked, 1, "said once");
     drop(r2);
 }
+
+/// Unix time in milliseconds, as heartbeats report it.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Adds host `name` with a fresh key, as an admin does for a new sidecar;
+/// returns the key file.
+fn host_with_key(d: &Directory, name: &str) -> std::path::PathBuf {
+    let (key, pubkey, _) = switchboard_tests::keygen(d.dir.path(), name);
+    d.cli_ok(&[
+        "host",
+        "add",
+        name,
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        &pubkey,
+        "--roles",
+        "web",
+    ]);
+    key
+}
+
+/// A heartbeat signed with the host's own key, as its sidecar sends it:
+/// (status, body).
+fn heartbeat(d: &Directory, host: &str, key: &std::path::Path, report: &Value) -> (u16, Value) {
+    let body = report.to_string().into_bytes();
+    let path = format!("/v1/hosts/{host}/heartbeat");
+    let url = format!("{}{path}", d.server_url());
+    let headers = signed_headers(key, "POST", &url, &body, unix_now());
+    d.curl("POST", &path, &headers, Some(&body))
+}
+
+/// Sends one signed heartbeat per report, all through one `curl` (one
+/// connection, kept alive); returns each answer's status.
+fn heartbeats(d: &Directory, host: &str, key: &std::path::Path, reports: &[Value]) -> Vec<u16> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("{}/v1/hosts/{host}/heartbeat", d.server_url());
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut config = String::new();
+    for (i, report) in reports.iter().enumerate() {
+        let body = report.to_string();
+        if i > 0 {
+            config.push_str("next\n");
+        }
+        config.push_str(&format!("url = {}\nrequest = \"POST\"\n", quote(&url)));
+        for (k, v) in signed_headers(key, "POST", &url, body.as_bytes(), unix_now()) {
+            config.push_str(&format!("header = {}\n", quote(&format!("{k}: {v}"))));
+        }
+        config.push_str("header = \"Content-Type: application/json\"\n");
+        config.push_str(&format!("data-binary = {}\n", quote(&body)));
+        config.push_str("output = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\nsilent\n");
+    }
+    let file = dir.path().join("curl.conf");
+    std::fs::write(&file, config).expect("write curl config");
+    let out = switchboard_tests::run(std::process::Command::new("curl").arg("-K").arg(&file));
+    stdout(&out)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn a_heartbeat_that_reports_impossible_stale_times_is_refused_and_logs_nothing() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let key = host_with_key(&d, "web1");
+    let now = now_ms();
+    let (hour, day) = (3_600_000, 86_400_000);
+    for report in [
+        serde_json::json!({"last_stale": [0, u64::MAX]}),
+        serde_json::json!({"last_stale": [now, u64::MAX]}),
+        serde_json::json!({"last_stale": [now + hour, now + 2 * hour]}),
+        serde_json::json!({"last_stale": [0, 1000]}),
+        serde_json::json!({"last_stale": [now - 30 * day, now - 29 * day]}),
+        serde_json::json!({"last_stale": [now - 1000, now - 5000]}),
+        serde_json::json!({"stale_since": u64::MAX}),
+        serde_json::json!({"stale_since": now + hour}),
+        serde_json::json!({"stale_since": 0}),
+    ] {
+        let (code, body) = heartbeat(&d, "web1", &key, &report);
+        assert_eq!(code, 400, "{report} was taken: {body}");
+        assert_eq!(body["reason"], "bad-heartbeat", "{report}: {body}");
+        let why = body["error"].as_str().unwrap_or_default();
+        assert!(why.contains("stale"), "{report}: {why}");
+    }
+    assert!(
+        logged(&d).iter().all(|e| e["kind"] != "sidecar"),
+        "{:#?}",
+        logged(&d)
+    );
+
+    // A true report from the same host is still taken and logged, with its times.
+    let span = [now - 5000, now - 1000];
+    let (code, body) = heartbeat(&d, "web1", &key, &serde_json::json!({ "last_stale": span }));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["ack_stale"], serde_json::json!(span), "{body}");
+    let sc: Vec<Value> = logged(&d)
+        .into_iter()
+        .filter(|e| e["kind"] == "sidecar")
+        .collect();
+    assert_eq!(
+        sc.iter().map(what).collect::<Vec<_>>(),
+        [
+            t("sidecar", "web1", "stale", "fresh", "stale"),
+            t("sidecar", "web1", "fresh", "stale", "fresh")
+        ]
+    );
+    assert_eq!(
+        sc[1]["span"],
+        serde_json::json!({"from": span[0], "to": span[1]})
+    );
+    let human = d.cli_ok(&["events"]);
+    let year = |y: &str| human.lines().all(|l| l.starts_with(y));
+    assert!(year(&clock_year(now)), "{human}");
+    assert!(human.contains("served stale ones for 4 s"), "{human}");
+
+    // Once heard from, a host cannot date a new episode before that heartbeat.
+    let report = serde_json::json!({"last_stale": [now - hour, now - hour + 1000]});
+    let (code, body) = heartbeat(&d, "web1", &key, &report);
+    assert_eq!(code, 400, "{body}");
+    let why = body["error"].as_str().unwrap_or_default();
+    assert!(why.contains("previous heartbeat"), "{why}");
+    // One episode open at a time: a second start while stale is not another.
+    for since in [now - 500, now - 400] {
+        let (code, body) = heartbeat(
+            &d,
+            "web1",
+            &key,
+            &serde_json::json!({ "stale_since": since }),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let stale = logged(&d)
+        .iter()
+        .filter(|e| what(e) == t("sidecar", "web1", "stale", "fresh", "stale"))
+        .count();
+    assert_eq!(stale, 2, "{:#?}", logged(&d));
+}
+
+/// The year (`YYYY`) of a unix time in ms, as the directory prints it.
+fn clock_year(ms: u64) -> String {
+    switchboard_directory::state::clock(ms)[..4].to_string()
+}
+
+#[test]
+fn a_host_flooding_heartbeats_is_rate_limited_and_admin_events_stay_in_view() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let key = host_with_key(&d, "web1");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "app9",
+        "--addr",
+        "127.0.0.1",
+        "--roles",
+        "app",
+    ]);
+    let admin_event = logged(&d)
+        .into_iter()
+        .find(|e| what(e) == t("host", "app9", "add", "", ""))
+        .expect("the admin's event");
+    assert_eq!(admin_event["by"], "admin admin");
+
+    // 1000 heartbeats, each reporting a made-up episode (within every bound).
+    let start = Instant::now();
+    let base = now_ms() - 30_000;
+    let reports: Vec<Value> = (0..1000u64)
+        .map(|i| {
+            let (from, to) = (base + 10 * i, base + 10 * i + 5);
+            match i % 3 {
+                0 => serde_json::json!({ "last_stale": [from, to] }),
+                1 => serde_json::json!({ "stale_since": from }),
+                _ => serde_json::json!({ "last_stale": [from, to], "stale_since": to + 1 }),
+            }
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for chunk in reports.chunks(200) {
+        codes.extend(heartbeats(&d, "web1", &key, chunk));
+    }
+    let took = start.elapsed();
+    assert_eq!(codes.len(), 1000);
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+
+    // The host wrote at most its burst plus one event per 10 s since.
+    let log = logged(&d);
+    let by_host = log.iter().filter(|e| e["by"] == "host web1").count();
+    let allowed = 10 + took.as_secs() as usize / 10 + 1;
+    assert!(
+        (1..=allowed).contains(&by_host),
+        "{by_host} events from web1 in {took:?}; at most {allowed}"
+    );
+    let shown: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "host", "show", "web1"])).expect("JSON");
+    let dropped = shown["events_dropped"].as_u64().unwrap_or(0);
+    assert!(dropped >= 1000, "events_dropped {dropped}: {shown}");
+
+    // The admin's change is still in the last events: the CLI's and the console's.
+    let last: Vec<Value> = d
+        .cli_ok(&["--json", "events"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event"))
+        .collect();
+    assert!(last.contains(&admin_event), "{last:#?}");
+    let page = std::process::Command::new("curl")
+        .args(["-s", &format!("{}/ui/events", d.server_url())])
+        .output()
+        .expect("curl the console");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains(&format!("id=\"event-{}\"", admin_event["id"])),
+        "{page}"
+    );
+}

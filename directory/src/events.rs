@@ -8,6 +8,12 @@
 //! per event across all zones and are never reused, so a reader keeps its place
 //! with one number (`GET /v1/events?after=ID`).
 //!
+//! What hosts write ([`Event::by_host`]) is bounded apart from what admins and
+//! the directory do: the store drops each kind's oldest only for one of its
+//! own (`store::sled::HOST_EVENTS_KEPT`), and each host's heartbeats have an
+//! allowance of events (`state::EVENT_BURST`). The older part of the log may
+//! so have gaps where host events were; the recent part has none.
+//!
 //! Routine records are not events: a repository's version moving on every
 //! push, or a health or availability set to the value it already had.
 
@@ -47,6 +53,15 @@ pub struct Event {
     /// logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span: Option<Span>,
+}
+
+impl Event {
+    /// Whether a host made it (a sidecar's report, a change signed with a
+    /// host's own key) rather than an admin or the directory: the audit log
+    /// keeps the two apart, so hosts never push out what admins did.
+    pub fn by_host(&self) -> bool {
+        self.by.starts_with("host ")
+    }
 }
 
 /// When an episode began and ended (unix ms).

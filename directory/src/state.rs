@@ -137,12 +137,104 @@ pub struct Directory {
 struct Heartbeat {
     /// The last heartbeat since the directory started.
     last: Option<std::time::Instant>,
+    /// When (unix ms) the directory last took in this host's report: its last
+    /// heartbeat whose episodes are logged, or the time of its last logged one.
+    seen: Option<u64>,
     /// The stale episode announced and not yet over, by its start (unix ms).
     open: Option<u64>,
     /// The last episode logged as over: (from, to), unix ms.
     closed: Option<(u64, u64)>,
     /// This host's events are being written.
     writing: bool,
+    /// When this host's event allowance is whole again (see [`EVENT_BURST`]).
+    allowance: Option<std::time::Instant>,
+    /// Events over the allowance since the directory started.
+    dropped: u64,
+    /// Events over the allowance since this host's last written ones.
+    held: u64,
+}
+
+/// How many events one host's heartbeats may write at once; after that, one
+/// per [`EVENT_EVERY`]. A heartbeat whose events are over the allowance is
+/// answered without them (and without acknowledging its episode, which the
+/// sidecar reports again, merged with any later one).
+pub const EVENT_BURST: u32 = 10;
+/// How fast a host's event allowance comes back: one event per 10 s.
+pub const EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How far ahead of the directory's clock a heartbeat may date an episode, and
+/// how long before the host's previous heartbeat a new one may begin: clock
+/// skew (signatures allow 30 s) and the time a heartbeat is in transit.
+pub const HEARTBEAT_SLACK_MS: u64 = 120_000;
+/// How long ago a stale episode may have begun when the directory has not
+/// heard from the host since it started (7 days).
+pub const MAX_EPISODE_AGE_MS: u64 = 7 * 86_400_000;
+
+impl Heartbeat {
+    /// Why `report` cannot be true, if it cannot: an episode that ends before
+    /// it begins, a time ahead of the directory's clock, or an episode the
+    /// directory has not logged that began before this host's previous report
+    /// (which would have said so) or, if it has none, over
+    /// [`MAX_EPISODE_AGE_MS`] ago.
+    fn implausible(&self, report: &HeartbeatReport, now: u64) -> Option<String> {
+        let ahead = now.saturating_add(HEARTBEAT_SLACK_MS);
+        let (floor, bound) = match self.seen {
+            Some(seen) => (
+                seen.saturating_sub(HEARTBEAT_SLACK_MS),
+                format!(
+                    "more than {} s before the host's previous heartbeat ({})",
+                    HEARTBEAT_SLACK_MS / 1000,
+                    clock(seen)
+                ),
+            ),
+            None => (
+                now.saturating_sub(MAX_EPISODE_AGE_MS),
+                format!("more than {} days ago", MAX_EPISODE_AGE_MS / 86_400_000),
+            ),
+        };
+        let known = |t: u64| self.open == Some(t) || self.closed.is_some_and(|(f, _)| f == t);
+        let too_old = |what: &str, t: u64| {
+            (!known(t) && t < floor).then(|| {
+                format!(
+                    "{what} ({t}, {}) is {bound}: a sidecar reports an episode in its next heartbeat",
+                    clock(t)
+                )
+            })
+        };
+        let ahead_of = |what: &str, t: u64| {
+            (t > ahead).then(|| {
+                format!(
+                    "{what} ({t}) is more than {} s ahead of the directory's clock ({now})",
+                    HEARTBEAT_SLACK_MS / 1000
+                )
+            })
+        };
+        if let Some((from, to)) = report.last_stale {
+            if from > to {
+                return Some(format!("last_stale ends ({to}) before it begins ({from})"));
+            }
+            if let Some(why) = ahead_of("the end of last_stale", to)
+                .or_else(|| too_old("the start of last_stale", from))
+            {
+                return Some(why);
+            }
+        }
+        let since = report.stale_since?;
+        ahead_of("stale_since", since).or_else(|| too_old("stale_since", since))
+    }
+
+    /// Takes `n` events from the allowance, if it has them (a GCRA token
+    /// bucket: `allowance` is when it is whole again).
+    fn allow(&mut self, n: usize, now: std::time::Instant) -> bool {
+        let whole = self.allowance.filter(|t| *t > now).unwrap_or(now);
+        let cost = EVENT_EVERY.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        match whole.checked_add(cost) {
+            Some(next) if next.duration_since(now) <= EVENT_EVERY * EVENT_BURST => {
+                self.allowance = Some(next);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What a sidecar says in its heartbeat.
@@ -278,6 +370,7 @@ impl Directory {
             let mut beats = dir.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
             for e in last {
                 let hb = beats.entry((e.zone.clone(), e.name.clone())).or_default();
+                hb.seen = Some(e.time);
                 match (e.action.as_str(), e.span) {
                     ("stale", span) => hb.open = Some(span.map_or(0, |s| s.from)),
                     (_, Some(events::Span { from, to: Some(to) })) => hb.closed = Some((from, to)),
@@ -653,7 +746,9 @@ impl Directory {
 
     /// Notes a heartbeat from `host`'s sidecar and writes the stale-answer
     /// episodes it reports to the audit log (each once: `stale` when it starts
-    /// or is first heard of, `fresh` when it ends).
+    /// or is first heard of, `fresh` when it ends). A report whose times
+    /// cannot be true is refused (`ApplyError::Invalid`, saying why); events
+    /// over the host's allowance ([`EVENT_BURST`]) are not written.
     pub fn heartbeat(
         &self,
         origin: &str,
@@ -680,15 +775,21 @@ impl Directory {
         // (a failed write is retried by the sidecar's next heartbeat). While a
         // host's events are being written, its other heartbeats only count as
         // heartbeats, so two in flight never announce the same episode twice.
+        let now = events::now_ms();
         let (drafts, open, closed, ack) = {
             let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
             let hb = beats.entry(key.clone()).or_default();
+            // A heartbeat signed by the host is a sign of life, whatever it reports.
             hb.last = Some(std::time::Instant::now());
             if hb.writing {
                 return Ok(HeartbeatReply {
                     next_ms,
                     ack_stale: None,
                 });
+            }
+            if let Some(why) = hb.implausible(report, now) {
+                tracing::warn!(zone = %origin, host = %host, reason = "bad-heartbeat", "heartbeat report refused: {why}");
+                return Err(ApplyError::Invalid(why));
             }
             let (mut open, mut closed, mut ack) = (hb.open, hb.closed, None);
             let mut drafts = Vec::new();
@@ -737,20 +838,33 @@ impl Directory {
                 // it ended (the sidecar restarted): the episode is over.
                 None if report.last_stale.is_none() => {
                     if let Some(from) = open.take() {
-                        drafts.push(fresh(from, events::now_ms()));
+                        drafts.push(fresh(from, now));
                     }
                 }
                 None => {}
             }
-            hb.writing = !drafts.is_empty();
+            if drafts.is_empty() {
+                hb.seen = Some(now);
+                return Ok(HeartbeatReply {
+                    next_ms,
+                    ack_stale: ack,
+                });
+            }
+            if !hb.allow(drafts.len(), std::time::Instant::now()) {
+                // Nothing of this report is taken: the sidecar reports it again.
+                if hb.held == 0 {
+                    tracing::warn!(zone = %origin, host = %host, reason = "event-rate", "the host's heartbeats report more episodes than its allowance ({EVENT_BURST} events, then one per {} s); dropping them until it has room", EVENT_EVERY.as_secs());
+                }
+                hb.held += drafts.len() as u64;
+                hb.dropped += drafts.len() as u64;
+                return Ok(HeartbeatReply {
+                    next_ms,
+                    ack_stale: None,
+                });
+            }
+            hb.writing = true;
             (drafts, open, closed, ack)
         };
-        if drafts.is_empty() {
-            return Ok(HeartbeatReply {
-                next_ms,
-                ack_stale: ack,
-            });
-        }
         let written = self.with_events(origin, drafts, &by, |ev| self.store.append_events(ev));
         let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
         let hb = beats.entry(key).or_default();
@@ -758,6 +872,11 @@ impl Directory {
         let ((), events) = written?;
         hb.open = open;
         hb.closed = closed;
+        hb.seen = Some(now);
+        if hb.held > 0 {
+            tracing::warn!(zone = %origin, host = %host, reason = "event-rate", dropped = hb.held, "the host's heartbeats are within their event allowance again; {} events were dropped", hb.held);
+            hb.held = 0;
+        }
         drop(beats);
         self.announce(&events);
         Ok(HeartbeatReply {
@@ -784,6 +903,15 @@ impl Directory {
             None if self.started.elapsed() < window => None,
             None => Some(false),
         }
+    }
+
+    /// How many events `host`'s heartbeats reported over its allowance (see
+    /// [`EVENT_BURST`]) since the directory started.
+    pub fn events_dropped(&self, origin: &str, host: &str) -> u64 {
+        let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        beats
+            .get(&(origin.to_string(), host.to_string()))
+            .map_or(0, |h| h.dropped)
     }
 
     /// How long ago each host of the zone sent its last heartbeat (hosts heard
@@ -1412,29 +1540,38 @@ mod tests {
             .expect("heartbeat")
             .ack_stale
         };
+        // Times a minute ago: within what a heartbeat may report.
+        let t0 = events::now_ms() - 60_000;
+        let t = |ms: u64| t0 + ms;
         // Stale, heard live, twice; then over, reported twice (a lost acknowledgement).
-        beat(&d, Some(100), None);
-        beat(&d, Some(100), None);
-        assert_eq!(beat(&d, None, Some((100, 200))), Some((100, 200)));
-        assert_eq!(beat(&d, None, Some((100, 200))), Some((100, 200)));
+        beat(&d, Some(t(100)), None);
+        beat(&d, Some(t(100)), None);
+        assert_eq!(
+            beat(&d, None, Some((t(100), t(200)))),
+            Some((t(100), t(200)))
+        );
+        assert_eq!(
+            beat(&d, None, Some((t(100), t(200)))),
+            Some((t(100), t(200)))
+        );
         let one = vec![
-            ("stale".to_string(), Some((100, None))),
-            ("fresh".to_string(), Some((100, Some(200)))),
+            ("stale".to_string(), Some((t(100), None))),
+            ("fresh".to_string(), Some((t(100), Some(t(200))))),
         ];
         assert_eq!(seen(&log), one);
         // A second episode merged into the first after that lost acknowledgement:
         // only the part after what was logged is new.
-        beat(&d, None, Some((100, 300)));
+        beat(&d, None, Some((t(100), t(300))));
         // An episode never heard live (the directory was unreachable): both ends at once.
-        beat(&d, None, Some((400, 500)));
+        beat(&d, None, Some((t(400), t(500))));
         // The directory restarts: what it logged is read back, nothing is repeated.
         drop(d);
         d = open(&log);
-        beat(&d, None, Some((400, 500)));
-        beat(&d, Some(600), None);
+        beat(&d, None, Some((t(400), t(500))));
+        beat(&d, Some(t(600)), None);
         drop(d);
         d = open(&log);
-        beat(&d, Some(600), None);
+        beat(&d, Some(t(600)), None);
         // The sidecar restarts while stale: it reports nothing; the episode is over.
         beat(&d, None, None);
         beat(&d, None, None);
@@ -1447,11 +1584,11 @@ mod tests {
         );
         assert_eq!(
             all[2].1,
-            Some((200, None)),
+            Some((t(200), None)),
             "the merged part starts where the log ended"
         );
-        assert_eq!(all[4].1, Some((400, None)));
-        assert_eq!(all[6].1, Some((600, None)));
+        assert_eq!(all[4].1, Some((t(400), None)));
+        assert_eq!(all[6].1, Some((t(600), None)));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `/v1/hosts`: list, show, add, remove, enable, disable, health.
 
-use http::Method;
+use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::model::{Health, Host};
-use crate::state::{HeartbeatReport, Op};
+use crate::state::{ApplyError, HeartbeatReport, Op};
 
 #[derive(Deserialize)]
 struct HealthBody {
@@ -48,11 +48,17 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
         (&Method::POST, []) => change(admin, call, Op::AddHost(call.json()?)),
         (&Method::GET, [name]) => {
             let origin = call.zone(admin)?;
-            let host = admin
+            let mut host = admin
                 .dir
                 .read(&origin, |z| z.hosts.get(*name).map(|h| describe(z, h)))
                 .flatten()
                 .ok_or_else(|| Refusal::not_found(format!("no host {name} in {origin}")))?;
+            if let Some(obj) = host.as_object_mut() {
+                obj.insert(
+                    "events_dropped".into(),
+                    admin.dir.events_dropped(&origin, name).into(),
+                );
+            }
             json(&host)
         }
         (&Method::DELETE, [name]) => change(admin, call, Op::RemoveHost(name.to_string())),
@@ -80,7 +86,17 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
             } else {
                 call.json()?
             };
-            json(&admin.dir.heartbeat(&origin, name, &report)?)
+            // A report that cannot be true is the sidecar's fault: 400, saying why.
+            let reply = admin
+                .dir
+                .heartbeat(&origin, name, &report)
+                .map_err(|e| match e {
+                    ApplyError::Invalid(why) => {
+                        Refusal::new(StatusCode::BAD_REQUEST, "bad-heartbeat", why)
+                    }
+                    e => e.into(),
+                })?;
+            json(&reply)
         }
         (&Method::PUT, [name, "health"]) => {
             let body: HealthBody = call.json()?;

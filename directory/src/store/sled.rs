@@ -46,13 +46,29 @@ pub struct SledStore {
     db: ::sled::Db,
     /// The audit log: big-endian id -> event JSON.
     events: ::sled::Tree,
+    /// The order of the audit log by origin: `a` (admins and the directory)
+    /// or `h` (hosts) + big-endian sequence number -> big-endian event id;
+    /// and `legacy`: the last id written before this order was kept.
+    order: ::sled::Tree,
     /// Readers' places in the audit log: name -> big-endian id.
     cursors: ::sled::Tree,
     dir: std::path::PathBuf,
+    /// Events kept of each origin: [admins and the directory, hosts].
+    kept: [u64; 2],
+    /// Events up to this id were written before `order` was kept: each leaves
+    /// as it always did, `EVENTS_KEPT` ids after it (`kept[0]`).
+    legacy: u64,
 }
 
-/// How many events the audit log keeps; older ones are dropped as new ones come.
+/// How many events made by admins and the directory itself (checks, lag
+/// alerts, seeds) the audit log keeps; older ones are dropped as new ones of
+/// theirs come.
 pub const EVENTS_KEPT: u64 = 100_000;
+/// How many events hosts made (a sidecar's stale episodes, a change signed
+/// with a host's own key) the audit log keeps, apart: however much hosts
+/// write, they only ever push out their own older events.
+pub const HOST_EVENTS_KEPT: u64 = 10_000;
+const LEGACY: &[u8] = b"legacy";
 
 /// Where a large value is: a file under the data directory, and its SHA-256.
 #[derive(Serialize, Deserialize)]
@@ -168,11 +184,27 @@ impl SledStore {
             .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", dir.display())))?;
         let events = db.open_tree("events").map_err(io)?;
         let cursors = db.open_tree("cursors").map_err(io)?;
+        let order = db.open_tree("event_order").map_err(io)?;
+        let legacy = match order.get(LEGACY).map_err(io)? {
+            Some(v) => id_of(&v)?,
+            None => {
+                let last = match events.last().map_err(io)? {
+                    Some((k, _)) => id_of(&k)?,
+                    None => 0,
+                };
+                order.insert(LEGACY, &last.to_be_bytes()).map_err(io)?;
+                order.flush().map_err(io)?;
+                last
+            }
+        };
         let store = SledStore {
             db,
             events,
+            order,
             cursors,
             dir: dir.to_path_buf(),
+            kept: [EVENTS_KEPT, HOST_EVENTS_KEPT],
+            legacy,
         };
         store.remove_unreferenced_files()?;
         Ok(store)
@@ -304,28 +336,69 @@ impl SledStore {
     }
 
     /// Writes `batch` to the zone tree and `events` to the audit log in one
-    /// transaction, then flushes: both are on disk, or neither.
+    /// transaction, then flushes: both are on disk, or neither. Each event
+    /// makes room for itself among its own origin's (see `HOST_EVENTS_KEPT`).
+    /// Events are written one batch at a time (`Directory` holds its event
+    /// id lock across the write), so the order read here is the latest.
     fn write_with_events(&self, batch: ::sled::Batch, events: &[Event]) -> Result<(), StoreError> {
         use ::sled::Transactional;
         if events.is_empty() {
             return self.write(batch);
         }
         let mut log = ::sled::Batch::default();
+        let mut order = ::sled::Batch::default();
+        // Each origin's next sequence number, and the ids this batch orders.
+        let mut next: [Option<u64>; 2] = [None, None];
+        let mut ordered = std::collections::HashMap::new();
         for e in events {
             log.insert(&e.id.to_be_bytes(), json(e)?);
-            if let Some(old) = e.id.checked_sub(EVENTS_KEPT) {
+            if let Some(old) = e.id.checked_sub(self.kept[0]).filter(|&o| o <= self.legacy) {
                 log.remove(&old.to_be_bytes());
             }
+            let origin = usize::from(e.by_host());
+            let seq = match next[origin] {
+                Some(s) => s,
+                None => self.last_seq(origin)? + 1,
+            };
+            next[origin] = Some(seq + 1);
+            order.insert(order_key(origin, seq), &e.id.to_be_bytes());
+            ordered.insert((origin, seq), e.id);
+            let Some(gone) = seq.checked_sub(self.kept[origin]).filter(|&s| s > 0) else {
+                continue;
+            };
+            let id = match ordered.get(&(origin, gone)) {
+                Some(&id) => Some(id),
+                None => match self.order.get(order_key(origin, gone)).map_err(io)? {
+                    Some(v) => Some(id_of(&v)?),
+                    None => None,
+                },
+            };
+            if let Some(id) = id {
+                log.remove(&id.to_be_bytes());
+            }
+            order.remove(order_key(origin, gone));
         }
-        (&*self.db, &self.events)
-            .transaction(|(db, ev)| {
+        (&*self.db, &self.events, &self.order)
+            .transaction(|(db, ev, ord)| {
                 db.apply_batch(&batch)?;
                 ev.apply_batch(&log)?;
+                ord.apply_batch(&order)?;
                 Ok::<(), ::sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| io(format!("{e:?}")))?;
         self.db.flush().map_err(io)?;
         Ok(())
+    }
+
+    /// The last sequence number of an origin's events (0: none yet).
+    fn last_seq(&self, origin: usize) -> Result<u64, StoreError> {
+        match self.order.scan_prefix([ORIGINS[origin]]).next_back() {
+            Some(item) => {
+                let (k, _) = item.map_err(io)?;
+                id_of(&k[1..])
+            }
+            None => Ok(0),
+        }
     }
 }
 
@@ -410,6 +483,15 @@ fn overlay_entry(
         }
     }
     Ok(())
+}
+
+/// The first byte of `order` keys, by origin: admins and the directory, hosts.
+const ORIGINS: [u8; 2] = [b'a', b'h'];
+
+fn order_key(origin: usize, seq: u64) -> Vec<u8> {
+    let mut k = vec![ORIGINS[origin]];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn hex(b: &[u8]) -> String {
@@ -723,6 +805,90 @@ mod tests {
         assert_eq!(store.cursor("webhook y").expect("cursor"), None);
         // The zone tree never sees the log: the zone loads as before.
         assert_eq!(store.load().expect("load").zones.len(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn host_chatter_never_pushes_admin_events_out_of_the_log() {
+        let dir = std::env::temp_dir().join(format!("sb-sled-kept-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let event = |id, by: &str| {
+            crate::events::Draft::new("sidecar", "h", "stale").finish(id, 1, "z.", by)
+        };
+        let ids = |store: &SledStore| -> Vec<u64> {
+            let all = store.events_after(0, 1000).expect("events");
+            all.iter().map(|e| e.id).collect()
+        };
+        {
+            let mut store = SledStore::open(&dir).expect("open");
+            store.kept = [5, 3];
+            store.append_events(&[event(1, "admin a")]).expect("admin");
+            store
+                .append_events(&[event(2, "directory")])
+                .expect("system");
+            // Host chatter, alone and in batches: only its own oldest go.
+            for id in 3..=20 {
+                store.append_events(&[event(id, "host h")]).expect("host");
+            }
+            store
+                .append_events(&[
+                    event(21, "host h"),
+                    event(22, "host h"),
+                    event(23, "host h"),
+                    event(24, "host h"),
+                ])
+                .expect("host batch");
+            assert_eq!(ids(&store), [1, 2, 22, 23, 24]);
+            // Admin events make room among their own kind.
+            for id in 25..=29 {
+                store.append_events(&[event(id, "admin a")]).expect("admin");
+            }
+            assert_eq!(ids(&store), [22, 23, 24, 25, 26, 27, 28, 29]);
+            assert_eq!(store.last_event_id().expect("last"), 29);
+        }
+        // The order survives a reopen.
+        let mut store = reopen(&dir);
+        store.kept = [5, 3];
+        store.append_events(&[event(30, "host h")]).expect("host");
+        assert_eq!(ids(&store), [23, 24, 25, 26, 27, 28, 29, 30]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_written_before_the_order_leave_as_they_always_did() {
+        let dir = std::env::temp_dir().join(format!("sb-sled-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let event =
+            |id, by: &str| crate::events::Draft::new("host", "h", "add").finish(id, 1, "z.", by);
+        {
+            // A log as an older directory wrote it, keeping 2: events 2 and
+            // 3 (1 is gone), no order.
+            let db = ::sled::open(&dir).expect("sled");
+            let events = db.open_tree("events").expect("tree");
+            for id in 2..=3u64 {
+                events
+                    .insert(id.to_be_bytes(), json(&event(id, "admin a")).expect("json"))
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let mut store = reopen(&dir);
+        store.kept = [2, 2];
+        let ids = |store: &SledStore| -> Vec<u64> {
+            let all = store.events_after(0, 10).expect("events");
+            all.iter().map(|e| e.id).collect()
+        };
+        // The old events age out by id as they did; the new ones by kind.
+        store.append_events(&[event(4, "admin a")]).expect("admin");
+        assert_eq!(ids(&store), [3, 4]);
+        store.append_events(&[event(5, "host h")]).expect("host");
+        assert_eq!(ids(&store), [4, 5]);
+        store
+            .append_events(&[event(6, "admin a"), event(7, "admin a")])
+            .expect("admin");
+        assert_eq!(ids(&store), [5, 6, 7]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
