@@ -777,3 +777,42 @@ fn a_host_flooding_heartbeats_is_rate_limited_and_admin_events_stay_in_view() {
         "{page}"
     );
 }
+
+#[test]
+fn a_host_flipping_its_own_health_is_rate_limited_and_admins_are_not() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let key = host_with_key(&d, "web1");
+    let path = "/v1/hosts/web1/health";
+    let url = format!("{}{path}", d.server_url());
+    let (mut taken, mut refused) = (0, 0);
+    for i in 0..40 {
+        let health = if i % 2 == 0 { "warning" } else { "passing" };
+        let body = serde_json::json!({ "health": health })
+            .to_string()
+            .into_bytes();
+        let headers = signed_headers(&key, "PUT", &url, &body, unix_now());
+        let (code, v) = d.curl("PUT", path, &headers, Some(&body));
+        match code {
+            200 => taken += 1,
+            429 => {
+                assert_eq!(v["reason"], "event-rate", "{v}");
+                refused += 1;
+            }
+            other => panic!("health change {i}: {other} {v}"),
+        }
+    }
+    // The burst is 10 events (one more may come due within the loop). A
+    // refused change leaves the health as it was, so the next one (back to
+    // that health) is no change, writes no event and is taken.
+    let by_host = logged(&d)
+        .into_iter()
+        .filter(|e| e["by"] == "host web1")
+        .count();
+    assert!((10..=11).contains(&by_host), "{by_host} events by web1");
+    assert!(refused >= 10, "{refused} refused, {taken} taken");
+    // An admin's changes of the same host are never limited.
+    for _ in 0..15 {
+        d.cli_ok(&["host", "disable", "web1"]);
+        d.cli_ok(&["host", "enable", "web1"]);
+    }
+}

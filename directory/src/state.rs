@@ -72,6 +72,9 @@ pub enum ApplyError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// Over a host's event allowance (see [`EVENT_BURST`]).
+    #[error("{0}")]
+    TooMany(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -653,6 +656,22 @@ impl Directory {
         let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::Invalid)?;
         let changes = plan(zone, op.clone())?;
         let draft = events::of_change(zone, &op, &changes);
+        if let (Some(host), Some(_)) = (by.strip_prefix("host "), &draft) {
+            // A host's own changes (its health) are events like its heartbeats'
+            // reports, from the same allowance. Lock order: zones, then heartbeats.
+            let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            let hb = beats
+                .entry((origin.to_string(), host.to_string()))
+                .or_default();
+            if !hb.allow(1, std::time::Instant::now()) {
+                hb.dropped += 1;
+                tracing::warn!(zone = %origin, host = %host, reason = "event-rate", "change by the host's own key refused: over its event allowance");
+                return Err(ApplyError::TooMany(format!(
+                    "{host} has made more changes than its allowance ({EVENT_BURST} events, then one per {} s); try again later",
+                    EVENT_EVERY.as_secs()
+                )));
+            }
+        }
         let serial = next_serial(zone.serial);
         let t = std::time::Instant::now();
         let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {

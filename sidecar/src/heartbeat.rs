@@ -41,6 +41,14 @@ pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
                     Duration::from_secs(5)
                 }
             },
+            Err(e) if e.status == Some(400) => {
+                // The directory refused what this report says of the episodes
+                // (a clock step, or an episode from before a long outage):
+                // sending it again would be refused again, so it is dropped.
+                tracing::warn!(error = %e, "the directory refused this heartbeat's stale-answer report; dropping it");
+                metrics.stale_refused();
+                Duration::from_secs(1)
+            }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "heartbeat not delivered; retrying every second");

@@ -142,7 +142,7 @@ pub async fn reference_transaction(state: &str) -> Result<(), String> {
                             serde_json::from_slice(&b).map_err(|e| e.to_string())?;
                         break v["token"].as_str().unwrap_or_default().to_string();
                     }
-                    Err(e) if e.0.contains("is held by") && Instant::now() < deadline => {
+                    Err(e) if e.msg.contains("is held by") && Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
                     Err(e) => return Err(format!("write to {repo} refused: {e}")),

@@ -103,6 +103,16 @@ impl Metrics {
         }
     }
 
+    /// Drops the episodes the directory refused to log: the finished one is
+    /// forgotten, and an open one counts from now.
+    pub fn stale_refused(&self) {
+        let mut e = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        e.last = None;
+        if e.since.is_some() {
+            e.since = Some(unix_ms());
+        }
+    }
+
     /// Counts one request: `kind` is conduit, git, cluster, web; `outcome` local, forwarded, refused, error.
     pub fn request(&self, kind: &'static str, outcome: &'static str) {
         *self

@@ -181,6 +181,7 @@ impl From<ApplyError> for Refusal {
             ApplyError::NotFound(m) => Refusal::new(StatusCode::NOT_FOUND, "not-found", m),
             ApplyError::Conflict(m) => Refusal::new(StatusCode::CONFLICT, "conflict", m),
             ApplyError::Invalid(m) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            ApplyError::TooMany(m) => Refusal::new(StatusCode::TOO_MANY_REQUESTS, "event-rate", m),
             ApplyError::Store(e) => {
                 tracing::error!(error = %e, "store write failed");
                 Refusal::new(

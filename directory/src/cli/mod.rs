@@ -28,14 +28,21 @@ use serde_json::Value;
 use crate::keys;
 use crate::sign::Signer;
 
-/// A CLI failure: the one line to print.
+/// A CLI failure: the one line to print, and the HTTP status when the
+/// directory answered with a refusal.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{msg}")]
+pub struct CliError {
+    pub msg: String,
+    pub status: Option<u16>,
+}
 
 impl CliError {
     pub fn new(msg: impl Into<String>) -> Self {
-        CliError(msg.into())
+        CliError {
+            msg: msg.into(),
+            status: None,
+        }
     }
 }
 
@@ -192,10 +199,10 @@ impl Client {
             },
             _ => String::new(),
         };
-        Err(CliError::new(format!(
-            "{msg}{hint} [HTTP {}]",
-            status.as_u16()
-        )))
+        Err(CliError {
+            msg: format!("{msg}{hint} [HTTP {}]", status.as_u16()),
+            status: Some(status.as_u16()),
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {

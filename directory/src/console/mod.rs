@@ -506,6 +506,7 @@ async fn post(
                 ApplyError::NotFound(_) => StatusCode::NOT_FOUND,
                 ApplyError::Conflict(_) => StatusCode::CONFLICT,
                 ApplyError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ApplyError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
                 ApplyError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut q = query;

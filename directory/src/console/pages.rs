@@ -548,7 +548,7 @@ fn repo_card(z: &Zone, ctx: &Ctx, r: &Repo) -> String {
                 "<li>{} → {} at {}: versions {}..={} may be lost</li>",
                 esc(&l.old_master),
                 esc(&l.new_master),
-                esc(&clock(l.at * 1000)),
+                esc(&clock(l.at.saturating_mul(1000))),
                 l.from,
                 l.to
             );
