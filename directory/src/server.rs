@@ -122,7 +122,7 @@ async fn bind_dns(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener)
 /// Runs the directory until SIGINT or SIGTERM.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     small_pages();
-    let started = admin::unix_now();
+    let started = crate::time::unix_secs();
     let t = std::time::Instant::now();
     let files = load_zone_files(&cfg.zones)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "zone files read");
@@ -162,7 +162,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let http = TcpListener::bind(cfg.http)
         .await
         .map_err(|e| ServeError::Start(format!("cannot bind HTTP {}: {e}", cfg.http)))?;
-    let not_before = admin::unix_now();
+    let not_before = crate::time::unix_secs();
     if let Err(e) = std::fs::write(&marker, b"") {
         tracing::warn!(error = %e, file = %marker.display(), "cannot mark the admin API open; a restart after a crash may take a signature this run took in its last second");
     }
@@ -232,7 +232,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     crate::process::wait_for_signal().await;
     tracing::info!("shutting down");
     admin.close();
-    let closed = admin::unix_now();
+    let closed = crate::time::unix_secs();
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
     let _ = checks_task.await;

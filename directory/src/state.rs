@@ -240,26 +240,7 @@ impl Heartbeat {
     }
 }
 
-/// What a sidecar says in its heartbeat.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct HeartbeatReport {
-    /// Since when (unix ms) it has been routing on answers past their TTL, if it is now.
-    #[serde(default)]
-    pub stale_since: Option<u64>,
-    /// Its last finished stale episode, (from, to) in unix ms, until acknowledged.
-    #[serde(default)]
-    pub last_stale: Option<(u64, u64)>,
-}
-
-/// The directory's answer to a heartbeat.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct HeartbeatReply {
-    /// When to send the next one.
-    pub next_ms: u64,
-    /// The finished stale episode (from, to) now in the audit log.
-    #[serde(default)]
-    pub ack_stale: Option<(u64, u64)>,
-}
+pub use switchboard_proto::api::{HeartbeatReply, HeartbeatReport};
 
 /// The right to write one repository for a short while, held by its master.
 #[derive(Debug, Clone)]
@@ -272,36 +253,7 @@ pub struct Lease {
 /// The longest a write lease may be asked for.
 pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A unix time in ms as RFC 3339 in UTC, to the second: `YYYY-MM-DDTHH:MM:SSZ`
-/// (how every table, log message and console page shows a time; `--json`
-/// keeps the number).
-pub fn clock(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use switchboard_proto::time::clock;
 
 fn next_serial(s: u32) -> u32 {
     match s.wrapping_add(1) {
@@ -719,7 +671,7 @@ impl Directory {
         write: impl FnOnce(&[Event]) -> Result<T, StoreError>,
     ) -> Result<(T, Vec<Event>), StoreError> {
         let mut next = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
-        let now = events::now_ms();
+        let now = crate::time::unix_ms();
         let numbered: Vec<Event> = drafts
             .into_iter()
             .zip(*next..)
@@ -794,7 +746,7 @@ impl Directory {
         // (a failed write is retried by the sidecar's next heartbeat). While a
         // host's events are being written, its other heartbeats only count as
         // heartbeats, so two in flight never announce the same episode twice.
-        let now = events::now_ms();
+        let now = crate::time::unix_ms();
         let (drafts, open, closed, ack) = {
             let mut beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
             let hb = beats.entry(key.clone()).or_default();
@@ -1342,7 +1294,7 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                     new_master: new.clone(),
                     from: have + 1,
                     to: master,
-                    at: unix_now(),
+                    at: crate::time::unix_secs(),
                 });
             }
             // Hosts ahead of the new master hold history it lacks: they count as
@@ -1428,13 +1380,6 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
 mod tests {
     use super::*;
     use crate::model::{Binding, Health, Host};
-
-    #[test]
-    fn clock_is_utc_calendar_time() {
-        assert_eq!(clock(0), "1970-01-01T00:00:00Z");
-        assert_eq!(clock(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(clock(1_795_600_000_123), "2026-11-25T09:46:40Z");
-    }
 
     struct NullStore;
 
@@ -1560,7 +1505,7 @@ mod tests {
             .ack_stale
         };
         // Times a minute ago: within what a heartbeat may report.
-        let t0 = events::now_ms() - 60_000;
+        let t0 = crate::time::unix_ms() - 60_000;
         let t = |ms: u64| t0 + ms;
         // Stale, heard live, twice; then over, reported twice (a lost acknowledgement).
         beat(&d, Some(t(100)), None);

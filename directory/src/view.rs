@@ -567,7 +567,7 @@ impl<'z> Builder<'z> {
         for a in &h.addrs {
             self.add(&node, ttl, addr_rdata(a));
         }
-        self.add(&node, ttl, txt(zonefile::host_txt(h)));
+        self.add(&node, ttl, txt(crate::txt::host_txt(h)));
         if let Some(key) = &h.key {
             let fpr = key.fingerprint();
             if let Some(kname) = self.name(&[&fpr, schema::KEY]) {
@@ -651,7 +651,7 @@ impl<'z> Builder<'z> {
                 );
                 self.node(&inst).set_mut(RecordType::SRV).additionals = extra;
             }
-            self.add(&inst, ttl, txt(zonefile::binding_txt(b)));
+            self.add(&inst, ttl, txt(crate::txt::binding_txt(b)));
         }
         let live: Vec<&Binding> = bindings.into_iter().filter(|b| self.eligible(b)).collect();
         let targets = |pred: &dyn Fn(&Binding) -> bool| -> Vec<(&'z str, u16, u16, u16)> {
@@ -714,7 +714,7 @@ impl<'z> Builder<'z> {
             let Some(name) = self.name(&[&r.name, schema::REPO]) else {
                 continue;
             };
-            self.add(&name, ttl, txt(zonefile::repo_txt(r, true)));
+            self.add(&name, ttl, txt(crate::txt::repo_txt(r, true)));
             let in_service = |h: &str| zone.hosts.get(h).is_some_and(|h| h.in_service());
             let write: Vec<_> = std::iter::once(r.master.as_str())
                 .filter(|h| in_service(h))

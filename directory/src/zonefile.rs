@@ -1051,66 +1051,6 @@ fn txt_line(strings: &[String]) -> String {
         .join(" ")
 }
 
-/// The TXT strings of a host's node record.
-pub fn host_txt(h: &Host) -> Vec<String> {
-    let mut v = vec![
-        format!("{}={}", txt::ROLES, h.roles.join(",")),
-        format!("{}={}", txt::AVAILABLE, u8::from(h.available)),
-    ];
-    if let Some(k) = &h.key {
-        v.push(format!("{}={k}", txt::KEY));
-    }
-    if h.health != Health::Unknown {
-        v.push(format!("{}={}", txt::HEALTH, h.health.as_str()));
-    }
-    v.extend(h.props.iter().map(|(k, val)| format!("{k}={val}")));
-    v
-}
-
-/// The TXT strings of a binding's DNS-SD instance record.
-pub fn binding_txt(b: &Binding) -> Vec<String> {
-    let mut v = Vec::with_capacity(4 + b.props.len());
-    if let Some(r) = b.role {
-        v.push(format!("{}={}", txt::ROLE, r.as_str()));
-    }
-    v.push(format!("{}={}", txt::READONLY, u8::from(b.readonly)));
-    v.push(format!("{}={}", txt::AVAILABLE, u8::from(b.available)));
-    if b.health != Health::Unknown {
-        v.push(format!("{}={}", txt::HEALTH, b.health.as_str()));
-    }
-    if let Some(c) = &b.check {
-        v.extend(c.txt());
-    }
-    v.extend(b.props.iter().map(|(k, val)| format!("{k}={val}")));
-    v
-}
-
-/// The TXT strings of a repository record; `derived` adds `version=` (the master's).
-pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
-    let mut v = vec![
-        format!("{}={}", txt::MASTER, r.master),
-        format!("{}={}", txt::REPLICAS, r.replicas.join(",")),
-    ];
-    if derived {
-        v.push(format!("{}={}", txt::VERSION, r.master_version()));
-    }
-    v.push(format!("{}={}", txt::MAX_LAG, r.max_lag));
-    v.push(format!("{}={}", txt::READONLY, u8::from(r.readonly)));
-    if r.auto_failover {
-        v.push(format!("{}=1", txt::AUTO_FAILOVER));
-    }
-    v.extend(
-        r.hosts()
-            .map(|h| format!("{}{h}={}", txt::VERSION_OF, r.version_of(h))),
-    );
-    v.extend(
-        r.lost
-            .iter()
-            .map(|l| format!("{}={}", txt::LOST, l.to_txt())),
-    );
-    v
-}
-
 /// Writes a zone file that imports back to the same state and that
 /// `named-checkzone` accepts. Names are written relative to `$ORIGIN`.
 pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
@@ -1143,7 +1083,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
             "{}.{}\t{node_ttl}\tIN\tTXT\t{}",
             h.name,
             schema::NODE,
-            txt_line(&host_txt(h))
+            txt_line(&crate::txt::host_txt(h))
         );
     }
     let _ = writeln!(out, "\n; bindings (DNS-SD instances)");
@@ -1161,7 +1101,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
         let _ = writeln!(
             out,
             "{owner}\t{service_ttl}\tIN\tTXT\t{}",
-            txt_line(&binding_txt(b))
+            txt_line(&crate::txt::binding_txt(b))
         );
     }
     let _ = writeln!(out, "\n; repositories");
@@ -1171,7 +1111,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
             "{}.{}\t{service_ttl}\tIN\tTXT\t{}",
             r.name,
             schema::REPO,
-            txt_line(&repo_txt(r, false))
+            txt_line(&crate::txt::repo_txt(r, false))
         );
     }
     let _ = writeln!(out, "\n; admin keys");

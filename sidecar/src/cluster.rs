@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use switchboard_directory::sign::{self, Policy};
+use switchboard_proto::sign::{self, Policy};
 
 use crate::forward::{unix_now, BoxBody};
 use crate::route;

@@ -20,7 +20,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::Resolver;
-use switchboard_directory::schema;
+use switchboard_proto::schema;
 
 use crate::metrics::Metrics;
 

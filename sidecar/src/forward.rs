@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use switchboard_directory::sign::Signer;
+use switchboard_proto::sign::Signer;
 
 use crate::conns::Pool;
 use crate::directory::Peer;

@@ -8,14 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_directory::cli::Client;
-use switchboard_directory::state::{HeartbeatReply, HeartbeatReport};
+use switchboard_proto::api::Client;
+use switchboard_proto::api::{HeartbeatReply, HeartbeatReport};
 
 use crate::metrics::Metrics;
 
 /// Sends heartbeats forever.
 pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
-    let path = format!("/v1/hosts/{host}/heartbeat");
     let mut failing = false;
     loop {
         let episodes = metrics.stale_episodes();
@@ -23,24 +22,17 @@ pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
             stale_since: episodes.since,
             last_stale: episodes.last,
         };
-        let body = serde_json::to_vec(&report).unwrap_or_default();
-        let next = match api.call(http::Method::POST, &path, body, true).await {
-            Ok(bytes) => match serde_json::from_slice::<HeartbeatReply>(&bytes) {
-                Ok(reply) => {
-                    if failing {
-                        tracing::info!("heartbeats reach the directory again");
-                        failing = false;
-                    }
-                    if let Some(episode) = reply.ack_stale {
-                        metrics.stale_acknowledged(episode);
-                    }
-                    Duration::from_millis(reply.next_ms.clamp(200, 60_000))
+        let next = match api.heartbeat(&host, &report).await {
+            Ok(HeartbeatReply { next_ms, ack_stale }) => {
+                if failing {
+                    tracing::info!("heartbeats reach the directory again");
+                    failing = false;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the directory's heartbeat answer is not JSON");
-                    Duration::from_secs(5)
+                if let Some(episode) = ack_stale {
+                    metrics.stale_acknowledged(episode);
                 }
-            },
+                Duration::from_millis(next_ms.clamp(200, 60_000))
+            }
             Err(e) if e.status == Some(400) => {
                 // The directory refused what this report says of the episodes
                 // (a clock step, or an episode from before a long outage):

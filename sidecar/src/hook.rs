@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use switchboard_directory::cli::{Client, Global};
+use switchboard_proto::api::{Client, VersionReport};
 
 const ENV_REPO: &str = "SWITCHBOARD_HOOK_REPO";
 const ENV_HOST: &str = "SWITCHBOARD_HOOK_HOST";
@@ -92,13 +92,9 @@ impl Hooks {
 
 fn client() -> Result<(Client, String, String), String> {
     let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
-    let global = Global {
-        server: var(ENV_API)?,
-        key: Some(PathBuf::from(var(ENV_KEY)?)),
-        json: true,
-        zone: Some(var(ENV_ZONE)?),
-    };
-    let client = Client::new(&global).map_err(|e| e.to_string())?;
+    let key = PathBuf::from(var(ENV_KEY)?);
+    let client =
+        Client::new(&var(ENV_API)?, Some(&key), Some(var(ENV_ZONE)?)).map_err(|e| e.to_string())?;
     Ok((client, var(ENV_REPO)?, var(ENV_HOST)?))
 }
 
@@ -179,19 +175,13 @@ pub async fn reference_transaction(state: &str) -> Result<(), String> {
 
 /// The master's version + 1, recorded with the lease.
 async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<(), String> {
-    let v = client
-        .get(&format!("/v1/repos/{repo}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let version = v["versions"][host].as_u64().unwrap_or(0) + 1;
-    let body = serde_json::json!({"version": version, "lease": token});
+    let info = client.repo(repo).await.map_err(|e| e.to_string())?;
+    let report = VersionReport {
+        version: info.version_of(host) + 1,
+        lease: Some(token.to_string()),
+    };
     client
-        .call(
-            Method::PUT,
-            &format!("/v1/repos/{repo}/versions/{host}"),
-            body.to_string().into_bytes(),
-            true,
-        )
+        .report_version(repo, host, &report)
         .await
         .map_err(|e| {
             format!("the write to {repo} is applied but its version could not be recorded: {e}")

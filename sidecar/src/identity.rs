@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use switchboard_directory::keys::{self, KeyError};
-use switchboard_directory::model::PublicKey;
+use switchboard_proto::keys::{self, KeyError};
+use switchboard_proto::model::PublicKey;
 
 use crate::directory::{DirError, DirectoryClient};
 
@@ -46,20 +46,17 @@ impl KeyInfo {
 /// Looks a fingerprint up in the directory. `Ok(None)`: nobody has that key.
 pub async fn lookup(dir: &DirectoryClient, fingerprint: &str) -> Result<Option<KeyInfo>, DirError> {
     let Some(attrs) = dir
-        .txt(&format!(
-            "{fingerprint}.{}",
-            switchboard_directory::schema::KEY
-        ))
+        .txt(&format!("{fingerprint}.{}", switchboard_proto::schema::KEY))
         .await?
     else {
         return Ok(None);
     };
     let host = attrs
-        .get(switchboard_directory::schema::txt::HOST)
+        .get(switchboard_proto::schema::txt::HOST)
         .cloned()
         .unwrap_or_default();
     let roles = attrs
-        .get(switchboard_directory::schema::txt::ROLES)
+        .get(switchboard_proto::schema::txt::ROLES)
         .map(|r| {
             r.split(',')
                 .filter(|s| !s.is_empty())
@@ -68,7 +65,7 @@ pub async fn lookup(dir: &DirectoryClient, fingerprint: &str) -> Result<Option<K
         })
         .unwrap_or_default();
     let Some(key) = attrs
-        .get(switchboard_directory::schema::txt::KEY)
+        .get(switchboard_proto::schema::txt::KEY)
         .and_then(|k| k.parse::<PublicKey>().ok())
     else {
         return Ok(None);

@@ -79,7 +79,7 @@ pub async fn handle(
             "use /HOST/source/REPO.git/...",
         );
     };
-    if switchboard_directory::model::validate_label("host", host).is_err() {
+    if switchboard_proto::model::validate_label("host", host).is_err() {
         return error(StatusCode::BAD_REQUEST, "bad-host", "not a host name");
     }
     let mut pq = format!("/{tail}");

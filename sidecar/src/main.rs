@@ -112,7 +112,7 @@ impl From<CommonArgs> for Common {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    switchboard_directory::process::init_logging();
+    switchboard_proto::process::init_logging();
     // On one core (a cgroup or `taskset` limit) a work-stealing pool only adds
     // cross-thread wake-ups; the single-threaded scheduler does the same work.
     let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     };
     let result: Result<(), String> = runtime.block_on(async move {
         match args.command {
-            Command::Keygen { out } => switchboard_directory::cli::keygen(&out, false).map_err(|e| e.to_string()),
+            Command::Keygen { out } => switchboard_proto::keys::keygen(&out, false).map_err(|e| e.to_string()),
             Command::Whoami { at, json } => {
                 let id = switchboard_sidecar::identity::Identity::load(&at.key).map_err(|e| e.to_string())?;
                 let found = server::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;

@@ -10,8 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Method;
-use switchboard_directory::cli::Client;
+use switchboard_proto::api::{Client, VersionReport};
 
 use crate::loopback::Loopback;
 use crate::sidecar::Sidecar;
@@ -43,19 +42,15 @@ async fn once(
     lb: &Arc<Loopback>,
     busy: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<(), String> {
-    let repos = api.get("/v1/repos").await.map_err(|e| e.to_string())?;
+    let repos = api.repos().await.map_err(|e| e.to_string())?;
     let me = sc.me.host.as_str();
-    for r in repos.as_array().cloned().unwrap_or_default() {
-        let Some(name) = r["name"].as_str().map(str::to_string) else {
-            continue;
-        };
+    for r in repos {
+        let name = r.name.clone();
         if crate::route::repo_name(&name).is_err() {
             continue;
         }
-        let master = r["master"].as_str().unwrap_or_default().to_string();
-        let is_replica = r["replicas"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|h| h == me));
+        let master = r.master.clone();
+        let is_replica = r.replicas.iter().any(|h| h == me);
         if master == me {
             if !sc.repos.exists(&name) {
                 if let Err(e) = sc.repos.create(&name).await {
@@ -67,8 +62,8 @@ async fn once(
         if !is_replica {
             continue;
         }
-        let theirs = r["versions"][master.as_str()].as_u64().unwrap_or(0);
-        let mine = r["versions"][me].as_u64().unwrap_or(0);
+        let theirs = r.version_of(&master);
+        let mine = r.version_of(me);
         if sc.repos.exists(&name) && mine == theirs {
             continue;
         }
@@ -109,14 +104,12 @@ async fn catch_up(
         .await
         .map_err(|_| format!("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    let body = serde_json::json!({"version": version});
-    api.call(
-        Method::PUT,
-        &format!("/v1/repos/{repo}/versions/{}", sc.me.host),
-        body.to_string().into_bytes(),
-        true,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let report = VersionReport {
+        version,
+        lease: None,
+    };
+    api.report_version(repo, &sc.me.host, &report)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

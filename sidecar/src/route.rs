@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use switchboard_directory::model::validate_label;
-use switchboard_directory::schema;
+use switchboard_proto::model::validate_label;
+use switchboard_proto::schema;
 
 use crate::directory::{DirError, DirectoryClient, Peer};
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use http::Uri;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use switchboard_directory::cli::{Client, Global};
+use switchboard_proto::api::Client;
 use tokio::net::TcpListener;
 
 use crate::conns::{self, Pool};
@@ -122,13 +122,7 @@ pub async fn build(c: &Common, limits: Limits) -> Result<Arc<Sidecar>, RunError>
 
 /// A signed client of the admin API, as this host.
 pub fn api_client(c: &Common) -> Result<Client, RunError> {
-    Client::new(&Global {
-        server: c.api(),
-        key: Some(c.key.clone()),
-        json: true,
-        zone: Some(c.zone.clone()),
-    })
-    .map_err(|e| RunError(e.to_string()))
+    Client::new(&c.api(), Some(&c.key), Some(c.zone.clone())).map_err(|e| RunError(e.to_string()))
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -192,7 +186,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    switchboard_directory::process::wait_for_signal().await;
+    switchboard_proto::process::wait_for_signal().await;
     Ok(())
 }
 

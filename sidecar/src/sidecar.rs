@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use switchboard_directory::schema;
-use switchboard_directory::sign::ReplayGuard;
+use switchboard_proto::schema;
+use switchboard_proto::sign::ReplayGuard;
 
 use crate::directory::DirectoryClient;
 use crate::forward::{self, BoxBody, Forwarder};

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use sha2::{Digest, Sha256};
-use switchboard_directory::sign::BodyHash;
+use switchboard_proto::sign::BodyHash;
 
 use crate::forward::BoxBody;
 

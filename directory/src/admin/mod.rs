@@ -387,7 +387,7 @@ fn authenticate(
         .key
         .verifying_key()
         .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, "unknown-key", e.0))?;
-    let now = unix_now();
+    let now = crate::time::unix_secs();
     parsed
         .verify_headers(
             &parts.method,
@@ -491,7 +491,7 @@ pub fn authorize(
         .key
         .verifying_key()
         .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, "unknown-key", e.0))?;
-    let now = unix_now();
+    let now = crate::time::unix_secs();
     if key != *checked {
         // This zone holds another key under the same keyid: verify with it too.
         parsed
@@ -543,7 +543,10 @@ pub fn change(admin: &Admin, call: &Call, op: Op) -> Reply {
     let who = authorize(admin, call, &origin, Need::of(&op))?;
     tracing::info!(zone = %origin, by = %who, op = ?op_name(&op), "applying change");
     let serial = admin.dir.apply_by(&origin, op, &who)?;
-    json(&serde_json::json!({"zone": origin, "serial": serial}))
+    json(&crate::api::Changed {
+        zone: origin,
+        serial,
+    })
 }
 
 fn op_name(op: &Op) -> &'static str {
@@ -563,13 +566,6 @@ fn op_name(op: &Op) -> &'static str {
         Op::AddAdmin(_) => "admin add",
         Op::RemoveAdmin(_) => "admin rm",
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn route(admin: Arc<Admin>, req: Request<Incoming>, local: SocketAddr) -> Reply {

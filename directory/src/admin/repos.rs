@@ -6,6 +6,7 @@ use serde::Deserialize;
 use std::time::Duration;
 
 use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
+use crate::api::{RepoInfo, VersionReport};
 use crate::model::Repo;
 use crate::state::Op;
 use crate::view;
@@ -23,14 +24,6 @@ struct AutoFailoverBody {
 }
 
 #[derive(Deserialize)]
-struct VersionBody {
-    version: u64,
-    /// The write lease, when the master records a write.
-    #[serde(default)]
-    lease: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct LeaseBody {
     host: String,
     /// Seconds, at most 60.
@@ -43,15 +36,8 @@ fn default_ttl() -> u64 {
 }
 
 /// A repository as the API shows it: the model plus the master's version and the readers.
-fn describe(r: &Repo) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("version".into(), r.master_version().into());
-        obj.insert("auto_failover".into(), r.auto_failover.into());
-        let readers: Vec<&str> = view::readers(r).collect();
-        obj.insert("readers".into(), readers.into());
-    }
-    v
+fn describe(r: &Repo) -> RepoInfo {
+    RepoInfo::new(r, view::readers(r).map(str::to_string).collect())
 }
 
 pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
@@ -101,7 +87,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
             )
         }
         (&Method::PUT, [name, "versions", host]) => {
-            let body: VersionBody = call.json()?;
+            let body: VersionReport = call.json()?;
             change(
                 admin,
                 call,

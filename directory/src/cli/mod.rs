@@ -17,34 +17,14 @@ pub mod zone;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ed25519_dalek::SigningKey;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use serde_json::Value;
+use switchboard_proto::api::{ApiError, Client as ApiClient};
 
 use crate::keys;
-use crate::sign::Signer;
 
-/// A CLI failure: the one line to print, and the HTTP status when the
-/// directory answered with a refusal.
-#[derive(Debug, thiserror::Error)]
-#[error("{msg}")]
-pub struct CliError {
-    pub msg: String,
-    pub status: Option<u16>,
-}
-
-impl CliError {
-    pub fn new(msg: impl Into<String>) -> Self {
-        CliError {
-            msg: msg.into(),
-            status: None,
-        }
-    }
-}
+/// A CLI failure: the one line to print (and, from the API, its status).
+pub type CliError = ApiError;
 
 /// Options every command shares.
 #[derive(Debug, Clone)]
@@ -55,72 +35,23 @@ pub struct Global {
     pub zone: Option<String>,
 }
 
-/// A connection to the admin API.
+/// The admin API's client, and how the CLI shows what it answers.
 pub struct Client {
-    base: Uri,
-    signer: Option<(SigningKey, String)>,
-    key_path: Option<PathBuf>,
-    zone: Option<String>,
+    api: ApiClient,
     pub json: bool,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
 }
-
-/// How long a connection to the directory may take to open.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-/// How long one call (request and whole answer) may take.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Client {
     pub fn new(g: &Global) -> Result<Self, CliError> {
-        let base: Uri = g
-            .server
-            .parse()
-            .map_err(|e| CliError::new(format!("--server {:?} is not a URL: {e}", g.server)))?;
-        if base.scheme_str() != Some("http") || base.authority().is_none() {
-            return Err(CliError::new(format!(
-                "--server {:?} must be http://HOST:PORT",
-                g.server
-            )));
-        }
-        let signer = match &g.key {
-            Some(p) => {
-                let k = keys::read(p).map_err(|e| CliError::new(e.to_string()))?;
-                let fpr = keys::public(&k).fingerprint();
-                Some((k, fpr))
-            }
-            None => None,
-        };
         Ok(Client {
-            base,
-            signer,
-            key_path: g.key.clone(),
-            zone: g.zone.clone(),
+            api: ApiClient::new(&g.server, g.key.as_deref(), g.zone.clone())?,
             json: g.json,
-            http: {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                HyperClient::builder(TokioExecutor::new()).build(connector)
-            },
         })
     }
 
     /// `http://HOST:PORT` of the directory this client talks to.
     pub fn base(&self) -> String {
-        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or("");
-        format!("http://{authority}")
-    }
-
-    fn uri(&self, path: &str) -> Result<Uri, CliError> {
-        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or("");
-        let mut pq = path.to_string();
-        if let Some(z) = &self.zone {
-            pq.push(if pq.contains('?') { '&' } else { '?' });
-            pq.push_str("zone=");
-            pq.push_str(z);
-        }
-        format!("http://{authority}{pq}")
-            .parse()
-            .map_err(|e| CliError::new(format!("bad request path {pq:?}: {e}")))
+        self.api.base()
     }
 
     /// Sends a request; signs it when `sign` is set. Returns the body of a 2xx.
@@ -131,78 +62,7 @@ impl Client {
         body: Vec<u8>,
         sign: bool,
     ) -> Result<Bytes, CliError> {
-        let uri = self.uri(path)?;
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(uri.clone())
-            .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|e| CliError::new(e.to_string()))?;
-        let host = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        let headers = req.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert(http::header::HOST, v);
-        }
-        if !body.is_empty() {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        if sign {
-            let Some((key, keyid)) = &self.signer else {
-                return Err(CliError::new(
-                    "this command changes the directory: pass --key FILE (or set SWITCHBOARD_KEY) with an admin key",
-                ));
-            };
-            Signer { key, keyid }
-                .sign(&method, &uri, headers, &body, crate::admin::unix_now())
-                .map_err(|e| CliError::new(format!("cannot sign the request: {e}")))?;
-        }
-        // A partitioned directory drops packets rather than refusing them: bound
-        // the whole call, so a write hook or a script fails instead of hanging.
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| {
-                CliError::new(format!("cannot reach the directory at {}: {e}", self.base))
-            })?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| CliError::new(format!("reading the answer failed: {e}")))?
-                .to_bytes();
-            Ok::<_, CliError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                CliError::new(format!(
-                    "the directory at {} did not answer within {} s",
-                    self.base,
-                    CALL_TIMEOUT.as_secs()
-                ))
-            })??;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        let msg = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-        let hint = match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match &self.key_path {
-                Some(p) => format!(" (signed with {})", p.display()),
-                None => String::new(),
-            },
-            _ => String::new(),
-        };
-        Err(CliError {
-            msg: format!("{msg}{hint} [HTTP {}]", status.as_u16()),
-            status: Some(status.as_u16()),
-        })
+        self.api.call(method, path, body, sign).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
@@ -291,18 +151,5 @@ pub fn field(v: &Value, k: &str) -> String {
 
 /// `keygen --out FILE`: writes a new admin or host key and prints its public half.
 pub fn keygen(out: &Path, json: bool) -> Result<(), CliError> {
-    let key = keys::generate();
-    keys::write(out, &key).map_err(|e| CliError::new(e.to_string()))?;
-    let public = keys::public(&key);
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"file": out.display().to_string(), "public_key": public.to_base64(), "fingerprint": public.fingerprint()})
-        );
-    } else {
-        println!("wrote {} (mode 0600)", out.display());
-        println!("public key:  {}", public.to_base64());
-        println!("fingerprint: {}", public.fingerprint());
-    }
-    Ok(())
+    keys::keygen(out, json).map_err(|e| CliError::new(e.to_string()))
 }

@@ -95,7 +95,7 @@ impl Sessions {
             fingerprint: fingerprint.to_string(),
             zone: zone.to_string(),
             expires: Instant::now() + CODE_TTL,
-            expires_unix: admin::unix_now() + CODE_TTL.as_secs(),
+            expires_unix: crate::time::unix_secs() + CODE_TTL.as_secs(),
             ttl,
             csrf: String::new(),
         };
@@ -114,7 +114,7 @@ impl Sessions {
         let token = secret();
         let s = Session {
             expires: Instant::now() + pending.ttl,
-            expires_unix: admin::unix_now() + pending.ttl.as_secs(),
+            expires_unix: crate::time::unix_secs() + pending.ttl.as_secs(),
             csrf: secret(),
             ..pending
         };
@@ -183,7 +183,7 @@ pub fn mint(admin: &Admin, call: &Call) -> Result<Response<Full<Bytes>>, Refusal
         "zone": origin,
         "admin": name,
         "login_path": format!("/ui/login#code={code}"),
-        "code_expires": admin::unix_now() + CODE_TTL.as_secs(),
+        "code_expires": crate::time::unix_secs() + CODE_TTL.as_secs(),
         "session_minutes": minutes,
     }))
 }

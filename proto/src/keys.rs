@@ -107,6 +107,25 @@ pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
     SigningKey::from_pkcs8_pem(&text).map_err(|_| KeyError::Format { path: p() })
 }
 
+/// `keygen --out FILE` of both binaries: writes a new key and prints its
+/// public half (JSON with `json`).
+pub fn keygen(out: &Path, json: bool) -> Result<(), KeyError> {
+    let key = generate();
+    write(out, &key)?;
+    let pk = public(&key);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"file": out.display().to_string(), "public_key": pk.to_base64(), "fingerprint": pk.fingerprint()})
+        );
+    } else {
+        println!("wrote {} (mode 0600)", out.display());
+        println!("public key:  {}", pk.to_base64());
+        println!("fingerprint: {}", pk.fingerprint());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
