@@ -2,7 +2,7 @@
 //! no DNS server): the sidecar depends on this crate and on a DNS resolver,
 //! never on the directory (docs/architecture.md).
 //!
-//! - `schema`: the DNS names and TXT keys of SPEC's schema.
+//! - `schema`: the DNS names and TXT keys of the schema in docs/dns-schema.md.
 //! - `model`: hosts, bindings, repositories, admin keys, public keys, and their validation.
 //! - `txt`: TXT attributes out (a host's, a binding's, a repository's strings).
 //! - `keys`: key files (PKCS#8 per RFC 8410, OpenSSH).

@@ -130,7 +130,7 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
-/// Health from checks (SPEC: `passing|warning|critical|unknown`).
+/// Health from checks: `passing|warning|critical|unknown` (docs/dns-schema.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -496,7 +496,7 @@ fn validate_check(c: &Check) -> Result<(), Invalid> {
 }
 
 impl Binding {
-    /// SRV priority: explicit, else masters and role-less 0, replicas 10 (SPEC).
+    /// SRV priority: explicit, else masters and role-less 0, replicas 10 (docs/dns-schema.md).
     pub fn srv_priority(&self) -> u16 {
         self.priority.unwrap_or(match self.role {
             Some(Role::Replica) => 10,

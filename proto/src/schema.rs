@@ -1,7 +1,7 @@
 //! The names of Switchboard's DNS schema, in one place.
 //!
 //! Both the directory (which publishes these names) and the sidecar (which looks
-//! them up) import these constants, so a rename happens once. See SPEC "DNS schema".
+//! them up) import these constants, so a rename happens once. See docs/dns-schema.md.
 
 /// `HOST.node.Z`: a host's addresses and its TXT attributes.
 pub const NODE: &str = "node";
