@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::BinDecodable;
 use serde::{Deserialize, Serialize};
 
 pub use switchboard_proto::model::*;
@@ -30,6 +33,19 @@ pub struct ZoneMeta {
     pub ns_ttl: u32,
     /// Records outside Switchboard's subtrees, each in wire form (base64), served verbatim.
     pub statics: Vec<String>,
+}
+
+impl ZoneMeta {
+    /// The static records, decoded (a record that does not decode is left out:
+    /// each was encoded by the zone file reader, from a record it had parsed).
+    pub fn static_records(&self) -> Vec<Record> {
+        let engine = base64::engine::general_purpose::STANDARD;
+        self.statics
+            .iter()
+            .filter_map(|s| engine.decode(s).ok())
+            .filter_map(|b| Record::from_bytes(&b).ok())
+            .collect()
+    }
 }
 
 /// One zone: everything the directory knows under one origin.

@@ -220,7 +220,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             not_before,
         },
     ));
-    let http_task = tokio::spawn(admin::serve(http, admin.clone(), stop_rx));
+    let http_task = tokio::spawn(crate::listener::serve(http, admin.clone(), stop_rx));
 
     println!(
         "switchboard-directory: listening dns={dns_addr} http={http_addr} zones={}",

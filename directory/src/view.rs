@@ -12,6 +12,7 @@
 //! holds (`aliased`), rebuilt when that end changes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -874,7 +875,7 @@ pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
         }
     }
     // Static records: served verbatim, never over a derived set of the same type.
-    let statics: Vec<Record> = zonefile::static_records(&zone.meta)
+    let statics: Vec<Record> = zone.meta.static_records()
         .into_iter()
         .filter(|r| {
             let t = r.record_type();
@@ -1277,6 +1278,60 @@ pub fn patch(
     ))
 }
 
+/// Whether `name` is a host name as BIND's `check-names` reads RFC 952/1123:
+/// letters, digits and inner hyphens, a leading `*` label allowed.
+fn is_hostname(name: &Name) -> bool {
+    name.iter().enumerate().all(|(i, label)| {
+        (i == 0 && label == b"*")
+            || label.iter().enumerate().all(|(j, &c)| {
+                c.is_ascii_alphanumeric() || (c == b'-' && j != 0 && j + 1 != label.len())
+            })
+    })
+}
+
+/// Every record the directory serves for a zone, derived ones included, as a zone
+/// file: what a secondary (BIND, Knot, NSD) loads, with their default checks,
+/// to answer as the directory does at this serial. One difference: address
+/// records at names that are not host names (`_SVC._tcp.Z`) are left out, as
+/// BIND refuses a primary zone that has them (`check-names`); `SVC.service.Z`
+/// carries the same addresses.
+pub fn export_flat(zv: &ZoneView) -> String {
+    let records = zv.records();
+    let address = |r: &&Record| matches!(r.record_type(), RecordType::A | RecordType::AAAA);
+    let left_out = records
+        .iter()
+        .filter(|r| address(r) && !is_hostname(&r.name))
+        .count();
+    let mut lines: Vec<String> = records
+        .iter()
+        .filter(|r| r.record_type() != RecordType::SOA)
+        .filter(|r| !address(r) || is_hostname(&r.name))
+        .map(zonefile::static_line)
+        .collect();
+    lines.sort();
+    lines.dedup();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "; zone {} flattened by switchboard-directory, serial {}",
+        zv.origin, zv.serial
+    );
+    if left_out > 0 {
+        let _ = writeln!(
+            out,
+            "; {left_out} A/AAAA records at names that are not host names (_SVC._tcp) left out: \
+             secondaries refuse them (BIND check-names); SVC.service has the same addresses"
+        );
+    }
+    if let Some(soa) = records.iter().find(|r| r.record_type() == RecordType::SOA) {
+        let _ = writeln!(out, "{}", zonefile::static_line(soa));
+    }
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    out
+}
+
 /// A compiled view saved beside the store, so a restart need not rebuild it
 /// (as NSD's `nsd.db` once did). It is trusted only when it was written by
 /// this very binary (`stamp`: SHA-256 of the executable), for this zone at this
@@ -1395,7 +1450,7 @@ pub mod cache {
         if !r.0.is_empty() {
             return None;
         }
-        let cnames = cname_owners(&crate::zonefile::static_records(&zone.meta));
+        let cnames = cname_owners(&zone.meta.static_records());
         let aliases = chase(&mut shards, &origin, cnames);
         Some(finish(
             origin,

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use base64::Engine;
 use hickory_proto::rr::rdata::{A, AAAA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_proto::serialize::txt::Parser;
 
 use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Soa, Zone, ZoneMeta};
@@ -763,16 +763,6 @@ fn instance_name(apex: &Name, host: &str, service: &str) -> Name {
         .unwrap_or_else(|_| apex.clone())
 }
 
-/// Decodes the static records kept in a zone's meta.
-pub fn static_records(meta: &ZoneMeta) -> Vec<Record> {
-    let engine = base64::engine::general_purpose::STANDARD;
-    meta.statics
-        .iter()
-        .filter_map(|s| engine.decode(s).ok())
-        .filter_map(|b| Record::from_bytes(&b).ok())
-        .collect()
-}
-
 /// Refuses what must never reach hickory's parser, wherever it appears on a line
 /// (even where a quote might hide it): `$INCLUDE`, which would read files outside
 /// the zones directory, and `\DDD` escapes, which hickory-proto 0.26 decodes
@@ -1124,7 +1114,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
             quote(&format!("{}={}", txt::KEY, a.key))
         );
     }
-    let statics = static_records(&zone.meta);
+    let statics = zone.meta.static_records();
     if !statics.is_empty() {
         let _ = writeln!(out, "\n; static records");
     }
@@ -1138,58 +1128,4 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
 pub fn origin_from_file_name(path: &std::path::Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".zone")?;
     Some(format!("{}.", stem.trim_end_matches('.')))
-}
-
-/// Whether `name` is a host name as BIND's `check-names` reads RFC 952/1123:
-/// letters, digits and inner hyphens, a leading `*` label allowed.
-fn is_hostname(name: &Name) -> bool {
-    name.iter().enumerate().all(|(i, label)| {
-        (i == 0 && label == b"*")
-            || label.iter().enumerate().all(|(j, &c)| {
-                c.is_ascii_alphanumeric() || (c == b'-' && j != 0 && j + 1 != label.len())
-            })
-    })
-}
-
-/// Every record the directory serves for a zone, derived ones included, as a zone
-/// file: what a secondary (BIND, Knot, NSD) loads, with their default checks,
-/// to answer as the directory does at this serial. One difference: address
-/// records at names that are not host names (`_SVC._tcp.Z`) are left out, as
-/// BIND refuses a primary zone that has them (`check-names`); `SVC.service.Z`
-/// carries the same addresses.
-pub fn export_flat(zv: &crate::view::ZoneView) -> String {
-    let records = zv.records();
-    let address = |r: &&Record| matches!(r.record_type(), RecordType::A | RecordType::AAAA);
-    let left_out = records
-        .iter()
-        .filter(|r| address(r) && !is_hostname(&r.name))
-        .count();
-    let mut lines: Vec<String> = records
-        .iter()
-        .filter(|r| r.record_type() != RecordType::SOA)
-        .filter(|r| !address(r) || is_hostname(&r.name))
-        .map(static_line)
-        .collect();
-    lines.sort();
-    lines.dedup();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "; zone {} flattened by switchboard-directory, serial {}",
-        zv.origin, zv.serial
-    );
-    if left_out > 0 {
-        let _ = writeln!(
-            out,
-            "; {left_out} A/AAAA records at names that are not host names (_SVC._tcp) left out: \
-             secondaries refuse them (BIND check-names); SVC.service has the same addresses"
-        );
-    }
-    if let Some(soa) = records.iter().find(|r| r.record_type() == RecordType::SOA) {
-        let _ = writeln!(out, "{}", static_line(soa));
-    }
-    for l in lines {
-        let _ = writeln!(out, "{l}");
-    }
-    out
 }

@@ -10,7 +10,7 @@ use switchboard_directory::model::{AdminKey, Binding, Health, Host, Repo, Zone};
 use switchboard_directory::state::{ApplyError, Directory, Op};
 use switchboard_directory::store::{Change, Store, StoreError};
 use switchboard_directory::view::{self, View, ViewConfig};
-use switchboard_directory::{sign, wire, zonefile};
+use switchboard_directory::{dns, sign, zonefile};
 
 const ORIGIN: &str = "cluster.example.";
 
@@ -48,7 +48,7 @@ fn dns_fixture() -> &'static Dns {
 pub fn dns(data: &[u8]) {
     let f = dns_fixture();
     let mut out = Vec::new();
-    if wire::answer(&f.view.load(), data, &mut out).is_some() {
+    if dns::fast::answer(&f.view.load(), data, &mut out).is_some() {
         let m = hickory_proto::op::Message::from_vec(&out)
             .unwrap_or_else(|e| panic!("fast path sent an unreadable response: {e}"));
         assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));

@@ -26,6 +26,13 @@ use crate::keys;
 /// A CLI failure: the one line to print (and, from the API, its status).
 pub type CliError = ApiError;
 
+/// A `--prop KEY=VALUE` (of a host or a binding), split.
+pub fn parse_prop(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
 /// Options every command shares.
 #[derive(Debug, Clone)]
 pub struct Global {

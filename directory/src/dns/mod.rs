@@ -7,6 +7,8 @@
 //! RFC 1035 §4.2.1, RFC 2181 §9, RFC 6891 §7). No I/O, no lock, no
 //! allocation beyond the response itself.
 
+pub mod fast;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -370,7 +372,7 @@ pub fn spawn_udp(
                             match rrl.check(src.ip(), std::time::Instant::now()) {
                                 Verdict::Send => {}
                                 Verdict::Slip => {
-                                    if crate::wire::truncated(query, out).is_some() {
+                                    if fast::truncated(query, out).is_some() {
                                         replies.push(i);
                                     }
                                     continue;
@@ -380,7 +382,7 @@ pub fn spawn_udp(
                         }
                         let answered = {
                             let v = view.load();
-                            crate::wire::answer(&v, query, out).is_some()
+                            fast::answer(&v, query, out).is_some()
                         };
                         if answered {
                             replies.push(i);
