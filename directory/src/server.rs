@@ -182,7 +182,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     };
     let rrl = cfg.rrl.map(|(rate, slip)| {
         tracing::info!(rate, slip, "response rate limiting on");
-        Arc::new(crate::rrl::Rrl::new(rate, slip))
+        Arc::new(crate::dns::rrl::Rrl::new(rate, slip))
     });
     crate::dns::spawn_udp(
         udp,

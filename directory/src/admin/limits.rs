@@ -209,7 +209,7 @@ impl Drop for Slot {
 impl Slots {
     /// A place for a connection from `ip`, or why there is none.
     pub fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, String> {
-        let client = crate::rrl::client(ip);
+        let client = crate::dns::rrl::client(ip);
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mine = s.per_client.get(&client).copied().unwrap_or(0);
         if s.total >= limits.max_connections {
