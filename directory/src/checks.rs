@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::events::Draft;
+use crate::model::Op;
 use crate::model::{Check, Health, Probe};
-use crate::state::{Directory, Op};
+use crate::state::Directory;
 
 /// A binding under check: (zone, host, service).
 type Key = (String, String, String);

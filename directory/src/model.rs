@@ -102,3 +102,50 @@ impl Zone {
             .map(|(_, b)| b)
     }
 }
+
+/// A change the admin API can ask for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    AddHost(Host),
+    RemoveHost(String),
+    SetAvailable {
+        host: String,
+        available: bool,
+    },
+    SetHealth {
+        host: String,
+        health: Health,
+    },
+    AddBinding(Binding),
+    RemoveBinding {
+        host: String,
+        service: String,
+    },
+    /// A binding's health, as its check (or an operator) found it.
+    SetBindingHealth {
+        host: String,
+        service: String,
+        health: Health,
+    },
+    AddRepo(Repo),
+    RemoveRepo(String),
+    Promote {
+        repo: String,
+        host: String,
+        force: bool,
+    },
+    /// Turns the directory's automatic failover of a repository on or off.
+    SetAutoFailover {
+        repo: String,
+        on: bool,
+    },
+    /// A host's version of a repository. The master's needs the write lease.
+    SetVersion {
+        repo: String,
+        host: String,
+        version: u64,
+        lease: Option<String>,
+    },
+    AddAdmin(AdminKey),
+    RemoveAdmin(String),
+}

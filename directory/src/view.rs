@@ -1462,3 +1462,51 @@ pub mod cache {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view;
+
+    fn dump(zv: &view::ZoneView) -> Vec<String> {
+        zv.canonical()
+    }
+
+    #[test]
+    fn a_saved_view_loads_as_built_and_only_for_its_state() {
+        let text = include_str!("../../zones/cluster.example.zone");
+        let mut zone =
+            crate::zonefile::parse(text, "demo", Some("cluster.example.")).expect("demo zone");
+        let cfg = ViewConfig::default();
+        let built = view::build(&zone, cfg).expect("build");
+        let stamp = [7u8; 32];
+        let bytes = view::cache::encode(&built, cfg, &stamp);
+        let loaded = view::cache::decode(&zone, cfg, &stamp, &bytes).expect("decodes");
+        assert_eq!(dump(&loaded), dump(&built));
+        assert!(loaded.key(&built_key_fingerprint(&zone)).is_some());
+        // Another binary, other TTLs, another serial, damaged bytes: rebuild.
+        assert!(view::cache::decode(&zone, cfg, &[8u8; 32], &bytes).is_none());
+        let other = ViewConfig {
+            node_ttl: cfg.node_ttl + 1,
+            ..cfg
+        };
+        assert!(view::cache::decode(&zone, other, &stamp, &bytes).is_none());
+        for cut in [0, 10, 60, bytes.len() / 2, bytes.len() - 1] {
+            assert!(view::cache::decode(&zone, cfg, &stamp, &bytes[..cut]).is_none());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(view::cache::decode(&zone, cfg, &stamp, &longer).is_none());
+        zone.serial += 1;
+        assert!(view::cache::decode(&zone, cfg, &stamp, &bytes).is_none());
+    }
+
+    /// The fingerprint of some host key in the zone.
+    fn built_key_fingerprint(zone: &Zone) -> String {
+        zone.hosts
+            .values()
+            .find_map(|h| h.key)
+            .expect("the demo zone has host keys")
+            .fingerprint()
+    }
+}

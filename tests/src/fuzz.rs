@@ -6,8 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use switchboard_directory::dns::DnsHandler;
-use switchboard_directory::model::{AdminKey, Binding, Health, Host, Repo, Zone};
-use switchboard_directory::state::{ApplyError, Directory, Op};
+use switchboard_directory::model::{AdminKey, Binding, Health, Host, Op, Repo, Zone};
+use switchboard_directory::state::{ApplyError, Directory};
 use switchboard_directory::store::{Change, Store, StoreError};
 use switchboard_directory::view::{self, View, ViewConfig};
 use switchboard_directory::{dns, sign, zonefile};

@@ -36,8 +36,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::model::Op;
 use crate::sign::{self, BodyHash, ParsedSignature, Policy, ReplayGuard};
-use crate::state::{ApplyError, Directory, Op};
+use crate::state::{ApplyError, Directory};
 use crate::view::KeyOwner;
 pub use limits::Limits;
 

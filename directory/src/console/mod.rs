@@ -26,8 +26,9 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
 use crate::admin::{self, Admin};
+use crate::model::Op;
 use crate::sessions::Session;
-use crate::state::{ApplyError, Op};
+use crate::state::ApplyError;
 
 const COOKIE: &str = "sb_session";
 /// The largest console form.

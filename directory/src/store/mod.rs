@@ -50,6 +50,39 @@ pub enum Change {
     DelAdmin(String),
 }
 
+impl Change {
+    /// Makes this change to the model in memory, as the store makes it to
+    /// what it holds.
+    pub fn apply(self, zone: &mut Zone) {
+        match self {
+            Change::PutHost(h) => {
+                zone.hosts.insert(h.name.clone(), h);
+            }
+            Change::DelHost(n) => {
+                zone.hosts.remove(&n);
+            }
+            Change::PutBinding(b) => {
+                zone.bindings.insert((b.host.clone(), b.service.clone()), b);
+            }
+            Change::DelBinding { host, service } => {
+                zone.bindings.remove(&(host, service));
+            }
+            Change::PutRepo(r) => {
+                zone.repos.insert(r.name.clone(), r);
+            }
+            Change::DelRepo(n) => {
+                zone.repos.remove(&n);
+            }
+            Change::PutAdmin(a) => {
+                zone.admins.insert(a.name.clone(), a);
+            }
+            Change::DelAdmin(n) => {
+                zone.admins.remove(&n);
+            }
+        }
+    }
+}
+
 /// A durable home for zones.
 pub trait Store: Send + Sync {
     /// Every stored zone, whole, and the records that could not be read. An
