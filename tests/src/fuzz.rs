@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use switchboard_directory::dns::DnsHandler;
 use switchboard_directory::model::{AdminKey, Binding, Health, Host, Op, Repo, Zone};
 use switchboard_directory::state::{ApplyError, Directory};
-use switchboard_directory::store::{Change, Store, StoreError};
+use switchboard_directory::store::memory::MemoryStore;
 use switchboard_directory::view::{self, View, ViewConfig};
 use switchboard_directory::{dns, sign, zonefile};
 
@@ -175,31 +175,6 @@ pub fn ssh_command(data: &[u8]) {
     }
 }
 
-/// A store that keeps nothing (the model in memory is all the fuzzer needs).
-struct NullStore;
-
-impl Store for NullStore {
-    fn load(&self) -> Result<switchboard_directory::store::Loaded, StoreError> {
-        Ok(Default::default())
-    }
-    fn commit(
-        &self,
-        _: &str,
-        _: u32,
-        _: &[Change],
-        _: &[switchboard_directory::events::Event],
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn replace_zone(
-        &self,
-        _: &Zone,
-        _: &[switchboard_directory::events::Event],
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct NameBody {
     name: String,
@@ -242,7 +217,7 @@ struct VersionBody {
 /// after each applied one the patched view answers exactly as a view rebuilt
 /// from the model, and the model survives export and import.
 pub fn admin_ops(data: &[u8]) {
-    let dir = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+    let dir = Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
     dir.seed(demo_zone()).expect("seed");
     let mut applied = false;
     for line in data.split(|b| *b == b'\n').take(32) {
@@ -305,7 +280,7 @@ pub fn admin_ops(data: &[u8]) {
         let before = dir.read(ORIGIN, Clone::clone).expect("zone");
         match dir.apply(ORIGIN, op) {
             Ok(_) => applied = true,
-            Err(ApplyError::Store(e)) => panic!("the null store failed: {e}"),
+            Err(ApplyError::Store(e)) => panic!("the memory store failed: {e}"),
             Err(_) => {
                 let after = dir.read(ORIGIN, Clone::clone).expect("zone");
                 assert_eq!(before, after, "a refused change left a trace");

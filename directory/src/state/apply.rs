@@ -176,28 +176,8 @@ impl Directory {
 mod tests {
     use super::*;
     use crate::model::{Binding, Health, Host};
-    use crate::store::{Change, Store, StoreError};
+    use crate::store::memory::MemoryStore;
     use crate::view::ViewConfig;
-
-    struct NullStore;
-
-    impl Store for NullStore {
-        fn load(&self) -> Result<crate::store::Loaded, StoreError> {
-            Ok(Default::default())
-        }
-        fn commit(
-            &self,
-            _: &str,
-            _: u32,
-            _: &[Change],
-            _: &[crate::events::Event],
-        ) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn replace_zone(&self, _: &Zone, _: &[crate::events::Event]) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
 
     fn dump(zv: &view::ZoneView) -> Vec<String> {
         zv.canonical()
@@ -240,7 +220,8 @@ mod tests {
     fn glue_and_empty_non_terminals_follow_changes() {
         let text = "$ORIGIN gw.example.\n$TTL 3600\n@ IN SOA ns hostmaster ( 1 3600 600 604800 30 )\n  IN NS gw.node\ngw.node 60 IN A 10.0.0.1\ngw.node 60 IN TXT \"roles=dns\" \"available=1\"\nops._admin 60 IN TXT \"key=ed25519:tBgoI/KoTuYfrd2fNDc749DrvPspqsT2CcsB29CpN04=\"\n";
         let zone = crate::zonefile::parse(text, "gw", Some("gw.example.")).expect("zone");
-        let d = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+        let d =
+            Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
         d.seed(zone).expect("seed");
         let origin = "gw.example.";
         let same = |d: &Directory, what: &str| patched_equals_rebuilt(d, origin, what);
@@ -283,7 +264,8 @@ mod tests {
         );
         let zone =
             crate::zonefile::parse(&text, "demo", Some("cluster.example.")).expect("demo zone");
-        let d = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+        let d =
+            Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
         d.seed(zone).expect("seed");
         let origin = "cluster.example.";
         let host = |name: &str| Host {

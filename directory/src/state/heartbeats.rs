@@ -336,63 +336,28 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::events::Event;
-    use crate::model::Zone;
-    use crate::store::{Change, Store, StoreError};
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
     use crate::view::ViewConfig;
-
-    /// A store that keeps only the audit log, in memory.
-    #[derive(Default)]
-    struct LogStore(Arc<Mutex<Vec<Event>>>);
-
-    impl Store for LogStore {
-        fn load(&self) -> Result<crate::store::Loaded, StoreError> {
-            Ok(Default::default())
-        }
-        fn commit(&self, _: &str, _: u32, _: &[Change], ev: &[Event]) -> Result<(), StoreError> {
-            self.append_events(ev)
-        }
-        fn replace_zone(&self, _: &Zone, ev: &[Event]) -> Result<(), StoreError> {
-            self.append_events(ev)
-        }
-        fn append_events(&self, ev: &[Event]) -> Result<(), StoreError> {
-            self.0.lock().expect("lock").extend_from_slice(ev);
-            Ok(())
-        }
-        fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-            let log = self.0.lock().expect("lock");
-            Ok(log
-                .iter()
-                .filter(|e| e.id > after)
-                .take(limit)
-                .cloned()
-                .collect())
-        }
-        fn last_event_id(&self) -> Result<u64, StoreError> {
-            Ok(self.0.lock().expect("lock").last().map_or(0, |e| e.id))
-        }
-    }
 
     #[test]
     fn each_stale_episode_is_logged_once_whatever_the_sidecar_repeats() {
         let text = include_str!("../../../zones/cluster.example.zone");
         let zone = crate::zonefile::parse(text, "demo", Some("cluster.example.")).expect("zone");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let open = |log: &Arc<Mutex<Vec<Event>>>| {
-            let d = Directory::open(Box::new(LogStore(log.clone())), ViewConfig::default())
-                .expect("open");
+        // Each `open` is a restart: another directory on the same store.
+        let log = MemoryStore::default();
+        let open = |log: &MemoryStore| {
+            let d = Directory::open(Box::new(log.clone()), ViewConfig::default()).expect("open");
             d.seed(zone.clone()).expect("seed");
             d
         };
         let mut d = open(&log);
         let z = "cluster.example.";
         type Logged = Vec<(String, Option<(u64, Option<u64>)>)>;
-        let seen = |log: &Arc<Mutex<Vec<Event>>>| -> Logged {
-            log.lock()
-                .expect("lock")
+        let seen = |log: &MemoryStore| -> Logged {
+            log.events_after(0, usize::MAX)
+                .expect("events")
                 .iter()
                 .filter(|e| e.kind == "sidecar")
                 .map(|e| (e.action.clone(), e.span.map(|s| (s.from, s.to))))

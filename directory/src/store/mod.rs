@@ -8,6 +8,8 @@
 use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone};
 
+pub mod battery;
+pub mod memory;
 pub mod sled;
 
 /// A failure of the backend: the change was not applied.
@@ -17,6 +19,9 @@ pub enum StoreError {
     Io(String),
     #[error("stored record {key:?} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A change to a zone the store does not hold.
+    #[error("the store has no zone {0}: write it whole (a seed or an import) before changing it")]
+    NoZone(String),
 }
 
 /// What [`Store::load`] read: every zone it could, and each record it could not.
