@@ -39,12 +39,12 @@ pub async fn serve(
         };
         let slot = match slots.take(peer.ip(), admin.limits()) {
             Ok(slot) => slot,
-            Err(message) => {
+            Err(why) => {
                 if refused_logged.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                    tracing::warn!(client = %peer.ip(), reason = "too-many-connections", "{message}; refusing new admin connections");
+                    tracing::warn!(client = %peer.ip(), reason = "too-many-connections", "{why}; refusing new admin connections");
                     refused_logged = Some(std::time::Instant::now());
                 }
-                refusals.refuse(stream, message);
+                refusals.refuse(stream, why);
                 continue;
             }
         };

@@ -15,6 +15,17 @@ pub const MAX_SESSION_MINUTES: u64 = 12 * 60;
 /// Codes and sessions held at once (each kind).
 const MAX_SESSIONS: usize = 1024;
 
+/// Why a login code did not become a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedeemError {
+    /// Never issued, used already, or expired.
+    #[error("the login code is unknown, used or expired")]
+    Unknown,
+    /// The table of sessions is full; the code stays usable.
+    #[error("too many console sessions are open")]
+    Full,
+}
+
 /// Who a session (or a code that will become one) belongs to.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -84,14 +95,14 @@ impl Sessions {
     }
 
     /// Trades a code (once) for a session token.
-    pub fn redeem(&self, code: &str) -> Result<(String, Session), &'static str> {
+    pub fn redeem(&self, code: &str) -> Result<(String, Session), RedeemError> {
         let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(code);
         let pending = codes
             .get(&key)
             .filter(|p| p.expires > Instant::now())
             .cloned()
-            .ok_or("unknown")?;
+            .ok_or(RedeemError::Unknown)?;
         let token = secret();
         let s = Session {
             expires: Instant::now() + pending.ttl,
@@ -102,7 +113,7 @@ impl Sessions {
         // The code is spent only once the session exists (it stays usable if
         // the table of sessions is full for a moment).
         if !insert(&self.live, digest(&token), s.clone()) {
-            return Err("full");
+            return Err(RedeemError::Full);
         }
         codes.remove(&key);
         Ok((token, s))

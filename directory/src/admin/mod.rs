@@ -126,10 +126,20 @@ fn normal_authority(a: &str) -> String {
     }
 }
 
+/// A `--public-name` that is not `NAME[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--public-name {given:?}: {why}; give the NAME[:PORT] clients put in their URLs")]
+pub struct PublicNameError {
+    pub given: String,
+    /// `not a host name` or `not a port`.
+    pub why: &'static str,
+}
+
 /// Checks a `--public-name NAME[:PORT]` and returns it as changes are compared with it.
-pub fn public_name(s: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("--public-name {s:?}: {why}; give the NAME[:PORT] clients put in their URLs")
+pub fn public_name(s: &str) -> Result<String, PublicNameError> {
+    let bad = |why: &'static str| PublicNameError {
+        given: s.to_string(),
+        why,
     };
     let authority: http::uri::Authority = s.parse().map_err(|_| bad("not a host name"))?;
     if authority.as_str().contains('@') || authority.host().is_empty() {

@@ -26,11 +26,16 @@ use crate::keys;
 /// A CLI failure: the one line to print (and, from the API, its status).
 pub type CliError = ApiError;
 
+/// A `--prop` that is not `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not KEY=VALUE")]
+pub struct PropError(pub String);
+
 /// A `--prop KEY=VALUE` (of a host or a binding), split.
-pub fn parse_prop(s: &str) -> Result<(String, String), String> {
+pub fn parse_prop(s: &str) -> Result<(String, String), PropError> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+        .ok_or_else(|| PropError(s.to_string()))
 }
 
 /// Options every command shares.

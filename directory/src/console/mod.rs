@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use crate::admin::{self, Admin};
 use crate::model::Op;
-use crate::sessions::Session;
+use crate::sessions::{RedeemError, Session};
 use crate::state::ApplyError;
 
 const COOKIE: &str = "sb_session";
@@ -242,12 +242,12 @@ async fn post(
                 }
                 r
             }
-            Err("full") => refuse(
+            Err(RedeemError::Full) => refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too-many-sessions",
                 "Too many console sessions are open; try again in a few minutes (the link works until it expires).",
             ),
-            Err(_) => refuse(
+            Err(RedeemError::Unknown) => refuse(
                 StatusCode::UNAUTHORIZED,
                 "bad-login-code",
                 "That login code is unknown, used or expired. Run `switchboard-directory --key ADMIN.pem console` for a new link.",

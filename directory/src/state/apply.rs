@@ -45,7 +45,7 @@ impl Directory {
         }
         let event = describe(&op);
         let scope = scope_of(zone, &op);
-        let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::Invalid)?;
+        let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::from)?;
         let changes = plan(zone, op.clone())?;
         let draft = of_change(zone, &op, &changes);
         if let (Some(host), Some(_)) = (by.strip_prefix("host "), &draft) {
@@ -82,7 +82,7 @@ impl Directory {
         zone: &Zone,
         event: (&'static str, String, &'static str),
     ) -> Result<(), ApplyError> {
-        let zv = view::build(zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let zv = view::build(zone, self.cfg).map_err(ApplyError::from)?;
         self.publish_built(zone, zv, event);
         Ok(())
     }
@@ -118,7 +118,7 @@ impl Directory {
         else {
             return self.publish(zone, event);
         };
-        let zv = view::patch(&old, gone, zone, scope, self.cfg).map_err(ApplyError::Invalid)?;
+        let zv = view::patch(&old, gone, zone, scope, self.cfg).map_err(ApplyError::from)?;
         let origin = zv.origin.clone();
         let next = current.with_zone(&origin, Some(Arc::new(zv)));
         self.view.store(Arc::new(next));

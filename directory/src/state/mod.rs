@@ -52,6 +52,12 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+impl From<view::ViewError> for ApplyError {
+    fn from(e: view::ViewError) -> Self {
+        ApplyError::Invalid(e.to_string())
+    }
+}
+
 impl From<model::Invalid> for ApplyError {
     fn from(e: model::Invalid) -> Self {
         ApplyError::Invalid(e.0)

@@ -36,7 +36,7 @@ impl Directory {
             return Ok(None);
         }
         let t = std::time::Instant::now();
-        let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let zv = view::build(&zone, self.cfg).map_err(ApplyError::from)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "view built");
         let origin = zone.origin().to_string();
         self.publish_built(&zone, zv, ("zone", origin.clone(), "seed"));
@@ -83,7 +83,7 @@ impl Directory {
         if let Some(old) = zones.get(zone.origin()) {
             zone.serial = zone.serial.max(next_serial(old.serial));
         }
-        let zv = view::build(&zone, self.cfg).map_err(ApplyError::Invalid)?;
+        let zv = view::build(&zone, self.cfg).map_err(ApplyError::from)?;
         let serial = zone.serial;
         let origin = zone.origin().to_string();
         let draft = Draft::new("zone", &origin, "import").message(format!(

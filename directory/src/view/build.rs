@@ -14,7 +14,8 @@ use rustc_hash::FxHashMap;
 use super::alias::{chase, cname_owners, wire_parent};
 use super::scope::Scope;
 use super::{
-    finish, key_of, shard_of, Key, KeyEntry, KeyOwner, Node, ViewConfig, ZoneView, SHARDS,
+    finish, key_of, shard_of, Key, KeyEntry, KeyOwner, Node, ViewConfig, ViewError, ZoneView,
+    SHARDS,
 };
 use crate::model::{Binding, Repo, Role, Zone};
 use crate::schema;
@@ -431,12 +432,13 @@ pub(super) fn admin_keys(zone: &Zone) -> HashMap<String, KeyEntry> {
 }
 
 /// The zone's origin, SOA and negative SOA.
-pub(super) fn apex(zone: &Zone) -> Result<(Name, Record, Record), String> {
-    let origin = Name::from_ascii(&zone.meta.origin).map_err(|e| format!("bad origin: {e}"))?;
+pub(super) fn apex(zone: &Zone) -> Result<(Name, Record, Record), ViewError> {
+    let origin =
+        Name::from_ascii(&zone.meta.origin).map_err(|e| ViewError::Origin(e.to_string()))?;
     let soa = &zone.meta.soa;
     let soa_data = SOA::new(
-        Name::from_ascii(&soa.mname).map_err(|e| format!("bad SOA mname: {e}"))?,
-        Name::from_ascii(&soa.rname).map_err(|e| format!("bad SOA rname: {e}"))?,
+        Name::from_ascii(&soa.mname).map_err(|e| ViewError::SoaMname(e.to_string()))?,
+        Name::from_ascii(&soa.rname).map_err(|e| ViewError::SoaRname(e.to_string()))?,
         zone.serial,
         soa.refresh,
         soa.retry,
@@ -487,7 +489,7 @@ fn build_names_with(
 }
 
 /// Builds the answers of one zone from its model.
-pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, String> {
+pub fn build(zone: &Zone, cfg: ViewConfig) -> Result<ZoneView, ViewError> {
     let (origin, soa, negative_soa) = apex(zone)?;
     let (mut names, eager) =
         build_names_with(zone, cfg, &origin, &Scope::all(), Some(Eager::new()));

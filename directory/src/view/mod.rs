@@ -38,6 +38,18 @@ pub use flat::export_flat;
 pub use patch::{names_of, patch};
 pub use scope::Scope;
 
+/// A zone whose answers cannot be built: a name of its apex is not a name.
+/// Seeds and imports check this, so a change to a served zone never meets it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    #[error("bad origin: {0}")]
+    Origin(String),
+    #[error("bad SOA mname: {0}")]
+    SoaMname(String),
+    #[error("bad SOA rname: {0}")]
+    SoaRname(String),
+}
+
 /// TTLs of the derived names (SPEC: 5 s service/repo, 60 s node/key by default).
 #[derive(Debug, Clone, Copy)]
 pub struct ViewConfig {

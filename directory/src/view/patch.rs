@@ -12,14 +12,14 @@ use rustc_hash::FxHashMap;
 use super::alias::{aliased, wire_parent};
 use super::build::{add_ancestors, admin_keys, apex, build, build_names};
 use super::scope::Scope;
-use super::{finish, key_of, shard_of, Key, Node, ViewConfig, ZoneView, SHARDS};
+use super::{finish, key_of, shard_of, Key, Node, ViewConfig, ViewError, ZoneView, SHARDS};
 use crate::model::Zone;
 use crate::schema;
 use crate::wire;
 
 /// The names `scope` covers in `zone` now: call before changing the model, and
 /// hand the result to `patch` after.
-pub fn names_of(zone: &Zone, cfg: ViewConfig, scope: &Scope) -> Result<Vec<Name>, String> {
+pub fn names_of(zone: &Zone, cfg: ViewConfig, scope: &Scope) -> Result<Vec<Name>, ViewError> {
     let (origin, _, _) = apex(zone)?;
     Ok(build_names(zone, cfg, &origin, scope).into_keys().collect())
 }
@@ -33,7 +33,7 @@ pub fn patch(
     after: &Zone,
     scope: &Scope,
     cfg: ViewConfig,
-) -> Result<ZoneView, String> {
+) -> Result<ZoneView, ViewError> {
     let (origin, soa, negative_soa) = apex(after)?;
     // A change to a host that is a name server of the zone changes the glue
     // at the apex: rebuild (rare; the patch below keeps the apex's NS set).

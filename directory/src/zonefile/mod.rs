@@ -109,26 +109,48 @@ fn parse_with(
             build(soa, records.into_iter().map(|r| Rec::parsed(r, &apex)))
         }
     };
-    built.map_err(|(owner, rtype, message)| {
-        let scanned = entries(text, origin_name.as_ref());
-        if let Some(e) = scan_error(&scanned) {
-            return e;
-        }
-        let line = scanned
-            .iter()
-            .find(|e| {
-                e.owner
-                    .as_ref()
-                    .is_some_and(|o| o.eq_case(&owner) || o == &owner)
-                    && rtype.is_none_or(|t| e.rtype == Some(t))
-            })
-            .map(|e| e.line);
-        fail(line, message)
-    })
+    built.map_err(
+        |BuildError {
+             owner,
+             rtype,
+             message,
+         }| {
+            let scanned = entries(text, origin_name.as_ref());
+            if let Some(e) = scan_error(&scanned) {
+                return e;
+            }
+            let line = scanned
+                .iter()
+                .find(|e| {
+                    e.owner
+                        .as_ref()
+                        .is_some_and(|o| o.eq_case(&owner) || o == &owner)
+                        && rtype.is_none_or(|t| e.rtype == Some(t))
+                })
+                .map(|e| e.line);
+            fail(line, message)
+        },
+    )
 }
 
-/// Error from `build`: owner, type (if the error is about one record type), message.
-type BuildError = (Name, Option<RecordType>, String);
+/// What `zone::build` found wrong: the record's owner, its type (if the error
+/// is about one record type) and why; `parse` adds the file and line.
+#[derive(Debug)]
+struct BuildError {
+    owner: Name,
+    rtype: Option<RecordType>,
+    message: String,
+}
+
+impl BuildError {
+    fn new(owner: &Owner<'_>, rtype: Option<RecordType>, message: impl Into<String>) -> Self {
+        BuildError {
+            owner: owner.name(),
+            rtype,
+            message: message.into(),
+        }
+    }
+}
 
 /// A record's owner as written: a parsed name, or (from [`plain::records`]) the text
 /// and the origin it is relative to, made a `Name` only for an error or a static record.
@@ -270,7 +292,7 @@ fn err<T>(
     rtype: Option<RecordType>,
     msg: impl Into<String>,
 ) -> Result<T, BuildError> {
-    Err((owner.name(), rtype, msg.into()))
+    Err(BuildError::new(owner, rtype, msg))
 }
 
 /// The origin a file name implies: `cluster.example.zone` -> `cluster.example.`.

@@ -28,11 +28,7 @@ fn txt_pairs(owner: &Owner<'_>, data: &RData) -> Result<Vec<(String, String)>, B
         .iter()
         .map(|s| {
             let s = std::str::from_utf8(s).map_err(|_| {
-                (
-                    owner.name(),
-                    Some(RecordType::TXT),
-                    "TXT string is not UTF-8".to_string(),
-                )
+                BuildError::new(owner, Some(RecordType::TXT), "TXT string is not UTF-8")
             })?;
             let (k, v) = s.split_once('=').unwrap_or((s, ""));
             Ok((k.to_ascii_lowercase(), v.to_string()))
@@ -243,7 +239,7 @@ pub(super) fn build<'a>(
                     auto_failover: false,
                 };
                 for (k, v) in txt_pairs(&owner, &r.data)? {
-                    let bad = |what: &str| (owner.name(), Some(rtype), format!("{k}={v:?}: {what}"));
+                    let bad = |what: &str| BuildError::new(&owner, Some(rtype), format!("{k}={v:?}: {what}"));
                     match k.as_str() {
                         txt::MASTER => repo.master = v,
                         txt::REPLICAS => repo.replicas = list(&v),
@@ -405,7 +401,7 @@ pub(super) fn build<'a>(
                 );
             }
             for (k, v) in pairs {
-                let bad = |e: model::Invalid| (towner.name(), Some(RecordType::TXT), e.0);
+                let bad = |e: model::Invalid| BuildError::new(&towner, Some(RecordType::TXT), e.0);
                 match k.as_str() {
                     txt::ROLE if v.is_empty() || v == "none" => b.role = None,
                     txt::ROLE => b.role = Some(v.parse().map_err(bad)?),
