@@ -6,8 +6,8 @@
 //! to `passing` after `recoveries` passed probes in a row (an `unknown` one
 //! turns `passing` at its first pass), so a check that flaps does not flap DNS.
 //! A transition is an ordinary change (`Op::SetBindingHealth`): committed,
-//! logged in the change feed, and `critical` bindings leave service answers as
-//! SPEC says. Probes run on their own tasks and never hold up DNS answers or
+//! logged in the change feed, and `critical` bindings leave service answers
+//! (docs/dns-schema.md, "Derived records"). Probes run on their own tasks and never hold up DNS answers or
 //! other changes.
 
 use std::collections::HashMap;

@@ -1,5 +1,7 @@
-//! The audit log: every transition an operator should hear about, kept in the
-//! store, tailed by `switchboard-directory events` and sent to webhooks.
+//! The audit log's entry: every transition an operator should hear about,
+//! kept in the store, tailed by `switchboard-directory events` and sent to
+//! webhooks. Only the type lives here, below the store that keeps it; which
+//! change makes which event, and the numbering, are `state::audit`'s.
 //!
 //! An event is written in the same atomic batch as the change it describes
 //! (so a change is never acknowledged without its event, nor the reverse), or

@@ -1,6 +1,7 @@
 //! The directory's model: the zone that holds hosts, bindings, repositories
-//! and admin keys. Those types, and their validation, are shared with the
-//! sidecar in `switchboard_proto::model` and re-exported here.
+//! and admin keys, and `Op`, a change the admin API can ask for. The host-level
+//! types, and their validation, are shared with the sidecar in
+//! `switchboard_proto::model` and re-exported here.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,6 @@
-//! `serve`: load zone files, open the store, start DNS (UDP+TCP) and the admin API.
+//! `serve`: load zone files, open the store, start DNS (UDP+TCP), the admin
+//! port (API and console, `listener`), health checks and webhooks; on a
+//! signal, stop them in order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The admin CLI: commands that talk to a running directory's admin API.
 //!
 //! Each family lives in its own file (`host`, `bind`, `repo`, `zone`, `admin`,
-//! `status`). Changes are signed with `--key`. Output is a human table by
+//! `status`, `events`, `console`). Changes are signed with `--key`. Output is a human table by
 //! default and the API's JSON with `--json`. Every failure is one line on stderr
 //! and a non-zero exit.
 

@@ -14,7 +14,7 @@
 //! cross-origin `Origin` is refused, and the admin must still hold the same
 //! key in the zone. Changes go through `Directory::apply_by` as
 //! `admin NAME (console)`: the same rules, refusals and audit log as the CLI.
-//! Sessions live in memory: a restart signs everyone out.
+//! Codes and sessions live in memory (`sessions`): a restart signs everyone out.
 
 mod pages;
 

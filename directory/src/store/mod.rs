@@ -3,7 +3,9 @@
 //! The directory keeps its model in memory and answers from a view built from it;
 //! the store is only read at start and written on change. A change is one atomic
 //! batch that is on disk when `commit` returns. Nothing above this trait knows
-//! which backend holds the data (sled today; a distributed store later).
+//! which backend holds the data: `sled` on disk, `memory` for tests and the
+//! fuzzer; a distributed store later. `battery` is the set of tests every
+//! backend passes.
 
 use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone};

@@ -50,7 +50,8 @@ pub enum ViewError {
     SoaRname(String),
 }
 
-/// TTLs of the derived names (SPEC: 5 s service/repo, 60 s node/key by default).
+/// TTLs of the derived names (docs/dns-schema.md, "TTLs": 5 s service/repo,
+/// 60 s node/key by default).
 #[derive(Debug, Clone, Copy)]
 pub struct ViewConfig {
     pub node_ttl: u32,

@@ -1,4 +1,4 @@
-//! Records into the model: canonical records (SPEC's first table) become
+//! Records into the model: canonical records (docs/dns-schema.md) become
 //! hosts, bindings, repositories and admin keys; records outside
 //! Switchboard's subtrees are kept verbatim as static records; derived names
 //! are refused, since the directory generates them.
