@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard_directory::model::{Health, Host};
 use switchboard_directory::sign::{self, Policy, Signer};
 use switchboard_directory::view::{self, Scope, View, ViewConfig};
-use switchboard_directory::{wire, zonefile};
+use switchboard_directory::{dns, zonefile};
 
 /// A zone of `hosts` hosts and `services` services with three bindings each.
 fn zone_text(hosts: usize, services: usize) -> String {
@@ -64,12 +64,12 @@ fn answering(c: &mut Criterion) {
     ] {
         let q = query(7, name, t);
         assert!(
-            wire::answer(&view, &q, &mut out).is_some(),
+            dns::fast::answer(&view, &q, &mut out).is_some(),
             "{what} takes the fast path"
         );
         c.bench_function(&format!("answer one {what} query (10k hosts)"), |b| {
             b.iter(|| {
-                wire::answer(&view, black_box(&q), &mut out);
+                dns::fast::answer(&view, black_box(&q), &mut out);
                 black_box(out.len())
             })
         });

@@ -6,8 +6,8 @@
 //! to `passing` after `recoveries` passed probes in a row (an `unknown` one
 //! turns `passing` at its first pass), so a check that flaps does not flap DNS.
 //! A transition is an ordinary change (`Op::SetBindingHealth`): committed,
-//! logged in the change feed, and `critical` bindings leave service answers as
-//! SPEC says. Probes run on their own tasks and never hold up DNS answers or
+//! logged in the change feed, and `critical` bindings leave service answers
+//! (docs/dns-schema.md, "Derived records"). Probes run on their own tasks and never hold up DNS answers or
 //! other changes.
 
 use std::collections::HashMap;
@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::events::Draft;
+use crate::model::Op;
 use crate::model::{Check, Health, Probe};
-use crate::state::{Directory, Op};
+use crate::state::Directory;
 
 /// A binding under check: (zone, host, service).
 type Key = (String, String, String);

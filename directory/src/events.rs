@@ -1,5 +1,7 @@
-//! The audit log: every transition an operator should hear about, kept in the
-//! store, tailed by `switchboard-directory events` and sent to webhooks.
+//! The audit log's entry: every transition an operator should hear about,
+//! kept in the store, tailed by `switchboard-directory events` and sent to
+//! webhooks. Only the type lives here, below the store that keeps it; which
+//! change makes which event, and the numbering, are `state::audit`'s.
 //!
 //! An event is written in the same atomic batch as the change it describes
 //! (so a change is never acknowledged without its event, nor the reverse), or
@@ -18,10 +20,6 @@
 //! push, or a health or availability set to the value it already had.
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::Zone;
-use crate::state::Op;
-use crate::store::Change;
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,163 +127,4 @@ impl Draft {
             span: self.span,
         }
     }
-}
-
-fn available(a: bool) -> &'static str {
-    if a {
-        "available"
-    } else {
-        "unavailable"
-    }
-}
-
-/// The event a change makes, if it is one an operator should hear about.
-/// `before` is the zone before the change, `changes` what the change writes.
-pub fn of_change(before: &Zone, op: &Op, changes: &[Change]) -> Option<Draft> {
-    Some(match op {
-        Op::AddHost(h) => Draft::new("host", &h.name, "add").message(format!(
-            "host {} added ({}; roles {})",
-            h.name,
-            h.addrs
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            if h.roles.is_empty() {
-                "none".to_string()
-            } else {
-                h.roles.join(",")
-            }
-        )),
-        Op::RemoveHost(name) => {
-            Draft::new("host", name, "remove").message(format!("host {name} removed"))
-        }
-        Op::SetAvailable { host, available: a } => {
-            let was = before.hosts.get(host)?.available;
-            if was == *a {
-                return None;
-            }
-            let (action, what) = if *a {
-                ("enable", "back in service")
-            } else {
-                ("disable", "out of service: it leaves every answer")
-            };
-            Draft::new("host", host, action)
-                .transition(available(was), available(*a))
-                .message(format!("host {host} marked {}, {what}", available(*a)))
-        }
-        Op::SetHealth { host, health } => {
-            let was = before.hosts.get(host)?.health;
-            if was == *health {
-                return None;
-            }
-            Draft::new("host", host, "health")
-                .transition(was.as_str(), health.as_str())
-                .message(format!(
-                    "host {host} is {} (was {})",
-                    health.as_str(),
-                    was.as_str()
-                ))
-        }
-        Op::AddBinding(b) => {
-            let name = format!("{}/{}", b.host, b.service);
-            let check = b
-                .check
-                .as_ref()
-                .map(|c| format!(", checked by {}", c.probe.to_txt()))
-                .unwrap_or_default();
-            Draft::new("binding", &name, "add").message(format!(
-                "service {} bound on {} port {}{check}",
-                b.service, b.host, b.port
-            ))
-        }
-        Op::RemoveBinding { host, service } => {
-            Draft::new("binding", format!("{host}/{service}"), "remove")
-                .message(format!("service {service} unbound from {host}"))
-        }
-        Op::SetBindingHealth {
-            host,
-            service,
-            health,
-        } => {
-            let was = before
-                .bindings
-                .get(&(host.clone(), service.clone()))?
-                .health;
-            if was == *health {
-                return None;
-            }
-            let effect = match health {
-                crate::model::Health::Critical => ": it leaves service answers",
-                _ if was == crate::model::Health::Critical => ": it is back in service answers",
-                _ => "",
-            };
-            Draft::new("binding", format!("{host}/{service}"), "health")
-                .transition(was.as_str(), health.as_str())
-                .message(format!(
-                    "{service} on {host} is {} (was {}){effect}",
-                    health.as_str(),
-                    was.as_str()
-                ))
-        }
-        Op::AddRepo(r) => Draft::new("repo", &r.name, "add").message(format!(
-            "repository {} added, master {}{}",
-            r.name,
-            r.master,
-            if r.replicas.is_empty() {
-                String::new()
-            } else {
-                format!(", replicas {}", r.replicas.join(","))
-            }
-        )),
-        Op::RemoveRepo(name) => {
-            Draft::new("repo", name, "remove").message(format!("repository {name} removed"))
-        }
-        Op::Promote { repo, host, .. } => {
-            let old = &before.repos.get(repo)?.master;
-            if old == host {
-                return None;
-            }
-            let loss = changes.iter().find_map(|c| match c {
-                Change::PutRepo(r) if r.name == *repo => r
-                    .lost
-                    .last()
-                    .filter(|l| before.repos.get(repo).is_some_and(|b| !b.lost.contains(l)))
-                    .cloned(),
-                _ => None,
-            });
-            let loss = match loss {
-                Some(l) => format!(
-                    "; forced: versions {}..={} written on {} may be lost",
-                    l.from, l.to, l.old_master
-                ),
-                None => String::new(),
-            };
-            Draft::new("repo", repo, "promote")
-                .transition(old.as_str(), host.as_str())
-                .message(format!(
-                    "{host} promoted to master of {repo} (was {old}){loss}"
-                ))
-        }
-        Op::SetAutoFailover { repo, on } => {
-            let was = before.repos.get(repo)?.auto_failover;
-            if was == *on {
-                return None;
-            }
-            let state = |b: bool| if b { "on" } else { "off" };
-            Draft::new("repo", repo, "auto-failover")
-                .transition(state(was), state(*on))
-                .message(format!(
-                    "automatic failover of {repo} turned {}",
-                    state(*on)
-                ))
-        }
-        Op::SetVersion { .. } => return None,
-        Op::AddAdmin(a) => {
-            Draft::new("admin", &a.name, "add").message(format!("admin key {} added", a.name))
-        }
-        Op::RemoveAdmin(name) => {
-            Draft::new("admin", name, "remove").message(format!("admin key {name} removed"))
-        }
-    })
 }

@@ -1,16 +1,26 @@
 //! Switchboard's directory: a service directory that answers plain DNS.
 //!
-//! - `model`: the zone; the host-level types and their validation come from
-//!   `switchboard_proto` (re-exported here with `schema`, `txt`, `keys`, `sign`,
-//!   `time` and `process`, as hickory's server re-exports its proto crate).
-//! - `store`: durable state behind a trait (`store::sled` today).
-//! - `zonefile`: RFC 1035 master files in and out.
-//! - `view`: the pre-built answers, swapped whole on change.
-//! - `dns`: the hickory-server request handler that reads the view; `wire`: the UDP fast path;
-//!   `mmsg`: UDP a batch at a time; `rrl`: response-rate limiting.
-//! - `state`: the one place a change is applied.
-//! - `admin`: the JSON admin API; `cli`: the commands that talk to it; `console`: the web console.
-//! - `checks`: health checks; `events`: the audit log; `webhooks`: its delivery.
+//! One line per module, lowest first: a module imports only modules above it
+//! here (`scripts/check-imports.sh` fails on any circle). The host-level types
+//! come from `switchboard_proto`, re-exported with `api`, `keys`, `process`,
+//! `schema`, `sign`, `time` and `txt`, as hickory's server re-exports its
+//! proto crate.
+//!
+//! - `model`: the zone (hosts, bindings, repositories, admin keys) and `Op`, a change.
+//! - `events`: the audit log's entry, below the store that keeps it.
+//! - `zonefile`: RFC 1035 master files, text in and out.
+//! - `store`: durable state behind a trait: `sled`, `memory`, and the `battery` every store passes.
+//! - `wire`: the answer encoder: each record set encoded once, when the view is built.
+//! - `view`: the pre-built answers, built, patched on change and swapped whole.
+//! - `dns`: where a query is answered: fast path, hickory handler, UDP and TCP listeners, RRL.
+//! - `state`: `Directory`, the one place a change is applied; audit log, heartbeats, leases.
+//! - `checks`: health checks of bindings, each transition an ordinary change.
+//! - `webhooks`: every audit event POSTed to each `--webhook`.
+//! - `sessions`: console logins: one-time codes and the sessions they become.
+//! - `admin`: the JSON admin API, one file per resource.
+//! - `console`: the web console at `/ui/`.
+//! - `listener`: the admin port, serving the API and the console.
+//! - `cli`: the commands that talk to the admin API.
 //! - `server`: `serve`, putting the listeners together.
 
 pub use switchboard_proto::{api, keys, process, schema, sign, time, txt};
@@ -21,10 +31,10 @@ pub mod cli;
 pub mod console;
 pub mod dns;
 pub mod events;
-pub mod mmsg;
+pub mod listener;
 pub mod model;
-pub mod rrl;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod view;

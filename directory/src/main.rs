@@ -175,11 +175,13 @@ fn main() -> ExitCode {
                 let public_names = public_names
                     .iter()
                     .map(|n| switchboard_directory::admin::public_name(n))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
                 let webhooks = webhooks
                     .iter()
                     .map(|u| switchboard_directory::webhooks::Webhook::parse(u))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
                 let cfg = ServeConfig {
                     zones,
                     data,

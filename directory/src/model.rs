@@ -1,9 +1,13 @@
 //! The directory's model: the zone that holds hosts, bindings, repositories
-//! and admin keys. Those types, and their validation, are shared with the
-//! sidecar in `switchboard_proto::model` and re-exported here.
+//! and admin keys, and `Op`, a change the admin API can ask for. The host-level
+//! types, and their validation, are shared with the sidecar in
+//! `switchboard_proto::model` and re-exported here.
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::BinDecodable;
 use serde::{Deserialize, Serialize};
 
 pub use switchboard_proto::model::*;
@@ -30,6 +34,19 @@ pub struct ZoneMeta {
     pub ns_ttl: u32,
     /// Records outside Switchboard's subtrees, each in wire form (base64), served verbatim.
     pub statics: Vec<String>,
+}
+
+impl ZoneMeta {
+    /// The static records, decoded (a record that does not decode is left out:
+    /// each was encoded by the zone file reader, from a record it had parsed).
+    pub fn static_records(&self) -> Vec<Record> {
+        let engine = base64::engine::general_purpose::STANDARD;
+        self.statics
+            .iter()
+            .filter_map(|s| engine.decode(s).ok())
+            .filter_map(|b| Record::from_bytes(&b).ok())
+            .collect()
+    }
 }
 
 /// One zone: everything the directory knows under one origin.
@@ -85,4 +102,51 @@ impl Zone {
             .take_while(move |((h, _), _)| h == host)
             .map(|(_, b)| b)
     }
+}
+
+/// A change the admin API can ask for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    AddHost(Host),
+    RemoveHost(String),
+    SetAvailable {
+        host: String,
+        available: bool,
+    },
+    SetHealth {
+        host: String,
+        health: Health,
+    },
+    AddBinding(Binding),
+    RemoveBinding {
+        host: String,
+        service: String,
+    },
+    /// A binding's health, as its check (or an operator) found it.
+    SetBindingHealth {
+        host: String,
+        service: String,
+        health: Health,
+    },
+    AddRepo(Repo),
+    RemoveRepo(String),
+    Promote {
+        repo: String,
+        host: String,
+        force: bool,
+    },
+    /// Turns the directory's automatic failover of a repository on or off.
+    SetAutoFailover {
+        repo: String,
+        on: bool,
+    },
+    /// A host's version of a repository. The master's needs the write lease.
+    SetVersion {
+        repo: String,
+        host: String,
+        version: u64,
+        lease: Option<String>,
+    },
+    AddAdmin(AdminKey),
+    RemoveAdmin(String),
 }

@@ -1,4 +1,6 @@
-//! `serve`: load zone files, open the store, start DNS (UDP+TCP) and the admin API.
+//! `serve`: load zone files, open the store, start DNS (UDP+TCP), the admin
+//! port (API and console, `listener`), health checks and webhooks; on a
+//! signal, stop them in order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -182,7 +184,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     };
     let rrl = cfg.rrl.map(|(rate, slip)| {
         tracing::info!(rate, slip, "response rate limiting on");
-        Arc::new(crate::rrl::Rrl::new(rate, slip))
+        Arc::new(crate::dns::rrl::Rrl::new(rate, slip))
     });
     crate::dns::spawn_udp(
         udp,
@@ -220,7 +222,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             not_before,
         },
     ));
-    let http_task = tokio::spawn(admin::serve(http, admin.clone(), stop_rx));
+    let http_task = tokio::spawn(crate::listener::serve(http, admin.clone(), stop_rx));
 
     println!(
         "switchboard-directory: listening dns={dns_addr} http={http_addr} zones={}",

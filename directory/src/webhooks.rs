@@ -29,6 +29,46 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// A `serve --webhook URL` the directory cannot deliver to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookUrlError {
+    #[error("webhook {url:?} is not a URL: {reason}")]
+    NotAUrl { url: String, reason: String },
+    #[error("webhook {0:?}: https is not supported; use http:// to a local relay")]
+    Https(String),
+    #[error("webhook {0:?} must start with http://")]
+    NotHttp(String),
+    #[error("webhook {0:?} has no host")]
+    NoHost(String),
+}
+
+/// Why one delivery failed; it is tried again.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+    #[error("no answer within {} s", TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Why the audit log or a webhook's place in it could not be read or written.
+#[derive(Debug, thiserror::Error)]
+enum LogError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The blocking task that did the store work panicked or was cancelled.
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// A receiver of events.
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -40,22 +80,21 @@ pub struct Webhook {
 impl Webhook {
     /// Parses `http://HOST[:PORT]/PATH`. (Plain HTTP only: point it at a local
     /// relay for anything that needs TLS.)
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("webhook {url:?} is not a URL: {e}"))?;
+    pub fn parse(url: &str) -> Result<Self, WebhookUrlError> {
+        let uri: http::Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| WebhookUrlError::NotAUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "webhook {url:?}: https is not supported; use http:// to a local relay"
-                ))
-            }
-            _ => return Err(format!("webhook {url:?} must start with http://")),
+            Some("https") => return Err(WebhookUrlError::Https(url.to_string())),
+            _ => return Err(WebhookUrlError::NotHttp(url.to_string())),
         }
         let host = uri
             .host()
-            .ok_or_else(|| format!("webhook {url:?} has no host"))?
+            .ok_or_else(|| WebhookUrlError::NoHost(url.to_string()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -69,16 +108,15 @@ impl Webhook {
     }
 
     /// POSTs one event; Ok when the receiver answered 2xx.
-    async fn post(&self, event: &Event) -> Result<(), String> {
-        let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    async fn post(&self, event: &Event) -> Result<(), DeliveryError> {
+        let body = serde_json::to_vec(event)?;
         let attempt = async {
             let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
                 .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+                .map_err(DeliveryError::Connect)?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             tokio::spawn(conn);
             let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             let authority = self
@@ -95,18 +133,17 @@ impl Webhook {
                     "switchboard-event",
                     format!("{}.{}", event.kind, event.action),
                 )
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                .body(Full::new(Bytes::from(body)))?;
+            let resp = sender.send_request(req).await?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(format!("answered {}", resp.status()))
+                Err(DeliveryError::Status(resp.status()))
             }
         };
         tokio::time::timeout(TIMEOUT, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} s", TIMEOUT.as_secs())))
+            .unwrap_or(Err(DeliveryError::Timeout))
     }
 }
 
@@ -197,12 +234,9 @@ pub async fn deliver(
 async fn blocking<T: Send + 'static>(
     dir: &Arc<Directory>,
     f: impl FnOnce(&Directory) -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, LogError> {
     let dir = dir.clone();
-    tokio::task::spawn_blocking(move || f(&dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    Ok(tokio::task::spawn_blocking(move || f(&dir)).await??)
 }
 
 #[cfg(test)]
@@ -219,6 +253,7 @@ mod tests {
         );
         assert!(Webhook::parse("https://example.com/")
             .unwrap_err()
+            .to_string()
             .contains("https is not supported"));
         assert!(Webhook::parse("ftp://x/").is_err());
         assert!(Webhook::parse("not a url").is_err());

@@ -6,11 +6,11 @@
 use std::sync::{Arc, OnceLock};
 
 use switchboard_directory::dns::DnsHandler;
-use switchboard_directory::model::{AdminKey, Binding, Health, Host, Repo, Zone};
-use switchboard_directory::state::{ApplyError, Directory, Op};
-use switchboard_directory::store::{Change, Store, StoreError};
+use switchboard_directory::model::{AdminKey, Binding, Health, Host, Op, Repo, Zone};
+use switchboard_directory::state::{ApplyError, Directory};
+use switchboard_directory::store::memory::MemoryStore;
 use switchboard_directory::view::{self, View, ViewConfig};
-use switchboard_directory::{sign, wire, zonefile};
+use switchboard_directory::{dns, sign, zonefile};
 
 const ORIGIN: &str = "cluster.example.";
 
@@ -48,7 +48,7 @@ fn dns_fixture() -> &'static Dns {
 pub fn dns(data: &[u8]) {
     let f = dns_fixture();
     let mut out = Vec::new();
-    if wire::answer(&f.view.load(), data, &mut out).is_some() {
+    if dns::fast::answer(&f.view.load(), data, &mut out).is_some() {
         let m = hickory_proto::op::Message::from_vec(&out)
             .unwrap_or_else(|e| panic!("fast path sent an unreadable response: {e}"));
         assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));
@@ -175,31 +175,6 @@ pub fn ssh_command(data: &[u8]) {
     }
 }
 
-/// A store that keeps nothing (the model in memory is all the fuzzer needs).
-struct NullStore;
-
-impl Store for NullStore {
-    fn load(&self) -> Result<switchboard_directory::store::Loaded, StoreError> {
-        Ok(Default::default())
-    }
-    fn commit(
-        &self,
-        _: &str,
-        _: u32,
-        _: &[Change],
-        _: &[switchboard_directory::events::Event],
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn replace_zone(
-        &self,
-        _: &Zone,
-        _: &[switchboard_directory::events::Event],
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct NameBody {
     name: String,
@@ -242,7 +217,7 @@ struct VersionBody {
 /// after each applied one the patched view answers exactly as a view rebuilt
 /// from the model, and the model survives export and import.
 pub fn admin_ops(data: &[u8]) {
-    let dir = Directory::open(Box::new(NullStore), ViewConfig::default()).expect("open");
+    let dir = Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
     dir.seed(demo_zone()).expect("seed");
     let mut applied = false;
     for line in data.split(|b| *b == b'\n').take(32) {
@@ -305,7 +280,7 @@ pub fn admin_ops(data: &[u8]) {
         let before = dir.read(ORIGIN, Clone::clone).expect("zone");
         match dir.apply(ORIGIN, op) {
             Ok(_) => applied = true,
-            Err(ApplyError::Store(e)) => panic!("the null store failed: {e}"),
+            Err(ApplyError::Store(e)) => panic!("the memory store failed: {e}"),
             Err(_) => {
                 let after = dir.read(ORIGIN, Clone::clone).expect("zone");
                 assert_eq!(before, after, "a refused change left a trace");

@@ -3,7 +3,7 @@
 use http::Method;
 
 use super::{change, json, method_not_allowed, Admin, Call, Refusal, Reply};
-use crate::state::Op;
+use crate::model::Op;
 use crate::view::KeyOwner;
 
 pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {

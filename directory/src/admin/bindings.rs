@@ -3,7 +3,7 @@
 use http::Method;
 
 use super::{change, json, method_not_allowed, Admin, Call, Reply};
-use crate::state::Op;
+use crate::model::Op;
 
 pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
     match (m, rest) {

@@ -4,8 +4,9 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
+use crate::model::Op;
 use crate::model::{Health, Host};
-use crate::state::{ApplyError, HeartbeatReport, Op};
+use crate::state::{ApplyError, HeartbeatReport};
 
 #[derive(Deserialize)]
 struct HealthBody {

@@ -206,23 +206,29 @@ impl Drop for Slot {
     }
 }
 
+/// Why a connection gets no slot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoSlot {
+    #[error("too many admin connections open ({0} in all); try again shortly")]
+    Total(usize),
+    #[error("too many admin connections open from {client} ({limit}); close some and try again")]
+    PerClient { client: IpAddr, limit: usize },
+}
+
 impl Slots {
     /// A place for a connection from `ip`, or why there is none.
-    pub fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, String> {
-        let client = crate::rrl::client(ip);
+    pub fn take(&self, ip: IpAddr, limits: &Limits) -> Result<Slot, NoSlot> {
+        let client = crate::dns::rrl::client(ip);
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mine = s.per_client.get(&client).copied().unwrap_or(0);
         if s.total >= limits.max_connections {
-            return Err(format!(
-                "too many admin connections open ({} in all); try again shortly",
-                limits.max_connections
-            ));
+            return Err(NoSlot::Total(limits.max_connections));
         }
         if mine >= limits.max_per_client {
-            return Err(format!(
-                "too many admin connections open from {client} ({}); close some and try again",
-                limits.max_per_client
-            ));
+            return Err(NoSlot::PerClient {
+                client,
+                limit: limits.max_per_client,
+            });
         }
         s.total += 1;
         s.per_client.insert(client, mine + 1);
@@ -250,10 +256,11 @@ impl Refusals {
     /// Reads the request head (for a second at most) and answers it 503 with
     /// `message`, so a client learns why; when many are being answered already,
     /// closes the connection at once instead.
-    pub fn refuse(&self, stream: tokio::net::TcpStream, message: String) {
+    pub fn refuse(&self, stream: tokio::net::TcpStream, why: NoSlot) {
         let Ok(permit) = self.0.clone().try_acquire_owned() else {
             return;
         };
+        let message = why.to_string();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |_req| {

@@ -13,17 +13,18 @@
 //! limits (`limits`): the body against its digest, the nonce recorded, the key's
 //! right to that change.
 //!
-//! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`.
+//! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`,
+//! `sessions` (console logins). The listener that serves them is `listener`.
 
 mod admins;
 mod bindings;
 mod hosts;
 pub mod limits;
 mod repos;
+mod sessions;
 mod zones;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,12 +34,11 @@ use ed25519_dalek::VerifyingKey;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
 
+use crate::model::Op;
 use crate::sign::{self, BodyHash, ParsedSignature, Policy, ReplayGuard};
-use crate::state::{ApplyError, Directory, Op};
+use crate::state::{ApplyError, Directory};
 use crate::view::KeyOwner;
 pub use limits::Limits;
 
@@ -48,7 +48,7 @@ pub struct Admin {
     replay: ReplayGuard,
     policy: Policy,
     /// Console logins and sessions.
-    pub sessions: crate::console::Sessions,
+    pub sessions: crate::sessions::Sessions,
     limits: Limits,
     /// The authorities a change must be signed for (`serve --public-name`),
     /// normalized; empty: the address the connection came in on.
@@ -92,6 +92,11 @@ impl Admin {
         self.closed.store(true, Ordering::SeqCst);
     }
 
+    /// What one client may hold of the admin listener.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// How long a request body may take to arrive (the console's forms too).
     pub fn body_timeout(&self) -> std::time::Duration {
         self.limits.body_timeout
@@ -121,10 +126,20 @@ fn normal_authority(a: &str) -> String {
     }
 }
 
+/// A `--public-name` that is not `NAME[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--public-name {given:?}: {why}; give the NAME[:PORT] clients put in their URLs")]
+pub struct PublicNameError {
+    pub given: String,
+    /// `not a host name` or `not a port`.
+    pub why: &'static str,
+}
+
 /// Checks a `--public-name NAME[:PORT]` and returns it as changes are compared with it.
-pub fn public_name(s: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("--public-name {s:?}: {why}; give the NAME[:PORT] clients put in their URLs")
+pub fn public_name(s: &str) -> Result<String, PublicNameError> {
+    let bad = |why: &'static str| PublicNameError {
+        given: s.to_string(),
+        why,
     };
     let authority: http::uri::Authority = s.parse().map_err(|_| bad("not a host name"))?;
     if authority.as_str().contains('@') || authority.host().is_empty() {
@@ -705,7 +720,7 @@ fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
         (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
         (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
         (&Method::GET, ["v1", "keys", fpr]) => admins::key(admin, fpr),
-        (&Method::POST, ["v1", "sessions"]) => crate::console::mint(admin, call),
+        (&Method::POST, ["v1", "sessions"]) => sessions::mint(admin, call),
         _ => Err(Refusal::not_found(format!(
             "no such API route: {} {}",
             m,
@@ -722,73 +737,17 @@ fn method_not_allowed(call: &Call) -> Refusal {
     )
 }
 
-/// Serves the admin API on `listener` until `shutdown` fires, then hands the
-/// listener back (the caller decides when the port is let go). A connection
-/// beyond `Limits` is answered 503 and closed; one whose request head is not in
-/// within `limits::HEAD_TIMEOUT` is closed.
-pub async fn serve(
-    listener: TcpListener,
+/// Answers one API request that came in on `local`: the response, or the
+/// refusal as its JSON body.
+pub async fn handle(
     admin: Arc<Admin>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> TcpListener {
-    let slots = limits::Slots::default();
-    let refusals = limits::Refusals::default();
-    let mut refused_logged: Option<std::time::Instant> = None;
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors, say: pause rather than spin.
-                    tracing::warn!(error = %e, "admin accept failed; pausing");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let slot = match slots.take(peer.ip(), &admin.limits) {
-            Ok(slot) => slot,
-            Err(message) => {
-                if refused_logged.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                    tracing::warn!(client = %peer.ip(), reason = "too-many-connections", "{message}; refusing new admin connections");
-                    refused_logged = Some(std::time::Instant::now());
-                }
-                refusals.refuse(stream, message);
-                continue;
-            }
-        };
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move {
-                    let p = req.uri().path();
-                    if p == "/ui" || p.starts_with("/ui/") {
-                        return Ok::<_, Infallible>(crate::console::route(admin, req).await);
-                    }
-                    Ok::<_, Infallible>(match route(admin, req, local).await {
-                        Ok(r) => r,
-                        Err(r) => refusal_response(r),
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits::HEAD_TIMEOUT)
-                .max_buf_size(limits::MAX_BUFFER)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended");
-            }
-        });
+    req: Request<Incoming>,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    match route(admin, req, local).await {
+        Ok(r) => r,
+        Err(r) => refusal_response(r),
     }
-    listener
 }
 
 #[cfg(test)]

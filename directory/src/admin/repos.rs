@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::api::{RepoInfo, VersionReport};
+use crate::model::Op;
 use crate::model::Repo;
-use crate::state::Op;
 use crate::view;
 
 #[derive(Deserialize)]

@@ -66,7 +66,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                 .zones
                 .iter()
                 .find(|z| z.origin.to_string() == origin)
-                .map(|z| zonefile::export_flat(z))
+                .map(|z| crate::view::export_flat(z))
                 .ok_or_else(|| Refusal::not_found(format!("no zone {origin}")))?;
             zone_file(text)
         }

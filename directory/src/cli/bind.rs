@@ -25,7 +25,7 @@ pub enum BindCmd {
         /// SRV priority (default: 0 for masters and role-less, 10 for replicas).
         #[arg(long)]
         priority: Option<u16>,
-        #[arg(long = "prop", value_parser = super::host::parse_prop)]
+        #[arg(long = "prop", value_parser = super::parse_prop)]
         props: Vec<(String, String)>,
         /// Have the directory check it: `tcp`, or `http:STATUS:PATH` (e.g. `http:200:/healthz`).
         #[arg(long)]

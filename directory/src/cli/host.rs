@@ -28,7 +28,7 @@ pub enum HostCmd {
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
         /// Properties as KEY=VALUE.
-        #[arg(long = "prop", value_parser = parse_prop)]
+        #[arg(long = "prop", value_parser = super::parse_prop)]
         props: Vec<(String, String)>,
     },
     /// Remove a host (it must have no bindings and no repositories).
@@ -37,12 +37,6 @@ pub enum HostCmd {
     Disable { host: String },
     /// Put a host back in service.
     Enable { host: String },
-}
-
-pub fn parse_prop(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 pub async fn run(c: &Client, cmd: HostCmd) -> Result<(), CliError> {

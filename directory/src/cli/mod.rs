@@ -1,7 +1,7 @@
 //! The admin CLI: commands that talk to a running directory's admin API.
 //!
 //! Each family lives in its own file (`host`, `bind`, `repo`, `zone`, `admin`,
-//! `status`). Changes are signed with `--key`. Output is a human table by
+//! `status`, `events`, `console`). Changes are signed with `--key`. Output is a human table by
 //! default and the API's JSON with `--json`. Every failure is one line on stderr
 //! and a non-zero exit.
 
@@ -25,6 +25,18 @@ use crate::keys;
 
 /// A CLI failure: the one line to print (and, from the API, its status).
 pub type CliError = ApiError;
+
+/// A `--prop` that is not `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not KEY=VALUE")]
+pub struct PropError(pub String);
+
+/// A `--prop KEY=VALUE` (of a host or a binding), split.
+pub fn parse_prop(s: &str) -> Result<(String, String), PropError> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| PropError(s.to_string()))
+}
 
 /// Options every command shares.
 #[derive(Debug, Clone)]

@@ -14,179 +14,25 @@
 //! cross-origin `Origin` is refused, and the admin must still hold the same
 //! key in the zone. Changes go through `Directory::apply_by` as
 //! `admin NAME (console)`: the same rules, refusals and audit log as the CLI.
-//! Sessions live in memory: a restart signs everyone out.
+//! Codes and sessions live in memory (`sessions`): a restart signs everyone out.
 
 mod pages;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::admin::{self, Admin, Call, Need, Refusal};
-use crate::state::{ApplyError, Op};
+use crate::admin::{self, Admin};
+use crate::model::Op;
+use crate::sessions::{RedeemError, Session};
+use crate::state::ApplyError;
 
-/// How long a login code may wait to be used.
-const CODE_TTL: Duration = Duration::from_secs(300);
-/// The default and the longest session.
-const DEFAULT_SESSION_MINUTES: u64 = 60;
-const MAX_SESSION_MINUTES: u64 = 12 * 60;
-/// Codes and sessions held at once (each kind).
-const MAX_SESSIONS: usize = 1024;
+const COOKIE: &str = "sb_session";
 /// The largest console form.
 const MAX_FORM: usize = 16 << 10;
-const COOKIE: &str = "sb_session";
-
-/// Who a session (or a code that will become one) belongs to.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub admin: String,
-    /// The admin key's fingerprint when the session began.
-    fingerprint: String,
-    pub zone: String,
-    expires: Instant,
-    /// Unix seconds, for display.
-    pub expires_unix: u64,
-    ttl: Duration,
-    /// Carried by every change form.
-    pub csrf: String,
-}
-
-/// Login codes and live sessions, keyed by the SHA-256 of their secret (a
-/// memory dump does not hand out sessions).
-#[derive(Default)]
-pub struct Sessions {
-    codes: Mutex<HashMap<[u8; 32], Session>>,
-    live: Mutex<HashMap<[u8; 32], Session>>,
-}
-
-fn digest(secret: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).into()
-}
-
-fn secret() -> String {
-    data_encoding::BASE32_NOPAD
-        .encode(&rand::random::<[u8; 20]>())
-        .to_ascii_lowercase()
-}
-
-/// Inserts unless full of unexpired entries.
-fn insert(map: &Mutex<HashMap<[u8; 32], Session>>, key: [u8; 32], s: Session) -> bool {
-    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    m.retain(|_, s| s.expires > now);
-    if m.len() >= MAX_SESSIONS {
-        return false;
-    }
-    m.insert(key, s);
-    true
-}
-
-impl Sessions {
-    /// A one-time login code for `admin` on `zone`.
-    fn mint(&self, admin: &str, fingerprint: &str, zone: &str, ttl: Duration) -> Option<String> {
-        let code = secret();
-        let s = Session {
-            admin: admin.to_string(),
-            fingerprint: fingerprint.to_string(),
-            zone: zone.to_string(),
-            expires: Instant::now() + CODE_TTL,
-            expires_unix: crate::time::unix_secs() + CODE_TTL.as_secs(),
-            ttl,
-            csrf: String::new(),
-        };
-        insert(&self.codes, digest(&code), s).then_some(code)
-    }
-
-    /// Trades a code (once) for a session token.
-    fn redeem(&self, code: &str) -> Result<(String, Session), &'static str> {
-        let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-        let key = digest(code);
-        let pending = codes
-            .get(&key)
-            .filter(|p| p.expires > Instant::now())
-            .cloned()
-            .ok_or("unknown")?;
-        let token = secret();
-        let s = Session {
-            expires: Instant::now() + pending.ttl,
-            expires_unix: crate::time::unix_secs() + pending.ttl.as_secs(),
-            csrf: secret(),
-            ..pending
-        };
-        // The code is spent only once the session exists (it stays usable if
-        // the table of sessions is full for a moment).
-        if !insert(&self.live, digest(&token), s.clone()) {
-            return Err("full");
-        }
-        codes.remove(&key);
-        Ok((token, s))
-    }
-
-    fn get(&self, token: &str) -> Option<Session> {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.get(&digest(token))
-            .filter(|s| s.expires > Instant::now())
-            .cloned()
-    }
-
-    fn end(&self, token: &str) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.remove(&digest(token));
-    }
-}
-
-/// `POST /v1/sessions` (signed by an admin key), body `{"ttl_minutes": N}`
-/// (optional): a one-time console login code for that admin and zone.
-pub fn mint(admin: &Admin, call: &Call) -> Result<Response<Full<Bytes>>, Refusal> {
-    #[derive(serde::Deserialize, Default)]
-    struct Body {
-        #[serde(default)]
-        ttl_minutes: Option<u64>,
-    }
-    let origin = call.zone(admin)?;
-    let who = admin::authorize(admin, call, &origin, Need::Admin)?;
-    let name = who.strip_prefix("admin ").unwrap_or(&who).to_string();
-    let fingerprint = crate::sign::parse(&call.headers)
-        .map(|p| p.keyid().to_string())
-        .unwrap_or_default();
-    let body: Body = if call.body.is_empty() {
-        Body::default()
-    } else {
-        call.json()?
-    };
-    let minutes = body
-        .ttl_minutes
-        .unwrap_or(DEFAULT_SESSION_MINUTES)
-        .clamp(1, MAX_SESSION_MINUTES);
-    let code = admin
-        .sessions
-        .mint(
-            &name,
-            &fingerprint,
-            &origin,
-            Duration::from_secs(minutes * 60),
-        )
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too-many-sessions",
-                "too many console logins pending; try again in a few minutes",
-            )
-        })?;
-    tracing::info!(zone = %origin, admin = %name, minutes, "console login code issued");
-    admin::json(&serde_json::json!({
-        "zone": origin,
-        "admin": name,
-        "login_path": format!("/ui/login#code={code}"),
-        "code_expires": crate::time::unix_secs() + CODE_TTL.as_secs(),
-        "session_minutes": minutes,
-    }))
-}
 
 /// A console answer.
 type Page = Response<Full<Bytes>>;
@@ -396,12 +242,12 @@ async fn post(
                 }
                 r
             }
-            Err("full") => refuse(
+            Err(RedeemError::Full) => refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too-many-sessions",
                 "Too many console sessions are open; try again in a few minutes (the link works until it expires).",
             ),
-            Err(_) => refuse(
+            Err(RedeemError::Unknown) => refuse(
                 StatusCode::UNAUTHORIZED,
                 "bad-login-code",
                 "That login code is unknown, used or expired. Run `switchboard-directory --key ADMIN.pem console` for a new link.",

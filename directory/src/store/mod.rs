@@ -3,11 +3,15 @@
 //! The directory keeps its model in memory and answers from a view built from it;
 //! the store is only read at start and written on change. A change is one atomic
 //! batch that is on disk when `commit` returns. Nothing above this trait knows
-//! which backend holds the data (sled today; a distributed store later).
+//! which backend holds the data: `sled` on disk, `memory` for tests and the
+//! fuzzer; a distributed store later. `battery` is the set of tests every
+//! backend passes.
 
 use crate::events::Event;
 use crate::model::{AdminKey, Binding, Host, Repo, Zone};
 
+pub mod battery;
+pub mod memory;
 pub mod sled;
 
 /// A failure of the backend: the change was not applied.
@@ -17,6 +21,9 @@ pub enum StoreError {
     Io(String),
     #[error("stored record {key:?} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A change to a zone the store does not hold.
+    #[error("the store has no zone {0}: write it whole (a seed or an import) before changing it")]
+    NoZone(String),
 }
 
 /// What [`Store::load`] read: every zone it could, and each record it could not.
@@ -48,6 +55,39 @@ pub enum Change {
     DelRepo(String),
     PutAdmin(AdminKey),
     DelAdmin(String),
+}
+
+impl Change {
+    /// Makes this change to the model in memory, as the store makes it to
+    /// what it holds.
+    pub fn apply(self, zone: &mut Zone) {
+        match self {
+            Change::PutHost(h) => {
+                zone.hosts.insert(h.name.clone(), h);
+            }
+            Change::DelHost(n) => {
+                zone.hosts.remove(&n);
+            }
+            Change::PutBinding(b) => {
+                zone.bindings.insert((b.host.clone(), b.service.clone()), b);
+            }
+            Change::DelBinding { host, service } => {
+                zone.bindings.remove(&(host, service));
+            }
+            Change::PutRepo(r) => {
+                zone.repos.insert(r.name.clone(), r);
+            }
+            Change::DelRepo(n) => {
+                zone.repos.remove(&n);
+            }
+            Change::PutAdmin(a) => {
+                zone.admins.insert(a.name.clone(), a);
+            }
+            Change::DelAdmin(n) => {
+                zone.admins.remove(&n);
+            }
+        }
+    }
 }
 
 /// A durable home for zones.

@@ -750,12 +750,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zonefile;
-
-    fn demo() -> Zone {
-        let text = include_str!("../../../zones/cluster.example.zone");
-        zonefile::parse(text, "demo", Some("cluster.example.")).expect("demo zone")
-    }
+    use crate::store::battery::Backend;
 
     /// Opens a store just closed: sled's flusher thread lets go of the
     /// directory's lock a moment after the last handle is dropped.
@@ -770,44 +765,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn events_commit_with_their_change_and_survive_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("sb-sled-events-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let zone = demo();
-        let event =
-            |id| crate::events::Draft::new("host", "h", "add").finish(id, 1, zone.origin(), "t");
-        {
-            let store = SledStore::open(&dir).expect("open");
-            assert_eq!(store.last_event_id().expect("last"), 0);
-            store.replace_zone(&zone, &[]).expect("seed");
-            let host = zone.hosts.values().next().cloned().expect("a host");
-            store
-                .commit(
-                    zone.origin(),
-                    zone.serial + 1,
-                    &[Change::PutHost(host)],
-                    &[event(1)],
-                )
-                .expect("commit");
-            store.append_events(&[event(2), event(3)]).expect("append");
-            store.set_cursor("webhook x", 2).expect("cursor");
-        }
-        let store = reopen(&dir);
-        assert_eq!(store.last_event_id().expect("last"), 3);
-        assert_eq!(
-            store.events_after(0, 10).expect("all"),
-            vec![event(1), event(2), event(3)]
-        );
-        assert_eq!(store.events_after(1, 1).expect("one"), vec![event(2)]);
-        assert_eq!(store.events_after(u64::MAX, 10).expect("none"), vec![]);
-        assert_eq!(store.cursor("webhook x").expect("cursor"), Some(2));
-        assert_eq!(store.cursor("webhook y").expect("cursor"), None);
-        // The zone tree never sees the log: the zone loads as before.
-        assert_eq!(store.load().expect("load").zones.len(), 1);
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+    /// Stores in folders of their own, removed when the backend goes.
+    #[derive(Default)]
+    struct Sled {
+        dirs: Vec<std::path::PathBuf>,
     }
+
+    impl Backend for Sled {
+        type Store = SledStore;
+
+        fn fresh(&mut self) -> SledStore {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("sb-sled-battery-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            self.dirs.push(dir.clone());
+            SledStore::open(&dir).expect("open")
+        }
+
+        fn reopen(&mut self, store: SledStore) -> Option<SledStore> {
+            let dir = store.dir.clone();
+            drop(store);
+            Some(reopen(&dir))
+        }
+
+        fn damage_host(&mut self, store: &SledStore, origin: &str, host: &str) -> bool {
+            store
+                .db
+                .insert(key(origin, HOST, host), &b"{not json"[..])
+                .expect("insert");
+            store.db.flush().expect("flush");
+            true
+        }
+    }
+
+    impl Drop for Sled {
+        fn drop(&mut self) {
+            for dir in &self.dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    crate::battery_tests!(Sled::default());
 
     #[test]
     fn host_chatter_never_pushes_admin_events_out_of_the_log() {
@@ -890,60 +891,6 @@ mod tests {
             .expect("admin");
         assert_eq!(ids(&store), [5, 6, 7]);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn snapshot_and_overlay_load_as_the_zone_they_describe() {
-        let dir = std::env::temp_dir().join(format!("sb-sled-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut zone = demo();
-        {
-            let store = SledStore::open(&dir).expect("open");
-            store.replace_zone(&zone, &[]).expect("seed");
-            let gone = zone.hosts.keys().next().cloned().expect("a host");
-            let binding = zone.bindings.keys().next().cloned().expect("a binding");
-            let mut changed = zone.hosts.values().nth(1).cloned().expect("two hosts");
-            changed.available = !changed.available;
-            store
-                .commit(
-                    zone.origin(),
-                    zone.serial + 1,
-                    &[
-                        Change::DelHost(gone.clone()),
-                        Change::DelBinding {
-                            host: binding.0.clone(),
-                            service: binding.1.clone(),
-                        },
-                        Change::PutHost(changed.clone()),
-                    ],
-                    &[],
-                )
-                .expect("commit");
-            zone.hosts.remove(&gone);
-            zone.bindings.remove(&binding);
-            zone.hosts.insert(changed.name.clone(), changed);
-            zone.serial += 1;
-        }
-        let store = reopen(&dir);
-        let loaded = store.load().expect("load");
-        assert_eq!(loaded.zones, vec![zone.clone()]);
-        assert_eq!(loaded.unreadable, vec![]);
-
-        // A saved view lasts until the next change, and no further.
-        store.save_view(zone.origin(), b"view").expect("save view");
-        assert_eq!(store.load().expect("load").zones, vec![zone.clone()]);
-        assert_eq!(
-            store.load_view(zone.origin()).as_deref(),
-            Some(&b"view"[..])
-        );
-        store
-            .commit(zone.origin(), zone.serial + 1, &[], &[])
-            .expect("commit");
-        assert_eq!(store.load_view(zone.origin()), None);
-        store.save_view(zone.origin(), b"view").expect("save view");
-        store.replace_zone(&zone, &[]).expect("replace");
-        assert_eq!(store.load_view(zone.origin()), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,0 +1,339 @@
+//! Applying a change: validate it (`rules`), commit it to the store in one
+//! batch with its audit event, update the model, patch the zone's view and
+//! swap it in (`publish`), and tell the change feed. When `apply_by` returns,
+//! the change is durable and visible in DNS.
+
+use std::sync::Arc;
+
+use super::audit::of_change;
+use super::rules::{describe, next_serial, plan, scope_of};
+use super::{ApplyError, ChangeEvent, Directory, EVENT_LOG};
+use crate::model::{Op, Zone};
+use crate::view;
+
+impl Directory {
+    /// Applies one change made by the directory itself.
+    pub fn apply(&self, origin: &str, op: Op) -> Result<u32, ApplyError> {
+        self.apply_by(origin, op, "directory")
+    }
+
+    /// Applies one change to one zone: validate, commit durably with its audit
+    /// event, publish. `by` says who asked (`admin NAME`, `host NAME`, `check`).
+    /// Returns the new serial.
+    pub fn apply_by(&self, origin: &str, op: Op, by: &str) -> Result<u32, ApplyError> {
+        let mut zones = self.lock();
+        let zone = zones
+            .get_mut(origin)
+            .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        if let Op::Promote { repo, .. } = &op {
+            if let Some(holder) = self.lease_holder(origin, repo) {
+                return Err(ApplyError::Conflict(format!(
+                    "a write to {repo} is in progress on {holder}; promote again in a moment"
+                )));
+            }
+        }
+        if let Op::SetVersion {
+            repo, host, lease, ..
+        } = &op
+        {
+            let is_master = zone.repos.get(repo).is_some_and(|r| &r.master == host);
+            if is_master && !self.lease_valid(origin, repo, host, lease.as_deref()) {
+                return Err(ApplyError::Conflict(format!(
+                    "{host} is recording a write to {repo} without holding its write lease: take the lease first (POST /v1/repos/{repo}/lease)"
+                )));
+            }
+        }
+        let event = describe(&op);
+        let scope = scope_of(zone, &op);
+        let gone = view::names_of(zone, self.cfg, &scope).map_err(ApplyError::from)?;
+        let changes = plan(zone, op.clone())?;
+        let draft = of_change(zone, &op, &changes);
+        if let (Some(host), Some(_)) = (by.strip_prefix("host "), &draft) {
+            // A host's own changes (its health) are events like its heartbeats'
+            // reports, from the same allowance. Lock order: zones, then heartbeats.
+            self.charge_host_event(origin, host)?;
+        }
+        let serial = next_serial(zone.serial);
+        let t = std::time::Instant::now();
+        let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {
+            self.store.commit(origin, serial, &changes, ev)
+        })?;
+        let committed = t.elapsed();
+        for c in changes {
+            c.apply(zone);
+        }
+        zone.serial = serial;
+        // Building the view fails only on a bad origin or SOA name, which seed and
+        // import have already checked for this zone: the change is never half-seen.
+        self.publish_patch(zone, &scope, gone, event)?;
+        self.announce(&audit);
+        tracing::info!(
+            zone = origin,
+            serial,
+            commit_us = committed.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
+            "change applied"
+        );
+        Ok(serial)
+    }
+
+    fn publish(
+        &self,
+        zone: &Zone,
+        event: (&'static str, String, &'static str),
+    ) -> Result<(), ApplyError> {
+        let zv = view::build(zone, self.cfg).map_err(ApplyError::from)?;
+        self.publish_built(zone, zv, event);
+        Ok(())
+    }
+
+    /// Publishes a view already built for `zone`.
+    pub(super) fn publish_built(
+        &self,
+        zone: &Zone,
+        zv: view::ZoneView,
+        event: (&'static str, String, &'static str),
+    ) {
+        let origin = zv.origin.clone();
+        let next = self.view.load().with_zone(&origin, Some(Arc::new(zv)));
+        self.view.store(Arc::new(next));
+        self.log_event(zone, event);
+    }
+
+    /// Publishes a change that touched only `scope`: the zone's view is patched,
+    /// not rebuilt, so a change costs the same in a small zone and a large one.
+    fn publish_patch(
+        &self,
+        zone: &Zone,
+        scope: &view::Scope,
+        gone: Vec<hickory_proto::rr::Name>,
+        event: (&'static str, String, &'static str),
+    ) -> Result<(), ApplyError> {
+        let current = self.view.load();
+        let Some(old) = current
+            .zones
+            .iter()
+            .find(|z| z.origin.to_string() == zone.origin())
+            .cloned()
+        else {
+            return self.publish(zone, event);
+        };
+        let zv = view::patch(&old, gone, zone, scope, self.cfg).map_err(ApplyError::from)?;
+        let origin = zv.origin.clone();
+        let next = current.with_zone(&origin, Some(Arc::new(zv)));
+        self.view.store(Arc::new(next));
+        self.log_event(zone, event);
+        Ok(())
+    }
+
+    fn log_event(&self, zone: &Zone, event: (&'static str, String, &'static str)) {
+        {
+            let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() == EVENT_LOG {
+                log.pop_front();
+            }
+            let (kind, name, action) = event;
+            log.push_back(ChangeEvent {
+                zone: zone.origin().to_string(),
+                serial: zone.serial,
+                kind,
+                name,
+                action,
+            });
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The zone's serial and the changes after `since` that the log still holds;
+    /// `complete` is false when older changes were dropped from the log.
+    pub fn changes_since(&self, origin: &str, since: u64) -> Option<(u32, Vec<ChangeEvent>, bool)> {
+        // The view, not the model: no wait behind a writer that holds the zones lock.
+        let serial = self
+            .view
+            .load()
+            .zones
+            .iter()
+            .find(|z| z.origin.to_string() == origin)
+            .map(|z| z.serial)?;
+        let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let events: Vec<ChangeEvent> = log
+            .iter()
+            .filter(|e| e.zone == origin && u64::from(e.serial) > since)
+            .cloned()
+            .collect();
+        let oldest = log
+            .iter()
+            .find(|e| e.zone == origin)
+            .map(|e| u64::from(e.serial));
+        let complete = since == 0
+            || oldest.is_some_and(|o| o.saturating_sub(1) <= since)
+            || u64::from(serial) <= since;
+        Some((serial, events, complete))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Binding, Health, Host};
+    use crate::store::memory::MemoryStore;
+    use crate::view::ViewConfig;
+
+    fn dump(zv: &view::ZoneView) -> Vec<String> {
+        zv.canonical()
+    }
+
+    /// A binding with no role, check or properties.
+    fn plain_binding(host: &str, service: &str, port: u16) -> Binding {
+        Binding {
+            host: host.into(),
+            service: service.into(),
+            port,
+            role: None,
+            readonly: false,
+            weight: 0,
+            priority: None,
+            available: true,
+            health: Health::Unknown,
+            props: Default::default(),
+            check: None,
+        }
+    }
+
+    /// The view the directory serves for `origin` is the one a full build gives.
+    fn patched_equals_rebuilt(d: &Directory, origin: &str, what: &str) {
+        let patched = d.view().load_full();
+        let patched = patched
+            .zones
+            .iter()
+            .find(|z| z.origin.to_string() == origin)
+            .expect("zone");
+        let full = d
+            .read(origin, |z| view::build(z, ViewConfig::default()))
+            .expect("zone")
+            .expect("build");
+        assert_eq!(dump(patched), dump(&full), "after {what}");
+        assert_eq!(patched.serial, full.serial);
+    }
+
+    #[test]
+    fn glue_and_empty_non_terminals_follow_changes() {
+        let text = "$ORIGIN gw.example.\n$TTL 3600\n@ IN SOA ns hostmaster ( 1 3600 600 604800 30 )\n  IN NS gw.node\ngw.node 60 IN A 10.0.0.1\ngw.node 60 IN TXT \"roles=dns\" \"available=1\"\nops._admin 60 IN TXT \"key=ed25519:tBgoI/KoTuYfrd2fNDc749DrvPspqsT2CcsB29CpN04=\"\n";
+        let zone = crate::zonefile::parse(text, "gw", Some("gw.example.")).expect("zone");
+        let d =
+            Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
+        d.seed(zone).expect("seed");
+        let origin = "gw.example.";
+        let same = |d: &Directory, what: &str| patched_equals_rebuilt(d, origin, what);
+        same(&d, "seed");
+        // The zone's only binding comes and goes: `service.Z` and `_tcp.Z`
+        // exist only while it does (NXDOMAIN after, not NODATA).
+        d.apply(origin, Op::AddBinding(plain_binding("gw", "dns", 53)))
+            .expect("bind");
+        same(&d, "bind add");
+        d.apply(
+            origin,
+            Op::RemoveBinding {
+                host: "gw".into(),
+                service: "dns".into(),
+            },
+        )
+        .expect("unbind");
+        same(&d, "bind rm");
+        d.apply(
+            origin,
+            Op::SetAvailable {
+                host: "gw".into(),
+                available: false,
+            },
+        )
+        .expect("disable");
+        same(&d, "disable");
+        d.apply(origin, Op::RemoveHost("gw".into()))
+            .expect("remove");
+        same(&d, "remove");
+    }
+
+    #[test]
+    fn a_patched_view_equals_a_rebuilt_one() {
+        // CNAMEs whose answers follow a host that comes and goes, a service,
+        // the apex (its SOA moves with every change) and a chain.
+        let text = format!(
+            "{}soon IN CNAME new1.node\nsvc IN CNAME http.service\ntop IN CNAME cluster.example.\nvia IN CNAME soon\n",
+            include_str!("../../../zones/cluster.example.zone")
+        );
+        let zone =
+            crate::zonefile::parse(&text, "demo", Some("cluster.example.")).expect("demo zone");
+        let d =
+            Directory::open(Box::<MemoryStore>::default(), ViewConfig::default()).expect("open");
+        d.seed(zone).expect("seed");
+        let origin = "cluster.example.";
+        let host = |name: &str| Host {
+            name: name.into(),
+            addrs: vec!["10.9.9.9".parse().expect("ip")],
+            key: None,
+            roles: vec!["web".into()],
+            available: true,
+            health: Health::Unknown,
+            props: Default::default(),
+        };
+        let bind = |h: &str, s: &str| plain_binding(h, s, 81);
+        let ops = vec![
+            Op::SetAvailable {
+                host: "web1".into(),
+                available: false,
+            },
+            Op::SetHealth {
+                host: "db2".into(),
+                health: Health::Critical,
+            },
+            Op::AddHost(host("new1")),
+            Op::AddBinding(bind("new1", "http")),
+            Op::AddBinding(bind("new1", "brandnew")),
+            Op::AddBinding(bind("repo3", "switchboard2")),
+            Op::RemoveBinding {
+                host: "repo3".into(),
+                service: "switchboard".into(),
+            },
+            Op::SetAvailable {
+                host: "web1".into(),
+                available: true,
+            },
+            Op::RemoveBinding {
+                host: "new1".into(),
+                service: "brandnew".into(),
+            },
+            Op::RemoveBinding {
+                host: "new1".into(),
+                service: "http".into(),
+            },
+            Op::RemoveHost("new1".into()),
+            Op::Promote {
+                repo: "arcanist".into(),
+                host: "repo1".into(),
+                force: false,
+            },
+            Op::Promote {
+                repo: "phabricator".into(),
+                host: "repo3".into(),
+                force: true,
+            },
+            Op::SetVersion {
+                repo: "libphutil".into(),
+                host: "repo1".into(),
+                version: 19,
+                lease: None,
+            },
+            Op::SetAvailable {
+                host: "repo3".into(),
+                available: false,
+            },
+        ];
+        for op in ops {
+            let what = format!("{op:?}");
+            d.apply(origin, op)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            patched_equals_rebuilt(&d, origin, &what);
+        }
+    }
+}

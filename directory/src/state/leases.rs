@@ -1,0 +1,107 @@
+//! Write leases: one write to a repository at a time, cluster-wide, held by
+//! its master for a short while. In memory: a restart ends every lease, and
+//! a writer takes a new one.
+
+use super::{ApplyError, Directory};
+
+/// The right to write one repository for a short while, held by its master.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub token: String,
+    pub expires: std::time::Instant,
+}
+
+/// The longest a write lease may be asked for.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Directory {
+    /// Grants `host` the write lease of `repo` for `ttl`, if `host` is the master,
+    /// in service, and nobody holds an unexpired lease. Returns the lease token.
+    pub fn acquire_lease(
+        &self,
+        origin: &str,
+        repo: &str,
+        host: &str,
+        ttl: std::time::Duration,
+    ) -> Result<String, ApplyError> {
+        let master_ok = self
+            .read(origin, |z| {
+                let r = z.repos.get(repo).ok_or_else(|| {
+                    ApplyError::NotFound(format!("no repository {repo} in {origin}"))
+                })?;
+                if r.master != host {
+                    return Err(ApplyError::Conflict(format!(
+                        "{host} is not the master of {repo} ({} is): only the master writes",
+                        r.master
+                    )));
+                }
+                if r.readonly {
+                    return Err(ApplyError::Conflict(format!("{repo} is read-only")));
+                }
+                match z.hosts.get(host) {
+                    Some(h) if h.in_service() => Ok(()),
+                    _ => Err(ApplyError::Conflict(format!(
+                        "{host} is not in service: writes to {repo} wait for it or for a promotion"
+                    ))),
+                }
+            })
+            .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
+        master_ok?;
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (origin.to_string(), repo.to_string());
+        if let Some(l) = leases.get(&key).filter(|l| l.expires > now) {
+            return Err(ApplyError::Conflict(format!(
+                "the write lease of {repo} is held by {} for {} ms more",
+                l.holder,
+                (l.expires - now).as_millis()
+            )));
+        }
+        let token = data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>());
+        leases.insert(
+            key,
+            Lease {
+                holder: host.to_string(),
+                token: token.clone(),
+                expires: now + ttl.min(MAX_LEASE),
+            },
+        );
+        Ok(token)
+    }
+
+    /// Gives a lease back (a no-op if it already expired or was taken over).
+    pub fn release_lease(&self, origin: &str, repo: &str, token: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (origin.to_string(), repo.to_string());
+        if leases.get(&key).is_some_and(|l| l.token == token) {
+            leases.remove(&key);
+        }
+    }
+
+    /// Who holds the lease of `repo` now, if anyone.
+    pub fn lease_holder(&self, origin: &str, repo: &str) -> Option<String> {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(&(origin.to_string(), repo.to_string()))
+            .filter(|l| l.expires > std::time::Instant::now())
+            .map(|l| l.holder.clone())
+    }
+
+    pub(super) fn lease_valid(
+        &self,
+        origin: &str,
+        repo: &str,
+        host: &str,
+        token: Option<&str>,
+    ) -> bool {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(&(origin.to_string(), repo.to_string()))
+            .is_some_and(|l| {
+                Some(l.token.as_str()) == token
+                    && l.holder == host
+                    && l.expires > std::time::Instant::now()
+            })
+    }
+}
