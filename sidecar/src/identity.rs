@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use switchboard_proto::keys::{self, KeyError};
 use switchboard_proto::model::PublicKey;
 
-use crate::directory::{DirError, DirectoryClient};
+use crate::directory::answers::{DirError, DirectoryClient};
 
 /// This host's key.
 pub struct Identity {

@@ -15,24 +15,14 @@
 //! - `heartbeat`: tells the directory this sidecar is alive, and when it served stale answers.
 //! - `metrics`: Prometheus counters.
 
-pub mod cluster;
-pub mod conns;
 pub mod directory;
-pub mod feed;
-pub mod forward;
-pub mod git;
-pub mod heartbeat;
-pub mod hook;
 pub mod identity;
-pub mod loopback;
+pub mod inbound;
 pub mod metrics;
-pub mod passthrough;
-pub mod replicate;
+pub mod outbound;
+pub mod repo;
 pub mod route;
 pub mod server;
 pub mod sidecar;
-pub mod spool;
 pub mod ssh;
-pub mod tunnel;
-pub mod user;
 pub mod verify;

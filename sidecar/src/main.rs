@@ -157,12 +157,12 @@ fn main() -> ExitCode {
                 server::run(RunConfig { common: common.into(), http, cluster, limits }).await.map_err(|e| e.to_string())
             }
             Command::SshExec { common } => {
-                let code = switchboard_sidecar::ssh::exec(common.into()).await;
+                let code = switchboard_sidecar::ssh::exec::exec(common.into()).await;
                 std::process::exit(code);
             }
             Command::Hook { name, args } => match name.as_str() {
                 "reference-transaction" => {
-                    switchboard_sidecar::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
+                    switchboard_sidecar::repo::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
                 }
                 other => Err(format!("no hook {other}")),
             },

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use switchboard_proto::model::validate_label;
 use switchboard_proto::schema;
 
-use crate::directory::{DirError, DirectoryClient, Peer};
+use crate::directory::answers::{DirError, DirectoryClient, Peer};
 
 /// Reads may go to any up-to-date host; writes only to the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,29 +1,30 @@
 //! Starting up: learn who this host is, build the shared state, and (for `run`)
 //! open the listeners, follow the directory and keep replicas current.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use http::Uri;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_proto::api::Client;
 use tokio::net::TcpListener;
 
-use crate::conns::{self, Pool};
-use crate::directory::DirectoryClient;
-use crate::forward::Forwarder;
-use crate::git::Repos;
-use crate::hook::Hooks;
+use crate::directory::answers::DirectoryClient;
+use crate::directory::feed;
+use crate::directory::heartbeat;
 use crate::identity::{self, Identity};
-use crate::loopback::{self, Loopback};
+use crate::inbound::cluster;
+use crate::inbound::listener::serve;
+use crate::inbound::passthrough::Passthrough;
+use crate::inbound::user;
 use crate::metrics::Metrics;
-use crate::passthrough::{Done, Passthrough, Prefixed};
+use crate::outbound::forward::Forwarder;
+use crate::outbound::loopback::{self, Loopback};
+use crate::repo::git::Repos;
+use crate::repo::hook::Hooks;
+use crate::repo::replicate;
 use crate::route::Router;
 use crate::sidecar::{Limits, Sidecar};
-use crate::{cluster, feed, heartbeat, replicate, user};
 
 /// What every mode (`run`, `ssh-exec`) is told.
 #[derive(Debug, Clone)]
@@ -188,54 +189,4 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let _ = std::io::stdout().flush();
     switchboard_proto::process::wait_for_signal().await;
     Ok(())
-}
-
-/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
-/// or first to the short way for plain web traffic (`passthrough`) when there is one.
-/// Backend connections its requests open stay with the connection (`conns::scope`).
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
-    pool: Arc<Pool>,
-    fast: Option<Arc<Passthrough>>,
-    handler: F,
-) where
-    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<crate::forward::BoxBody>> + Send + 'static,
-{
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let pool = pool.clone();
-        let fast = fast.clone();
-        tokio::spawn(async move {
-            let io = match fast {
-                None => Prefixed::new(BytesMut::new(), stream),
-                Some(fast) => match fast.connection(stream, peer).await {
-                    Done::Closed => return,
-                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
-                },
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .writev(false)
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            if let Err(e) = conns::scope(pool, conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended");
-            }
-        });
-    }
 }

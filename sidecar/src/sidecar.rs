@@ -12,14 +12,14 @@ use http_body_util::BodyExt;
 use switchboard_proto::schema;
 use switchboard_proto::sign::ReplayGuard;
 
-use crate::directory::DirectoryClient;
-use crate::forward::{self, BoxBody, Forwarder};
-use crate::git::{GitRequest, Repos};
-use crate::hook::Hooks;
+use crate::directory::answers::DirectoryClient;
 use crate::identity::{Identity, KeyInfo};
 use crate::metrics::Metrics;
+use crate::outbound::forward::{self, BoxBody, Forwarder};
+use crate::outbound::spool::SpoolError;
+use crate::repo::git::{GitRequest, Repos};
+use crate::repo::hook::Hooks;
 use crate::route::{Access, GitPath, RouteError, Router, Target};
-use crate::spool::SpoolError;
 
 /// Largest request body routed (a pushed pack included).
 pub const MAX_BODY: u64 = 4 << 30;
@@ -94,7 +94,7 @@ impl Drop for TunnelSlot {
 pub fn check_declared(
     headers: &HeaderMap,
     limit: u64,
-) -> Result<(), Box<Response<crate::forward::BoxBody>>> {
+) -> Result<(), Box<Response<crate::outbound::forward::BoxBody>>> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -133,11 +133,11 @@ pub fn limit_body(
     headers: &HeaderMap,
     body: hyper::body::Incoming,
     limit: u64,
-) -> Result<crate::forward::BoxBody, Box<Response<crate::forward::BoxBody>>> {
+) -> Result<crate::outbound::forward::BoxBody, Box<Response<crate::outbound::forward::BoxBody>>> {
     check_declared(headers, limit)?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     Ok(http_body_util::Limited::new(body, limit)
-        .map_err(|e| e as crate::forward::BoxError)
+        .map_err(|e| e as crate::outbound::forward::BoxError)
         .boxed())
 }
 
@@ -187,7 +187,7 @@ impl Sidecar {
     pub fn take_tunnel(
         &self,
         host: &str,
-    ) -> Result<TunnelSlot, Box<Response<crate::forward::BoxBody>>> {
+    ) -> Result<TunnelSlot, Box<Response<crate::outbound::forward::BoxBody>>> {
         let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
         let open = t.get(host).copied().unwrap_or(0);
         if open >= self.limits.max_tunnels_per_peer {
@@ -316,7 +316,7 @@ impl Sidecar {
         &self,
         repo: &str,
         access: Access,
-    ) -> Result<Option<Standing>, crate::directory::DirError> {
+    ) -> Result<Option<Standing>, crate::directory::answers::DirError> {
         let Some(t) = self
             .dir
             .txt_fresh(&format!("{repo}.{}", schema::REPO), access == Access::Read)

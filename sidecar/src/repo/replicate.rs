@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use switchboard_proto::api::{Client, VersionReport};
 
-use crate::loopback::Loopback;
+use crate::outbound::loopback::Loopback;
 use crate::sidecar::Sidecar;
 
 /// The longest one catch-up may take before it is abandoned (and retried).

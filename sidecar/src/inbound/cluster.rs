@@ -13,10 +13,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchboard_proto::sign::{self, Policy};
 
-use crate::forward::{unix_now, BoxBody};
+use crate::outbound::forward::{unix_now, BoxBody};
+use crate::outbound::spool::Spooled;
 use crate::route;
 use crate::sidecar::{check_declared, error, spool_refusal, Sidecar};
-use crate::spool::Spooled;
 
 /// How long a caller may take to send a signed body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -161,7 +161,7 @@ pub async fn handle(
                 return *refused;
             }
         };
-        return crate::tunnel::accept(sc.clone(), verb, repo, on_upgrade, slot).await;
+        return crate::outbound::tunnel::accept(sc.clone(), verb, repo, on_upgrade, slot).await;
     }
     let pq = parts
         .uri
@@ -182,7 +182,7 @@ pub async fn handle(
             .web_local(
                 parts.method,
                 &pq,
-                crate::forward::relayed_headers(&parts.headers),
+                crate::outbound::forward::relayed_headers(&parts.headers),
                 spooled.into_body(),
             )
             .await;

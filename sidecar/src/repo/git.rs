@@ -9,8 +9,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::forward::BoxBody;
-use crate::hook::Hooks;
+use crate::outbound::forward::BoxBody;
+use crate::repo::hook::Hooks;
 
 /// A smart-HTTP request for one repository: `/REPO.git/REST?QUERY`.
 pub struct GitRequest<'a> {
@@ -103,7 +103,7 @@ impl Repos {
                     .env("GIT_CONFIG_KEY_0", "http.extraHeader")
                     .env(
                         "GIT_CONFIG_VALUE_0",
-                        format!("{}: {token}", crate::loopback::TOKEN_HEADER),
+                        format!("{}: {token}", crate::outbound::loopback::TOKEN_HEADER),
                     )
                     .env("GIT_TERMINAL_PROMPT", "0")
                     .stdin(Stdio::null())
@@ -272,7 +272,7 @@ impl Repos {
                 resp = resp.header(name, val);
             }
         }
-        resp.body(crate::forward::reader_body(reader))
+        resp.body(crate::outbound::forward::reader_body(reader))
             .map_err(|e| GitError::Backend(e.to_string()))
     }
 }

@@ -11,11 +11,12 @@ use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
+use crate::inbound::user;
+use crate::outbound::spool::Spooled;
+use crate::outbound::tunnel;
 use crate::route::{self, Access, Target};
 use crate::server::{self, Common};
 use crate::sidecar::{Sidecar, MAX_CONDUIT_BODY};
-use crate::spool::Spooled;
-use crate::{tunnel, user};
 
 /// One of git's SSH commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use switchboard_proto::sign::Signer;
 
-use crate::conns::Pool;
-use crate::directory::Peer;
+use crate::directory::answers::Peer;
 use crate::identity::Identity;
-use crate::spool::Spooled;
+use crate::outbound::client::Pool;
+use crate::outbound::spool::Spooled;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every listener and client here speaks.

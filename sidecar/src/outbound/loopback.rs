@@ -13,10 +13,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::forward::{self, BoxBody};
+use crate::outbound::forward::{self, BoxBody};
+use crate::outbound::spool::Spooled;
 use crate::route::{self, Access};
 use crate::sidecar::{error, spool_refusal, Sidecar};
-use crate::spool::Spooled;
 
 /// The header that carries the proxy's token.
 pub const TOKEN_HEADER: &str = "x-switchboard-token";

@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::Uri;
 use http_body_util::BodyExt;
 
-use crate::directory::DirectoryClient;
-use crate::forward::Forwarder;
+use crate::directory::answers::DirectoryClient;
+use crate::outbound::forward::Forwarder;
 
 /// Follows the feed forever.
 pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String, zone: String) {

@@ -18,10 +18,10 @@ use switchboard_proto::sign::{BodyHash, Signer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::directory::Peer;
-use crate::forward::{unix_now, BoxBody};
+use crate::directory::answers::Peer;
+use crate::outbound::forward::{unix_now, BoxBody};
 use crate::sidecar::{error, Sidecar};
-use crate::ssh::{self, GitVerb};
+use crate::ssh::exec::{self as ssh, GitVerb};
 
 const PROTOCOL: &str = "switchboard-ssh";
 /// How long a tunnelled session may go without a frame from the other host.

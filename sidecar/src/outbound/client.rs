@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::forward::BoxBody;
+use crate::outbound::forward::BoxBody;
 
 /// How long a connection may sit idle in the pool: below the 30 s a listener waits
 /// for the next request (server.rs), so the pool drops a connection before the

@@ -8,10 +8,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::forward::{self, BoxBody};
+use crate::outbound::forward::{self, BoxBody};
+use crate::outbound::spool::Spooled;
 use crate::route::{self, Target};
 use crate::sidecar::{check_declared, error, limit_body, spool_refusal, Sidecar, MAX_CONDUIT_BODY};
-use crate::spool::Spooled;
 
 /// Handles one user request from `client`.
 pub async fn handle(

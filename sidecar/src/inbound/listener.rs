@@ -1,0 +1,115 @@
+//! The listeners' accept loop: every listener (user, cluster, loopback) takes
+//! HTTP/1.1 connections here and hands each request to its handler, or first to
+//! the short way for plain web traffic (`passthrough`) on the user listener.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::inbound::passthrough::{Done, Passthrough};
+use crate::outbound::client::{self, Pool};
+
+/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
+/// or first to the short way for plain web traffic (`passthrough`) when there is one.
+/// Backend connections its requests open stay with the connection (`client::scope`).
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    fast: Option<Arc<Passthrough>>,
+    handler: F,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::outbound::forward::BoxBody>>
+        + Send
+        + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let pool = pool.clone();
+        let fast = fast.clone();
+        tokio::spawn(async move {
+            let io = match fast {
+                None => Prefixed::new(BytesMut::new(), stream),
+                Some(fast) => match fast.connection(stream, peer).await {
+                    Done::Closed => return,
+                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
+                },
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .writev(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            if let Err(e) = client::scope(pool, conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// A stream with some bytes already read from it in front: what hyper gets on a
+/// handoff.
+pub struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
