@@ -16,6 +16,7 @@
 //! - `metrics`: Prometheus counters.
 
 pub mod directory;
+pub mod http1;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -155,21 +155,21 @@ pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
     let s = sc.clone();
     tokio::spawn(serve(
         http,
-        sc.forwarder.pool(),
+        sc.forwarder.client().clone(),
         Passthrough::new(sc.clone()),
         move |req, peer| user::handle(s.clone(), req, peer),
     ));
     let s = sc.clone();
     tokio::spawn(serve(
         cluster_l,
-        sc.forwarder.pool(),
+        sc.forwarder.client().clone(),
         None,
         move |req, peer| cluster::handle(s.clone(), req, peer),
     ));
     let (s, l) = (sc.clone(), lb.clone());
     tokio::spawn(serve(
         lb_listener,
-        sc.forwarder.pool(),
+        sc.forwarder.client().clone(),
         None,
         move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
     ));

@@ -15,14 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::inbound::passthrough::{Done, Passthrough};
-use crate::outbound::client::{self, Pool};
+use crate::outbound::client::{self, Client};
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
 /// or first to the short way for plain web traffic (`passthrough`) when there is one.
-/// Backend connections its requests open stay with the connection (`client::scope`).
+/// Backend connections its requests open stay with the connection (`outbound::client::scope`).
 pub async fn serve<F, Fut>(
     listener: TcpListener,
-    pool: Arc<Pool>,
+    client: Client,
     fast: Option<Arc<Passthrough>>,
     handler: F,
 ) where
@@ -42,7 +42,7 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let pool = pool.clone();
+        let client = client.clone();
         let fast = fast.clone();
         tokio::spawn(async move {
             let io = match fast {
@@ -62,7 +62,7 @@ pub async fn serve<F, Fut>(
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            if let Err(e) = client::scope(pool, conn).await {
+            if let Err(e) = client::scope(&client, conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

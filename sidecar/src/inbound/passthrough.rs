@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -22,37 +22,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::outbound::forward::{self, HOP_BY_HOP};
+use crate::http1::{self, push_header, Chunked, Framing, MAX_HEADERS};
+use crate::outbound::forward;
+use crate::outbound::pool::{self, Pool, Reusable};
 use crate::route;
 use crate::sidecar::Sidecar;
 
 /// The longest a client may take to send a request head, or stay idle between
 /// requests (as hyper's `header_read_timeout` on the other listeners).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a backend connection may sit idle before it is dropped (`conns::IDLE`).
-const IDLE: Duration = Duration::from_secs(20);
 /// The largest request body taken this way; larger ones go through hyper.
 const MAX_BODY: usize = 64 * 1024;
 /// The largest head read this way, either direction.
 const MAX_HEAD: usize = 64 * 1024;
-/// Headers parsed this way; a request with more goes through hyper.
-const MAX_HEADERS: usize = 64;
-/// Idle backend connections kept for the next client connection.
-const MAX_IDLE: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The short way to one host's web backend.
 pub struct Passthrough {
     sc: Arc<Sidecar>,
     /// `host:port` to connect to.
-    addr: String,
+    addr: Arc<str>,
     /// The backend's authority, for messages.
     authority: String,
     /// `Host: ...\r\n` for the backend.
     host_line: Vec<u8>,
     /// `X-Switchboard-Host: ...\r\n`.
     tag_line: Vec<u8>,
-    idle: Mutex<Vec<(Instant, TcpStream)>>,
+    /// Idle backend connections, for the next client connection.
+    pool: Pool<TcpStream>,
 }
 
 /// What the caller does with the connection once the short way is done with it.
@@ -76,20 +72,12 @@ struct Plan {
     idempotent: bool,
 }
 
-/// How a response body ends (RFC 9112 §6.3).
-#[derive(Clone, Copy, PartialEq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-/// A kept-alive backend connection and what was read from it.
+/// A kept-alive backend connection, what was read from it, and when it last
+/// went idle.
 struct Backend {
     stream: TcpStream,
     buf: BytesMut,
-    since: Instant,
+    since: std::time::Instant,
 }
 
 /// Why an exchange with the backend failed.
@@ -116,11 +104,11 @@ impl Passthrough {
         tag_line.extend_from_slice(http::HeaderValue::from_str(&sc.me.host).ok()?.as_bytes());
         tag_line.extend_from_slice(b"\r\n");
         Some(Arc::new(Passthrough {
-            addr: forward::connect_addr(base).into_owned(),
+            addr: Arc::from(forward::connect_addr(base)),
             authority: base.authority().map(|a| a.to_string()).unwrap_or_default(),
             host_line,
             tag_line,
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::default(),
             sc,
         }))
     }
@@ -198,12 +186,8 @@ impl Passthrough {
     /// Puts a backend connection left in a clean state back in the pool.
     fn finish(&self, backend: Option<Backend>, done: Done) -> Done {
         if let Some(b) = backend {
-            if b.buf.is_empty() && b.since.elapsed() < IDLE {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.retain(|(since, _)| since.elapsed() < IDLE);
-                if idle.len() < MAX_IDLE {
-                    idle.push((b.since, b.stream));
-                }
+            if b.buf.is_empty() {
+                self.pool.put(self.addr.clone(), b.stream, b.since);
             }
         }
         done
@@ -240,7 +224,7 @@ impl Passthrough {
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
-                let n = match (body_len, parse_length(h.value)) {
+                let n = match (body_len, http1::parse_length(h.value)) {
                     (None, Some(n)) if n <= MAX_BODY as u64 && n <= self.sc.limits.max_body => n,
                     _ => return Step::Hand,
                 };
@@ -250,7 +234,7 @@ impl Passthrough {
                     return Step::Hand;
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
-                for t in forward::connection_tokens(std::iter::once(h.value)) {
+                for t in http1::connection_tokens(std::iter::once(h.value)) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
@@ -264,7 +248,7 @@ impl Passthrough {
                 return Step::Hand;
             }
         }
-        let listed = forward::connection_tokens(
+        let listed = http1::connection_tokens(
             req.headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case("connection"))
@@ -337,7 +321,7 @@ impl Passthrough {
             // Interim answers (1xx) are dropped, as hyper's client does: the short
             // way never asks for one.
             let resp = loop {
-                let parsed = self.response_head(&b.buf[..head], plan);
+                let parsed = http1::response_head(&b.buf[..head], plan.head_method);
                 b.buf.advance(head);
                 match parsed {
                     Ok(Some(r)) => break r,
@@ -353,7 +337,7 @@ impl Passthrough {
             out.extend_from_slice(b"\r\n");
             let ended = copy_body(&mut b, resp.framing, out, client).await?;
             if ended && resp.reuse && b.buf.is_empty() {
-                b.since = Instant::now();
+                b.since = std::time::Instant::now();
                 *kept = Some(b);
             }
             return Ok(keep_client && ended);
@@ -363,133 +347,26 @@ impl Passthrough {
     /// This client connection's backend connection, else an idle one, else none.
     fn take(&self, kept: &mut Option<Backend>) -> Option<Backend> {
         if let Some(b) = kept.take() {
-            if b.since.elapsed() < IDLE && alive(&b.stream) {
+            if pool::fresh(b.since, std::time::Instant::now()) && b.stream.usable() {
                 return Some(b);
             }
         }
-        loop {
-            let (since, stream) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if since.elapsed() < IDLE && alive(&stream) {
-                return Some(Backend {
-                    stream,
-                    buf: BytesMut::with_capacity(8 * 1024),
-                    since,
-                });
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<Backend, String> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        Ok(Backend {
-            stream,
+        let idle = self.pool.take(&self.addr)?;
+        Some(Backend {
+            stream: idle.conn,
             buf: BytesMut::with_capacity(8 * 1024),
-            since: Instant::now(),
+            since: idle.since,
         })
     }
 
-    /// The client's copy of a backend's response head, and how its body ends;
-    /// none for an interim (1xx) answer.
-    fn response_head(&self, head: &[u8], plan: &Plan) -> Result<Option<Response>, &'static str> {
-        const BAD: &str = "an answer that is not HTTP/1.1";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS * 2];
-        let mut resp = httparse::Response::new(&mut headers);
-        resp.parse(head).map_err(|_| BAD)?;
-        let code = resp.code.ok_or(BAD)?;
-        if code == 101 {
-            return Err("a protocol switch nobody asked for");
-        }
-        if (100..200).contains(&code) {
-            return Ok(None);
-        }
-        let listed = forward::connection_tokens(
-            resp.headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .map(|h| h.value),
-        );
-        let backend_close =
-            resp.version != Some(1) || listed.iter().any(|t| t.eq_ignore_ascii_case(b"close"));
-        // Repeated lengths, in one field or several, must agree (RFC 9112 §6.3).
-        let mut lengths = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .map(|v| parse_length(v.trim_ascii()));
-        let length = match lengths.next() {
-            None => None,
-            Some(first) => {
-                let n = first.ok_or(BAD)?;
-                if lengths.any(|l| l != Some(n)) {
-                    return Err(BAD);
-                }
-                Some(n)
-            }
-        };
-        let coding = resp
-            .headers
-            .iter()
-            .rfind(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            .map(|h| h.value);
-        let framing = if plan.head_method || code == 204 || code == 304 {
-            Framing::Empty
-        } else if let Some(te) = coding {
-            let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
-            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
-            }
-        } else if let Some(n) = length {
-            Framing::Length(n)
-        } else {
-            Framing::UntilClose
-        };
-        let mut out = Vec::with_capacity(head.len() + 32);
-        out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
-        out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for h in resp.headers.iter() {
-            let name = h.name.as_bytes();
-            // The framing goes through as it is, whatever `Connection` lists; a
-            // length beside a coding does not (RFC 9112 §6.1).
-            let framing_header = name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"content-length");
-            let hop = if framing_header {
-                coding.is_some() && name.eq_ignore_ascii_case(b"content-length")
-            } else {
-                HOP_BY_HOP
-                    .iter()
-                    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-                    || listed.iter().any(|t| t.eq_ignore_ascii_case(name))
-            };
-            if !hop {
-                push_header(&mut out, name, h.value);
-            }
-        }
-        Ok(Some(Response {
-            head: out,
-            framing,
-            // A backend that sends both a coding and a length is not trusted to
-            // frame the next answer either.
-            reuse: !backend_close
-                && framing != Framing::UntilClose
-                && !(coding.is_some() && length.is_some()),
-        }))
+    async fn connect(&self) -> Result<Backend, String> {
+        let stream = pool::connect(&self.addr).await.map_err(|e| e.to_string())?;
+        Ok(Backend {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            since: std::time::Instant::now(),
+        })
     }
-}
-
-/// A response head as the client gets it (without the blank line).
-struct Response {
-    head: Vec<u8>,
-    framing: Framing,
-    /// The backend's connection may carry the next request.
-    reuse: bool,
 }
 
 enum Step {
@@ -498,27 +375,6 @@ enum Step {
     /// hyper's, from here on.
     Hand,
     Go(Plan),
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// Whether an idle connection is still open: nothing to read, not closed.
-fn alive(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Reads more of the client's request. The time limit counts from `active` (the
@@ -632,151 +488,4 @@ fn error_page(status: StatusCode, reason: &str, message: &str, plan: &Plan) -> V
         out.extend_from_slice(body.as_bytes());
     }
     out
-}
-
-/// Finds where a chunked body ends (RFC 9112 §7.1), fed its bytes as they come.
-#[derive(Default)]
-struct Chunked {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Debug)]
-enum ChunkState {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunked {
-    /// How many of `bytes` belong to the body, and whether the body ends there.
-    fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            self.state = match self.state {
-                Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + d;
-                        Size
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => Extension,
-                    b'\r' if self.digits > 0 => SizeLf,
-                    _ => return Err("bad chunk size"),
-                },
-                Extension => match b {
-                    b'\r' => SizeLf,
-                    b'\n' => return Err("bare LF in a chunk extension"),
-                    _ => Extension,
-                },
-                SizeLf if b == b'\n' => {
-                    if self.size == 0 {
-                        TrailerStart
-                    } else {
-                        Data
-                    }
-                }
-                Data => {
-                    let n = self.size.min((bytes.len() - i) as u64);
-                    self.size -= n;
-                    i += n as usize;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr if b == b'\r' => DataLf,
-                DataLf if b == b'\n' => {
-                    self.digits = 0;
-                    Size
-                }
-                TrailerStart if b == b'\r' => EndLf,
-                TrailerStart | Trailer if b != b'\r' && b != b'\n' => Trailer,
-                Trailer if b == b'\r' => TrailerLf,
-                TrailerLf if b == b'\n' => TrailerStart,
-                EndLf if b == b'\n' => {
-                    self.state = Done;
-                    return Ok((i + 1, true));
-                }
-                Done => return Ok((i, true)),
-                _ => return Err("bad chunked framing"),
-            };
-            i += 1;
-        }
-        Ok((i, self.state == Done))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn whole(body: &[u8]) -> Result<(usize, bool), &'static str> {
-        Chunked::default().feed(body)
-    }
-
-    #[test]
-    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1";
-        let end = body.len() - b"GET / HTTP/1.1".len();
-        assert_eq!(whole(body), Ok((end, true)));
-        // Fed a byte at a time, it ends at the same byte.
-        let mut c = Chunked::default();
-        for (i, b) in body.iter().enumerate() {
-            let (n, done) = c.feed(std::slice::from_ref(b)).expect("valid");
-            if done {
-                assert_eq!((i + 1, n), (end, 1));
-                break;
-            }
-            assert_eq!(n, 1, "byte {i} belongs to the body");
-        }
-        assert_eq!(whole(b"0\r\n\r\n"), Ok((5, true)));
-        assert_eq!(whole(b"A\r\n0123456789\r\n"), Ok((15, false)));
-    }
-
-    #[test]
-    fn bad_chunked_framing_is_refused() {
-        for bad in [
-            &b"\r\n"[..],
-            b"x\r\n",
-            b"5\nhello",
-            b"5\r\nhelloX",
-            b"1234567890abcdef0\r\n",
-            b"0\r\nX-T: 1\n",
-        ] {
-            assert!(whole(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn lengths_are_digits_only() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b"1024"), Some(1024));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"+1",
-            b"1 ",
-            b"0x10",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(parse_length(bad), None, "{bad:?}");
-        }
-    }
 }

@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use switchboard_proto::sign::Signer;
 
 use crate::directory::answers::Peer;
+use crate::http1::{connection_tokens, HOP_BY_HOP};
 use crate::identity::Identity;
-use crate::outbound::client::Pool;
+use crate::outbound::client::Client;
 use crate::outbound::spool::Spooled;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,27 +29,6 @@ const PASS: [HeaderName; 6] = [
     header::USER_AGENT,
     HeaderName::from_static("git-protocol"),
 ];
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): about one connection, never passed on.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// The header names a message's `Connection` header lists: hop-by-hop as well.
-pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
-    values
-        .flat_map(|v| v.split(|&b| b == b',').map(|t| t.trim_ascii()))
-        .filter(|t| !t.is_empty())
-        .collect()
-}
 
 /// Takes out the `Connection` header and the headers it names.
 pub fn drop_connection_listed(headers: &mut HeaderMap) {
@@ -150,7 +130,7 @@ pub enum ForwardError {
 
 /// Signs and sends calls to peers.
 pub struct Forwarder {
-    pool: Arc<Pool>,
+    client: Client,
     identity: Arc<Identity>,
 }
 
@@ -166,14 +146,14 @@ pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
 impl Forwarder {
     pub fn new(identity: Arc<Identity>) -> Self {
         Forwarder {
-            pool: Arc::default(),
+            client: Client::default(),
             identity,
         }
     }
 
-    /// The connections this forwarder sends on (for `conns::scope`).
-    pub fn pool(&self) -> Arc<Pool> {
-        self.pool.clone()
+    /// The connections this forwarder sends on (for `client::scope`).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Sends `method path_and_query` to `peer`'s cluster listener, signed.
@@ -217,7 +197,7 @@ impl Forwarder {
                 reason: e.to_string(),
             })?;
         *req.headers_mut() = out;
-        self.pool
+        self.client
             .send(&addr, req)
             .await
             .map_err(|reason| ForwardError::Unreachable {
@@ -276,7 +256,7 @@ impl Forwarder {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        self.pool
+        self.client
             .send(&connect_addr(base), req)
             .await
             .map_err(|reason| ForwardError::Unreachable {

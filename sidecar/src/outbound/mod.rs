@@ -7,5 +7,6 @@
 pub mod client;
 pub mod forward;
 pub mod loopback;
+pub mod pool;
 pub mod spool;
 pub mod tunnel;
