@@ -15,12 +15,14 @@
 //! - `heartbeat`: tells the directory this sidecar is alive, and when it served stale answers.
 //! - `metrics`: Prometheus counters.
 
+pub mod body;
 pub mod directory;
 pub mod http1;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod reply;
 pub mod repo;
 pub mod route;
 pub mod server;

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchboard_sidecar::metrics::Metrics;
-use switchboard_sidecar::server::{self, Common, RunConfig};
+use switchboard_sidecar::server::{self, RunConfig};
+use switchboard_sidecar::sidecar::Common;
 
 /// Switchboard's sidecar: routes Conduit and git traffic and signs every call between hosts.
 #[derive(Debug, Parser)]
@@ -133,7 +134,7 @@ fn main() -> ExitCode {
             Command::Keygen { out } => switchboard_proto::keys::keygen(&out, false).map_err(|e| e.to_string()),
             Command::Whoami { at, json } => {
                 let id = switchboard_sidecar::identity::Identity::load(&at.key).map_err(|e| e.to_string())?;
-                let found = server::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
+                let found = switchboard_sidecar::identity::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
                 match (found, json) {
                     (Ok((_, me, _)), true) => {
                         println!("{}", serde_json::json!({"fingerprint": id.fingerprint, "public_key": id.public.to_base64(), "host": me.host, "roles": me.roles}));

@@ -16,6 +16,42 @@ pub enum Access {
     Write,
 }
 
+/// One of git's three services, as an SSH session names it (`git-upload-pack`)
+/// and a tunnelled one is asked for (`upload-pack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitVerb {
+    UploadPack,
+    ReceivePack,
+    UploadArchive,
+}
+
+impl GitVerb {
+    /// The git subcommand (`git upload-pack` etc.).
+    pub fn program(self) -> &'static str {
+        match self {
+            GitVerb::UploadPack => "upload-pack",
+            GitVerb::ReceivePack => "receive-pack",
+            GitVerb::UploadArchive => "upload-archive",
+        }
+    }
+
+    pub fn from_program(s: &str) -> Option<Self> {
+        match s {
+            "upload-pack" => Some(GitVerb::UploadPack),
+            "receive-pack" => Some(GitVerb::ReceivePack),
+            "upload-archive" => Some(GitVerb::UploadArchive),
+            _ => None,
+        }
+    }
+
+    pub fn access(self) -> Access {
+        match self {
+            GitVerb::ReceivePack => Access::Write,
+            _ => Access::Read,
+        }
+    }
+}
+
 /// Where a request is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -13,10 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchboard_proto::sign::{self, Policy};
 
-use crate::outbound::forward::{unix_now, BoxBody};
+use crate::body::BoxBody;
+use crate::outbound::forward::unix_now;
 use crate::outbound::spool::Spooled;
+use crate::reply::{check_declared, error, spool_refusal};
+use crate::repo::local;
 use crate::route;
-use crate::sidecar::{check_declared, error, spool_refusal, Sidecar};
+use crate::sidecar::Sidecar;
 
 /// How long a caller may take to send a signed body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -171,9 +174,7 @@ pub async fn handle(
     match route::git_path(&path, parts.uri.query()) {
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
         Ok(Some(gp)) => {
-            return sc
-                .git_local(&gp, &parts.method, &parts.headers, spooled.into_body())
-                .await;
+            return local::http(&sc, &gp, &parts.method, &parts.headers, spooled.into_body()).await;
         }
         Ok(None) => {}
     }

@@ -27,9 +27,7 @@ pub async fn serve<F, Fut>(
     handler: F,
 ) where
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<crate::outbound::forward::BoxBody>>
-        + Send
-        + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
 {
     loop {
         let (stream, peer) = match listener.accept().await {

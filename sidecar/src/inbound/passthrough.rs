@@ -476,7 +476,7 @@ fn error_page(status: StatusCode, reason: &str, message: &str, plan: &Plan) -> V
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{}: {reason}\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        crate::sidecar::REASON,
+        crate::reply::REASON,
         body.len()
     )
     .into_bytes();

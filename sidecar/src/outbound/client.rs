@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::outbound::forward::BoxBody;
+use crate::body::BoxBody;
 use crate::outbound::pool::{self, Pool, Reusable};
 
 /// Backend connections one inbound connection keeps between its requests.

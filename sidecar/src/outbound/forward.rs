@@ -7,18 +7,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use switchboard_proto::sign::Signer;
 
+use crate::body::BoxBody;
 use crate::directory::answers::Peer;
 use crate::http1::{connection_tokens, HOP_BY_HOP};
 use crate::identity::Identity;
 use crate::outbound::client::Client;
 use crate::outbound::spool::Spooled;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type every listener and client here speaks.
-pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Headers that travel with a forwarded request (hop-by-hop ones never do).
 const PASS: [HeaderName; 6] = [
@@ -279,33 +277,6 @@ impl Forwarder {
         self.local_with(&uri, Method::GET, &path, HeaderMap::new(), body)
             .await
     }
-}
-
-use http_body_util::BodyExt as _;
-
-/// A body that streams whatever `reader` yields, in chunks of up to 64 KiB.
-pub fn reader_body<R>(reader: R) -> BoxBody
-where
-    R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
-{
-    use tokio::io::AsyncReadExt;
-    let stream = futures_util::stream::unfold(reader, |mut r| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), r))
-            }
-            Err(e) => Some((Err(Box::new(e) as BoxError), r)),
-        }
-    });
-    http_body_util::StreamBody::new(stream).boxed()
-}
-
-/// Wraps a peer's response body for our listeners.
-pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
-    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 
 /// The `Host` a backend at `base` is sent, as hyper's client would: the host, and

@@ -18,10 +18,13 @@ use switchboard_proto::sign::{BodyHash, Signer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
+use crate::body::BoxBody;
 use crate::directory::answers::Peer;
-use crate::outbound::forward::{unix_now, BoxBody};
-use crate::sidecar::{error, Sidecar};
-use crate::ssh::exec::{self as ssh, GitVerb};
+use crate::outbound::forward::unix_now;
+use crate::reply::{error, REASON};
+use crate::repo::local::{self, LocalError};
+use crate::route::{Access, GitVerb, Target};
+use crate::sidecar::{Sidecar, TunnelSlot};
 
 const PROTOCOL: &str = "switchboard-ssh";
 /// How long a tunnelled session may go without a frame from the other host.
@@ -61,7 +64,7 @@ pub async fn accept(
     verb: &str,
     repo: &str,
     on_upgrade: OnUpgrade,
-    slot: crate::sidecar::TunnelSlot,
+    slot: TunnelSlot,
 ) -> Response<BoxBody> {
     let Some(verb) = GitVerb::from_program(verb) else {
         return error(
@@ -74,12 +77,16 @@ pub async fn accept(
         Ok(r) => r,
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
     };
-    let mut cmd = match ssh::local_command(&sc, verb, &repo).await {
+    let mut cmd = match local::command(&sc, verb, &repo).await {
         Ok(c) => c,
-        Err(e) if e.starts_with("stale-replica") => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "stale-replica", e)
+        Err(e @ LocalError::StaleReplica { .. }) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stale-replica",
+                e.to_string(),
+            )
         }
-        Err(e) => return error(StatusCode::FORBIDDEN, "refused", e),
+        Err(e) => return error(StatusCode::FORBIDDEN, "refused", e.to_string()),
     };
     tokio::spawn(async move {
         // The peer's slot is held for as long as the session runs.
@@ -144,11 +151,11 @@ pub async fn accept(
 pub async fn connect(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> i32 {
     match open(sc, peer, verb, repo).await {
         Ok(code) => code,
-        Err(Refused::Stale) => match sc.router.repo(repo, crate::route::Access::Write).await {
-            Ok(crate::route::Target::Peer(master)) => open(sc, &master, verb, repo)
+        Err(Refused::Stale) => match sc.router.repo(repo, Access::Write).await {
+            Ok(Target::Peer(master)) => open(sc, &master, verb, repo)
                 .await
                 .unwrap_or_else(|e| e.report()),
-            Ok(crate::route::Target::Local) => {
+            Ok(Target::Local) => {
                 eprintln!("switchboard: this host is the master of {repo} but was routed elsewhere; try again");
                 1
             }
@@ -219,7 +226,7 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let stale = resp
             .headers()
-            .get(crate::sidecar::REASON)
+            .get(REASON)
             .is_some_and(|v| v == "stale-replica");
         let status = resp.status();
         let body = resp

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::outbound::forward::BoxBody;
+use crate::body::BoxBody;
 use crate::repo::hook::Hooks;
 
 /// A smart-HTTP request for one repository: `/REPO.git/REST?QUERY`.
@@ -75,17 +75,17 @@ impl Repos {
     }
 
     /// Brings `repo` up to date with `url` (another host's copy, through the
-    /// loopback signing proxy, which wants `token` in a header): every ref, pruned,
-    /// and the same `HEAD`. The token goes through git's environment, never its
+    /// loopback signing proxy, which wants the `header` line `NAME: TOKEN`): every
+    /// ref, pruned, and the same `HEAD`. The header goes through git's environment, never its
     /// command line or FETCH_HEAD, where other local users could read it.
-    pub async fn sync_from(&self, repo: &str, url: &str, token: &str) -> Result<(), GitError> {
+    pub async fn sync_from(&self, repo: &str, url: &str, header: &str) -> Result<(), GitError> {
         if !self.exists(repo) {
             self.create(repo).await?;
         }
         let path = self.path(repo);
         let git = |args: Vec<String>| {
             let path = path.clone();
-            let token = token.to_string();
+            let header = header.to_string();
             async move {
                 let out = tokio::process::Command::new("git")
                     .args([
@@ -101,10 +101,7 @@ impl Repos {
                     .args(&args)
                     .env("GIT_CONFIG_COUNT", "1")
                     .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                    .env(
-                        "GIT_CONFIG_VALUE_0",
-                        format!("{}: {token}", crate::outbound::loopback::TOKEN_HEADER),
-                    )
+                    .env("GIT_CONFIG_VALUE_0", &header)
                     .env("GIT_TERMINAL_PROMPT", "0")
                     .stdin(Stdio::null())
                     .output()
@@ -272,7 +269,7 @@ impl Repos {
                 resp = resp.header(name, val);
             }
         }
-        resp.body(crate::outbound::forward::reader_body(reader))
+        resp.body(crate::body::reader_body(reader))
             .map_err(|e| GitError::Backend(e.to_string()))
     }
 }

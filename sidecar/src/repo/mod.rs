@@ -3,4 +3,5 @@
 
 pub mod git;
 pub mod hook;
+pub mod local;
 pub mod replicate;

@@ -99,7 +99,8 @@ async fn catch_up(
     version: u64,
 ) -> Result<(), String> {
     let url = lb.url(master, repo);
-    let fetch = sc.repos.sync_from(repo, &url, &lb.token);
+    let header = lb.header();
+    let fetch = sc.repos.sync_from(repo, &url, &header);
     tokio::time::timeout(CATCH_UP_TIMEOUT, fetch)
         .await
         .map_err(|_| format!("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}"))?
