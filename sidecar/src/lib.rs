@@ -26,6 +26,7 @@ pub mod reply;
 pub mod repo;
 pub mod route;
 pub mod server;
+pub mod shutdown;
 pub mod sidecar;
 pub mod ssh;
 pub mod verify;

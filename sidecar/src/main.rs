@@ -66,6 +66,10 @@ enum Command {
         /// SSH sessions one host may tunnel to this one at once.
         #[arg(long, default_value_t = 32)]
         max_tunnels_per_peer: usize,
+        /// On SIGTERM, how long requests and SSH sessions in flight may take to finish,
+        /// in seconds, once every listener has stopped accepting.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
     },
     /// Serve one SSH session: what sshd runs as a forced command (reads SSH_ORIGINAL_COMMAND).
     SshExec {
@@ -150,12 +154,18 @@ fn main() -> ExitCode {
                     (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
                 }
             }
-            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer } => {
+            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer, drain_timeout } => {
                 let limits = switchboard_sidecar::sidecar::Limits {
                     max_body: max_body_mb.max(1).saturating_mul(1 << 20),
                     max_tunnels_per_peer: max_tunnels_per_peer.max(1),
                 };
-                server::run(RunConfig { common: common.into(), http, cluster, limits }).await.map_err(|e| e.to_string())
+                server::run(RunConfig {
+                    common: common.into(),
+                    http,
+                    cluster,
+                    limits,
+                    drain_timeout: std::time::Duration::from_secs(drain_timeout),
+                }).await.map_err(|e| e.to_string())
             }
             Command::SshExec { common } => {
                 let code = switchboard_sidecar::ssh::exec::exec(common.into()).await;
@@ -169,6 +179,8 @@ fn main() -> ExitCode {
             },
         }
     });
+    // Whatever a drain left open is dropped now, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,11 +1,17 @@
 //! `run`: the sidecar as a server. Building it ([`Server::bind`]: the shared
 //! state from `Sidecar::build`, the admin API client, every listener bound) is
 //! apart from running it ([`Server::run`]: serving the listeners, following the
-//! directory, keeping replicas current, until SIGINT or SIGTERM). Nothing below
-//! imports this module: handlers get the state, never the server.
+//! directory, keeping replicas current, until SIGINT or SIGTERM, then draining).
+//! Nothing below imports this module: handlers get the state, never the server.
+//!
+//! Draining (docs/sidecar.md, `--drain-timeout`): on the signal every listener
+//! (user, cluster, loopback) stops accepting and closes, requests and SSH
+//! sessions in flight finish, and the process exits 0 once they have, or once
+//! the timeout cuts those still open. A second signal stops it at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_proto::api::{ApiError, Client};
 use tokio::net::TcpListener;
@@ -19,6 +25,7 @@ use crate::inbound::user;
 use crate::outbound::forward::Forwarder;
 use crate::outbound::loopback::{self, Loopback};
 use crate::repo::replicate;
+use crate::shutdown::Drain;
 use crate::sidecar::{Common, Limits, Sidecar, StartError};
 
 /// What `run` was asked to do.
@@ -28,6 +35,8 @@ pub struct RunConfig {
     pub http: SocketAddr,
     pub cluster: SocketAddr,
     pub limits: Limits,
+    /// How long requests and SSH sessions in flight may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
 }
 
 /// Why the sidecar could not start.
@@ -50,6 +59,8 @@ pub enum RunError {
 /// A sidecar with its listeners bound, not yet serving.
 pub struct Server {
     sc: Arc<Sidecar>,
+    drain: Drain,
+    drain_timeout: Duration,
     api: Arc<Client>,
     common: Common,
     http: TcpListener,
@@ -73,7 +84,8 @@ impl Server {
     /// Learns who this host is, builds the shared state, and binds the user,
     /// cluster and loopback listeners.
     pub async fn bind(cfg: RunConfig) -> Result<Self, RunError> {
-        let sc = Sidecar::build(&cfg.common, cfg.limits).await?;
+        let drain = Drain::default();
+        let sc = Sidecar::build(&cfg.common, cfg.limits, drain.shutdown()).await?;
         let api = Arc::new(cfg.common.api_client()?);
         let (http, http_addr) = bind("--http", cfg.http).await?;
         let (cluster, cluster_addr) = bind("--cluster", cfg.cluster).await?;
@@ -81,6 +93,8 @@ impl Server {
         let _ = sc.cluster_addr.set(cluster_addr);
         Ok(Server {
             sc,
+            drain,
+            drain_timeout: cfg.drain_timeout,
             api,
             common: cfg.common,
             http,
@@ -92,10 +106,12 @@ impl Server {
         })
     }
 
-    /// Serves until SIGINT or SIGTERM.
+    /// Serves until SIGINT or SIGTERM, then drains.
     pub async fn run(self) -> Result<(), RunError> {
         let Server {
             sc,
+            drain,
+            drain_timeout,
             api,
             common,
             http,
@@ -113,24 +129,27 @@ impl Server {
             common.zone.clone(),
         ));
         let s = sc.clone();
-        tokio::spawn(serve(
+        let user_listener = tokio::spawn(serve(
             http,
             sc.forwarder.client().clone(),
             Passthrough::new(sc.clone()),
+            sc.shutdown.clone(),
             move |req, peer| user::handle(s.clone(), req, peer),
         ));
         let s = sc.clone();
-        tokio::spawn(serve(
+        let cluster_listener = tokio::spawn(serve(
             cluster,
             sc.forwarder.client().clone(),
             None,
+            sc.shutdown.clone(),
             move |req, peer| cluster::handle(s.clone(), req, peer),
         ));
         let (s, l) = (sc.clone(), lb.clone());
-        tokio::spawn(serve(
+        let loopback_listener = tokio::spawn(serve(
             loopback_listener,
             sc.forwarder.client().clone(),
             None,
+            sc.shutdown.clone(),
             move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
         ));
         tokio::spawn(heartbeat::run(
@@ -148,6 +167,30 @@ impl Server {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         switchboard_proto::process::wait_for_signal().await;
+
+        drain.begin();
+        // Every listener closed before this is said: a connection made after
+        // the line is refused.
+        for listener in [user_listener, cluster_listener, loopback_listener] {
+            let _ = listener.await;
+        }
+        tracing::info!(
+            open = drain.open(),
+            timeout_secs = drain_timeout.as_secs_f64(),
+            "draining: no longer accepting; waiting for the requests and SSH sessions in flight"
+        );
+        tokio::select! {
+            left = drain.wait(drain_timeout) => {
+                if left == 0 {
+                    tracing::info!("drained: every request and SSH session finished; exiting");
+                } else {
+                    tracing::warn!(still_open = left, "drain timed out: closing the connections and SSH sessions still open; exiting");
+                }
+            }
+            () = switchboard_proto::process::wait_for_signal() => {
+                tracing::warn!(still_open = drain.open(), "second signal: stopping now");
+            }
+        }
         Ok(())
     }
 }

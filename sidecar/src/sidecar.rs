@@ -25,6 +25,7 @@ use crate::reply::error;
 use crate::repo::git::Repos;
 use crate::repo::hook::Hooks;
 use crate::route::{Access, RouteError, Router, Target};
+use crate::shutdown::Shutdown;
 use crate::verify::BatchVerifier;
 
 /// What every mode (`run`, `ssh-exec`) is told.
@@ -104,6 +105,8 @@ pub struct Sidecar {
     pub limits: Limits,
     /// SSH sessions tunnelled here, open now, per calling host.
     pub tunnels: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// The drain signal (SIGTERM): open connections and sessions listen to it.
+    pub shutdown: Shutdown,
 }
 
 /// What one request or one peer may take.
@@ -162,8 +165,13 @@ pub struct Standing {
 }
 
 impl Sidecar {
-    /// Learns who this host is and builds the state every handler shares.
-    pub async fn build(c: &Common, limits: Limits) -> Result<Arc<Self>, StartError> {
+    /// Learns who this host is and builds the state every handler shares;
+    /// `shutdown` is the drain signal its connections and sessions listen to.
+    pub async fn build(
+        c: &Common,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::default());
         let (id, me, dir) =
             identity::who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
@@ -199,6 +207,7 @@ impl Sidecar {
             callers: Default::default(),
             limits,
             tunnels: Default::default(),
+            shutdown,
             dir,
             me,
         }))

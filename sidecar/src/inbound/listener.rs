@@ -1,6 +1,10 @@
 //! The listeners' accept loop: every listener (user, cluster, loopback) takes
 //! HTTP/1.1 connections here and hands each request to its handler, or first to
 //! the short way for plain web traffic (`passthrough`) on the user listener.
+//!
+//! On the drain signal (`shutdown`) a listener stops accepting and closes its
+//! socket, so a new connection is refused; each open connection finishes the
+//! request it is serving and closes (an idle keep-alive one closes at once).
 
 use std::convert::Infallible;
 use std::io;
@@ -16,21 +20,30 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::inbound::passthrough::{Done, Passthrough};
 use crate::outbound::client::{self, Client};
+use crate::shutdown::Shutdown;
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
 /// or first to the short way for plain web traffic (`passthrough`) when there is one.
 /// Backend connections its requests open stay with the connection (`outbound::client::scope`).
+/// Returns, closing the listener, when the drain begins.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     client: Client,
     fast: Option<Arc<Passthrough>>,
+    shutdown: Shutdown,
     handler: F,
 ) where
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
 {
+    let stop = shutdown.watch();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.recv() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -38,6 +51,8 @@ pub async fn serve<F, Fut>(
                 continue;
             }
         };
+        // Counted from here: the drain waits for this connection.
+        let open = shutdown.open();
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let client = client.clone();
@@ -45,7 +60,7 @@ pub async fn serve<F, Fut>(
         tokio::spawn(async move {
             let io = match fast {
                 None => Prefixed::new(BytesMut::new(), stream),
-                Some(fast) => match fast.connection(stream, peer).await {
+                Some(fast) => match fast.connection(stream, peer, &open).await {
                     Done::Closed => return,
                     Done::Handoff(stream, read) => Prefixed::new(read, stream),
                 },
@@ -60,7 +75,20 @@ pub async fn serve<F, Fut>(
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            if let Err(e) = client::scope(&client, conn).await {
+            let served = client::scope(&client, async {
+                tokio::pin!(conn);
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => r,
+                    () = open.recv() => {
+                        // Draining: the request in flight (or the upgrade to an SSH
+                        // tunnel) finishes, then the connection closes.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            });
+            if let Err(e) = served.await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

@@ -26,6 +26,7 @@ use crate::http1::{self, push_header, Chunked, Framing, MAX_HEADERS};
 use crate::outbound::forward;
 use crate::outbound::pool::{self, Pool, Reusable};
 use crate::route;
+use crate::shutdown::Watch;
 use crate::sidecar::Sidecar;
 
 /// The longest a client may take to send a request head, or stay idle between
@@ -113,8 +114,15 @@ impl Passthrough {
         }))
     }
 
-    /// Serves `client` until it closes, or until a request needs hyper.
-    pub async fn connection(&self, mut client: TcpStream, peer: std::net::SocketAddr) -> Done {
+    /// Serves `client` until it closes, or until a request needs hyper. Once
+    /// the drain begins (`open` hears it), the request being read is answered
+    /// with `Connection: close`, and an idle connection is closed.
+    pub async fn connection(
+        &self,
+        mut client: TcpStream,
+        peer: std::net::SocketAddr,
+        open: &Watch,
+    ) -> Done {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = Vec::with_capacity(1024);
         let mut backend: Option<Backend> = None;
@@ -132,16 +140,20 @@ impl Passthrough {
                     Step::Need if buf.len() >= MAX_HEAD => break None,
                     Step::Need => {}
                 }
-                match read_by(&mut client, &mut buf, timer.as_mut(), active).await {
+                // Between requests, the drain closes the connection.
+                let stop = buf.is_empty().then_some(open);
+                match read_by(&mut client, &mut buf, timer.as_mut(), active, stop).await {
                     Ok(0) | Err(_) => return self.finish(backend, Done::Closed),
                     Ok(_) => {}
                 }
             };
-            let Some(plan) = plan else {
+            let Some(mut plan) = plan else {
                 break Done::Handoff(client, buf);
             };
+            // Draining: this request is the connection's last.
+            plan.close |= open.is_shutdown();
             while buf.len() < plan.head_len + plan.body_len {
-                match read_by(&mut client, &mut buf, timer.as_mut(), active).await {
+                match read_by(&mut client, &mut buf, timer.as_mut(), active, None).await {
                     Ok(0) | Err(_) => return self.finish(backend, Done::Closed),
                     Ok(_) => {}
                 }
@@ -379,13 +391,22 @@ enum Step {
 
 /// Reads more of the client's request. The time limit counts from `active` (the
 /// last request's end); the timer is only moved when it fires early, so a busy
-/// connection does not touch it per request.
+/// connection does not touch it per request. With `stop`, gives up when the
+/// drain begins.
 async fn read_by(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     mut timer: Pin<&mut tokio::time::Sleep>,
     active: Instant,
+    stop: Option<&Watch>,
 ) -> io::Result<usize> {
+    let stopped = async {
+        match stop {
+            Some(w) => w.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
@@ -397,6 +418,7 @@ async fn read_by(
                 }
                 timer.as_mut().reset(due);
             }
+            () = stopped.as_mut() => return Err(io::ErrorKind::ConnectionAborted.into()),
         }
     }
 }

@@ -88,9 +88,13 @@ pub async fn accept(
         }
         Err(e) => return error(StatusCode::FORBIDDEN, "refused", e.to_string()),
     };
+    // Counted from before the answer: a drain that begins now waits for the session.
+    let open = sc.shutdown.open();
     tokio::spawn(async move {
-        // The peer's slot is held for as long as the session runs.
+        // The peer's slot is held for as long as the session runs, and the
+        // drain waits for it to end.
         let _slot = slot;
+        let _open = open;
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

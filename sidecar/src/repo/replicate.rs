@@ -21,15 +21,19 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often to compare versions when nothing seems to change.
 const PERIOD: Duration = Duration::from_secs(5);
 
-/// Runs forever.
+/// Runs until the drain begins (a catch-up under way is left to finish or
+/// fail: its version is recorded only once it is whole, and the next start
+/// catches up again).
 pub async fn run(sc: Arc<Sidecar>, api: Arc<Client>, lb: Arc<Loopback>) {
     let mut changed = sc.dir.subscribe();
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = sc.shutdown.watch();
     loop {
         if let Err(e) = once(&sc, &api, &lb, &busy).await {
             tracing::debug!(error = %e, "replication check skipped");
         }
         tokio::select! {
+            () = stop.recv() => return,
             _ = changed.changed() => {}
             _ = tokio::time::sleep(PERIOD) => {}
         }

@@ -35,7 +35,7 @@ pub async fn exec(common: Common) -> i32 {
             return 1;
         }
     };
-    let sc = match Sidecar::build(&common, Default::default()).await {
+    let sc = match Sidecar::build(&common, Default::default(), Default::default()).await {
         Ok(sc) => sc,
         Err(e) => {
             eprintln!("switchboard: {e}");
