@@ -174,6 +174,7 @@ fn main() -> ExitCode {
             Command::Hook { name, args } => match name.as_str() {
                 "reference-transaction" => {
                     switchboard_sidecar::repo::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
+                        .map_err(|e| e.to_string())
                 }
                 other => Err(format!("no hook {other}")),
             },

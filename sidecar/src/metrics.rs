@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use switchboard_proto::time::unix_ms;
+
 /// Everything the sidecar counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,13 +38,6 @@ pub struct Metrics {
 pub struct Episodes {
     pub since: Option<u64>,
     pub last: Option<(u64, u64)>,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Default for Metrics {

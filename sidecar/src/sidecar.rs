@@ -17,7 +17,7 @@ use switchboard_proto::schema;
 use switchboard_proto::sign::ReplayGuard;
 
 use crate::body::{self, BoxBody};
-use crate::directory::answers::DirectoryClient;
+use crate::directory::answers::{DirError, DirectoryClient};
 use crate::identity::{self, Identity, KeyInfo, WhoAmIError};
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forwarder;
@@ -154,6 +154,31 @@ pub struct Caller {
     expires: std::time::Instant,
 }
 
+/// Why a signed call's key may not call this host.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    #[error("key {0} belongs to no host in the directory")]
+    UnknownKey(String),
+    #[error("cannot look key {keyid} up: {source}")]
+    Lookup { keyid: String, source: DirError },
+    #[error("host {0} is marked unavailable in the directory")]
+    Unavailable(String),
+    #[error("cannot check host {host}: {source}")]
+    Check { host: String, source: DirError },
+    #[error("the key of {0} is not a valid ed25519 key")]
+    BadKey(String),
+}
+
+impl CallerError {
+    /// The refusal's reason code (docs/sidecar.md, "Refusals on the cluster listener").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallerError::Unavailable(_) => "host-unavailable",
+            _ => "unknown-key",
+        }
+    }
+}
+
 /// How long a looked-up caller is trusted without asking the directory again
 /// (the change feed drops it sooner when the directory changes).
 const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -214,10 +239,7 @@ impl Sidecar {
     }
 
     /// Takes one of `host`'s tunnel slots, or says why not.
-    pub fn take_tunnel(
-        &self,
-        host: &str,
-    ) -> Result<TunnelSlot, Box<Response<crate::body::BoxBody>>> {
+    pub fn take_tunnel(&self, host: &str) -> Result<TunnelSlot, Box<Response<BoxBody>>> {
         let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
         let open = t.get(host).copied().unwrap_or(0);
         if open >= self.limits.max_tunnels_per_peer {
@@ -242,7 +264,7 @@ impl Sidecar {
     pub async fn caller(
         &self,
         keyid: &str,
-    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), (&'static str, String)> {
+    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), CallerError> {
         let generation = self.dir.generation();
         let now = std::time::Instant::now();
         if let Some(c) = self
@@ -255,36 +277,25 @@ impl Sidecar {
                 return Ok((c.info.clone(), c.key));
             }
         }
-        let info = match crate::identity::lookup(&self.dir, keyid).await {
-            Ok(Some(k)) => k,
-            Ok(None) => {
-                return Err((
-                    "unknown-key",
-                    format!("key {keyid} belongs to no host in the directory"),
-                ))
-            }
-            Err(e) => return Err(("unknown-key", format!("cannot look key {keyid} up: {e}"))),
-        };
+        let info = identity::lookup(&self.dir, keyid)
+            .await
+            .map_err(|source| CallerError::Lookup {
+                keyid: keyid.to_string(),
+                source,
+            })?
+            .ok_or_else(|| CallerError::UnknownKey(keyid.to_string()))?;
         match self.dir.host_available(&info.host).await {
             Ok(Some(true)) => {}
-            Ok(_) => {
-                return Err((
-                    "host-unavailable",
-                    format!("host {} is marked unavailable in the directory", info.host),
-                ))
-            }
-            Err(e) => {
-                return Err((
-                    "unknown-key",
-                    format!("cannot check host {}: {e}", info.host),
-                ))
+            Ok(_) => return Err(CallerError::Unavailable(info.host)),
+            Err(source) => {
+                return Err(CallerError::Check {
+                    host: info.host,
+                    source,
+                })
             }
         }
         let Ok(key) = info.key.verifying_key() else {
-            return Err((
-                "unknown-key",
-                format!("the key of {} is not a valid ed25519 key", info.host),
-            ));
+            return Err(CallerError::BadKey(info.host));
         };
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         if callers.len() > 4096 {
@@ -342,11 +353,7 @@ impl Sidecar {
     /// host's copy is within `max_lag` of the master's version. For a read, the
     /// last answer does when the directory cannot be reached (serve-stale); a
     /// write needs the directory's answer now.
-    pub async fn standing(
-        &self,
-        repo: &str,
-        access: Access,
-    ) -> Result<Option<Standing>, crate::directory::answers::DirError> {
+    pub async fn standing(&self, repo: &str, access: Access) -> Result<Option<Standing>, DirError> {
         let Some(t) = self
             .dir
             .txt_fresh(&format!("{repo}.{}", schema::REPO), access == Access::Read)

@@ -12,9 +12,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchboard_proto::sign::{self, Policy};
+use switchboard_proto::time::unix_secs;
 
 use crate::body::BoxBody;
-use crate::outbound::forward::unix_now;
 use crate::outbound::spool::Spooled;
 use crate::reply::{check_declared, error, spool_refusal};
 use crate::repo::local;
@@ -69,11 +69,11 @@ pub async fn handle(
     let keyid = parsed.keyid().to_string();
     let (caller, key) = match sc.caller(&keyid).await {
         Ok(c) => c,
-        Err((reason, message)) => return refuse(&sc, reason, message, &peer, &keyid),
+        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
     };
     // Headers first: nothing of the body is read until the signature, freshness,
     // nonce and addressed authority are good.
-    let now = unix_now();
+    let now = unix_secs();
     let expects_body = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

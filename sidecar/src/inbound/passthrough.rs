@@ -81,10 +81,27 @@ struct Backend {
     since: std::time::Instant,
 }
 
+/// Why the web backend gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+enum BackendError {
+    #[error(transparent)]
+    Connect(#[from] pool::ConnectError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the connection closed before an answer")]
+    Closed,
+    #[error("a response head over 64 KiB")]
+    HeadTooLarge,
+    #[error("a response that is not HTTP: {0}")]
+    NotHttp(httparse::Error),
+    #[error("{0}")]
+    BadHead(&'static str),
+}
+
 /// Why an exchange with the backend failed.
 enum Failed {
     /// Before anything reached the client: it gets a 502 and the connection goes on.
-    Early(String),
+    Early(BackendError),
     /// Midway: the client's connection is closed, as the backend's was.
     Late,
 }
@@ -320,7 +337,7 @@ impl Passthrough {
             // one, when nothing came back and the request may be repeated.
             let sent = match b.stream.write_all(request).await {
                 Ok(()) => read_head(&mut b).await,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             };
             let mut head = match sent {
                 Ok(h) => h,
@@ -338,7 +355,7 @@ impl Passthrough {
                 match parsed {
                     Ok(Some(r)) => break r,
                     Ok(None) => head = read_head(&mut b).await.map_err(Failed::Early)?,
-                    Err(why) => return Err(Failed::Early(why.into())),
+                    Err(why) => return Err(Failed::Early(BackendError::BadHead(why))),
                 }
             };
             let keep_client = !plan.close && resp.framing != Framing::UntilClose;
@@ -371,8 +388,8 @@ impl Passthrough {
         })
     }
 
-    async fn connect(&self) -> Result<Backend, String> {
-        let stream = pool::connect(&self.addr).await.map_err(|e| e.to_string())?;
+    async fn connect(&self) -> Result<Backend, BackendError> {
+        let stream = pool::connect(&self.addr).await?;
         Ok(Backend {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
@@ -424,19 +441,19 @@ async fn read_by(
 }
 
 /// Reads until `b.buf` holds a whole response head; its length.
-async fn read_head(b: &mut Backend) -> Result<usize, String> {
+async fn read_head(b: &mut Backend) -> Result<usize, BackendError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS * 2];
         match httparse::Response::new(&mut headers).parse(&b.buf) {
             Ok(httparse::Status::Complete(n)) => return Ok(n),
             Ok(httparse::Status::Partial) if b.buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Err("a response head over 64 KiB".into()),
-            Err(e) => return Err(format!("a response that is not HTTP: {e}")),
+            Ok(httparse::Status::Partial) => return Err(BackendError::HeadTooLarge),
+            Err(e) => return Err(BackendError::NotHttp(e)),
         }
         match b.stream.read_buf(&mut b.buf).await {
-            Ok(0) => return Err("the connection closed before an answer".into()),
+            Ok(0) => return Err(BackendError::Closed),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -18,7 +18,16 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::body::BoxBody;
-use crate::outbound::pool::{self, Pool, Reusable};
+use crate::outbound::pool::{self, ConnectError, Pool, Reusable};
+
+/// Why a request could not be sent, or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
 
 /// Backend connections one inbound connection keeps between its requests.
 const MAX_LENT: usize = 4;
@@ -75,7 +84,7 @@ impl Client {
         &self,
         addr: &str,
         mut req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, SendError> {
         // A pooled connection the peer closed under us gives the request back
         // unsent: try once more on a fresh connection.
         let mut fresh = false;
@@ -98,7 +107,7 @@ impl Client {
                         req = r;
                         fresh = true;
                     }
-                    _ => return Err(e.into_error().to_string()),
+                    _ => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -149,13 +158,12 @@ impl Client {
     }
 }
 
-async fn connect(addr: &str) -> Result<SendRequest<BoxBody>, String> {
-    let stream = pool::connect(addr).await.map_err(|e| e.to_string())?;
+async fn connect(addr: &str) -> Result<SendRequest<BoxBody>, SendError> {
+    let stream = pool::connect(addr).await?;
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "backend connection ended");

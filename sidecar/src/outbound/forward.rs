@@ -10,12 +10,13 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use switchboard_proto::sign::Signer;
+use switchboard_proto::time::unix_secs;
 
 use crate::body::BoxBody;
 use crate::directory::answers::Peer;
 use crate::http1::{connection_tokens, HOP_BY_HOP};
 use crate::identity::Identity;
-use crate::outbound::client::Client;
+use crate::outbound::client::{Client, SendError};
 use crate::outbound::spool::Spooled;
 
 /// Headers that travel with a forwarded request (hop-by-hop ones never do).
@@ -118,11 +119,11 @@ pub const X_SWITCHBOARD_HOST: HeaderName = HeaderName::from_static("x-switchboar
 pub enum ForwardError {
     #[error("cannot sign the call to {host}: {reason}")]
     Sign { host: String, reason: String },
-    #[error("{host} ({addr}) did not answer: {reason}")]
+    #[error("{host} ({addr}) did not answer: {source}")]
     Unreachable {
         host: String,
         addr: String,
-        reason: String,
+        source: SendError,
     },
 }
 
@@ -181,7 +182,7 @@ impl Forwarder {
             key: &self.identity.key,
             keyid: &self.identity.fingerprint,
         }
-        .sign_hashed(&method, &uri, &mut out, &hash, unix_now())
+        .sign_hashed(&method, &uri, &mut out, &hash, unix_secs())
         .map_err(|e| ForwardError::Sign {
             host: peer.host.clone(),
             reason: e.to_string(),
@@ -198,10 +199,10 @@ impl Forwarder {
         self.client
             .send(&addr, req)
             .await
-            .map_err(|reason| ForwardError::Unreachable {
+            .map_err(|source| ForwardError::Unreachable {
                 host: peer.host.clone(),
                 addr,
-                reason,
+                source,
             })
     }
 
@@ -257,10 +258,10 @@ impl Forwarder {
         self.client
             .send(&connect_addr(base), req)
             .await
-            .map_err(|reason| ForwardError::Unreachable {
+            .map_err(|source| ForwardError::Unreachable {
                 host: authority.to_string(),
                 addr: authority.to_string(),
-                reason,
+                source,
             })
     }
 
@@ -307,11 +308,4 @@ pub fn connect_addr(base: &Uri) -> std::borrow::Cow<'_, str> {
     } else {
         format!("{host}:{port}").into()
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

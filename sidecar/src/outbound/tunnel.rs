@@ -15,12 +15,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use switchboard_proto::sign::{BodyHash, Signer};
+use switchboard_proto::time::unix_secs;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use crate::body::BoxBody;
 use crate::directory::answers::Peer;
-use crate::outbound::forward::unix_now;
 use crate::reply::{error, REASON};
 use crate::repo::local::{self, LocalError};
 use crate::route::{Access, GitVerb, Target};
@@ -209,7 +209,7 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
         &uri,
         &mut headers,
         &BodyHash::of(b""),
-        unix_now(),
+        unix_secs(),
     )
     .map_err(|e| other(&e))?;
     let mut req = Request::builder()
