@@ -1,9 +1,8 @@
 //! HTTP/1.1 framing, for the code that copies messages as bytes (the user
 //! listener's short way, `inbound::passthrough`): how a response body ends
 //! (RFC 9112 §6.3), the chunked coding (§7.1), the length field, and the
-//! hop-by-hop headers a proxy never passes on (RFC 9110 §7.6.1). No I/O and no
-//! proxy policy here: this module says what the bytes mean, the caller decides
-//! what to do with them.
+//! hop-by-hop headers a proxy never passes on (RFC 9110 §7.6.1). No I/O here:
+//! this module says what the bytes mean; the caller reads and writes them.
 
 /// Header fields parsed in one head; a request with more goes through hyper.
 pub const MAX_HEADERS: usize = 64;

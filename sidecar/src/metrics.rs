@@ -1,6 +1,7 @@
 //! Counters and gauges, rendered in Prometheus text format at `/metrics` on the
 //! cluster listener: requests by kind and outcome, signature refusals by reason,
-//! directory reachability and cache age.
+//! signatures verified, directory reachability and cache age, and the
+//! stale-answer episodes the heartbeat reports.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,6 +1,7 @@
 //! Classify a request: which repository it names (if any), and whether it reads
-//! or writes. Then pick where it goes: this host, or a peer, from the
-//! directory's `read.REPO`, `write.REPO` and `conduit.service` answers.
+//! or writes — a smart-HTTP path, a Conduit call, or one of git's commands over
+//! SSH. Then pick where it goes: this host, or a peer, from the directory's
+//! `read.REPO`, `write.REPO` and `conduit.service` answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

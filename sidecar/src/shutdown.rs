@@ -1,4 +1,4 @@
-//! Draining on SIGTERM (mini-redis's `shutdown.rs` is the model): one signal
+//! Draining on SIGTERM, as tokio's mini-redis does it: one signal
 //! that every listener and every open connection listens to. When it comes,
 //! each listener stops accepting and closes its socket, each open connection
 //! finishes the request it is serving and closes, each SSH session runs to its

@@ -3,12 +3,12 @@
 //! Most requests a web host sees are pages and assets for its own web backend:
 //! no routing, no signature, a small body or none. For those, this module reads
 //! the request head with `httparse`, writes it to a kept-alive backend connection
-//! with the same headers `forward::user_headers` passes, and copies the answer
+//! with the same headers `outbound::forward::user_headers` passes, and copies the answer
 //! back as it comes, framing and all, without building a `Request`, a `HeaderMap`
 //! or a body channel. Anything else (git, Conduit, an upgrade, a chunked or large
 //! request body, `Expect`, HTTP/1.0, a head `httparse` refuses or one that is
 //! merely unusual) hands the connection, with what was read of it, to hyper and
-//! `user::handle` for good, so every rule and refusal lives in one place.
+//! `inbound::user::handle` for good, so every rule and refusal lives in one place.
 
 use std::io;
 use std::pin::Pin;
@@ -507,7 +507,7 @@ async fn copy_body(
     }
 }
 
-/// The same JSON refusal as `sidecar::error`, as bytes on the wire.
+/// The same JSON refusal as `reply::error`, as bytes on the wire.
 /// (Without the body for HEAD, as hyper does.)
 fn error_page(status: StatusCode, reason: &str, message: &str, plan: &Plan) -> Vec<u8> {
     let body = serde_json::json!({"error": message, "reason": reason}).to_string();

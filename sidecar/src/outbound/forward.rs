@@ -1,6 +1,8 @@
 //! Calls to other hosts: every one signed with this host's key (RFC 9421, with the
-//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections (`conns`), with
-//! the response streamed back as it arrives.
+//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections
+//! (`outbound::client`), with the response streamed back as it arrives. And plain
+//! calls to this host's own backends (the web application, the directory's
+//! feed), with the rules for which of a request's headers go on to them.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
-//! One pool of idle upstream connections, for every upstream (pingora-pool is
-//! the model): keyed by the upstream's `host:port`, at most [`MAX_IDLE`] idle
+//! One pool of idle upstream connections, for every upstream, as pingora keeps
+//! one: keyed by the upstream's `host:port`, at most [`MAX_IDLE`] idle
 //! per upstream, and a connection is reused only while it is fresh (idle for
 //! less than [`IDLE`]) and ready.
 //!

@@ -1,6 +1,7 @@
-//! Serving a repository this host holds, with git's own `git http-backend` (the
-//! CGI that implements smart HTTP, protocol v0 and v2). Request and response
-//! bodies are piped through, never held whole.
+//! The bare repositories under `--repos` and the git commands run on them:
+//! `git http-backend` (the CGI that implements smart HTTP, protocol v0 and v2)
+//! with request and response bodies piped through, never held whole; a new
+//! empty repository; a fetch of every ref from another host's copy.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
