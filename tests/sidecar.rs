@@ -1027,3 +1027,187 @@ fn identity_comes_from_the_key_and_an_unknown_key_routes_nothing() {
     assert!(stderr(&out).contains("routing nothing"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty(), "never started listening");
 }
+
+/// A TCP relay in front of a listener that passes its answers on slowly once a
+/// `POST .../git-upload-pack` has gone through it, so a clone stays in flight,
+/// and says when a pack is on its way (more than 1 MiB of those answers passed).
+struct SlowRelay {
+    addr: std::net::SocketAddr,
+    pack_started: std::sync::mpsc::Receiver<()>,
+}
+
+impl SlowRelay {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let (tx, pack_started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let tx = tx.clone();
+                std::thread::spawn(move || Self::relay(client, upstream, tx));
+            }
+        });
+        SlowRelay { addr, pack_started }
+    }
+
+    fn relay(
+        mut client: std::net::TcpStream,
+        upstream: std::net::SocketAddr,
+        pack: std::sync::mpsc::Sender<()>,
+    ) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let Ok(mut server) = std::net::TcpStream::connect(upstream) else {
+            return;
+        };
+        let posted = std::sync::Arc::new(AtomicBool::new(false));
+        let (Ok(mut from), Ok(mut to)) = (client.try_clone(), server.try_clone()) else {
+            return;
+        };
+        let seen = posted.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let chunk = &buf[..n];
+                let has = |s: &[u8]| chunk.windows(s.len()).any(|w| w == s);
+                if has(b"POST ") && has(b"/git-upload-pack HTTP") {
+                    seen.store(true, Ordering::SeqCst);
+                }
+                if to.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+        let mut buf = [0u8; 16 * 1024];
+        let (mut passed, mut told) = (0usize, false);
+        loop {
+            let n = match server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if posted.load(Ordering::SeqCst) {
+                passed += n;
+                if passed > 1 << 20 && !told {
+                    let _ = pack.send(());
+                    told = true;
+                }
+                // About 8 MiB/s.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let _ = client.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Whether a new connection to `addr` is refused, or closed without an answer.
+fn refused(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return true;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// SIGTERM: the sidecar stops accepting on every listener at once, lets the
+/// clone in flight finish, then exits 0.
+#[test]
+fn on_sigterm_a_clone_in_flight_completes_and_new_connections_are_refused() {
+    let mut c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r9", "--master", "repo1"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    git_ok(w, &["init", "-q", "src"]);
+    let src = w.join("src");
+    // A repository big enough that its pack takes seconds through the relay:
+    // 24 MiB that does not compress.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..(24 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(src.join("noise"), noise).expect("write");
+    git_ok(&src, &["add", "noise"]);
+    git_ok(&src, &["commit", "-q", "-m", "noise"]);
+    let head = git_ok(&src, &["rev-parse", "HEAD"]).trim().to_string();
+    let authed = |url: String| url.replacen("http://", "http://tester:secret@", 1);
+    git_ok(
+        &src,
+        &[
+            "push",
+            "-q",
+            &authed(c.repo1.http_url("/source/r9.git")),
+            "HEAD:refs/heads/main",
+        ],
+    );
+
+    // The clone goes to repo1 through the slow relay.
+    let relay = SlowRelay::start(c.repo1.http);
+    let url = authed(format!("http://{}/source/r9.git", relay.addr));
+    let clone = Command::new("git")
+        .args(["clone", "-q", "-b", "main", &url, "copy"])
+        .current_dir(w)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start git clone");
+    let (done, cloned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(clone.wait_with_output());
+    });
+    relay
+        .pack_started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the clone's pack is on its way");
+
+    let mut stopping = c.repo1.terminate();
+    // Said once every listener is closed.
+    stopping.wait_log("draining");
+    assert!(
+        stopping.running(),
+        "repo1 waits for the clone in flight instead of exiting"
+    );
+    for (what, addr) in [("user", c.repo1.http), ("cluster", c.repo1.cluster)] {
+        assert!(
+            refused(addr),
+            "a new connection to repo1's {what} listener is refused while it drains"
+        );
+    }
+
+    let out = cloned
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the clone finishes")
+        .expect("git clone ran");
+    assert!(
+        out.status.success(),
+        "the clone in flight completes: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(git_ok(&w.join("copy"), &["rev-parse", "HEAD"]).trim(), head);
+    let line = stopping.wait_log("drained");
+    assert!(!line.contains("still_open"), "{line}");
+    let status = stopping.wait_exit();
+    assert!(status.success(), "repo1 exits 0 after draining: {status}");
+}

@@ -1,13 +1,17 @@
 //! Who this host is: its key, the key's fingerprint, and what the directory says
-//! the fingerprint belongs to (`FPR.key.Z` TXT: `host=` `roles=` `key=`).
+//! the fingerprint belongs to (`FPR.key.Z` TXT: `host=` `roles=` `key=`). Kept
+//! apart from transport: the listeners and clients only use what this says.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use switchboard_proto::keys::{self, KeyError};
 use switchboard_proto::model::PublicKey;
 
-use crate::directory::{DirError, DirectoryClient};
+use crate::directory::answers::{DirError, DirectoryClient};
+use crate::metrics::Metrics;
 
 /// This host's key.
 pub struct Identity {
@@ -74,4 +78,44 @@ pub async fn lookup(dir: &DirectoryClient, fingerprint: &str) -> Result<Option<K
         return Ok(None);
     }
     Ok(Some(KeyInfo { host, roles, key }))
+}
+
+/// Why this host could not learn who it is.
+#[derive(Debug, thiserror::Error)]
+pub enum WhoAmIError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Zone(DirError),
+    #[error("cannot ask the directory who this key is: {0}")]
+    Lookup(DirError),
+    #[error("key {fingerprint} (public key {public}) is not known to the directory at {directory} for zone {zone}: register it with `switchboard-directory host add HOST --addr IP --pubkey {public} --roles ...`; routing nothing")]
+    Unknown {
+        fingerprint: String,
+        public: String,
+        directory: SocketAddr,
+        zone: String,
+    },
+}
+
+/// Loads the key at `key` and asks the directory at `directory` who it belongs
+/// to; with the directory client it asked through, for everything after.
+pub async fn who_am_i(
+    key: &Path,
+    directory: SocketAddr,
+    zone: &str,
+    metrics: Arc<Metrics>,
+) -> Result<(Identity, KeyInfo, Arc<DirectoryClient>), WhoAmIError> {
+    let id = Identity::load(key)?;
+    let dir = Arc::new(DirectoryClient::new(directory, zone, metrics).map_err(WhoAmIError::Zone)?);
+    let me = lookup(&dir, &id.fingerprint)
+        .await
+        .map_err(WhoAmIError::Lookup)?
+        .ok_or_else(|| WhoAmIError::Unknown {
+            fingerprint: id.fingerprint.clone(),
+            public: id.public.to_base64(),
+            directory,
+            zone: zone.to_string(),
+        })?;
+    Ok((id, me, dir))
 }

@@ -1,38 +1,39 @@
 //! Switchboard's sidecar: runs next to every web, daemon and repository process,
 //! learns who its host is from its key, and routes Conduit and git traffic to the
-//! right host, signing every call between hosts.
+//! right host, signing every call between hosts. Grouped by direction and
+//! protocol; every import points down (no two modules import each other).
 //!
-//! - `identity`: the host key and who the directory says it is.
-//! - `directory`: DNS answers, cached by TTL, served stale when the directory is down.
-//! - `feed`: follows the directory's change feed so changes land within a second.
-//! - `route`: classify a request (repository, read or write) and pick its target.
-//! - `forward`: signed calls to other hosts; `conns`: the keep-alive connections they and
-//!   local backend calls go out on; `spool`: bodies hashed for signing.
-//! - `user`: the user-facing listener; `cluster`: the signed listener between hosts.
-//! - `git`: serving a local repository with `git http-backend`; `hook`: recording writes.
-//! - `replicate`: replicas catch up with their master; `loopback`: the signing proxy local git uses.
-//! - `ssh`: the forced command OpenSSH runs; `tunnel`: SSH sessions carried to another host.
-//! - `heartbeat`: tells the directory this sidecar is alive, and when it served stale answers.
-//! - `metrics`: Prometheus counters.
+//! - `server`: `run` — binds the listeners, serves them, drains on SIGTERM (`shutdown`).
+//! - `sidecar`: the state every handler shares, built once per process.
+//! - `inbound/`: traffic coming in — `user` (the user listener), `passthrough` (its
+//!   short way for plain web traffic), `cluster` (signed calls from other hosts),
+//!   `listener` (the accept loop they share).
+//! - `outbound/`: traffic going out — `forward` (signed calls to peers, plain calls to
+//!   local backends), `client` (keep-alive HTTP/1.1 over `pool`, the one pool of idle
+//!   upstream connections), `spool` (bodies hashed for signing), `tunnel` (SSH sessions
+//!   carried to another host), `loopback` (the signing proxy local git fetches through).
+//! - `directory/`: `answers` (DNS answers, cached, served stale when the directory is
+//!   down), `feed` (its change feed), `heartbeat` (alive, and when answers were stale).
+//! - `repo/`: `git` (the repositories and git's commands), `local` (serving from this
+//!   host's copy), `hook` (recording writes on the master), `replicate` (replicas catch up).
+//! - `ssh/`: `command` (what a session may ask for), `exec` (the forced command).
+//! - `identity` (this host's key and who the directory says it is), `verify` (batched
+//!   ed25519 checks of cluster calls), `route` (classify a request, pick its target),
+//!   `reply` (JSON refusals and body limits), `body` (the one body type), `http1`
+//!   (HTTP/1.1 framing), `metrics` (Prometheus counters).
 
-pub mod cluster;
-pub mod conns;
+pub mod body;
 pub mod directory;
-pub mod feed;
-pub mod forward;
-pub mod git;
-pub mod heartbeat;
-pub mod hook;
+pub mod http1;
 pub mod identity;
-pub mod loopback;
+pub mod inbound;
 pub mod metrics;
-pub mod passthrough;
-pub mod replicate;
+pub mod outbound;
+pub mod reply;
+pub mod repo;
 pub mod route;
 pub mod server;
+pub mod shutdown;
 pub mod sidecar;
-pub mod spool;
 pub mod ssh;
-pub mod tunnel;
-pub mod user;
 pub mod verify;

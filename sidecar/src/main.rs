@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchboard_sidecar::metrics::Metrics;
-use switchboard_sidecar::server::{self, Common, RunConfig};
+use switchboard_sidecar::server::{self, RunConfig};
+use switchboard_sidecar::sidecar::Common;
 
 /// Switchboard's sidecar: routes Conduit and git traffic and signs every call between hosts.
 #[derive(Debug, Parser)]
@@ -65,6 +66,10 @@ enum Command {
         /// SSH sessions one host may tunnel to this one at once.
         #[arg(long, default_value_t = 32)]
         max_tunnels_per_peer: usize,
+        /// On SIGTERM, how long requests and SSH sessions in flight may take to finish,
+        /// in seconds, once every listener has stopped accepting.
+        #[arg(long, default_value_t = 30)]
+        drain_timeout: u64,
     },
     /// Serve one SSH session: what sshd runs as a forced command (reads SSH_ORIGINAL_COMMAND).
     SshExec {
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
             Command::Keygen { out } => switchboard_proto::keys::keygen(&out, false).map_err(|e| e.to_string()),
             Command::Whoami { at, json } => {
                 let id = switchboard_sidecar::identity::Identity::load(&at.key).map_err(|e| e.to_string())?;
-                let found = server::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
+                let found = switchboard_sidecar::identity::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
                 match (found, json) {
                     (Ok((_, me, _)), true) => {
                         println!("{}", serde_json::json!({"fingerprint": id.fingerprint, "public_key": id.public.to_base64(), "host": me.host, "roles": me.roles}));
@@ -149,25 +154,34 @@ fn main() -> ExitCode {
                     (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
                 }
             }
-            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer } => {
+            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer, drain_timeout } => {
                 let limits = switchboard_sidecar::sidecar::Limits {
                     max_body: max_body_mb.max(1).saturating_mul(1 << 20),
                     max_tunnels_per_peer: max_tunnels_per_peer.max(1),
                 };
-                server::run(RunConfig { common: common.into(), http, cluster, limits }).await.map_err(|e| e.to_string())
+                server::run(RunConfig {
+                    common: common.into(),
+                    http,
+                    cluster,
+                    limits,
+                    drain_timeout: std::time::Duration::from_secs(drain_timeout),
+                }).await.map_err(|e| e.to_string())
             }
             Command::SshExec { common } => {
-                let code = switchboard_sidecar::ssh::exec(common.into()).await;
+                let code = switchboard_sidecar::ssh::exec::exec(common.into()).await;
                 std::process::exit(code);
             }
             Command::Hook { name, args } => match name.as_str() {
                 "reference-transaction" => {
-                    switchboard_sidecar::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
+                    switchboard_sidecar::repo::hook::reference_transaction(args.first().map(String::as_str).unwrap_or("")).await
+                        .map_err(|e| e.to_string())
                 }
                 other => Err(format!("no hook {other}")),
             },
         }
     });
+    // Whatever a drain left open is dropped now, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,12 +1,15 @@
 //! Counters and gauges, rendered in Prometheus text format at `/metrics` on the
 //! cluster listener: requests by kind and outcome, signature refusals by reason,
-//! directory reachability and cache age.
+//! signatures verified, directory reachability and cache age, and the
+//! stale-answer episodes the heartbeat reports.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+
+use switchboard_proto::time::unix_ms;
 
 /// Everything the sidecar counts.
 #[derive(Debug)]
@@ -36,13 +39,6 @@ pub struct Metrics {
 pub struct Episodes {
     pub since: Option<u64>,
     pub last: Option<(u64, u64)>,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Default for Metrics {

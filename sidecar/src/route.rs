@@ -1,19 +1,56 @@
 //! Classify a request: which repository it names (if any), and whether it reads
-//! or writes. Then pick where it goes: this host, or a peer, from the
-//! directory's `read.REPO`, `write.REPO` and `conduit.service` answers.
+//! or writes — a smart-HTTP path, a Conduit call, or one of git's commands over
+//! SSH. Then pick where it goes: this host, or a peer, from the directory's
+//! `read.REPO`, `write.REPO` and `conduit.service` answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchboard_proto::model::validate_label;
 use switchboard_proto::schema;
 
-use crate::directory::{DirError, DirectoryClient, Peer};
+use crate::directory::answers::{DirError, DirectoryClient, Peer};
 
 /// Reads may go to any up-to-date host; writes only to the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
     Write,
+}
+
+/// One of git's three services, as an SSH session names it (`git-upload-pack`)
+/// and a tunnelled one is asked for (`upload-pack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitVerb {
+    UploadPack,
+    ReceivePack,
+    UploadArchive,
+}
+
+impl GitVerb {
+    /// The git subcommand (`git upload-pack` etc.).
+    pub fn program(self) -> &'static str {
+        match self {
+            GitVerb::UploadPack => "upload-pack",
+            GitVerb::ReceivePack => "receive-pack",
+            GitVerb::UploadArchive => "upload-archive",
+        }
+    }
+
+    pub fn from_program(s: &str) -> Option<Self> {
+        match s {
+            "upload-pack" => Some(GitVerb::UploadPack),
+            "receive-pack" => Some(GitVerb::ReceivePack),
+            "upload-archive" => Some(GitVerb::UploadArchive),
+            _ => None,
+        }
+    }
+
+    pub fn access(self) -> Access {
+        match self {
+            GitVerb::ReceivePack => Access::Write,
+            _ => Access::Read,
+        }
+    }
 }
 
 /// Where a request is served.

@@ -1,49 +1,32 @@
-//! Starting up: learn who this host is, build the shared state, and (for `run`)
-//! open the listeners, follow the directory and keep replicas current.
+//! `run`: the sidecar as a server. Building it ([`Server::bind`]: the shared
+//! state from `Sidecar::build`, the admin API client, every listener bound) is
+//! apart from running it ([`Server::run`]: serving the listeners, following the
+//! directory, keeping replicas current, until SIGINT or SIGTERM, then draining).
+//! Nothing below imports this module: handlers get the state, never the server.
+//!
+//! Draining (docs/sidecar.md, `--drain-timeout`): on the signal every listener
+//! (user, cluster, loopback) stops accepting and closes, requests and SSH
+//! sessions in flight finish, and the process exits 0 once they have, or once
+//! the timeout cuts those still open. A second signal stops it at once.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::BytesMut;
-use http::Uri;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use switchboard_proto::api::Client;
+use switchboard_proto::api::{ApiError, Client};
 use tokio::net::TcpListener;
 
-use crate::conns::{self, Pool};
-use crate::directory::DirectoryClient;
-use crate::forward::Forwarder;
-use crate::git::Repos;
-use crate::hook::Hooks;
-use crate::identity::{self, Identity};
-use crate::loopback::{self, Loopback};
-use crate::metrics::Metrics;
-use crate::passthrough::{Done, Passthrough, Prefixed};
-use crate::route::Router;
-use crate::sidecar::{Limits, Sidecar};
-use crate::{cluster, feed, heartbeat, replicate, user};
-
-/// What every mode (`run`, `ssh-exec`) is told.
-#[derive(Debug, Clone)]
-pub struct Common {
-    pub key: PathBuf,
-    pub directory: SocketAddr,
-    pub directory_api: Option<String>,
-    pub zone: String,
-    pub repos: PathBuf,
-    pub web_backend: Option<Uri>,
-}
-
-impl Common {
-    /// The admin API: `--directory-api`, else port 8053 on the directory's address.
-    pub fn api(&self) -> String {
-        self.directory_api
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:8053", self.directory.ip()))
-    }
-}
+use crate::directory::feed;
+use crate::directory::heartbeat;
+use crate::inbound::cluster;
+use crate::inbound::listener::serve;
+use crate::inbound::passthrough::Passthrough;
+use crate::inbound::user;
+use crate::outbound::forward::Forwarder;
+use crate::outbound::loopback::{self, Loopback};
+use crate::repo::replicate;
+use crate::shutdown::Drain;
+use crate::sidecar::{Common, Limits, Sidecar, StartError};
 
 /// What `run` was asked to do.
 #[derive(Debug, Clone)]
@@ -52,190 +35,167 @@ pub struct RunConfig {
     pub http: SocketAddr,
     pub cluster: SocketAddr,
     pub limits: Limits,
+    /// How long requests and SSH sessions in flight may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
 }
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunError(pub String);
-
-/// Loads the key and asks the directory who it belongs to.
-pub async fn who_am_i(
-    key: &std::path::Path,
-    directory: SocketAddr,
-    zone: &str,
-    metrics: Arc<Metrics>,
-) -> Result<(Identity, identity::KeyInfo, Arc<DirectoryClient>), RunError> {
-    let id = Identity::load(key).map_err(|e| RunError(e.to_string()))?;
-    let dir = Arc::new(
-        DirectoryClient::new(directory, zone, metrics).map_err(|e| RunError(e.to_string()))?,
-    );
-    let me = identity::lookup(&dir, &id.fingerprint)
-        .await
-        .map_err(|e| RunError(format!("cannot ask the directory who this key is: {e}")))?
-        .ok_or_else(|| {
-            RunError(format!(
-                "key {} (public key {}) is not known to the directory at {directory} for zone {zone}: register it with `switchboard-directory host add HOST --addr IP --pubkey {} --roles ...`; routing nothing",
-                id.fingerprint,
-                id.public.to_base64(),
-                id.public.to_base64()
-            ))
-        })?;
-    Ok((id, me, dir))
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the loopback proxy: {0}")]
+    Loopback(std::io::Error),
 }
 
-/// The shared state of a sidecar process.
-pub async fn build(c: &Common, limits: Limits) -> Result<Arc<Sidecar>, RunError> {
-    let metrics = Arc::new(Metrics::default());
-    let (id, me, dir) = who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
-    std::fs::create_dir_all(&c.repos)
-        .map_err(|e| RunError(format!("cannot create --repos {}: {e}", c.repos.display())))?;
-    let spool_dir = c.repos.join(".switchboard-spool");
-    std::fs::create_dir_all(&spool_dir)
-        .map_err(|e| RunError(format!("cannot create {}: {e}", spool_dir.display())))?;
-    let hooks = Hooks::install(&c.repos, &me.host, &c.key, &c.api(), &c.zone).map_err(|e| {
-        RunError(format!(
-            "cannot install the write hook in {}: {e}",
-            c.repos.display()
-        ))
-    })?;
-    let identity = Arc::new(id);
-    Ok(Arc::new(Sidecar {
-        identity: identity.clone(),
-        router: Router::new(dir.clone(), me.host.clone()),
-        forwarder: Forwarder::new(identity),
-        repos: Repos::new(c.repos.clone()),
-        web_backend: c.web_backend.clone(),
-        verifier: crate::verify::BatchVerifier::spawn(metrics.clone()),
-        metrics,
-        replay: Default::default(),
-        spool_dir,
-        hooks,
-        cluster_addr: Default::default(),
-        callers: Default::default(),
-        limits,
-        tunnels: Default::default(),
-        dir,
-        me,
-    }))
+/// A sidecar with its listeners bound, not yet serving.
+pub struct Server {
+    sc: Arc<Sidecar>,
+    drain: Drain,
+    drain_timeout: Duration,
+    api: Arc<Client>,
+    common: Common,
+    http: TcpListener,
+    http_addr: SocketAddr,
+    cluster: TcpListener,
+    cluster_addr: SocketAddr,
+    loopback: Arc<Loopback>,
+    loopback_listener: TcpListener,
 }
 
-/// A signed client of the admin API, as this host.
-pub fn api_client(c: &Common) -> Result<Client, RunError> {
-    Client::new(&c.api(), Some(&c.key), Some(c.zone.clone())).map_err(|e| RunError(e.to_string()))
+/// Binds `addr`, or says which listener could not be; with the address bound
+/// (the port chosen, for port 0).
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let fail = |source| RunError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    Ok((listener, bound))
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
-    let sc = build(&cfg.common, cfg.limits).await?;
-    let api = Arc::new(api_client(&cfg.common)?);
-    let http = TcpListener::bind(cfg.http)
-        .await
-        .map_err(|e| RunError(format!("cannot bind --http {}: {e}", cfg.http)))?;
-    let cluster_l = TcpListener::bind(cfg.cluster)
-        .await
-        .map_err(|e| RunError(format!("cannot bind --cluster {}: {e}", cfg.cluster)))?;
-    let (lb, lb_listener) = Loopback::bind()
-        .await
-        .map_err(|e| RunError(format!("cannot bind the loopback proxy: {e}")))?;
-    let lb = Arc::new(lb);
-    let http_addr = http.local_addr().map_err(|e| RunError(e.to_string()))?;
-    let cluster_addr = cluster_l
-        .local_addr()
-        .map_err(|e| RunError(e.to_string()))?;
-    let _ = sc.cluster_addr.set(cluster_addr);
-
-    tokio::spawn(feed::follow(
-        sc.dir.clone(),
-        Arc::new(Forwarder::new(sc.identity.clone())),
-        cfg.common.api(),
-        cfg.common.zone.clone(),
-    ));
-    let s = sc.clone();
-    tokio::spawn(serve(
-        http,
-        sc.forwarder.pool(),
-        Passthrough::new(sc.clone()),
-        move |req, peer| user::handle(s.clone(), req, peer),
-    ));
-    let s = sc.clone();
-    tokio::spawn(serve(
-        cluster_l,
-        sc.forwarder.pool(),
-        None,
-        move |req, peer| cluster::handle(s.clone(), req, peer),
-    ));
-    let (s, l) = (sc.clone(), lb.clone());
-    tokio::spawn(serve(
-        lb_listener,
-        sc.forwarder.pool(),
-        None,
-        move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
-    ));
-    tokio::spawn(heartbeat::run(
-        api.clone(),
-        sc.me.host.clone(),
-        sc.metrics.clone(),
-    ));
-    tokio::spawn(replicate::run(sc.clone(), api, lb));
-
-    tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
-    println!(
-        "switchboard-sidecar: host={} listening http={http_addr} cluster={cluster_addr}",
-        sc.me.host
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    switchboard_proto::process::wait_for_signal().await;
-    Ok(())
-}
-
-/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
-/// or first to the short way for plain web traffic (`passthrough`) when there is one.
-/// Backend connections its requests open stay with the connection (`conns::scope`).
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
-    pool: Arc<Pool>,
-    fast: Option<Arc<Passthrough>>,
-    handler: F,
-) where
-    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<crate::forward::BoxBody>> + Send + 'static,
-{
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let pool = pool.clone();
-        let fast = fast.clone();
-        tokio::spawn(async move {
-            let io = match fast {
-                None => Prefixed::new(BytesMut::new(), stream),
-                Some(fast) => match fast.connection(stream, peer).await {
-                    Done::Closed => return,
-                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
-                },
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .writev(false)
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            if let Err(e) = conns::scope(pool, conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended");
-            }
-        });
+impl Server {
+    /// Learns who this host is, builds the shared state, and binds the user,
+    /// cluster and loopback listeners.
+    pub async fn bind(cfg: RunConfig) -> Result<Self, RunError> {
+        let drain = Drain::default();
+        let sc = Sidecar::build(&cfg.common, cfg.limits, drain.shutdown()).await?;
+        let api = Arc::new(cfg.common.api_client()?);
+        let (http, http_addr) = bind("--http", cfg.http).await?;
+        let (cluster, cluster_addr) = bind("--cluster", cfg.cluster).await?;
+        let (loopback, loopback_listener) = Loopback::bind().await.map_err(RunError::Loopback)?;
+        let _ = sc.cluster_addr.set(cluster_addr);
+        Ok(Server {
+            sc,
+            drain,
+            drain_timeout: cfg.drain_timeout,
+            api,
+            common: cfg.common,
+            http,
+            http_addr,
+            cluster,
+            cluster_addr,
+            loopback: Arc::new(loopback),
+            loopback_listener,
+        })
     }
+
+    /// Serves until SIGINT or SIGTERM, then drains.
+    pub async fn run(self) -> Result<(), RunError> {
+        let Server {
+            sc,
+            drain,
+            drain_timeout,
+            api,
+            common,
+            http,
+            http_addr,
+            cluster,
+            cluster_addr,
+            loopback: lb,
+            loopback_listener,
+        } = self;
+
+        tokio::spawn(feed::follow(
+            sc.dir.clone(),
+            Arc::new(Forwarder::new(sc.identity.clone())),
+            common.api(),
+            common.zone.clone(),
+        ));
+        let s = sc.clone();
+        let user_listener = tokio::spawn(serve(
+            http,
+            sc.forwarder.client().clone(),
+            Passthrough::new(sc.clone()),
+            sc.shutdown.clone(),
+            move |req, peer| user::handle(s.clone(), req, peer),
+        ));
+        let s = sc.clone();
+        let cluster_listener = tokio::spawn(serve(
+            cluster,
+            sc.forwarder.client().clone(),
+            None,
+            sc.shutdown.clone(),
+            move |req, peer| cluster::handle(s.clone(), req, peer),
+        ));
+        let (s, l) = (sc.clone(), lb.clone());
+        let loopback_listener = tokio::spawn(serve(
+            loopback_listener,
+            sc.forwarder.client().clone(),
+            None,
+            sc.shutdown.clone(),
+            move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
+        ));
+        tokio::spawn(heartbeat::run(
+            api.clone(),
+            sc.me.host.clone(),
+            sc.metrics.clone(),
+        ));
+        tokio::spawn(replicate::run(sc.clone(), api, lb));
+
+        tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
+        println!(
+            "switchboard-sidecar: host={} listening http={http_addr} cluster={cluster_addr}",
+            sc.me.host
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        switchboard_proto::process::wait_for_signal().await;
+
+        drain.begin();
+        // Every listener closed before this is said: a connection made after
+        // the line is refused.
+        for listener in [user_listener, cluster_listener, loopback_listener] {
+            let _ = listener.await;
+        }
+        tracing::info!(
+            open = drain.open(),
+            timeout_secs = drain_timeout.as_secs_f64(),
+            "draining: no longer accepting; waiting for the requests and SSH sessions in flight"
+        );
+        tokio::select! {
+            left = drain.wait(drain_timeout) => {
+                if left == 0 {
+                    tracing::info!("drained: every request and SSH session finished; exiting");
+                } else {
+                    tracing::warn!(still_open = left, "drain timed out: closing the connections and SSH sessions still open; exiting");
+                }
+            }
+            () = switchboard_proto::process::wait_for_signal() => {
+                tracing::warn!(still_open = drain.open(), "second signal: stopping now");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `run`: binds, then serves until SIGINT or SIGTERM.
+pub async fn run(cfg: RunConfig) -> Result<(), RunError> {
+    Server::bind(cfg).await?.run().await
 }

@@ -1,25 +1,79 @@
-//! The running sidecar: who this host is and everything a request handler needs,
-//! plus the steps both listeners share (serve a repository here, send a Conduit
-//! call to the web backend, answer with a JSON error).
+//! The state of a sidecar process, shared by every connection of every listener
+//! (and by an `ssh-exec` session): who this host is, the directory client, the
+//! router, the forwarder, the repositories, the limits. `Sidecar::build` makes it
+//! (the key looked up, the directories made, the write hook installed), for
+//! `run` and `ssh-exec` alike; binding and serving the listeners is `server`'s.
+//! With it, the steps several handlers share: who is calling, where a
+//! repository request goes, and sending a request to the web backend.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
+use switchboard_proto::api::{ApiError, Client};
 use switchboard_proto::schema;
 use switchboard_proto::sign::ReplayGuard;
 
-use crate::directory::DirectoryClient;
-use crate::forward::{self, BoxBody, Forwarder};
-use crate::git::{GitRequest, Repos};
-use crate::hook::Hooks;
-use crate::identity::{Identity, KeyInfo};
+use crate::body::{self, BoxBody};
+use crate::directory::answers::{DirError, DirectoryClient};
+use crate::identity::{self, Identity, KeyInfo, WhoAmIError};
 use crate::metrics::Metrics;
-use crate::route::{Access, GitPath, RouteError, Router, Target};
-use crate::spool::SpoolError;
+use crate::outbound::forward::Forwarder;
+use crate::reply::error;
+use crate::repo::git::Repos;
+use crate::repo::hook::Hooks;
+use crate::route::{Access, RouteError, Router, Target};
+use crate::shutdown::Shutdown;
+use crate::verify::BatchVerifier;
+
+/// What every mode (`run`, `ssh-exec`) is told.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub key: PathBuf,
+    pub directory: SocketAddr,
+    pub directory_api: Option<String>,
+    pub zone: String,
+    pub repos: PathBuf,
+    pub web_backend: Option<Uri>,
+}
+
+impl Common {
+    /// The admin API: `--directory-api`, else port 8053 on the directory's address.
+    pub fn api(&self) -> String {
+        self.directory_api
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:8053", self.directory.ip()))
+    }
+
+    /// A signed client of the admin API, as this host.
+    pub fn api_client(&self) -> Result<Client, ApiError> {
+        Client::new(&self.api(), Some(&self.key), Some(self.zone.clone()))
+    }
+}
+
+/// Why the sidecar's state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    WhoAmI(#[from] WhoAmIError),
+    #[error("cannot create --repos {path}: {source}")]
+    Repos {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install the write hook in {path}: {source}")]
+    Hooks {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// Largest request body routed (a pushed pack included).
 pub const MAX_BODY: u64 = 4 << 30;
@@ -39,7 +93,7 @@ pub struct Sidecar {
     pub metrics: Arc<Metrics>,
     pub replay: ReplayGuard,
     /// Verifies cluster-call signatures, batched under load.
-    pub verifier: crate::verify::BatchVerifier,
+    pub verifier: BatchVerifier,
     /// Where large bodies are spooled while they are hashed.
     pub spool_dir: PathBuf,
     /// The write hook for receive-pack runs on repositories this host is master of.
@@ -51,6 +105,8 @@ pub struct Sidecar {
     pub limits: Limits,
     /// SSH sessions tunnelled here, open now, per calling host.
     pub tunnels: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// The drain signal (SIGTERM): open connections and sessions listen to it.
+    pub shutdown: Shutdown,
 }
 
 /// What one request or one peer may take.
@@ -89,58 +145,6 @@ impl Drop for TunnelSlot {
     }
 }
 
-/// Refuses a body declared (`Content-Length`) larger than `limit`, before a
-/// byte of it is read: nothing waits for, or spools, a body that will not do.
-pub fn check_declared(
-    headers: &HeaderMap,
-    limit: u64,
-) -> Result<(), Box<Response<crate::forward::BoxBody>>> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Box::new(too_large(limit)));
-    }
-    Ok(())
-}
-
-fn too_large(limit: u64) -> Response<BoxBody> {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        format!("the request body is larger than the {limit}-byte limit"),
-    )
-}
-
-/// The answer to a body that could not be spooled: too large (413, as a
-/// declared one), cut off by the client (400), or no room on disk (500).
-pub fn spool_refusal(e: SpoolError) -> Response<BoxBody> {
-    match e {
-        SpoolError::TooLarge(limit) => too_large(limit),
-        SpoolError::Read(_) => error(StatusCode::BAD_REQUEST, "body-unreadable", e.to_string()),
-        SpoolError::Disk(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "spool-failed",
-            e.to_string(),
-        ),
-    }
-}
-
-/// Refuses a body declared larger than `limit` before reading it, and cuts one
-/// that grows past it while it streams (the backend then sees an aborted body).
-pub fn limit_body(
-    headers: &HeaderMap,
-    body: hyper::body::Incoming,
-    limit: u64,
-) -> Result<crate::forward::BoxBody, Box<Response<crate::forward::BoxBody>>> {
-    check_declared(headers, limit)?;
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    Ok(http_body_util::Limited::new(body, limit)
-        .map_err(|e| e as crate::forward::BoxError)
-        .boxed())
-}
-
 /// A calling host as the directory knows it, with its key ready to verify.
 #[derive(Clone)]
 pub struct Caller {
@@ -150,31 +154,34 @@ pub struct Caller {
     expires: std::time::Instant,
 }
 
+/// Why a signed call's key may not call this host.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    #[error("key {0} belongs to no host in the directory")]
+    UnknownKey(String),
+    #[error("cannot look key {keyid} up: {source}")]
+    Lookup { keyid: String, source: DirError },
+    #[error("host {0} is marked unavailable in the directory")]
+    Unavailable(String),
+    #[error("cannot check host {host}: {source}")]
+    Check { host: String, source: DirError },
+    #[error("the key of {0} is not a valid ed25519 key")]
+    BadKey(String),
+}
+
+impl CallerError {
+    /// The refusal's reason code (docs/sidecar.md, "Refusals on the cluster listener").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallerError::Unavailable(_) => "host-unavailable",
+            _ => "unknown-key",
+        }
+    }
+}
+
 /// How long a looked-up caller is trusted without asking the directory again
 /// (the change feed drops it sooner when the directory changes).
 const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A JSON error answer: `{"error": message, "reason": code}`.
-pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response<BoxBody> {
-    let body = serde_json::json!({"error": message.into(), "reason": reason}).to_string();
-    let mut r = Response::new(
-        http_body_util::Full::new(Bytes::from(body))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(reason) {
-        r.headers_mut().insert(REASON, v);
-    }
-    r
-}
-
-/// The header that carries an error's reason code, for sidecars reading a peer's answer.
-pub const REASON: &str = "x-switchboard-reason";
 
 /// What the directory says right now about this host and a repository.
 pub struct Standing {
@@ -183,11 +190,56 @@ pub struct Standing {
 }
 
 impl Sidecar {
+    /// Learns who this host is and builds the state every handler shares;
+    /// `shutdown` is the drain signal its connections and sessions listen to.
+    pub async fn build(
+        c: &Common,
+        limits: Limits,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Self>, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let (id, me, dir) =
+            identity::who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
+        std::fs::create_dir_all(&c.repos).map_err(|source| StartError::Repos {
+            path: c.repos.clone(),
+            source,
+        })?;
+        let spool_dir = c.repos.join(".switchboard-spool");
+        std::fs::create_dir_all(&spool_dir).map_err(|source| StartError::Spool {
+            path: spool_dir.clone(),
+            source,
+        })?;
+        let hooks =
+            Hooks::install(&c.repos, &me.host, &c.key, &c.api(), &c.zone).map_err(|source| {
+                StartError::Hooks {
+                    path: c.repos.clone(),
+                    source,
+                }
+            })?;
+        let identity = Arc::new(id);
+        Ok(Arc::new(Sidecar {
+            identity: identity.clone(),
+            router: Router::new(dir.clone(), me.host.clone()),
+            forwarder: Forwarder::new(identity),
+            repos: Repos::new(c.repos.clone()),
+            web_backend: c.web_backend.clone(),
+            verifier: BatchVerifier::spawn(metrics.clone()),
+            metrics,
+            replay: Default::default(),
+            spool_dir,
+            hooks,
+            cluster_addr: Default::default(),
+            callers: Default::default(),
+            limits,
+            tunnels: Default::default(),
+            shutdown,
+            dir,
+            me,
+        }))
+    }
+
     /// Takes one of `host`'s tunnel slots, or says why not.
-    pub fn take_tunnel(
-        &self,
-        host: &str,
-    ) -> Result<TunnelSlot, Box<Response<crate::forward::BoxBody>>> {
+    pub fn take_tunnel(&self, host: &str) -> Result<TunnelSlot, Box<Response<BoxBody>>> {
         let mut t = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
         let open = t.get(host).copied().unwrap_or(0);
         if open >= self.limits.max_tunnels_per_peer {
@@ -212,7 +264,7 @@ impl Sidecar {
     pub async fn caller(
         &self,
         keyid: &str,
-    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), (&'static str, String)> {
+    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), CallerError> {
         let generation = self.dir.generation();
         let now = std::time::Instant::now();
         if let Some(c) = self
@@ -225,36 +277,25 @@ impl Sidecar {
                 return Ok((c.info.clone(), c.key));
             }
         }
-        let info = match crate::identity::lookup(&self.dir, keyid).await {
-            Ok(Some(k)) => k,
-            Ok(None) => {
-                return Err((
-                    "unknown-key",
-                    format!("key {keyid} belongs to no host in the directory"),
-                ))
-            }
-            Err(e) => return Err(("unknown-key", format!("cannot look key {keyid} up: {e}"))),
-        };
+        let info = identity::lookup(&self.dir, keyid)
+            .await
+            .map_err(|source| CallerError::Lookup {
+                keyid: keyid.to_string(),
+                source,
+            })?
+            .ok_or_else(|| CallerError::UnknownKey(keyid.to_string()))?;
         match self.dir.host_available(&info.host).await {
             Ok(Some(true)) => {}
-            Ok(_) => {
-                return Err((
-                    "host-unavailable",
-                    format!("host {} is marked unavailable in the directory", info.host),
-                ))
-            }
-            Err(e) => {
-                return Err((
-                    "unknown-key",
-                    format!("cannot check host {}: {e}", info.host),
-                ))
+            Ok(_) => return Err(CallerError::Unavailable(info.host)),
+            Err(source) => {
+                return Err(CallerError::Check {
+                    host: info.host,
+                    source,
+                })
             }
         }
         let Ok(key) = info.key.verifying_key() else {
-            return Err((
-                "unknown-key",
-                format!("the key of {} is not a valid ed25519 key", info.host),
-            ));
+            return Err(CallerError::BadKey(info.host));
         };
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         if callers.len() > 4096 {
@@ -312,11 +353,7 @@ impl Sidecar {
     /// host's copy is within `max_lag` of the master's version. For a read, the
     /// last answer does when the directory cannot be reached (serve-stale); a
     /// write needs the directory's answer now.
-    pub async fn standing(
-        &self,
-        repo: &str,
-        access: Access,
-    ) -> Result<Option<Standing>, crate::directory::DirError> {
+    pub async fn standing(&self, repo: &str, access: Access) -> Result<Option<Standing>, DirError> {
         let Some(t) = self
             .dir
             .txt_fresh(&format!("{repo}.{}", schema::REPO), access == Access::Read)
@@ -355,90 +392,6 @@ impl Sidecar {
         Ok(t)
     }
 
-    /// Serves a git request from this host's copy. Writes are taken only by the
-    /// master (checked uncached) and run the write hook; reads only from a copy
-    /// that is current. The master creates a repository it lacks.
-    pub async fn git_local(
-        &self,
-        gp: &GitPath,
-        method: &Method,
-        headers: &HeaderMap,
-        body: BoxBody,
-    ) -> Response<BoxBody> {
-        let repo = gp.repo.as_str();
-        let write = gp.access == Access::Write;
-        let standing = match self.standing(repo, gp.access).await {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "unknown-repository",
-                    format!("no repository {repo} in the directory"),
-                )
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "directory-unreachable",
-                    e.to_string(),
-                )
-            }
-        };
-        let is_master = standing.master == self.me.host;
-        if write && !is_master {
-            return error(
-                StatusCode::FORBIDDEN,
-                "not-master",
-                format!(
-                    "{} is not the master of {repo} ({} is): writes go to the master",
-                    self.me.host, standing.master
-                ),
-            );
-        }
-        if !is_master && !standing.current {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stale-replica",
-                format!(
-                    "{}'s copy of {repo} is behind the master; read from the master",
-                    self.me.host
-                ),
-            );
-        }
-        if !self.repos.exists(repo) {
-            if let Err(e) = self.repos.create(repo).await {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "git-failed",
-                    e.to_string(),
-                );
-            }
-        }
-        let hooks = (write && is_master).then_some(&self.hooks);
-        match self
-            .repos
-            .http_backend(
-                GitRequest {
-                    repo,
-                    rest: gp.rest,
-                    method,
-                    query: gp.query,
-                    headers,
-                },
-                body,
-                hooks,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "git-failed",
-                e.to_string(),
-            ),
-        }
-    }
-
     /// Sends a Conduit call (or any web request) to this host's web backend.
     pub async fn web_local(
         &self,
@@ -463,7 +416,7 @@ impl Sidecar {
             .local(base, method, path_and_query, headers, tag, body)
             .await
         {
-            Ok(r) => forward::stream_back(r),
+            Ok(r) => body::stream_back(r),
             Err(e) => error(
                 StatusCode::BAD_GATEWAY,
                 "web-backend-unreachable",

@@ -15,7 +15,7 @@
 //! depend on the batch it lands in); such a signature can only be made by the holder of
 //! the private key, so a batch never accepts a forgery. Keys of small order never enter a
 //! batch. Nothing changes on the wire: every call is still signed by its host's ed25519
-//! key (SPEC "Identity and signing").
+//! key (docs/security.md, "What the signature covers").
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

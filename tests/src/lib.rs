@@ -281,6 +281,29 @@ impl Sidecar {
         self.child.is_some()
     }
 
+    /// Sends SIGTERM: the sidecar drains and exits. Its log from now on, and
+    /// its exit, are read through the returned handle.
+    pub fn terminate(&mut self) -> Stopping {
+        let mut child = self.child.take().expect("the sidecar is running");
+        let errors = child.stderr.take().expect("the sidecar's stderr");
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(errors).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let out = run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        assert!(out.status.success(), "kill -TERM: {}", stderr(&out));
+        Stopping {
+            name: self.name.clone(),
+            child,
+            log,
+            seen: Vec::new(),
+        }
+    }
+
     /// The sidecar's Prometheus metrics.
     pub fn metrics(&self) -> String {
         stdout(&run(
@@ -301,6 +324,64 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A sidecar sent SIGTERM: its log lines and its exit.
+pub struct Stopping {
+    name: String,
+    child: Child,
+    log: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Stopping {
+    /// Waits for a log line containing `what`, and returns it.
+    pub fn wait_log(&mut self, what: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(what)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + DEADLINE;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "{} never logged {what:?}; it logged: {:#?}",
+            self.name, self.seen
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit (within `DEADLINE`); its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use switchboard_proto::api::{Client, VersionReport};
+use switchboard_proto::api::{ApiError, Client, VersionReport};
 
 const ENV_REPO: &str = "SWITCHBOARD_HOOK_REPO";
 const ENV_HOST: &str = "SWITCHBOARD_HOOK_HOST";
@@ -90,11 +90,28 @@ impl Hooks {
     }
 }
 
-fn client() -> Result<(Client, String, String), String> {
-    let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+/// Why a write could not be recorded: git then aborts it (`prepared`) or the
+/// client is told (`committed`).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{0} is not set")]
+    Env(&'static str),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("the directory's lease answer is not JSON: {0}")]
+    Lease(serde_json::Error),
+    #[error("write to {repo} refused: {source}")]
+    Refused { repo: String, source: ApiError },
+    #[error("cannot keep the lease token: {0}")]
+    Token(std::io::Error),
+    #[error("the write to {repo} is applied but its version could not be recorded: {source}")]
+    NotRecorded { repo: String, source: ApiError },
+}
+
+fn client() -> Result<(Client, String, String), HookError> {
+    let var = |k: &'static str| std::env::var(k).map_err(|_| HookError::Env(k));
     let key = PathBuf::from(var(ENV_KEY)?);
-    let client =
-        Client::new(&var(ENV_API)?, Some(&key), Some(var(ENV_ZONE)?)).map_err(|e| e.to_string())?;
+    let client = Client::new(&var(ENV_API)?, Some(&key), Some(var(ENV_ZONE)?))?;
     Ok((client, var(ENV_REPO)?, var(ENV_HOST)?))
 }
 
@@ -111,7 +128,7 @@ fn token_file() -> PathBuf {
 }
 
 /// `switchboard-sidecar hook reference-transaction STATE`.
-pub async fn reference_transaction(state: &str) -> Result<(), String> {
+pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
     // Git writes the ref updates on stdin; read them so it never sees a broken pipe.
     let mut updates = String::new();
     let _ = std::io::stdin().read_to_string(&mut updates);
@@ -135,17 +152,16 @@ pub async fn reference_transaction(state: &str) -> Result<(), String> {
                 {
                     Ok(b) => {
                         let v: serde_json::Value =
-                            serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+                            serde_json::from_slice(&b).map_err(HookError::Lease)?;
                         break v["token"].as_str().unwrap_or_default().to_string();
                     }
                     Err(e) if e.msg.contains("is held by") && Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
-                    Err(e) => return Err(format!("write to {repo} refused: {e}")),
+                    Err(source) => return Err(HookError::Refused { repo, source }),
                 }
             };
-            std::fs::write(token_file(), token)
-                .map_err(|e| format!("cannot keep the lease token: {e}"))?;
+            std::fs::write(token_file(), token).map_err(HookError::Token)?;
             Ok(())
         }
         "committed" | "aborted" => {
@@ -174,8 +190,8 @@ pub async fn reference_transaction(state: &str) -> Result<(), String> {
 }
 
 /// The master's version + 1, recorded with the lease.
-async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<(), String> {
-    let info = client.repo(repo).await.map_err(|e| e.to_string())?;
+async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<(), HookError> {
+    let info = client.repo(repo).await?;
     let report = VersionReport {
         version: info.version_of(host) + 1,
         lease: Some(token.to_string()),
@@ -183,8 +199,9 @@ async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<
     client
         .report_version(repo, host, &report)
         .await
-        .map_err(|e| {
-            format!("the write to {repo} is applied but its version could not be recorded: {e}")
+        .map_err(|source| HookError::NotRecorded {
+            repo: repo.to_string(),
+            source,
         })?;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Serving a repository this host holds, with git's own `git http-backend` (the
-//! CGI that implements smart HTTP, protocol v0 and v2). Request and response
-//! bodies are piped through, never held whole.
+//! The bare repositories under `--repos` and the git commands run on them:
+//! `git http-backend` (the CGI that implements smart HTTP, protocol v0 and v2)
+//! with request and response bodies piped through, never held whole; a new
+//! empty repository; a fetch of every ref from another host's copy.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,8 +10,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::forward::BoxBody;
-use crate::hook::Hooks;
+use crate::body::BoxBody;
+use crate::repo::hook::Hooks;
 
 /// A smart-HTTP request for one repository: `/REPO.git/REST?QUERY`.
 pub struct GitRequest<'a> {
@@ -75,17 +76,17 @@ impl Repos {
     }
 
     /// Brings `repo` up to date with `url` (another host's copy, through the
-    /// loopback signing proxy, which wants `token` in a header): every ref, pruned,
-    /// and the same `HEAD`. The token goes through git's environment, never its
+    /// loopback signing proxy, which wants the `header` line `NAME: TOKEN`): every
+    /// ref, pruned, and the same `HEAD`. The header goes through git's environment, never its
     /// command line or FETCH_HEAD, where other local users could read it.
-    pub async fn sync_from(&self, repo: &str, url: &str, token: &str) -> Result<(), GitError> {
+    pub async fn sync_from(&self, repo: &str, url: &str, header: &str) -> Result<(), GitError> {
         if !self.exists(repo) {
             self.create(repo).await?;
         }
         let path = self.path(repo);
         let git = |args: Vec<String>| {
             let path = path.clone();
-            let token = token.to_string();
+            let header = header.to_string();
             async move {
                 let out = tokio::process::Command::new("git")
                     .args([
@@ -101,10 +102,7 @@ impl Repos {
                     .args(&args)
                     .env("GIT_CONFIG_COUNT", "1")
                     .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                    .env(
-                        "GIT_CONFIG_VALUE_0",
-                        format!("{}: {token}", crate::loopback::TOKEN_HEADER),
-                    )
+                    .env("GIT_CONFIG_VALUE_0", &header)
                     .env("GIT_TERMINAL_PROMPT", "0")
                     .stdin(Stdio::null())
                     .output()
@@ -272,7 +270,7 @@ impl Repos {
                 resp = resp.header(name, val);
             }
         }
-        resp.body(crate::forward::reader_body(reader))
+        resp.body(crate::body::reader_body(reader))
             .map_err(|e| GitError::Backend(e.to_string()))
     }
 }

@@ -1,5 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to backends and peers, each lent to one inbound
-//! connection at a time.
+//! Keep-alive HTTP/1.1 connections to backends and peers (hyper's client), over
+//! the one pool (`outbound::pool`), each lent to one inbound connection at a time.
 //!
 //! A listener's connection task keeps the backend connections its requests used
 //! (`lend`), so the next request on it goes out on the same one without touching
@@ -8,28 +8,29 @@
 //! next one; calls made outside a listener (the change feed) use the pool directly.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::forward::BoxBody;
+use crate::body::BoxBody;
+use crate::outbound::pool::{self, ConnectError, Pool, Reusable};
 
-/// How long a connection may sit idle in the pool: below the 30 s a listener waits
-/// for the next request (server.rs), so the pool drops a connection before the
-/// peer does instead of racing the peer's close with a new request.
-const IDLE: Duration = Duration::from_secs(20);
-/// Idle connections kept per address: as many as callers may need at once, so
-/// that load does not close and reopen them.
-const MAX_IDLE: usize = 1024;
+/// Why a request could not be sent, or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
 /// Backend connections one inbound connection keeps between its requests.
 const MAX_LENT: usize = 4;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 tokio::task_local! {
     static LENT: RefCell<Lent>;
@@ -38,7 +39,7 @@ tokio::task_local! {
 /// The backend connections one inbound connection holds, each with when it was
 /// last handed back; back to the pool on drop, keeping that time.
 struct Lent {
-    pool: Arc<Pool>,
+    pool: Arc<Pool<SendRequest<BoxBody>>>,
     conns: Vec<(Arc<str>, SendRequest<BoxBody>, Instant)>,
 }
 
@@ -50,33 +51,40 @@ impl Drop for Lent {
     }
 }
 
-/// A pooled connection and when it went idle.
-type Idle = (Instant, SendRequest<BoxBody>);
+/// Sends requests over pooled keep-alive connections (a handle: clones share the pool).
+#[derive(Clone, Default)]
+pub struct Client {
+    pool: Arc<Pool<SendRequest<BoxBody>>>,
+}
 
-/// The shared pool of idle connections, by `host:port`.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+impl<B: 'static> Reusable for SendRequest<B> {
+    fn usable(&self) -> bool {
+        self.is_ready()
+    }
+
+    fn closed(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 /// Runs `serve` (one inbound connection) with its own backend connections.
-pub fn scope<F: Future>(pool: Arc<Pool>, serve: F) -> impl Future<Output = F::Output> {
+pub fn scope<F: Future>(client: &Client, serve: F) -> impl Future<Output = F::Output> {
     LENT.scope(
         RefCell::new(Lent {
-            pool,
+            pool: client.pool.clone(),
             conns: Vec::new(),
         }),
         serve,
     )
 }
 
-impl Pool {
+impl Client {
     /// Sends `req` (origin-form URI, `Host` set) to `addr` (`host:port`).
     pub async fn send(
-        self: &Arc<Self>,
+        &self,
         addr: &str,
         mut req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, SendError> {
         // A pooled connection the peer closed under us gives the request back
         // unsent: try once more on a fresh connection.
         let mut fresh = false;
@@ -99,7 +107,7 @@ impl Pool {
                         req = r;
                         fresh = true;
                     }
-                    _ => return Err(e.into_error().to_string()),
+                    _ => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -113,7 +121,7 @@ impl Pool {
             .try_with(|l| {
                 let mut l = l.borrow_mut();
                 l.conns
-                    .retain(|(_, s, since)| !s.is_closed() && now.duration_since(*since) < IDLE);
+                    .retain(|(_, s, since)| !s.is_closed() && pool::fresh(*since, now));
                 let i = l
                     .conns
                     .iter()
@@ -126,21 +134,14 @@ impl Pool {
         if mine.is_some() {
             return mine;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let key = idle.get_key_value(addr)?.0.clone();
-        let list = idle.get_mut(addr)?;
-        while let Some((since, s)) = list.pop() {
-            if s.is_ready() && now.duration_since(since) < IDLE {
-                return Some((key.clone(), s));
-            }
-        }
-        None
+        let idle = self.pool.take(addr)?;
+        Some((idle.addr, idle.conn))
     }
 
     /// Keeps `sender` for this inbound connection's next request, else pools it.
     /// Its idle time counts from now (its answer may still be streaming, so the
     /// connection goes idle later: the limit errs early).
-    fn give_back(self: &Arc<Self>, addr: Arc<str>, sender: SendRequest<BoxBody>) {
+    fn give_back(&self, addr: Arc<str>, sender: SendRequest<BoxBody>) {
         let now = Instant::now();
         let mut sender = Some(sender);
         let _ = LENT.try_with(|l| {
@@ -152,36 +153,17 @@ impl Pool {
             }
         });
         if let Some(s) = sender {
-            self.put(addr, s, now);
-        }
-    }
-
-    /// Pools `sender`, idle since `since`.
-    fn put(&self, addr: Arc<str>, sender: SendRequest<BoxBody>, since: Instant) {
-        let now = Instant::now();
-        if sender.is_closed() || now.duration_since(since) >= IDLE {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
-        list.retain(|(since, s)| !s.is_closed() && now.duration_since(*since) < IDLE);
-        if list.len() < MAX_IDLE {
-            list.push((since, sender));
+            self.pool.put(addr, s, now);
         }
     }
 }
 
-async fn connect(addr: &str) -> Result<SendRequest<BoxBody>, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+async fn connect(addr: &str) -> Result<SendRequest<BoxBody>, SendError> {
+    let stream = pool::connect(addr).await?;
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "backend connection ended");

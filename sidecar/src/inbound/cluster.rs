@@ -12,11 +12,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchboard_proto::sign::{self, Policy};
+use switchboard_proto::time::unix_secs;
 
-use crate::forward::{unix_now, BoxBody};
+use crate::body::BoxBody;
+use crate::outbound::spool::Spooled;
+use crate::reply::{check_declared, error, spool_refusal};
+use crate::repo::local;
 use crate::route;
-use crate::sidecar::{check_declared, error, spool_refusal, Sidecar};
-use crate::spool::Spooled;
+use crate::sidecar::Sidecar;
 
 /// How long a caller may take to send a signed body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -66,11 +69,11 @@ pub async fn handle(
     let keyid = parsed.keyid().to_string();
     let (caller, key) = match sc.caller(&keyid).await {
         Ok(c) => c,
-        Err((reason, message)) => return refuse(&sc, reason, message, &peer, &keyid),
+        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
     };
     // Headers first: nothing of the body is read until the signature, freshness,
     // nonce and addressed authority are good.
-    let now = unix_now();
+    let now = unix_secs();
     let expects_body = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -161,7 +164,7 @@ pub async fn handle(
                 return *refused;
             }
         };
-        return crate::tunnel::accept(sc.clone(), verb, repo, on_upgrade, slot).await;
+        return crate::outbound::tunnel::accept(sc.clone(), verb, repo, on_upgrade, slot).await;
     }
     let pq = parts
         .uri
@@ -171,9 +174,7 @@ pub async fn handle(
     match route::git_path(&path, parts.uri.query()) {
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
         Ok(Some(gp)) => {
-            return sc
-                .git_local(&gp, &parts.method, &parts.headers, spooled.into_body())
-                .await;
+            return local::http(&sc, &gp, &parts.method, &parts.headers, spooled.into_body()).await;
         }
         Ok(None) => {}
     }
@@ -182,7 +183,7 @@ pub async fn handle(
             .web_local(
                 parts.method,
                 &pq,
-                crate::forward::relayed_headers(&parts.headers),
+                crate::outbound::forward::relayed_headers(&parts.headers),
                 spooled.into_body(),
             )
             .await;

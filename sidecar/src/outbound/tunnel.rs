@@ -15,13 +15,16 @@ use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use switchboard_proto::sign::{BodyHash, Signer};
+use switchboard_proto::time::unix_secs;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::directory::Peer;
-use crate::forward::{unix_now, BoxBody};
-use crate::sidecar::{error, Sidecar};
-use crate::ssh::{self, GitVerb};
+use crate::body::BoxBody;
+use crate::directory::answers::Peer;
+use crate::reply::{error, REASON};
+use crate::repo::local::{self, LocalError};
+use crate::route::{Access, GitVerb, Target};
+use crate::sidecar::{Sidecar, TunnelSlot};
 
 const PROTOCOL: &str = "switchboard-ssh";
 /// How long a tunnelled session may go without a frame from the other host.
@@ -61,7 +64,7 @@ pub async fn accept(
     verb: &str,
     repo: &str,
     on_upgrade: OnUpgrade,
-    slot: crate::sidecar::TunnelSlot,
+    slot: TunnelSlot,
 ) -> Response<BoxBody> {
     let Some(verb) = GitVerb::from_program(verb) else {
         return error(
@@ -74,16 +77,24 @@ pub async fn accept(
         Ok(r) => r,
         Err(e) => return error(e.status(), e.reason(), e.to_string()),
     };
-    let mut cmd = match ssh::local_command(&sc, verb, &repo).await {
+    let mut cmd = match local::command(&sc, verb, &repo).await {
         Ok(c) => c,
-        Err(e) if e.starts_with("stale-replica") => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "stale-replica", e)
+        Err(e @ LocalError::StaleReplica { .. }) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stale-replica",
+                e.to_string(),
+            )
         }
-        Err(e) => return error(StatusCode::FORBIDDEN, "refused", e),
+        Err(e) => return error(StatusCode::FORBIDDEN, "refused", e.to_string()),
     };
+    // Counted from before the answer: a drain that begins now waits for the session.
+    let open = sc.shutdown.open();
     tokio::spawn(async move {
-        // The peer's slot is held for as long as the session runs.
+        // The peer's slot is held for as long as the session runs, and the
+        // drain waits for it to end.
         let _slot = slot;
+        let _open = open;
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
@@ -144,11 +155,11 @@ pub async fn accept(
 pub async fn connect(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> i32 {
     match open(sc, peer, verb, repo).await {
         Ok(code) => code,
-        Err(Refused::Stale) => match sc.router.repo(repo, crate::route::Access::Write).await {
-            Ok(crate::route::Target::Peer(master)) => open(sc, &master, verb, repo)
+        Err(Refused::Stale) => match sc.router.repo(repo, Access::Write).await {
+            Ok(Target::Peer(master)) => open(sc, &master, verb, repo)
                 .await
                 .unwrap_or_else(|e| e.report()),
-            Ok(crate::route::Target::Local) => {
+            Ok(Target::Local) => {
                 eprintln!("switchboard: this host is the master of {repo} but was routed elsewhere; try again");
                 1
             }
@@ -198,7 +209,7 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
         &uri,
         &mut headers,
         &BodyHash::of(b""),
-        unix_now(),
+        unix_secs(),
     )
     .map_err(|e| other(&e))?;
     let mut req = Request::builder()
@@ -219,7 +230,7 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let stale = resp
             .headers()
-            .get(crate::sidecar::REASON)
+            .get(REASON)
             .is_some_and(|v| v == "stale-replica");
         let status = resp.status();
         let body = resp

@@ -13,10 +13,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::forward::{self, BoxBody};
+use crate::body::{self, BoxBody};
+use crate::outbound::spool::Spooled;
+use crate::reply::{error, spool_refusal};
 use crate::route::{self, Access};
-use crate::sidecar::{error, spool_refusal, Sidecar};
-use crate::spool::Spooled;
+use crate::sidecar::Sidecar;
 
 /// The header that carries the proxy's token.
 pub const TOKEN_HEADER: &str = "x-switchboard-token";
@@ -43,6 +44,11 @@ impl Loopback {
     /// The URL under which a local git reaches `repo` on `host`.
     pub fn url(&self, host: &str, repo: &str) -> String {
         format!("http://{}/{host}/source/{repo}.git", self.addr)
+    }
+
+    /// The header line (`NAME: TOKEN`) a local git process sends to be let in.
+    pub fn header(&self) -> String {
+        format!("{TOKEN_HEADER}: {}", self.token)
     }
 
     /// Whether `presented` is the token, compared in constant time.
@@ -143,7 +149,7 @@ pub async fn handle(
         (first, _) => first,
     };
     match result {
-        Ok(r) => forward::stream_back(r),
+        Ok(r) => body::stream_back(r),
         Err(e) => error(StatusCode::BAD_GATEWAY, "peer-unreachable", e.to_string()),
     }
 }

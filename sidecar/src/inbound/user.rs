@@ -8,10 +8,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::forward::{self, BoxBody};
+use crate::body::{self, BoxBody};
+use crate::outbound::forward;
+use crate::outbound::spool::Spooled;
+use crate::reply::{check_declared, error, limit_body, spool_refusal, REASON};
+use crate::repo::local;
 use crate::route::{self, Target};
-use crate::sidecar::{check_declared, error, limit_body, spool_refusal, Sidecar, MAX_CONDUIT_BODY};
-use crate::spool::Spooled;
+use crate::sidecar::{Sidecar, MAX_CONDUIT_BODY};
 
 /// Handles one user request from `client`.
 pub async fn handle(
@@ -123,7 +126,7 @@ async fn authorize_git(
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => {
             tracing::info!(repo, access, status = %r.status(), "git request not authorized by the web application");
-            Err(forward::stream_back(r))
+            Err(body::stream_back(r))
         }
         Err(e) => Err(error(
             StatusCode::BAD_GATEWAY,
@@ -151,7 +154,7 @@ async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> R
                 Ok(b) => b,
                 Err(refused) => return *refused,
             };
-            sc.git_local(gp, &parts.method, &parts.headers, body).await
+            local::http(&sc, gp, &parts.method, &parts.headers, body).await
         }
         Target::Peer(peer) => {
             let spooled = match Spooled::read(body, sc.limits.max_body, &sc.spool_dir).await {
@@ -173,7 +176,7 @@ async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> R
             // A replica that finds itself behind says so: read from the master instead.
             if let (Ok(r), Some(body)) = (&result, again) {
                 if r.headers()
-                    .get(crate::sidecar::REASON)
+                    .get(REASON)
                     .is_some_and(|v| v == "stale-replica")
                 {
                     if let Ok(Target::Peer(master)) =
@@ -195,7 +198,7 @@ async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> R
             match result {
                 Ok(r) => {
                     sc.metrics.request("git", "forwarded");
-                    forward::stream_back(r)
+                    body::stream_back(r)
                 }
                 Err(e) => {
                     sc.metrics.request("git", "error");
@@ -275,7 +278,7 @@ pub async fn send_conduit(
         Target::Peer(peer) => match sc.forwarder.send(&peer, method, pq, headers, body).await {
             Ok(r) => {
                 sc.metrics.request("conduit", "forwarded");
-                forward::stream_back(r)
+                body::stream_back(r)
             }
             Err(e) => {
                 sc.metrics.request("conduit", "error");

@@ -12,7 +12,7 @@ use hyper::body::Body;
 use sha2::{Digest, Sha256};
 use switchboard_proto::sign::BodyHash;
 
-use crate::forward::BoxBody;
+use crate::body::BoxBody;
 
 /// Bodies up to this size stay in memory.
 pub const MEMORY_LIMIT: usize = 1 << 20;
@@ -120,7 +120,7 @@ impl Spooled {
     pub fn into_body(self) -> BoxBody {
         match self.data {
             Data::Memory(b) => http_body_util::Full::new(b).map_err(|e| match e {}).boxed(),
-            Data::File(f) => crate::forward::reader_body(tokio::fs::File::from_std(f)),
+            Data::File(f) => crate::body::reader_body(tokio::fs::File::from_std(f)),
         }
     }
 }

@@ -1,23 +1,25 @@
 //! Calls to other hosts: every one signed with this host's key (RFC 9421, with the
-//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections (`conns`), with
-//! the response streamed back as it arrives.
+//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections
+//! (`outbound::client`), with the response streamed back as it arrives. And plain
+//! calls to this host's own backends (the web application, the directory's
+//! feed), with the rules for which of a request's headers go on to them.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use switchboard_proto::sign::Signer;
+use switchboard_proto::time::unix_secs;
 
-use crate::conns::Pool;
-use crate::directory::Peer;
+use crate::body::BoxBody;
+use crate::directory::answers::Peer;
+use crate::http1::{connection_tokens, HOP_BY_HOP};
 use crate::identity::Identity;
-use crate::spool::Spooled;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type every listener and client here speaks.
-pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+use crate::outbound::client::{Client, SendError};
+use crate::outbound::spool::Spooled;
 
 /// Headers that travel with a forwarded request (hop-by-hop ones never do).
 const PASS: [HeaderName; 6] = [
@@ -28,27 +30,6 @@ const PASS: [HeaderName; 6] = [
     header::USER_AGENT,
     HeaderName::from_static("git-protocol"),
 ];
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): about one connection, never passed on.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// The header names a message's `Connection` header lists: hop-by-hop as well.
-pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
-    values
-        .flat_map(|v| v.split(|&b| b == b',').map(|t| t.trim_ascii()))
-        .filter(|t| !t.is_empty())
-        .collect()
-}
 
 /// Takes out the `Connection` header and the headers it names.
 pub fn drop_connection_listed(headers: &mut HeaderMap) {
@@ -140,17 +121,17 @@ pub const X_SWITCHBOARD_HOST: HeaderName = HeaderName::from_static("x-switchboar
 pub enum ForwardError {
     #[error("cannot sign the call to {host}: {reason}")]
     Sign { host: String, reason: String },
-    #[error("{host} ({addr}) did not answer: {reason}")]
+    #[error("{host} ({addr}) did not answer: {source}")]
     Unreachable {
         host: String,
         addr: String,
-        reason: String,
+        source: SendError,
     },
 }
 
 /// Signs and sends calls to peers.
 pub struct Forwarder {
-    pool: Arc<Pool>,
+    client: Client,
     identity: Arc<Identity>,
 }
 
@@ -166,14 +147,14 @@ pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
 impl Forwarder {
     pub fn new(identity: Arc<Identity>) -> Self {
         Forwarder {
-            pool: Arc::default(),
+            client: Client::default(),
             identity,
         }
     }
 
-    /// The connections this forwarder sends on (for `conns::scope`).
-    pub fn pool(&self) -> Arc<Pool> {
-        self.pool.clone()
+    /// The connections this forwarder sends on (for `client::scope`).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Sends `method path_and_query` to `peer`'s cluster listener, signed.
@@ -203,7 +184,7 @@ impl Forwarder {
             key: &self.identity.key,
             keyid: &self.identity.fingerprint,
         }
-        .sign_hashed(&method, &uri, &mut out, &hash, unix_now())
+        .sign_hashed(&method, &uri, &mut out, &hash, unix_secs())
         .map_err(|e| ForwardError::Sign {
             host: peer.host.clone(),
             reason: e.to_string(),
@@ -217,13 +198,13 @@ impl Forwarder {
                 reason: e.to_string(),
             })?;
         *req.headers_mut() = out;
-        self.pool
+        self.client
             .send(&addr, req)
             .await
-            .map_err(|reason| ForwardError::Unreachable {
+            .map_err(|source| ForwardError::Unreachable {
                 host: peer.host.clone(),
                 addr,
-                reason,
+                source,
             })
     }
 
@@ -276,13 +257,13 @@ impl Forwarder {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        self.pool
+        self.client
             .send(&connect_addr(base), req)
             .await
-            .map_err(|reason| ForwardError::Unreachable {
+            .map_err(|source| ForwardError::Unreachable {
                 host: authority.to_string(),
                 addr: authority.to_string(),
-                reason,
+                source,
             })
     }
 
@@ -299,33 +280,6 @@ impl Forwarder {
         self.local_with(&uri, Method::GET, &path, HeaderMap::new(), body)
             .await
     }
-}
-
-use http_body_util::BodyExt as _;
-
-/// A body that streams whatever `reader` yields, in chunks of up to 64 KiB.
-pub fn reader_body<R>(reader: R) -> BoxBody
-where
-    R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
-{
-    use tokio::io::AsyncReadExt;
-    let stream = futures_util::stream::unfold(reader, |mut r| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), r))
-            }
-            Err(e) => Some((Err(Box::new(e) as BoxError), r)),
-        }
-    });
-    http_body_util::StreamBody::new(stream).boxed()
-}
-
-/// Wraps a peer's response body for our listeners.
-pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
-    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 
 /// The `Host` a backend at `base` is sent, as hyper's client would: the host, and
@@ -356,11 +310,4 @@ pub fn connect_addr(base: &Uri) -> std::borrow::Cow<'_, str> {
     } else {
         format!("{host}:{port}").into()
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

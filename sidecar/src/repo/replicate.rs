@@ -10,9 +10,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_proto::api::{Client, VersionReport};
+use switchboard_proto::api::{ApiError, Client, VersionReport};
 
-use crate::loopback::Loopback;
+use crate::outbound::loopback::Loopback;
+use crate::repo::git::GitError;
 use crate::sidecar::Sidecar;
 
 /// The longest one catch-up may take before it is abandoned (and retried).
@@ -21,15 +22,30 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often to compare versions when nothing seems to change.
 const PERIOD: Duration = Duration::from_secs(5);
 
-/// Runs forever.
+/// Why a replication check or a catch-up did not happen (it is tried again).
+#[derive(Debug, thiserror::Error)]
+enum ReplicateError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}")]
+    Timeout { master: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// Runs until the drain begins (a catch-up under way is left to finish or
+/// fail: its version is recorded only once it is whole, and the next start
+/// catches up again).
 pub async fn run(sc: Arc<Sidecar>, api: Arc<Client>, lb: Arc<Loopback>) {
     let mut changed = sc.dir.subscribe();
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = sc.shutdown.watch();
     loop {
         if let Err(e) = once(&sc, &api, &lb, &busy).await {
             tracing::debug!(error = %e, "replication check skipped");
         }
         tokio::select! {
+            () = stop.recv() => return,
             _ = changed.changed() => {}
             _ = tokio::time::sleep(PERIOD) => {}
         }
@@ -41,8 +57,8 @@ async fn once(
     api: &Arc<Client>,
     lb: &Arc<Loopback>,
     busy: &Arc<Mutex<HashSet<String>>>,
-) -> Result<(), String> {
-    let repos = api.repos().await.map_err(|e| e.to_string())?;
+) -> Result<(), ReplicateError> {
+    let repos = api.repos().await?;
     let me = sc.me.host.as_str();
     for r in repos {
         let name = r.name.clone();
@@ -97,19 +113,19 @@ async fn catch_up(
     repo: &str,
     master: &str,
     version: u64,
-) -> Result<(), String> {
+) -> Result<(), ReplicateError> {
     let url = lb.url(master, repo);
-    let fetch = sc.repos.sync_from(repo, &url, &lb.token);
+    let header = lb.header();
+    let fetch = sc.repos.sync_from(repo, &url, &header);
     tokio::time::timeout(CATCH_UP_TIMEOUT, fetch)
         .await
-        .map_err(|_| format!("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ReplicateError::Timeout {
+            master: master.to_string(),
+        })??;
     let report = VersionReport {
         version,
         lease: None,
     };
-    api.report_version(repo, &sc.me.host, &report)
-        .await
-        .map_err(|e| e.to_string())?;
+    api.report_version(repo, &sc.me.host, &report).await?;
     Ok(())
 }

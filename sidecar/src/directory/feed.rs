@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::Uri;
 use http_body_util::BodyExt;
 
-use crate::directory::DirectoryClient;
-use crate::forward::Forwarder;
+use crate::directory::answers::DirectoryClient;
+use crate::outbound::forward::{ForwardError, Forwarder};
 
 /// Follows the feed forever.
 pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String, zone: String) {
@@ -24,28 +24,7 @@ pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String,
             "{}/v1/feed?zone={zone}&since={since}&timeout=25",
             api.trim_end_matches('/')
         );
-        let result: Result<u64, String> = async {
-            let uri: Uri = uri
-                .parse()
-                .map_err(|e| format!("bad --directory-api: {e}"))?;
-            let resp = tokio::time::timeout(Duration::from_secs(35), fwd.get(uri))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("HTTP {}", resp.status()));
-            }
-            let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            v.get("serial")
-                .and_then(|s| s.as_u64())
-                .ok_or_else(|| "no serial in the feed".to_string())
-        }
-        .await;
+        let result = poll(&fwd, &uri).await;
         match result {
             Ok(serial) => {
                 dir.metrics.feed_up.store(true, Ordering::Relaxed);
@@ -72,4 +51,42 @@ pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String,
             }
         }
     }
+}
+
+/// Why the feed could not be read (it is tried again every second).
+#[derive(Debug, thiserror::Error)]
+enum FeedError {
+    #[error("bad --directory-api: {0}")]
+    BadUrl(#[from] http::uri::InvalidUri),
+    #[error("timed out")]
+    Timeout,
+    #[error(transparent)]
+    Unreachable(#[from] ForwardError),
+    #[error("HTTP {0}")]
+    Status(http::StatusCode),
+    #[error("{0}")]
+    Body(#[from] hyper::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no serial in the feed")]
+    NoSerial,
+}
+
+/// One long poll of the feed: the zone's serial when it answers.
+async fn poll(fwd: &Forwarder, uri: &str) -> Result<u64, FeedError> {
+    let uri: Uri = uri.parse()?;
+    let resp = tokio::time::timeout(Duration::from_secs(35), fwd.get(uri))
+        .await
+        .map_err(|_| FeedError::Timeout)??;
+    if !resp.status().is_success() {
+        return Err(FeedError::Status(resp.status()));
+    }
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .map_err(|_| FeedError::Timeout)??
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    v.get("serial")
+        .and_then(|s| s.as_u64())
+        .ok_or(FeedError::NoSerial)
 }

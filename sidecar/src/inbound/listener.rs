@@ -1,0 +1,141 @@
+//! The listeners' accept loop: every listener (user, cluster, loopback) takes
+//! HTTP/1.1 connections here and hands each request to its handler, or first to
+//! the short way for plain web traffic (`passthrough`) on the user listener.
+//!
+//! On the drain signal (`shutdown`) a listener stops accepting and closes its
+//! socket, so a new connection is refused; each open connection finishes the
+//! request it is serving and closes (an idle keep-alive one closes at once).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::inbound::passthrough::{Done, Passthrough};
+use crate::outbound::client::{self, Client};
+use crate::shutdown::Shutdown;
+
+/// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
+/// or first to the short way for plain web traffic (`passthrough`) when there is one.
+/// Backend connections its requests open stay with the connection (`outbound::client::scope`).
+/// Returns, closing the listener, when the drain begins.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    client: Client,
+    fast: Option<Arc<Passthrough>>,
+    shutdown: Shutdown,
+    handler: F,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
+{
+    let stop = shutdown.watch();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.recv() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Counted from here: the drain waits for this connection.
+        let open = shutdown.open();
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let client = client.clone();
+        let fast = fast.clone();
+        tokio::spawn(async move {
+            let io = match fast {
+                None => Prefixed::new(BytesMut::new(), stream),
+                Some(fast) => match fast.connection(stream, peer, &open).await {
+                    Done::Closed => return,
+                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
+                },
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .writev(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let served = client::scope(&client, async {
+                tokio::pin!(conn);
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => r,
+                    () = open.recv() => {
+                        // Draining: the request in flight (or the upgrade to an SSH
+                        // tunnel) finishes, then the connection closes.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            });
+            if let Err(e) = served.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// A stream with some bytes already read from it in front: what hyper gets on a
+/// handoff.
+pub struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
