@@ -37,12 +37,14 @@ for crate in "$@"; do
       {
         line = $0
         sub(/\/\/.*$/, "", line)
-        # Groups: crate::{a, b::c} and super::{a, b}.
-        while (match(line, /(crate|super)::\{[^{}]*\}/)) {
+        # Groups: crate::{a, b::c}, crate::a::{b, c} and super::{a, b}.
+        while (match(line, /(crate|super)(::[A-Za-z_][A-Za-z0-9_]*)*::\{[^{}]*\}/)) {
           grp = substr(line, RSTART, RLENGTH)
           line = substr(line, 1, RSTART - 1) " " substr(line, RSTART + RLENGTH)
           base = (grp ~ /^crate/) ? "" : parent
-          sub(/^(crate|super)::\{/, "", grp); sub(/\}$/, "", grp)
+          pre = grp; sub(/::\{.*$/, "", pre); sub(/^(crate|super)(::)?/, "", pre)
+          if (pre != "") base = (base == "" ? pre : base "::" pre)
+          sub(/^[^{]*\{/, "", grp); sub(/\}$/, "", grp)
           n = split(grp, items, ",")
           for (i = 1; i <= n; i++) {
             it = items[i]; sub(/[[:space:]]+as[[:space:]].*/, "", it); gsub(/[[:space:]]/, "", it)

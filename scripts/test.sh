@@ -44,6 +44,14 @@ else
   echo "test.sh: clippy not installed; skipping the lint"
 fi
 
+# Every import points down (docs/architecture.md): the sidecar links neither the
+# directory nor its server side, and no two files of a crate import each other.
+if cargo tree -p switchboard-sidecar -e normal --prefix none | grep -E '^(sled|hickory-server|switchboard-directory) '; then
+  echo "test.sh: switchboard-sidecar depends on the crates above; it may use switchboard-proto and hickory-resolver only" >&2
+  exit 1
+fi
+./scripts/check-imports.sh
+
 cargo build --workspace --bins --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

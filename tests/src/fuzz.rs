@@ -160,7 +160,7 @@ pub fn ssh_command(data: &[u8]) {
     let Ok(cmd) = std::str::from_utf8(data) else {
         return;
     };
-    match switchboard_sidecar::ssh::parse(cmd) {
+    match switchboard_sidecar::ssh::SshCommand::parse(cmd) {
         Ok(switchboard_sidecar::ssh::SshCommand::Git { repo, .. }) => {
             switchboard_directory::model::validate_label("repository", &repo)
                 .unwrap_or_else(|e| panic!("parsed {cmd:?} to a bad repository {repo:?}: {e}"));
@@ -171,7 +171,7 @@ pub fn ssh_command(data: &[u8]) {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'));
         }
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => assert!(!e.to_string().is_empty()),
     }
 }
 

@@ -4,4 +4,4 @@
 pub mod command;
 pub mod exec;
 
-pub use command::{parse, SshCommand};
+pub use command::SshCommand;
