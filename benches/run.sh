@@ -55,7 +55,9 @@ wait_answer() { # port name type [pid] -> waits until the server answers, prints
   start=$(date +%s.%N)
   for _ in $(seq 1 6000); do
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-      echo "bench: the server on $port (pid $pid) exited" >&2; return 1
+      echo "bench: the server on $port (pid $pid) exited" >&2
+      tail -5 "$WORK/server-$port.log" >&2 2>/dev/null || true
+      return 1
     fi
     if dig @127.0.0.1 -p "$port" +norec +time=1 +tries=1 +short "$name" "$type" 2>/dev/null | grep -qv '^;'; then
       now=$(date +%s.%N); awk -v a="$start" -v b="$now" 'BEGIN {printf "%.3f\n", b - a}'; return 0
@@ -93,8 +95,10 @@ flatten "$WORK/scale" "$WORK/scale-flat.zone"
 # Each start_* leaves the process id in $SPID (no subshell).
 start_switchboard() { # zonesdir port [datadir]
   local data=${3:-$WORK/sb-data-$2}
-  SB_API=127.0.0.1:$(( $2 + 20000 ))
-  $SERVER_CPU "$BIN/switchboard-directory" serve --zones "$1" --data "$data" --dns 127.0.0.1:$2 --http $SB_API --udp-workers 1 >/dev/null 2>&1 &
+  # Below the DNS ports, and below the kernel's ephemeral range (32768+) too: a
+  # client socket holding the admin port made the directory exit at start.
+  SB_API=127.0.0.1:$(( $2 - 10000 ))
+  $SERVER_CPU "$BIN/switchboard-directory" serve --zones "$1" --data "$data" --dns 127.0.0.1:$2 --http $SB_API --udp-workers 1 >"$WORK/server-$2.log" 2>&1 &
   SPID=$!
 }
 start_nsd() { # zonefile port
