@@ -120,23 +120,17 @@ impl RequestHandler for DnsHandler {
         metadata.authoritative = true;
         let builder = MessageResponseBuilder::new(&request.queries, edns);
         let empty: &[Record] = &[];
-        let result = match view.lookup(query.name(), qtype) {
+        let lookup = view.lookup(query.name(), qtype);
+        if matches!(lookup, Lookup::NxDomain(_)) {
+            metadata.response_code = ResponseCode::NXDomain;
+        }
+        let result = match lookup {
             Lookup::Refused => {
                 drop(view);
                 return send_error(request, ResponseCode::Refused, edns, handle).await;
             }
-            Lookup::NxDomain(zone) => {
-                metadata.response_code = ResponseCode::NXDomain;
-                let r = builder.build(
-                    metadata,
-                    empty,
-                    empty,
-                    std::iter::once(&zone.negative_soa),
-                    empty,
-                );
-                handle.send_response(r).await
-            }
-            Lookup::NoData(zone) => {
+            // RFC 2308: both carry the SOA in the authority section.
+            Lookup::NxDomain(zone) | Lookup::NoData(zone) => {
                 let r = builder.build(
                     metadata,
                     empty,
