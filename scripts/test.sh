@@ -13,6 +13,9 @@ command -v named-checkzone >/dev/null 2>&1 || need+=(bind9-utils)
 # The flat export must load in NSD and Knot too.
 command -v nsd-checkzone >/dev/null 2>&1 || need+=(nsd)
 command -v kzonecheck >/dev/null 2>&1 || need+=(knot-dnssecutils)
+# The secondaries the zone-transfer tests start (tests/secondaries.rs).
+[ -x /usr/sbin/named ] || need+=(bind9)
+[ -x /usr/sbin/knotd ] || need+=(knot)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v git >/dev/null 2>&1 || need+=(git)
 # Key files are checked against what OpenSSL reads and writes.

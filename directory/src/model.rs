@@ -59,6 +59,74 @@ pub struct Zone {
     pub bindings: BTreeMap<(String, String), Binding>,
     pub repos: BTreeMap<String, Repo>,
     pub admins: BTreeMap<String, AdminKey>,
+    /// TSIG keys that may transfer the zone, by name (never exported, never
+    /// shown by a read: the secret is the credential).
+    pub tsig: BTreeMap<String, TsigKey>,
+    /// Standard secondaries told of every change (NOTIFY), by address.
+    pub secondaries: BTreeMap<std::net::SocketAddr, Secondary>,
+}
+
+/// The one TSIG algorithm the directory signs and verifies with (RFC 8945 §6).
+pub const TSIG_ALGORITHM: &str = "hmac-sha256";
+
+/// A TSIG key (RFC 8945) of a zone: a secondary that holds it may transfer
+/// the zone, and NOTIFY messages to secondaries are signed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsigKey {
+    /// A domain name, lowercase, without the trailing dot (BIND's `key "NAME"`).
+    pub name: String,
+    /// Always [`TSIG_ALGORITHM`].
+    pub algorithm: String,
+    /// The shared secret, base64 (at least 16 bytes; 32 when the directory makes it).
+    pub secret: String,
+}
+
+impl TsigKey {
+    /// The secret's bytes (validated when the key was added).
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.secret)
+            .unwrap_or_default()
+    }
+}
+
+/// A standard secondary (BIND, NSD, Knot) of a zone: where NOTIFY goes, and
+/// the TSIG key it is signed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secondary {
+    pub addr: std::net::SocketAddr,
+    pub tsig: String,
+}
+
+/// Checks a TSIG key's name, algorithm and secret.
+pub fn validate_tsig(k: &TsigKey) -> Result<(), Invalid> {
+    let name = k.name.trim_end_matches('.');
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(ok_label) {
+        return Err(Invalid(format!(
+            "TSIG key name {:?} is not a domain name of lowercase letters, digits, '-' and '_' (e.g. xfr-cluster)",
+            k.name
+        )));
+    }
+    if k.algorithm != TSIG_ALGORITHM {
+        return Err(Invalid(format!(
+            "TSIG algorithm {:?} is not supported: use {TSIG_ALGORITHM}",
+            k.algorithm
+        )));
+    }
+    match base64::engine::general_purpose::STANDARD.decode(&k.secret) {
+        Ok(b) if (16..=64).contains(&b.len()) => Ok(()),
+        Ok(b) => Err(Invalid(format!(
+            "a TSIG secret of {} bytes: use 16 to 64 (32 is what tsig-keygen makes)",
+            b.len()
+        ))),
+        Err(_) => Err(Invalid("the TSIG secret is not base64".into())),
+    }
 }
 
 impl Zone {
@@ -88,6 +156,8 @@ impl Zone {
             bindings: BTreeMap::new(),
             repos: BTreeMap::new(),
             admins: BTreeMap::new(),
+            tsig: BTreeMap::new(),
+            secondaries: BTreeMap::new(),
         }
     }
 
@@ -149,4 +219,8 @@ pub enum Op {
     },
     AddAdmin(AdminKey),
     RemoveAdmin(String),
+    AddTsig(TsigKey),
+    RemoveTsig(String),
+    AddSecondary(Secondary),
+    RemoveSecondary(std::net::SocketAddr),
 }

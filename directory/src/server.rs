@@ -175,7 +175,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .local_addr()
         .map_err(|e| ServeError::Start(e.to_string()))?;
 
-    let handler = Arc::new(DnsHandler::new(dir.view()));
+    let handler = Arc::new(DnsHandler::with_transfers(dir.view(), dir.transfers()));
     let workers = match cfg.udp_workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -207,6 +207,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         // and its cursor says where the next start resumes.
         tokio::spawn(crate::webhooks::deliver(dir.clone(), hook, stop_rx.clone()));
     }
+    tokio::spawn(crate::notify::run(dir.clone(), stop_rx.clone()));
     let tcp_task = tokio::spawn(crate::dns::serve_tcp(
         tcp,
         handler,

@@ -4,6 +4,7 @@
 //! harness hides ports, temp dirs and process handling.
 
 pub mod fuzz;
+pub mod secondary;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
@@ -854,7 +855,7 @@ pub fn ssh_client_key(dir: &Path) -> PathBuf {
     key
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -22,6 +22,7 @@ mod hosts;
 pub mod limits;
 mod repos;
 mod sessions;
+mod transfers;
 mod zones;
 
 use std::collections::HashMap;
@@ -554,11 +555,16 @@ pub fn authorize(
 
 /// Authorizes and applies one change, answering with the new serial.
 pub fn change(admin: &Admin, call: &Call, op: Op) -> Reply {
+    json(&apply(admin, call, op)?)
+}
+
+/// Authorizes and applies one change to the zone the call names.
+pub fn apply(admin: &Admin, call: &Call, op: Op) -> Result<crate::api::Changed, Refusal> {
     let origin = call.zone(admin)?;
     let who = authorize(admin, call, &origin, Need::of(&op))?;
     tracing::info!(zone = %origin, by = %who, op = ?op_name(&op), "applying change");
     let serial = admin.dir.apply_by(&origin, op, &who)?;
-    json(&crate::api::Changed {
+    Ok(crate::api::Changed {
         zone: origin,
         serial,
     })
@@ -580,6 +586,10 @@ fn op_name(op: &Op) -> &'static str {
         Op::SetVersion { .. } => "repo version",
         Op::AddAdmin(_) => "admin add",
         Op::RemoveAdmin(_) => "admin rm",
+        Op::AddTsig(_) => "zone tsig add",
+        Op::RemoveTsig(_) => "zone tsig rm",
+        Op::AddSecondary(_) => "zone secondary add",
+        Op::RemoveSecondary(_) => "zone secondary rm",
     }
 }
 
@@ -719,6 +729,8 @@ fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
         (_, ["v1", "bindings", rest @ ..]) => bindings::route(admin, call, m, rest),
         (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
         (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
+        (_, ["v1", "tsig", rest @ ..]) => transfers::tsig(admin, call, m, rest),
+        (_, ["v1", "secondaries", rest @ ..]) => transfers::secondaries(admin, call, m, rest),
         (&Method::GET, ["v1", "keys", fpr]) => admins::key(admin, fpr),
         (&Method::POST, ["v1", "sessions"]) => sessions::mint(admin, call),
         _ => Err(Refusal::not_found(format!(

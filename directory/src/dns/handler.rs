@@ -20,16 +20,33 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::truncate::truncate;
+use crate::transfer::Transfers;
+use crate::tsig;
 use crate::view::{Lookup, View};
 
 /// Answers queries from the shared view.
 pub struct DnsHandler {
     view: Arc<ArcSwap<View>>,
+    /// Zones' TSIG keys and journals: signed queries and transfers (`xfr`).
+    transfers: Arc<Transfers>,
 }
 
 impl DnsHandler {
+    /// A handler that holds no TSIG key: signed queries get BADKEY.
     pub fn new(view: Arc<ArcSwap<View>>) -> Self {
-        DnsHandler { view }
+        Self::with_transfers(view, Default::default())
+    }
+
+    pub fn with_transfers(view: Arc<ArcSwap<View>>, transfers: Arc<Transfers>) -> Self {
+        DnsHandler { view, transfers }
+    }
+
+    pub(super) fn view(&self) -> &Arc<ArcSwap<View>> {
+        &self.view
+    }
+
+    pub(super) fn transfers(&self) -> &Transfers {
+        &self.transfers
     }
 }
 
@@ -246,6 +263,27 @@ pub(super) async fn full_path(
     protocol: hickory_server::net::xfer::Protocol,
     sink: Sink,
 ) -> bool {
+    // Only a message with additional records can carry a TSIG (the fast path
+    // takes none that has one).
+    if raw.len() >= 12 && raw[2] & 0x80 == 0 && raw[10..12] != [0, 0] {
+        match tsig::split(&raw) {
+            Ok(Some((stripped, t))) => {
+                return signed(handler, stripped, t, src, protocol, sink).await;
+            }
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+    }
+    unsigned(handler, raw, src, protocol, sink).await
+}
+
+async fn unsigned(
+    handler: &DnsHandler,
+    raw: Vec<u8>,
+    src: std::net::SocketAddr,
+    protocol: hickory_server::net::xfer::Protocol,
+    sink: Sink,
+) -> bool {
     use hickory_server::net::runtime::TokioTime;
     match Request::from_bytes(raw, src, protocol) {
         Ok(req) if req.metadata.message_type == MessageType::Query => {
@@ -255,6 +293,74 @@ pub(super) async fn full_path(
             true
         }
         _ => false,
+    }
+}
+
+/// A query signed with TSIG (a secondary's SOA check, say): checked against
+/// the keys of the zone it asks about (RFC 8945 §5.2), answered as an unsigned
+/// one would be, and the answer signed over the query's MAC (§5.3).
+async fn signed(
+    handler: &DnsHandler,
+    stripped: Vec<u8>,
+    t: tsig::Tsig,
+    src: std::net::SocketAddr,
+    protocol: hickory_server::net::xfer::Protocol,
+    sink: Sink,
+) -> bool {
+    let now = crate::time::unix_secs();
+    let keys = super::message::keys_for(&handler.view.load(), &handler.transfers, &stripped);
+    let (mut answer, key, error, other) = match tsig::verify(&stripped, t, &keys, now) {
+        tsig::Checked::Good { key, tsig } => {
+            let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let answered = Box::pin(unsigned(
+                handler,
+                stripped,
+                src,
+                protocol,
+                Sink::Buffer(buf.clone()),
+            ))
+            .await;
+            let mut answer = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+            if !answered || answer.is_empty() {
+                return false;
+            }
+            if let Sink::Udp { .. } = &sink {
+                let edns = super::message::udp_limit(&answer);
+                truncate(&mut answer, edns.saturating_sub(tsig::record_len(&key)));
+            }
+            tsig::sign(&mut answer, &key, Some(&tsig.mac), false, now, 0, &[]);
+            return send_raw(&sink, answer);
+        }
+        tsig::Checked::Refused { tsig, error } => {
+            let Some(mut m) = super::message::error_reply(&stripped, ResponseCode::NotAuth) else {
+                return false;
+            };
+            tsig::append_unsigned(&mut m, &tsig, error);
+            return send_raw(&sink, m);
+        }
+        tsig::Checked::BadTime { key, tsig } => (
+            super::message::error_reply(&stripped, ResponseCode::NotAuth),
+            key,
+            tsig::BADTIME,
+            tsig,
+        ),
+    };
+    let Some(m) = answer.as_mut() else {
+        return false;
+    };
+    let ours = now.to_be_bytes();
+    tsig::sign(m, &key, Some(&other.mac), false, now, error, &ours[2..]);
+    send_raw(&sink, std::mem::take(m))
+}
+
+/// Sends an answer already encoded.
+fn send_raw(sink: &Sink, bytes: Vec<u8>) -> bool {
+    match sink {
+        Sink::Udp { socket, dst } => socket.send_to(&bytes, dst).is_ok(),
+        Sink::Buffer(buf) => {
+            *buf.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
+            true
+        }
     }
 }
 

@@ -145,6 +145,12 @@ async fn tcp_connection(
             Ok(Ok(_)) => {}
             _ => return,
         }
+        if super::xfr::is_transfer(&msg) {
+            if super::xfr::serve(handler, msg, &mut wr).await {
+                continue;
+            }
+            return;
+        }
         let Some(answer) =
             respond(handler, msg, src, hickory_server::net::xfer::Protocol::Tcp).await
         else {

@@ -53,7 +53,17 @@ impl Directory {
             // reports, from the same allowance. Lock order: zones, then heartbeats.
             self.charge_host_event(origin, host)?;
         }
-        let serial = next_serial(zone.serial);
+        // Transfer settings (TSIG keys, secondaries) are not zone data: the
+        // serial stays, so secondaries have nothing to fetch.
+        let data = !matches!(
+            op,
+            Op::AddTsig(_) | Op::RemoveTsig(_) | Op::AddSecondary(_) | Op::RemoveSecondary(_)
+        );
+        let serial = if data {
+            next_serial(zone.serial)
+        } else {
+            zone.serial
+        };
         let t = std::time::Instant::now();
         let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {
             self.store.commit(origin, serial, &changes, ev)
@@ -63,9 +73,14 @@ impl Directory {
             c.apply(zone);
         }
         zone.serial = serial;
-        // Building the view fails only on a bad origin or SOA name, which seed and
-        // import have already checked for this zone: the change is never half-seen.
-        self.publish_patch(zone, &scope, gone, event)?;
+        if data {
+            // Building the view fails only on a bad origin or SOA name, which seed and
+            // import have already checked for this zone: the change is never half-seen.
+            self.publish_patch(zone, &scope, gone, event)?;
+        } else {
+            self.set_transfer_keys(zone);
+            self.log_event(zone, event);
+        }
         self.announce(&audit);
         tracing::info!(
             zone = origin,
@@ -97,6 +112,8 @@ impl Directory {
         let origin = zv.origin.clone();
         let next = self.view.load().with_zone(&origin, Some(Arc::new(zv)));
         self.view.store(Arc::new(next));
+        // Replaced whole: a secondary behind this transfers it whole.
+        self.transfers.reset(zone.origin());
         self.log_event(zone, event);
     }
 
@@ -118,12 +135,33 @@ impl Directory {
         else {
             return self.publish(zone, event);
         };
+        let journal = self.transfers.keeps_journal(zone.origin());
+        let mut touched = if journal { gone.clone() } else { vec![] };
         let zv = view::patch(&old, gone, zone, scope, self.cfg).map_err(ApplyError::from)?;
         let origin = zv.origin.clone();
-        let next = current.with_zone(&origin, Some(Arc::new(zv)));
+        let zv = Arc::new(zv);
+        let next = current.with_zone(&origin, Some(zv.clone()));
         self.view.store(Arc::new(next));
+        if journal {
+            // Every name the patch rebuilt: those the change touched, before and after.
+            touched.extend(view::names_of(zone, self.cfg, scope).unwrap_or_default());
+            match crate::transfer::diff(&old, &zv, &touched) {
+                Some(d) => self.journal(zone.origin(), d),
+                None => self.transfers.reset(zone.origin()),
+            }
+        }
         self.log_event(zone, event);
         Ok(())
+    }
+
+    /// Keeps a change in the zone's journal, in memory and in the store.
+    fn journal(&self, origin: &str, d: crate::transfer::Diff) {
+        if let Some(bytes) = d.encode() {
+            if let Err(e) = self.store.append_diff(origin, d.to(), &bytes) {
+                tracing::warn!(zone = origin, error = %e, "could not keep a change in the store's journal; secondaries further behind will transfer the zone whole");
+            }
+        }
+        self.transfers.record(origin, d);
     }
 
     fn log_event(&self, zone: &Zone, event: (&'static str, String, &'static str)) {

@@ -258,5 +258,17 @@ pub(super) fn of_change(before: &Zone, op: &Op, changes: &[Change]) -> Option<Dr
         Op::RemoveAdmin(name) => {
             Draft::new("admin", name, "remove").message(format!("admin key {name} removed"))
         }
+        // The secret never reaches the audit log.
+        Op::AddTsig(k) => Draft::new("tsig", &k.name, "add")
+            .message(format!("TSIG key {} ({}) added", k.name, k.algorithm)),
+        Op::RemoveTsig(name) => {
+            Draft::new("tsig", name, "remove").message(format!("TSIG key {name} removed"))
+        }
+        Op::AddSecondary(s) => Draft::new("secondary", s.addr.to_string(), "add").message(format!(
+            "secondary {} added, NOTIFY signed with {}",
+            s.addr, s.tsig
+        )),
+        Op::RemoveSecondary(a) => Draft::new("secondary", a.to_string(), "remove")
+            .message(format!("secondary {a} removed")),
     })
 }

@@ -103,6 +103,8 @@ pub struct Directory {
     started: std::time::Instant,
     /// Stored records left out at start because they could not be read.
     unreadable: Vec<Unreadable>,
+    /// TSIG keys and journals, for zone transfers (`dns::xfr`).
+    transfers: Arc<crate::transfer::Transfers>,
 }
 
 impl Directory {
@@ -160,7 +162,12 @@ impl Directory {
             events: Mutex::new(Default::default()),
             leases: Mutex::new(Default::default()),
             saved_views: Mutex::new(saved_views),
+            transfers: Default::default(),
         };
+        for z in dir.lock().values() {
+            dir.set_transfer_keys(z);
+            dir.recall_journal(z);
+        }
         dir.recall_episodes();
         Ok(dir)
     }
@@ -190,6 +197,37 @@ impl Directory {
         // A panic while holding the lock cannot leave a half-applied change: the
         // model is only touched after the store commit, by infallible code.
         self.zones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// TSIG keys and journals, shared with the DNS listeners.
+    pub fn transfers(&self) -> Arc<crate::transfer::Transfers> {
+        self.transfers.clone()
+    }
+
+    /// Publishes a zone's TSIG keys to the DNS listeners.
+    fn set_transfer_keys(&self, zone: &Zone) {
+        let keys = zone
+            .tsig
+            .values()
+            .filter_map(|k| crate::tsig::Key::new(&k.name, k.secret_bytes()))
+            .collect();
+        self.transfers.set_keys(zone.origin(), keys);
+    }
+
+    /// Reads a zone's journal back from the store: kept only if it runs,
+    /// unbroken, up to the zone's serial.
+    fn recall_journal(&self, zone: &Zone) {
+        let diffs: Vec<crate::transfer::Diff> = self
+            .store
+            .load_diffs(zone.origin())
+            .iter()
+            .filter_map(|b| crate::transfer::Diff::decode(b))
+            .collect();
+        if diffs.last().is_some_and(|d| d.to() == zone.serial) {
+            for d in diffs {
+                self.transfers.record(zone.origin(), d);
+            }
+        }
     }
 
     /// The view the DNS path reads.

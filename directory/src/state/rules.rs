@@ -38,6 +38,10 @@ pub(super) fn describe(op: &Op) -> (&'static str, String, &'static str) {
         Op::SetVersion { repo, .. } => ("repo", repo.clone(), "version"),
         Op::AddAdmin(a) => ("admin", a.name.clone(), "add"),
         Op::RemoveAdmin(a) => ("admin", a.clone(), "remove"),
+        Op::AddTsig(k) => ("tsig", k.name.clone(), "add"),
+        Op::RemoveTsig(k) => ("tsig", k.clone(), "remove"),
+        Op::AddSecondary(s) => ("secondary", s.addr.to_string(), "add"),
+        Op::RemoveSecondary(a) => ("secondary", a.to_string(), "remove"),
     }
 }
 
@@ -57,6 +61,10 @@ pub(super) fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         | Op::SetAutoFailover { .. }
         | Op::SetVersion { .. } => view::Scope::default(),
         Op::AddAdmin(_) | Op::RemoveAdmin(_) => view::Scope::default(),
+        // Transfer settings change no answer.
+        Op::AddTsig(_) | Op::RemoveTsig(_) | Op::AddSecondary(_) | Op::RemoveSecondary(_) => {
+            view::Scope::default()
+        }
     };
     match op {
         Op::AddRepo(r) => {
@@ -341,6 +349,67 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                 )));
             }
             vec![Change::DelAdmin(name)]
+        }
+        Op::AddTsig(mut k) => {
+            k.name = k.name.trim_end_matches('.').to_ascii_lowercase();
+            model::validate_tsig(&k)?;
+            if zone.tsig.contains_key(&k.name) {
+                return Err(ApplyError::Conflict(format!(
+                    "TSIG key {} already exists in {}; remove it first to replace it",
+                    k.name,
+                    zone.origin()
+                )));
+            }
+            vec![Change::PutTsig(k)]
+        }
+        Op::RemoveTsig(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !zone.tsig.contains_key(&name) {
+                return Err(ApplyError::NotFound(format!(
+                    "no TSIG key {name} in {}",
+                    zone.origin()
+                )));
+            }
+            let users: Vec<String> = zone
+                .secondaries
+                .values()
+                .filter(|s| s.tsig == name)
+                .map(|s| s.addr.to_string())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "secondaries {} use TSIG key {name}: remove them first with `zone secondary rm`",
+                    users.join(", ")
+                )));
+            }
+            vec![Change::DelTsig(name)]
+        }
+        Op::AddSecondary(mut s) => {
+            s.tsig = s.tsig.trim_end_matches('.').to_ascii_lowercase();
+            if !zone.tsig.contains_key(&s.tsig) {
+                return Err(ApplyError::NotFound(format!(
+                    "no TSIG key {} in {}: add it first with `zone tsig add`",
+                    s.tsig,
+                    zone.origin()
+                )));
+            }
+            if zone.secondaries.contains_key(&s.addr) {
+                return Err(ApplyError::Conflict(format!(
+                    "{} is already a secondary of {}",
+                    s.addr,
+                    zone.origin()
+                )));
+            }
+            vec![Change::PutSecondary(s)]
+        }
+        Op::RemoveSecondary(addr) => {
+            if !zone.secondaries.contains_key(&addr) {
+                return Err(ApplyError::NotFound(format!(
+                    "{addr} is not a secondary of {}",
+                    zone.origin()
+                )));
+            }
+            vec![Change::DelSecondary(addr)]
         }
     })
 }

@@ -82,6 +82,9 @@ impl Directory {
         let mut zones = self.lock();
         if let Some(old) = zones.get(zone.origin()) {
             zone.serial = zone.serial.max(next_serial(old.serial));
+            // TSIG keys and secondaries are not in zone files: an import keeps them.
+            zone.tsig = old.tsig.clone();
+            zone.secondaries = old.secondaries.clone();
         }
         let zv = view::build(&zone, self.cfg).map_err(ApplyError::from)?;
         let serial = zone.serial;

@@ -8,7 +8,7 @@
 //! backend passes.
 
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Repo, Zone};
+use crate::model::{AdminKey, Binding, Host, Repo, Secondary, TsigKey, Zone};
 
 pub mod battery;
 pub mod memory;
@@ -55,6 +55,10 @@ pub enum Change {
     DelRepo(String),
     PutAdmin(AdminKey),
     DelAdmin(String),
+    PutTsig(TsigKey),
+    DelTsig(String),
+    PutSecondary(Secondary),
+    DelSecondary(std::net::SocketAddr),
 }
 
 impl Change {
@@ -85,6 +89,18 @@ impl Change {
             }
             Change::DelAdmin(n) => {
                 zone.admins.remove(&n);
+            }
+            Change::PutTsig(k) => {
+                zone.tsig.insert(k.name.clone(), k);
+            }
+            Change::DelTsig(n) => {
+                zone.tsig.remove(&n);
+            }
+            Change::PutSecondary(s) => {
+                zone.secondaries.insert(s.addr, s);
+            }
+            Change::DelSecondary(a) => {
+                zone.secondaries.remove(&a);
             }
         }
     }
@@ -124,6 +140,19 @@ pub trait Store: Send + Sync {
     /// Appends events to the audit log, durably. Their ids come after every stored one.
     fn append_events(&self, _events: &[Event]) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Keeps a zone's change (`transfer::Diff`, encoded) in its IXFR journal,
+    /// the oldest past `transfer::JOURNAL_DIFFS` dropped. Need not be flushed:
+    /// a diff lost in a crash costs a secondary a full transfer, not an answer.
+    fn append_diff(&self, _origin: &str, _serial: u32, _diff: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A zone's journal, oldest first; `commit` and `replace_zone` keep it
+    /// unless the zone is replaced.
+    fn load_diffs(&self, _origin: &str) -> Vec<Vec<u8>> {
+        vec![]
     }
 
     /// Up to `limit` events with ids after `after`, oldest first.

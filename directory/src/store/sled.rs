@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Change, Loaded, Store, StoreError, Unreadable};
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Repo, Zone, ZoneMeta};
+use crate::model::{AdminKey, Binding, Host, Repo, Secondary, TsigKey, Zone, ZoneMeta};
 
 const META: &str = "meta";
 const SERIAL: &str = "serial";
@@ -39,6 +39,8 @@ const HOST: &str = "h";
 const BINDING: &str = "b";
 const REPO: &str = "r";
 const ADMIN: &str = "a";
+const TSIG: &str = "t";
+const SECONDARY: &str = "s";
 const REMOVED: &[u8] = b"null";
 
 /// The sled-backed store under `--data`.
@@ -52,6 +54,8 @@ pub struct SledStore {
     order: ::sled::Tree,
     /// Readers' places in the audit log: name -> big-endian id.
     cursors: ::sled::Tree,
+    /// Each zone's IXFR journal: ORIGIN, 0, big-endian sequence -> encoded diff.
+    journal: ::sled::Tree,
     dir: std::path::PathBuf,
     /// Events kept of each origin: [admins and the directory, hosts].
     kept: [u64; 2],
@@ -185,6 +189,7 @@ impl SledStore {
         let events = db.open_tree("events").map_err(io)?;
         let cursors = db.open_tree("cursors").map_err(io)?;
         let order = db.open_tree("event_order").map_err(io)?;
+        let journal = db.open_tree("journal").map_err(io)?;
         let legacy = match order.get(LEGACY).map_err(io)? {
             Some(v) => id_of(&v)?,
             None => {
@@ -202,6 +207,7 @@ impl SledStore {
             events,
             order,
             cursors,
+            journal,
             dir: dir.to_path_buf(),
             kept: [EVENTS_KEPT, HOST_EVENTS_KEPT],
             legacy,
@@ -325,6 +331,14 @@ impl SledStore {
             Change::DelRepo(n) => batch.insert(key(origin, REPO, n), REMOVED),
             Change::PutAdmin(a) => batch.insert(key(origin, ADMIN, &a.name), json(a)?),
             Change::DelAdmin(n) => batch.insert(key(origin, ADMIN, n), REMOVED),
+            Change::PutTsig(k) => batch.insert(key(origin, TSIG, &k.name), json(k)?),
+            Change::DelTsig(n) => batch.insert(key(origin, TSIG, n), REMOVED),
+            Change::PutSecondary(s) => {
+                batch.insert(key(origin, SECONDARY, &s.addr.to_string()), json(s)?)
+            }
+            Change::DelSecondary(a) => {
+                batch.insert(key(origin, SECONDARY, &a.to_string()), REMOVED)
+            }
         }
         Ok(())
     }
@@ -424,6 +438,14 @@ fn overlay(zone: &mut Zone, k: &str, kind: &str, name: &str, v: &[u8]) -> Result
             ADMIN => {
                 zone.admins.remove(name);
             }
+            TSIG => {
+                zone.tsig.remove(name);
+            }
+            SECONDARY => {
+                if let Ok(a) = name.parse() {
+                    zone.secondaries.remove(&a);
+                }
+            }
             _ => {}
         }
     }
@@ -475,6 +497,24 @@ fn overlay_entry(
                 zone.admins.remove(name);
             }
         },
+        TSIG => match parse_overlay::<TsigKey>(k, v)? {
+            Some(t) => {
+                zone.tsig.insert(t.name.clone(), t);
+            }
+            None => {
+                zone.tsig.remove(name);
+            }
+        },
+        SECONDARY => match parse_overlay::<Secondary>(k, v)? {
+            Some(s) => {
+                zone.secondaries.insert(s.addr, s);
+            }
+            None => {
+                if let Ok(a) = name.parse() {
+                    zone.secondaries.remove(&a);
+                }
+            }
+        },
         other => {
             return Err(StoreError::Corrupt {
                 key: k.to_string(),
@@ -491,6 +531,13 @@ const ORIGINS: [u8; 2] = [b'a', b'h'];
 fn order_key(origin: usize, seq: u64) -> Vec<u8> {
     let mut k = vec![ORIGINS[origin]];
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The journal's keys of one zone start with this.
+fn journal_prefix(origin: &str) -> Vec<u8> {
+    let mut k = origin.as_bytes().to_vec();
+    k.push(0);
     k
 }
 
@@ -706,8 +753,45 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn append_diff(&self, origin: &str, _serial: u32, diff: &[u8]) -> Result<(), StoreError> {
+        let prefix = journal_prefix(origin);
+        let kept: Vec<::sled::IVec> = self
+            .journal
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let next = match kept.last() {
+            Some(k) => id_of(&k[prefix.len()..])? + 1,
+            None => 1,
+        };
+        let mut batch = ::sled::Batch::default();
+        let mut key = prefix;
+        key.extend_from_slice(&next.to_be_bytes());
+        batch.insert(key, diff);
+        let over = (kept.len() + 1).saturating_sub(crate::transfer::JOURNAL_DIFFS);
+        for k in kept.into_iter().take(over) {
+            batch.remove(k);
+        }
+        // Not flushed: the next commit's flush carries it (see the trait).
+        self.journal.apply_batch(batch).map_err(io)
+    }
+
+    fn load_diffs(&self, origin: &str) -> Vec<Vec<u8>> {
+        self.journal
+            .scan_prefix(journal_prefix(origin))
+            .values()
+            .filter_map(Result::ok)
+            .map(|v| v.to_vec())
+            .collect()
+    }
+
     fn replace_zone(&self, zone: &Zone, events: &[Event]) -> Result<(), StoreError> {
         let origin = zone.origin();
+        // A zone replaced whole starts a new journal.
+        for k in self.journal.scan_prefix(journal_prefix(origin)).keys() {
+            self.journal.remove(k.map_err(io)?).map_err(io)?;
+        }
         let mut batch = ::sled::Batch::default();
         for item in self.db.scan_prefix(format!("{origin}/").as_bytes()) {
             let (k, _) = item.map_err(io)?;
@@ -723,6 +807,13 @@ impl Store for SledStore {
         };
         let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &json(&snapshot)?)?;
         batch.insert(key(origin, SNAPSHOT, ""), json(&file)?);
+        // Transfer settings are not zone data: a few keys beside the snapshot.
+        for k in zone.tsig.values() {
+            Self::apply(&mut batch, origin, &Change::PutTsig(k.clone()))?;
+        }
+        for s in zone.secondaries.values() {
+            Self::apply(&mut batch, origin, &Change::PutSecondary(s.clone()))?;
+        }
         self.write_with_events(batch, events)?;
         self.tidy();
         Ok(())

@@ -1,0 +1,282 @@
+//! Zone transfers over TCP: AXFR (RFC 5936) and IXFR (RFC 1995), to requests
+//! signed with one of the zone's TSIG keys (RFC 8945) only.
+//!
+//! An unsigned request is REFUSED; a bad signature gets NOTAUTH (`tsig`). A
+//! full transfer streams the view it started on (one `Arc`, so a change
+//! meanwhile neither blocks it nor shows half in it) a node at a time into
+//! messages of about `MESSAGE_BYTES`, each signed over the previous one's MAC
+//! (§5.3.1): the zone is never built a second time in memory. IXFR sends the
+//! journal's run of changes from the client's serial (`transfer`), a lone SOA
+//! when the client is current, and a full transfer when the journal does not
+//! reach back that far.
+
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use tokio::io::AsyncWriteExt;
+
+use super::handler::DnsHandler;
+use super::message::{error_reply, keys_for, question, question_end, u16_at, zone_of};
+use crate::transfer::{newer, Diff};
+use crate::tsig;
+use crate::view::ZoneView;
+
+const AXFR: u16 = 252;
+const IXFR: u16 = 251;
+/// A message is sent when it grows past this (records are far smaller than
+/// the 64 KiB a message may hold).
+const MESSAGE_BYTES: usize = 32 * 1024;
+/// How long one message may take to be written to a slow secondary.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a query asks for a zone transfer (its one question's type).
+pub fn is_transfer(m: &[u8]) -> bool {
+    m.get(2).is_some_and(|f| f & 0xf8 == 0)
+        && question_end(m)
+            .and_then(|end| u16_at(m, end - 4))
+            .is_some_and(|t| t == AXFR || t == IXFR)
+}
+
+/// Writes one length-prefixed message; false if the client is gone.
+async fn write(wr: &mut tokio::net::tcp::OwnedWriteHalf, m: &[u8]) -> bool {
+    let Ok(len) = u16::try_from(m.len()) else {
+        return false;
+    };
+    let mut frame = Vec::with_capacity(2 + m.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(m);
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Answers one transfer request on a TCP connection. Returns whether the
+/// connection may go on.
+pub async fn serve(
+    handler: &DnsHandler,
+    raw: Vec<u8>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> bool {
+    let (stripped, t) = match tsig::split(&raw) {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            // Unsigned: nobody may transfer a zone without one of its keys.
+            return match error_reply(&raw, ResponseCode::Refused) {
+                Some(m) => write(wr, &m).await,
+                None => false,
+            };
+        }
+        Err(_) => {
+            return match error_reply(&raw, ResponseCode::FormErr) {
+                Some(m) => write(wr, &m).await,
+                None => false,
+            };
+        }
+    };
+    let now = crate::time::unix_secs();
+    let keys = keys_for(&handler.view().load(), handler.transfers(), &stripped);
+    let (key, request_mac) = match tsig::verify(&stripped, t, &keys, now) {
+        tsig::Checked::Good { key, tsig } => (key, tsig.mac),
+        tsig::Checked::Refused { tsig, error } => {
+            tracing::warn!(error, "zone transfer refused: unknown key or bad signature");
+            let Some(mut m) = error_reply(&stripped, ResponseCode::NotAuth) else {
+                return false;
+            };
+            tsig::append_unsigned(&mut m, &tsig, error);
+            return write(wr, &m).await;
+        }
+        tsig::Checked::BadTime { key, tsig } => {
+            tracing::warn!("zone transfer refused: signed at a time outside the fudge");
+            let Some(mut m) = error_reply(&stripped, ResponseCode::NotAuth) else {
+                return false;
+            };
+            let ours = now.to_be_bytes();
+            tsig::sign(
+                &mut m,
+                &key,
+                Some(&tsig.mac),
+                false,
+                now,
+                tsig::BADTIME,
+                &ours[2..],
+            );
+            return write(wr, &m).await;
+        }
+    };
+    let (Some(zv), Some(q)) = (
+        zone_of(&handler.view().load(), &stripped),
+        question(&stripped),
+    ) else {
+        return false;
+    };
+    let mut out = Out {
+        id: u16::from_be_bytes([stripped[0], stripped[1]]),
+        question: Some(q.clone()),
+        key,
+        mac: request_mac,
+        first: true,
+    };
+    if Name::from(zv.origin.clone()) != *q.name() {
+        // Not a zone's apex: we hold no zone of that name (RFC 5936 §2.2.1).
+        let Some(mut m) = error_reply(&stripped, ResponseCode::NotAuth) else {
+            return false;
+        };
+        tsig::sign(&mut m, &out.key, Some(&out.mac), false, now, 0, &[]);
+        return write(wr, &m).await;
+    }
+    let Some(soa) = crate::transfer::soa(&zv) else {
+        return false;
+    };
+    let origin = zv.origin.to_string();
+    let started = std::time::Instant::now();
+    let (kind, sent) = if q.query_type() == RecordType::IXFR {
+        let theirs = client_serial(&stripped);
+        match theirs {
+            Some(s) if !newer(zv.serial, s) => ("ixfr-current", out.one(wr, &soa).await),
+            Some(s) => match handler.transfers().since(&origin, s, zv.serial) {
+                Some(run) => ("ixfr", out.incremental(wr, &soa, &run).await),
+                None => ("ixfr-as-axfr", out.full(wr, &zv, &soa).await),
+            },
+            None => ("ixfr-as-axfr", out.full(wr, &zv, &soa).await),
+        }
+    } else {
+        ("axfr", out.full(wr, &zv, &soa).await)
+    };
+    match sent {
+        Some(records) => {
+            tracing::info!(zone = %origin, serial = zv.serial, kind, records, ms = started.elapsed().as_millis() as u64, "zone transferred");
+            true
+        }
+        None => {
+            tracing::warn!(zone = %origin, kind, "zone transfer cut short: the secondary went away");
+            false
+        }
+    }
+}
+
+/// The serial of the SOA in an IXFR request's authority section.
+fn client_serial(query: &[u8]) -> Option<u32> {
+    let m = Message::from_vec(query).ok()?;
+    m.authorities.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(s) => Some(s.serial),
+        _ => None,
+    })
+}
+
+/// The answer being streamed: the MAC that signs the next message.
+struct Out {
+    id: u16,
+    /// The question, for the first message only.
+    question: Option<Query>,
+    key: tsig::Key,
+    mac: Vec<u8>,
+    first: bool,
+}
+
+impl Out {
+    /// Sends `records` in messages of about `MESSAGE_BYTES`, each compressed
+    /// on its own and signed. Returns how many records went.
+    async fn stream(
+        &mut self,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        // Boxed: a closure's iterator held across an await is otherwise not
+        // provably `Send` (rust-lang/rust#102211).
+        mut records: Box<dyn Iterator<Item = Record> + Send + '_>,
+    ) -> Option<usize> {
+        let mut sent = 0;
+        let mut next = records.next();
+        loop {
+            let mut buf = Vec::with_capacity(MESSAGE_BYTES + 4096);
+            let mut count = 0u16;
+            {
+                let mut enc = BinEncoder::new(&mut buf);
+                enc.emit_vec(&[0; 12]).ok()?;
+                if let Some(q) = &self.question {
+                    q.emit(&mut enc).ok()?;
+                }
+                while let Some(r) = next.take() {
+                    r.emit(&mut enc).ok()?;
+                    count += 1;
+                    next = records.next();
+                    if enc.len() > MESSAGE_BYTES || count == u16::MAX {
+                        break;
+                    }
+                }
+            }
+            buf[0..2].copy_from_slice(&self.id.to_be_bytes());
+            buf[2] = 0x84; // QR, AA
+            buf[3] = 0;
+            buf[5] = u8::from(self.question.take().is_some());
+            buf[6..8].copy_from_slice(&count.to_be_bytes());
+            let now = crate::time::unix_secs();
+            self.mac = tsig::sign(
+                &mut buf,
+                &self.key,
+                Some(&self.mac),
+                !self.first,
+                now,
+                0,
+                &[],
+            );
+            self.first = false;
+            if !write(wr, &buf).await {
+                return None;
+            }
+            sent += usize::from(count);
+            if next.is_none() {
+                return Some(sent);
+            }
+        }
+    }
+
+    /// A lone SOA: the client is current.
+    async fn one(
+        &mut self,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        soa: &Record,
+    ) -> Option<usize> {
+        self.stream(wr, Box::new(std::iter::once(soa.clone())))
+            .await
+    }
+
+    /// SOA, every other record of the view, SOA.
+    async fn full(
+        &mut self,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        zv: &ZoneView,
+        soa: &Record,
+    ) -> Option<usize> {
+        let records = zv.nodes().flat_map(|(key, node)| {
+            node.records(key)
+                .into_iter()
+                .filter(|r| r.record_type() != RecordType::SOA)
+        });
+        let all = std::iter::once(soa.clone())
+            .chain(records)
+            .chain(std::iter::once(soa.clone()));
+        self.stream(wr, Box::new(all)).await
+    }
+
+    /// SOA, then each change as old SOA, removed, new SOA, added; then SOA.
+    async fn incremental(
+        &mut self,
+        wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        soa: &Record,
+        run: &[Arc<Diff>],
+    ) -> Option<usize> {
+        let changes = run.iter().flat_map(|d| {
+            std::iter::once(&d.old_soa)
+                .chain(&d.removed)
+                .chain(std::iter::once(&d.new_soa))
+                .chain(&d.added)
+                .cloned()
+        });
+        let all = std::iter::once(soa.clone())
+            .chain(changes)
+            .chain(std::iter::once(soa.clone()));
+        self.stream(wr, Box::new(all)).await
+    }
+}
