@@ -267,6 +267,126 @@ for s in $SCALE_RUNS; do
   echo "bench: scale $s first answer ${START[$s]} s ($(echo ${START_ALL[$s]} | tr ' ' '\n' | spread)), RSS ${RSS[$s]} MB"
 done
 
+# ---- zone transfers: AXFR of the scale zone, IXFR of one change ------------------
+# Switchboard, Knot and BIND as primaries of the same zone (the peers load its flat
+# export), each transfer signed with the same TSIG key; then Knot as Switchboard's
+# secondary: change acknowledged -> Knot answers it (NOTIFY, then IXFR).
+XFR_KEY=bench-xfr
+start_knot_primary() { # zonefile port
+  local d=$WORK/knotp-$2; mkdir -p $d
+  cat > $d/knot.conf <<CONF
+server:
+  rundir: "$d"
+  user: root:root
+  listen: 127.0.0.1@$2
+  background-workers: 1
+  udp-workers: 1
+  tcp-workers: 1
+database:
+  storage: "$d"
+log:
+  - target: stderr
+    any: error
+key:
+  - id: $XFR_KEY
+    algorithm: hmac-sha256
+    secret: $XFR_SECRET
+acl:
+  - id: transfer
+    key: $XFR_KEY
+    action: transfer
+zone:
+  - domain: $ZONE
+    file: "$1"
+    storage: "$d"
+    zonefile-sync: -1
+    journal-content: none
+    acl: transfer
+CONF
+  $SERVER_CPU knotd -c $d/knot.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+start_bind_primary() { # zonefile port
+  local d=$WORK/bindp-$2; mkdir -p $d
+  cp "$1" $d/zone.db
+  cat > $d/named.conf <<CONF
+options {
+  directory "$d";
+  listen-on port $2 { 127.0.0.1; };
+  listen-on-v6 { none; };
+  recursion no;
+  pid-file "$d/named.pid";
+  max-records-per-type 0;
+  max-types-per-name 0;
+};
+controls { };
+key "$XFR_KEY" { algorithm hmac-sha256; secret "$XFR_SECRET"; };
+zone "$ZONE" { type primary; file "$d/zone.db"; allow-transfer { key $XFR_KEY; }; };
+CONF
+  $SERVER_CPU named -g -n 1 -c $d/named.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+start_knot_secondary() { # primary-port port
+  local d=$WORK/knots-$2; mkdir -p $d
+  cat > $d/knot.conf <<CONF
+server:
+  rundir: "$d"
+  user: root:root
+  listen: 127.0.0.1@$2
+  background-workers: 1
+  udp-workers: 1
+  tcp-workers: 1
+database:
+  storage: "$d"
+log:
+  - target: stderr
+    any: error
+key:
+  - id: $XFR_KEY
+    algorithm: hmac-sha256
+    secret: $XFR_SECRET
+remote:
+  - id: directory
+    address: 127.0.0.1@$1
+    key: $XFR_KEY
+acl:
+  - id: notify
+    address: 127.0.0.1
+    key: $XFR_KEY
+    action: notify
+zone:
+  - domain: $ZONE
+    storage: "$d"
+    master: directory
+    acl: notify
+    zonefile-sync: -1
+CONF
+  $LOAD_CPU knotd -c $d/knot.conf >/dev/null 2>&1 &
+  SPID=$!
+}
+next_port; port=$PORT; start_switchboard "$WORK/empty-zones" $port "$WORK/scale-data"; pid=$SPID; PIDS+=($pid)
+wait_answer $port $probe A $pid >/dev/null
+XFR_SB_PORT=$port; XFR_SB_API=$SB_API; XFR_SB_PID=$pid
+XFR_SECRET=$("$BIN/switchboard-directory" --server http://$SB_API --key "$WORK/admin.pem" --json zone tsig add $ZONE $XFR_KEY | sed 's/.*"secret":"\([^"]*\)".*/\1/')
+declare -A AXFR
+for s in knot bind switchboard; do
+  case $s in
+    switchboard) port=$XFR_SB_PORT ;;
+    knot) next_port; port=$PORT; start_knot_primary "$WORK/scale-flat.zone" $port; PIDS+=($SPID) ;;
+    bind) next_port; port=$PORT; start_bind_primary "$WORK/scale-flat.zone" $port; PIDS+=($SPID) ;;
+  esac
+  wait_answer $port $probe A >/dev/null
+  AXFR[$s]=$($LOAD_CPU "$BIN/axfr" 127.0.0.1:$port $ZONE $XFR_KEY "$XFR_SECRET" $ROUNDS)
+  echo "bench: AXFR of $SCALE_HOSTS hosts from $s: ${AXFR[$s]}"
+  [ $s = switchboard ] || { kill $SPID; wait $SPID 2>/dev/null || true; }
+done
+next_port; KNOT_SEC=$PORT; start_knot_secondary $XFR_SB_PORT $KNOT_SEC; KPID=$SPID; PIDS+=($KPID)
+"$BIN/switchboard-directory" --server http://$XFR_SB_API --key "$WORK/admin.pem" zone secondary add $ZONE 127.0.0.1:$KNOT_SEC --tsig $XFR_KEY >/dev/null
+wait_answer $KNOT_SEC $probe A >/dev/null
+IXFR=$($LOAD_CPU "$BIN/change-latency" $XFR_SB_API 127.0.0.1:$KNOT_SEC "$WORK/admin.pem" $ZONE $SCALE_HOSTS $CHANGES)
+echo "bench: change acknowledged -> Knot secondary answers it, $SCALE_HOSTS hosts: $IXFR"
+kill $KPID $XFR_SB_PID; wait $KPID $XFR_SB_PID 2>/dev/null || true
+
 next_port; port=$PORT; start_switchboard "$WORK/zones" $port; pid=$SPID; PIDS+=($pid)
 wait_answer $port h1.node.$ZONE A >/dev/null
 api=$SB_API
@@ -535,6 +655,8 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"p99_ms_at_half_bind\": {\"rate\": $HALF, $(for s in $SERVERS; do printf '"%s": %s, ' $s ${P99[$s]}; done | sed 's/, $//')},"
   echo "  \"scale\": {\"hosts\": $SCALE_HOSTS, $(for s in $SCALE_RUNS; do printf '"%s": {"rss_mb": %s, "first_answer_s": %s}, ' $s ${RSS[$s]} ${START[$s]}; done | sed 's/, $//')},"
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
+  echo "  \"axfr_$SCALE_HOSTS\": {\"knot\": ${AXFR[knot]}, \"bind\": ${AXFR[bind]}, \"switchboard\": ${AXFR[switchboard]}},"
+  echo "  \"ixfr_change_to_secondary_answer\": $IXFR,"
   echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
   echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
   echo "  \"failover\": $FAILOVER,"
@@ -590,6 +712,16 @@ if [ $QUICK = 0 ]; then
     echo "| --- | --- |"
     echo "| $HOSTS | \`$CHANGE_SMALL\` |"
     echo "| $SCALE_HOSTS | \`$CHANGE_SCALE\` |"
+    echo
+    echo "## Zone transfers"
+    echo
+    echo "AXFR of the $SCALE_HOSTS-host zone over TCP, signed with TSIG (hmac-sha256), median of $ROUNDS; the client reads every message to the closing SOA. Knot and BIND serve the flat export of the same zone (which leaves out the A/AAAA records at \`_SVC._tcp\` names BIND refuses in a primary zone)."
+    echo
+    echo "| primary | result |"
+    echo "| --- | --- |"
+    for s in knot bind switchboard; do echo "| $s | \`${AXFR[$s]}\` |"; done
+    echo
+    echo "IXFR of one change: signed change acknowledged by Switchboard -> a Knot secondary (NOTIFY, then IXFR) answers it, $SCALE_HOSTS hosts, $CHANGES changes: \`$IXFR\`."
     echo
     echo "## HTTP forwarding, one core"
     echo

@@ -364,6 +364,13 @@ pub fn retain_sets(b: &[u8], keep: impl Fn(&Set<'_>) -> bool) -> Vec<u8> {
 /// A whole response for a set at `name` (lowercase wire format), for decoding.
 pub fn message(name: &[u8], set: &Set<'_>) -> Vec<u8> {
     let mut m = Vec::with_capacity(12 + name.len() + 4 + set.body.len());
+    message_into(name, set, &mut m);
+    m
+}
+
+/// `message`, written into `m` (cleared first).
+pub fn message_into(name: &[u8], set: &Set<'_>, m: &mut Vec<u8>) {
+    m.clear();
     m.extend_from_slice(&[0x00, 0x00, 0x84, 0x00, 0x00, 0x01]);
     m.extend_from_slice(&set.answers.to_be_bytes());
     m.extend_from_slice(&[0x00, 0x00]);
@@ -372,7 +379,6 @@ pub fn message(name: &[u8], set: &Set<'_>) -> Vec<u8> {
     m.extend_from_slice(&set.rtype.to_be_bytes());
     m.extend_from_slice(&1u16.to_be_bytes());
     m.extend_from_slice(set.body);
-    m
 }
 
 /// The negative-answer SOA from its TYPE on: TYPE, CLASS, TTL, RDLENGTH, RDATA

@@ -15,6 +15,7 @@ pub mod fast;
 pub mod handler;
 pub mod message;
 pub mod mmsg;
+pub mod pack;
 pub mod rrl;
 pub mod tcp;
 pub mod truncate;
