@@ -4,13 +4,16 @@
 //! serial. A marked answer is kept until a new one replaces it: a directory that
 //! dies right after a change still leaves every name with its last answer.
 //!
-//! Lookups go through hickory-resolver pointed at `--directory` with its own
-//! cache off, so this module alone decides what is fresh, what is stale, and
-//! when to forget.
+//! Lookups go through hickory-resolver, one per `--directory` server, each with
+//! its own cache off, so this module alone decides what is fresh, what is
+//! stale, and when to forget. With several servers (docs/sidecar.md, "Several
+//! directory servers"), lookups take them in turn; a server that does not
+//! answer in time (or answers with an error) is skipped for `RETRY` and the
+//! next one is asked at once, so a lookup fails only when none answers.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,8 @@ pub enum DirError {
         "the directory at {server} did not answer ({reason}) and no earlier answer for {name} can be used"
     )]
     Unreachable {
-        server: SocketAddr,
+        /// The servers asked, comma-separated.
+        server: String,
         name: String,
         reason: String,
     },
@@ -62,6 +66,9 @@ struct Reachability {
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// While the directory is down, ask it again at most this often.
 const RETRY: Duration = Duration::from_millis(500);
+/// One of several servers that did not answer is asked first again after this
+/// (before it, only when the others do not answer either).
+const SERVER_RETRY: Duration = Duration::from_secs(5);
 /// Names cached at most. Past it, answers past their TTL are forgotten first; if
 /// every one is still fresh, a new answer is used but not kept.
 const MAX_CACHED: usize = 65_536;
@@ -101,10 +108,56 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// One `--directory` server and whether it answers.
+struct Server {
+    addr: SocketAddr,
+    resolver: Resolver<TokioRuntimeProvider>,
+    reach: Mutex<Reachability>,
+}
+
+impl Server {
+    /// Not known to be down, or down long enough to be asked again.
+    fn eligible(&self, now: Instant) -> bool {
+        let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        r.next_try.is_none_or(|t| now >= t)
+    }
+
+    fn answered(&self, several: bool) {
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = r.down_since.take() {
+            if several {
+                tracing::info!(server = %self.addr, down_for = ?since.elapsed(), "directory server answers again");
+            }
+        }
+        r.next_try = None;
+    }
+
+    fn failed(&self, reason: &str, several: bool) {
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if r.down_since.is_none() {
+            r.down_since = Some(Instant::now());
+            if several {
+                tracing::warn!(server = %self.addr, reason, "directory server did not answer; asking the others, and this one again in a moment");
+            }
+        }
+        r.next_try = Some(Instant::now() + SERVER_RETRY);
+    }
+}
+
+/// What the servers said to one question.
+enum Outcome {
+    Found(Vec<Record>, Vec<Record>),
+    NxDomain,
+    NoRecords,
+}
+
 /// Cached, stale-tolerant access to the directory's DNS answers.
 pub struct DirectoryClient {
-    resolver: Resolver<TokioRuntimeProvider>,
-    server: SocketAddr,
+    servers: Vec<Server>,
+    /// Where the next lookup starts among `servers` (they take turns).
+    turn: AtomicUsize,
+    /// The servers, comma-separated, for messages.
+    names: String,
     zone: Name,
     cache: Mutex<HashMap<(Name, RecordType), Cached>>,
     /// Bumped by `invalidate`; an answer asked for before a bump is not cached.
@@ -116,10 +169,51 @@ pub struct DirectoryClient {
 }
 
 impl DirectoryClient {
-    /// A client for zone `zone` served at `server`.
-    pub fn new(server: SocketAddr, zone: &str, metrics: Arc<Metrics>) -> Result<Self, DirError> {
+    /// A client for zone `zone` served at `servers` (at least one).
+    pub fn new(
+        servers: &[SocketAddr],
+        zone: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DirError> {
         let mut zone = Name::from_ascii(zone).map_err(|_| DirError::BadName(zone.to_string()))?;
         zone.set_fqdn(true);
+        let names = servers
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if servers.is_empty() {
+            return Err(DirError::Unreachable {
+                server: names,
+                name: zone.to_string(),
+                reason: "no --directory given".into(),
+            });
+        }
+        let servers = servers
+            .iter()
+            .map(|&s| {
+                Ok(Server {
+                    addr: s,
+                    resolver: Self::resolver(s, &zone)?,
+                    reach: Mutex::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, DirError>>()?;
+        Ok(DirectoryClient {
+            servers,
+            turn: AtomicUsize::new(0),
+            names,
+            zone,
+            cache: Mutex::default(),
+            generation: AtomicU64::new(0),
+            reach: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            metrics,
+        })
+    }
+
+    /// A resolver that asks `server` alone, once, with no cache of its own.
+    fn resolver(server: SocketAddr, zone: &Name) -> Result<Resolver<TokioRuntimeProvider>, DirError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = server.port();
         let mut tcp = ConnectionConfig::tcp();
@@ -133,27 +227,68 @@ impl DirectoryClient {
         opts.recursion_desired = false;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.edns0 = true;
-        let resolver = Resolver::builder_with_config(
+        Resolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![ns]),
             TokioRuntimeProvider::default(),
         )
         .with_options(opts)
         .build()
         .map_err(|e| DirError::Unreachable {
-            server,
+            server: server.to_string(),
             name: zone.to_string(),
             reason: e.to_string(),
-        })?;
-        Ok(DirectoryClient {
-            resolver,
-            server,
-            zone,
-            cache: Mutex::default(),
-            generation: AtomicU64::new(0),
-            reach: Mutex::default(),
-            changed: tokio::sync::watch::channel(0).0,
-            metrics,
         })
+    }
+
+    /// The `--directory` servers.
+    pub fn servers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.servers.iter().map(|s| s.addr)
+    }
+
+    /// Asks the servers in turn, starting with the next one's turn: first those
+    /// not known to be down, then the others. The first answer (NXDOMAIN and
+    /// NODATA included) is the answer; an error or a timeout moves on to the
+    /// next server at once.
+    async fn resolve(&self, name: &Name, t: RecordType) -> Result<Outcome, String> {
+        let n = self.servers.len();
+        let several = n > 1;
+        let start = if several {
+            self.turn.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let in_turn = (0..n).map(|i| &self.servers[(start + i) % n]);
+        let (up, down): (Vec<&Server>, Vec<&Server>) = in_turn.partition(|s| s.eligible(now));
+        let mut last = String::new();
+        for s in up.into_iter().chain(down) {
+            match s.resolver.lookup(name.clone(), t).await {
+                Ok(l) => {
+                    s.answered(several);
+                    return Ok(Outcome::Found(
+                        l.answers().to_vec(),
+                        l.additionals().to_vec(),
+                    ));
+                }
+                Err(e) if e.is_nx_domain() => {
+                    s.answered(several);
+                    return Ok(Outcome::NxDomain);
+                }
+                Err(e) if e.is_no_records_found() => {
+                    s.answered(several);
+                    return Ok(Outcome::NoRecords);
+                }
+                Err(e) => {
+                    last = if several {
+                        format!("{}: {e}", s.addr)
+                    } else {
+                        e.to_string()
+                    };
+                    s.failed(&e.to_string(), several);
+                }
+            }
+        }
+        Err(last)
     }
 
     pub fn zone(&self) -> &Name {
@@ -227,30 +362,23 @@ impl DirectoryClient {
         };
         if !skip {
             let gen = self.generation.load(Ordering::SeqCst);
-            match self.resolver.lookup(name.clone(), t).await {
-                Ok(l) => {
-                    return Ok(self.remember(
-                        gen,
-                        name,
-                        t,
-                        true,
-                        l.answers().to_vec(),
-                        l.additionals().to_vec(),
-                    ))
+            match self.resolve(&name, t).await {
+                Ok(Outcome::Found(records, additionals)) => {
+                    return Ok(self.remember(gen, name, t, true, records, additionals))
                 }
-                Err(e) if e.is_nx_domain() => {
+                Ok(Outcome::NxDomain) => {
                     return Ok(self.remember(gen, name, t, false, vec![], vec![]))
                 }
-                Err(e) if e.is_no_records_found() => {
+                Ok(Outcome::NoRecords) => {
                     return Ok(self.remember(gen, name, t, true, vec![], vec![]))
                 }
-                Err(e) => {
-                    self.unreachable(&e.to_string());
+                Err(reason) => {
+                    self.unreachable(&reason);
                     if stale.is_none() {
                         return Err(DirError::Unreachable {
-                            server: self.server,
+                            server: self.names.clone(),
                             name: name.to_string(),
-                            reason: e.to_string(),
+                            reason,
                         });
                     }
                 }
@@ -259,7 +387,7 @@ impl DirectoryClient {
         self.metrics.set_stale(true);
         self.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
         stale.ok_or_else(|| DirError::Unreachable {
-            server: self.server,
+            server: self.names.clone(),
             name: name.to_string(),
             reason: "down".into(),
         })
@@ -312,7 +440,7 @@ impl DirectoryClient {
         self.metrics.set_stale(false);
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = r.down_since.take() {
-            tracing::info!(server = %self.server, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");
+            tracing::info!(server = %self.names, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");
         }
         r.next_try = None;
     }
@@ -322,7 +450,7 @@ impl DirectoryClient {
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if r.down_since.is_none() {
             r.down_since = Some(Instant::now());
-            tracing::warn!(server = %self.server, reason, "directory unreachable; routing on the last answers (serve-stale)");
+            tracing::warn!(server = %self.names, reason, "directory unreachable; routing on the last answers (serve-stale)");
         }
         r.next_try = Some(Instant::now() + RETRY);
     }

@@ -4,6 +4,12 @@
 //! of a TTL. A marked answer stays until a new one replaces it, so a directory
 //! that dies right after a change leaves nothing unanswered (serve-stale). When
 //! the feed is down, answers simply expire by TTL.
+//!
+//! With several directory servers (`apis`), the feed of one is followed until
+//! it cannot be reached; then at once another's. Its first answer (`since=0`)
+//! marks every cached answer to be asked again, since changes may have been
+//! missed meanwhile and serials of servers with their own stores differ; the
+//! answers stay until replaced, so the move leaves no routing gap.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,23 +19,38 @@ use http::Uri;
 use http_body_util::BodyExt;
 
 use crate::directory::answers::DirectoryClient;
+use crate::directory::apis::Apis;
 use crate::outbound::forward::{ForwardError, Forwarder};
 
 /// Follows the feed forever.
-pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String, zone: String) {
+pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, apis: Arc<Apis>, zone: String) {
     let mut since: u64 = 0;
     let mut down_logged = false;
+    let mut current: Option<String> = None;
     loop {
+        let Some(ep) = apis.feed(current.as_deref()) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        if current.as_deref() != Some(ep.url.as_str()) {
+            if let Some(old) = &current {
+                tracing::info!(from = %old, to = %ep.url, "following another directory server's change feed");
+            }
+            dir.metrics.set_feed_source(&ep.url);
+            current = Some(ep.url.clone());
+            since = 0;
+        }
         let uri = format!(
             "{}/v1/feed?zone={zone}&since={since}&timeout=25",
-            api.trim_end_matches('/')
+            ep.url.trim_end_matches('/')
         );
         let result = poll(&fwd, &uri).await;
         match result {
             Ok(serial) => {
+                apis.mark_up(&ep);
                 dir.metrics.feed_up.store(true, Ordering::Relaxed);
                 if down_logged {
-                    tracing::info!("directory change feed is back");
+                    tracing::info!(api = %ep.url, "directory change feed is back");
                     down_logged = false;
                 }
                 if serial != since {
@@ -42,9 +63,17 @@ pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, api: String,
                 }
             }
             Err(e) => {
+                let reached = matches!(e, FeedError::Status(_) | FeedError::Json(_) | FeedError::NoSerial);
+                if !reached {
+                    apis.mark_down(&ep, &e.to_string());
+                }
+                // Another server up: its feed at once, with no gap.
+                if !reached && apis.feed(None).is_some_and(|next| next.url != ep.url && apis.is_up(&next)) {
+                    continue;
+                }
                 dir.metrics.feed_up.store(false, Ordering::Relaxed);
                 if !down_logged {
-                    tracing::warn!(error = %e, "directory change feed unavailable; falling back to TTL expiry");
+                    tracing::warn!(api = %ep.url, error = %e, "directory change feed unavailable; falling back to TTL expiry");
                     down_logged = true;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
