@@ -116,7 +116,13 @@ fn ensure(dir: &Directory, origin: &str, host: &str, port: u16) -> Result<Done, 
                 "directory",
             ) {
                 Ok(serial) => {
-                    tracing::info!(zone = origin, host, port, serial, "this server is now listed in directory.service");
+                    tracing::info!(
+                        zone = origin,
+                        host,
+                        port,
+                        serial,
+                        "this server is now listed in directory.service"
+                    );
                     Ok(Done::Yes)
                 }
                 // Another server sharing the store added it first.
@@ -145,48 +151,55 @@ fn pairs(dir: &Directory, adverts: &[Advertise]) -> BTreeSet<(String, String)> {
     out
 }
 
-/// Ensures every binding `adverts` asks for, waiting for hosts not there yet,
-/// until each is done or `stop` turns true.
-pub async fn run(
+/// The (zone, host) pairs whose host is not in its zone yet.
+pub type Pending = BTreeSet<(String, String)>;
+
+/// Ensures each binding of `pairs` whose host is there; the others, left.
+fn ensure_all(dir: &Directory, pairs: Pending, port: u16) -> Pending {
+    let mut left = BTreeSet::new();
+    for (origin, host) in pairs {
+        match ensure(dir, &origin, &host, port) {
+            Ok(Done::Yes) => {}
+            Ok(Done::NoHost) => {
+                left.insert((origin, host));
+            }
+            Err(e) => {
+                tracing::warn!(zone = %origin, host = %host, error = %e, "--advertise: cannot add this server's directory binding; trying again on the next change");
+                left.insert((origin, host));
+            }
+        }
+    }
+    left
+}
+
+/// At start, before the admin port is announced: ensures every binding
+/// `adverts` asks for whose host is in its zone. Returns those still waiting
+/// for their host, for `follow`.
+pub fn start(dir: &Directory, adverts: &[Advertise], port: u16) -> Pending {
+    let left = ensure_all(dir, pairs(dir, adverts), port);
+    for (origin, host) in &left {
+        tracing::warn!(zone = %origin, host = %host, "--advertise: no such host in the zone yet; add it with its addresses (host add {host} --addr IP), and this server's directory binding follows");
+    }
+    left
+}
+
+/// Waits for the hosts of `pending` to appear and adds their bindings, until
+/// none is left or `stop` turns true.
+pub async fn follow(
     dir: Arc<Directory>,
-    adverts: Vec<Advertise>,
+    mut pending: Pending,
     port: u16,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    if adverts.is_empty() {
-        return;
-    }
     let mut changed = dir.subscribe();
-    let mut pending = pairs(&dir, &adverts);
-    let mut told = BTreeSet::new();
+    // Once now too: a host added since `start` looked sent no change here.
     while !pending.is_empty() {
         changed.borrow_and_update();
-        let (d, todo) = (dir.clone(), pending.clone());
+        let d = dir.clone();
         // Changes are written and flushed: off the reactor threads.
-        let left = tokio::task::spawn_blocking(move || {
-            let mut left = BTreeSet::new();
-            for (origin, host) in todo {
-                match ensure(&d, &origin, &host, port) {
-                    Ok(Done::Yes) => {}
-                    Ok(Done::NoHost) => {
-                        left.insert((origin, host));
-                    }
-                    Err(e) => {
-                        tracing::warn!(zone = %origin, host = %host, error = %e, "--advertise: cannot add this server's directory binding; trying again on the next change");
-                        left.insert((origin, host));
-                    }
-                }
-            }
-            left
-        })
-        .await
-        .unwrap_or_default();
-        for (origin, host) in &left {
-            if told.insert((origin.clone(), host.clone())) {
-                tracing::warn!(zone = %origin, host = %host, "--advertise: no such host in the zone yet; add it with its addresses (host add {host} --addr IP), and this server's directory binding follows");
-            }
-        }
-        pending = left;
+        pending = tokio::task::spawn_blocking(move || ensure_all(&d, pending, port))
+            .await
+            .unwrap_or_default();
         if pending.is_empty() {
             return;
         }

@@ -204,9 +204,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     release_memory();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checks_task = tokio::spawn(crate::checks::run(dir.clone(), cfg.checks, stop_rx.clone()));
-    tokio::spawn(crate::advertise::run(
+    // This server's own directory binding, before the port is announced.
+    let waiting = crate::advertise::start(&dir, &cfg.advertise, http_addr.port());
+    tokio::spawn(crate::advertise::follow(
         dir.clone(),
-        cfg.advertise.clone(),
+        waiting,
         http_addr.port(),
         stop_rx.clone(),
     ));
