@@ -205,13 +205,12 @@ impl Sidecar {
             path: spool_dir.clone(),
             source,
         })?;
-        let hooks =
-            Hooks::install(&c.repos, &me.host, &c.key, apis.clone(), &c.zone).map_err(|source| {
-                StartError::Hooks {
-                    path: c.repos.clone(),
-                    source,
-                }
-            })?;
+        let hooks = Hooks::install(&c.repos, &me.host, &c.key, apis.clone(), &c.zone).map_err(
+            |source| StartError::Hooks {
+                path: c.repos.clone(),
+                source,
+            },
+        )?;
         let identity = Arc::new(id);
         Ok(Arc::new(Sidecar {
             identity: identity.clone(),

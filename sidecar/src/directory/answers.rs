@@ -213,7 +213,10 @@ impl DirectoryClient {
     }
 
     /// A resolver that asks `server` alone, once, with no cache of its own.
-    fn resolver(server: SocketAddr, zone: &Name) -> Result<Resolver<TokioRuntimeProvider>, DirError> {
+    fn resolver(
+        server: SocketAddr,
+        zone: &Name,
+    ) -> Result<Resolver<TokioRuntimeProvider>, DirError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = server.port();
         let mut tcp = ConnectionConfig::tcp();

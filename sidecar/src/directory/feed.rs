@@ -63,12 +63,19 @@ pub async fn follow(dir: Arc<DirectoryClient>, fwd: Arc<Forwarder>, apis: Arc<Ap
                 }
             }
             Err(e) => {
-                let reached = matches!(e, FeedError::Status(_) | FeedError::Json(_) | FeedError::NoSerial);
+                let reached = matches!(
+                    e,
+                    FeedError::Status(_) | FeedError::Json(_) | FeedError::NoSerial
+                );
                 if !reached {
                     apis.mark_down(&ep, &e.to_string());
                 }
                 // Another server up: its feed at once, with no gap.
-                if !reached && apis.feed(None).is_some_and(|next| next.url != ep.url && apis.is_up(&next)) {
+                if !reached
+                    && apis
+                        .feed(None)
+                        .is_some_and(|next| next.url != ep.url && apis.is_up(&next))
+                {
                     continue;
                 }
                 dir.metrics.feed_up.store(false, Ordering::Relaxed);
