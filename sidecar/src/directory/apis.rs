@@ -9,8 +9,9 @@
 //! none, `http://IP:8053` for each `--directory`, the default before there was
 //! a list.
 //!
-//! A call goes to the endpoints in turn, those not known to be down first. One
-//! that cannot be reached (no connection, no answer in time) is marked down for
+//! Each sidecar prefers one endpoint (picked by its process id, so that
+//! sidecars spread over the servers; the write hook takes the first) and goes
+//! on in list order, those not known to be down first. One that cannot be reached (no connection, no answer in time) is marked down for
 //! `RETRY` and the same call goes on to the next at once, so a call fails only
 //! when no endpoint answers. An answer, a refusal included, is the answer: only
 //! a call that reached no server is sent to another.
@@ -18,7 +19,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,8 @@ pub struct Apis {
     key: PathBuf,
     zone: String,
     endpoints: Mutex<Vec<Arc<Endpoint>>>,
-    turn: AtomicUsize,
+    /// Which endpoint this process prefers (modulo their number).
+    first: usize,
 }
 
 /// `http://ADDR:PORT`, with IPv6 in brackets.
@@ -96,14 +97,14 @@ impl Apis {
             key: key.to_path_buf(),
             zone: zone.to_string(),
             endpoints: Mutex::default(),
-            turn: AtomicUsize::new(0),
+            first: std::process::id() as usize,
         };
-        let first = if given.is_empty() {
+        let urls = if given.is_empty() {
             apis.fallback.clone()
         } else {
             given.to_vec()
         };
-        apis.set(&first)?;
+        apis.set(&urls)?;
         Ok(apis)
     }
 
@@ -119,7 +120,7 @@ impl Apis {
             key: key.to_path_buf(),
             zone: zone.to_string(),
             endpoints: Mutex::default(),
-            turn: AtomicUsize::new(0),
+            first: 0,
         };
         apis.set(urls)?;
         Ok(apis)
@@ -197,6 +198,15 @@ impl Apis {
         }
     }
 
+    /// Whether there is more than one endpoint now.
+    pub fn several(&self) -> bool {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            > 1
+    }
+
     /// The endpoint URLs now, in order.
     pub fn urls(&self) -> Vec<String> {
         self.endpoints
@@ -207,8 +217,8 @@ impl Apis {
             .collect()
     }
 
-    /// Every endpoint, starting with the next one's turn: those not known to be
-    /// down first, then the others.
+    /// Every endpoint, in list order from the one this process prefers: those
+    /// not known to be down first, then the others.
     fn in_turn(&self) -> Vec<Arc<Endpoint>> {
         let eps = self
             .endpoints
@@ -216,7 +226,7 @@ impl Apis {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let n = eps.len().max(1);
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let start = self.first % n;
         let now = Instant::now();
         let (mut up, down): (Vec<_>, Vec<_>) = (0..eps.len())
             .map(|i| eps[(start + i) % n].clone())
@@ -261,7 +271,7 @@ impl Apis {
     }
 
     /// Makes one call, `f` with an endpoint's client, on the first endpoint
-    /// that can be reached (in turn); its answer, or the last failure.
+    /// that can be reached (`in_turn`); its answer, or the last failure.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
     where
         F: Fn(Arc<Client>) -> Fut,
@@ -281,5 +291,49 @@ impl Apis {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PathBuf {
+        let p = std::env::temp_dir().join(format!("sb-apis-test-{}.pem", std::process::id()));
+        if !p.exists() {
+            switchboard_proto::keys::write(&p, &switchboard_proto::keys::generate()).unwrap();
+        }
+        p
+    }
+
+    fn order(a: &Apis) -> Vec<String> {
+        a.in_turn().iter().map(|e| e.url.clone()).collect()
+    }
+
+    #[test]
+    fn endpoints_down_go_last_and_the_feed_stays_while_it_can() {
+        let (one, two) = (
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string(),
+        );
+        let k = key();
+        let a = Apis::fixed(&[one.clone(), two.clone()], &k, "z.").unwrap();
+        assert_eq!(order(&a), [one.clone(), two.clone()]);
+        assert!(a.several());
+        let first = a.in_turn()[0].clone();
+        a.mark_down(&first, "test");
+        assert_eq!(order(&a), [two.clone(), one.clone()]);
+        assert_eq!(a.feed(Some(&one)).unwrap().url, two);
+        assert_eq!(a.feed(Some(&two)).unwrap().url, two);
+        // A new list keeps what is known of the endpoints it keeps.
+        let three = "http://[::1]:3".to_string();
+        assert!(a.set(&[one.clone(), three.clone()]).unwrap());
+        assert!(!a.set(&[one.clone(), three.clone()]).unwrap());
+        assert_eq!(order(&a), [three.clone(), one.clone()]);
+        a.mark_up(&first);
+        assert_eq!(order(&a), [one, three]);
+        assert!(Apis::fixed(&[], &k, "z.").is_err());
+        assert!(Apis::fixed(&["ftp://x".into()], &k, "z.").is_err());
+        let _ = std::fs::remove_file(k);
     }
 }
