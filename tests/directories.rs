@@ -81,9 +81,12 @@ fn pair(serve: &[&str]) -> (Directory, Directory) {
     (d1, d2)
 }
 
+/// What one call came to: the status and the backend that answered, or what went wrong.
+type Outcome = Result<(u16, String), String>;
+
 /// One Conduit call through `addr` (HTTP/1.1, its own connection): the status
 /// and the backend that answered, or what went wrong.
-fn call(addr: SocketAddr) -> Result<(u16, String), String> {
+fn call(addr: SocketAddr) -> Outcome {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -256,7 +259,7 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
         feed_source(&front).is_some_and(|s| urls.contains(&s))
             && front.metric("switchboard_sidecar_feed_up") == Some(1.0)
     });
-    let seen = Arc::new(Mutex::new(Vec::<Result<(u16, String), String>>::new()));
+    let seen = Arc::new(Mutex::new(Vec::<Outcome>::new()));
     wait("calls through the front reach both apps", || {
         let r = call(front.http);
         let mut s = seen.lock().expect("lock");
@@ -285,7 +288,7 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
         (&mut d2, &mut d1)
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let stream: Arc<Mutex<Vec<(Instant, Result<(u16, String), String>)>>> = Arc::default();
+    let stream: Arc<Mutex<Vec<(Instant, Outcome)>>> = Arc::default();
     let worker = {
         let (stop, stream, addr) = (stop.clone(), stream.clone(), front.http);
         std::thread::spawn(move || {
