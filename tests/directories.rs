@@ -379,3 +379,69 @@ fn directory_api_given_is_the_one_used() {
         "{line}"
     );
 }
+
+fn git_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = run(Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0"));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+#[test]
+fn a_push_takes_its_lease_and_records_its_version_past_a_dead_admin_api() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    // The first --directory-api refuses connections: nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let (dns, live) = (d.dns.to_string(), d.server_url());
+    let at = [
+        "--directory",
+        &dns,
+        "--directory-api",
+        &dead,
+        "--directory-api",
+        &live,
+    ];
+    let backend = Backend::start("repo1");
+    let repo1 = sidecar_of(&[&d], "repo1", "repo,web", Some(&backend), &at, &[]);
+    d.cli_ok(&["repo", "add", "r1", "--master", "repo1"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    git_ok(w, &["init", "-q", "src"]);
+    let src = w.join("src");
+    std::fs::write(src.join("README"), "hello\n").expect("write");
+    git_ok(&src, &["add", "README"]);
+    git_ok(&src, &["commit", "-q", "-m", "first"]);
+    let url = repo1
+        .http_url("/source/r1.git")
+        .replacen("http://", "http://tester:secret@", 1);
+    // The master may create the repository a moment after it is added.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = run(Command::new("git")
+            .args(["push", "-q", &url, "HEAD:refs/heads/main"])
+            .current_dir(&src)
+            .env("GIT_TERMINAL_PROMPT", "0"));
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "push failed: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The hook took the lease and recorded version 1 through the live API.
+    let (code, r) = d.curl("GET", "/v1/repos/r1", &[], None);
+    assert_eq!(code, 200);
+    assert_eq!(r["version"], 1, "{r}");
+    assert_eq!(r["versions"]["repo1"], 1, "{r}");
+}
