@@ -11,9 +11,10 @@
 //!
 //! Each sidecar prefers one endpoint (picked by its process id, so that
 //! sidecars spread over the servers; the write hook takes the first) and goes
-//! on in list order, those not known to be down first. One that cannot be reached (no connection, no answer in time) is marked down for
-//! `RETRY` and the same call goes on to the next at once, so a call fails only
-//! when no endpoint answers. An answer, a refusal included, is the answer: only
+//! on in list order, those not known to be down first. One that cannot be
+//! reached (no connection, no answer in time) is marked down for `RETRY` and
+//! the same call goes on to the next at once, so a call fails only when no
+//! endpoint answers. An answer, a refusal included, is the answer: only
 //! a call that reached no server is sent to another.
 
 use std::future::Future;
@@ -170,6 +171,10 @@ impl Apis {
         let urls = if found.is_empty() {
             self.fallback.clone()
         } else {
+            // In one order whichever server answered, so the preferred one stays.
+            let mut found = found;
+            found.sort();
+            found.dedup();
             found
         };
         match self.set(&urls) {
