@@ -189,12 +189,13 @@ impl DirectoryClient {
                 reason: "no --directory given".into(),
             });
         }
+        let several = servers.len() > 1;
         let servers = servers
             .iter()
             .map(|&s| {
                 Ok(Server {
                     addr: s,
-                    resolver: Self::resolver(s, &zone)?,
+                    resolver: Self::resolver(s, &zone, several)?,
                     reach: Mutex::default(),
                 })
             })
@@ -212,10 +213,13 @@ impl DirectoryClient {
         })
     }
 
-    /// A resolver that asks `server` alone, once, with no cache of its own.
+    /// A resolver that asks `server` alone, with no cache of its own: twice
+    /// (500 ms each) when it is the only one, once when there are `several`
+    /// (the next server is the retry).
     fn resolver(
         server: SocketAddr,
         zone: &Name,
+        several: bool,
     ) -> Result<Resolver<TokioRuntimeProvider>, DirError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = server.port();
@@ -225,7 +229,7 @@ impl DirectoryClient {
         let mut opts = ResolverOpts::default();
         opts.cache_size = 0;
         opts.timeout = Duration::from_millis(500);
-        opts.attempts = 1;
+        opts.attempts = if several { 0 } else { 1 };
         opts.ndots = 0;
         opts.recursion_desired = false;
         opts.use_hosts_file = ResolveHosts::Never;
@@ -557,5 +561,71 @@ impl DirectoryClient {
             .txt(&format!("{host}.{}", schema::NODE))
             .await?
             .map(|t| t.get(schema::txt::AVAILABLE).map(String::as_str) != Some("0")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A DNS server on loopback that answers every query NXDOMAIN (or, when
+    /// `silent`, never), counting the queries it gets.
+    fn server(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if silent || n < 12 {
+                    continue;
+                }
+                let mut reply = buf[..n].to_vec();
+                reply[2] = 0x84 | (reply[2] & 0x01); // QR, AA, RD as asked
+                reply[3] = 0x03; // NXDOMAIN
+                reply[6..12].fill(0); // no answer, authority or additional (drops the OPT)
+                let q_end = 12 + reply[12..].iter().position(|&b| b == 0).unwrap_or(0) + 5;
+                reply.truncate(q_end.min(n));
+                let _ = sock.send_to(&reply, from);
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test]
+    async fn lookups_take_the_servers_in_turn_and_skip_one_that_is_silent() {
+        let (a, at_a) = server(false);
+        let (b, at_b) = server(false);
+        let dir = DirectoryClient::new(&[a, b], "z.", Arc::default()).unwrap();
+        for i in 0..10 {
+            let ans = dir.lookup(&format!("n{i}"), RecordType::A).await.unwrap();
+            assert!(!ans.exists);
+        }
+        assert_eq!(at_a.load(Ordering::SeqCst), 5);
+        assert_eq!(at_b.load(Ordering::SeqCst), 5);
+
+        let (quiet, at_quiet) = server(true);
+        let (c, at_c) = server(false);
+        let dir = DirectoryClient::new(&[quiet, c], "z.", Arc::default()).unwrap();
+        let mut asked_quiet = 0;
+        for i in 0..10 {
+            let ans = dir.lookup(&format!("n{i}"), RecordType::A).await.unwrap();
+            assert!(!ans.exists, "every lookup answered");
+            if i == 0 {
+                asked_quiet = at_quiet.load(Ordering::SeqCst);
+            }
+        }
+        // The silent server cost the first lookup one timeout (500 ms), then
+        // was left alone.
+        assert!(asked_quiet > 0);
+        assert_eq!(at_quiet.load(Ordering::SeqCst), asked_quiet);
+        assert_eq!(at_c.load(Ordering::SeqCst), 10);
+
+        let dir = DirectoryClient::new(&[quiet], "z.", Arc::default()).unwrap();
+        let e = dir.lookup("x", RecordType::A).await.unwrap_err();
+        assert!(e.to_string().contains(&quiet.to_string()), "{e}");
     }
 }
