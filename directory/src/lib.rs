@@ -15,6 +15,7 @@
 //! - `dns`: where a query is answered: fast path, hickory handler, UDP and TCP listeners, RRL.
 //! - `state`: `Directory`, the one place a change is applied; audit log, heartbeats, leases.
 //! - `checks`: health checks of bindings, each transition an ordinary change.
+//! - `advertise`: this server's own `directory` binding (`serve --advertise`).
 //! - `webhooks`: every audit event POSTed to each `--webhook`.
 //! - `sessions`: console logins: one-time codes and the sessions they become.
 //! - `admin`: the JSON admin API, one file per resource.
@@ -26,6 +27,7 @@
 pub use switchboard_proto::{api, keys, process, schema, sign, time, txt};
 
 pub mod admin;
+pub mod advertise;
 pub mod checks;
 pub mod cli;
 pub mod console;

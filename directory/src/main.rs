@@ -102,6 +102,11 @@ enum Command {
         /// 12 times this in all).
         #[arg(long, default_value_t = 10)]
         http_body_timeout: u64,
+        /// Make sure host HOST (added with `host add`) has a `directory` binding on
+        /// this server's --http port, so `directory.service.ZONE` lists it; HOST for
+        /// every zone, ZONE=HOST for one (repeat for several).
+        #[arg(long = "advertise", value_name = "HOST|ZONE=HOST")]
+        advertise: Vec<String>,
     },
     /// A one-time link that signs you in to the web console (signed with --key).
     Console(cli::console::ConsoleCmd),
@@ -171,7 +176,13 @@ fn main() -> ExitCode {
                 http_max_connections,
                 http_max_per_client,
                 http_body_timeout,
+                advertise,
             } => {
+                let advertise = advertise
+                    .iter()
+                    .map(|a| switchboard_directory::advertise::Advertise::parse(a))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
                 let public_names = public_names
                     .iter()
                     .map(|n| switchboard_directory::admin::public_name(n))
@@ -208,6 +219,7 @@ fn main() -> ExitCode {
                         max_per_client: http_max_per_client.max(1),
                         body_timeout: std::time::Duration::from_secs(http_body_timeout.max(1)),
                     },
+                    advertise,
                 };
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }

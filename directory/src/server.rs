@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub public_names: Vec<String>,
     /// Connection, body size and body time limits of the admin API.
     pub admin_limits: admin::Limits,
+    /// The hosts whose `directory` binding is this server's admin port (`--advertise`).
+    pub advertise: Vec<crate::advertise::Advertise>,
 }
 
 /// In the data directory while the admin API takes changes: a start that finds it
@@ -202,6 +204,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     release_memory();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checks_task = tokio::spawn(crate::checks::run(dir.clone(), cfg.checks, stop_rx.clone()));
+    // This server's own directory binding, before the port is announced.
+    let waiting = crate::advertise::start(&dir, &cfg.advertise, http_addr.port());
+    tokio::spawn(crate::advertise::follow(
+        dir.clone(),
+        waiting,
+        http_addr.port(),
+        stop_rx.clone(),
+    ));
     for hook in cfg.webhooks.iter().cloned() {
         // Not awaited at shutdown: a delivery in flight may take its timeout,
         // and its cursor says where the next start resumes.

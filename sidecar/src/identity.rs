@@ -93,28 +93,35 @@ pub enum WhoAmIError {
     Unknown {
         fingerprint: String,
         public: String,
-        directory: SocketAddr,
+        /// The servers asked, comma-separated.
+        directory: String,
         zone: String,
     },
 }
 
-/// Loads the key at `key` and asks the directory at `directory` who it belongs
-/// to; with the directory client it asked through, for everything after.
+/// Loads the key at `key` and asks the directory at `directories` (any of
+/// them) who it belongs to; with the directory client it asked through, for
+/// everything after.
 pub async fn who_am_i(
     key: &Path,
-    directory: SocketAddr,
+    directories: &[SocketAddr],
     zone: &str,
     metrics: Arc<Metrics>,
 ) -> Result<(Identity, KeyInfo, Arc<DirectoryClient>), WhoAmIError> {
     let id = Identity::load(key)?;
-    let dir = Arc::new(DirectoryClient::new(directory, zone, metrics).map_err(WhoAmIError::Zone)?);
+    let dir =
+        Arc::new(DirectoryClient::new(directories, zone, metrics).map_err(WhoAmIError::Zone)?);
     let me = lookup(&dir, &id.fingerprint)
         .await
         .map_err(WhoAmIError::Lookup)?
         .ok_or_else(|| WhoAmIError::Unknown {
             fingerprint: id.fingerprint.clone(),
             public: id.public.to_base64(),
-            directory,
+            directory: directories
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             zone: zone.to_string(),
         })?;
     Ok((id, me, dir))

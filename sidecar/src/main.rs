@@ -28,9 +28,10 @@ struct Where {
     /// This host's ed25519 private key: PKCS#8 PEM (`keygen`) or OpenSSH (`/etc/ssh/ssh_host_ed25519_key`).
     #[arg(long, env = "SWITCHBOARD_KEY")]
     key: PathBuf,
-    /// The directory's DNS address (or any server of its zone).
-    #[arg(long, default_value = "127.0.0.1:5353")]
-    directory: SocketAddr,
+    /// The directory's DNS address (or any server of its zone); repeat for
+    /// several: lookups take them in turn and skip one that does not answer.
+    #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR:PORT")]
+    directory: Vec<SocketAddr>,
     /// The zone.
     #[arg(long, default_value = "cluster.example.")]
     zone: String,
@@ -91,9 +92,11 @@ enum Command {
 struct CommonArgs {
     #[command(flatten)]
     at: Where,
-    /// The directory's admin API, for its change feed and version records (default: http://DIRECTORY-IP:8053).
-    #[arg(long)]
-    directory_api: Option<String>,
+    /// The directory's admin API, for its change feed, heartbeats and version
+    /// records; repeat for several (default: the servers `directory.service.ZONE`
+    /// lists, else http://DIRECTORY-IP:8053).
+    #[arg(long, value_name = "URL")]
+    directory_api: Vec<String>,
     /// Bare repositories this host serves, as DIR/REPO.git.
     #[arg(long)]
     repos: PathBuf,
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
             Command::Keygen { out } => switchboard_proto::keys::keygen(&out, false).map_err(|e| e.to_string()),
             Command::Whoami { at, json } => {
                 let id = switchboard_sidecar::identity::Identity::load(&at.key).map_err(|e| e.to_string())?;
-                let found = switchboard_sidecar::identity::who_am_i(&at.key, at.directory, &at.zone, Arc::new(Metrics::default())).await;
+                let found = switchboard_sidecar::identity::who_am_i(&at.key, &at.directory, &at.zone, Arc::new(Metrics::default())).await;
                 match (found, json) {
                     (Ok((_, me, _)), true) => {
                         println!("{}", serde_json::json!({"fingerprint": id.fingerprint, "public_key": id.public.to_base64(), "host": me.host, "roles": me.roles}));

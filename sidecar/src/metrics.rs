@@ -31,6 +31,8 @@ pub struct Metrics {
     verified_signatures: AtomicU64,
     /// Stale-answer episodes, for the heartbeat to report.
     stale: Mutex<Episodes>,
+    /// The admin API whose change feed is followed.
+    feed_source: Mutex<String>,
 }
 
 /// When routing started using answers past their TTL, and the last such
@@ -55,6 +57,7 @@ impl Default for Metrics {
             verify_batches: AtomicU64::new(0),
             verified_signatures: AtomicU64::new(0),
             stale: Mutex::default(),
+            feed_source: Mutex::default(),
         }
     }
 }
@@ -144,6 +147,13 @@ impl Metrics {
         )
     }
 
+    /// Notes whose change feed is followed now.
+    pub fn set_feed_source(&self, api: &str) {
+        let mut f = self.feed_source.lock().unwrap_or_else(|p| p.into_inner());
+        f.clear();
+        f.push_str(api);
+    }
+
     /// Notes a fresh answer from the directory.
     pub fn answered(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
@@ -219,6 +229,20 @@ impl Metrics {
             "1 while the directory change feed is followed.",
             b(&self.feed_up),
         );
+        let source = self
+            .feed_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !source.is_empty() {
+            let name = "switchboard_sidecar_feed_source";
+            let _ = writeln!(
+                out,
+                "# HELP {name} The directory admin API whose change feed is followed."
+            );
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name}{{api=\"{source}\"}} 1");
+        }
         gauge(
             &mut out,
             "switchboard_sidecar_cache_age_seconds",

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_proto::api::{ApiError, Client};
 use tokio::net::TcpListener;
 
 use crate::directory::feed;
@@ -44,8 +43,6 @@ pub struct RunConfig {
 pub enum RunError {
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error(transparent)]
-    Api(#[from] ApiError),
     #[error("cannot bind {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -61,7 +58,6 @@ pub struct Server {
     sc: Arc<Sidecar>,
     drain: Drain,
     drain_timeout: Duration,
-    api: Arc<Client>,
     common: Common,
     http: TcpListener,
     http_addr: SocketAddr,
@@ -86,7 +82,6 @@ impl Server {
     pub async fn bind(cfg: RunConfig) -> Result<Self, RunError> {
         let drain = Drain::default();
         let sc = Sidecar::build(&cfg.common, cfg.limits, drain.shutdown()).await?;
-        let api = Arc::new(cfg.common.api_client()?);
         let (http, http_addr) = bind("--http", cfg.http).await?;
         let (cluster, cluster_addr) = bind("--cluster", cfg.cluster).await?;
         let (loopback, loopback_listener) = Loopback::bind().await.map_err(RunError::Loopback)?;
@@ -95,7 +90,6 @@ impl Server {
             sc,
             drain,
             drain_timeout: cfg.drain_timeout,
-            api,
             common: cfg.common,
             http,
             http_addr,
@@ -112,7 +106,6 @@ impl Server {
             sc,
             drain,
             drain_timeout,
-            api,
             common,
             http,
             http_addr,
@@ -122,10 +115,11 @@ impl Server {
             loopback_listener,
         } = self;
 
+        tokio::spawn(sc.apis.clone().keep_fresh());
         tokio::spawn(feed::follow(
             sc.dir.clone(),
             Arc::new(Forwarder::new(sc.identity.clone())),
-            common.api(),
+            sc.apis.clone(),
             common.zone.clone(),
         ));
         let s = sc.clone();
@@ -153,11 +147,11 @@ impl Server {
             move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
         ));
         tokio::spawn(heartbeat::run(
-            api.clone(),
+            sc.apis.clone(),
             sc.me.host.clone(),
             sc.metrics.clone(),
         ));
-        tokio::spawn(replicate::run(sc.clone(), api, lb));
+        tokio::spawn(replicate::run(sc.clone(), sc.apis.clone(), lb));
 
         tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
         println!(

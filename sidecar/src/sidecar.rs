@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use switchboard_proto::api::{ApiError, Client};
+use switchboard_proto::api::ApiError;
 use switchboard_proto::schema;
 use switchboard_proto::sign::ReplayGuard;
 
 use crate::body::{self, BoxBody};
 use crate::directory::answers::{DirError, DirectoryClient};
+use crate::directory::apis::Apis;
 use crate::identity::{self, Identity, KeyInfo, WhoAmIError};
 use crate::metrics::Metrics;
 use crate::outbound::forward::Forwarder;
@@ -32,25 +33,14 @@ use crate::verify::BatchVerifier;
 #[derive(Debug, Clone)]
 pub struct Common {
     pub key: PathBuf,
-    pub directory: SocketAddr,
-    pub directory_api: Option<String>,
+    /// The directory's DNS servers (`--directory`, one or more).
+    pub directory: Vec<SocketAddr>,
+    /// Its admin API (`--directory-api`, none or more; none: found through
+    /// `directory.service.Z`, see `directory::apis`).
+    pub directory_api: Vec<String>,
     pub zone: String,
     pub repos: PathBuf,
     pub web_backend: Option<Uri>,
-}
-
-impl Common {
-    /// The admin API: `--directory-api`, else port 8053 on the directory's address.
-    pub fn api(&self) -> String {
-        self.directory_api
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:8053", self.directory.ip()))
-    }
-
-    /// A signed client of the admin API, as this host.
-    pub fn api_client(&self) -> Result<Client, ApiError> {
-        Client::new(&self.api(), Some(&self.key), Some(self.zone.clone()))
-    }
 }
 
 /// Why the sidecar's state could not be built.
@@ -58,6 +48,8 @@ impl Common {
 pub enum StartError {
     #[error(transparent)]
     WhoAmI(#[from] WhoAmIError),
+    #[error("--directory-api: {0}")]
+    Api(#[from] ApiError),
     #[error("cannot create --repos {path}: {source}")]
     Repos {
         path: PathBuf,
@@ -86,6 +78,8 @@ pub struct Sidecar {
     /// This host, as the directory knows it.
     pub me: KeyInfo,
     pub dir: Arc<DirectoryClient>,
+    /// The directory's admin API endpoints.
+    pub apis: Arc<Apis>,
     pub router: Router,
     pub forwarder: Forwarder,
     pub repos: Repos,
@@ -199,7 +193,9 @@ impl Sidecar {
     ) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::default());
         let (id, me, dir) =
-            identity::who_am_i(&c.key, c.directory, &c.zone, metrics.clone()).await?;
+            identity::who_am_i(&c.key, &c.directory, &c.zone, metrics.clone()).await?;
+        let apis = Arc::new(Apis::new(&c.directory_api, dir.clone(), &c.key, &c.zone)?);
+        apis.refresh().await;
         std::fs::create_dir_all(&c.repos).map_err(|source| StartError::Repos {
             path: c.repos.clone(),
             source,
@@ -209,13 +205,12 @@ impl Sidecar {
             path: spool_dir.clone(),
             source,
         })?;
-        let hooks =
-            Hooks::install(&c.repos, &me.host, &c.key, &c.api(), &c.zone).map_err(|source| {
-                StartError::Hooks {
-                    path: c.repos.clone(),
-                    source,
-                }
-            })?;
+        let hooks = Hooks::install(&c.repos, &me.host, &c.key, apis.clone(), &c.zone).map_err(
+            |source| StartError::Hooks {
+                path: c.repos.clone(),
+                source,
+            },
+        )?;
         let identity = Arc::new(id);
         Ok(Arc::new(Sidecar {
             identity: identity.clone(),
@@ -234,6 +229,7 @@ impl Sidecar {
             tunnels: Default::default(),
             shutdown,
             dir,
+            apis,
             me,
         }))
     }

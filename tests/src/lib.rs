@@ -654,8 +654,54 @@ impl Directory {
         backend: Option<&Backend>,
         extra: &[&str],
     ) -> Sidecar {
-        let (key, pubkey, _) = keygen(self.dir.path(), name);
-        self.cli_ok(&[
+        let dns = self.dns.to_string();
+        let api = self.server_url();
+        let at = ["--directory", &dns, "--directory-api", &api];
+        sidecar_of(&[self], name, roles, backend, &at, extra)
+    }
+
+    /// Another directory server seeded from this one's zone file, with the
+    /// same admin key, its own store and ports, and `serve_args`.
+    pub fn twin(&self, serve_args: &[&str]) -> Directory {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("zones")).expect("mkdir zones");
+        std::fs::copy(
+            self.zones_dir().join("cluster.example.zone"),
+            dir.path().join("zones/cluster.example.zone"),
+        )
+        .expect("copy the zone file");
+        let admin_key = dir.path().join("admin.pem");
+        std::fs::copy(&self.admin_key, &admin_key).expect("copy the admin key");
+        let mut d = Directory {
+            dir,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dns: ([0, 0, 0, 0], 0).into(),
+            http: ([0, 0, 0, 0], 0).into(),
+            admin_key,
+            admin_pub: self.admin_pub.clone(),
+        };
+        d.start();
+        d
+    }
+}
+
+/// Registers host `name` (127.0.0.1, a fresh key, `roles`) in every directory
+/// of `dirs`, starts its sidecar with `at` as its directory flags (`--directory`,
+/// `--directory-api`) and `backend` as its web backend, and publishes its
+/// cluster port in each.
+pub fn sidecar_of(
+    dirs: &[&Directory],
+    name: &str,
+    roles: &str,
+    backend: Option<&Backend>,
+    at: &[&str],
+    extra: &[&str],
+) -> Sidecar {
+    let first = dirs.first().expect("at least one directory");
+    let (key, pubkey, _) = keygen(first.dir.path(), name);
+    for d in dirs {
+        d.cli_ok(&[
             "host",
             "add",
             name,
@@ -666,45 +712,43 @@ impl Directory {
             "--roles",
             roles,
         ]);
-        let repos = self.dir.path().join(format!("repos-{name}"));
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "--key".into(),
-            key.clone().into(),
-            "--directory".into(),
-            self.dns.to_string().into(),
-            "--directory-api".into(),
-            self.server_url().into(),
-            "--zone".into(),
-            "cluster.example.".into(),
-            "--repos".into(),
-            repos.clone().into(),
-        ];
-        if let Some(b) = backend {
-            args.push("--web-backend".into());
-            args.push(b.url().into());
-        }
-        args.extend(extra.iter().map(|a| a.into()));
-        let mut child = Sidecar::spawn(&args, "127.0.0.1:0", "127.0.0.1:0");
-        let line = wait_listening(&mut child, name);
-        let http = field(&line, "http=").expect("http= in the sidecar's listening line");
-        let cluster: std::net::SocketAddr =
-            field(&line, "cluster=").expect("cluster= in the sidecar's listening line");
-        self.cli_ok(&[
+    }
+    let repos = first.dir.path().join(format!("repos-{name}"));
+    let mut args: Vec<std::ffi::OsString> = vec!["--key".into(), key.clone().into()];
+    args.extend(at.iter().map(|a| a.into()));
+    args.extend([
+        "--zone".into(),
+        "cluster.example.".into(),
+        "--repos".into(),
+        repos.clone().into(),
+    ]);
+    if let Some(b) = backend {
+        args.push("--web-backend".into());
+        args.push(b.url().into());
+    }
+    args.extend(extra.iter().map(|a| a.into()));
+    let mut child = Sidecar::spawn(&args, "127.0.0.1:0", "127.0.0.1:0");
+    let line = wait_listening(&mut child, name);
+    let http = field(&line, "http=").expect("http= in the sidecar's listening line");
+    let cluster: std::net::SocketAddr =
+        field(&line, "cluster=").expect("cluster= in the sidecar's listening line");
+    for d in dirs {
+        d.cli_ok(&[
             "bind",
             "add",
             name,
             "switchboard",
             &cluster.port().to_string(),
         ]);
-        Sidecar {
-            name: name.to_string(),
-            key,
-            repos,
-            http,
-            cluster,
-            child: Some(child),
-            args,
-        }
+    }
+    Sidecar {
+        name: name.to_string(),
+        key,
+        repos,
+        http,
+        cluster,
+        child: Some(child),
+        args,
     }
 }
 

@@ -4,13 +4,16 @@
 //! serial. A marked answer is kept until a new one replaces it: a directory that
 //! dies right after a change still leaves every name with its last answer.
 //!
-//! Lookups go through hickory-resolver pointed at `--directory` with its own
-//! cache off, so this module alone decides what is fresh, what is stale, and
-//! when to forget.
+//! Lookups go through hickory-resolver, one per `--directory` server, each with
+//! its own cache off, so this module alone decides what is fresh, what is
+//! stale, and when to forget. With several servers (docs/sidecar.md, "Several
+//! directory servers"), lookups take them in turn; a server that does not
+//! answer in time (or answers with an error) is skipped for `RETRY` and the
+//! next one is asked at once, so a lookup fails only when none answers.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +34,8 @@ pub enum DirError {
         "the directory at {server} did not answer ({reason}) and no earlier answer for {name} can be used"
     )]
     Unreachable {
-        server: SocketAddr,
+        /// The servers asked, comma-separated.
+        server: String,
         name: String,
         reason: String,
     },
@@ -62,6 +66,9 @@ struct Reachability {
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// While the directory is down, ask it again at most this often.
 const RETRY: Duration = Duration::from_millis(500);
+/// One of several servers that did not answer is asked first again after this
+/// (before it, only when the others do not answer either).
+const SERVER_RETRY: Duration = Duration::from_secs(5);
 /// Names cached at most. Past it, answers past their TTL are forgotten first; if
 /// every one is still fresh, a new answer is used but not kept.
 const MAX_CACHED: usize = 65_536;
@@ -101,10 +108,56 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// One `--directory` server and whether it answers.
+struct Server {
+    addr: SocketAddr,
+    resolver: Resolver<TokioRuntimeProvider>,
+    reach: Mutex<Reachability>,
+}
+
+impl Server {
+    /// Not known to be down, or down long enough to be asked again.
+    fn eligible(&self, now: Instant) -> bool {
+        let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        r.next_try.is_none_or(|t| now >= t)
+    }
+
+    fn answered(&self, several: bool) {
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = r.down_since.take() {
+            if several {
+                tracing::info!(server = %self.addr, down_for = ?since.elapsed(), "directory server answers again");
+            }
+        }
+        r.next_try = None;
+    }
+
+    fn failed(&self, reason: &str, several: bool) {
+        let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if r.down_since.is_none() {
+            r.down_since = Some(Instant::now());
+            if several {
+                tracing::warn!(server = %self.addr, reason, "directory server did not answer; asking the others, and this one again in a moment");
+            }
+        }
+        r.next_try = Some(Instant::now() + SERVER_RETRY);
+    }
+}
+
+/// What the servers said to one question.
+enum Outcome {
+    Found(Vec<Record>, Vec<Record>),
+    NxDomain,
+    NoRecords,
+}
+
 /// Cached, stale-tolerant access to the directory's DNS answers.
 pub struct DirectoryClient {
-    resolver: Resolver<TokioRuntimeProvider>,
-    server: SocketAddr,
+    servers: Vec<Server>,
+    /// Where the next lookup starts among `servers` (they take turns).
+    turn: AtomicUsize,
+    /// The servers, comma-separated, for messages.
+    names: String,
     zone: Name,
     cache: Mutex<HashMap<(Name, RecordType), Cached>>,
     /// Bumped by `invalidate`; an answer asked for before a bump is not cached.
@@ -116,10 +169,58 @@ pub struct DirectoryClient {
 }
 
 impl DirectoryClient {
-    /// A client for zone `zone` served at `server`.
-    pub fn new(server: SocketAddr, zone: &str, metrics: Arc<Metrics>) -> Result<Self, DirError> {
+    /// A client for zone `zone` served at `servers` (at least one).
+    pub fn new(
+        servers: &[SocketAddr],
+        zone: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DirError> {
         let mut zone = Name::from_ascii(zone).map_err(|_| DirError::BadName(zone.to_string()))?;
         zone.set_fqdn(true);
+        let names = servers
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if servers.is_empty() {
+            return Err(DirError::Unreachable {
+                server: names,
+                name: zone.to_string(),
+                reason: "no --directory given".into(),
+            });
+        }
+        let several = servers.len() > 1;
+        let servers = servers
+            .iter()
+            .map(|&s| {
+                Ok(Server {
+                    addr: s,
+                    resolver: Self::resolver(s, &zone, several)?,
+                    reach: Mutex::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, DirError>>()?;
+        Ok(DirectoryClient {
+            servers,
+            turn: AtomicUsize::new(0),
+            names,
+            zone,
+            cache: Mutex::default(),
+            generation: AtomicU64::new(0),
+            reach: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
+            metrics,
+        })
+    }
+
+    /// A resolver that asks `server` alone, with no cache of its own: twice
+    /// (500 ms each) when it is the only one, once when there are `several`
+    /// (the next server is the retry).
+    fn resolver(
+        server: SocketAddr,
+        zone: &Name,
+        several: bool,
+    ) -> Result<Resolver<TokioRuntimeProvider>, DirError> {
         let mut udp = ConnectionConfig::udp();
         udp.port = server.port();
         let mut tcp = ConnectionConfig::tcp();
@@ -128,32 +229,73 @@ impl DirectoryClient {
         let mut opts = ResolverOpts::default();
         opts.cache_size = 0;
         opts.timeout = Duration::from_millis(500);
-        opts.attempts = 1;
+        opts.attempts = if several { 0 } else { 1 };
         opts.ndots = 0;
         opts.recursion_desired = false;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.edns0 = true;
-        let resolver = Resolver::builder_with_config(
+        Resolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![ns]),
             TokioRuntimeProvider::default(),
         )
         .with_options(opts)
         .build()
         .map_err(|e| DirError::Unreachable {
-            server,
+            server: server.to_string(),
             name: zone.to_string(),
             reason: e.to_string(),
-        })?;
-        Ok(DirectoryClient {
-            resolver,
-            server,
-            zone,
-            cache: Mutex::default(),
-            generation: AtomicU64::new(0),
-            reach: Mutex::default(),
-            changed: tokio::sync::watch::channel(0).0,
-            metrics,
         })
+    }
+
+    /// The `--directory` servers.
+    pub fn servers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.servers.iter().map(|s| s.addr)
+    }
+
+    /// Asks the servers in turn, starting with the next one's turn: first those
+    /// not known to be down, then the others. The first answer (NXDOMAIN and
+    /// NODATA included) is the answer; an error or a timeout moves on to the
+    /// next server at once.
+    async fn resolve(&self, name: &Name, t: RecordType) -> Result<Outcome, String> {
+        let n = self.servers.len();
+        let several = n > 1;
+        let start = if several {
+            self.turn.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let in_turn = (0..n).map(|i| &self.servers[(start + i) % n]);
+        let (up, down): (Vec<&Server>, Vec<&Server>) = in_turn.partition(|s| s.eligible(now));
+        let mut last = String::new();
+        for s in up.into_iter().chain(down) {
+            match s.resolver.lookup(name.clone(), t).await {
+                Ok(l) => {
+                    s.answered(several);
+                    return Ok(Outcome::Found(
+                        l.answers().to_vec(),
+                        l.additionals().to_vec(),
+                    ));
+                }
+                Err(e) if e.is_nx_domain() => {
+                    s.answered(several);
+                    return Ok(Outcome::NxDomain);
+                }
+                Err(e) if e.is_no_records_found() => {
+                    s.answered(several);
+                    return Ok(Outcome::NoRecords);
+                }
+                Err(e) => {
+                    last = if several {
+                        format!("{}: {e}", s.addr)
+                    } else {
+                        e.to_string()
+                    };
+                    s.failed(&e.to_string(), several);
+                }
+            }
+        }
+        Err(last)
     }
 
     pub fn zone(&self) -> &Name {
@@ -227,30 +369,23 @@ impl DirectoryClient {
         };
         if !skip {
             let gen = self.generation.load(Ordering::SeqCst);
-            match self.resolver.lookup(name.clone(), t).await {
-                Ok(l) => {
-                    return Ok(self.remember(
-                        gen,
-                        name,
-                        t,
-                        true,
-                        l.answers().to_vec(),
-                        l.additionals().to_vec(),
-                    ))
+            match self.resolve(&name, t).await {
+                Ok(Outcome::Found(records, additionals)) => {
+                    return Ok(self.remember(gen, name, t, true, records, additionals))
                 }
-                Err(e) if e.is_nx_domain() => {
+                Ok(Outcome::NxDomain) => {
                     return Ok(self.remember(gen, name, t, false, vec![], vec![]))
                 }
-                Err(e) if e.is_no_records_found() => {
+                Ok(Outcome::NoRecords) => {
                     return Ok(self.remember(gen, name, t, true, vec![], vec![]))
                 }
-                Err(e) => {
-                    self.unreachable(&e.to_string());
+                Err(reason) => {
+                    self.unreachable(&reason);
                     if stale.is_none() {
                         return Err(DirError::Unreachable {
-                            server: self.server,
+                            server: self.names.clone(),
                             name: name.to_string(),
-                            reason: e.to_string(),
+                            reason,
                         });
                     }
                 }
@@ -259,7 +394,7 @@ impl DirectoryClient {
         self.metrics.set_stale(true);
         self.metrics.stale_answers.fetch_add(1, Ordering::Relaxed);
         stale.ok_or_else(|| DirError::Unreachable {
-            server: self.server,
+            server: self.names.clone(),
             name: name.to_string(),
             reason: "down".into(),
         })
@@ -312,7 +447,7 @@ impl DirectoryClient {
         self.metrics.set_stale(false);
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = r.down_since.take() {
-            tracing::info!(server = %self.server, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");
+            tracing::info!(server = %self.names, down_for = ?since.elapsed(), "directory reachable again; fresh answers from now on");
         }
         r.next_try = None;
     }
@@ -322,7 +457,7 @@ impl DirectoryClient {
         let mut r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
         if r.down_since.is_none() {
             r.down_since = Some(Instant::now());
-            tracing::warn!(server = %self.server, reason, "directory unreachable; routing on the last answers (serve-stale)");
+            tracing::warn!(server = %self.names, reason, "directory unreachable; routing on the last answers (serve-stale)");
         }
         r.next_try = Some(Instant::now() + RETRY);
     }
@@ -426,5 +561,71 @@ impl DirectoryClient {
             .txt(&format!("{host}.{}", schema::NODE))
             .await?
             .map(|t| t.get(schema::txt::AVAILABLE).map(String::as_str) != Some("0")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A DNS server on loopback that answers every query NXDOMAIN (or, when
+    /// `silent`, never), counting the queries it gets.
+    fn server(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if silent || n < 12 {
+                    continue;
+                }
+                let mut reply = buf[..n].to_vec();
+                reply[2] = 0x84 | (reply[2] & 0x01); // QR, AA, RD as asked
+                reply[3] = 0x03; // NXDOMAIN
+                reply[6..12].fill(0); // no answer, authority or additional (drops the OPT)
+                let q_end = 12 + reply[12..].iter().position(|&b| b == 0).unwrap_or(0) + 5;
+                reply.truncate(q_end.min(n));
+                let _ = sock.send_to(&reply, from);
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test]
+    async fn lookups_take_the_servers_in_turn_and_skip_one_that_is_silent() {
+        let (a, at_a) = server(false);
+        let (b, at_b) = server(false);
+        let dir = DirectoryClient::new(&[a, b], "z.", Arc::default()).unwrap();
+        for i in 0..10 {
+            let ans = dir.lookup(&format!("n{i}"), RecordType::A).await.unwrap();
+            assert!(!ans.exists);
+        }
+        assert_eq!(at_a.load(Ordering::SeqCst), 5);
+        assert_eq!(at_b.load(Ordering::SeqCst), 5);
+
+        let (quiet, at_quiet) = server(true);
+        let (c, at_c) = server(false);
+        let dir = DirectoryClient::new(&[quiet, c], "z.", Arc::default()).unwrap();
+        let mut asked_quiet = 0;
+        for i in 0..10 {
+            let ans = dir.lookup(&format!("n{i}"), RecordType::A).await.unwrap();
+            assert!(!ans.exists, "every lookup answered");
+            if i == 0 {
+                asked_quiet = at_quiet.load(Ordering::SeqCst);
+            }
+        }
+        // The silent server cost the first lookup one timeout (500 ms), then
+        // was left alone.
+        assert!(asked_quiet > 0);
+        assert_eq!(at_quiet.load(Ordering::SeqCst), asked_quiet);
+        assert_eq!(at_c.load(Ordering::SeqCst), 10);
+
+        let dir = DirectoryClient::new(&[quiet], "z.", Arc::default()).unwrap();
+        let e = dir.lookup("x", RecordType::A).await.unwrap_err();
+        assert!(e.to_string().contains(&quiet.to_string()), "{e}");
     }
 }

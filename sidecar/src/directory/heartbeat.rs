@@ -3,18 +3,19 @@
 //! on this host's bindings, else every 10 s). It tells the directory this
 //! sidecar is alive (a binding with `check=heartbeat` turns critical when the
 //! beats stop) and reports stale-answer episodes, which the directory writes
-//! to its audit log; a finished episode is reported until acknowledged.
+//! to its audit log; a finished episode is reported until acknowledged. With
+//! several directory servers it goes to any that can be reached (`apis`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_proto::api::Client;
 use switchboard_proto::api::{HeartbeatReply, HeartbeatReport};
 
+use crate::directory::apis::Apis;
 use crate::metrics::Metrics;
 
 /// Sends heartbeats forever.
-pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
+pub async fn run(apis: Arc<Apis>, host: String, metrics: Arc<Metrics>) {
     let mut failing = false;
     loop {
         let episodes = metrics.stale_episodes();
@@ -22,7 +23,13 @@ pub async fn run(api: Arc<Client>, host: String, metrics: Arc<Metrics>) {
             stale_since: episodes.since,
             last_stale: episodes.last,
         };
-        let next = match api.heartbeat(&host, &report).await {
+        let next = match apis
+            .call(|c| {
+                let (host, report) = (&host, &report);
+                async move { c.heartbeat(host, report).await }
+            })
+            .await
+        {
             Ok(HeartbeatReply { next_ms, ack_stale }) => {
                 if failing {
                     tracing::info!("heartbeats reach the directory again");

@@ -12,14 +12,19 @@
 //!
 //! The sidecar installs the hook in `--repos/.switchboard-hooks` and points only
 //! the `receive-pack` runs it starts for writes at it (`core.hooksPath`), with the
-//! repository, host, key and directory in the environment.
+//! repository, host, key and directory in the environment: every admin API
+//! endpoint the sidecar knows at that moment, tried in turn (`apis`), so a
+//! write goes on when one directory server is down.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use switchboard_proto::api::{ApiError, Client, VersionReport};
+use switchboard_proto::api::{ApiError, VersionReport};
+
+use crate::directory::apis::Apis;
 
 const ENV_REPO: &str = "SWITCHBOARD_HOOK_REPO";
 const ENV_HOST: &str = "SWITCHBOARD_HOOK_HOST";
@@ -31,12 +36,13 @@ const ENV_ZONE: &str = "SWITCHBOARD_HOOK_ZONE";
 const LEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// What a write hook needs to know, set up once per sidecar.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Hooks {
     pub dir: PathBuf,
     pub host: String,
     pub key: PathBuf,
-    pub api: String,
+    /// The admin API endpoints, as they are when a write starts.
+    pub apis: Arc<Apis>,
     pub zone: String,
 }
 
@@ -46,7 +52,7 @@ impl Hooks {
         repos: &Path,
         host: &str,
         key: &Path,
-        api: &str,
+        apis: Arc<Apis>,
         zone: &str,
     ) -> std::io::Result<Self> {
         let dir = repos.join(".switchboard-hooks");
@@ -73,7 +79,7 @@ impl Hooks {
             dir,
             host: host.to_string(),
             key,
-            api: api.to_string(),
+            apis,
             zone: zone.to_string(),
         })
     }
@@ -85,7 +91,7 @@ impl Hooks {
             .env(ENV_REPO, repo)
             .env(ENV_HOST, &self.host)
             .env(ENV_KEY, &self.key)
-            .env(ENV_API, &self.api)
+            .env(ENV_API, self.apis.urls().join(" "))
             .env(ENV_ZONE, &self.zone);
     }
 }
@@ -108,10 +114,14 @@ pub enum HookError {
     NotRecorded { repo: String, source: ApiError },
 }
 
-fn client() -> Result<(Client, String, String), HookError> {
+fn client() -> Result<(Apis, String, String), HookError> {
     let var = |k: &'static str| std::env::var(k).map_err(|_| HookError::Env(k));
     let key = PathBuf::from(var(ENV_KEY)?);
-    let client = Client::new(&var(ENV_API)?, Some(&key), Some(var(ENV_ZONE)?))?;
+    let urls: Vec<String> = var(ENV_API)?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let client = Apis::fixed(&urls, &key, &var(ENV_ZONE)?)?;
     Ok((client, var(ENV_REPO)?, var(ENV_HOST)?))
 }
 
@@ -141,13 +151,13 @@ pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
             let deadline = Instant::now() + LEASE_WAIT;
             let body = serde_json::json!({"host": host, "ttl": 30});
             let token = loop {
+                let path = format!("/v1/repos/{repo}/lease");
+                let body = body.to_string().into_bytes();
                 match client
-                    .call(
-                        Method::POST,
-                        &format!("/v1/repos/{repo}/lease"),
-                        body.to_string().into_bytes(),
-                        true,
-                    )
+                    .call(|c| {
+                        let (path, body) = (&path, body.clone());
+                        async move { c.call(Method::POST, path, body, true).await }
+                    })
                     .await
                 {
                     Ok(b) => {
@@ -175,13 +185,12 @@ pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
             } else {
                 Ok(())
             };
+            let path = format!("/v1/repos/{repo}/lease/{token}");
             let _ = client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/repos/{repo}/lease/{token}"),
-                    vec![],
-                    true,
-                )
+                .call(|c| {
+                    let path = &path;
+                    async move { c.call(Method::DELETE, path, vec![], true).await }
+                })
                 .await;
             recorded
         }
@@ -190,14 +199,17 @@ pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
 }
 
 /// The master's version + 1, recorded with the lease.
-async fn record(client: &Client, repo: &str, host: &str, token: &str) -> Result<(), HookError> {
-    let info = client.repo(repo).await?;
+async fn record(client: &Apis, repo: &str, host: &str, token: &str) -> Result<(), HookError> {
+    let info = client.call(|c| async move { c.repo(repo).await }).await?;
     let report = VersionReport {
         version: info.version_of(host) + 1,
         lease: Some(token.to_string()),
     };
     client
-        .report_version(repo, host, &report)
+        .call(|c| {
+            let report = &report;
+            async move { c.report_version(repo, host, report).await }
+        })
         .await
         .map_err(|source| HookError::NotRecorded {
             repo: repo.to_string(),

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_proto::api::{ApiError, Client, VersionReport};
+use switchboard_proto::api::{ApiError, VersionReport};
+
+use crate::directory::apis::Apis;
 
 use crate::outbound::loopback::Loopback;
 use crate::repo::git::GitError;
@@ -36,7 +38,7 @@ enum ReplicateError {
 /// Runs until the drain begins (a catch-up under way is left to finish or
 /// fail: its version is recorded only once it is whole, and the next start
 /// catches up again).
-pub async fn run(sc: Arc<Sidecar>, api: Arc<Client>, lb: Arc<Loopback>) {
+pub async fn run(sc: Arc<Sidecar>, api: Arc<Apis>, lb: Arc<Loopback>) {
     let mut changed = sc.dir.subscribe();
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = sc.shutdown.watch();
@@ -54,11 +56,11 @@ pub async fn run(sc: Arc<Sidecar>, api: Arc<Client>, lb: Arc<Loopback>) {
 
 async fn once(
     sc: &Arc<Sidecar>,
-    api: &Arc<Client>,
+    api: &Arc<Apis>,
     lb: &Arc<Loopback>,
     busy: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<(), ReplicateError> {
-    let repos = api.repos().await?;
+    let repos = api.call(|c| async move { c.repos().await }).await?;
     let me = sc.me.host.as_str();
     for r in repos {
         let name = r.name.clone();
@@ -108,7 +110,7 @@ async fn once(
 
 async fn catch_up(
     sc: &Sidecar,
-    api: &Client,
+    api: &Apis,
     lb: &Loopback,
     repo: &str,
     master: &str,
@@ -126,6 +128,11 @@ async fn catch_up(
         version,
         lease: None,
     };
-    api.report_version(repo, &sc.me.host, &report).await?;
+    let host = &sc.me.host;
+    api.call(|c| {
+        let report = &report;
+        async move { c.report_version(repo, host, report).await }
+    })
+    .await?;
     Ok(())
 }
