@@ -378,3 +378,43 @@ fn a_secondary_that_was_down_catches_up_and_keys_survive_a_restart() {
         );
     }
 }
+
+#[test]
+fn a_sidecar_finds_its_host_through_a_secondary_while_the_directory_is_down() {
+    let mut d = Directory::demo();
+    let key = tsig_add(&d, "xfr-test");
+    let s = Secondary::start(Kind::Knot, d.dir.path(), ZONE, d.dns, &key);
+    d.cli_ok(&[
+        "zone",
+        "secondary",
+        "add",
+        "cluster.example",
+        &s.addr(),
+        "--tsig",
+        &key.name,
+    ]);
+    let (host_key, pubkey, _) = keygen(d.dir.path(), "web9");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "web9",
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        &pubkey,
+        "--roles",
+        "web",
+    ]);
+    wait_serial(&s, serial(&d), DEADLINE);
+    let dead = d.dns.to_string();
+    d.kill9();
+    // The directory first, as a sidecar lists it: it does not answer, the
+    // secondary does, with the host the new key belongs to.
+    let out = run(Command::new(bin("switchboard-sidecar"))
+        .args(["whoami", "--json", "--zone", ZONE, "--key"])
+        .arg(&host_key)
+        .args(["--directory", &dead, "--directory", &s.addr()]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["host"], "web9", "{v}");
+}

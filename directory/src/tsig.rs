@@ -92,6 +92,8 @@ pub enum Malformed {
     Misplaced,
     #[error("a TSIG record that does not parse")]
     BadRecord,
+    #[error("bytes after the message's last record")]
+    Trailing,
 }
 
 fn u16_at(m: &[u8], i: usize) -> Result<u16, Malformed> {
@@ -176,6 +178,9 @@ pub fn split(m: &[u8]) -> Result<Option<(Vec<u8>, Tsig)>, Malformed> {
             }
             last = Some(start);
         }
+    }
+    if i != m.len() {
+        return Err(Malformed::Trailing);
     }
     let Some(start) = last else {
         return Ok(None);

@@ -26,6 +26,10 @@ pub struct Packer {
     count: u16,
     /// A name being copied.
     scratch: Vec<u8>,
+    /// The last owner name written, and where: a set's records, and a
+    /// node's sets, share their owner.
+    last_owner: Vec<u8>,
+    last_owner_at: u16,
 }
 
 fn hash(name: &[u8]) -> u64 {
@@ -149,6 +153,8 @@ impl Packer {
             names: FxHashMap::default(),
             count: 0,
             scratch: Vec::with_capacity(256),
+            last_owner: Vec::with_capacity(256),
+            last_owner_at: 0,
         };
         p.buf.extend_from_slice(&[0; 12]);
         if let Some((name, qtype)) = question {
@@ -173,8 +179,10 @@ impl Packer {
     }
 
     /// Writes a name (lowercase wire format, uncompressed), pointing at a
-    /// suffix already in the message when `compress`.
-    fn name(&mut self, name: &[u8], compress: bool) {
+    /// suffix already in the message when `compress`. Returns where the name
+    /// can be pointed at: where it starts, or where the name it points to does.
+    fn name(&mut self, name: &[u8], compress: bool) -> usize {
+        let start = self.buf.len();
         let mut i = 0;
         while i < name.len() && name[i] != 0 {
             if compress {
@@ -182,7 +190,7 @@ impl Packer {
                 match self.names.get(&h) {
                     Some(&at) if same_name(&self.buf, usize::from(at), &name[i..]) => {
                         self.buf.extend_from_slice(&(0xc000 | at).to_be_bytes());
-                        return;
+                        return if i == 0 { usize::from(at) } else { start };
                     }
                     // Another name with the same hash: write this one whole.
                     Some(_) => {}
@@ -197,6 +205,7 @@ impl Packer {
             i += 1 + len;
         }
         self.buf.push(0);
+        start
     }
 
     /// Copies the record at `at` in `frame`; returns the offset after it.
@@ -208,7 +217,17 @@ impl Packer {
         let end = rdata + rdlen;
         let raw = frame.bytes(rdata, rdlen)?;
         let start = self.buf.len();
-        self.name(scratch, true);
+        if !self.last_owner.is_empty() && *scratch == self.last_owner {
+            self.buf
+                .extend_from_slice(&(0xc000 | self.last_owner_at).to_be_bytes());
+        } else {
+            let at = self.name(scratch, true);
+            if at <= MAX_POINTER {
+                self.last_owner.clear();
+                self.last_owner.extend_from_slice(scratch);
+                self.last_owner_at = at as u16;
+            }
+        }
         self.buf.extend_from_slice(frame.bytes(i, 8)?);
         let len_at = self.buf.len();
         self.buf.extend_from_slice(&[0, 0]);
