@@ -236,10 +236,10 @@ impl Out {
     }
 
     /// A lone SOA: the client is current.
-    async fn one<'a>(
+    async fn one(
         &mut self,
         wr: &mut tokio::net::tcp::OwnedWriteHalf,
-        soa: &'a Record,
+        soa: &Record,
     ) -> Option<usize> {
         self.stream(wr, Box::new(std::iter::once(Item::Record(soa))))
             .await
