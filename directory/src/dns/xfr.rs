@@ -170,6 +170,30 @@ fn client_serial(query: &[u8]) -> Option<u32> {
     })
 }
 
+/// How many nodes ahead of the one being copied are asked into cache.
+const AHEAD: usize = 16;
+
+/// The view's nodes, each one's name and sets prefetched `AHEAD` nodes
+/// before it is copied: a full transfer otherwise waits on memory at every
+/// node (their allocations are scattered), most of its time.
+fn ahead<'a>(
+    nodes: impl Iterator<Item = (&'a [u8], &'a crate::view::Node)>,
+) -> impl Iterator<Item = (&'a [u8], &'a crate::view::Node)> {
+    let mut nodes = nodes.fuse();
+    let mut queue = std::collections::VecDeque::with_capacity(AHEAD + 1);
+    std::iter::from_fn(move || {
+        while queue.len() < AHEAD {
+            let Some((owner, node)) = nodes.next() else {
+                break;
+            };
+            crate::view::prefetch(<[u8]>::as_ptr(owner));
+            crate::view::Node::prefetch(node);
+            queue.push_back((owner, node));
+        }
+        queue.pop_front()
+    })
+}
+
 /// What a transfer sends: a view's set at its owner, or one record.
 /// Small, as it is moved through each iterator adapter: a record by value
 /// made the moves most of a transfer's time.
@@ -254,7 +278,7 @@ impl Out {
         soa: &'a Record,
     ) -> Option<usize> {
         const SOA: u16 = 6;
-        let sets = zv.nodes().flat_map(|(owner, node)| {
+        let sets = ahead(zv.nodes()).flat_map(|(owner, node)| {
             node.sets()
                 .filter(|s| !s.alias && s.rtype != SOA)
                 .map(move |s| Item::Set(owner, s))
