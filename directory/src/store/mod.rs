@@ -4,13 +4,19 @@
 //! the store is only read at start and written on change. A change is one atomic
 //! batch that is on disk when `commit` returns. Nothing above this trait knows
 //! which backend holds the data: `sled` on disk, `memory` for tests and the
-//! fuzzer; a distributed store later. `battery` is the set of tests every
-//! backend passes.
+//! fuzzer, `etcd` shared by several directory servers (docs/high-availability.md).
+//! `battery` is the set of tests every backend passes.
+//!
+//! A shared store adds three things the trait's defaults leave out for a store
+//! one process owns: commits conditioned on the serial they were planned
+//! against (`commit_on`, `StoreError::Conflict`), the other servers' commits
+//! as they happen (`follow`), and duties only one server runs at a time (`lead`).
 
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Repo, Zone};
+use crate::model::{AdminKey, Binding, Host, Op, Repo, Zone};
 
 pub mod battery;
+pub mod etcd;
 pub mod memory;
 pub mod sled;
 
@@ -24,6 +30,10 @@ pub enum StoreError {
     /// A change to a zone the store does not hold.
     #[error("the store has no zone {0}: write it whole (a seed or an import) before changing it")]
     NoZone(String),
+    /// Another directory server changed the zone since this one planned the
+    /// change: nothing was written; catch up and plan again.
+    #[error("zone {0} was changed by another directory server meanwhile; try again")]
+    Conflict(String),
 }
 
 /// What [`Store::load`] read: every zone it could, and each record it could not.
@@ -44,8 +54,9 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// One entity-level change inside a batch.
-#[derive(Debug, Clone)]
+/// One entity-level change inside a batch. Serialized whole into a shared
+/// store's log (`Committed`), so every kind flows to the other servers as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     PutHost(Host),
     DelHost(String),
@@ -88,6 +99,34 @@ impl Change {
             }
         }
     }
+}
+
+/// One commit as a shared store keeps it for the other servers: the change
+/// they replay on their model at `prev` to reach `serial`, through the same
+/// path as their own (`Directory::follow`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Committed {
+    pub origin: String,
+    /// The serial the change was planned against.
+    pub prev: u32,
+    pub serial: u32,
+    /// What was asked (it says which names the change touches); `None` for a
+    /// bare commit (a store migration, a test).
+    pub op: Option<Op>,
+    pub changes: Vec<Change>,
+}
+
+/// What another directory server did to a shared store.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// A commit, to replay.
+    Commit(Committed),
+    /// A zone written whole (seed, import), or a gap in what was followed:
+    /// read the zone again.
+    Reload(String),
+    /// The store could not say what changed (its history was compacted past
+    /// the follower): read every zone again.
+    ReloadAll,
 }
 
 /// A durable home for zones.
@@ -144,5 +183,63 @@ pub trait Store: Send + Sync {
     /// Records a reader's place, durably.
     fn set_cursor(&self, _name: &str, _id: u64) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// [`Store::commit`] of `op`, planned against the zone at serial `prev`:
+    /// a shared store writes it only if the zone is still at `prev`, and
+    /// refuses it with [`StoreError::Conflict`] otherwise. A store one
+    /// process owns cannot be changed behind its back.
+    fn commit_on(
+        &self,
+        origin: &str,
+        prev: u32,
+        serial: u32,
+        changes: &[Change],
+        events: &[Event],
+        op: &Op,
+    ) -> Result<(), StoreError> {
+        let _ = (prev, op);
+        self.commit(origin, serial, changes, events)
+    }
+
+    /// [`Store::replace_zone`] planned on the zone at serial `prev` (`None`:
+    /// no such zone yet): a shared store writes it only if that still holds,
+    /// and refuses it with [`StoreError::Conflict`] otherwise.
+    fn replace_zone_on(
+        &self,
+        zone: &Zone,
+        prev: Option<u32>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let _ = prev;
+        self.replace_zone(zone, events)
+    }
+
+    /// One zone as the store holds it now (`None`: it has none by that name).
+    fn load_zone(&self, origin: &str) -> Result<Option<Zone>, StoreError> {
+        Ok(self
+            .load()?
+            .zones
+            .into_iter()
+            .find(|z| z.origin() == origin))
+    }
+
+    /// The first of `n` new audit event ids, when the store numbers events
+    /// (several servers write one log); `None`: the directory numbers them.
+    fn reserve_events(&self, _n: u64) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// The other servers' writes to a shared store, from the state `load`
+    /// read on; `None` for a store one process owns.
+    fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Followed>> {
+        None
+    }
+
+    /// Whether this server runs `duty` (`checks`, `webhooks`) now: one server
+    /// of those sharing a store does, the others keep asking. A store one
+    /// process owns always says yes.
+    fn lead(&self, _duty: &str) -> bool {
+        true
     }
 }
