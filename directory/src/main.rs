@@ -49,9 +49,14 @@ enum Command {
         /// Zone files (*.zone) that seed zones the store does not have yet.
         #[arg(long, default_value = "zones")]
         zones: PathBuf,
-        /// The store's directory.
+        /// The store's directory (with --store: only this server's own files).
         #[arg(long, default_value = "./switchboard-data")]
         data: PathBuf,
+        /// Keep the state in an etcd v3 cluster shared with other directory
+        /// servers instead of under --data: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+        /// (docs/high-availability.md).
+        #[arg(long, value_name = "etcd://HOST:PORT,...[/PREFIX]")]
+        store: Option<String>,
         #[arg(long, default_value = "127.0.0.1:5353")]
         dns: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8053")]
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
             Command::Serve {
                 zones,
                 data,
+                store,
                 dns,
                 http,
                 node_ttl,
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
                 let cfg = ServeConfig {
                     zones,
                     data,
+                    store,
                     dns,
                     http,
                     view: ViewConfig {

@@ -33,6 +33,12 @@ impl Directory {
         write: impl FnOnce(&[Event]) -> Result<T, StoreError>,
     ) -> Result<(T, Vec<Event>), StoreError> {
         let mut next = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
+        if !drafts.is_empty() {
+            // A shared store numbers events itself, unique across servers.
+            if let Some(first) = self.store.reserve_events(drafts.len() as u64)? {
+                *next = first;
+            }
+        }
         let now = crate::time::unix_ms();
         let numbered: Vec<Event> = drafts
             .into_iter()

@@ -214,6 +214,11 @@ impl Core {
         Ok(store)
     }
 
+    /// The URL the store was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}{rest}", self.prefix).into_bytes()
     }
