@@ -1333,4 +1333,71 @@ mod tests {
         assert_eq!(sorted.len(), 10);
         assert!(sorted.windows(2).all(|w| w[1] >= w[0] + 2), "{sorted:?}");
     }
+
+    /// Two directories on one store: one plans a change on a zone the other
+    /// has changed since (it has not followed yet): the store refuses the
+    /// commit, the directory catches up and plans again, and ends with both
+    /// changes; following the other's commit afterwards changes nothing.
+    #[test]
+    fn a_directory_behind_the_store_catches_up_and_plans_again() {
+        use crate::model::Health;
+        use crate::state::Directory;
+        use crate::view::ViewConfig;
+        let origin = "replan.example.";
+        let a = Etcd.fresh();
+        let url = a.url().to_string();
+        let a = Directory::open(Box::new(a), ViewConfig::default()).expect("a");
+        a.seed(crate::store::battery::zone(origin)).expect("seed");
+        let b = Directory::open(
+            Box::new(EtcdStore::open(&url).expect("b")),
+            ViewConfig::default(),
+        )
+        .expect("b");
+        let mut followed = b.follow_store().expect("a shared store is followed");
+        let host = |name: &str| crate::model::Host {
+            name: name.into(),
+            addrs: vec!["10.9.9.9".parse().expect("ip")],
+            key: None,
+            roles: vec!["web".into()],
+            available: true,
+            health: Health::Unknown,
+            props: Default::default(),
+        };
+        let sa = a
+            .apply(origin, Op::AddHost(host("from-a")))
+            .expect("a's change");
+        // b has not seen a's change: its commit is refused, then planned again.
+        let sb = b
+            .apply(origin, Op::AddHost(host("from-b")))
+            .expect("b's change, re-planned");
+        assert_eq!(sb, sa + 1);
+        let hosts = |d: &Directory| {
+            d.read(origin, |z| z.hosts.keys().cloned().collect::<Vec<_>>())
+                .expect("zone")
+        };
+        assert!(
+            hosts(&b).contains(&"from-a".to_string()) && hosts(&b).contains(&"from-b".to_string())
+        );
+        // The same host with other addresses on a, planned on its old model: refused.
+        let mut other = host("from-b");
+        other.addrs = vec!["10.1.1.1".parse().expect("ip")];
+        let err = a
+            .apply(origin, Op::AddHost(other))
+            .expect_err("already there");
+        assert!(
+            matches!(err, crate::state::ApplyError::Conflict(_)),
+            "{err}"
+        );
+        // b's watch brings a's commit, which b already holds: nothing moves.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let first = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), followed.recv()).await })
+            .expect("b follows")
+            .expect("a commit");
+        b.follow(first);
+        assert_eq!(b.read(origin, |z| z.serial), Some(sb));
+    }
 }
