@@ -293,3 +293,51 @@ fn promotions_of_one_repository_to_different_hosts_at_once_agree() {
         }
     }
 }
+
+#[test]
+fn a_sled_installation_moves_to_etcd_with_store_migrate() {
+    let mut d = Directory::demo();
+    d.cli_ok(&[
+        "host", "add", "moved", "--addr", "10.6.0.1", "--roles", "build",
+    ]);
+    d.cli_ok(&["host", "disable", "web2"]);
+    let serial = soa_serial(&d);
+    let events = d.cli_ok(&["--json", "events", "--last", "50"]);
+    assert!(events.lines().count() >= 3, "{events}");
+    d.stop();
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url("moved");
+    let migrate = |to: &str| {
+        switchboard_tests::run(
+            std::process::Command::new(switchboard_tests::bin("switchboard-directory"))
+                .args(["store", "migrate", "--from-data"])
+                .arg(d.data_dir())
+                .args(["--to", to]),
+        )
+    };
+    let out = migrate(&url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("zone cluster.example."),
+        "{}",
+        stdout(&out)
+    );
+    // Twice into the same prefix: refused, nothing merged.
+    let again = migrate(&url);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already holds zone"),
+        "{}",
+        stderr(&again)
+    );
+    d.serve_args = vec!["--store".into(), url];
+    d.start();
+    assert_eq!(soa_serial(&d), serial);
+    assert_eq!(a_records(&d, "moved"), ["10.6.0.1"]);
+    assert!(d.dig(&n("http.service"), "A", &[]).data("A") == ["10.0.1.11"]);
+    let moved = d.cli_ok(&["--json", "events", "--last", "50"]);
+    assert_eq!(moved, events, "the audit log moved with its ids");
+    // And it takes changes, with ids after the moved ones.
+    d.cli_ok(&["host", "enable", "web2"]);
+    assert_eq!(soa_serial(&d), serial.map(|s| s + 1));
+}

@@ -214,6 +214,30 @@ impl Core {
         Ok(store)
     }
 
+    /// Makes the next event id taken (`reserve_events`) come after `id`
+    /// (`store migrate`, after copying a log).
+    pub fn events_continue_after(&self, id: u64) -> Result<(), StoreError> {
+        let key = self.key("eventseq");
+        loop {
+            let current = self.get_one(&key, 0)?;
+            let (at, rev) = match &current {
+                Some(kv) => (parse::<u64>(&kv.key, &kv.value)?, kv.mod_revision),
+                None => (0, 0),
+            };
+            if at >= id {
+                return Ok(());
+            }
+            let (ok, _) = self.txn(
+                vec![json!({"key": b64(&key), "target": "MOD", "result": "EQUAL", "mod_revision": rev})],
+                vec![put(&key, &to_json(&id)?)],
+                vec![],
+            )?;
+            if ok {
+                return Ok(());
+            }
+        }
+    }
+
     /// The URL the store was opened with.
     pub fn url(&self) -> &str {
         &self.url

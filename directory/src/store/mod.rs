@@ -18,6 +18,7 @@ use crate::model::{AdminKey, Binding, Host, Op, Repo, Zone};
 pub mod battery;
 pub mod etcd;
 pub mod memory;
+pub mod migrate;
 pub mod sled;
 
 /// A failure of the backend: the change was not applied.

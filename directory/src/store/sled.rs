@@ -432,6 +432,16 @@ impl SledStore {
         Ok(())
     }
 
+    /// Every reader's place in the audit log (`store migrate` copies them).
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item.map_err(io)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), id_of(&v)?));
+        }
+        Ok(out)
+    }
+
     /// The last sequence number of an origin's events (0: none yet).
     fn last_seq(&self, origin: usize) -> Result<u64, StoreError> {
         match self.order.scan_prefix([ORIGINS[origin]]).next_back() {
