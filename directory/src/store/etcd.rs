@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 
 use self::gateway::{b64, delete, get, int, kvs, prefix_end, put, Gateway, GatewayHandle, Kv};
 use super::sled::{parse_snapshot, snapshot_json};
-use super::{Change, Committed, Followed, Loaded, Store, StoreError, Unreadable};
+use super::{Change, Committed, Followed, Loaded, Store, StoreError, StoredLease, Unreadable};
 use crate::events::Event;
 use crate::model::{Op, Zone, ZoneMeta};
 
@@ -182,6 +182,8 @@ pub struct Core {
     lease: Arc<Mutex<Option<i64>>>,
     /// A log compaction is running.
     compacting: Arc<AtomicBool>,
+    /// Commits a zone's log keeps before it is folded (`LOG_KEPT`; tests set fewer).
+    log_kept: u32,
     /// Each zone's snapshot serial, as last seen: when its log is long enough to fold.
     snapshot_serials: Mutex<BTreeMap<String, u32>>,
     tokens: std::sync::atomic::AtomicU64,
@@ -207,6 +209,7 @@ impl Core {
             loaded: AtomicI64::new(0),
             lease: Arc::new(Mutex::new(None)),
             compacting: Arc::new(AtomicBool::new(false)),
+            log_kept: LOG_KEPT,
             snapshot_serials: Mutex::new(BTreeMap::new()),
             tokens: Default::default(),
         };
@@ -948,10 +951,25 @@ impl Store for EtcdStore {
         let Some(start) = after.checked_add(1) else {
             return Ok(vec![]);
         };
-        let from = self.event_key(start);
+        let mut from = self.event_key(start);
         let end = prefix_end(&self.key("event/"));
-        let (pairs, _, _) = self.range(&from, Some(&end), 0, limit.min(10_000) as i64)?;
-        pairs.iter().map(|kv| parse(&kv.key, &kv.value)).collect()
+        let mut out = Vec::new();
+        let mut rev = 0;
+        while out.len() < limit {
+            let want = (limit - out.len()).min(PAGE as usize) as i64;
+            let (page, at, more) = self.range(&from, Some(&end), rev, want)?;
+            rev = at;
+            let Some(last) = page.last() else { break };
+            from = last.key.clone();
+            from.push(0);
+            for kv in &page {
+                out.push(parse(&kv.key, &kv.value)?);
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn last_event_id(&self) -> Result<u64, StoreError> {
@@ -1013,6 +1031,60 @@ impl Store for EtcdStore {
             tx,
         ));
         Some(rx)
+    }
+
+    fn shares_leases(&self) -> bool {
+        true
+    }
+
+    fn lease(&self, zone: &str, repo: &str) -> Result<Option<StoredLease>, StoreError> {
+        match self.get_one(&self.key(&format!("lease/{zone}/{repo}")), 0)? {
+            Some(kv) => parse(&kv.key, &kv.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn take_lease(
+        &self,
+        zone: &str,
+        repo: &str,
+        lease: &StoredLease,
+    ) -> Result<Result<(), StoredLease>, StoreError> {
+        let key = self.key(&format!("lease/{zone}/{repo}"));
+        loop {
+            let compare = match self.get_one(&key, 0)? {
+                Some(kv) => {
+                    let held: StoredLease = parse(&kv.key, &kv.value)?;
+                    if held.expires_ms > crate::time::unix_ms() {
+                        return Ok(Err(held));
+                    }
+                    json!({"key": b64(&key), "target": "MOD", "result": "EQUAL", "mod_revision": kv.mod_revision})
+                }
+                None => {
+                    json!({"key": b64(&key), "target": "CREATE", "result": "EQUAL", "create_revision": 0})
+                }
+            };
+            let (ok, _) = self.txn(vec![compare], vec![put(&key, &to_json(lease)?)], vec![])?;
+            if ok {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    fn release_lease(&self, zone: &str, repo: &str, token: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("lease/{zone}/{repo}"));
+        let Some(kv) = self.get_one(&key, 0)? else {
+            return Ok(());
+        };
+        let held: StoredLease = parse(&kv.key, &kv.value)?;
+        if held.token == token {
+            self.txn(
+                vec![json!({"key": b64(&key), "target": "MOD", "result": "EQUAL", "mod_revision": kv.mod_revision})],
+                vec![delete(&key, None)],
+                vec![],
+            )?;
+        }
+        Ok(())
     }
 
     fn lead(&self, duty: &str) -> bool {
@@ -1110,7 +1182,7 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .get(origin)
             .copied();
-        Ok(since.is_some_and(|s| serial.wrapping_sub(s) >= LOG_KEPT))
+        Ok(since.is_some_and(|s| serial.wrapping_sub(s) >= self.log_kept))
     }
 }
 
@@ -1127,8 +1199,8 @@ impl Drop for EtcdStore {
 /// A single etcd member of its own, for tests: a temp data dir, free ports,
 /// stopped when the test process ends (even killed). Panics with what to
 /// install when `etcd` is missing.
-#[doc(hidden)]
-pub mod testing {
+#[cfg(test)]
+mod testing {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -1423,5 +1495,87 @@ mod tests {
             .expect("a commit");
         b.follow(first);
         assert_eq!(b.read(origin, |z| z.serial), Some(sb));
+    }
+
+    /// A repository's write lease taken through one server holds on the
+    /// other: one write at a time across the servers sharing the store.
+    #[test]
+    fn a_write_lease_holds_across_servers() {
+        use crate::state::Directory;
+        use crate::view::ViewConfig;
+        let origin = "leases.example.";
+        let a = Etcd.fresh();
+        let url = a.url().to_string();
+        let a = Directory::open(Box::new(a), ViewConfig::default()).expect("a");
+        a.seed(crate::store::battery::zone(origin)).expect("seed");
+        let b = Directory::open(
+            Box::new(EtcdStore::open(&url).expect("b")),
+            ViewConfig::default(),
+        )
+        .expect("b");
+        let ttl = Duration::from_secs(30);
+        let token = a
+            .acquire_lease(origin, "arcanist", "repo1", ttl)
+            .expect("a grants");
+        let err = b
+            .acquire_lease(origin, "arcanist", "repo1", ttl)
+            .expect_err("b refuses");
+        assert!(err.to_string().contains("held by repo1"), "{err}");
+        assert_eq!(b.lease_holder(origin, "arcanist").as_deref(), Some("repo1"));
+        b.release_lease(origin, "arcanist", &token);
+        assert_eq!(a.lease_holder(origin, "arcanist"), None);
+        b.acquire_lease(origin, "arcanist", "repo1", ttl)
+            .expect("free again");
+    }
+
+    /// A zone's log is folded into a new snapshot after `log_kept` commits:
+    /// the log stays short and the zone loads the same.
+    #[test]
+    fn the_log_is_folded_into_a_snapshot() {
+        let url = Etcd.fresh().url().to_string();
+        let mut core = Core::open(&url).expect("open");
+        core.log_kept = 3;
+        let store = EtcdStore(Arc::new(core));
+        let mut zone = crate::store::battery::zone("fold.example.");
+        store.replace_zone(&zone, &[]).expect("seed");
+        let logs = |s: &EtcdStore| {
+            let from = s.zone_key("fold.example.", "log/");
+            s.range_all(&from, &prefix_end(&from), 0)
+                .expect("range")
+                .0
+                .len()
+        };
+        for i in 0..10u8 {
+            let mut h = zone.hosts["web1"].clone();
+            h.addrs = vec![std::net::IpAddr::from([10, 0, 0, i])];
+            let c = Change::PutHost(h);
+            store
+                .commit(
+                    "fold.example.",
+                    zone.serial + 1,
+                    std::slice::from_ref(&c),
+                    &[],
+                )
+                .expect("commit");
+            c.apply(&mut zone);
+            zone.serial += 1;
+            // The fold runs in the background: wait for it before the next check.
+            let t = std::time::Instant::now();
+            while store.compacting.load(Ordering::Acquire) {
+                assert!(t.elapsed() < Duration::from_secs(10), "the fold hangs");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                logs(&store) <= 3,
+                "after commit {i}: {} log records",
+                logs(&store)
+            );
+        }
+        assert_eq!(
+            store.load_zone("fold.example.").expect("load"),
+            Some(zone.clone())
+        );
+        let reopened = EtcdStore::open(&url).expect("reopen");
+        assert_eq!(reopened.load().expect("load").zones, vec![zone]);
     }
 }

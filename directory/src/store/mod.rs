@@ -130,6 +130,16 @@ pub enum Followed {
     ReloadAll,
 }
 
+/// A repository's write lease as a shared store holds it (`state::leases`):
+/// any server can grant, check and end it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredLease {
+    pub holder: String,
+    pub token: String,
+    /// Unix milliseconds (the servers' clocks must agree to well under a second).
+    pub expires_ms: u64,
+}
+
 /// A durable home for zones.
 pub trait Store: Send + Sync {
     /// Every stored zone, whole, and the records that could not be read. An
@@ -235,6 +245,32 @@ pub trait Store: Send + Sync {
     /// read on; `None` for a store one process owns.
     fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Followed>> {
         None
+    }
+
+    /// Whether repositories' write leases live in the store (shared by every
+    /// server) rather than in this server's memory.
+    fn shares_leases(&self) -> bool {
+        false
+    }
+
+    /// The write lease of `repo` in `zone` as stored, expired or not.
+    fn lease(&self, _zone: &str, _repo: &str) -> Result<Option<StoredLease>, StoreError> {
+        Ok(None)
+    }
+
+    /// Stores `lease` unless an unexpired one is held (`Ok(Err(held))` then).
+    fn take_lease(
+        &self,
+        _zone: &str,
+        _repo: &str,
+        _lease: &StoredLease,
+    ) -> Result<Result<(), StoredLease>, StoreError> {
+        Err(StoreError::Io("this store keeps no write leases".into()))
+    }
+
+    /// Ends the lease with `token`, if it is still the one held.
+    fn release_lease(&self, _zone: &str, _repo: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Whether this server runs `duty` (`checks`, `webhooks`) now: one server
