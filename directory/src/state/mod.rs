@@ -225,6 +225,11 @@ impl Directory {
         self.store.lead(duty)
     }
 
+    /// The store, for what keeps its own records there (console sessions).
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     /// Origins of every zone, sorted.
     pub fn origins(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()

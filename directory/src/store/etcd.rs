@@ -1037,6 +1037,39 @@ impl Store for EtcdStore {
         true
     }
 
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn put_session(&self, key: &str, value: &[u8], expires_ms: u64) -> Result<(), StoreError> {
+        // An etcd lease of its own removes the record when it expires.
+        let ttl = expires_ms
+            .saturating_sub(crate::time::unix_ms())
+            .div_ceil(1000)
+            + 1;
+        let resp = self.gw.call("/v3/lease/grant", json!({"TTL": ttl}))?;
+        let lease = int(&resp, "ID");
+        self.gw.call(
+            "/v3/kv/put",
+            json!({"key": b64(&self.key(&format!("session/{key}"))), "value": b64(value), "lease": lease}),
+        )?;
+        Ok(())
+    }
+
+    fn session(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get_one(&self.key(&format!("session/{key}")), 0)?
+            .map(|kv| kv.value))
+    }
+
+    fn end_session(&self, key: &str) -> Result<bool, StoreError> {
+        let resp = self.gw.call(
+            "/v3/kv/deleterange",
+            json!({"key": b64(&self.key(&format!("session/{key}")))}),
+        )?;
+        Ok(int(&resp, "deleted") > 0)
+    }
+
     fn lease(&self, zone: &str, repo: &str) -> Result<Option<StoredLease>, StoreError> {
         match self.get_one(&self.key(&format!("lease/{zone}/{repo}")), 0)? {
             Some(kv) => parse(&kv.key, &kv.value).map(Some),
@@ -1577,5 +1610,35 @@ mod tests {
         );
         let reopened = EtcdStore::open(&url).expect("reopen");
         assert_eq!(reopened.load().expect("load").zones, vec![zone]);
+    }
+
+    /// A console login minted on one server is redeemed on another, once;
+    /// the session holds on both until it ends on either.
+    #[test]
+    fn console_sessions_hold_across_servers() {
+        use crate::sessions::{RedeemError, Sessions};
+        use crate::state::Directory;
+        use crate::view::ViewConfig;
+        let a = Etcd.fresh();
+        let url = a.url().to_string();
+        let open = |s: EtcdStore| {
+            std::sync::Arc::new(Directory::open(Box::new(s), ViewConfig::default()).expect("open"))
+        };
+        let (a, b) = (open(a), open(EtcdStore::open(&url).expect("b")));
+        let (on_a, on_b) = (Sessions::in_store(a), Sessions::in_store(b));
+        let code = on_a
+            .mint("ops", "fpr", "z.example.", Duration::from_secs(600))
+            .expect("a code");
+        let (token, s) = on_b.redeem(&code).expect("redeemed on b");
+        assert_eq!((s.admin.as_str(), s.zone.as_str()), ("ops", "z.example."));
+        assert_eq!(
+            on_a.redeem(&code).map(|_| ()),
+            Err(RedeemError::Unknown),
+            "a code is spent once"
+        );
+        let seen = on_a.get(&token).expect("the session holds on a");
+        assert_eq!(seen.csrf, s.csrf);
+        on_b.end(&token);
+        assert!(on_a.get(&token).is_none(), "ended on b, ended on a");
     }
 }

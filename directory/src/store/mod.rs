@@ -273,6 +273,31 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
+    /// Whether console logins and sessions (`sessions`) live in the store
+    /// (valid on every server) rather than in this server's memory.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Stores a console login record under `key` (the SHA-256 of its secret)
+    /// until `expires_ms` (unix milliseconds).
+    fn put_session(&self, _key: &str, _value: &[u8], _expires_ms: u64) -> Result<(), StoreError> {
+        Err(StoreError::Io(
+            "this store keeps no console sessions".into(),
+        ))
+    }
+
+    /// The record under `key`, while it lasts.
+    fn session(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Removes the record under `key`: `true` for the one caller that did
+    /// (a login code is spent once, whichever server takes it).
+    fn end_session(&self, _key: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Whether this server runs `duty` (`checks`, `webhooks`) now: one server
     /// of those sharing a store does, the others keep asking. A store one
     /// process owns always says yes.
