@@ -213,11 +213,11 @@ impl Core {
             snapshot_serials: Mutex::new(BTreeMap::new()),
             tokens: Default::default(),
         };
-        store.range(&store.key("eventseq"), None, 0, 1)?;
+        store.init_event_seq()?;
         Ok(store)
     }
 
-    /// Makes the next event id taken (`reserve_events`) come after `id`
+    /// Makes the next event id written come after `id`
     /// (`store migrate`, after copying a log).
     pub fn events_continue_after(&self, id: u64) -> Result<(), StoreError> {
         let key = self.key("eventseq");
@@ -557,14 +557,26 @@ impl Core {
             put(&self.zone_key(origin, "snap"), &to_json(&blob)?),
         ];
         success.extend(self.drop_view_ops(origin));
-        success.extend(self.event_ops(events)?);
-        let (ok, _) = self.txn(
-            vec![json!({"key": b64(&serial_key), "target": "MOD", "result": "EQUAL", "mod_revision": expect})],
+        let (seq_compare, event_ops) = self.event_ops(events)?;
+        success.extend(event_ops);
+        let mut compare = vec![
+            json!({"key": b64(&serial_key), "target": "MOD", "result": "EQUAL", "mod_revision": expect}),
+        ];
+        compare.extend(seq_compare);
+        let (ok, responses) = self.txn(
+            compare,
             success,
-            vec![],
+            vec![get(&serial_key), get(&self.key("eventseq"))],
         )?;
         if !ok {
             self.delete_blob("snap", origin, &blob.id);
+            let serial_now = match responses.first().and_then(|r| r.get("response_range")) {
+                Some(r) => kvs(r)?.into_iter().next().map_or(0, |kv| kv.mod_revision),
+                None => 0,
+            };
+            if serial_now == expect && !events.is_empty() {
+                return Err(self.event_ids_taken(&responses, 1)?);
+            }
             return Ok(false);
         }
         if let Some(old) = old.and_then(|kv| serde_json::from_slice::<BlobRef>(&kv.value).ok()) {
@@ -589,21 +601,75 @@ impl Core {
         self.key(&format!("event/{id:020}"))
     }
 
-    /// Puts of `events`, and the removal of those now older than the kept ones.
-    fn event_ops(&self, events: &[Event]) -> Result<Vec<Value>, StoreError> {
-        let mut ops = Vec::with_capacity(events.len() + 1);
+    /// Puts of `events`, the removal of those now older than the kept ones,
+    /// and the move of `eventseq` past them; with the compare that `eventseq`
+    /// is just before them (no other server took their ids).
+    fn event_ops(&self, events: &[Event]) -> Result<(Option<Value>, Vec<Value>), StoreError> {
+        let mut ops = Vec::with_capacity(events.len() + 2);
         for e in events {
             ops.push(put(&self.event_key(e.id), &to_json(e)?));
         }
-        if let Some(last) = events.iter().map(|e| e.id).max() {
-            if last > EVENTS_KEPT {
-                ops.push(delete(
-                    &self.key("event/"),
-                    Some(&self.event_key(last - EVENTS_KEPT + 1)),
-                ));
-            }
+        let (Some(first), Some(last)) = (
+            events.iter().map(|e| e.id).min(),
+            events.iter().map(|e| e.id).max(),
+        ) else {
+            return Ok((None, ops));
+        };
+        if last > EVENTS_KEPT {
+            ops.push(delete(
+                &self.key("event/"),
+                Some(&self.event_key(last - EVENTS_KEPT + 1)),
+            ));
         }
-        Ok(ops)
+        let seq = self.key("eventseq");
+        ops.push(put(&seq, &to_json(&last)?));
+        let compare = json!({"key": b64(&seq), "target": "VALUE", "result": "EQUAL", "value": b64(&to_json(&(first - 1))?)});
+        Ok((Some(compare), ops))
+    }
+
+    /// The next free event id, after a transaction found `eventseq` moved.
+    fn event_ids_taken(&self, responses: &[Value], at: usize) -> Result<StoreError, StoreError> {
+        let seq = match responses.get(at).and_then(|r| r.get("response_range")) {
+            Some(r) => kvs(r)?.into_iter().next(),
+            None => None,
+        };
+        let last: u64 = match seq {
+            Some(kv) => parse(&kv.key, &kv.value)?,
+            None => 0,
+        };
+        Ok(StoreError::EventIdsTaken(last + 1))
+    }
+
+    /// Makes sure `eventseq` exists (at the last stored event's id), so that
+    /// writes can compare it.
+    fn init_event_seq(&self) -> Result<(), StoreError> {
+        let key = self.key("eventseq");
+        if self.get_one(&key, 0)?.is_some() {
+            return Ok(());
+        }
+        let last = self.last_event_id()?;
+        self.txn(
+            vec![json!({"key": b64(&key), "target": "CREATE", "result": "EQUAL", "create_revision": 0})],
+            vec![put(&key, &to_json(&last)?)],
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    /// Writes events with the ids they have, whatever `eventseq` says, then
+    /// moves it past them (`store migrate`).
+    pub fn import_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        for chunk in events.chunks(100) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                ops.push(put(&self.event_key(e.id), &to_json(e)?));
+            }
+            self.txn(vec![], ops, vec![])?;
+        }
+        if let Some(last) = events.iter().map(|e| e.id).max() {
+            self.events_continue_after(last)?;
+        }
+        Ok(())
     }
 
     /// Folds a zone's log into a new snapshot, in the background; a conflict
@@ -942,7 +1008,15 @@ impl Store for EtcdStore {
 
     fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
         for chunk in events.chunks(100) {
-            self.txn(vec![], self.event_ops(chunk)?, vec![])?;
+            let (compare, ops) = self.event_ops(chunk)?;
+            let (ok, responses) = self.txn(
+                compare.into_iter().collect(),
+                ops,
+                vec![get(&self.key("eventseq"))],
+            )?;
+            if !ok {
+                return Err(self.event_ids_taken(&responses, 0)?);
+            }
         }
         Ok(())
     }
@@ -973,36 +1047,7 @@ impl Store for EtcdStore {
     }
 
     fn last_event_id(&self) -> Result<u64, StoreError> {
-        let from = self.key("event/");
-        let resp = self.gw.call(
-            "/v3/kv/range",
-            json!({"key": b64(&from), "range_end": b64(&prefix_end(&from)), "limit": 1, "sort_order": "DESCEND", "sort_target": "KEY", "keys_only": true}),
-        )?;
-        let last = kvs(&resp)?.into_iter().next().map(|kv| {
-            String::from_utf8_lossy(&kv.key[from.len()..])
-                .parse::<u64>()
-                .unwrap_or(0)
-        });
-        Ok(last.unwrap_or(0))
-    }
-
-    fn reserve_events(&self, n: u64) -> Result<Option<u64>, StoreError> {
-        let key = self.key("eventseq");
-        loop {
-            let current = self.get_one(&key, 0)?;
-            let (at, rev) = match &current {
-                Some(kv) => (parse::<u64>(&kv.key, &kv.value)?, kv.mod_revision),
-                None => (self.last_event_id()?, 0),
-            };
-            let (ok, _) = self.txn(
-                vec![json!({"key": b64(&key), "target": "MOD", "result": "EQUAL", "mod_revision": rev})],
-                vec![put(&key, &to_json(&(at + n))?)],
-                vec![],
-            )?;
-            if ok {
-                return Ok(Some(at + 1));
-            }
-        }
+        self.0.last_event_id()
     }
 
     fn cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
@@ -1182,11 +1227,17 @@ impl Core {
             put(&log_key, &to_json(&record)?),
         ];
         success.extend(self.drop_view_ops(origin));
-        success.extend(self.event_ops(events)?);
+        let (seq_compare, event_ops) = self.event_ops(events)?;
+        success.extend(event_ops);
+        let prev_json = to_json(&prev)?;
+        let mut compare = vec![
+            json!({"key": b64(&serial_key), "target": "VALUE", "result": "EQUAL", "value": b64(&prev_json)}),
+        ];
+        compare.extend(seq_compare);
         let (ok, responses) = self.txn(
-            vec![json!({"key": b64(&serial_key), "target": "VALUE", "result": "EQUAL", "value": b64(&to_json(&prev)?)})],
+            compare,
             success,
-            vec![get(&serial_key), get(&log_key)],
+            vec![get(&serial_key), get(&log_key), get(&self.key("eventseq"))],
         )?;
         if !ok {
             let read = |i: usize| -> Result<Option<Kv>, StoreError> {
@@ -1195,9 +1246,9 @@ impl Core {
                     None => Ok(None),
                 }
             };
-            if read(0)?.is_none() {
+            let Some(now) = read(0)? else {
                 return Err(StoreError::NoZone(origin.to_string()));
-            }
+            };
             // Sent twice (a member failed after taking the first): the log
             // holds this very commit.
             if let Some(kv) = read(1)? {
@@ -1206,6 +1257,9 @@ impl Core {
                         return Ok(false);
                     }
                 }
+            }
+            if now.value == prev_json && !events.is_empty() {
+                return Err(self.event_ids_taken(&responses, 2)?);
             }
             return Err(StoreError::Conflict(origin.to_string()));
         }
@@ -1216,6 +1270,23 @@ impl Core {
             .get(origin)
             .copied();
         Ok(since.is_some_and(|s| serial.wrapping_sub(s) >= self.log_kept))
+    }
+}
+
+impl Core {
+    /// The id of the last stored event (0 if none).
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        let from = self.key("event/");
+        let resp = self.gw.call(
+            "/v3/kv/range",
+            json!({"key": b64(&from), "range_end": b64(&prefix_end(&from)), "limit": 1, "sort_order": "DESCEND", "sort_target": "KEY", "keys_only": true}),
+        )?;
+        let last = kvs(&resp)?.into_iter().next().map(|kv| {
+            String::from_utf8_lossy(&kv.key[from.len()..])
+                .parse::<u64>()
+                .unwrap_or(0)
+        });
+        Ok(last.unwrap_or(0))
     }
 }
 
@@ -1448,19 +1519,19 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_are_unique_across_servers() {
+    fn event_ids_taken_by_another_server_are_refused() {
         let a = Etcd.fresh();
-        let b = EtcdStore::open(&a.url).expect("second server");
-        let mut ids = Vec::new();
-        for _ in 0..5 {
-            ids.push(a.reserve_events(2).expect("a").expect("numbers"));
-            ids.push(b.reserve_events(2).expect("b").expect("numbers"));
-        }
-        let mut sorted = ids.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 10);
-        assert!(sorted.windows(2).all(|w| w[1] >= w[0] + 2), "{sorted:?}");
+        let b = EtcdStore::open(a.url()).expect("second server");
+        a.append_events(&[crate::store::battery::event(1, "admin a")])
+            .expect("a");
+        // b numbered its event 1 too: refused, with the next free id.
+        let err = b
+            .append_events(&[crate::store::battery::event(1, "admin b")])
+            .expect_err("taken");
+        assert!(matches!(err, StoreError::EventIdsTaken(2)), "{err}");
+        b.append_events(&[crate::store::battery::event(2, "admin b")])
+            .expect("b, renumbered");
+        assert_eq!(b.events_after(0, 10).expect("events").len(), 2);
     }
 
     /// Two directories on one store: one plans a change on a zone the other

@@ -66,10 +66,9 @@ pub fn migrate(from: &Path, to: &str) -> Result<Migrated, MigrateError> {
         let batch = src.events_after(after, 1000)?;
         let Some(last) = batch.last() else { break };
         after = last.id;
-        dst.append_events(&batch)?;
+        dst.import_events(&batch)?;
         done.events += batch.len() as u64;
     }
-    dst.events_continue_after(after)?;
     for (name, id) in src.cursors()? {
         dst.set_cursor(&name, id)?;
         done.cursors += 1;

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// change: nothing was written; catch up and plan again.
     #[error("zone {0} was changed by another directory server meanwhile; try again")]
     Conflict(String),
+    /// Audit event ids were taken by another directory server: nothing was
+    /// written; number the events from this id and write again.
+    #[error("audit event ids were taken by another directory server; the next free one is {0}")]
+    EventIdsTaken(u64),
 }
 
 /// What [`Store::load`] read: every zone it could, and each record it could not.
@@ -233,12 +237,6 @@ pub trait Store: Send + Sync {
             .zones
             .into_iter()
             .find(|z| z.origin() == origin))
-    }
-
-    /// The first of `n` new audit event ids, when the store numbers events
-    /// (several servers write one log); `None`: the directory numbers them.
-    fn reserve_events(&self, _n: u64) -> Result<Option<u64>, StoreError> {
-        Ok(None)
     }
 
     /// The other servers' writes to a shared store, from the state `load`
