@@ -14,6 +14,9 @@ use switchboard_tests::{stderr, stdout, Directory, DEADLINE};
 
 const Z: &str = "cluster.example.";
 
+/// The admin CLI against one server, callable from another thread.
+type Cli = Arc<dyn Fn(&[&str]) -> std::process::Output + Send + Sync>;
+
 fn n(rel: &str) -> String {
     format!("{rel}.{Z}")
 }
@@ -215,7 +218,7 @@ fn conflicting_changes_on_both_servers_at_once_exactly_one_wins_each() {
     for round in 0..15 {
         let host = format!("c{round}");
         let barrier = Arc::new(Barrier::new(2));
-        let go = |cli: Arc<dyn Fn(&[&str]) -> std::process::Output + Send + Sync>, addr: String| {
+        let go = |cli: Cli, addr: String| {
             let (barrier, host) = (barrier.clone(), host.clone());
             std::thread::spawn(move || {
                 barrier.wait();
@@ -259,8 +262,7 @@ fn promotions_of_one_repository_to_different_hosts_at_once_agree() {
     let (cli_a, cli_b) = (Arc::new(a.cli_command()), Arc::new(b.cli_command()));
     for round in 0..10 {
         let barrier = Arc::new(Barrier::new(2));
-        let go = |cli: Arc<dyn Fn(&[&str]) -> std::process::Output + Send + Sync>,
-                  host: &'static str| {
+        let go = |cli: Cli, host: &'static str| {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
