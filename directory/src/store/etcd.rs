@@ -23,9 +23,13 @@
 //!   committing server writes a new snapshot and drops the log before it.
 //! - `view/ORIGIN` and `part/view/ORIGIN/ID/N`: a saved compiled view; every
 //!   commit drops both.
-//! - `event/ID` (zero-padded) and `eventseq`: the audit log; ids are taken
-//!   from `eventseq` by compare-and-swap, so they are unique across servers.
+//! - `event/ID` (zero-padded) and `eventseq`: the audit log and its last id;
+//!   a write that carries events compares `eventseq` in its own transaction,
+//!   so ids are unique across servers (`StoreError::EventIdsTaken`).
 //! - `cursor/NAME`: readers' places in the audit log.
+//! - `lease/ZONE/REPO`: repositories' write leases; `session/code/DIGEST`,
+//!   `session/live/DIGEST`: console logins (each under an etcd lease that
+//!   ends with it).
 //! - `lead/DUTY`: which server runs a duty, held by an etcd lease that the
 //!   server keeps alive; when it dies the lease ends and another takes over.
 
