@@ -91,6 +91,42 @@ fn a_change_through_either_server_is_in_both_servers_dns_within_a_second() {
     }
 }
 
+#[test]
+fn a_zone_imported_through_one_server_is_served_by_the_other() {
+    let (_etcd, a, b) = pair("import");
+    // The zone as exported, with a host more: imported whole through a.
+    let mut text = a.cli_ok(&["zone", "export", Z]);
+    text.push_str(
+        "imported.node 60 IN A 10.5.0.1\nimported.node 60 IN TXT \"roles=build\" \"available=1\"\n",
+    );
+    let file = a.dir.path().join("import.zone");
+    std::fs::write(&file, text).expect("write zone");
+    a.cli_ok(&[
+        "zone",
+        "import",
+        file.to_str().expect("path"),
+        "--origin",
+        Z,
+    ]);
+    until_answers(&b, "imported", "10.5.0.1", Duration::from_secs(1));
+    assert_eq!(soa_serial(&a), soa_serial(&b));
+    // And b goes on taking changes on top of it.
+    b.cli_ok(&["host", "disable", "imported"]);
+    let t = Instant::now();
+    while a
+        .dig(&n("imported.node"), "TXT", &[])
+        .data("TXT")
+        .concat()
+        .contains("available=1")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a does not follow b after the import"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What a sidecar test hooks in here: sidecars following the survivor's feed
 /// while a server and an etcd member die (issue 17; added once sidecars
 /// take `--directory` more than once). Each is started against `servers`.
