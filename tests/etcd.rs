@@ -127,6 +127,101 @@ fn a_zone_imported_through_one_server_is_served_by_the_other() {
     }
 }
 
+/// A webhook receiver that answers 204 to every POST and keeps the events.
+fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(stream) = conn else { continue };
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end().to_ascii_lowercase();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        keep.lock().expect("lock").push(v);
+                    }
+                    let _ = write!(out, "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn one_server_delivers_webhooks_and_another_takes_over_when_it_dies() {
+    let etcd = EtcdCluster::start(3);
+    let url = etcd.url("hooks");
+    let (hook, got) = webhook_receiver();
+    let args = ["--store", &url, "--webhook", &hook];
+    let mut a = Directory::with_zone(switchboard_tests::demo_zone, &args);
+    let mut b = Directory::beside(&a, &args);
+    let delivered = |names: &[String]| {
+        let t = Instant::now();
+        loop {
+            let events = got.lock().expect("lock").clone();
+            let seen: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+            if names.iter().all(|n| seen.contains(&n.as_str())) {
+                return events;
+            }
+            assert!(
+                t.elapsed() < DEADLINE,
+                "not delivered: {names:?}; got {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let add = |d: &Directory, name: &str| {
+        d.cli_ok(&[
+            "host", "add", name, "--addr", "10.4.0.1", "--roles", "build",
+        ]);
+        name.to_string()
+    };
+    let mut names = vec![add(&a, "w1"), add(&b, "w2"), add(&a, "w3")];
+    delivered(&names);
+    // Whichever of the two delivers, one of these stops it: the other takes over.
+    a.kill9();
+    names.push(add(&b, "w4"));
+    delivered(&names);
+    a.start();
+    b.kill9();
+    names.push(add(&a, "w5"));
+    let events = delivered(&names);
+    // Each event once, in the order of its id, whichever server sent it.
+    let ids: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "each event once, in order");
+}
+
 /// What a sidecar test hooks in here: sidecars following the survivor's feed
 /// while a server and an etcd member die (issue 17; added once sidecars
 /// take `--directory` more than once). Each is started against `servers`.
