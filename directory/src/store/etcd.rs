@@ -1716,4 +1716,32 @@ mod tests {
         on_b.end(&token);
         assert!(on_a.get(&token).is_none(), "ended on b, ended on a");
     }
+
+    /// A zone far over etcd's 1.5 MiB request limit is written in parts and
+    /// loads whole.
+    #[test]
+    fn a_large_zone_is_written_in_parts() {
+        let store = Etcd.fresh();
+        let mut zone = crate::store::battery::zone("large.example.");
+        let template = zone.hosts["web1"].clone();
+        for i in 0..30_000u32 {
+            let mut h = template.clone();
+            h.name = format!("h{i}");
+            h.key = None;
+            h.addrs = vec![std::net::IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            ))];
+            zone.hosts.insert(h.name.clone(), h);
+        }
+        let bytes = snapshot_json(&zone).expect("json").len();
+        assert!(bytes > 3 << 20, "the snapshot is {bytes} bytes");
+        store.replace_zone(&zone, &[]).expect("written in parts");
+        let kv = store
+            .get_one(&store.zone_key("large.example.", "snap"), 0)
+            .expect("get")
+            .expect("pointer");
+        let r: BlobRef = parse(&kv.key, &kv.value).expect("pointer");
+        assert!(r.parts >= bytes / PART, "{} parts", r.parts);
+        assert_eq!(store.load_zone("large.example.").expect("load"), Some(zone));
+    }
 }
