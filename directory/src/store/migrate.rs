@@ -27,6 +27,8 @@ pub struct Migrated {
 pub enum MigrateError {
     #[error("cannot open the sled store in {dir}: {e} (stop the directory that uses it first)")]
     From { dir: String, e: StoreError },
+    #[error("{0} holds no sled store (no conf file): give the directory's --data")]
+    NoStore(String),
     #[error("cannot open the etcd store: {0}")]
     To(StoreError),
     #[error(
@@ -39,6 +41,15 @@ pub enum MigrateError {
 
 /// Copies everything the sled store in `from` holds into the etcd store at `to`.
 pub fn migrate(from: &Path, to: &str) -> Result<Migrated, MigrateError> {
+    // sled would make an empty store of a wrong path and copy nothing.
+    if !from.join("conf").is_file() {
+        return Err(MigrateError::From {
+            dir: from.display().to_string(),
+            e: StoreError::Io(
+                "no sled store there (no conf file): give the directory's --data".into(),
+            ),
+        });
+    }
     let src = SledStore::open(from).map_err(|e| MigrateError::From {
         dir: from.display().to_string(),
         e,
