@@ -43,12 +43,7 @@ pub enum MigrateError {
 pub fn migrate(from: &Path, to: &str) -> Result<Migrated, MigrateError> {
     // sled would make an empty store of a wrong path and copy nothing.
     if !from.join("conf").is_file() {
-        return Err(MigrateError::From {
-            dir: from.display().to_string(),
-            e: StoreError::Io(
-                "no sled store there (no conf file): give the directory's --data".into(),
-            ),
-        });
+        return Err(MigrateError::NoStore(from.display().to_string()));
     }
     let src = SledStore::open(from).map_err(|e| MigrateError::From {
         dir: from.display().to_string(),
