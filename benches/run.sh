@@ -22,7 +22,7 @@ fi
 ZONE=bench.example
 
 need=()
-for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl git:git ssh:openssh-client sshd:openssh-server openssl:openssl; do
+for p in dnsperf:dnsperf nsd:nsd knotd:knot named:bind9 haproxy:haproxy nginx:nginx wrk:wrk dig:dnsutils curl:curl git:git ssh:openssh-client sshd:openssh-server openssl:openssl etcd:etcd-server; do
   cmd=${p%%:*}; pkg=${p#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -409,6 +409,43 @@ CHANGE_SMALL=$($LOAD_CPU "$BIN/change-latency" $api 127.0.0.1:$port "$WORK/admin
 echo "bench: change to answer at $HOSTS hosts: $CHANGE_SMALL"
 kill $pid; wait $pid 2>/dev/null || true
 
+# ---- etcd: two directory servers sharing a three-member cluster -------------------
+# The members as tests/etcd.rs starts them (docs/high-availability.md), on the
+# server CPU; directory A takes the changes, B answers DNS. Then the same
+# changes through one server on etcd, beside the sled run just above.
+ETCD_INITIAL=""; ETCD_CLIENTS=""
+for m in 0 1 2; do
+  next_port; ETCD_PEER[$m]=$PORT; next_port; ETCD_CLIENT[$m]=$PORT
+  ETCD_INITIAL+="${ETCD_INITIAL:+,}m$m=http://127.0.0.1:${ETCD_PEER[$m]}"
+  ETCD_CLIENTS+="${ETCD_CLIENTS:+,}127.0.0.1:${ETCD_CLIENT[$m]}"
+done
+for m in 0 1 2; do
+  $SERVER_CPU etcd --name m$m --data-dir "$WORK/etcd-m$m" \
+    --listen-client-urls http://127.0.0.1:${ETCD_CLIENT[$m]} --advertise-client-urls http://127.0.0.1:${ETCD_CLIENT[$m]} \
+    --listen-peer-urls http://127.0.0.1:${ETCD_PEER[$m]} --initial-advertise-peer-urls http://127.0.0.1:${ETCD_PEER[$m]} \
+    --initial-cluster "$ETCD_INITIAL" --initial-cluster-state new --initial-cluster-token bench >"$WORK/etcd-m$m.log" 2>&1 &
+  PIDS+=($!); ETCD_PIDS+=($!)
+done
+for _ in $(seq 1 300); do
+  curl -s -m 1 http://127.0.0.1:${ETCD_CLIENT[0]}/health | grep -q '"health":"true"' && break
+  sleep 0.1
+done
+start_etcd_dir() { # zonesdir port
+  SB_API=127.0.0.1:$(( $2 - 10000 ))
+  $SERVER_CPU "$BIN/switchboard-directory" serve --zones "$1" --data "$WORK/sb-etcd-$2" --store "etcd://$ETCD_CLIENTS/bench" \
+    --dns 127.0.0.1:$2 --http $SB_API --udp-workers 1 >"$WORK/server-$2.log" 2>&1 &
+  SPID=$!
+}
+next_port; EA=$PORT; start_etcd_dir "$WORK/zones" $EA; EA_PID=$SPID; EA_API=$SB_API; PIDS+=($EA_PID)
+wait_answer $EA h1.node.$ZONE A $EA_PID >/dev/null
+next_port; EB=$PORT; start_etcd_dir "$WORK/empty-zones" $EB; EB_PID=$SPID; PIDS+=($EB_PID)
+wait_answer $EB h1.node.$ZONE A $EB_PID >/dev/null
+ETCD_CROSS=$($LOAD_CPU "$BIN/change-latency" $EA_API 127.0.0.1:$EB "$WORK/admin.pem" $ZONE $HOSTS $CHANGES from-ack)
+echo "bench: etcd, change acknowledged by one server to the other server's DNS at $HOSTS hosts: $ETCD_CROSS"
+ETCD_ONE=$($LOAD_CPU "$BIN/change-latency" $EA_API 127.0.0.1:$EA "$WORK/admin.pem" $ZONE $HOSTS $CHANGES)
+echo "bench: etcd, change to answer through one server at $HOSTS hosts: $ETCD_ONE (sled: $CHANGE_SMALL)"
+kill $EA_PID $EB_PID "${ETCD_PIDS[@]}" 2>/dev/null || true; wait $EA_PID $EB_PID "${ETCD_PIDS[@]}" 2>/dev/null || true
+
 # ---- HTTP forwarding and the signed hop ------------------------------------------
 next_port; NGINX_PORT=$PORT
 mkdir -p $WORK/nginx
@@ -672,6 +709,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"change_to_answer\": {\"hosts_$HOSTS\": $CHANGE_SMALL, \"hosts_$SCALE_HOSTS\": $CHANGE_SCALE},"
   echo "  \"axfr_$SCALE_HOSTS\": {\"knot\": ${AXFR[knot]}, \"bind\": ${AXFR[bind]}, \"switchboard\": ${AXFR[switchboard]}},"
   echo "  \"ixfr_change_to_knot_answer\": {\"hosts_$HOSTS\": $IXFR_SMALL, \"hosts_$SCALE_HOSTS\": $IXFR_SCALE},"
+  echo "  \"etcd\": {\"hosts\": $HOSTS, \"acked_to_other_server_dns\": $ETCD_CROSS, \"one_server\": $ETCD_ONE, \"one_server_sled\": $CHANGE_SMALL},"
   echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
   echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
   echo "  \"failover\": $FAILOVER,"
@@ -742,6 +780,16 @@ if [ $QUICK = 0 ]; then
     echo "| --- | --- |"
     echo "| $HOSTS | \`$IXFR_SMALL\` |"
     echo "| $SCALE_HOSTS | \`$IXFR_SCALE\` |"
+    echo
+    echo "## Shared store on etcd"
+    echo
+    echo "Two directory servers on a three-member etcd cluster ($HOSTS hosts, $CHANGES changes, one client): a change acknowledged by one, then the first answer from the other's DNS that shows it (targets p50 < 20 ms, p99 < 100 ms); and changes through one server on etcd beside the same on sled (\`per_s\`: changes one client made per second)."
+    echo
+    echo "| what | result |"
+    echo "| --- | --- |"
+    echo "| etcd: acknowledged by A, answered by B | \`$ETCD_CROSS\` |"
+    echo "| etcd: change to answer, one server | \`$ETCD_ONE\` |"
+    echo "| sled: change to answer, one server | \`$CHANGE_SMALL\` |"
     echo
     echo "## HTTP forwarding, one core"
     echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a machine that has only Rust: installs the
 # real clients the end-to-end tests drive (dig, named-checkzone, nsd-checkzone,
-# kzonecheck, curl, git, openssl, ssh, sshd, chromium and chromedriver) from
+# kzonecheck, curl, git, openssl, ssh, sshd, chromium, chromedriver and etcd) from
 # Debian's packages if they are missing, then lints, builds and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 # The console test drives a headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The shared store's battery and high-availability tests start their own etcd.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

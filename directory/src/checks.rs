@@ -83,6 +83,15 @@ pub async fn run(
             }
             _ = stop.changed() => return,
         }
+        // With a shared store one server runs the checks; the others stand by.
+        let d = dir.clone();
+        if !tokio::task::spawn_blocking(move || d.lead("checks"))
+            .await
+            .unwrap_or(false)
+        {
+            tracks.clear();
+            continue;
+        }
         let now = Instant::now();
         lags.scan(&dir, cfg.lag_alert_after, now).await;
         failover.scan(&dir).await;

@@ -49,9 +49,14 @@ enum Command {
         /// Zone files (*.zone) that seed zones the store does not have yet.
         #[arg(long, default_value = "zones")]
         zones: PathBuf,
-        /// The store's directory.
+        /// The store's directory (with --store: only this server's own files).
         #[arg(long, default_value = "./switchboard-data")]
         data: PathBuf,
+        /// Keep the state in an etcd v3 cluster shared with other directory
+        /// servers instead of under --data: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]
+        /// (docs/high-availability.md).
+        #[arg(long, value_name = "etcd://HOST:PORT,...[/PREFIX]")]
+        store: Option<String>,
         #[arg(long, default_value = "127.0.0.1:5353")]
         dns: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8053")]
@@ -134,6 +139,23 @@ enum Command {
     /// Admin keys.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// The store itself (run where the directory's data is, not against its API).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Copy a stopped directory's sled store (--data) into an etcd store, to
+    /// go on with `serve --store etcd://...` (docs/high-availability.md).
+    Migrate {
+        /// The sled store's directory (the directory's --data); stop the directory first.
+        #[arg(long)]
+        from_data: PathBuf,
+        /// The etcd store: etcd://HOST:PORT[,HOST:PORT...][/PREFIX], an empty prefix.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -160,6 +182,7 @@ fn main() -> ExitCode {
             Command::Serve {
                 zones,
                 data,
+                store,
                 dns,
                 http,
                 node_ttl,
@@ -196,6 +219,7 @@ fn main() -> ExitCode {
                 let cfg = ServeConfig {
                     zones,
                     data,
+                    store,
                     dns,
                     http,
                     view: ViewConfig {
@@ -224,6 +248,36 @@ fn main() -> ExitCode {
                 server::serve(cfg).await.map_err(|e| e.to_string())
             }
             Command::Keygen { out } => cli::keygen(&out, global.json).map_err(|e| e.to_string()),
+            Command::Store(StoreCmd::Migrate { from_data, to }) => {
+                let json = global.json;
+                let done = tokio::task::spawn_blocking(move || {
+                    switchboard_directory::store::migrate::migrate(&from_data, &to)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                for u in &done.unreadable {
+                    eprintln!(
+                        "switchboard-directory: left out {} (unreadable: {})",
+                        u.key, u.reason
+                    );
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&done).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    for (zone, serial) in &done.zones {
+                        println!("zone {zone} serial {serial}");
+                    }
+                    println!(
+                        "{} audit events, {} webhook places",
+                        done.events, done.cursors
+                    );
+                }
+                Ok(())
+            }
             command => {
                 let client = Client::new(&global).map_err(|e| e.to_string())?;
                 match command {
@@ -235,7 +289,7 @@ fn main() -> ExitCode {
                     Command::Admin(c) => cli::admin::run(&client, c).await,
                     Command::Events(c) => cli::events::run(&client, c).await,
                     Command::Console(c) => cli::console::run(&client, c).await,
-                    Command::Serve { .. } | Command::Keygen { .. } => Ok(()),
+                    Command::Serve { .. } | Command::Keygen { .. } | Command::Store(_) => Ok(()),
                 }
                 .map_err(|e| e.to_string())
             }

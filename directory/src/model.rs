@@ -174,8 +174,9 @@ impl Zone {
     }
 }
 
-/// A change the admin API can ask for.
-#[derive(Debug, Clone)]
+/// A change the admin API can ask for. Serializable: a shared store's log
+/// carries it to the other servers (`store::Committed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
     AddHost(Host),
     RemoveHost(String),

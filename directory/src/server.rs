@@ -12,6 +12,7 @@ use crate::admin::{self, Admin};
 use crate::dns::DnsHandler;
 use crate::model::Zone;
 use crate::state::Directory;
+use crate::store::etcd::EtcdStore;
 use crate::store::sled::SledStore;
 use crate::view::ViewConfig;
 use crate::zonefile;
@@ -21,6 +22,9 @@ use crate::zonefile;
 pub struct ServeConfig {
     pub zones: PathBuf,
     pub data: PathBuf,
+    /// `etcd://…`: the shared store instead of the sled store under `data`
+    /// (docs/high-availability.md).
+    pub store: Option<String>,
     pub dns: SocketAddr,
     pub http: SocketAddr,
     pub view: ViewConfig,
@@ -131,15 +135,26 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let files = load_zone_files(&cfg.zones)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "zone files read");
     let t = std::time::Instant::now();
-    let store = SledStore::open(&cfg.data).map_err(|e| ServeError::Start(e.to_string()))?;
-    let dir = Directory::open(Box::new(store), cfg.view).map_err(|e| {
-        ServeError::Start(format!(
-            "cannot load the store in {}: {e}",
-            cfg.data.display()
-        ))
-    })?;
+    let (store, place): (Box<dyn crate::store::Store>, String) = match &cfg.store {
+        Some(url) => {
+            let store = EtcdStore::open(url)
+                .map_err(|e| ServeError::Start(format!("cannot open the store {url}: {e}")))?;
+            // The data directory still holds this server's own files (the admin API's marker).
+            std::fs::create_dir_all(&cfg.data).map_err(|e| {
+                ServeError::Start(format!("cannot create {}: {e}", cfg.data.display()))
+            })?;
+            (Box::new(store), url.clone())
+        }
+        None => {
+            let store = SledStore::open(&cfg.data).map_err(|e| ServeError::Start(e.to_string()))?;
+            (Box::new(store), cfg.data.display().to_string())
+        }
+    };
+    let dir = Directory::open(store, cfg.view)
+        .map_err(|e| ServeError::Start(format!("cannot load the store in {place}: {e}")))?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "store loaded");
     let dir = Arc::new(dir);
+    let followed = dir.follow_store();
     // A zone seeded from its file answers before it is written to the store (the
     // file stays the truth until then); changes are taken only after.
     let mut unsaved = Vec::new();
@@ -202,6 +217,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         tracing::info!(zone = %origin, ms = t.elapsed().as_millis() as u64, "seeded from its zone file");
     }
     release_memory();
+    if let Some(mut followed) = followed {
+        // Other servers' changes, one at a time, in the order the store took them.
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            while let Some(f) = followed.recv().await {
+                let dir = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || dir.follow(f)).await;
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let checks_task = tokio::spawn(crate::checks::run(dir.clone(), cfg.checks, stop_rx.clone()));
     // This server's own directory binding, before the port is announced.

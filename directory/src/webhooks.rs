@@ -175,7 +175,36 @@ pub async fn deliver(
         }
     };
     tracing::info!(webhook = %hook.uri, after = cursor, "delivering events");
+    let duty = format!("webhook {name}");
+    let mut leading = true;
     loop {
+        // With a shared store one server delivers; another takes over where
+        // the store's cursor says when it stops.
+        let d = dir.clone();
+        let duty2 = duty.clone();
+        if !tokio::task::spawn_blocking(move || d.lead(&duty2))
+            .await
+            .unwrap_or(false)
+        {
+            leading = false;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        if !leading {
+            leading = true;
+            let name = name.clone();
+            match blocking(&dir, move |d| d.cursor(&name)).await {
+                Ok(Some(c)) => cursor = c,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(webhook = %hook.uri, error = %e, "cannot read the webhook's place in the audit log");
+                    leading = false;
+                    continue;
+                }
+            }
+        }
         events.borrow_and_update();
         let batch = match blocking(&dir, move |d| d.events_after(cursor, 100)).await {
             Ok(b) => b,

@@ -3,6 +3,7 @@
 //! clients (`dig`, `curl`, the CLI itself). Tests read like the docs; the
 //! harness hides ports, temp dirs and process handling.
 
+pub mod etcd;
 pub mod fuzz;
 pub mod secondary;
 pub mod webdriver;
@@ -423,6 +424,31 @@ impl Directory {
             http: ([0, 0, 0, 0], 0).into(),
             admin_key,
             admin_pub,
+        };
+        d.start();
+        d
+    }
+
+    /// Another directory server beside `other`: the same zone file and admin
+    /// key, its own ports and data dir, with `serve_args` (a shared `--store`).
+    pub fn beside(other: &Directory, serve_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("zones")).expect("mkdir zones");
+        std::fs::copy(
+            other.zones_dir().join("cluster.example.zone"),
+            dir.path().join("zones/cluster.example.zone"),
+        )
+        .expect("copy zone");
+        let admin_key = dir.path().join("admin.pem");
+        std::fs::copy(&other.admin_key, &admin_key).expect("copy admin key");
+        let mut d = Directory {
+            dir,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            dns: ([0, 0, 0, 0], 0).into(),
+            http: ([0, 0, 0, 0], 0).into(),
+            admin_key,
+            admin_pub: other.admin_pub.clone(),
         };
         d.start();
         d

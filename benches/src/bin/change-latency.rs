@@ -1,8 +1,10 @@
-//! `change-latency API DNS KEYFILE ZONE HOSTS COUNT`: makes COUNT signed changes
-//! (disable or enable a random host `hN`) through the admin API and, after each,
-//! polls DNS until the host's TXT shows the change. Prints one line of JSON with
-//! the p50, p90 and p99 of "change sent" to "first DNS answer that shows it", in
-//! milliseconds.
+//! `change-latency API DNS KEYFILE ZONE HOSTS COUNT [from-ack]`: makes COUNT
+//! signed changes (disable or enable a random host `hN`) through the admin API
+//! and, after each, polls DNS until the host's TXT shows the change. Prints one
+//! line of JSON with the p50, p90 and p99 of "change sent" (with `from-ack`:
+//! "change acknowledged") to "first DNS answer that shows it", in
+//! milliseconds, and `per_s`, the changes one client made per second. DNS may
+//! be another directory server's sharing the store (docs/high-availability.md).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -27,9 +29,10 @@ fn txt_query(id: u16, name: &str) -> Vec<u8> {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 7 {
-        fail("usage: change-latency API-ADDR DNS-ADDR KEYFILE ZONE HOSTS COUNT".into());
+    if a.len() != 7 && !(a.len() == 8 && a[7] == "from-ack") {
+        fail("usage: change-latency API-ADDR DNS-ADDR KEYFILE ZONE HOSTS COUNT [from-ack]".into());
     }
+    let from_ack = a.len() == 8;
     let api: SocketAddr = a[1]
         .parse()
         .unwrap_or_else(|_| fail("bad API address".into()));
@@ -46,6 +49,7 @@ fn main() {
     let mut rng = rand::thread_rng();
     let mut samples = Vec::with_capacity(count);
     let mut disabled = std::collections::HashSet::new();
+    let began = Instant::now();
     for i in 0..count {
         let h = rng.gen_range(0..hosts);
         let enable = disabled.contains(&h);
@@ -59,8 +63,11 @@ fn main() {
             b"available=0"
         };
         let req = switchboard_bench::signed_post(api, &key, &path, "").unwrap_or_else(|e| fail(e));
-        let start = Instant::now();
+        let mut start = Instant::now();
         let resp = switchboard_bench::http(api, &req).unwrap_or_else(|e| fail(e.to_string()));
+        if from_ack {
+            start = Instant::now();
+        }
         if !resp.starts_with(b"HTTP/1.1 200") {
             fail(format!(
                 "change refused: {}",
@@ -88,6 +95,7 @@ fn main() {
             disabled.insert(h);
         }
     }
+    let per_s = count as f64 / began.elapsed().as_secs_f64();
     let (p50, p90, p99) = switchboard_bench::percentiles(&mut samples);
-    println!("{{\"changes\":{count},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3}}}");
+    println!("{{\"changes\":{count},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3},\"per_s\":{per_s:.1}}}");
 }

@@ -73,6 +73,11 @@ pub struct AdminConfig {
 
 impl Admin {
     pub fn new(dir: Arc<Directory>, cfg: AdminConfig) -> Self {
+        let sessions = if dir.store().shares_sessions() {
+            crate::sessions::Sessions::in_store(dir.clone())
+        } else {
+            Default::default()
+        };
         Admin {
             dir,
             replay: ReplayGuard::new(),
@@ -80,7 +85,7 @@ impl Admin {
                 max_skew_secs: 30,
                 max_lifetime_secs: 60,
             },
-            sessions: Default::default(),
+            sessions,
             limits: cfg.limits,
             public_names: cfg.public_names,
             not_before: cfg.not_before,

@@ -2,6 +2,13 @@
 //! batch with its audit event, update the model, patch the zone's view and
 //! swap it in (`publish`), and tell the change feed. When `apply_by` returns,
 //! the change is durable and visible in DNS.
+//!
+//! On a shared store (etcd) another server may have changed the zone since
+//! this one's model last saw it: the store then refuses the commit
+//! (`StoreError::Conflict`), and `apply_by` catches up with the store and
+//! plans the change once more on what it finds, or answers 409. The other
+//! servers' commits come in through `follow` and take the same path as this
+//! server's own: the zone's view is patched and the change feed told.
 
 use std::sync::Arc;
 
@@ -9,6 +16,7 @@ use super::audit::of_change;
 use super::rules::{describe, next_serial, plan, scope_of};
 use super::{ApplyError, ChangeEvent, Directory, EVENT_LOG};
 use crate::model::{Op, Zone};
+use crate::store::{Committed, Followed, StoreError};
 use crate::view;
 
 impl Directory {
@@ -22,6 +30,29 @@ impl Directory {
     /// Returns the new serial.
     pub fn apply_by(&self, origin: &str, op: Op, by: &str) -> Result<u32, ApplyError> {
         let mut zones = self.lock();
+        match self.apply_locked(&mut zones, origin, op.clone(), by) {
+            Err(ApplyError::Store(StoreError::Conflict(_))) => {
+                tracing::info!(zone = origin, "another directory server changed the zone meanwhile; catching up and planning the change again");
+                self.catch_up(&mut zones, origin)?;
+                self.apply_locked(&mut zones, origin, op, by)
+                    .map_err(|e| match e {
+                        ApplyError::Store(StoreError::Conflict(z)) => ApplyError::Conflict(format!(
+                            "zone {z} was changed by another directory server while this one applied the change, twice; nothing was written: try again"
+                        )),
+                        e => e,
+                    })
+            }
+            r => r,
+        }
+    }
+
+    fn apply_locked(
+        &self,
+        zones: &mut std::collections::BTreeMap<String, Zone>,
+        origin: &str,
+        op: Op,
+        by: &str,
+    ) -> Result<u32, ApplyError> {
         let zone = zones
             .get_mut(origin)
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
@@ -66,7 +97,8 @@ impl Directory {
         };
         let t = std::time::Instant::now();
         let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {
-            self.store.commit(origin, serial, &changes, ev)
+            self.store
+                .commit_on(origin, zone.serial, serial, &changes, ev, &op)
         })?;
         let committed = t.elapsed();
         for c in changes {
@@ -90,6 +122,99 @@ impl Directory {
             "change applied"
         );
         Ok(serial)
+    }
+
+    /// Reads a zone again from the store and serves what it holds, when that
+    /// differs from the model (another server changed it).
+    pub(super) fn catch_up(
+        &self,
+        zones: &mut std::collections::BTreeMap<String, Zone>,
+        origin: &str,
+    ) -> Result<(), ApplyError> {
+        let Some(fresh) = self.store.load_zone(origin)? else {
+            return Ok(());
+        };
+        if zones.get(origin) == Some(&fresh) {
+            return Ok(());
+        }
+        let zv = view::build(&fresh, self.cfg).map_err(ApplyError::from)?;
+        tracing::info!(
+            zone = origin,
+            serial = fresh.serial,
+            "caught up with the shared store"
+        );
+        self.publish_built(&fresh, zv, ("zone", origin.to_string(), "reload"));
+        zones.insert(origin.to_string(), fresh);
+        Ok(())
+    }
+
+    /// Replays what another server sharing the store did: a commit on the
+    /// serial this model is at takes the path of this server's own changes
+    /// (the view patched, the feed told); one already seen is skipped; a
+    /// gap, a zone written whole or a lost history reads the zone again.
+    pub fn follow(&self, followed: Followed) {
+        let mut zones = self.lock();
+        let origins = match followed {
+            Followed::Commit(c) => match self.replay(&mut zones, c) {
+                Ok(None) => return,
+                Ok(Some(origin)) => vec![origin],
+                Err((origin, e)) => {
+                    tracing::warn!(zone = %origin, error = %e, "cannot replay another server's change; reading the zone again");
+                    vec![origin]
+                }
+            },
+            Followed::Reload(origin) => vec![origin],
+            Followed::ReloadAll => match self.store.load() {
+                Ok(loaded) => loaded
+                    .zones
+                    .iter()
+                    .map(|z| z.origin().to_string())
+                    .chain(zones.keys().cloned())
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the shared store; serving what this server has");
+                    return;
+                }
+            },
+        };
+        for origin in origins {
+            if let Err(e) = self.catch_up(&mut zones, &origin) {
+                tracing::error!(zone = %origin, error = %e, "cannot catch up with the shared store; serving what this server has");
+            }
+        }
+    }
+
+    /// Applies `c` if the model is at its `prev`: `Ok(None)` when done or
+    /// already seen, `Ok(Some(origin))` when the zone must be read again.
+    fn replay(
+        &self,
+        zones: &mut std::collections::BTreeMap<String, Zone>,
+        c: Committed,
+    ) -> Result<Option<String>, (String, ApplyError)> {
+        let Some(zone) = zones.get_mut(&c.origin) else {
+            return Ok(Some(c.origin));
+        };
+        if serial_reached(zone.serial, c.serial) {
+            return Ok(None);
+        }
+        let (Some(op), true) = (c.op, zone.serial == c.prev) else {
+            return Ok(Some(c.origin));
+        };
+        let origin = c.origin;
+        let fail = |e: ApplyError| (origin.clone(), e);
+        let event = describe(&op);
+        let scope = scope_of(zone, &op);
+        let gone = view::names_of(zone, self.cfg, &scope)
+            .map_err(ApplyError::from)
+            .map_err(fail)?;
+        for change in c.changes {
+            change.apply(zone);
+        }
+        zone.serial = c.serial;
+        self.publish_patch(zone, &scope, gone, event)
+            .map_err(fail)?;
+        tracing::info!(zone = %origin, serial = c.serial, "change from another directory server applied");
+        Ok(None)
     }
 
     fn publish(
@@ -208,6 +333,12 @@ impl Directory {
             || u64::from(serial) <= since;
         Some((serial, events, complete))
     }
+}
+
+/// Whether a model at serial `have` already holds the commit that made `serial`
+/// (RFC 1982 order: serials grow, and wrap).
+fn serial_reached(have: u32, serial: u32) -> bool {
+    have == serial || have.wrapping_sub(serial) < (1 << 31)
 }
 
 #[cfg(test)]

@@ -24,22 +24,35 @@ impl Directory {
     /// Numbers `drafts` and runs `write`, the store write that carries them.
     /// The ids are used up whatever happens: a write that failed after its
     /// events reached the store (a failed flush) never lends their ids to
-    /// other events, so a reader's place in the log stays exact.
+    /// other events, so a reader's place in the log stays exact. A shared
+    /// store refuses ids another server took meanwhile
+    /// (`StoreError::EventIdsTaken`): the events are numbered after them and
+    /// written again.
     pub(super) fn with_events<T>(
         &self,
         origin: &str,
         drafts: Vec<Draft>,
         by: &str,
-        write: impl FnOnce(&[Event]) -> Result<T, StoreError>,
+        mut write: impl FnMut(&[Event]) -> Result<T, StoreError>,
     ) -> Result<(T, Vec<Event>), StoreError> {
         let mut next = self.next_event.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::time::unix_ms();
-        let numbered: Vec<Event> = drafts
-            .into_iter()
-            .zip(*next..)
-            .map(|(d, id)| d.finish(id, now, origin, by))
-            .collect();
-        let result = write(&numbered);
+        let mut tries = 0;
+        let (result, numbered) = loop {
+            let numbered: Vec<Event> = drafts
+                .iter()
+                .cloned()
+                .zip(*next..)
+                .map(|(d, id)| d.finish(id, now, origin, by))
+                .collect();
+            match write(&numbered) {
+                Err(StoreError::EventIdsTaken(first)) if tries < 10 => {
+                    tries += 1;
+                    *next = first;
+                }
+                result => break (result, numbered),
+            }
+        };
         *next += numbered.len() as u64;
         drop(next);
         result.map(|t| (t, numbered))

@@ -1,6 +1,7 @@
 //! Write leases: one write to a repository at a time, cluster-wide, held by
 //! its master for a short while. In memory: a restart ends every lease, and
-//! a writer takes a new one.
+//! a writer takes a new one. With a shared store (etcd) they live in the
+//! store instead, so that every directory server sees the same lease.
 
 use super::{ApplyError, Directory};
 
@@ -48,6 +49,23 @@ impl Directory {
             })
             .ok_or_else(|| ApplyError::NotFound(format!("no zone {origin}")))?;
         master_ok?;
+        let token = data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>());
+        if self.store.shares_leases() {
+            let ttl = ttl.min(MAX_LEASE);
+            let lease = crate::store::StoredLease {
+                holder: host.to_string(),
+                token: token.clone(),
+                expires_ms: crate::time::unix_ms() + ttl.as_millis() as u64,
+            };
+            return match self.store.take_lease(origin, repo, &lease)? {
+                Ok(()) => Ok(token),
+                Err(held) => Err(ApplyError::Conflict(format!(
+                    "the write lease of {repo} is held by {} for {} ms more",
+                    held.holder,
+                    held.expires_ms.saturating_sub(crate::time::unix_ms())
+                ))),
+            };
+        }
         let now = std::time::Instant::now();
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let key = (origin.to_string(), repo.to_string());
@@ -58,7 +76,6 @@ impl Directory {
                 (l.expires - now).as_millis()
             )));
         }
-        let token = data_encoding::HEXLOWER.encode(&rand::random::<[u8; 16]>());
         leases.insert(
             key,
             Lease {
@@ -72,6 +89,12 @@ impl Directory {
 
     /// Gives a lease back (a no-op if it already expired or was taken over).
     pub fn release_lease(&self, origin: &str, repo: &str, token: &str) {
+        if self.store.shares_leases() {
+            if let Err(e) = self.store.release_lease(origin, repo, token) {
+                tracing::warn!(zone = origin, repo, error = %e, "cannot end a write lease in the store; it ends when it expires");
+            }
+            return;
+        }
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let key = (origin.to_string(), repo.to_string());
         if leases.get(&key).is_some_and(|l| l.token == token) {
@@ -81,6 +104,15 @@ impl Directory {
 
     /// Who holds the lease of `repo` now, if anyone.
     pub fn lease_holder(&self, origin: &str, repo: &str) -> Option<String> {
+        if self.store.shares_leases() {
+            return match self.store.lease(origin, repo) {
+                Ok(held) => held
+                    .filter(|l| l.expires_ms > crate::time::unix_ms())
+                    .map(|l| l.holder),
+                // Unknown: as good as held, so nothing writes around it.
+                Err(e) => Some(format!("an unknown host (the store cannot be read: {e})")),
+            };
+        }
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases
             .get(&(origin.to_string(), repo.to_string()))
@@ -95,6 +127,18 @@ impl Directory {
         host: &str,
         token: Option<&str>,
     ) -> bool {
+        if self.store.shares_leases() {
+            return self
+                .store
+                .lease(origin, repo)
+                .ok()
+                .flatten()
+                .is_some_and(|l| {
+                    Some(l.token.as_str()) == token
+                        && l.holder == host
+                        && l.expires_ms > crate::time::unix_ms()
+                });
+        }
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases
             .get(&(origin.to_string(), repo.to_string()))

@@ -249,6 +249,25 @@ impl Directory {
         &self.unreadable
     }
 
+    /// What other servers sharing the store do, to hand to [`Directory::follow`];
+    /// `None` when the store is this server's alone.
+    pub fn follow_store(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::store::Followed>> {
+        self.store.follow()
+    }
+
+    /// Whether this server runs `duty` now (see `Store::lead`). Blocking: call
+    /// it off the reactor.
+    pub fn lead(&self, duty: &str) -> bool {
+        self.store.lead(duty)
+    }
+
+    /// The store, for what keeps its own records there (console sessions).
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     /// Origins of every zone, sorted.
     pub fn origins(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()

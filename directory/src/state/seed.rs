@@ -62,10 +62,22 @@ impl Directory {
             zone.bindings.len(),
             zone.repos.len()
         ));
-        let ((), audit) = self.with_events(&seed.origin, vec![draft], "directory", |ev| {
-            self.store.replace_zone(zone, ev)
-        })?;
-        drop(zones);
+        let written = self.with_events(&seed.origin, vec![draft], "directory", |ev| {
+            self.store.replace_zone_on(zone, None, ev)
+        });
+        let audit = match written {
+            Ok(((), audit)) => {
+                drop(zones);
+                audit
+            }
+            // Another server sharing the store seeded it first: serve its.
+            Err(crate::store::StoreError::Conflict(_)) => {
+                let mut zones = zones;
+                self.catch_up(&mut zones, &seed.origin)?;
+                vec![]
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "store written");
         self.announce(&audit);
         Ok(())
@@ -80,6 +92,7 @@ impl Directory {
             ));
         }
         let mut zones = self.lock();
+        let prev = zones.get(zone.origin()).map(|old| old.serial);
         if let Some(old) = zones.get(zone.origin()) {
             zone.serial = zone.serial.max(next_serial(old.serial));
             // TSIG keys and secondaries are not in zone files: an import keeps them.
@@ -96,7 +109,13 @@ impl Directory {
             zone.repos.len()
         ));
         let ((), audit) = self.with_events(&origin, vec![draft], by, |ev| {
-            self.store.replace_zone(&zone, ev)
+            self.store.replace_zone_on(&zone, prev, ev)
+        })
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(z) => super::ApplyError::Conflict(format!(
+                "zone {z} was changed by another directory server while this one imported it; nothing was written: import again"
+            )),
+            e => e.into(),
         })?;
         self.publish_built(&zone, zv, ("zone", origin.clone(), "import"));
         zones.insert(origin, zone);

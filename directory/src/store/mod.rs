@@ -4,14 +4,21 @@
 //! the store is only read at start and written on change. A change is one atomic
 //! batch that is on disk when `commit` returns. Nothing above this trait knows
 //! which backend holds the data: `sled` on disk, `memory` for tests and the
-//! fuzzer; a distributed store later. `battery` is the set of tests every
-//! backend passes.
+//! fuzzer, `etcd` shared by several directory servers (docs/high-availability.md).
+//! `battery` is the set of tests every backend passes.
+//!
+//! A shared store adds three things the trait's defaults leave out for a store
+//! one process owns: commits conditioned on the serial they were planned
+//! against (`commit_on`, `StoreError::Conflict`), the other servers' commits
+//! as they happen (`follow`), and duties only one server runs at a time (`lead`).
 
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Repo, Secondary, TsigKey, Zone};
+use crate::model::{AdminKey, Binding, Host, Op, Repo, Secondary, TsigKey, Zone};
 
 pub mod battery;
+pub mod etcd;
 pub mod memory;
+pub mod migrate;
 pub mod sled;
 
 /// A failure of the backend: the change was not applied.
@@ -24,6 +31,14 @@ pub enum StoreError {
     /// A change to a zone the store does not hold.
     #[error("the store has no zone {0}: write it whole (a seed or an import) before changing it")]
     NoZone(String),
+    /// Another directory server changed the zone since this one planned the
+    /// change: nothing was written; catch up and plan again.
+    #[error("zone {0} was changed by another directory server meanwhile; try again")]
+    Conflict(String),
+    /// Audit event ids were taken by another directory server: nothing was
+    /// written; number the events from this id and write again.
+    #[error("audit event ids were taken by another directory server; the next free one is {0}")]
+    EventIdsTaken(u64),
 }
 
 /// What [`Store::load`] read: every zone it could, and each record it could not.
@@ -44,8 +59,9 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// One entity-level change inside a batch.
-#[derive(Debug, Clone)]
+/// One entity-level change inside a batch. Serialized whole into a shared
+/// store's log (`Committed`), so every kind flows to the other servers as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     PutHost(Host),
     DelHost(String),
@@ -104,6 +120,44 @@ impl Change {
             }
         }
     }
+}
+
+/// One commit as a shared store keeps it for the other servers: the change
+/// they replay on their model at `prev` to reach `serial`, through the same
+/// path as their own (`Directory::follow`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Committed {
+    pub origin: String,
+    /// The serial the change was planned against.
+    pub prev: u32,
+    pub serial: u32,
+    /// What was asked (it says which names the change touches); `None` for a
+    /// bare commit (a store migration, a test).
+    pub op: Option<Op>,
+    pub changes: Vec<Change>,
+}
+
+/// What another directory server did to a shared store.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// A commit, to replay.
+    Commit(Committed),
+    /// A zone written whole (seed, import), or a gap in what was followed:
+    /// read the zone again.
+    Reload(String),
+    /// The store could not say what changed (its history was compacted past
+    /// the follower): read every zone again.
+    ReloadAll,
+}
+
+/// A repository's write lease as a shared store holds it (`state::leases`):
+/// any server can grant, check and end it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredLease {
+    pub holder: String,
+    pub token: String,
+    /// Unix milliseconds (the servers' clocks must agree to well under a second).
+    pub expires_ms: u64,
 }
 
 /// A durable home for zones.
@@ -173,5 +227,108 @@ pub trait Store: Send + Sync {
     /// Records a reader's place, durably.
     fn set_cursor(&self, _name: &str, _id: u64) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// [`Store::commit`] of `op`, planned against the zone at serial `prev`:
+    /// a shared store writes it only if the zone is still at `prev`, and
+    /// refuses it with [`StoreError::Conflict`] otherwise. A store one
+    /// process owns cannot be changed behind its back.
+    fn commit_on(
+        &self,
+        origin: &str,
+        prev: u32,
+        serial: u32,
+        changes: &[Change],
+        events: &[Event],
+        op: &Op,
+    ) -> Result<(), StoreError> {
+        let _ = (prev, op);
+        self.commit(origin, serial, changes, events)
+    }
+
+    /// [`Store::replace_zone`] planned on the zone at serial `prev` (`None`:
+    /// no such zone yet): a shared store writes it only if that still holds,
+    /// and refuses it with [`StoreError::Conflict`] otherwise.
+    fn replace_zone_on(
+        &self,
+        zone: &Zone,
+        prev: Option<u32>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let _ = prev;
+        self.replace_zone(zone, events)
+    }
+
+    /// One zone as the store holds it now (`None`: it has none by that name).
+    fn load_zone(&self, origin: &str) -> Result<Option<Zone>, StoreError> {
+        Ok(self
+            .load()?
+            .zones
+            .into_iter()
+            .find(|z| z.origin() == origin))
+    }
+
+    /// The other servers' writes to a shared store, from the state `load`
+    /// read on; `None` for a store one process owns.
+    fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Followed>> {
+        None
+    }
+
+    /// Whether repositories' write leases live in the store (shared by every
+    /// server) rather than in this server's memory.
+    fn shares_leases(&self) -> bool {
+        false
+    }
+
+    /// The write lease of `repo` in `zone` as stored, expired or not.
+    fn lease(&self, _zone: &str, _repo: &str) -> Result<Option<StoredLease>, StoreError> {
+        Ok(None)
+    }
+
+    /// Stores `lease` unless an unexpired one is held (`Ok(Err(held))` then).
+    fn take_lease(
+        &self,
+        _zone: &str,
+        _repo: &str,
+        _lease: &StoredLease,
+    ) -> Result<Result<(), StoredLease>, StoreError> {
+        Err(StoreError::Io("this store keeps no write leases".into()))
+    }
+
+    /// Ends the lease with `token`, if it is still the one held.
+    fn release_lease(&self, _zone: &str, _repo: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether console logins and sessions (`sessions`) live in the store
+    /// (valid on every server) rather than in this server's memory.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    /// Stores a console login record under `key` (the SHA-256 of its secret)
+    /// until `expires_ms` (unix milliseconds).
+    fn put_session(&self, _key: &str, _value: &[u8], _expires_ms: u64) -> Result<(), StoreError> {
+        Err(StoreError::Io(
+            "this store keeps no console sessions".into(),
+        ))
+    }
+
+    /// The record under `key`, while it lasts.
+    fn session(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Removes the record under `key`: `true` for the one caller that did
+    /// (a login code is spent once, whichever server takes it).
+    fn end_session(&self, _key: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Whether this server runs `duty` (`checks`, `webhooks`) now: one server
+    /// of those sharing a store does, the others keep asking. A store one
+    /// process owns always says yes.
+    fn lead(&self, _duty: &str) -> bool {
+        true
     }
 }

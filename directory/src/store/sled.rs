@@ -150,6 +150,48 @@ fn parse_each<T: DeserializeOwned>(
     out
 }
 
+/// A zone's entities as one snapshot (JSON), as seeded or imported.
+pub(super) fn snapshot_json(zone: &Zone) -> Result<Vec<u8>, StoreError> {
+    json(&Snapshot {
+        hosts: zone.hosts.values().cloned().collect(),
+        bindings: zone.bindings.values().cloned().collect(),
+        repos: zone.repos.values().cloned().collect(),
+        admins: zone.admins.values().cloned().collect(),
+    })
+}
+
+/// Fills `zone` from a snapshot stored under `key`: each entity that cannot
+/// be read is left out and reported in `unreadable`; an error means the
+/// snapshot as a whole cannot be read.
+pub(super) fn parse_snapshot(
+    key: &str,
+    bytes: &[u8],
+    zone: &mut Zone,
+    unreadable: &mut Vec<Unreadable>,
+) -> Result<(), StoreError> {
+    let s = serde_json::from_slice::<SnapshotIn>(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })?;
+    zone.hosts = parse_each::<Host>(key, "host", &s.hosts, unreadable)
+        .into_iter()
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    zone.bindings = parse_each::<Binding>(key, "binding", &s.bindings, unreadable)
+        .into_iter()
+        .map(|b| ((b.host.clone(), b.service.clone()), b))
+        .collect();
+    zone.repos = parse_each::<Repo>(key, "repo", &s.repos, unreadable)
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
+    zone.admins = parse_each::<AdminKey>(key, "admin", &s.admins, unreadable)
+        .into_iter()
+        .map(|a| (a.name.clone(), a))
+        .collect();
+    Ok(())
+}
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -404,6 +446,16 @@ impl SledStore {
         Ok(())
     }
 
+    /// Every reader's place in the audit log (`store migrate` copies them).
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item.map_err(io)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), id_of(&v)?));
+        }
+        Ok(out)
+    }
+
     /// The last sequence number of an origin's events (0: none yet).
     fn last_seq(&self, origin: usize) -> Result<u64, StoreError> {
         match self.order.scan_prefix([ORIGINS[origin]]).next_back() {
@@ -628,35 +680,12 @@ impl Store for SledStore {
                     continue;
                 }
             };
-            let parsed = serde_json::from_slice::<SnapshotIn>(&bytes);
-            let s = match parsed.map_err(|e| StoreError::Corrupt {
-                key: k.clone(),
-                reason: e.to_string(),
-            }) {
-                Ok(s) => s,
-                Err(e) => {
-                    broken.insert(origin);
-                    skip(e)?;
-                    continue;
-                }
-            };
             let mut bad = Vec::new();
-            zone.hosts = parse_each::<Host>(&k, "host", &s.hosts, &mut bad)
-                .into_iter()
-                .map(|h| (h.name.clone(), h))
-                .collect();
-            zone.bindings = parse_each::<Binding>(&k, "binding", &s.bindings, &mut bad)
-                .into_iter()
-                .map(|b| ((b.host.clone(), b.service.clone()), b))
-                .collect();
-            zone.repos = parse_each::<Repo>(&k, "repo", &s.repos, &mut bad)
-                .into_iter()
-                .map(|r| (r.name.clone(), r))
-                .collect();
-            zone.admins = parse_each::<AdminKey>(&k, "admin", &s.admins, &mut bad)
-                .into_iter()
-                .map(|a| (a.name.clone(), a))
-                .collect();
+            if let Err(e) = parse_snapshot(&k, &bytes, zone, &mut bad) {
+                broken.insert(origin);
+                skip(e)?;
+                continue;
+            }
             for b in bad {
                 skip(StoreError::Corrupt {
                     key: b.key,
@@ -799,13 +828,7 @@ impl Store for SledStore {
         }
         batch.insert(key(origin, META, ""), json(&zone.meta)?);
         batch.insert(key(origin, SERIAL, ""), json(&zone.serial)?);
-        let snapshot = Snapshot {
-            hosts: zone.hosts.values().cloned().collect(),
-            bindings: zone.bindings.values().cloned().collect(),
-            repos: zone.repos.values().cloned().collect(),
-            admins: zone.admins.values().cloned().collect(),
-        };
-        let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &json(&snapshot)?)?;
+        let file = self.write_file(SNAPSHOTS, &Self::stem(origin), &snapshot_json(zone)?)?;
         batch.insert(key(origin, SNAPSHOT, ""), json(&file)?);
         // Transfer settings are not zone data: a few keys beside the snapshot.
         for k in zone.tsig.values() {
