@@ -141,23 +141,29 @@ fn took_ixfr(s: &Secondary, serial: u32) -> bool {
     }
 }
 
+/// BIND, NSD and Knot as secondaries: listed with `zone secondary add`, then
+/// started (each change of the list is a change of the zone; NSD 4.6, given
+/// several back to back while it bootstraps, retries only at its refresh).
 fn start_all(d: &Directory, key: &TsigKey) -> Vec<Secondary> {
-    [Kind::Bind, Kind::Nsd, Kind::Knot]
+    let mut all: Vec<Secondary> = [Kind::Bind, Kind::Nsd, Kind::Knot]
         .into_iter()
-        .map(|k| {
-            let s = Secondary::start(k, d.dir.path(), ZONE, d.dns, key);
-            d.cli_ok(&[
-                "zone",
-                "secondary",
-                "add",
-                "cluster.example",
-                &s.addr(),
-                "--tsig",
-                &key.name,
-            ]);
-            s
-        })
-        .collect()
+        .map(|k| Secondary::prepare(k, d.dir.path(), ZONE, d.dns, key))
+        .collect();
+    for s in &all {
+        d.cli_ok(&[
+            "zone",
+            "secondary",
+            "add",
+            "cluster.example",
+            &s.addr(),
+            "--tsig",
+            &key.name,
+        ]);
+    }
+    for s in all.iter_mut() {
+        s.restart();
+    }
+    all
 }
 
 #[test]

@@ -168,6 +168,20 @@ impl Secondary {
         primary: std::net::SocketAddr,
         key: &TsigKey,
     ) -> Secondary {
+        let mut s = Self::prepare(kind, parent, zone, primary, key);
+        s.restart();
+        s
+    }
+
+    /// `start` without starting: its port and configuration, so that the
+    /// directory can list it first (`restart` starts it).
+    pub fn prepare(
+        kind: Kind,
+        parent: &Path,
+        zone: &str,
+        primary: std::net::SocketAddr,
+        key: &TsigKey,
+    ) -> Secondary {
         let bin = kind.binary();
         assert!(
             Path::new(bin).exists(),
@@ -186,15 +200,13 @@ impl Secondary {
         let port = free_port();
         let conf = dir.join("secondary.conf");
         std::fs::write(&conf, config(kind, &dir, port, zone, primary, key)).expect("config");
-        let mut s = Secondary {
+        Secondary {
             kind,
             port,
             dir,
             child: None,
             log,
-        };
-        s.restart();
-        s
+        }
     }
 
     /// Starts the server again (same port, same directory: what it

@@ -84,17 +84,7 @@ impl Directory {
             // reports, from the same allowance. Lock order: zones, then heartbeats.
             self.charge_host_event(origin, host)?;
         }
-        // Transfer settings (TSIG keys, secondaries) are not zone data: the
-        // serial stays, so secondaries have nothing to fetch.
-        let data = !matches!(
-            op,
-            Op::AddTsig(_) | Op::RemoveTsig(_) | Op::AddSecondary(_) | Op::RemoveSecondary(_)
-        );
-        let serial = if data {
-            next_serial(zone.serial)
-        } else {
-            zone.serial
-        };
+        let serial = next_serial(zone.serial);
         let t = std::time::Instant::now();
         let ((), audit) = self.with_events(origin, draft.into_iter().collect(), by, |ev| {
             self.store
@@ -105,14 +95,12 @@ impl Directory {
             c.apply(zone);
         }
         zone.serial = serial;
-        if data {
-            // Building the view fails only on a bad origin or SOA name, which seed and
-            // import have already checked for this zone: the change is never half-seen.
-            self.publish_patch(zone, &scope, gone, event)?;
-        } else {
+        if matches!(op, Op::AddTsig(_) | Op::RemoveTsig(_)) {
             self.set_transfer_keys(zone);
-            self.log_event(zone, event);
         }
+        // Building the view fails only on a bad origin or SOA name, which seed and
+        // import have already checked for this zone: the change is never half-seen.
+        self.publish_patch(zone, &scope, gone, event)?;
         self.announce(&audit);
         tracing::info!(
             zone = origin,
@@ -144,6 +132,7 @@ impl Directory {
             "caught up with the shared store"
         );
         self.publish_built(&fresh, zv, ("zone", origin.to_string(), "reload"));
+        self.set_transfer_keys(&fresh);
         zones.insert(origin.to_string(), fresh);
         Ok(())
     }
@@ -211,6 +200,9 @@ impl Directory {
             change.apply(zone);
         }
         zone.serial = c.serial;
+        if matches!(op, Op::AddTsig(_) | Op::RemoveTsig(_)) {
+            self.set_transfer_keys(zone);
+        }
         self.publish_patch(zone, &scope, gone, event)
             .map_err(fail)?;
         tracing::info!(zone = %origin, serial = c.serial, "change from another directory server applied");
