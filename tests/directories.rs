@@ -8,15 +8,14 @@
 //! each, seeded from the same zone file; what a shared store would hold in
 //! both (each other's binding, the hosts) the test adds to both.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_tests::{
-    bin, minimal_zone, run, sidecar_of, stderr, stdout, Backend, Directory, Sidecar, DEADLINE,
+    bin, conduit_call, minimal_zone, run, sidecar_of, stderr, stdout, Backend, Directory, Outcome,
+    DEADLINE,
 };
 
 const Z: &str = "cluster.example.";
@@ -79,46 +78,6 @@ fn pair(serve: &[&str]) -> (Directory, Directory) {
         &d1.http.port().to_string(),
     ]);
     (d1, d2)
-}
-
-/// What one call came to: the status and the backend that answered, or what went wrong.
-type Outcome = Result<(u16, String), String>;
-
-/// One Conduit call through `addr` (HTTP/1.1, its own connection): the status
-/// and the backend that answered, or what went wrong.
-fn call(addr: SocketAddr) -> Outcome {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let body = "params=%7B%7D";
-    write!(
-        s,
-        "POST /api/user.whoami HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let host = v["host"].as_str().unwrap_or(json).to_string();
-    Ok((status, host))
-}
-
-/// The admin API whose change feed `s` follows, from its metrics.
-fn feed_source(s: &Sidecar) -> Option<String> {
-    s.metrics().lines().find_map(|l| {
-        l.strip_prefix("switchboard_sidecar_feed_source{api=\"")
-            .and_then(|r| r.split('"').next())
-            .map(str::to_string)
-    })
 }
 
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
@@ -256,12 +215,12 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
     // It found the admin API through directory.service (not the :8053 default).
     let urls = [d1.server_url(), d2.server_url()];
     wait("the front's feed on a listed server", || {
-        feed_source(&front).is_some_and(|s| urls.contains(&s))
+        front.feed_source().is_some_and(|s| urls.contains(&s))
             && front.metric("switchboard_sidecar_feed_up") == Some(1.0)
     });
     let seen = Arc::new(Mutex::new(Vec::<Outcome>::new()));
     wait("calls through the front reach both apps", || {
-        let r = call(front.http);
+        let r = conduit_call(front.http);
         let mut s = seen.lock().expect("lock");
         s.push(r);
         let hosts: Vec<_> = s
@@ -281,7 +240,7 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
     );
 
     // A stream of calls while the server whose feed it follows is killed.
-    let followed = feed_source(&front).expect("a feed source");
+    let followed = front.feed_source().expect("a feed source");
     let (dead, alive) = if followed == d1.server_url() {
         (&mut d1, &mut d2)
     } else {
@@ -293,7 +252,7 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
         let (stop, stream, addr) = (stop.clone(), stream.clone(), front.http);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let r = call(addr);
+                let r = conduit_call(addr);
                 stream.lock().expect("lock").push((Instant::now(), r));
             }
         })
@@ -304,7 +263,7 @@ fn a_sidecar_finds_the_api_in_the_zone_and_rides_out_a_directory_server_dying() 
     // The feed moves to the survivor.
     let alive_url = alive.server_url();
     wait("the front following the survivor's feed", || {
-        feed_source(&front).as_deref() == Some(alive_url.as_str())
+        front.feed_source().as_deref() == Some(alive_url.as_str())
             && front.metric("switchboard_sidecar_feed_up") == Some(1.0)
     });
     // A change made there reaches routing: app2 out of service.
@@ -361,7 +320,7 @@ fn directory_api_given_is_the_one_used() {
     ];
     let s = sidecar_of(&[&d1, &d2], "web1", "web", None, &at, &[]);
     wait("the feed on --directory-api", || {
-        feed_source(&s).as_deref() == Some(api2.as_str())
+        s.feed_source().as_deref() == Some(api2.as_str())
             && s.metric("switchboard_sidecar_feed_up") == Some(1.0)
     });
     // Its server gone, the feed is down: it does not move to the one the zone lists.
@@ -370,7 +329,7 @@ fn directory_api_given_is_the_one_used() {
         s.metric("switchboard_sidecar_feed_up") == Some(0.0)
     });
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(feed_source(&s).as_deref(), Some(api2.as_str()));
+    assert_eq!(s.feed_source().as_deref(), Some(api2.as_str()));
     assert_eq!(s.metric("switchboard_sidecar_feed_up"), Some(0.0));
     // DNS goes on through the other --directory.
     let line = s.metrics();

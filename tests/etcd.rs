@@ -10,7 +10,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use switchboard_tests::etcd::EtcdCluster;
-use switchboard_tests::{stderr, stdout, Directory, DEADLINE};
+use switchboard_tests::{
+    conduit_call, sidecar_of, stderr, stdout, Backend, Directory, Outcome, DEADLINE,
+};
 
 const Z: &str = "cluster.example.";
 
@@ -24,10 +26,21 @@ fn n(rel: &str) -> String {
 /// A three-member cluster and two directory servers on it (the first seeds
 /// the zone from its file; the second finds it in the store).
 fn pair(prefix: &str) -> (EtcdCluster, Directory, Directory) {
+    pair_with(prefix, switchboard_tests::demo_zone, &[])
+}
+
+/// `pair`, with another zone and more `serve` flags for both servers.
+fn pair_with(
+    prefix: &str,
+    zone: fn(&str) -> String,
+    extra: &[&str],
+) -> (EtcdCluster, Directory, Directory) {
     let etcd = EtcdCluster::start(3);
     let url = etcd.url(prefix);
-    let a = Directory::with_zone(switchboard_tests::demo_zone, &["--store", &url]);
-    let b = Directory::beside(&a, &["--store", &url]);
+    let mut args = vec!["--store", url.as_str()];
+    args.extend_from_slice(extra);
+    let a = Directory::with_zone(zone, &args);
+    let b = Directory::beside(&a, &args);
     (etcd, a, b)
 }
 
@@ -226,8 +239,6 @@ fn one_server_delivers_webhooks_and_another_takes_over_when_it_dies() {
 /// while a server and an etcd member die (issue 17; added once sidecars
 /// take `--directory` more than once). Each is started against `servers`.
 #[allow(dead_code)]
-fn sidecars_follow(_servers: &[&Directory]) {}
-
 #[test]
 fn a_member_and_a_server_killed_under_changes_lose_no_acknowledged_change() {
     let (mut etcd, a, mut b) = pair("kill");
@@ -473,4 +484,123 @@ fn a_sled_installation_moves_to_etcd_with_store_migrate() {
     // And it takes changes, with ids after the moved ones.
     d.cli_ok(&["host", "enable", "web2"]);
     assert_eq!(soa_serial(&d), serial.map(|s| s + 1));
+}
+
+#[test]
+fn sidecars_keep_routing_and_follow_the_survivor_when_a_server_and_a_member_die() {
+    // Service answers live 60 s: a change seen sooner came by the change feed.
+    // The minimal zone: no demo hosts among the conduit bindings.
+    let (mut etcd, mut a, mut b) = pair_with(
+        "sidecars",
+        switchboard_tests::minimal_zone,
+        &["--service-ttl", "60"],
+    );
+    let backends = [Backend::start("app1"), Backend::start("app2")];
+    let (dns_a, dns_b) = (a.dns.to_string(), b.dns.to_string());
+    let (api_a, api_b) = (a.server_url(), b.server_url());
+    let at = [
+        "--directory",
+        &dns_a,
+        "--directory",
+        &dns_b,
+        "--directory-api",
+        &api_a,
+        "--directory-api",
+        &api_b,
+    ];
+    // One store: each host is added once, through either server.
+    let _app1 = sidecar_of(&[&a], "app1", "web", Some(&backends[0]), &at, &[]);
+    let _app2 = sidecar_of(&[&b], "app2", "web", Some(&backends[1]), &at, &[]);
+    let front = sidecar_of(&[&a], "front", "web", None, &at, &[]);
+    for h in ["app1", "app2"] {
+        b.cli_ok(&["bind", "add", h, "conduit", "80"]);
+    }
+    let wait = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    };
+    let mut seen = Vec::<Outcome>::new();
+    wait("calls through the front reach both apps", &mut || {
+        seen.push(conduit_call(front.http));
+        let hosts: Vec<&str> = seen
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|(_, h)| h.as_str())
+            .collect();
+        hosts.contains(&"app1") && hosts.contains(&"app2")
+    });
+    assert!(seen.iter().all(|r| matches!(r, Ok((200, _)))), "{seen:?}");
+    // The server whose change feed the front follows is the one that dies.
+    wait("the front following a feed", &mut || {
+        front.feed_source().is_some() && front.metric("switchboard_sidecar_feed_up") == Some(1.0)
+    });
+    let followed = front.feed_source().unwrap_or_default();
+    let (dead, alive) = if followed == api_a {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    let alive_api = alive.server_url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream: Arc<std::sync::Mutex<Vec<(Instant, Outcome)>>> = Arc::default();
+    let worker = {
+        let (stop, stream, addr) = (stop.clone(), stream.clone(), front.http);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = conduit_call(addr);
+                stream.lock().expect("lock").push((Instant::now(), r));
+            }
+        })
+    };
+    wait("calls flowing", &mut || {
+        stream.lock().expect("lock").len() >= 20
+    });
+    let killed = Instant::now();
+    etcd.kill9(0);
+    dead.kill9();
+    wait("the front following the survivor's feed", &mut || {
+        front.feed_source().as_deref() == Some(alive_api.as_str())
+            && front.metric("switchboard_sidecar_feed_up") == Some(1.0)
+    });
+    // A change through the survivor reaches routing: app2 out of service.
+    alive.cli_ok(&["host", "disable", "app2"]);
+    let disabled = Instant::now();
+    wait("calls no longer reaching app2", &mut || {
+        let s = stream.lock().expect("lock");
+        let after: Vec<_> = s.iter().filter(|(t, _)| *t > disabled).collect();
+        after.len() >= 10
+            && after[after.len() - 10..]
+                .iter()
+                .all(|(_, r)| matches!(r, Ok((_, h)) if h == "app1"))
+    });
+    let took = disabled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    worker.join().expect("the stream's thread");
+    let s = stream.lock().expect("lock");
+    let failed: Vec<_> = s
+        .iter()
+        .filter(|(_, r)| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "calls failed: {failed:?}");
+    let after_kill = s.iter().filter(|(t, _)| *t > killed).count();
+    eprintln!(
+        "{} calls, {after_kill} after the kill; the change reached routing in {took:?}; followed {followed}, then {alive_api}",
+        s.len()
+    );
+    assert!(after_kill >= 10, "only {after_kill} calls after the kill");
+    assert!(
+        took < Duration::from_secs(10),
+        "the change took {took:?} (the TTL is 60 s)"
+    );
+    drop(s);
+    // Back: the restarted server has the change too.
+    etcd.restart(0);
+    dead.start();
+    wait("the restarted server answering the change", &mut || {
+        let d = dead.dig(&n("app2.node"), "TXT", &[]);
+        d.data("TXT").iter().any(|t| t.contains("available=0"))
+    });
 }

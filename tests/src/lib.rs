@@ -224,6 +224,15 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The admin API whose change feed this sidecar follows, from its metrics.
+    pub fn feed_source(&self) -> Option<String> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix("switchboard_sidecar_feed_source{api=\"")
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        })
+    }
+
     /// The command line `run` gets, minus the listeners.
     fn spawn(args: &[std::ffi::OsString], http: &str, cluster: &str) -> Child {
         Command::new(bin("switchboard-sidecar"))
@@ -716,6 +725,38 @@ impl Directory {
 /// of `dirs`, starts its sidecar with `at` as its directory flags (`--directory`,
 /// `--directory-api`) and `backend` as its web backend, and publishes its
 /// cluster port in each.
+/// What one call came to: the status and the backend that answered, or what went wrong.
+pub type Outcome = Result<(u16, String), String>;
+
+/// One Conduit call through `addr` (HTTP/1.1, its own connection): the status
+/// and the backend that answered, or what went wrong.
+pub fn conduit_call(addr: std::net::SocketAddr) -> Outcome {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let body = "params=%7B%7D";
+    write!(
+        s,
+        "POST /api/user.whoami HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let host = v["host"].as_str().unwrap_or(json).to_string();
+    Ok((status, host))
+}
+
 pub fn sidecar_of(
     dirs: &[&Directory],
     name: &str,
