@@ -274,6 +274,13 @@ fn a_transfer_without_the_key_is_refused_and_with_a_wrong_key_is_notauth() {
         good.contains("XFR size"),
         "the key transfers the zone: {good}"
     );
+    // Names are case-insensitive, the zone's name in a transfer request too.
+    let out = run(Command::new("dig")
+        .arg(format!("@{}", d.dns.ip()))
+        .args(["-p", &d.dns.port().to_string()])
+        .args(["-y", &format!("hmac-sha256:{}:{}", key.name, key.secret)])
+        .args(["+time=5", "+tries=1", "CLUSTER.Example.", "AXFR"]));
+    assert!(stdout(&out).contains("XFR size"), "{}", stdout(&out));
     let wrong = TsigKey {
         name: key.name.clone(),
         secret: "c2VjcmV0IHRoYXQgaXMgbm90IHRoZSBvbmUsIG5vdCBhdCBhbGw=".into(),

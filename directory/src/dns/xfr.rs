@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::rr::{LowerName, Record, RecordType};
 use tokio::io::AsyncWriteExt;
 
 use super::handler::DnsHandler;
@@ -123,7 +123,7 @@ pub async fn serve(
         mac: request_mac,
         first: true,
     };
-    if Name::from(zv.origin.clone()) != *q.name() {
+    if zv.origin != LowerName::new(q.name()) {
         // Not a zone's apex: we hold no zone of that name (RFC 5936 §2.2.1).
         let Some(mut m) = error_reply(&stripped, ResponseCode::NotAuth) else {
             return false;
