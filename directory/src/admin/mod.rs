@@ -352,6 +352,7 @@ impl<'a> Need<'a> {
     pub fn of(op: &'a Op) -> Self {
         match op {
             Op::SetHealth { host, .. } | Op::SetVersion { host, .. } => Need::AdminOrHost(host),
+            Op::SetDbPosition { host, .. } => Need::Host(host),
             _ => Need::Admin,
         }
     }
@@ -589,6 +590,14 @@ fn op_name(op: &Op) -> &'static str {
         Op::Promote { .. } => "repo promote",
         Op::SetAutoFailover { .. } => "repo auto-failover",
         Op::SetVersion { .. } => "repo version",
+        Op::AddDb(_) => "db add",
+        Op::RemoveDb(_) => "db rm",
+        Op::PromoteDb { .. } => "db promote",
+        Op::FreezeDb {
+            message: Some(_), ..
+        } => "db freeze",
+        Op::FreezeDb { message: None, .. } => "db thaw",
+        Op::SetDbPosition { .. } => "db position",
         Op::AddAdmin(_) => "admin add",
         Op::RemoveAdmin(_) => "admin rm",
         Op::AddTsig(_) => "zone tsig add",

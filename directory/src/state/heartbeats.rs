@@ -370,6 +370,7 @@ mod tests {
                 &HeartbeatReport {
                     stale_since: since,
                     last_stale: last,
+                    ..HeartbeatReport::default()
                 },
             )
             .expect("heartbeat")

@@ -114,6 +114,10 @@ pub struct HeartbeatReport {
     /// Its last finished stale episode, (from, to) in unix ms, until acknowledged.
     #[serde(default)]
     pub last_stale: Option<(u64, u64)>,
+    /// The replication positions of the databases this host serves, as its
+    /// sidecar read them (SPEC "Databases"); empty on other hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<crate::model::DbPositionReport>,
 }
 
 /// The directory's answer to a heartbeat.
