@@ -13,11 +13,12 @@
 //! limits (`limits`): the body against its digest, the nonce recorded, the key's
 //! right to that change.
 //!
-//! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`,
+//! One file per resource: `hosts`, `bindings`, `repos`, `dbs`, `zones`, `admins`,
 //! `sessions` (console logins). The listener that serves them is `listener`.
 
 mod admins;
 mod bindings;
+mod dbs;
 mod hosts;
 pub mod limits;
 mod repos;
@@ -742,6 +743,7 @@ fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
         (_, ["v1", "hosts", rest @ ..]) => hosts::route(admin, call, m, rest),
         (_, ["v1", "bindings", rest @ ..]) => bindings::route(admin, call, m, rest),
         (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
+        (_, ["v1", "dbs", rest @ ..]) => dbs::route(admin, call, m, rest),
         (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
         (_, ["v1", "tsig", rest @ ..]) => transfers::tsig(admin, call, m, rest),
         (_, ["v1", "secondaries", rest @ ..]) => transfers::secondaries(admin, call, m, rest),
