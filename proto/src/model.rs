@@ -1109,6 +1109,80 @@ mod tests {
     }
 
     #[test]
+    fn gtid_positions_compare_per_domain() {
+        assert_eq!(
+            parse_gtid("0-1-42, 1-2-7").unwrap(),
+            BTreeMap::from([(0, 42), (1, 7)])
+        );
+        assert_eq!(parse_gtid("").unwrap(), BTreeMap::new());
+        for bad in ["0-1", "a-1-2", "0-1-2-3", "0-1-2,0-2-3", "-1-2"] {
+            assert!(parse_gtid(bad).is_err(), "{bad}");
+        }
+        assert!(!gtid_behind("0-1-42", "0-1-42"));
+        assert!(
+            !gtid_behind("0-2-43", "0-1-42"),
+            "the server id orders nothing"
+        );
+        assert!(gtid_behind("0-1-41", "0-1-42"));
+        assert!(gtid_behind("0-1-50", "0-1-42,1-1-1"), "a domain it lacks");
+        assert!(!gtid_behind("0-1-1", ""));
+        let l = DbLoss {
+            old_master: "a".into(),
+            new_master: "b".into(),
+            old_gtid: "0-1-9,1-1-3".into(),
+            new_gtid: "0-1-7".into(),
+            at: 99,
+        };
+        assert_eq!(DbLoss::from_txt(&l.to_txt()).unwrap(), l);
+        assert!(DbLoss::from_txt("a>b:x>y@1").is_err());
+    }
+
+    #[test]
+    fn a_replica_lags_when_stopped_behind_or_missing_what_the_master_had() {
+        let pos = |gtid: &str, behind: Option<u64>, replicating: bool, at: u64| DbPosition {
+            gtid: gtid.into(),
+            seconds_behind: behind,
+            replicating,
+            read_only: replicating,
+            at,
+        };
+        let mut d = Database {
+            name: "main".into(),
+            master: "m".into(),
+            replicas: vec!["r".into()],
+            port: DEFAULT_DB_PORT,
+            max_lag_s: 10,
+            frozen: None,
+            positions: BTreeMap::new(),
+            lost: vec![],
+        };
+        assert!(d.lag_of("r").is_some(), "never reported");
+        d.positions
+            .insert("m".into(), pos("0-1-100", None, false, 1000));
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(0), true, 1000));
+        assert_eq!(d.lag_of("r"), None);
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(11), true, 1000));
+        assert!(d.lag_of("r").is_some(), "behind max_lag_s");
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(0), false, 1000));
+        assert!(d.lag_of("r").is_some(), "not replicating");
+        // Behind a position the master reported a moment ago: in flight, fine.
+        d.positions
+            .insert("r".into(), pos("0-1-90", Some(0), true, 1005));
+        assert_eq!(d.lag_of("r"), None);
+        assert!(d.behind_master("r"));
+        // Still without it more than max_lag_s later: lagging.
+        d.positions
+            .insert("r".into(), pos("0-1-90", Some(0), true, 1011));
+        assert!(d.lag_of("r").is_some());
+        assert!(validate_database(&d).is_ok());
+        d.replicas.push("m".into());
+        assert!(validate_database(&d).is_err());
+    }
+
+    #[test]
     fn loss_txt_round_trip() {
         let l = Loss {
             old_master: "a".into(),
