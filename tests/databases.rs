@@ -169,6 +169,7 @@ fn a_database_is_added_answered_shown_and_removed() {
         "{human}"
     );
     assert!(d.cli_ok(&["db", "list"]).contains("db2,db3"));
+    assert!(d.cli_ok(&["host", "show", "db2"]).contains("main"));
 
     // Refusals: one line, non-zero exit, nothing changed.
     let before = serial(&d);
