@@ -367,11 +367,21 @@ fn databases_survive_a_restart_and_a_zone_export_and_import() {
         .find(|l| l.starts_with("main.db"))
         .unwrap_or_else(|| panic!("no main.db in the export:\n{export}"));
     assert!(line.contains("lost=db1>db2:0-1-7;1-2-3>0-1-5@"), "{line}");
+    assert!(
+        !line.contains("0-1-5,"),
+        "positions are not configuration: {line}"
+    );
+    // An import of a zone that keeps the database keeps its hosts' positions.
+    let path = d.dir.path().join("export.zone");
+    std::fs::write(&path, &export).expect("write export");
+    d.cli_ok(&["zone", "import", path.to_str().expect("utf-8 path")]);
+    let show: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "db", "show", "main"])).expect("json");
+    assert_eq!(show["positions"]["db2"]["gtid"], "0-1-5", "{show}");
     // Remove it, then import the export: it comes back as it was.
     d.cli_ok(&["db", "thaw", "main"]);
     d.cli_ok(&["db", "rm", "main"]);
-    let path = d.dir.path().join("export.zone");
-    std::fs::write(&path, &export).expect("write export");
+    assert_eq!(d.dig(&n("main.db"), "TXT", &[]).status, "NXDOMAIN");
     d.cli_ok(&["zone", "import", path.to_str().expect("utf-8 path")]);
     assert_eq!(txt(&d, "main.db"), before);
     let again = d.cli_ok(&["zone", "export", Z]);
