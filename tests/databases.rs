@@ -262,6 +262,48 @@ fn a_lagging_replica_leaves_read_and_comes_back_with_events() {
 }
 
 #[test]
+fn a_replica_that_stays_short_of_the_masters_position_leaves_read() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let keys = db_hosts(&d);
+    d.cli_ok(&[
+        "db",
+        "add",
+        "main",
+        "--master",
+        "db1",
+        "--replicas",
+        "db2",
+        "--max-lag-s",
+        "1",
+    ]);
+    reported(&d, "db1", &keys[0], "0-1-100", None);
+    // It says it replicates, 0 s behind, and it lacks 10 of the master's transactions.
+    reported(&d, "db2", &keys[1], "0-1-90", Some(0));
+    assert_eq!(
+        srv(&d, "read.main.db"),
+        ["3306 db1", "3306 db2"],
+        "in flight"
+    );
+    // The same report, while the master's position gets older than max_lag_s.
+    d.wait_for("db2 out of read.", || {
+        reported(&d, "db2", &keys[1], "0-1-90", Some(0));
+        srv(&d, "read.main.db") == ["3306 db1"]
+    });
+    let show: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "db", "show", "main"])).expect("json");
+    assert!(
+        show["lagging"]["db2"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lacks the master's position"),
+        "{show}"
+    );
+    // Once it has it, it is back.
+    reported(&d, "db2", &keys[1], "0-1-100", Some(0));
+    assert_eq!(srv(&d, "read.main.db"), ["3306 db1", "3306 db2"]);
+}
+
+#[test]
 fn promote_is_refused_when_behind_and_forced_records_the_loss() {
     let d = Directory::with_zone(minimal_zone, &[]);
     let keys = db_hosts(&d);

@@ -174,7 +174,8 @@ impl Directory {
 
     /// Records the replication positions `host`'s sidecar reported, each that
     /// differs from the one recorded (a repeated report writes nothing, so a
-    /// quiet database costs its heartbeats no store write). A position of a
+    /// quiet database costs its heartbeats no store write), or that, repeated
+    /// now, makes a replica short of the master's position lag. A position of a
     /// database the host does not serve (removed meanwhile) is left out.
     /// Eligibility for `read.DB.db` follows from the model (`Database::lag_of`).
     fn record_positions(
@@ -186,6 +187,14 @@ impl Directory {
         if reports.is_empty() {
             return Ok(());
         }
+        let now = crate::time::unix_secs();
+        let position = |r: &model::DbPositionReport| model::DbPosition {
+            gtid: r.gtid.clone(),
+            seconds_behind: r.seconds_behind,
+            replicating: r.replicating,
+            read_only: r.read_only,
+            at: now,
+        };
         let changed: Vec<&model::DbPositionReport> = self
             .read(origin, |z| {
                 reports
@@ -194,12 +203,25 @@ impl Directory {
                         let Some(d) = z.dbs.get(&r.db).filter(|d| d.has_host(host)) else {
                             return false;
                         };
-                        d.positions.get(host).is_none_or(|p| {
-                            p.gtid != r.gtid
-                                || p.seconds_behind != r.seconds_behind
-                                || p.replicating != r.replicating
-                                || p.read_only != r.read_only
-                        })
+                        let Some(p) = d.positions.get(host) else {
+                            return true;
+                        };
+                        if p.gtid != r.gtid
+                            || p.seconds_behind != r.seconds_behind
+                            || p.replicating != r.replicating
+                            || p.read_only != r.read_only
+                        {
+                            return true;
+                        }
+                        // The same report, later: it matters only to a replica
+                        // still short of what the master reported, which lags
+                        // once that is over `max_lag_s` old.
+                        if host == d.master || !d.behind_master(host) {
+                            return false;
+                        }
+                        let mut later = d.clone();
+                        later.positions.insert(host.to_string(), position(r));
+                        later.lag_of(host).is_some() != d.lag_of(host).is_some()
                     })
                     .collect()
             })
@@ -209,13 +231,7 @@ impl Directory {
             let op = model::Op::SetDbPosition {
                 db: r.db.clone(),
                 host: host.to_string(),
-                position: model::DbPosition {
-                    gtid: r.gtid.clone(),
-                    seconds_behind: r.seconds_behind,
-                    replicating: r.replicating,
-                    read_only: r.read_only,
-                    at: crate::time::unix_secs(),
-                },
+                position: position(r),
             };
             self.apply_by(origin, op, &by)?;
         }
