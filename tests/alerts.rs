@@ -284,6 +284,38 @@ fn master_writes(d: &Directory, repo: &str, host: &str, version: u64) {
 }
 
 #[test]
+fn database_changes_reach_the_webhook_like_the_others() {
+    let hook = Receiver::start(0);
+    let d = Directory::with_zone(minimal_zone, &["--webhook", &hook.url]);
+    for h in ["db1", "db2"] {
+        d.cli_ok(&["host", "add", h, "--addr", "127.0.0.1", "--roles", "db"]);
+    }
+    d.cli_ok(&["db", "add", "main", "--master", "db1", "--replicas", "db2"]);
+    d.cli_ok(&["db", "freeze", "main", "--message", "backup"]);
+    d.cli_ok(&["db", "thaw", "main"]);
+    // Neither host has reported a position: nothing is behind, no force needed.
+    d.cli_ok(&["db", "promote", "main", "db2"]);
+    d.cli_ok(&["db", "rm", "main"]);
+    let expected = vec![
+        t("db", "main", "add", "", ""),
+        t("db", "main", "freeze", "writable", "frozen"),
+        t("db", "main", "thaw", "frozen", "writable"),
+        t("db", "main", "promote", "db1", "db2"),
+        t("db", "main", "remove", "", ""),
+    ];
+    d.wait_for("the database's events at the webhook", || {
+        hook.accepted().iter().filter(|e| e["kind"] == "db").count() >= expected.len()
+    });
+    let got: Vec<_> = hook
+        .accepted()
+        .iter()
+        .filter(|e| e["kind"] == "db")
+        .map(what)
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
 fn a_replica_behind_max_lag_for_too_long_is_an_event() {
     let d = Directory::with_zone(minimal_zone, &["--lag-alert-after", "1"]);
     for h in ["m1", "r2"] {

@@ -168,7 +168,7 @@ fn an_admin_marks_a_host_unavailable_from_the_browser_and_dns_follows() {
     phone.goto(&login_url(&d));
     phone.wait("the phone's session", |b| b.find(".who").is_some());
     let shots = std::env::var_os("SWITCHBOARD_SCREENSHOTS").map(std::path::PathBuf::from);
-    for page in ["services", "hosts", "repos", "events"] {
+    for page in ["services", "hosts", "repos", "dbs", "events"] {
         for (name, browser) in [("desktop", &b), ("phone", &phone)] {
             browser.goto(&format!("{base}/ui/{page}"));
             browser.wait(page, |b| b.find("main h1").is_some());
@@ -295,4 +295,100 @@ fn no_change_route_changes_anything_without_a_signature_or_a_session() {
     );
     assert_eq!(code, 303);
     assert_eq!(serial(&d), before + 1);
+}
+
+/// A heartbeat from `host`'s sidecar, signed with its own key, reporting its
+/// position of database `main`.
+fn db_report(d: &Directory, host: &str, key: &std::path::Path, gtid: &str, replica: bool) {
+    let body = serde_json::json!({"databases": [{
+        "db": "main", "gtid": gtid, "seconds_behind": replica.then_some(0),
+        "replicating": replica, "read_only": replica,
+    }]})
+    .to_string()
+    .into_bytes();
+    let path = format!("/v1/hosts/{host}/heartbeat");
+    let url = format!("{}{path}", d.server_url());
+    let headers =
+        switchboard_tests::signed_headers(key, "POST", &url, &body, switchboard_tests::unix_now());
+    let (code, v) = d.curl("POST", &path, &headers, Some(&body));
+    assert_eq!(code, 200, "{v}");
+}
+
+#[test]
+fn the_databases_page_shows_positions_and_promotes_only_with_the_loss_accepted() {
+    let d = Directory::with_zone(switchboard_tests::minimal_zone, &[]);
+    let keys: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| {
+            let name = format!("db{i}");
+            let (key, pubkey, _) = switchboard_tests::keygen(d.dir.path(), &name);
+            d.cli_ok(&[
+                "host",
+                "add",
+                &name,
+                "--addr",
+                "127.0.0.1",
+                "--pubkey",
+                &pubkey,
+                "--roles",
+                "db",
+            ]);
+            key
+        })
+        .collect();
+    d.cli_ok(&[
+        "db",
+        "add",
+        "main",
+        "--master",
+        "db1",
+        "--replicas",
+        "db2,db3",
+    ]);
+    db_report(&d, "db1", &keys[0], "0-1-100", false);
+    db_report(&d, "db2", &keys[1], "0-1-90", true);
+    db_report(&d, "db3", &keys[2], "0-1-100", true);
+    let b = Browser::start(1280, 900);
+    b.goto(&login_url(&d));
+    b.wait("the session", |b| b.find(".who").is_some());
+    b.goto(&format!("{}/ui/dbs", d.server_url()));
+    b.wait("the databases page", |b| b.find("#db-main").is_some());
+    let row = b
+        .find("#db-main li[data-host=db3]")
+        .map(|e| b.text(&e))
+        .unwrap_or_default();
+    assert!(
+        row.contains("0-1-100") && row.contains("serves reads"),
+        "{row}"
+    );
+    // db3 has all the master reported: a plain promote button.
+    b.click_css("#db-main li[data-host=db3] button.primary");
+    b.wait("the promotion", |b| {
+        b.find(".flash.ok")
+            .is_some_and(|e| b.text(&e) == "db3 is now the master of database main")
+    });
+    // db2 is behind db3: its promotion needs the loss accepted.
+    let warning = b.script(
+        "return document.querySelector('#db-main li[data-host=db2] .warning').textContent;",
+    );
+    assert!(
+        warning.as_str().unwrap_or("").contains("0-1-90"),
+        "{warning}"
+    );
+    b.click_css("#db-main li[data-host=db2] summary");
+    let force = "#db-main li[data-host=db2] button.danger";
+    let serial_before = serial(&d);
+    b.click_css(force);
+    assert_eq!(serial(&d), serial_before, "sent without accepting the loss");
+    b.click_css("#db-main li[data-host=db2] input[name=force]");
+    b.click_css(force);
+    b.wait("the forced promotion", |b| {
+        b.find(".flash.ok")
+            .is_some_and(|e| b.text(&e) == "db2 is now the master of database main")
+    });
+    let v: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "db", "show", "main"])).expect("db show");
+    assert_eq!(v["master"], "db2", "{v}");
+    assert_eq!(v["lost"][0]["old_gtid"], "0-1-100", "{v}");
+    let text = b.find("#db-main").map(|e| b.text(&e)).unwrap_or_default();
+    assert!(text.contains("may be lost"), "{text}");
 }

@@ -171,11 +171,50 @@ fn heartbeat_fresh(dir: &Directory, origin: &str, host: &str, check: &Check) -> 
     dir.heartbeat_within(origin, host, window)
 }
 
-/// Replicas behind their repository's `max_lag`, and since when.
+/// What lags: a repository's or a database's replica, as its events name it.
+type LagKey = (String, &'static str, String, String);
+
+/// Replicas behind their repository's `max_lag` or their database's
+/// `max_lag_s` (`Database::lag_of`), and since when. Events are `repo` or
+/// `db` `NAME/HOST` `lagging`, then `caught-up`.
 #[derive(Default)]
 struct Lags {
-    /// (zone, repo, host) -> (behind since, alerted).
-    behind: HashMap<(String, String, String), (Instant, bool)>,
+    /// (zone, kind, repo or database, host) -> (behind since, alerted).
+    behind: HashMap<LagKey, (Instant, bool)>,
+}
+
+/// Each replica of the zone and, if it lags, why.
+fn lagging_replicas(z: &crate::model::Zone, origin: &str) -> Vec<(LagKey, Option<String>)> {
+    let mut out = Vec::new();
+    for r in z.repos.values() {
+        let master = r.versions.get(&r.master).copied().unwrap_or(0);
+        for h in &r.replicas {
+            let key = (origin.to_string(), "repo", r.name.clone(), h.clone());
+            let have = r.versions.get(h).copied().unwrap_or(0);
+            let behind = master.saturating_sub(have);
+            let why = (behind > r.max_lag).then(|| {
+                format!(
+                    "replica {h} of {} is {behind} version(s) behind its master {} (max_lag {})",
+                    r.name, r.master, r.max_lag
+                )
+            });
+            out.push((key, why));
+        }
+    }
+    for d in z.dbs.values() {
+        for h in &d.replicas {
+            let key = (origin.to_string(), "db", d.name.clone(), h.clone());
+            // A replica that never reported is not lagging yet: no sidecar reads it.
+            let why = d.positions.get(h).and_then(|_| d.lag_of(h)).map(|why| {
+                format!(
+                    "replica {h} of database {} leaves read.{}.db: {why}",
+                    d.name, d.name
+                )
+            });
+            out.push((key, why));
+        }
+    }
+    out
 }
 
 impl Lags {
@@ -186,23 +225,29 @@ impl Lags {
     async fn reopened(dir: &Arc<Directory>) -> Self {
         let d = dir.clone();
         let behind = tokio::task::spawn_blocking(move || {
-            d.last_events("repo", &["lagging", "caught-up"])
-                .into_iter()
-                .filter(|e| e.action == "lagging")
-                .filter_map(|e| {
-                    let (repo, host) = e.name.split_once('/')?;
+            let mut out = Vec::new();
+            for kind in ["repo", "db"] {
+                for e in d.last_events(kind, &["lagging", "caught-up"]) {
+                    if e.action != "lagging" {
+                        continue;
+                    }
+                    let Some((name, host)) = e.name.split_once('/') else {
+                        continue;
+                    };
+                    let key = (e.zone.clone(), kind, name.to_string(), host.to_string());
                     let still = d
                         .read(&e.zone, |z| {
-                            z.repos.get(repo).is_some_and(|r| {
-                                r.replicas.iter().any(|h| h == host)
-                                    && r.master_version().saturating_sub(r.version_of(host))
-                                        > r.max_lag
-                            })
+                            lagging_replicas(z, &e.zone)
+                                .into_iter()
+                                .any(|(k, why)| k == key && why.is_some())
                         })
                         .unwrap_or(false);
-                    still.then(|| (e.zone.clone(), repo.to_string(), host.to_string()))
-                })
-                .collect::<Vec<_>>()
+                    if still {
+                        out.push(key);
+                    }
+                }
+            }
+            out
         })
         .await
         .unwrap_or_default();
@@ -217,27 +262,15 @@ impl Lags {
     /// `max_lag`. A replica that stopped being one (removed, promoted) is
     /// forgotten without a `caught-up`: its own change is the event.
     async fn scan(&mut self, dir: &Arc<Directory>, after: Duration, now: Instant) {
-        let mut lagging: HashMap<(String, String, String), String> = HashMap::new();
-        let mut replicas: std::collections::HashSet<(String, String, String)> = Default::default();
+        let mut lagging: HashMap<LagKey, String> = HashMap::new();
+        let mut replicas: std::collections::HashSet<LagKey> = Default::default();
         for origin in dir.origins() {
             dir.read(&origin, |z| {
-                for r in z.repos.values() {
-                    let master = r.versions.get(&r.master).copied().unwrap_or(0);
-                    for h in &r.replicas {
-                        let key = (origin.clone(), r.name.clone(), h.clone());
-                        let have = r.versions.get(h).copied().unwrap_or(0);
-                        let behind = master.saturating_sub(have);
-                        if behind > r.max_lag {
-                            lagging.insert(
-                                key.clone(),
-                                format!(
-                                    "replica {h} of {} is {behind} version(s) behind its master {} (max_lag {})",
-                                    r.name, r.master, r.max_lag
-                                ),
-                            );
-                        }
-                        replicas.insert(key);
+                for (key, why) in lagging_replicas(z, &origin) {
+                    if let Some(why) = why {
+                        lagging.insert(key.clone(), why);
                     }
+                    replicas.insert(key);
                 }
             });
         }
@@ -245,11 +278,11 @@ impl Lags {
         for (key, message) in &lagging {
             let entry = self.behind.entry(key.clone()).or_insert((now, false));
             if !entry.1 && now.duration_since(entry.0) >= after {
-                let (zone, repo, host) = key;
+                let (zone, kind, name, host) = key;
                 events.push((
                     key.clone(),
                     zone.clone(),
-                    Draft::new("repo", format!("{repo}/{host}"), "lagging")
+                    Draft::new(kind, format!("{name}/{host}"), "lagging")
                         .transition("current", "lagging")
                         .message(format!("{message} for {} s", after.as_secs())),
                 ));
@@ -261,15 +294,18 @@ impl Lags {
                 continue;
             }
             if *alerted && replicas.contains(key) {
-                let (zone, repo, host) = key;
+                let (zone, kind, name, host) = key;
+                let message = if *kind == "db" {
+                    format!("replica {host} of database {name} is back within max_lag_s of its master and serves reads again")
+                } else {
+                    format!("replica {host} of {name} is back within max_lag of its master")
+                };
                 events.push((
                     key.clone(),
                     zone.clone(),
-                    Draft::new("repo", format!("{repo}/{host}"), "caught-up")
+                    Draft::new(kind, format!("{name}/{host}"), "caught-up")
                         .transition("lagging", "current")
-                        .message(format!(
-                            "replica {host} of {repo} is back within max_lag of its master"
-                        )),
+                        .message(message),
                 ));
             } else {
                 gone.push(key.clone());

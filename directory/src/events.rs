@@ -17,7 +17,8 @@
 //! so have gaps where host events were; the recent part has none.
 //!
 //! Routine records are not events: a repository's version moving on every
-//! push, or a health or availability set to the value it already had.
+//! push, a database host's reported position, or a health or availability
+//! set to the value it already had.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,11 +30,13 @@ pub struct Event {
     /// Unix time in milliseconds.
     pub time: u64,
     pub zone: String,
-    /// `host`, `binding`, `repo`, `admin`, `zone` or `sidecar`.
+    /// `host`, `binding`, `repo`, `db`, `admin`, `zone` or `sidecar`.
     pub kind: String,
-    /// The host, `HOST/SERVICE`, repository, admin or zone.
+    /// The host, `HOST/SERVICE`, repository, database (`DB/HOST` for a
+    /// replica's lag), admin or zone.
     pub name: String,
-    /// `add`, `remove`, `disable`, `enable`, `health`, `promote`, `lagging`,
+    /// `add`, `remove`, `disable`, `enable`, `health`, `promote`, `freeze`,
+    /// `thaw`, `lagging`,
     /// `caught-up`, `stale`, `fresh`, `import`, `seed`.
     pub action: String,
     /// The state before, for transitions (`passing`, `available`, a master, ...).

@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchboard_directory::cli::{
-    self, admin::AdminCmd, bind::BindCmd, host::HostCmd, repo::RepoCmd, zone::ZoneCmd, Client,
-    Global,
+    self, admin::AdminCmd, bind::BindCmd, db::DbCmd, host::HostCmd, repo::RepoCmd, zone::ZoneCmd,
+    Client, Global,
 };
 use switchboard_directory::server::{self, ServeConfig};
 use switchboard_directory::view::ViewConfig;
@@ -133,6 +133,9 @@ enum Command {
     /// Repositories.
     #[command(subcommand)]
     Repo(RepoCmd),
+    /// Databases (MariaDB): master, replicas, failover, freeze.
+    #[command(subcommand)]
+    Db(DbCmd),
     /// Zone files in and out.
     #[command(subcommand)]
     Zone(ZoneCmd),
@@ -285,6 +288,7 @@ fn main() -> ExitCode {
                     Command::Host(c) => cli::host::run(&client, c).await,
                     Command::Bind(c) => cli::bind::run(&client, c).await,
                     Command::Repo(c) => cli::repo::run(&client, c).await,
+                    Command::Db(c) => cli::db::run(&client, c).await,
                     Command::Zone(c) => cli::zone::run(&client, c).await,
                     Command::Admin(c) => cli::admin::run(&client, c).await,
                     Command::Events(c) => cli::events::run(&client, c).await,

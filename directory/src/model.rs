@@ -58,6 +58,8 @@ pub struct Zone {
     /// Keyed by (host, service).
     pub bindings: BTreeMap<(String, String), Binding>,
     pub repos: BTreeMap<String, Repo>,
+    /// Database clusters (SPEC "Databases").
+    pub dbs: BTreeMap<String, Database>,
     pub admins: BTreeMap<String, AdminKey>,
     /// TSIG keys that may transfer the zone, by name (never exported, never
     /// shown by a read: the secret is the credential).
@@ -155,6 +157,7 @@ impl Zone {
             hosts: BTreeMap::new(),
             bindings: BTreeMap::new(),
             repos: BTreeMap::new(),
+            dbs: BTreeMap::new(),
             admins: BTreeMap::new(),
             tsig: BTreeMap::new(),
             secondaries: BTreeMap::new(),
@@ -217,6 +220,26 @@ pub enum Op {
         host: String,
         version: u64,
         lease: Option<String>,
+    },
+    AddDb(Database),
+    RemoveDb(String),
+    /// Makes `host` the database's master; refused when its last reported
+    /// position is behind the master's unless `force` (the loss is recorded).
+    PromoteDb {
+        db: String,
+        host: String,
+        force: bool,
+    },
+    /// Refuses writes with the admin's message (`None` thaws).
+    FreezeDb {
+        db: String,
+        message: Option<String>,
+    },
+    /// A database host's replication position, from its sidecar's heartbeat.
+    SetDbPosition {
+        db: String,
+        host: String,
+        position: DbPosition,
     },
     AddAdmin(AdminKey),
     RemoveAdmin(String),

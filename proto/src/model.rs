@@ -1,4 +1,4 @@
-//! The host-level model: hosts, bindings, repositories and admin keys.
+//! The host-level model: hosts, bindings, repositories, databases and admin keys.
 //!
 //! These types are what the directory's store keeps, what the admin API speaks
 //! (JSON) and what the sidecar reads back. Every value that comes from outside
@@ -599,6 +599,216 @@ impl Repo {
     }
 }
 
+/// The default port of a database (MariaDB's).
+pub const DEFAULT_DB_PORT: u16 = 3306;
+/// The default `max_lag_s` of a database: a replica further behind leaves `read.`.
+pub const DEFAULT_DB_MAX_LAG_S: u64 = 10;
+
+fn default_db_port() -> u16 {
+    DEFAULT_DB_PORT
+}
+
+fn default_db_max_lag_s() -> u64 {
+    DEFAULT_DB_MAX_LAG_S
+}
+
+/// A database cluster (MariaDB with GTID replication; SPEC "Databases",
+/// docs/dns-schema.md): who is master, who replicates, and the positions each
+/// host's sidecar last reported. `read.` and `write.` answers derive from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    pub name: String,
+    pub master: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    #[serde(default = "default_db_port")]
+    pub port: u16,
+    /// Seconds a replica may be behind and still serve reads.
+    #[serde(default = "default_db_max_lag_s")]
+    pub max_lag_s: u64,
+    /// Set by `db freeze`: the admin's message; writes are refused with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
+    /// Each host's last reported replication position (never exported: a
+    /// report, not configuration).
+    #[serde(default)]
+    pub positions: BTreeMap<String, DbPosition>,
+    /// What forced promotions may have lost.
+    #[serde(default)]
+    pub lost: Vec<DbLoss>,
+}
+
+/// A database host's replication position, as its sidecar read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbPosition {
+    /// `@@gtid_binlog_pos` on a master, `@@gtid_slave_pos` on a replica:
+    /// `DOMAIN-SERVER-SEQ[,...]`, possibly empty.
+    pub gtid: String,
+    /// `Seconds_Behind_Master`; `None` when the server does not say (not replicating).
+    #[serde(default)]
+    pub seconds_behind: Option<u64>,
+    /// Both replication threads running.
+    #[serde(default)]
+    pub replicating: bool,
+    /// The server's `read_only`.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Unix seconds at which the directory took in this position (a report
+    /// that repeats it is not written again).
+    #[serde(default)]
+    pub at: u64,
+}
+
+/// What a forced `db promote` may have lost: the old master's last reported
+/// position and the new master's, when it was promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbLoss {
+    pub old_master: String,
+    pub new_master: String,
+    pub old_gtid: String,
+    pub new_gtid: String,
+    /// Unix time of the promotion.
+    pub at: u64,
+}
+
+impl DbLoss {
+    /// `OLD>NEW:OLDGTID>NEWGTID@AT` (GTID lists use `;` for `,`), the TXT form of zone export.
+    pub fn to_txt(&self) -> String {
+        format!(
+            "{}>{}:{}>{}@{}",
+            self.old_master,
+            self.new_master,
+            self.old_gtid.replace(',', ";"),
+            self.new_gtid.replace(',', ";"),
+            self.at
+        )
+    }
+
+    pub fn from_txt(s: &str) -> Result<Self, Invalid> {
+        let err = || {
+            Invalid(format!(
+                "lost={s:?} is not OLD>NEW:OLDGTID>NEWGTID@UNIXTIME"
+            ))
+        };
+        let (old, rest) = s.split_once('>').ok_or_else(err)?;
+        let (new, rest) = rest.split_once(':').ok_or_else(err)?;
+        let (range, at) = rest.rsplit_once('@').ok_or_else(err)?;
+        let (og, ng) = range.split_once('>').ok_or_else(err)?;
+        let (og, ng) = (og.replace(';', ","), ng.replace(';', ","));
+        parse_gtid(&og)?;
+        parse_gtid(&ng)?;
+        Ok(DbLoss {
+            old_master: old.to_string(),
+            new_master: new.to_string(),
+            old_gtid: og,
+            new_gtid: ng,
+            at: at.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// A MariaDB GTID position (`D-S-N,D-S-N`) as sequence numbers per replication
+/// domain (the server id does not order anything).
+pub fn parse_gtid(s: &str) -> Result<BTreeMap<u32, u64>, Invalid> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut it = part.split('-');
+        let (Some(d), Some(sv), Some(n), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return invalid(format!(
+                "GTID position {s:?} is not DOMAIN-SERVER-SEQUENCE[,...] (e.g. 0-1-42)"
+            ));
+        };
+        let (Ok(d), Ok(_), Ok(n)) = (d.parse::<u32>(), sv.parse::<u32>(), n.parse::<u64>()) else {
+            return invalid(format!(
+                "GTID position {s:?} is not DOMAIN-SERVER-SEQUENCE[,...] (e.g. 0-1-42)"
+            ));
+        };
+        if out.insert(d, n).is_some() {
+            return invalid(format!("GTID position {s:?} names domain {d} twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether position `have` lacks transactions of `want`: some domain of `want`
+/// has a higher sequence number than `have` holds. Unparsable counts as behind.
+pub fn gtid_behind(have: &str, want: &str) -> bool {
+    let (Ok(h), Ok(w)) = (parse_gtid(have), parse_gtid(want)) else {
+        return true;
+    };
+    w.iter().any(|(d, n)| h.get(d).copied().unwrap_or(0) < *n)
+}
+
+impl Database {
+    /// Master first, then replicas.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.master.as_str()).chain(self.replicas.iter().map(String::as_str))
+    }
+
+    pub fn has_host(&self, host: &str) -> bool {
+        self.hosts().any(|h| h == host)
+    }
+
+    /// The master's last reported GTID position ("" when it has not reported).
+    pub fn master_gtid(&self) -> &str {
+        self.positions
+            .get(&self.master)
+            .map_or("", |p| p.gtid.as_str())
+    }
+
+    /// Why replica `host` may not serve reads, by its last report: not
+    /// reported, not replicating, more than `max_lag_s` behind, or missing
+    /// what the master had reported more than `max_lag_s` before it.
+    pub fn lag_of(&self, host: &str) -> Option<String> {
+        let Some(p) = self.positions.get(host) else {
+            return Some(format!("{host} has not reported its position"));
+        };
+        if !p.replicating {
+            return Some(format!("{host} is not replicating"));
+        }
+        match p.seconds_behind {
+            None => return Some(format!("{host} does not say how far behind it is")),
+            Some(s) if s > self.max_lag_s => {
+                return Some(format!(
+                    "{host} is {s} s behind its master (max_lag_s {})",
+                    self.max_lag_s
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(m) = self.positions.get(&self.master) {
+            if p.at > m.at.saturating_add(self.max_lag_s) && gtid_behind(&p.gtid, &m.gtid) {
+                return Some(format!(
+                    "{host} at {} lacks the master's position {}, reported more than {} s before",
+                    p.gtid, m.gtid, self.max_lag_s
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether the master's reported position is ahead of `host`'s.
+    pub fn behind_master(&self, host: &str) -> bool {
+        let have = self.positions.get(host).map_or("", |p| p.gtid.as_str());
+        gtid_behind(have, self.master_gtid())
+    }
+}
+
+/// A host's replication position of one database, as its sidecar reports it
+/// in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbPositionReport {
+    pub db: String,
+    pub gtid: String,
+    #[serde(default)]
+    pub seconds_behind: Option<u64>,
+    #[serde(default)]
+    pub replicating: bool,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// A key allowed to change the zone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminKey {
@@ -761,6 +971,53 @@ pub fn validate_repo(r: &Repo) -> Result<(), Invalid> {
     Ok(())
 }
 
+pub fn validate_database(d: &Database) -> Result<(), Invalid> {
+    validate_label("database name", &d.name)?;
+    if RESERVED.contains(&d.name.as_str()) {
+        return invalid(format!(
+            "database name {:?} is reserved by the schema",
+            d.name
+        ));
+    }
+    validate_label("host name", &d.master)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &d.replicas {
+        validate_label("host name", h)?;
+        if *h == d.master {
+            return invalid(format!(
+                "host {h} is the master of {}; it cannot also be a replica",
+                d.name
+            ));
+        }
+        if !seen.insert(h) {
+            return invalid(format!("replica {h} is listed twice"));
+        }
+    }
+    txt_string("replicas", schema::txt::REPLICAS, &d.replicas.join(","))?;
+    if d.port == 0 {
+        return invalid(
+            "database port 0 is not a port: give 1-65535 (MariaDB's is 3306)".to_string(),
+        );
+    }
+    if let Some(m) = &d.frozen {
+        if m.is_empty() || m.len() > 200 || m.chars().any(|c| c.is_control()) {
+            return invalid(
+                "a freeze message must be 1-200 characters without control characters".to_string(),
+            );
+        }
+    }
+    for (h, p) in &d.positions {
+        if !d.has_host(h) {
+            return invalid(format!(
+                "position given for {h}, which is not a host of {}",
+                d.name
+            ));
+        }
+        parse_gtid(&p.gtid)?;
+    }
+    Ok(())
+}
+
 pub fn validate_admin(a: &AdminKey) -> Result<(), Invalid> {
     validate_label("admin name", &a.name)
 }
@@ -849,6 +1106,80 @@ mod tests {
         for form in [b64.clone(), format!("ed25519:{b64}"), openssh_line(&good)] {
             assert_eq!(form.parse::<PublicKey>(), Ok(PublicKey(good)), "{form}");
         }
+    }
+
+    #[test]
+    fn gtid_positions_compare_per_domain() {
+        assert_eq!(
+            parse_gtid("0-1-42, 1-2-7").unwrap(),
+            BTreeMap::from([(0, 42), (1, 7)])
+        );
+        assert_eq!(parse_gtid("").unwrap(), BTreeMap::new());
+        for bad in ["0-1", "a-1-2", "0-1-2-3", "0-1-2,0-2-3", "-1-2"] {
+            assert!(parse_gtid(bad).is_err(), "{bad}");
+        }
+        assert!(!gtid_behind("0-1-42", "0-1-42"));
+        assert!(
+            !gtid_behind("0-2-43", "0-1-42"),
+            "the server id orders nothing"
+        );
+        assert!(gtid_behind("0-1-41", "0-1-42"));
+        assert!(gtid_behind("0-1-50", "0-1-42,1-1-1"), "a domain it lacks");
+        assert!(!gtid_behind("0-1-1", ""));
+        let l = DbLoss {
+            old_master: "a".into(),
+            new_master: "b".into(),
+            old_gtid: "0-1-9,1-1-3".into(),
+            new_gtid: "0-1-7".into(),
+            at: 99,
+        };
+        assert_eq!(DbLoss::from_txt(&l.to_txt()).unwrap(), l);
+        assert!(DbLoss::from_txt("a>b:x>y@1").is_err());
+    }
+
+    #[test]
+    fn a_replica_lags_when_stopped_behind_or_missing_what_the_master_had() {
+        let pos = |gtid: &str, behind: Option<u64>, replicating: bool, at: u64| DbPosition {
+            gtid: gtid.into(),
+            seconds_behind: behind,
+            replicating,
+            read_only: replicating,
+            at,
+        };
+        let mut d = Database {
+            name: "main".into(),
+            master: "m".into(),
+            replicas: vec!["r".into()],
+            port: DEFAULT_DB_PORT,
+            max_lag_s: 10,
+            frozen: None,
+            positions: BTreeMap::new(),
+            lost: vec![],
+        };
+        assert!(d.lag_of("r").is_some(), "never reported");
+        d.positions
+            .insert("m".into(), pos("0-1-100", None, false, 1000));
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(0), true, 1000));
+        assert_eq!(d.lag_of("r"), None);
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(11), true, 1000));
+        assert!(d.lag_of("r").is_some(), "behind max_lag_s");
+        d.positions
+            .insert("r".into(), pos("0-1-100", Some(0), false, 1000));
+        assert!(d.lag_of("r").is_some(), "not replicating");
+        // Behind a position the master reported a moment ago: in flight, fine.
+        d.positions
+            .insert("r".into(), pos("0-1-90", Some(0), true, 1005));
+        assert_eq!(d.lag_of("r"), None);
+        assert!(d.behind_master("r"));
+        // Still without it more than max_lag_s later: lagging.
+        d.positions
+            .insert("r".into(), pos("0-1-90", Some(0), true, 1011));
+        assert!(d.lag_of("r").is_some());
+        assert!(validate_database(&d).is_ok());
+        d.replicas.push("m".into());
+        assert!(validate_database(&d).is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const SERVICE: &str = "service";
 pub const TCP: &str = "_tcp";
 /// `REPO.repo.Z`: a repository's TXT attributes.
 pub const REPO: &str = "repo";
+/// `DB.db.Z`: a database's TXT attributes; `write.DB.db.Z`, `read.DB.db.Z` its SRV/A answers.
+pub const DB: &str = "db";
 /// `FPR.key.Z`: fingerprint lookups.
 pub const KEY: &str = "key";
 /// `NAME._admin.Z`: admin keys.
@@ -43,6 +45,15 @@ pub mod txt {
     pub const MASTER: &str = "master";
     pub const REPLICAS: &str = "replicas";
     pub const MAX_LAG: &str = "max_lag";
+    /// A database's `max_lag_s=N` (seconds).
+    pub const MAX_LAG_S: &str = "max_lag_s";
+    /// A database's `engine=mariadb`.
+    pub const ENGINE: &str = "engine";
+    /// A database's `port=N`.
+    pub const PORT: &str = "port";
+    /// A database's `frozen=1` (with `frozen_message=TEXT`).
+    pub const FROZEN: &str = "frozen";
+    pub const FROZEN_MESSAGE: &str = "frozen_message";
     pub const VERSION: &str = "version";
     /// `version.HOST=N`: one host's version of a repository.
     pub const VERSION_OF: &str = "version.";

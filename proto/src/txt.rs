@@ -1,9 +1,9 @@
 //! TXT attributes out: the strings of a host's node record, a binding's DNS-SD
-//! instance record and a repository's record (RFC 6763 §6: one `key=value` per
+//! instance record, a repository's and a database's record (RFC 6763 §6: one `key=value` per
 //! string, keys lowercase). The names are in [`crate::schema::txt`]; the
 //! directory writes these into its answers and its zone files.
 
-use crate::model::{Binding, Health, Host, Repo};
+use crate::model::{Binding, Database, Health, Host, Repo};
 use crate::schema::txt;
 
 /// The TXT strings of a host's node record.
@@ -60,6 +60,32 @@ pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
     );
     v.extend(
         r.lost
+            .iter()
+            .map(|l| format!("{}={}", txt::LOST, l.to_txt())),
+    );
+    v
+}
+
+/// The TXT strings of a database record (docs/dns-schema.md); `readonly` is
+/// derived from the zone (no available master, or frozen) and given only in
+/// answers, never in a zone file.
+pub fn db_txt(d: &Database, readonly: Option<bool>) -> Vec<String> {
+    let mut v = vec![
+        format!("{}=mariadb", txt::ENGINE),
+        format!("{}={}", txt::MASTER, d.master),
+        format!("{}={}", txt::REPLICAS, d.replicas.join(",")),
+        format!("{}={}", txt::PORT, d.port),
+        format!("{}={}", txt::MAX_LAG_S, d.max_lag_s),
+    ];
+    if let Some(r) = readonly {
+        v.push(format!("{}={}", txt::READONLY, u8::from(r)));
+    }
+    if let Some(m) = &d.frozen {
+        v.push(format!("{}=1", txt::FROZEN));
+        v.push(format!("{}={m}", txt::FROZEN_MESSAGE));
+    }
+    v.extend(
+        d.lost
             .iter()
             .map(|l| format!("{}={}", txt::LOST, l.to_txt())),
     );

@@ -13,7 +13,8 @@ struct HealthBody {
     health: Health,
 }
 
-/// A host as the API shows it: the model plus its key fingerprint and bindings.
+/// A host as the API shows it: the model plus its key fingerprint, bindings,
+/// repositories and databases.
 fn describe(zone: &crate::model::Zone, h: &Host) -> serde_json::Value {
     let mut v = serde_json::to_value(h).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
@@ -30,6 +31,13 @@ fn describe(zone: &crate::model::Zone, h: &Host) -> serde_json::Value {
             .map(|r| r.name.as_str())
             .collect();
         obj.insert("repos".into(), repos.into());
+        let dbs: Vec<&str> = zone
+            .dbs
+            .values()
+            .filter(|d| d.has_host(&h.name))
+            .map(|d| d.name.as_str())
+            .collect();
+        obj.insert("dbs".into(), dbs.into());
     }
     v
 }

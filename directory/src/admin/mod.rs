@@ -13,11 +13,12 @@
 //! limits (`limits`): the body against its digest, the nonce recorded, the key's
 //! right to that change.
 //!
-//! One file per resource: `hosts`, `bindings`, `repos`, `zones`, `admins`,
+//! One file per resource: `hosts`, `bindings`, `repos`, `dbs`, `zones`, `admins`,
 //! `sessions` (console logins). The listener that serves them is `listener`.
 
 mod admins;
 mod bindings;
+mod dbs;
 mod hosts;
 pub mod limits;
 mod repos;
@@ -352,6 +353,7 @@ impl<'a> Need<'a> {
     pub fn of(op: &'a Op) -> Self {
         match op {
             Op::SetHealth { host, .. } | Op::SetVersion { host, .. } => Need::AdminOrHost(host),
+            Op::SetDbPosition { host, .. } => Need::Host(host),
             _ => Need::Admin,
         }
     }
@@ -589,6 +591,14 @@ fn op_name(op: &Op) -> &'static str {
         Op::Promote { .. } => "repo promote",
         Op::SetAutoFailover { .. } => "repo auto-failover",
         Op::SetVersion { .. } => "repo version",
+        Op::AddDb(_) => "db add",
+        Op::RemoveDb(_) => "db rm",
+        Op::PromoteDb { .. } => "db promote",
+        Op::FreezeDb {
+            message: Some(_), ..
+        } => "db freeze",
+        Op::FreezeDb { message: None, .. } => "db thaw",
+        Op::SetDbPosition { .. } => "db position",
         Op::AddAdmin(_) => "admin add",
         Op::RemoveAdmin(_) => "admin rm",
         Op::AddTsig(_) => "zone tsig add",
@@ -733,6 +743,7 @@ fn dispatch(admin: &Admin, call: &Call, m: &Method, segs: &[String]) -> Reply {
         (_, ["v1", "hosts", rest @ ..]) => hosts::route(admin, call, m, rest),
         (_, ["v1", "bindings", rest @ ..]) => bindings::route(admin, call, m, rest),
         (_, ["v1", "repos", rest @ ..]) => repos::route(admin, call, m, rest),
+        (_, ["v1", "dbs", rest @ ..]) => dbs::route(admin, call, m, rest),
         (_, ["v1", "admins", rest @ ..]) => admins::route(admin, call, m, rest),
         (_, ["v1", "tsig", rest @ ..]) => transfers::tsig(admin, call, m, rest),
         (_, ["v1", "secondaries", rest @ ..]) => transfers::secondaries(admin, call, m, rest),

@@ -22,6 +22,7 @@ fn summary(admin: &Admin) -> Vec<serde_json::Value> {
                     "bindings": z.bindings.len(),
                     "services": z.bindings.values().map(|b| b.service.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
                     "repos": z.repos.len(),
+                    "dbs": z.dbs.len(),
                     "admins": z.admins.len(),
                 })
             })

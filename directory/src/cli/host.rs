@@ -76,6 +76,7 @@ pub async fn run(c: &Client, cmd: HostCmd) -> Result<(), CliError> {
                     "key",
                     "fingerprint",
                     "repos",
+                    "dbs",
                 ] {
                     println!("{k:<12} {}", field(v, k));
                 }

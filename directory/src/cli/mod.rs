@@ -1,6 +1,6 @@
 //! The admin CLI: commands that talk to a running directory's admin API.
 //!
-//! Each family lives in its own file (`host`, `bind`, `repo`, `zone`, `admin`,
+//! Each family lives in its own file (`host`, `bind`, `repo`, `db`, `zone`, `admin`,
 //! `status`, `events`, `console`). Changes are signed with `--key`. Output is a human table by
 //! default and the API's JSON with `--json`. Every failure is one line on stderr
 //! and a non-zero exit.
@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod bind;
 pub mod console;
+pub mod db;
 pub mod events;
 pub mod host;
 pub mod repo;

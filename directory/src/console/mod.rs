@@ -1,5 +1,5 @@
 //! The web console at `/ui/` on the admin listener: services, hosts,
-//! repositories and events, each one page that refreshes itself when the
+//! repositories, databases and events, each one page that refreshes itself when the
 //! directory changes; an admin marks hosts (un)available and promotes replicas
 //! from it.
 //!
@@ -325,6 +325,23 @@ async fn post(
                     force: form.get("force").is_some_and(|v| v == "yes"),
                 },
                 "repos",
+                done,
+            )
+        }
+        ["ui", "dbs", db, "promote"] => {
+            let host = form.get("host").cloned().unwrap_or_default();
+            let done = format!(
+                "done=promote&db={}&host={}",
+                pages::url_encode(db),
+                pages::url_encode(&host)
+            );
+            (
+                Op::PromoteDb {
+                    db: db.to_string(),
+                    host,
+                    force: form.get("force").is_some_and(|v| v == "yes"),
+                },
+                "dbs",
                 done,
             )
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::Ctx;
-use crate::model::{Binding, Health, Host, Repo, Zone};
+use crate::model::{Binding, Database, Health, Host, Repo, Zone};
 use crate::state::{clock, Directory};
 
 pub const STYLE: &str = include_str!("style.css");
@@ -49,6 +49,7 @@ pub fn page(dir: &Directory, ctx: &Ctx, path: &str, error: Option<&str>) -> Opti
         "/ui/services" => ("Services", "services"),
         "/ui/hosts" => ("Hosts", "hosts"),
         "/ui/repos" => ("Repositories", "repos"),
+        "/ui/dbs" => ("Databases", "dbs"),
         "/ui/events" => ("Events", "events"),
         "/ui/login" => ("Sign in", "login"),
         _ => return None,
@@ -79,6 +80,7 @@ pub fn page(dir: &Directory, ctx: &Ctx, path: &str, error: Option<&str>) -> Opti
             let content = match active {
                 "services" => services(z, ctx),
                 "hosts" => hosts(z, ctx, &heartbeats),
+                "dbs" => dbs(z, ctx),
                 _ => repos(z, ctx),
             };
             (content, z.serial)
@@ -100,14 +102,16 @@ pub fn page(dir: &Directory, ctx: &Ctx, path: &str, error: Option<&str>) -> Opti
     ))
 }
 
-/// The confirmation of a console change (`?done=ID&host=…&repo=…`), only
+/// The confirmation of a console change (`?done=ID&host=…&repo=…` or `&db=…`), only
 /// for names the zone holds: a link cannot make the console say anything else.
 fn done_message(dir: &Directory, ctx: &Ctx) -> Option<String> {
     let q = |k: &str| ctx.query.get(k).map(String::as_str).unwrap_or("");
-    let (host, repo) = (q("host"), q("repo"));
+    let (host, repo, db) = (q("host"), q("repo"), q("db"));
     let known = dir
         .read(&ctx.zone, |z| {
-            z.hosts.contains_key(host) && (repo.is_empty() || z.repos.contains_key(repo))
+            z.hosts.contains_key(host)
+                && (repo.is_empty() || z.repos.contains_key(repo))
+                && (db.is_empty() || z.dbs.contains_key(db))
         })
         .unwrap_or(false);
     if !known {
@@ -117,6 +121,7 @@ fn done_message(dir: &Directory, ctx: &Ctx) -> Option<String> {
         "disable" => Some(format!("{host} marked unavailable")),
         "enable" => Some(format!("{host} marked available")),
         "promote" if !repo.is_empty() => Some(format!("{host} is now the master of {repo}")),
+        "promote" if !db.is_empty() => Some(format!("{host} is now the master of database {db}")),
         _ => None,
     }
 }
@@ -143,6 +148,7 @@ fn layout(
         ("services", "Services"),
         ("hosts", "Hosts"),
         ("repos", "Repositories"),
+        ("dbs", "Databases"),
         ("events", "Events"),
     ] {
         let current = if key == active {
@@ -586,6 +592,132 @@ fn repos(z: &Zone, ctx: &Ctx) -> String {
     out.push_str(&more(shown, total, "repositories"));
     if z.repos.is_empty() {
         out.push_str(r#"<p class="empty">No repository yet.</p>"#);
+    }
+    out
+}
+
+/// One database: its state, each host's reported position and lag, losses,
+/// and a promote button per replica (a forced one, behind a confirmation,
+/// for a replica behind the master's last reported position).
+fn db_card(z: &Zone, ctx: &Ctx, d: &Database) -> String {
+    let state = if let Some(m) = &d.frozen {
+        badge("warn", &format!("frozen: {m}"))
+    } else if crate::view::db_readonly(z, d) {
+        badge("bad", "read-only: master out of service")
+    } else {
+        badge("ok", "writable")
+    };
+    let mut out = format!(
+        r#"<article class="card" id="db-{id}"><h2>{name} {state}</h2><p class="summary">Master <b>{master}</b> · port {port} · max lag {lag} s</p><ul class="rows">"#,
+        id = esc(&d.name),
+        name = esc(&d.name),
+        master = esc(&d.master),
+        port = d.port,
+        lag = d.max_lag_s,
+    );
+    let master_gtid = d.master_gtid();
+    for host in d.hosts() {
+        let in_service = z.hosts.get(host).is_some_and(|h| h.in_service());
+        let p = d.positions.get(host);
+        let gtid = p
+            .map(|p| p.gtid.as_str())
+            .filter(|g| !g.is_empty())
+            .unwrap_or("-");
+        let is_master = host == d.master;
+        let standing = if is_master {
+            badge("ok", "master")
+        } else {
+            match d.lag_of(host) {
+                None => badge("ok", "serves reads"),
+                Some(why) => badge("warn", &why),
+            }
+        };
+        let behind = p
+            .and_then(|p| p.seconds_behind)
+            .map(|s| format!(" · {s} s behind"))
+            .unwrap_or_default();
+        let service = if in_service {
+            String::new()
+        } else {
+            badge("bad", "out of service")
+        };
+        let _ = write!(
+            out,
+            r#"<li data-host="{h}"><span class="name">{h}</span> {role} · GTID <code>{g}</code>{behind} {standing} {service}"#,
+            h = esc(host),
+            role = if is_master { "master" } else { "replica" },
+            g = esc(gtid),
+        );
+        if !is_master && ctx.editor().is_some() {
+            let csrf = csrf_field(ctx);
+            let action = format!("/ui/dbs/{}/promote", esc(&d.name));
+            if d.behind_master(host) {
+                let _ = write!(
+                    out,
+                    r#"<details class="promote"><summary>Promote…</summary><form method="post" action="{action}">{csrf}<input type="hidden" name="host" value="{h}"><p class="warning">{h} is at {g}; the master {m} last reported {mg}. Promoting it loses what only {m} has.</p><label><input type="checkbox" name="force" value="yes" required> Accept losing what {m} has past {g}</label><button class="danger">Force promotion</button></form></details>"#,
+                    h = esc(host),
+                    m = esc(&d.master),
+                    g = esc(gtid),
+                    mg = esc(master_gtid),
+                );
+            } else {
+                let _ = write!(
+                    out,
+                    r#"<form method="post" action="{action}" class="inline">{csrf}<input type="hidden" name="host" value="{h}"><button class="primary">Promote to master</button></form>"#,
+                    h = esc(host),
+                );
+            }
+        }
+        out.push_str("</li>");
+    }
+    out.push_str("</ul>");
+    if !d.lost.is_empty() {
+        out.push_str(r#"<p class="summary">Forced promotions:</p><ul class="rows">"#);
+        for l in &d.lost {
+            let _ = write!(
+                out,
+                "<li>{} → {} at {}: what {} had past {} (it was at {}) may be lost</li>",
+                esc(&l.old_master),
+                esc(&l.new_master),
+                esc(&clock(l.at.saturating_mul(1000))),
+                esc(&l.old_master),
+                esc(&l.new_gtid),
+                esc(&l.old_gtid),
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</article>");
+    out
+}
+
+fn dbs(z: &Zone, ctx: &Ctx) -> String {
+    let mut out = filter_form(ctx, "databases");
+    let behind = z
+        .dbs
+        .values()
+        .filter(|d| d.replicas.iter().any(|h| d.lag_of(h).is_some()))
+        .count();
+    let _ = write!(
+        out,
+        r#"<p class="summary">{} databases · {behind} with a replica out of reads</p><div class="cards">"#,
+        z.dbs.len()
+    );
+    let (mut shown, mut total) = (0, 0);
+    for d in z.dbs.values() {
+        if !matches(ctx, &d.name) {
+            continue;
+        }
+        total += 1;
+        if shown < MAX_CARDS {
+            shown += 1;
+            out.push_str(&db_card(z, ctx, d));
+        }
+    }
+    out.push_str("</div>");
+    out.push_str(&more(shown, total, "databases"));
+    if z.dbs.is_empty() {
+        out.push_str(r#"<p class="empty">No database yet.</p>"#);
     }
     out
 }

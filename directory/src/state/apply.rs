@@ -336,7 +336,7 @@ fn serial_reached(have: u32, serial: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Binding, Health, Host};
+    use crate::model::{Binding, Database, DbPosition, Health, Host};
     use crate::store::memory::MemoryStore;
     use crate::view::ViewConfig;
 
@@ -415,6 +415,21 @@ mod tests {
         same(&d, "remove");
     }
 
+    /// A database host's reported position.
+    fn pos(host: &str, gtid: &str, behind: Option<u64>, replicating: bool) -> Op {
+        Op::SetDbPosition {
+            db: "main".into(),
+            host: host.into(),
+            position: DbPosition {
+                gtid: gtid.into(),
+                seconds_behind: behind,
+                replicating,
+                read_only: replicating,
+                at: 1,
+            },
+        }
+    }
+
     #[test]
     fn a_patched_view_equals_a_rebuilt_one() {
         // CNAMEs whose answers follow a host that comes and goes, a service,
@@ -489,6 +504,48 @@ mod tests {
                 host: "repo3".into(),
                 available: false,
             },
+            // A database: its answers follow its positions, its master's
+            // availability, promotions and freezes.
+            Op::SetHealth {
+                host: "db2".into(),
+                health: Health::Unknown,
+            },
+            Op::AddDb(Database {
+                name: "main".into(),
+                master: "db1".into(),
+                replicas: vec!["db2".into()],
+                port: 3306,
+                max_lag_s: 10,
+                frozen: None,
+                positions: Default::default(),
+                lost: Vec::new(),
+            }),
+            pos("db1", "0-1-50", None, false),
+            pos("db2", "0-1-50", Some(0), true),
+            pos("db2", "0-1-50", Some(99), true),
+            pos("db2", "0-1-40", Some(0), true),
+            Op::SetAvailable {
+                host: "db1".into(),
+                available: false,
+            },
+            Op::SetAvailable {
+                host: "db1".into(),
+                available: true,
+            },
+            Op::FreezeDb {
+                db: "main".into(),
+                message: Some("maintenance".into()),
+            },
+            Op::FreezeDb {
+                db: "main".into(),
+                message: None,
+            },
+            Op::PromoteDb {
+                db: "main".into(),
+                host: "db2".into(),
+                force: true,
+            },
+            Op::RemoveDb("main".into()),
         ];
         for op in ops {
             let what = format!("{op:?}");

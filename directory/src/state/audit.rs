@@ -264,7 +264,56 @@ pub(super) fn of_change(before: &Zone, op: &Op, changes: &[Change]) -> Option<Dr
                     state(*on)
                 ))
         }
-        Op::SetVersion { .. } => return None,
+        Op::SetVersion { .. } | Op::SetDbPosition { .. } => return None,
+        Op::AddDb(d) => Draft::new("db", &d.name, "add").message(format!(
+            "database {} added, master {}{}, port {}",
+            d.name,
+            d.master,
+            if d.replicas.is_empty() {
+                String::new()
+            } else {
+                format!(", replicas {}", d.replicas.join(","))
+            },
+            d.port
+        )),
+        Op::RemoveDb(name) => {
+            Draft::new("db", name, "remove").message(format!("database {name} removed"))
+        }
+        Op::PromoteDb { db, host, .. } => {
+            let b = before.dbs.get(db)?;
+            let old = &b.master;
+            let loss = changes.iter().find_map(|c| match c {
+                Change::PutDb(d) if d.name == *db => {
+                    d.lost.last().filter(|l| !b.lost.contains(l)).cloned()
+                }
+                _ => None,
+            });
+            let loss = match loss {
+                Some(l) => format!(
+                    "; forced: transactions of {} past {:?} (it was at {:?}) may be lost",
+                    l.old_master, l.new_gtid, l.old_gtid
+                ),
+                None => String::new(),
+            };
+            Draft::new("db", db, "promote")
+                .transition(old.as_str(), host.as_str())
+                .message(format!(
+                    "{host} promoted to master of database {db} (was {old}){loss}"
+                ))
+        }
+        Op::FreezeDb {
+            db,
+            message: Some(m),
+        } => Draft::new("db", db, "freeze")
+            .transition("writable", "frozen")
+            .message(format!(
+                "database {db} frozen: writes are refused with {m:?}"
+            )),
+        Op::FreezeDb { db, message: None } => Draft::new("db", db, "thaw")
+            .transition("frozen", "writable")
+            .message(format!(
+                "database {db} thawed: writes go to its master again"
+            )),
         Op::AddAdmin(a) => {
             Draft::new("admin", &a.name, "add").message(format!("admin key {} added", a.name))
         }

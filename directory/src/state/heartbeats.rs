@@ -154,7 +154,91 @@ impl Directory {
     /// or is first heard of, `fresh` when it ends). A report whose times
     /// cannot be true is refused (`ApplyError::Invalid`, saying why); events
     /// over the host's allowance ([`EVENT_BURST`]) are not written.
+    ///
+    /// The database positions it reports are recorded (see
+    /// [`Directory::record_positions`]) once the rest of it is taken in.
     pub fn heartbeat(
+        &self,
+        origin: &str,
+        host: &str,
+        report: &HeartbeatReport,
+    ) -> Result<HeartbeatReply, ApplyError> {
+        for p in &report.databases {
+            model::parse_gtid(&p.gtid)
+                .map_err(|e| ApplyError::Invalid(format!("database {}: {}", p.db, e.0)))?;
+        }
+        let reply = self.heartbeat_episodes(origin, host, report)?;
+        self.record_positions(origin, host, &report.databases)?;
+        Ok(reply)
+    }
+
+    /// Records the replication positions `host`'s sidecar reported, each that
+    /// differs from the one recorded (a repeated report writes nothing, so a
+    /// quiet database costs its heartbeats no store write), or that, repeated
+    /// now, makes a replica short of the master's position lag. A position of a
+    /// database the host does not serve (removed meanwhile) is left out.
+    /// Eligibility for `read.DB.db` follows from the model (`Database::lag_of`).
+    fn record_positions(
+        &self,
+        origin: &str,
+        host: &str,
+        reports: &[model::DbPositionReport],
+    ) -> Result<(), ApplyError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let now = crate::time::unix_secs();
+        let position = |r: &model::DbPositionReport| model::DbPosition {
+            gtid: r.gtid.clone(),
+            seconds_behind: r.seconds_behind,
+            replicating: r.replicating,
+            read_only: r.read_only,
+            at: now,
+        };
+        let changed: Vec<&model::DbPositionReport> = self
+            .read(origin, |z| {
+                reports
+                    .iter()
+                    .filter(|r| {
+                        let Some(d) = z.dbs.get(&r.db).filter(|d| d.has_host(host)) else {
+                            return false;
+                        };
+                        let Some(p) = d.positions.get(host) else {
+                            return true;
+                        };
+                        if p.gtid != r.gtid
+                            || p.seconds_behind != r.seconds_behind
+                            || p.replicating != r.replicating
+                            || p.read_only != r.read_only
+                        {
+                            return true;
+                        }
+                        // The same report, later: it matters only to a replica
+                        // still short of what the master reported, which lags
+                        // once that is over `max_lag_s` old.
+                        if host == d.master || !d.behind_master(host) {
+                            return false;
+                        }
+                        let mut later = d.clone();
+                        later.positions.insert(host.to_string(), position(r));
+                        later.lag_of(host).is_some() != d.lag_of(host).is_some()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let by = format!("host {host}");
+        for r in changed {
+            let op = model::Op::SetDbPosition {
+                db: r.db.clone(),
+                host: host.to_string(),
+                position: position(r),
+            };
+            self.apply_by(origin, op, &by)?;
+        }
+        Ok(())
+    }
+
+    fn heartbeat_episodes(
         &self,
         origin: &str,
         host: &str,
@@ -370,6 +454,7 @@ mod tests {
                 &HeartbeatReport {
                     stale_since: since,
                     last_stale: last,
+                    ..HeartbeatReport::default()
                 },
             )
             .expect("heartbeat")

@@ -4,7 +4,7 @@
 //! of the zone: `apply` does the writing.
 
 use super::ApplyError;
-use crate::model::{self, Host, Loss, Op, Repo, Zone};
+use crate::model::{self, Database, DbLoss, Host, Loss, Op, Repo, Zone};
 use crate::store::Change;
 use crate::view;
 
@@ -36,6 +36,15 @@ pub(super) fn describe(op: &Op) -> (&'static str, String, &'static str) {
         Op::Promote { repo, .. } => ("repo", repo.clone(), "promote"),
         Op::SetAutoFailover { repo, .. } => ("repo", repo.clone(), "auto-failover"),
         Op::SetVersion { repo, .. } => ("repo", repo.clone(), "version"),
+        Op::AddDb(d) => ("db", d.name.clone(), "add"),
+        Op::RemoveDb(d) => ("db", d.clone(), "remove"),
+        Op::PromoteDb { db, .. } => ("db", db.clone(), "promote"),
+        Op::FreezeDb {
+            db,
+            message: Some(_),
+        } => ("db", db.clone(), "freeze"),
+        Op::FreezeDb { db, message: None } => ("db", db.clone(), "thaw"),
+        Op::SetDbPosition { db, .. } => ("db", db.clone(), "position"),
         Op::AddAdmin(a) => ("admin", a.name.clone(), "add"),
         Op::RemoveAdmin(a) => ("admin", a.clone(), "remove"),
         Op::AddTsig(k) => ("tsig", k.name.clone(), "add"),
@@ -60,6 +69,11 @@ pub(super) fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         | Op::Promote { .. }
         | Op::SetAutoFailover { .. }
         | Op::SetVersion { .. } => view::Scope::default(),
+        Op::AddDb(_)
+        | Op::RemoveDb(_)
+        | Op::PromoteDb { .. }
+        | Op::FreezeDb { .. }
+        | Op::SetDbPosition { .. } => view::Scope::default(),
         Op::AddAdmin(_) | Op::RemoveAdmin(_) => view::Scope::default(),
         // Transfer settings change no answer.
         Op::AddTsig(_) | Op::RemoveTsig(_) | Op::AddSecondary(_) | Op::RemoveSecondary(_) => {
@@ -75,6 +89,15 @@ pub(super) fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         | Op::SetAutoFailover { repo: r, .. }
         | Op::SetVersion { repo: r, .. } => {
             s.repos.insert(r.clone());
+        }
+        Op::AddDb(d) => {
+            s.dbs.insert(d.name.clone());
+        }
+        Op::RemoveDb(d)
+        | Op::PromoteDb { db: d, .. }
+        | Op::FreezeDb { db: d, .. }
+        | Op::SetDbPosition { db: d, .. } => {
+            s.dbs.insert(d.clone());
         }
         Op::AddAdmin(a) => {
             s.admins.insert(a.name.clone());
@@ -97,6 +120,12 @@ fn repo<'z>(zone: &'z Zone, name: &str) -> Result<&'z Repo, ApplyError> {
     zone.repos
         .get(name)
         .ok_or_else(|| ApplyError::NotFound(format!("no repository {name} in {}", zone.origin())))
+}
+
+fn database<'z>(zone: &'z Zone, name: &str) -> Result<&'z Database, ApplyError> {
+    zone.dbs
+        .get(name)
+        .ok_or_else(|| ApplyError::NotFound(format!("no database {name} in {}", zone.origin())))
 }
 
 fn key_in_use(zone: &Zone, key: &model::PublicKey) -> Option<String> {
@@ -164,6 +193,18 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                 return Err(ApplyError::Conflict(format!(
                     "host {name} still serves repositories ({}); move them first",
                     repos.join(", ")
+                )));
+            }
+            let dbs: Vec<&str> = zone
+                .dbs
+                .values()
+                .filter(|d| d.has_host(&name))
+                .map(|d| d.name.as_str())
+                .collect();
+            if !dbs.is_empty() {
+                return Err(ApplyError::Conflict(format!(
+                    "host {name} still serves databases ({}); remove it from them first",
+                    dbs.join(", ")
                 )));
             }
             vec![Change::DelHost(name)]
@@ -322,6 +363,102 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             let mut next = r.clone();
             next.versions.insert(host, version);
             vec![Change::PutRepo(next)]
+        }
+        Op::AddDb(mut d) => {
+            d.positions.clear();
+            d.lost.clear();
+            model::validate_database(&d)?;
+            if zone.dbs.contains_key(&d.name) {
+                return Err(ApplyError::Conflict(format!(
+                    "database {} already exists; remove it first with `db rm`",
+                    d.name
+                )));
+            }
+            for h in d.hosts() {
+                host(zone, h)?;
+            }
+            vec![Change::PutDb(d)]
+        }
+        Op::RemoveDb(name) => {
+            database(zone, &name)?;
+            vec![Change::DelDb(name)]
+        }
+        Op::PromoteDb {
+            db: name,
+            host: new,
+            force,
+        } => {
+            let d = database(zone, &name)?;
+            host(zone, &new)?;
+            if d.master == new {
+                return Err(ApplyError::Conflict(format!(
+                    "{new} is already the master of {name}"
+                )));
+            }
+            if !d.replicas.contains(&new) {
+                return Err(ApplyError::Conflict(format!(
+                    "{new} is not a replica of {name} (replicas: {})",
+                    d.replicas.join(", ")
+                )));
+            }
+            let old_gtid = d.master_gtid().to_string();
+            let new_gtid = d
+                .positions
+                .get(&new)
+                .map_or(String::new(), |p| p.gtid.clone());
+            let mut next = d.clone();
+            if d.behind_master(&new) {
+                if !force {
+                    return Err(ApplyError::Conflict(format!(
+                        "{new} is at GTID position {:?} of {name}, behind the master {} at {old_gtid:?} by their last reports: promoting it may lose what only the master has; wait for it to catch up, or pass --force to accept the loss",
+                        new_gtid, d.master
+                    )));
+                }
+                next.lost.push(DbLoss {
+                    old_master: d.master.clone(),
+                    new_master: new.clone(),
+                    old_gtid,
+                    new_gtid,
+                    at: crate::time::unix_secs(),
+                });
+            }
+            next.replicas.retain(|h| h != &new);
+            next.replicas.insert(0, d.master.clone());
+            next.master = new;
+            vec![Change::PutDb(next)]
+        }
+        Op::FreezeDb { db: name, message } => {
+            let mut d = database(zone, &name)?.clone();
+            if let Some(m) = &message {
+                if d.frozen.as_ref() == Some(m) {
+                    return Err(ApplyError::Conflict(format!(
+                        "database {name} is already frozen with that message"
+                    )));
+                }
+            } else if d.frozen.is_none() {
+                return Err(ApplyError::Conflict(format!(
+                    "database {name} is not frozen"
+                )));
+            }
+            d.frozen = message;
+            model::validate_database(&d)?;
+            vec![Change::PutDb(d)]
+        }
+        Op::SetDbPosition {
+            db: name,
+            host,
+            position,
+        } => {
+            let d = database(zone, &name)?;
+            if !d.has_host(&host) {
+                return Err(ApplyError::NotFound(format!(
+                    "{host} is not a host of database {name}"
+                )));
+            }
+            model::parse_gtid(&position.gtid)?;
+            let mut next = d.clone();
+            next.positions.insert(host, position);
+            vec![Change::PutDb(next)]
         }
         Op::AddAdmin(a) => {
             model::validate_admin(&a)?;

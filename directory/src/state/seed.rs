@@ -98,15 +98,29 @@ impl Directory {
             // TSIG keys and secondaries are not in zone files: an import keeps them.
             zone.tsig = old.tsig.clone();
             zone.secondaries = old.secondaries.clone();
+            // Nor are databases' reported positions (reports, not configuration):
+            // a database the import keeps keeps those of its hosts, so its
+            // replicas stay in `read.` until their next heartbeat.
+            for d in zone.dbs.values_mut() {
+                if let Some(was) = old.dbs.get(&d.name) {
+                    d.positions = was
+                        .positions
+                        .iter()
+                        .filter(|(h, _)| d.has_host(h))
+                        .map(|(h, p)| (h.clone(), p.clone()))
+                        .collect();
+                }
+            }
         }
         let zv = view::build(&zone, self.cfg).map_err(ApplyError::from)?;
         let serial = zone.serial;
         let origin = zone.origin().to_string();
         let draft = Draft::new("zone", &origin, "import").message(format!(
-            "zone {origin} replaced whole by an import ({} hosts, {} bindings, {} repositories; serial {serial})",
+            "zone {origin} replaced whole by an import ({} hosts, {} bindings, {} repositories, {} databases; serial {serial})",
             zone.hosts.len(),
             zone.bindings.len(),
-            zone.repos.len()
+            zone.repos.len(),
+            zone.dbs.len()
         ));
         let ((), audit) = self.with_events(&origin, vec![draft], by, |ev| {
             self.store.replace_zone_on(&zone, prev, ev)

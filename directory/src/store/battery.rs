@@ -77,6 +77,36 @@ pub fn event(id: u64, by: &str) -> Event {
 }
 
 /// Every kind of change, each once, against [`zone`]; and the zone after them.
+/// A database with a reported position and a recorded loss.
+fn database() -> crate::model::Database {
+    crate::model::Database {
+        name: "main".into(),
+        master: "db1".into(),
+        replicas: vec!["db2".into()],
+        port: 3307,
+        max_lag_s: 5,
+        frozen: None,
+        positions: [(
+            "db2".to_string(),
+            crate::model::DbPosition {
+                gtid: "0-1-5,1-2-3".into(),
+                seconds_behind: Some(2),
+                replicating: true,
+                read_only: true,
+                at: 1_700_000_000,
+            },
+        )]
+        .into(),
+        lost: vec![crate::model::DbLoss {
+            old_master: "db2".into(),
+            new_master: "db1".into(),
+            old_gtid: "0-1-6".into(),
+            new_gtid: "0-1-5".into(),
+            at: 1_700_000_000,
+        }],
+    }
+}
+
 fn changes(before: &Zone) -> (Vec<Change>, Zone) {
     let gone = "repo2".to_string();
     let unbound = ("web2".to_string(), "http".to_string());
@@ -105,6 +135,16 @@ fn changes(before: &Zone) -> (Vec<Change>, Zone) {
         Change::PutAdmin(admin),
         Change::DelAdmin("ops".into()),
         Change::DelRepo("nothing-by-that-name".into()),
+        Change::PutDb(database()),
+        Change::PutDb(crate::model::Database {
+            frozen: Some("maintenance".into()),
+            ..database()
+        }),
+        Change::PutDb(crate::model::Database {
+            name: "gone".into(),
+            ..database()
+        }),
+        Change::DelDb("gone".into()),
     ];
     let mut after = before.clone();
     for c in &changes {

@@ -13,7 +13,7 @@
 //! as they happen (`follow`), and duties only one server runs at a time (`lead`).
 
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Op, Repo, Secondary, TsigKey, Zone};
+use crate::model::{AdminKey, Binding, Database, Host, Op, Repo, Secondary, TsigKey, Zone};
 
 pub mod battery;
 pub mod etcd;
@@ -69,6 +69,8 @@ pub enum Change {
     DelBinding { host: String, service: String },
     PutRepo(Repo),
     DelRepo(String),
+    PutDb(Database),
+    DelDb(String),
     PutAdmin(AdminKey),
     DelAdmin(String),
     PutTsig(TsigKey),
@@ -99,6 +101,12 @@ impl Change {
             }
             Change::DelRepo(n) => {
                 zone.repos.remove(&n);
+            }
+            Change::PutDb(d) => {
+                zone.dbs.insert(d.name.clone(), d);
+            }
+            Change::DelDb(n) => {
+                zone.dbs.remove(&n);
             }
             Change::PutAdmin(a) => {
                 zone.admins.insert(a.name.clone(), a);

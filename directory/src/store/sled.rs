@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Change, Loaded, Store, StoreError, Unreadable};
 use crate::events::Event;
-use crate::model::{AdminKey, Binding, Host, Repo, Secondary, TsigKey, Zone, ZoneMeta};
+use crate::model::{AdminKey, Binding, Database, Host, Repo, Secondary, TsigKey, Zone, ZoneMeta};
 
 const META: &str = "meta";
 const SERIAL: &str = "serial";
@@ -38,6 +38,7 @@ const VIEW: &str = "view";
 const HOST: &str = "h";
 const BINDING: &str = "b";
 const REPO: &str = "r";
+const DB: &str = "d";
 const ADMIN: &str = "a";
 const TSIG: &str = "t";
 const SECONDARY: &str = "s";
@@ -96,6 +97,8 @@ struct Snapshot {
     bindings: Vec<Binding>,
     repos: Vec<Repo>,
     admins: Vec<AdminKey>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dbs: Vec<Database>,
 }
 
 /// A snapshot as read back: each entity is parsed on its own, so one that
@@ -110,6 +113,8 @@ struct SnapshotIn<'a> {
     repos: Vec<&'a serde_json::value::RawValue>,
     #[serde(borrow)]
     admins: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    dbs: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// Parses each of a snapshot's records of one kind, reporting those that fail
@@ -157,6 +162,7 @@ pub(super) fn snapshot_json(zone: &Zone) -> Result<Vec<u8>, StoreError> {
         bindings: zone.bindings.values().cloned().collect(),
         repos: zone.repos.values().cloned().collect(),
         admins: zone.admins.values().cloned().collect(),
+        dbs: zone.dbs.values().cloned().collect(),
     })
 }
 
@@ -184,6 +190,10 @@ pub(super) fn parse_snapshot(
     zone.repos = parse_each::<Repo>(key, "repo", &s.repos, unreadable)
         .into_iter()
         .map(|r| (r.name.clone(), r))
+        .collect();
+    zone.dbs = parse_each::<Database>(key, "db", &s.dbs, unreadable)
+        .into_iter()
+        .map(|d| (d.name.clone(), d))
         .collect();
     zone.admins = parse_each::<AdminKey>(key, "admin", &s.admins, unreadable)
         .into_iter()
@@ -371,6 +381,8 @@ impl SledStore {
             }
             Change::PutRepo(r) => batch.insert(key(origin, REPO, &r.name), json(r)?),
             Change::DelRepo(n) => batch.insert(key(origin, REPO, n), REMOVED),
+            Change::PutDb(d) => batch.insert(key(origin, DB, &d.name), json(d)?),
+            Change::DelDb(n) => batch.insert(key(origin, DB, n), REMOVED),
             Change::PutAdmin(a) => batch.insert(key(origin, ADMIN, &a.name), json(a)?),
             Change::DelAdmin(n) => batch.insert(key(origin, ADMIN, n), REMOVED),
             Change::PutTsig(k) => batch.insert(key(origin, TSIG, &k.name), json(k)?),
@@ -487,6 +499,9 @@ fn overlay(zone: &mut Zone, k: &str, kind: &str, name: &str, v: &[u8]) -> Result
             REPO => {
                 zone.repos.remove(name);
             }
+            DB => {
+                zone.dbs.remove(name);
+            }
             ADMIN => {
                 zone.admins.remove(name);
             }
@@ -539,6 +554,14 @@ fn overlay_entry(
             }
             None => {
                 zone.repos.remove(name);
+            }
+        },
+        DB => match parse_overlay::<Database>(k, v)? {
+            Some(d) => {
+                zone.dbs.insert(d.name.clone(), d);
+            }
+            None => {
+                zone.dbs.remove(name);
             }
         },
         ADMIN => match parse_overlay::<AdminKey>(k, v)? {

@@ -1,5 +1,5 @@
 //! A zone's answers from its model: every derived name (hosts, services,
-//! repositories, admin keys) and the apex, static records and glue, encoded
+//! repositories, databases, admin keys) and the apex, static records and glue, encoded
 //! into the shards. A full build encodes host names as it goes (`Eager`);
 //! `patch` rebuilds the names of a `Scope` with the same `Builder`.
 
@@ -17,7 +17,7 @@ use super::{
     finish, key_of, shard_of, Key, KeyEntry, KeyOwner, Node, ViewConfig, ViewError, ZoneView,
     SHARDS,
 };
-use crate::model::{Binding, Repo, Role, Zone};
+use crate::model::{Binding, Database, Repo, Role, Zone};
 use crate::schema;
 use crate::wire;
 
@@ -393,6 +393,38 @@ impl<'z> Builder<'z> {
         }
     }
 
+    /// `DB.db` TXT, `write.DB.db` (the master, unless read-only) and
+    /// `read.DB.db` (replicas within `max_lag_s`, and the master) SRV/A
+    /// (docs/dns-schema.md, "Databases").
+    fn dbs(&mut self) {
+        let zone = self.zone;
+        let ttl = self.cfg.service_ttl;
+        for d in zone
+            .dbs
+            .values()
+            .filter(|d| Scope::has(&self.scope.dbs, self.scope.all, &d.name))
+        {
+            let Some(name) = self.name(&[&d.name, schema::DB]) else {
+                continue;
+            };
+            let readonly = db_readonly(zone, d);
+            self.add(&name, ttl, txt(crate::txt::db_txt(d, Some(readonly))));
+            let write: Vec<_> = std::iter::once(d.master.as_str())
+                .filter(|_| !readonly)
+                .map(|h| (h, 0, 0, d.port))
+                .collect();
+            if let Some(n) = self.name(&[schema::WRITE, &d.name, schema::DB]) {
+                self.srv_answer(&n, &write, ttl);
+            }
+            let read: Vec<_> = db_readers(zone, d)
+                .map(|(h, prio)| (h, prio, 0, d.port))
+                .collect();
+            if let Some(n) = self.name(&[schema::READ, &d.name, schema::DB]) {
+                self.srv_answer(&n, &read, ttl);
+            }
+        }
+    }
+
     fn admins(&mut self) {
         let zone = self.zone;
         for a in zone
@@ -409,6 +441,22 @@ impl<'z> Builder<'z> {
             }
         }
     }
+}
+
+/// Whether a database takes no writes: its master is not in service, or it is frozen.
+pub fn db_readonly(zone: &Zone, d: &Database) -> bool {
+    d.frozen.is_some() || !zone.hosts.get(&d.master).is_some_and(|h| h.in_service())
+}
+
+/// The hosts `read.DB.db` gives, with their SRV priority: the replicas in
+/// service that replicate within `max_lag_s` by their last report (0), and
+/// the master in service (0 too: it always has every write).
+pub fn db_readers<'z>(zone: &'z Zone, d: &'z Database) -> impl Iterator<Item = (&'z str, u16)> {
+    let in_service = |h: &str| zone.hosts.get(h).is_some_and(|h| h.in_service());
+    d.hosts()
+        .filter(move |h| in_service(h))
+        .filter(move |h| *h == d.master || d.lag_of(h).is_none())
+        .map(|h| (h, 0))
 }
 
 /// Hosts of a repository whose version is within `max_lag` of the master's.
@@ -484,6 +532,7 @@ fn build_names_with(
     b.hosts();
     b.services();
     b.repos();
+    b.dbs();
     b.admins();
     (b.names, b.eager)
 }

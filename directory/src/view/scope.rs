@@ -1,5 +1,5 @@
 //! What a change touches: the groups of names (hosts, services, repositories,
-//! admin keys, the service index) a patch rebuilds.
+//! databases, admin keys, the service index) a patch rebuilds.
 
 use std::collections::BTreeSet;
 
@@ -14,6 +14,8 @@ pub struct Scope {
     pub hosts: BTreeSet<String>,
     pub services: BTreeSet<String>,
     pub repos: BTreeSet<String>,
+    /// Databases: `DB.db`, `write.DB.db`, `read.DB.db`.
+    pub dbs: BTreeSet<String>,
     pub admins: BTreeSet<String>,
     /// `_services._dns-sd._udp`: the list of service types.
     pub service_index: bool,
@@ -27,7 +29,8 @@ impl Scope {
         }
     }
 
-    /// A host and everything that shows it: its bindings' services and its repositories.
+    /// A host and everything that shows it: its bindings' services, its
+    /// repositories and its databases.
     pub fn host(zone: &Zone, host: &str) -> Self {
         let mut s = Scope::default();
         s.hosts.insert(host.to_string());
@@ -38,6 +41,12 @@ impl Scope {
                 .values()
                 .filter(|r| r.has_host(host))
                 .map(|r| r.name.clone()),
+        );
+        s.dbs.extend(
+            zone.dbs
+                .values()
+                .filter(|d| d.has_host(host))
+                .map(|d| d.name.clone()),
         );
         s
     }

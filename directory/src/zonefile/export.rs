@@ -154,6 +154,18 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
             txt_line(&crate::txt::repo_txt(r, false))
         );
     }
+    if !zone.dbs.is_empty() {
+        let _ = writeln!(out, "\n; databases");
+    }
+    for d in zone.dbs.values() {
+        let _ = writeln!(
+            out,
+            "{}.{}\t{service_ttl}\tIN\tTXT\t{}",
+            d.name,
+            schema::DB,
+            txt_line(&crate::txt::db_txt(d, None))
+        );
+    }
     let _ = writeln!(out, "\n; admin keys");
     for a in zone.admins.values() {
         let _ = writeln!(

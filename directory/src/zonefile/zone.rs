@@ -13,7 +13,9 @@ use hickory_proto::serialize::binary::BinEncodable;
 
 use super::export::exportable;
 use super::{err, BuildError, Owner, Rec};
-use crate::model::{self, AdminKey, Binding, Health, Host, Loss, Repo, Soa, Zone, ZoneMeta};
+use crate::model::{
+    self, AdminKey, Binding, Database, DbLoss, Health, Host, Loss, Repo, Soa, Zone, ZoneMeta,
+};
 use crate::schema::{self, txt};
 
 /// An instance's SRV data: target (lower case), priority, weight, port.
@@ -62,6 +64,7 @@ enum Place {
     Node(String),
     Instance { host: String, service: String },
     Repo(String),
+    Db(String),
     Admin(String),
     Derived,
     Static,
@@ -77,6 +80,7 @@ fn place(rel: &[Cow<'_, str>]) -> Place {
             service: svc[1..].to_string(),
         },
         [r, schema::REPO] => Place::Repo(r.to_string()),
+        [d, schema::DB] => Place::Db(d.to_string()),
         [a, schema::ADMIN] => Place::Admin(a.to_string()),
         [a, b, c] if [*a, *b, *c] == schema::DNS_SD_SERVICES => Place::Derived,
         [.., last]
@@ -86,6 +90,7 @@ fn place(rel: &[Cow<'_, str>]) -> Place {
                 schema::TCP,
                 schema::NODE,
                 schema::REPO,
+                schema::DB,
                 schema::ADMIN,
             ]
             .contains(last) =>
@@ -128,6 +133,8 @@ pub(super) fn build<'a>(
     let mut binding_txt: BTreeMap<(String, String), Vec<(Owner, RData)>> = BTreeMap::new();
     let mut admin_txt: BTreeMap<String, Vec<RData>> = BTreeMap::new();
     let mut repos = BTreeMap::new();
+    let mut dbs: BTreeMap<String, Database> = BTreeMap::new();
+    let mut db_txt: BTreeMap<String, RData> = BTreeMap::new();
     // Each repository's TXT data: the same record twice is one record (RFC 2181 §5).
     let mut repo_txt: BTreeMap<String, RData> = BTreeMap::new();
     let mut admins = BTreeMap::new();
@@ -263,6 +270,54 @@ pub(super) fn build<'a>(
                 repo.canonicalize();
                 repo_txt.insert(name.clone(), r.data.clone());
                 repos.insert(name, repo);
+            }
+            Place::Db(name) => {
+                if db_txt.get(&name) == Some(&r.data) {
+                    continue;
+                }
+                if dbs.contains_key(&name) {
+                    return err(&owner, Some(rtype), format!("database {name} has more than one TXT record: put every attribute in one"));
+                }
+                if rtype != RecordType::TXT {
+                    return err(&owner, Some(rtype), format!("{owner} is a database: only TXT belongs there"));
+                }
+                let mut db = Database {
+                    name: name.clone(),
+                    master: String::new(),
+                    replicas: vec![],
+                    port: model::DEFAULT_DB_PORT,
+                    max_lag_s: model::DEFAULT_DB_MAX_LAG_S,
+                    frozen: None,
+                    positions: BTreeMap::new(),
+                    lost: vec![],
+                };
+                let mut frozen = false;
+                for (k, v) in txt_pairs(&owner, &r.data)? {
+                    let bad = |what: &str| BuildError::new(&owner, Some(rtype), format!("{k}={v:?}: {what}"));
+                    match k.as_str() {
+                        txt::ENGINE if v == "mariadb" => {}
+                        txt::ENGINE => return Err(bad("the only engine is mariadb")),
+                        txt::MASTER => db.master = v,
+                        txt::REPLICAS => db.replicas = list(&v),
+                        txt::PORT => db.port = v.parse().map_err(|_| bad("not a port"))?,
+                        txt::MAX_LAG_S => db.max_lag_s = v.parse().map_err(|_| bad("not a number"))?,
+                        txt::FROZEN => frozen = flag(&owner, &k, &v)?,
+                        txt::FROZEN_MESSAGE => db.frozen = Some(v),
+                        txt::LOST => db.lost.push(DbLoss::from_txt(&v).map_err(|e| bad(&e.0))?),
+                        // `readonly=` is derived (no available master, or frozen); accept it from an answer.
+                        txt::READONLY => {}
+                        _ => return Err(bad("unknown database attribute")),
+                    }
+                }
+                if db.master.is_empty() {
+                    return err(&owner, Some(rtype), format!("database {name} has no master=HOST"));
+                }
+                if frozen != db.frozen.is_some() {
+                    return err(&owner, Some(rtype), format!("database {name}: frozen=1 and frozen_message=TEXT go together"));
+                }
+                model::validate_database(&db).or_else(|e| err(&owner, Some(rtype), e.0))?;
+                db_txt.insert(name.clone(), r.data.clone());
+                dbs.insert(name, db);
             }
             Place::Admin(name) => {
                 let seen = admin_txt.entry(name.clone()).or_default();
@@ -450,6 +505,24 @@ pub(super) fn build<'a>(
             }
         }
     }
+    for db in dbs.values() {
+        for h in db.hosts() {
+            if !hosts.contains_key(h) {
+                let owner = Owner::of(
+                    Name::from_ascii(format!("{}.{}.{apex}", db.name, schema::DB))
+                        .unwrap_or(apex.clone()),
+                );
+                return err(
+                    &owner,
+                    Some(RecordType::TXT),
+                    format!(
+                        "database {} names host {h}, which has no {h}.node records",
+                        db.name
+                    ),
+                );
+            }
+        }
+    }
     for r in &statics {
         if !exportable(r) {
             return err(&Owner::of(r.name.clone()), Some(r.record_type()), format!(
@@ -497,6 +570,7 @@ pub(super) fn build<'a>(
     zone.hosts = hosts;
     zone.bindings = bindings;
     zone.repos = repos;
+    zone.dbs = dbs;
     zone.admins = admins;
     zone.shrink();
     Ok(zone)

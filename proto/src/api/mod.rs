@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
-use crate::model::{Loss, Repo};
+use crate::model::{Database, DbLoss, DbPosition, Loss, Repo};
 use crate::sign::Signer;
 
 /// A call that did not succeed: the one line to show, and the HTTP status and
@@ -96,6 +96,54 @@ impl RepoInfo {
     }
 }
 
+/// A database as `GET /v1/dbs[/DB]` shows it: the model's fields and what
+/// the directory derives from them (docs/dns-schema.md, "Databases").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbInfo {
+    pub name: String,
+    pub master: String,
+    pub replicas: Vec<String>,
+    pub port: u16,
+    pub max_lag_s: u64,
+    /// The freeze message, while frozen.
+    pub frozen: Option<String>,
+    /// No writes: frozen, or the master is not in service.
+    pub readonly: bool,
+    /// Each host's last reported position.
+    pub positions: BTreeMap<String, DbPosition>,
+    /// Replicas kept out of `read.`, and why.
+    pub lagging: BTreeMap<String, String>,
+    /// The hosts `read.DB.db` gives.
+    pub readers: Vec<String>,
+    /// The host `write.DB.db` gives, unless read-only.
+    pub writer: Option<String>,
+    pub lost: Vec<DbLoss>,
+}
+
+impl DbInfo {
+    /// The answer for `d`, given what the zone derives: `readonly` and the readers.
+    pub fn new(d: &Database, readonly: bool, readers: Vec<String>) -> Self {
+        DbInfo {
+            name: d.name.clone(),
+            master: d.master.clone(),
+            replicas: d.replicas.clone(),
+            port: d.port,
+            max_lag_s: d.max_lag_s,
+            frozen: d.frozen.clone(),
+            readonly,
+            positions: d.positions.clone(),
+            lagging: d
+                .replicas
+                .iter()
+                .filter_map(|h| Some((h.clone(), d.lag_of(h)?)))
+                .collect(),
+            readers,
+            writer: (!readonly).then(|| d.master.clone()),
+            lost: d.lost.clone(),
+        }
+    }
+}
+
 /// `PUT /v1/repos/REPO/versions/HOST`: a host's version of a repository; the
 /// master gives the write lease it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +162,10 @@ pub struct HeartbeatReport {
     /// Its last finished stale episode, (from, to) in unix ms, until acknowledged.
     #[serde(default)]
     pub last_stale: Option<(u64, u64)>,
+    /// The replication positions of the databases this host serves, as its
+    /// sidecar read them (SPEC "Databases"); empty on other hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<crate::model::DbPositionReport>,
 }
 
 /// The directory's answer to a heartbeat.
@@ -306,6 +358,16 @@ impl Client {
     /// `GET /v1/repos`.
     pub async fn repos(&self) -> Result<Vec<RepoInfo>, ApiError> {
         self.get("/v1/repos").await
+    }
+
+    /// `GET /v1/dbs`.
+    pub async fn dbs(&self) -> Result<Vec<DbInfo>, ApiError> {
+        self.get("/v1/dbs").await
+    }
+
+    /// `GET /v1/dbs/DB`.
+    pub async fn db(&self, db: &str) -> Result<DbInfo, ApiError> {
+        self.get(&format!("/v1/dbs/{db}")).await
     }
 
     /// `GET /v1/repos/REPO`.

@@ -22,6 +22,7 @@ pub async fn run(apis: Arc<Apis>, host: String, metrics: Arc<Metrics>) {
         let report = HeartbeatReport {
             stale_since: episodes.since,
             last_stale: episodes.last,
+            ..HeartbeatReport::default()
         };
         let next = match apis
             .call(|c| {
