@@ -722,7 +722,7 @@ fn cname_answers_carry_the_targets_records_from_the_zone() {
                  loop1 IN CNAME loop2\n\
                  loop2 IN CNAME loop1\n\
                  away IN CNAME example.org.\n\
-                 db IN CNAME mysql.service\n\
+                 sql IN CNAME mysql.service\n\
                  soon IN CNAME later.node\n";
     let d = Directory::with_zone(
         |k| format!("{}{extra}", switchboard_tests::demo_zone(k)),
@@ -789,11 +789,11 @@ fn cname_answers_carry_the_targets_records_from_the_zone() {
             ]
         );
         // A derived target: SRV records, their addresses in the additional section.
-        let srv = ask("db", "SRV");
+        let srv = ask("sql", "SRV");
         assert_eq!(
             rows(&srv),
             vec![
-                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("{} CNAME mysql.service.{Z}", n("sql")),
                 format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
                 format!("mysql.service.{Z} SRV 10 0 3306 db2.node.{Z}"),
             ]
@@ -826,9 +826,9 @@ fn cname_answers_carry_the_targets_records_from_the_zone() {
     ]);
     for flags in [&[][..], &["+tcp"]] {
         assert_eq!(
-            rows(&d.dig(&n("db"), "SRV", flags)),
+            rows(&d.dig(&n("sql"), "SRV", flags)),
             vec![
-                format!("{} CNAME mysql.service.{Z}", n("db")),
+                format!("{} CNAME mysql.service.{Z}", n("sql")),
                 format!("mysql.service.{Z} SRV 0 0 3306 db1.node.{Z}"),
             ],
             "{flags:?}"
