@@ -80,13 +80,13 @@ fn an_admin_marks_a_host_unavailable_from_the_browser_and_dns_follows() {
     b.wait("the console after sign-in", |b| {
         b.current_url().contains("/ui/hosts") && b.find("#host-web1 form button").is_some()
     });
-    let who = b.find(".who").map(|e| b.text(&e)).unwrap_or_default();
+    let who = b.text_of(".who").unwrap_or_default();
     assert!(who.contains("Signed in as demo"), "{who}");
     // The link works once.
     b.goto(&url);
     b.wait("the used link refused", |b| {
-        b.find(".flash.error")
-            .is_some_and(|e| b.text(&e).contains("unknown, used or expired"))
+        b.text_of(".flash.error")
+            .is_some_and(|t| t.contains("unknown, used or expired"))
     });
     b.goto(&format!("{base}/ui/hosts"));
     b.wait("the hosts page again", |b| {
@@ -106,12 +106,14 @@ fn an_admin_marks_a_host_unavailable_from_the_browser_and_dns_follows() {
     );
 
     // Mark web1 unavailable from the page.
-    let button = b.find("#host-web1 form button").expect("web1's button");
-    assert_eq!(b.text(&button), "Mark unavailable");
+    assert_eq!(
+        b.text_of("#host-web1 form button").as_deref(),
+        Some("Mark unavailable")
+    );
     b.click_css("#host-web1 form button");
     b.wait("the confirmation", |b| {
-        b.find(".flash.ok")
-            .is_some_and(|e| b.text(&e) == "web1 marked unavailable")
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "web1 marked unavailable")
     });
     assert!(b.find("#host-web1[data-available=false]").is_some());
     d.wait_for("web1 to leave conduit.service", || {
@@ -155,8 +157,8 @@ fn an_admin_marks_a_host_unavailable_from_the_browser_and_dns_follows() {
     b.click_css("#repo-phabricator li[data-host=repo3] input[name=force]");
     b.click_css(force);
     b.wait("the promotion", |b| {
-        b.find(".flash.ok")
-            .is_some_and(|e| b.text(&e) == "repo3 is now the master of phabricator")
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "repo3 is now the master of phabricator")
     });
     let shown = d.cli_ok(&["--json", "repo", "show", "phabricator"]);
     let v: Value = serde_json::from_str(&shown).expect("repo show --json");
@@ -352,10 +354,7 @@ fn the_databases_page_shows_positions_and_promotes_only_with_the_loss_accepted()
     b.wait("the session", |b| b.find(".who").is_some());
     b.goto(&format!("{}/ui/dbs", d.server_url()));
     b.wait("the databases page", |b| b.find("#db-main").is_some());
-    let row = b
-        .find("#db-main li[data-host=db3]")
-        .map(|e| b.text(&e))
-        .unwrap_or_default();
+    let row = b.text_of("#db-main li[data-host=db3]").unwrap_or_default();
     assert!(
         row.contains("0-1-100") && row.contains("serves reads"),
         "{row}"
@@ -363,8 +362,8 @@ fn the_databases_page_shows_positions_and_promotes_only_with_the_loss_accepted()
     // db3 has all the master reported: a plain promote button.
     b.click_css("#db-main li[data-host=db3] button.primary");
     b.wait("the promotion", |b| {
-        b.find(".flash.ok")
-            .is_some_and(|e| b.text(&e) == "db3 is now the master of database main")
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "db3 is now the master of database main")
     });
     // db2 is behind db3: its promotion needs the loss accepted.
     let warning = b.script(
@@ -382,13 +381,13 @@ fn the_databases_page_shows_positions_and_promotes_only_with_the_loss_accepted()
     b.click_css("#db-main li[data-host=db2] input[name=force]");
     b.click_css(force);
     b.wait("the forced promotion", |b| {
-        b.find(".flash.ok")
-            .is_some_and(|e| b.text(&e) == "db2 is now the master of database main")
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "db2 is now the master of database main")
     });
     let v: Value =
         serde_json::from_str(&d.cli_ok(&["--json", "db", "show", "main"])).expect("db show");
     assert_eq!(v["master"], "db2", "{v}");
     assert_eq!(v["lost"][0]["old_gtid"], "0-1-100", "{v}");
-    let text = b.find("#db-main").map(|e| b.text(&e)).unwrap_or_default();
+    let text = b.text_of("#db-main").unwrap_or_default();
     assert!(text.contains("may be lost"), "{text}");
 }

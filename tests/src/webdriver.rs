@@ -206,6 +206,21 @@ impl Browser {
             .to_string()
     }
 
+    /// The rendered text of the first element matching `css`, read in one
+    /// step inside the page, so a console refresh that replaces the element
+    /// between finding it and reading it cannot fail the call.
+    pub fn text_of(&self, css: &str) -> Option<String> {
+        let v = self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({
+                "script": "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                "args": [css],
+            })),
+        );
+        v.as_str().map(|t| t.trim().to_string())
+    }
+
     /// Runs `script` in the page and returns what it returns.
     pub fn script(&self, script: &str) -> Value {
         self.call(
