@@ -23,6 +23,7 @@
 //!   (HTTP/1.1 framing), `metrics` (Prometheus counters).
 
 pub mod body;
+pub mod db;
 pub mod directory;
 pub mod http1;
 pub mod identity;

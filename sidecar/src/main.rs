@@ -71,6 +71,8 @@ enum Command {
         /// in seconds, once every listener has stopped accepting.
         #[arg(long, default_value_t = 30)]
         drain_timeout: u64,
+        #[command(flatten)]
+        db: Box<DbArgs>,
     },
     /// Serve one SSH session: what sshd runs as a forced command (reads SSH_ORIGINAL_COMMAND).
     SshExec {
@@ -85,6 +87,32 @@ enum Command {
         /// Its arguments.
         args: Vec<String>,
     },
+}
+
+/// The database flags of `run` (SPEC "Databases", docs/databases.md).
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    /// A database port: DB=write@ADDR:PORT (to the master) or DB=read@ADDR:PORT
+    /// (to a replica that has the master's writes); repeatable.
+    #[arg(long = "db", value_name = "DB=write|read@ADDR:PORT")]
+    ports: Vec<switchboard_sidecar::db::config::DbPort>,
+    /// This host runs a server of DB (at ADDR:PORT, else at its directory
+    /// address and the database's port): report its position, promote and fence it.
+    #[arg(long = "db-local", value_name = "DB[=ADDR:PORT]")]
+    local: Vec<switchboard_sidecar::db::config::DbLocal>,
+    /// The monitoring account the sidecar reads positions, promotes and fences with.
+    #[arg(long)]
+    db_user: Option<String>,
+    /// The file holding that account's password.
+    #[arg(long)]
+    db_password_file: Option<PathBuf>,
+    /// Read-after-write on read ports: on (a new read connection sees every
+    /// write acknowledged before it opened) or off (spread reads without waiting).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    db_causal: String,
+    /// How long a read connection may wait for a replica to catch up before the master serves it.
+    #[arg(long, default_value_t = 1000)]
+    db_causal_wait_ms: u64,
 }
 
 /// Flags `run` and `ssh-exec` share.
@@ -157,7 +185,15 @@ fn main() -> ExitCode {
                     (Err(e), _) => Err(format!("fingerprint {}: {e}", id.fingerprint)),
                 }
             }
-            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer, drain_timeout } => {
+            Command::Run { common, http, cluster, max_body_mb, max_tunnels_per_peer, drain_timeout, db } => {
+                let db = switchboard_sidecar::db::config::DbConfig::new(
+                    db.ports,
+                    db.local,
+                    db.db_user,
+                    db.db_password_file.as_deref(),
+                    db.db_causal == "on",
+                    std::time::Duration::from_millis(db.db_causal_wait_ms),
+                )?;
                 let limits = switchboard_sidecar::sidecar::Limits {
                     max_body: max_body_mb.max(1).saturating_mul(1 << 20),
                     max_tunnels_per_peer: max_tunnels_per_peer.max(1),
@@ -168,6 +204,7 @@ fn main() -> ExitCode {
                     cluster,
                     limits,
                     drain_timeout: std::time::Duration::from_secs(drain_timeout),
+                    db,
                 }).await.map_err(|e| e.to_string())
             }
             Command::SshExec { common } => {

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::db::config::DbConfig;
+use crate::db::host::DbReports;
+use crate::db::{host as dbhost, ports as dbports, topology};
 use crate::directory::feed;
 use crate::directory::heartbeat;
 use crate::inbound::cluster;
@@ -36,6 +39,8 @@ pub struct RunConfig {
     pub limits: Limits,
     /// How long requests and SSH sessions in flight may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// The database ports and the databases this host runs (`--db`, `--db-local`).
+    pub db: DbConfig,
 }
 
 /// Why the sidecar could not start.
@@ -65,6 +70,8 @@ pub struct Server {
     cluster_addr: SocketAddr,
     loopback: Arc<Loopback>,
     loopback_listener: TcpListener,
+    db: DbConfig,
+    db_listeners: Vec<(crate::db::config::DbPort, TcpListener)>,
 }
 
 /// Binds `addr`, or says which listener could not be; with the address bound
@@ -86,7 +93,14 @@ impl Server {
         let (cluster, cluster_addr) = bind("--cluster", cfg.cluster).await?;
         let (loopback, loopback_listener) = Loopback::bind().await.map_err(RunError::Loopback)?;
         let _ = sc.cluster_addr.set(cluster_addr);
+        let mut db_listeners = Vec::new();
+        for p in &cfg.db.ports {
+            let (l, _) = bind("--db", p.addr).await?;
+            db_listeners.push((p.clone(), l));
+        }
         Ok(Server {
+            db: cfg.db,
+            db_listeners,
             sc,
             drain,
             drain_timeout: cfg.drain_timeout,
@@ -113,6 +127,8 @@ impl Server {
             cluster_addr,
             loopback: lb,
             loopback_listener,
+            db,
+            db_listeners,
         } = self;
 
         tokio::spawn(sc.apis.clone().keep_fresh());
@@ -146,16 +162,19 @@ impl Server {
             sc.shutdown.clone(),
             move |req, _peer| loopback::handle(s.clone(), l.clone(), req),
         ));
+        let db_reports = Arc::new(DbReports::default());
+        let db_addrs = start_databases(&sc, &db, db_listeners, db_reports.clone());
         tokio::spawn(heartbeat::run(
             sc.apis.clone(),
             sc.me.host.clone(),
             sc.metrics.clone(),
+            db_reports,
         ));
         tokio::spawn(replicate::run(sc.clone(), sc.apis.clone(), lb));
 
         tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
         println!(
-            "switchboard-sidecar: host={} listening http={http_addr} cluster={cluster_addr}",
+            "switchboard-sidecar: host={} listening http={http_addr} cluster={cluster_addr}{db_addrs}",
             sc.me.host
         );
         use std::io::Write;
@@ -187,6 +206,68 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Starts following each database this sidecar serves: its topology, its
+/// ports, and on a database host the local server's duties. Returns the
+/// ports as ` db=DB:KIND@ADDR …` for the listening line.
+fn start_databases(
+    sc: &Arc<Sidecar>,
+    cfg: &DbConfig,
+    listeners: Vec<(crate::db::config::DbPort, TcpListener)>,
+    reports: Arc<DbReports>,
+) -> String {
+    let account = cfg.account.clone().map(Arc::new);
+    let mut line = String::new();
+    let mut watches = std::collections::HashMap::new();
+    for db in cfg.databases() {
+        let local = cfg.local.iter().find(|l| l.db == db);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(topology::follow(
+            sc.dir.clone(),
+            db.clone(),
+            sc.me.host.clone(),
+            local.and_then(|l| l.addr),
+            tx,
+        ));
+        if let (Some(_), Some(account)) = (local, &account) {
+            tokio::spawn(dbhost::run(
+                db.clone(),
+                sc.me.host.clone(),
+                account.clone(),
+                rx.clone(),
+                reports.clone(),
+            ));
+        }
+        watches.insert(db, rx);
+    }
+    let mut ports = std::collections::HashMap::new();
+    for (p, l) in listeners {
+        let Some(rx) = watches.get(&p.db) else {
+            continue;
+        };
+        let shared = ports
+            .entry(p.db.clone())
+            .or_insert_with(|| {
+                let s = dbports::DbPorts::new(
+                    p.db.clone(),
+                    rx.clone(),
+                    account.clone(),
+                    cfg.causal,
+                    cfg.causal_wait,
+                );
+                if account.is_some() {
+                    tokio::spawn(s.clone().poll());
+                }
+                s
+            })
+            .clone();
+        if let Ok(a) = l.local_addr() {
+            line.push_str(&format!(" db={}:{}@{a}", p.db, p.kind.as_str()));
+        }
+        tokio::spawn(dbports::serve(shared, p.kind, l, sc.shutdown.clone()));
+    }
+    line
 }
 
 /// `run`: binds, then serves until SIGINT or SIGTERM.

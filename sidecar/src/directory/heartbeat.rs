@@ -5,24 +5,27 @@
 //! beats stop) and reports stale-answer episodes, which the directory writes
 //! to its audit log; a finished episode is reported until acknowledged. With
 //! several directory servers it goes to any that can be reached (`apis`).
+//! On a database host it carries the local servers' replication positions,
+//! sent again within a second of a change (a promotion needs them current).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_proto::api::{HeartbeatReply, HeartbeatReport};
 
+use crate::db::host::DbReports;
 use crate::directory::apis::Apis;
 use crate::metrics::Metrics;
 
 /// Sends heartbeats forever.
-pub async fn run(apis: Arc<Apis>, host: String, metrics: Arc<Metrics>) {
+pub async fn run(apis: Arc<Apis>, host: String, metrics: Arc<Metrics>, dbs: Arc<DbReports>) {
     let mut failing = false;
     loop {
         let episodes = metrics.stale_episodes();
         let report = HeartbeatReport {
             stale_since: episodes.since,
             last_stale: episodes.last,
-            ..HeartbeatReport::default()
+            databases: dbs.snapshot(),
         };
         let next = match apis
             .call(|c| {
@@ -57,6 +60,17 @@ pub async fn run(apis: Arc<Apis>, host: String, metrics: Arc<Metrics>) {
                 Duration::from_secs(1)
             }
         };
-        tokio::time::sleep(next).await;
+        // Until the next beat is due, or sooner once the positions move.
+        let due = tokio::time::Instant::now() + next;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= due {
+                break;
+            }
+            tokio::time::sleep((due - now).min(Duration::from_secs(1))).await;
+            if dbs.snapshot() != report.databases {
+                break;
+            }
+        }
     }
 }
