@@ -376,7 +376,11 @@ for s in knot bind switchboard; do
     bind) next_port; port=$PORT; start_bind_primary "$WORK/scale-flat.zone" $port; PIDS+=($SPID) ;;
   esac
   wait_answer $port $probe A >/dev/null
-  AXFR[$s]=$($LOAD_CPU "$BIN/axfr" 127.0.0.1:$port $ZONE $XFR_KEY "$XFR_SECRET" $ROUNDS)
+  AXFR[$s]=$($LOAD_CPU "$BIN/axfr" 127.0.0.1:$port $ZONE $XFR_KEY "$XFR_SECRET" $ROUNDS) || {
+    echo "bench: the AXFR from $s failed; the server's log ends:" >&2
+    tail -20 "$WORK/server-$port.log" >&2 2>/dev/null || true
+    exit 1
+  }
   echo "bench: AXFR of $SCALE_HOSTS hosts from $s: ${AXFR[$s]}"
   [ $s = switchboard ] || { kill $SPID; wait $SPID 2>/dev/null || true; }
 done

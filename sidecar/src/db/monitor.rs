@@ -174,8 +174,12 @@ pub fn column(row: &Row, name: &str) -> Option<String> {
 /// What `SHOW SLAVE STATUS` says of a replica.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlaveStatus {
-    /// Both replication threads run.
+    /// Both replication threads run (`Yes`, `Yes`).
     pub running: bool,
+    /// The SQL thread runs (what was received is being applied).
+    pub applying: bool,
+    /// The I/O thread is trying to reach its master and cannot (`Connecting`).
+    pub connecting: bool,
     pub seconds_behind: Option<u64>,
     pub master_host: String,
     pub master_port: u16,
@@ -185,9 +189,12 @@ impl SlaveStatus {
     /// `None` when the server replicates from nothing (no row).
     pub fn from_rows(rows: &[Row]) -> Option<SlaveStatus> {
         let r = rows.first()?;
-        let yes = |c: &str| column(r, c).is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+        let is = |c: &str, v: &str| column(r, c).is_some_and(|x| x.eq_ignore_ascii_case(v));
+        let applying = is("Slave_SQL_Running", "yes");
         Some(SlaveStatus {
-            running: yes("Slave_IO_Running") && yes("Slave_SQL_Running"),
+            running: applying && is("Slave_IO_Running", "yes"),
+            applying,
+            connecting: is("Slave_IO_Running", "connecting"),
             seconds_behind: column(r, "Seconds_Behind_Master").and_then(|v| v.parse().ok()),
             master_host: column(r, "Master_Host").unwrap_or_default(),
             master_port: column(r, "Master_Port")

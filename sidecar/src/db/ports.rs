@@ -56,6 +56,8 @@ pub struct DbPorts {
     causal_wait: Duration,
     monitors: Mutex<HashMap<SocketAddr, Arc<Monitor>>>,
     health: Mutex<HashMap<String, Health>>,
+    /// Whether the master answered the last poll.
+    master_up: std::sync::atomic::AtomicBool,
     turn: AtomicUsize,
 }
 
@@ -99,6 +101,7 @@ impl DbPorts {
             causal_wait,
             monitors: Mutex::default(),
             health: Mutex::default(),
+            master_up: std::sync::atomic::AtomicBool::new(true),
             turn: AtomicUsize::new(0),
         })
     }
@@ -121,6 +124,14 @@ impl DbPorts {
     pub async fn poll(self: Arc<Self>) {
         loop {
             if let Some(t) = self.current() {
+                let up = match t.master.as_ref().and_then(|m| self.monitor(m.addr)) {
+                    Some(mon) => mon
+                        .rows("SELECT 1", POLL.max(Duration::from_secs(1)), false)
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
+                self.master_up.store(up, Ordering::Relaxed);
                 let mut seen = HashMap::new();
                 for r in &t.replicas {
                     let h = self.poll_one(r, t.max_lag_s).await;
@@ -162,14 +173,30 @@ impl DbPorts {
                     .first()
                     .and_then(|row| super::monitor::column(row, "Gtid_Slave_Pos"))
                     .unwrap_or_default();
-                let eligible = SlaveStatus::from_rows(&rows)
-                    .is_some_and(|s| s.running && s.seconds_behind.is_some_and(|b| b <= max_lag_s));
+                // Replicating within max_lag_s; or, while the master is down,
+                // still applying what it received (it has all there is).
+                let master_down = !self.master_up.load(Ordering::Relaxed);
+                let eligible = SlaveStatus::from_rows(&rows).is_some_and(|s| {
+                    (s.running && s.seconds_behind.is_some_and(|b| b <= max_lag_s))
+                        || (s.applying && s.connecting && master_down)
+                });
                 Health { eligible, gtid }
             }
             Err(e) => {
                 tracing::debug!(db = %self.db, replica = %r.host, error = %e, "replica not polled");
                 down
             }
+        }
+    }
+
+    /// How long asking the master for its position may take: the causal
+    /// wait, or only a moment while the last poll found it down (it is still
+    /// asked: one that came back may have taken writes since).
+    fn master_timeout(&self) -> Duration {
+        if self.master_up.load(Ordering::Relaxed) {
+            self.causal_wait.max(Duration::from_millis(100))
+        } else {
+            Duration::from_millis(100)
         }
     }
 
@@ -218,10 +245,7 @@ impl DbPorts {
             t.master.as_ref().and_then(|m| self.monitor(m.addr)),
         ) {
             (Some(_), Some(mon)) => mon
-                .value(
-                    "SELECT @@gtid_binlog_pos",
-                    self.causal_wait.max(Duration::from_millis(100)),
-                )
+                .value("SELECT @@gtid_binlog_pos", self.master_timeout())
                 .await
                 .map_err(|e| e.to_string()),
             _ => Err("no master to ask".to_string()),
@@ -396,32 +420,36 @@ async fn read_connection(p: Arc<DbPorts>, client: TcpStream, peer: SocketAddr) {
         Err(e) => return refuse(client, wire::NO_SERVER, &e).await,
     };
     tracing::debug!(db = %p.db, %peer, ?choice, "read connection");
+    // The choice first; if it went away since the last poll, the master, then
+    // any replica: reads go on while any server answers.
     let first = choice.member().clone();
-    let server = match connect(first.addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            // The replica went away since the last poll: the master serves.
-            let master = p.current().and_then(|t| t.master.clone());
-            match master.filter(|m| *m != first) {
-                Some(m) => match connect(m.addr).await {
-                    Ok(s) => s,
-                    Err(e2) => {
-                        return refuse(
-                            client,
-                            wire::NO_SERVER,
-                            &format!("database {}: {e}; {e2}", p.db),
-                        )
-                        .await
-                    }
-                },
-                None => {
-                    return refuse(client, wire::NO_SERVER, &format!("database {}: {e}", p.db))
-                        .await
-                }
-            }
+    let mut order = vec![first.clone()];
+    if let Some(t) = p.current() {
+        order.extend(
+            t.master
+                .iter()
+                .chain(t.replicas.iter())
+                .filter(|m| **m != first)
+                .cloned(),
+        );
+    }
+    let mut errors = Vec::new();
+    for m in &order {
+        match connect(m.addr).await {
+            Ok(server) => return splice(client, server, std::future::pending::<()>()).await,
+            Err(e) => errors.push(format!("{}: {e}", m.host)),
         }
-    };
-    splice(client, server, std::future::pending::<()>()).await;
+    }
+    refuse(
+        client,
+        wire::NO_SERVER,
+        &format!(
+            "database {}: no server answers ({})",
+            p.db,
+            errors.join("; ")
+        ),
+    )
+    .await
 }
 
 /// Copies bytes both ways until either side closes or `cut` resolves.
