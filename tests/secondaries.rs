@@ -350,6 +350,64 @@ fn a_transfer_without_the_key_is_refused_and_with_a_wrong_key_is_notauth() {
     );
 }
 
+/// The minimal zone with two services of 1000 bindings each (their SRV sets
+/// are as big as a response can hold) and `between` services of one binding
+/// that come between them in the zone's order.
+fn big_sets_zone(admin_pub: &str, between: usize) -> String {
+    let mut z = minimal_zone(admin_pub);
+    let host = |i: usize| format!("host-with-a-long-name-to-fill-{i:04}");
+    for i in 0..1000 {
+        let h = host(i);
+        z += &format!(
+            "{h}.node 60 IN A 10.0.{}.{}\n{h}.node 60 IN TXT \"roles=web\" \"available=1\"\n",
+            i / 256,
+            i % 256
+        );
+        for svc in ["big1", "big2"] {
+            z += &format!("{h}._{svc}._tcp 5 IN SRV 0 0 8000 {h}.node\n");
+        }
+    }
+    for i in 0..between {
+        z += &format!(
+            "{}._big1s{i:03}._tcp 5 IN SRV 0 0 8000 {}.node\n",
+            host(i),
+            host(i)
+        );
+    }
+    z
+}
+
+#[test]
+fn a_set_bigger_than_what_is_left_of_a_message_goes_on_in_the_next() {
+    // Each big set ends a message; the small services after `big1` fill
+    // about half the next one, and then comes `big2`'s set.
+    let d = Directory::with_zone(|k| big_sets_zone(k, 160), &[]);
+    let key = tsig_add(&d, "xfr-big");
+    let text = axfr(&d, &key, "AXFR");
+    assert!(
+        text.contains("XFR size"),
+        "the transfer completes: {}",
+        &text[text.len().saturating_sub(500)..]
+    );
+    for svc in ["big1", "big2"] {
+        let owner = format!("{svc}.service.{ZONE}");
+        let mut sent: Vec<String> = text
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [o, _, _, "SRV", ref data @ ..] if o == owner => Some(data.join(" ")),
+                _ => None,
+            })
+            .collect();
+        sent.sort();
+        let answered = d.dig(&owner, "SRV", &["+tcp"]).data("SRV");
+        assert!(sent.len() > 500, "{owner}: {} records sent", sent.len());
+        assert_eq!(
+            sent, answered,
+            "{owner} is transferred as the directory answers it"
+        );
+    }
+}
+
 #[test]
 fn a_secondary_that_was_down_catches_up_and_keys_survive_a_restart() {
     let mut d = Directory::demo();

@@ -111,6 +111,12 @@ impl<'a> Frame<'a> {
         self.bytes(i, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
 
+    /// The offset after the record at `at` (its owner read into `scratch`).
+    fn record_end(&self, at: usize, scratch: &mut Vec<u8>) -> Option<usize> {
+        let i = self.name(at, scratch)?;
+        Some(i + 10 + usize::from(self.u16_at(i + 8)?))
+    }
+
     /// The name at `i`, decompressed into `out`; the offset after it.
     fn name(&self, mut i: usize, out: &mut Vec<u8>) -> Option<usize> {
         out.clear();
@@ -281,14 +287,34 @@ impl Packer {
     }
 
     /// Copies the answer records of `set` at `owner` (a view's set: its own
-    /// records, not the additional ones).
-    pub fn push_set(&mut self, owner: &[u8], set: &wire::Set<'_>) -> Option<()> {
+    /// records, not the additional ones), from its record `from` on, while the
+    /// message stays within `limit` bytes. Returns the index of the first
+    /// record left out (`set.answers` when all went); None if the set does not
+    /// decode.
+    pub fn push_set(
+        &mut self,
+        owner: &[u8],
+        set: &wire::Set<'_>,
+        from: u16,
+        limit: usize,
+    ) -> Option<u16> {
         let frame = Frame::of_set(owner, set.body);
         let mut at = frame.base;
         let mut scratch = std::mem::take(&mut self.scratch);
-        let mut result = Some(());
-        for _ in 0..set.answers {
-            match self.copy(frame, at, &mut scratch) {
+        let mut result = Some(set.answers);
+        for i in 0..set.answers {
+            let mark = self.buf.len();
+            let next = if i < from {
+                frame.record_end(at, &mut scratch)
+            } else {
+                self.copy(frame, at, &mut scratch)
+            };
+            match next {
+                Some(_) if i >= from && self.buf.len() > limit => {
+                    self.rollback(mark);
+                    result = Some(i);
+                    break;
+                }
                 Some(next) => at = next,
                 None => {
                     result = None;
@@ -300,15 +326,33 @@ impl Packer {
         result
     }
 
-    /// Writes one record (the SOA, a journal's record).
-    pub fn push_record(&mut self, r: &Record) -> Option<()> {
+    /// Writes one record (the SOA, a journal's record) if the message stays
+    /// within `limit` bytes. Returns whether it went; None if it does not
+    /// encode.
+    pub fn push_record(&mut self, r: &Record, limit: usize) -> Option<bool> {
         let mut one = Vec::with_capacity(128);
         let mut enc = BinEncoder::new(&mut one);
         enc.set_canonical_form(true);
         r.emit(&mut enc).ok()?;
         let mut scratch = Vec::with_capacity(256);
-        self.copy(Frame::of_record(&one), 0, &mut scratch)
-            .map(|_| ())
+        let mark = self.buf.len();
+        self.copy(Frame::of_record(&one), 0, &mut scratch)?;
+        if self.buf.len() > limit {
+            self.rollback(mark);
+            return Some(false);
+        }
+        Some(true)
+    }
+
+    /// Takes back the last record copied, which started at `mark`: no name
+    /// written with it may be pointed at after.
+    fn rollback(&mut self, mark: usize) {
+        self.buf.truncate(mark);
+        self.count -= 1;
+        self.names.retain(|_, at| usize::from(*at) < mark);
+        if usize::from(self.last_owner_at) >= mark {
+            self.last_owner.clear();
+        }
     }
 
     /// The message: header with `id`, QR and AA, and the record count.
@@ -326,7 +370,9 @@ mod tests {
     use super::*;
     use hickory_proto::op::Message;
     use hickory_proto::rr::rdata::{CNAME, MX, SOA, SRV, TXT};
-    use hickory_proto::rr::{Name, RData};
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    const MAX: usize = 65535;
 
     fn n(s: &str) -> Name {
         Name::from_ascii(s).expect("name")
@@ -366,9 +412,13 @@ mod tests {
             );
             let set = wire::sets(&packed).next().expect("a set");
             let owner = wire::wire_name(&r.name).expect("owner");
-            p.push_set(&owner, &set).expect("packs");
+            assert_eq!(p.push_set(&owner, &set, 0, MAX), Some(1), "packs");
         }
-        p.push_record(&records[0]).expect("packs a record");
+        assert_eq!(
+            p.push_record(&records[0], MAX),
+            Some(true),
+            "packs a record"
+        );
         let m = p.finish(42);
         let back = Message::from_vec(&m).expect("decodes");
         assert_eq!(back.metadata.id, 42);
@@ -383,5 +433,53 @@ mod tests {
             .map(|r| r.to_bytes().expect("encodes").len())
             .sum();
         assert!(m.len() < 12 + 7 + plain, "{} bytes: compressed", m.len());
+    }
+
+    #[test]
+    fn a_set_too_big_for_one_message_goes_on_in_the_next() {
+        use hickory_proto::rr::rdata::A;
+        let owner_name = n("web.role.z.");
+        let records: Vec<Record> = (0..2000u32)
+            .map(|i| {
+                Record::from_rdata(
+                    owner_name.clone(),
+                    60,
+                    RData::A(A::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+                )
+            })
+            .collect();
+        let mut packed = Vec::new();
+        wire::encode_set(&owner_name, RecordType::A, &records, &[], &mut packed);
+        let set = wire::sets(&packed).next().expect("a set");
+        assert_eq!(set.answers, 2000);
+        let owner = wire::wire_name(&owner_name).expect("owner");
+        // A set the view holds fits one response; with a message already
+        // half full it does not fit what is left.
+        let limit = 12_000;
+        let mut back = Vec::new();
+        let mut from = 0;
+        let mut messages = 0;
+        while from < set.answers {
+            let mut p = Packer::new(None);
+            let next = p.push_set(&owner, &set, from, limit).expect("packs");
+            assert!(next > from, "each message takes some of the set");
+            let m = p.finish(1);
+            assert!(m.len() <= limit, "{} bytes", m.len());
+            back.extend(Message::from_vec(&m).expect("decodes").answers);
+            from = next;
+            messages += 1;
+        }
+        assert!(messages > 2, "2000 records do not fit 20 kB");
+        assert_eq!(back, records, "every record, once, in order");
+        // A record that would pass the limit is left out, and the message
+        // stays whole.
+        let mut p = Packer::new(None);
+        assert_eq!(p.push_set(&owner, &set, 0, 12 + 40), Some(1));
+        assert_eq!(p.push_record(&records[1], 12 + 40), Some(false));
+        let m = p.finish(1);
+        assert_eq!(
+            Message::from_vec(&m).expect("decodes").answers,
+            records[..1]
+        );
     }
 }

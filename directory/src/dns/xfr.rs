@@ -26,9 +26,12 @@ use crate::wire;
 
 const AXFR: u16 = 252;
 const IXFR: u16 = 251;
-/// A message is sent when it grows past this (records are far smaller than
-/// the 64 KiB a message may hold).
+/// A message is sent when it grows past this.
 const MESSAGE_BYTES: usize = 32 * 1024;
+/// No message grows past this: the 64 KiB a TCP message may hold, less room
+/// for its TSIG record (a 255-byte key name, the algorithm, a 32-byte MAC).
+/// A set bigger than that (a role's A records in a large zone) is split.
+const MESSAGE_LIMIT: usize = 65535 - 512;
 /// How long one message may take to be written to a slow secondary.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -224,14 +227,27 @@ impl Out {
     ) -> Option<usize> {
         let mut sent = 0;
         let mut next = items.next();
+        // How many records of `next` (a set) went in earlier messages.
+        let mut from = 0;
         loop {
             let q = self.question.take();
             let mut p = Packer::new(q.as_ref().map(|(n, t)| (&n[..], *t)));
-            while let Some(item) = next.take() {
-                match &item {
-                    Item::Set(owner, set) => p.push_set(owner, set)?,
-                    Item::Record(r) => p.push_record(r)?,
+            while let Some(item) = &next {
+                let whole = match item {
+                    Item::Set(owner, set) => {
+                        from = p.push_set(owner, set, from, MESSAGE_LIMIT)?;
+                        from == set.answers
+                    }
+                    Item::Record(r) => p.push_record(r, MESSAGE_LIMIT)?,
+                };
+                if !whole {
+                    if p.is_empty() {
+                        // One record bigger than any message can hold.
+                        return None;
+                    }
+                    break;
                 }
+                from = 0;
                 next = items.next();
                 if p.len() > MESSAGE_BYTES || p.count() > u16::MAX - 1024 {
                     break;
