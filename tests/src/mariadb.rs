@@ -35,11 +35,13 @@ pub const TABLE: &str = "app.t";
 
 /// Small InnoDB files and buffers, so a server is made and started in a
 /// second or two; the redo log is written at each commit but not synced (a
-/// killed server loses nothing, a crashed machine might).
+/// killed server loses nothing, a crashed machine might). Each server gets its
+/// own `--tmpdir` too: a starting server deletes the temporary files it finds
+/// there, other servers' among them.
 const SMALL: [&str; 5] = [
     "--innodb-buffer-pool-size=16M",
     "--innodb-log-file-size=4M",
-    "--innodb-log-buffer-size=1M",
+    "--innodb-log-buffer-size=2M",
     "--innodb-data-file-path=ibdata1:12M:autoextend",
     "--innodb-flush-log-at-trx-commit=2",
 ];
@@ -85,7 +87,7 @@ pub struct Server {
 impl Server {
     /// `mariadb-install-db` into `dir/data`.
     fn install(name: &str, id: u32, ip: Ipv4Addr, port: u16, dir: PathBuf) -> Server {
-        std::fs::create_dir_all(&dir).expect("mkdir for a server");
+        std::fs::create_dir_all(dir.join("tmp")).expect("mkdir for a server");
         let out = run(Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -94,6 +96,7 @@ impl Server {
             ])
             .arg(format!("--user={}", whoami()))
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .args(SMALL));
         assert!(
             out.status.success(),
@@ -136,6 +139,7 @@ impl Server {
             .arg(format!("--user={}", whoami()))
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--pid-file={}", self.dir.join("pid").display()))
             .arg(format!(
                 "--log-error={}",
@@ -465,8 +469,14 @@ pub fn db_port(sidecar: &Sidecar, db: &str, kind: &str) -> SocketAddr {
 /// The `mariadb` client as the application, over TCP to `addr` (a sidecar's
 /// port), running `q` on database `app`.
 pub fn app_client(addr: SocketAddr, q: &str) -> Output {
+    app_client_with(addr, &[], q)
+}
+
+/// [`app_client`] with more of the client's flags (`--skip-ssl`, say).
+pub fn app_client_with(addr: SocketAddr, flags: &[&str], q: &str) -> Output {
     run(Command::new("mariadb")
         .arg("--no-defaults")
+        .args(flags)
         .args(["--protocol=TCP", "-h"])
         .arg(addr.ip().to_string())
         .arg("-P")
