@@ -13,7 +13,8 @@ use mysql_async::prelude::Queryable;
 use serde_json::Value;
 use switchboard_directory::model::gtid_behind;
 use switchboard_tests::mariadb::{
-    app_client, app_client_with, app_opts, db_port, runtime, Cluster, MONITOR_USER, TABLE,
+    app_client, app_client_with, app_opts, db_port, monitor_grants, runtime, Cluster, MONITOR_USER,
+    TABLE,
 };
 use switchboard_tests::{minimal_zone, stderr, stdout, Directory, Sidecar, DEADLINE};
 
@@ -191,6 +192,16 @@ fn the_harness_replicates_and_a_delayed_replica_sees_writes_later() {
     let (db1, db2, db3) = (c.server("db1"), c.server("db2"), c.server("db3"));
     assert_eq!(db1.value("SELECT @@server_id"), "1");
     assert!(!db1.read_only() && db2.read_only() && db3.read_only());
+    // The monitoring account has the grants docs/databases.md gives, on every server.
+    let shown = db3.value(&format!("SHOW GRANTS FOR '{MONITOR_USER}'@'%'"));
+    let set = |list: &str| -> std::collections::BTreeSet<String> {
+        list.split(',').map(|g| g.trim().to_string()).collect()
+    };
+    let on_db3 = shown
+        .strip_prefix("GRANT ")
+        .and_then(|g| g.split_once(" ON *.*"))
+        .map(|(g, _)| set(g));
+    assert_eq!(on_db3, Some(set(&monitor_grants())), "{shown}");
 
     db1.sql("INSERT INTO app.t (v) VALUES ('first')");
     c.wait_replicated();
@@ -448,6 +459,54 @@ fn a_promotion_moves_writes_within_a_second_and_loses_nothing_acknowledged() {
         db1_pos,
         "db1 took writes"
     );
+}
+
+#[test]
+fn a_switchover_closes_write_connections_to_the_old_master_and_fences_it() {
+    let r = Rig::new();
+    let (db1, db2) = (r.c.server("db1"), r.c.server("db2"));
+    let closed = runtime().block_on(async {
+        let mut open = mysql_async::Conn::new(app_opts(r.write))
+            .await
+            .expect("a write connection");
+        open.query_drop(format!("INSERT INTO {TABLE} (v) VALUES ('open')"))
+            .await
+            .expect("a write");
+        r.wait("db2's reported position to cover db1's", || {
+            let show = r.show();
+            let master = show["positions"]["db1"]["gtid"].as_str().unwrap_or("");
+            let db2 = show["positions"]["db2"]["gtid"].as_str().unwrap_or("");
+            master == db1.gtid_binlog_pos() && !gtid_behind(db2, master)
+        });
+        r.d.cli_ok(&["db", "promote", "main", "db2"]);
+        let promoted = Instant::now();
+        // The connection open to db1 is closed: its next statement fails.
+        while open.query_drop("SELECT 1").await.is_ok() {
+            assert!(
+                promoted.elapsed() < Duration::from_secs(2),
+                "a write connection to the old master still open 2 s after the promotion"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        promoted.elapsed()
+    });
+    eprintln!("the open write connection was closed {closed:?} after `db promote` returned");
+    assert!(
+        closed < Duration::from_secs(1),
+        "the open write connection lasted {closed:?} after the promotion"
+    );
+    r.wait("writes through the port on db2", || {
+        insert(r.write, "after-switchover").is_ok()
+    });
+    assert_eq!(db2.count("after-switchover"), 1);
+    assert_eq!(db1.count("after-switchover"), 0);
+    r.wait("db1 read-only", || db1.read_only());
+    assert!(!db2.read_only(), "the new master is read-only");
+    let db1_log = r.logs[1]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .join("\n");
+    assert!(db1_log.contains("fenced"), "db1's sidecar log: {db1_log}");
 }
 
 #[test]
