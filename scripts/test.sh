@@ -30,6 +30,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The shared store's battery and high-availability tests start their own etcd.
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# The database tests (tests/db_ports.rs) run a real MariaDB cluster and its client.
+[ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   sudo=""

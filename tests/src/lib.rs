@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod fuzz;
+pub mod mariadb;
 pub mod secondary;
 pub mod webdriver;
 
@@ -219,6 +220,8 @@ pub struct Sidecar {
     pub repos: PathBuf,
     pub http: std::net::SocketAddr,
     pub cluster: std::net::SocketAddr,
+    /// Its "listening" line (the ports it bound, `db=DB:KIND@ADDR` among them).
+    pub listening: String,
     child: Option<Child>,
     args: Vec<std::ffi::OsString>,
 }
@@ -271,8 +274,23 @@ impl Sidecar {
             &self.http.to_string(),
             &self.cluster.to_string(),
         );
-        wait_listening(&mut child, &self.name);
+        self.listening = wait_listening(&mut child, &self.name);
         self.child = Some(child);
+    }
+
+    /// Keeps its log (stderr) from now on in the returned list, so that a test
+    /// can show it; [`Self::terminate`] cannot read it after this.
+    pub fn keep_log(&mut self) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(errors) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+            let keep = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(errors).lines().map_while(Result::ok) {
+                    keep.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        log
     }
 
     /// The `ssh-exec` command line for this host (what sshd's ForceCommand runs).
@@ -695,6 +713,16 @@ impl Directory {
         sidecar_of(&[self], name, roles, backend, &at, extra)
     }
 
+    /// [`Self::sidecar_with`] for a host at `addr` (a database host on its own
+    /// loopback address, say), without a web backend; its cluster port listens
+    /// on `addr`.
+    pub fn sidecar_at(&self, name: &str, addr: &str, roles: &str, extra: &[&str]) -> Sidecar {
+        let dns = self.dns.to_string();
+        let api = self.server_url();
+        let at = ["--directory", &dns, "--directory-api", &api];
+        sidecar_of_at(&[self], name, addr, roles, None, &at, extra)
+    }
+
     /// Another directory server seeded from this one's zone file, with the
     /// same admin key, its own store and ports, and `serve_args`.
     pub fn twin(&self, serve_args: &[&str]) -> Directory {
@@ -765,19 +793,25 @@ pub fn sidecar_of(
     at: &[&str],
     extra: &[&str],
 ) -> Sidecar {
+    sidecar_of_at(dirs, name, "127.0.0.1", roles, backend, at, extra)
+}
+
+/// [`sidecar_of`] for a host at `addr`: registered there, its cluster port
+/// listening there.
+pub fn sidecar_of_at(
+    dirs: &[&Directory],
+    name: &str,
+    addr: &str,
+    roles: &str,
+    backend: Option<&Backend>,
+    at: &[&str],
+    extra: &[&str],
+) -> Sidecar {
     let first = dirs.first().expect("at least one directory");
     let (key, pubkey, _) = keygen(first.dir.path(), name);
     for d in dirs {
         d.cli_ok(&[
-            "host",
-            "add",
-            name,
-            "--addr",
-            "127.0.0.1",
-            "--pubkey",
-            &pubkey,
-            "--roles",
-            roles,
+            "host", "add", name, "--addr", addr, "--pubkey", &pubkey, "--roles", roles,
         ]);
     }
     let repos = first.dir.path().join(format!("repos-{name}"));
@@ -794,7 +828,7 @@ pub fn sidecar_of(
         args.push(b.url().into());
     }
     args.extend(extra.iter().map(|a| a.into()));
-    let mut child = Sidecar::spawn(&args, "127.0.0.1:0", "127.0.0.1:0");
+    let mut child = Sidecar::spawn(&args, "127.0.0.1:0", &format!("{addr}:0"));
     let line = wait_listening(&mut child, name);
     let http = field(&line, "http=").expect("http= in the sidecar's listening line");
     let cluster: std::net::SocketAddr =
@@ -814,6 +848,7 @@ pub fn sidecar_of(
         repos,
         http,
         cluster,
+        listening: line,
         child: Some(child),
         args,
     }
