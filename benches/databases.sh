@@ -2,7 +2,7 @@
 # The sidecar's database ports (issue 18) against direct connections and HAProxy,
 # on real MariaDB: a primary and two replicas with GTID replication.
 #
-#   benches/databases.sh            full run: 3 rounds of 20 s per path
+#   benches/databases.sh            full run: 6 rounds of 15 s per path
 #   benches/databases.sh --quick    a few seconds, one round: keeps the script from rotting (CI)
 #
 # Installs what it needs from Debian (idempotently), builds release binaries, pins
@@ -32,9 +32,11 @@ ROOT=$PWD
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ $QUICK = 1 ]; then
-  DUR=3; ROUNDS=1; TABLES=2; TABLE_SIZE=10000; CONN_DUR=2
+  DUR=3; ROUNDS=1; TABLES=2; TABLE_SIZE=10000; CONN_DUR=2; CONN_ROUNDS=1
 else
-  DUR=20; ROUNDS=3; TABLES=4; TABLE_SIZE=100000; CONN_DUR=10
+  # Six rounds, so each path runs first, second and third twice (sysbench), and
+  # a few runs the hypervisor slows (steal, recorded) do not move the medians.
+  DUR=15; ROUNDS=6; TABLES=4; TABLE_SIZE=100000; CONN_DUR=8; CONN_ROUNDS=4
 fi
 THREADS=8          # sysbench threads (= connections) on every path
 CONN_LOOPS=8       # db-connect's concurrent open/query/close loops
@@ -272,14 +274,19 @@ sessions() { # which replicas hold sysbench's connections now, as "db2:N db3:M"
   for i in 2 3; do out+="${out:+ }db$i:$(sql $i "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER='sbtest'")"; done
   echo "$out"
 }
-sb_run() { # test host port -> SB_TPS SB_P95 SB_IGN SB_SESS (read runs: where sysbench's connections are)
-  local pid
+# The hypervisor's share of a CPU between two of its /proc/stat lines (steal), in
+# percent: on a shared VM it comes and goes, and a run it hit is slower for it.
+steal_pct() { printf '%s\n%s\n' "$1" "$2" | awk '{t=0; for (i=2; i<=NF; i++) t+=$i; if (NR==1) {s1=$9; t1=t} else printf "%d", (t>t1) ? 100*($9-s1)/(t-t1) : 0}'; }
+sb_run() { # test host port -> SB_TPS SB_P95 SB_IGN SB_STEAL SB_SESS (read runs: where sysbench's connections are)
+  local pid c0
   SB_SESS=""
+  c0=$(grep '^cpu0 ' /proc/stat)
   $LOAD_CPU sysbench "$1" "${SB_COMMON[@]}" --mysql-host="$2" --mysql-port="$3" --threads=$THREADS \
     --time=$DUR --report-interval=0 --percentile=95 run >"$WORK/sysbench.out" 2>&1 &
   pid=$!
   if [ "$1" = oltp_read_only ]; then sleep $(( (DUR + 1) / 2 )); SB_SESS=$(sessions | tr ' ' ','); fi
   wait $pid || die "sysbench $1 through $2:$3 failed" "$WORK/sysbench.out" "$WORK/sidecar-web1.log" "$WORK/haproxy.log"
+  SB_STEAL=$(steal_pct "$c0" "$(grep '^cpu0 ' /proc/stat)")
   read SB_TPS SB_P95 SB_IGN <<<"$(awk '/transactions:/ {gsub(/\(/, "", $3); tps=$3} /95th percentile:/ {p95=$3} /ignored errors:/ {ign=$3}
     END {printf "%s %s %s", tps, p95, ign}' "$WORK/sysbench.out")"
   [ -n "$SB_TPS" ] && [ -n "$SB_P95" ] || die "sysbench $1 through $2:$3 printed no figures" "$WORK/sysbench.out"
@@ -299,7 +306,7 @@ rotate() { # round words... -> the words, starting at the round's turn (each pat
   local a=("$@") n=$# i
   for i in $(seq 0 $((n - 1))); do printf '%s ' "${a[$(( (i + r - 1) % n ))]}"; done
 }
-declare -A TPS P95 IGN SESS
+declare -A TPS P95 IGN SESS STEAL
 PATHS="direct haproxy port"
 for pl in $PLACEMENTS; do
   place $pl
@@ -307,14 +314,14 @@ for pl in $PLACEMENTS; do
     for t in $(rotate $r $PATHS); do
       sync_replicas
       sb_run oltp_write_only $(sb_target w $t); tps=$SB_TPS; p95=$SB_P95; ign=$SB_IGN
-      TPS[$pl-w-$t]+="$tps "; P95[$pl-w-$t]+="$p95 "; IGN[$pl-w-$t]+="$ign "
-      echo "bench: proxies on the $pl CPU, round $r oltp_write_only $t $tps tps p95 $p95 ms (ignored errors $ign)"
+      TPS[$pl-w-$t]+="$tps "; P95[$pl-w-$t]+="$p95 "; IGN[$pl-w-$t]+="$ign "; STEAL[$pl-w-$t]+="$SB_STEAL "
+      echo "bench: proxies on the $pl CPU, round $r oltp_write_only $t $tps tps p95 $p95 ms (ignored errors $ign, CPU 0 steal $SB_STEAL%)"
     done
     sync_replicas
     for t in $(rotate $r $PATHS); do
       sb_run oltp_read_only $(sb_target r $t); tps=$SB_TPS; p95=$SB_P95; ign=$SB_IGN; sess=$SB_SESS
-      TPS[$pl-r-$t]+="$tps "; P95[$pl-r-$t]+="$p95 "; IGN[$pl-r-$t]+="$ign "; SESS[$pl-r-$t]+="$sess "
-      echo "bench: proxies on the $pl CPU, round $r oltp_read_only $t $tps tps p95 $p95 ms (sysbench's connections: $sess)"
+      TPS[$pl-r-$t]+="$tps "; P95[$pl-r-$t]+="$p95 "; IGN[$pl-r-$t]+="$ign "; SESS[$pl-r-$t]+="$sess "; STEAL[$pl-r-$t]+="$SB_STEAL "
+      echo "bench: proxies on the $pl CPU, round $r oltp_read_only $t $tps tps p95 $p95 ms (sysbench's connections: $sess, CPU 0 steal $SB_STEAL%)"
     done
   done
 done
@@ -334,7 +341,7 @@ conn_target() {
 }
 for pl in $PLACEMENTS; do
   place $pl
-  for r in $(seq 1 $ROUNDS); do
+  for r in $(seq 1 $CONN_ROUNDS); do
     for t in $(rotate $r $CONN_PATHS); do
       out=$($LOAD_CPU "$BIN/db-connect" $(conn_target $t) sbtest "$PASS" $CONN_DUR $CONN_LOOPS 2>"$WORK/db-connect.err") \
         || die "db-connect to $t ($(conn_target $t)) failed" "$WORK/db-connect.err" "$WORK/sidecar-web1.log" "$WORK/sidecar-web2.log"
@@ -381,7 +388,7 @@ json_strs() { echo "[$(echo $1 | tr ' ' '\n' | { grep . || true; } | sed 's/.*/"
   echo "  \"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)\","
   echo "  \"mariadb\": \"$(mariadbd --version | awk '{print $3}')\", \"sysbench\": \"$(sysbench --version | awk '{print $2}')\", \"haproxy\": \"$(haproxy -v | awk 'NR==1 {print $3}')\","
   echo "  \"quick\": $([ $QUICK = 1 ] && echo true || echo false), \"seconds\": $DUR, \"rounds\": $ROUNDS, \"threads\": $THREADS, \"tables\": $TABLES, \"table_size\": $TABLE_SIZE,"
-  echo "  \"new_connection_seconds\": $CONN_DUR, \"new_connection_loops\": $CONN_LOOPS,"
+  echo "  \"new_connection_seconds\": $CONN_DUR, \"new_connection_rounds\": $CONN_ROUNDS, \"new_connection_loops\": $CONN_LOOPS,"
   first=1
   for pl in $PLACEMENTS; do
     [ $first = 1 ] || echo "  ,"; first=0
@@ -390,8 +397,8 @@ json_strs() { echo "[$(echo $1 | tr ' ' '\n' | { grep . || true; } | sed 's/.*/"
       k=write; [ $c = r ] && k=read
       echo "    \"oltp_${k}_only\": {"
       for t in $PATHS; do
-        printf '      "%s": {"tps": %s, "p95_ms": %s, "ignored_errors": %s, "median_tps": %s, "median_p95_ms": %s%s},\n' $t \
-          "$(json_list "${TPS[$pl-$c-$t]}")" "$(json_list "${P95[$pl-$c-$t]}")" "$(json_list "${IGN[$pl-$c-$t]}")" \
+        printf '      "%s": {"tps": %s, "p95_ms": %s, "ignored_errors": %s, "cpu0_steal_pct": %s, "median_tps": %s, "median_p95_ms": %s%s},\n' $t \
+          "$(json_list "${TPS[$pl-$c-$t]}")" "$(json_list "${P95[$pl-$c-$t]}")" "$(json_list "${IGN[$pl-$c-$t]}")" "$(json_list "${STEAL[$pl-$c-$t]}")" \
           ${M[$pl-$c-$t-tps]} ${M[$pl-$c-$t-p95]} "$([ $c = r ] && echo ", \"sessions\": $(json_strs "${SESS[$pl-$c-$t]}")")"
       done
       echo "      \"port_vs_direct\": ${M[$pl-$c-pd]}, \"port_vs_haproxy\": ${M[$pl-$c-ph]}"
