@@ -277,28 +277,32 @@ sessions() { # which replicas hold sysbench's connections now, as "db2:N db3:M"
 # The hypervisor's share of a CPU between two of its /proc/stat lines (steal), in
 # percent: on a shared VM it comes and goes, and a run it hit is slower for it.
 steal_pct() { printf '%s\n%s\n' "$1" "$2" | awk '{t=0; for (i=2; i<=NF; i++) t+=$i; if (NR==1) {s1=$9; t1=t} else printf "%d", (t>t1) ? 100*($9-s1)/(t-t1) : 0}'; }
-sb_run() { # test host port -> SB_TPS SB_P95 SB_IGN SB_STEAL SB_SESS (read runs: where sysbench's connections are)
-  local pid c0
+cpu_ticks() { [ -z "${1:-}" ] && echo 0 || awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+sb_run() { # test host port [proxy-pid] -> SB_TPS SB_P95 SB_IGN SB_STEAL SB_CPU_US SB_SESS
+  # SB_CPU_US: the proxy's CPU time per transaction, µs; SB_SESS (read runs): where sysbench's connections are
+  local pid c0 t0
   SB_SESS=""
-  c0=$(grep '^cpu0 ' /proc/stat)
+  c0=$(grep '^cpu0 ' /proc/stat); t0=$(cpu_ticks "${4:-}")
   $LOAD_CPU sysbench "$1" "${SB_COMMON[@]}" --mysql-host="$2" --mysql-port="$3" --threads=$THREADS \
     --time=$DUR --report-interval=0 --percentile=95 run >"$WORK/sysbench.out" 2>&1 &
   pid=$!
   if [ "$1" = oltp_read_only ]; then sleep $(( (DUR + 1) / 2 )); SB_SESS=$(sessions | tr ' ' ','); fi
   wait $pid || die "sysbench $1 through $2:$3 failed" "$WORK/sysbench.out" "$WORK/sidecar-web1.log" "$WORK/haproxy.log"
   SB_STEAL=$(steal_pct "$c0" "$(grep '^cpu0 ' /proc/stat)")
+  SB_CPU_US=$(awk -v d=$(( $(cpu_ticks "${4:-}") - t0 )) -v hz=$(getconf CLK_TCK) -v n="$(awk '/transactions:/ {print $2}' "$WORK/sysbench.out")" \
+    'BEGIN {printf "%d", (n > 0) ? d * 1e6 / hz / n : 0}')
   read SB_TPS SB_P95 SB_IGN <<<"$(awk '/transactions:/ {gsub(/\(/, "", $3); tps=$3} /95th percentile:/ {p95=$3} /ignored errors:/ {ign=$3}
     END {printf "%s %s %s", tps, p95, ign}' "$WORK/sysbench.out")"
   [ -n "$SB_TPS" ] && [ -n "$SB_P95" ] || die "sysbench $1 through $2:$3 printed no figures" "$WORK/sysbench.out"
 }
-sb_target() { # w|r path -> "host port"
+sb_target() { # w|r path -> "host port [proxy-pid]"
   case $1-$2 in
     w-direct) echo "127.0.0.11 $P" ;;
-    w-haproxy) echo "127.0.0.1 $HW" ;;
-    w-port) echo "127.0.0.1 $W" ;;
+    w-haproxy) echo "127.0.0.1 $HW $HAP_PID" ;;
+    w-port) echo "127.0.0.1 $W ${SC_PID[web1]}" ;;
     r-direct) echo "127.0.0.12,127.0.0.13 $P" ;;
-    r-haproxy) echo "127.0.0.1 $HR" ;;
-    r-port) echo "127.0.0.1 $R" ;;
+    r-haproxy) echo "127.0.0.1 $HR $HAP_PID" ;;
+    r-port) echo "127.0.0.1 $R ${SC_PID[web1]}" ;;
   esac
 }
 rotate() { # round words... -> the words, starting at the round's turn (each path runs first once in 3 rounds)
@@ -306,7 +310,7 @@ rotate() { # round words... -> the words, starting at the round's turn (each pat
   local a=("$@") n=$# i
   for i in $(seq 0 $((n - 1))); do printf '%s ' "${a[$(( (i + r - 1) % n ))]}"; done
 }
-declare -A TPS P95 IGN SESS STEAL
+declare -A TPS P95 IGN SESS STEAL PCPU
 PATHS="direct haproxy port"
 for pl in $PLACEMENTS; do
   place $pl
@@ -314,14 +318,14 @@ for pl in $PLACEMENTS; do
     for t in $(rotate $r $PATHS); do
       sync_replicas
       sb_run oltp_write_only $(sb_target w $t); tps=$SB_TPS; p95=$SB_P95; ign=$SB_IGN
-      TPS[$pl-w-$t]+="$tps "; P95[$pl-w-$t]+="$p95 "; IGN[$pl-w-$t]+="$ign "; STEAL[$pl-w-$t]+="$SB_STEAL "
-      echo "bench: proxies on the $pl CPU, round $r oltp_write_only $t $tps tps p95 $p95 ms (ignored errors $ign, CPU 0 steal $SB_STEAL%)"
+      TPS[$pl-w-$t]+="$tps "; P95[$pl-w-$t]+="$p95 "; IGN[$pl-w-$t]+="$ign "; STEAL[$pl-w-$t]+="$SB_STEAL "; PCPU[$pl-w-$t]+="$SB_CPU_US "
+      echo "bench: proxies on the $pl CPU, round $r oltp_write_only $t $tps tps p95 $p95 ms (proxy CPU $SB_CPU_US us/transaction, ignored errors $ign, CPU 0 steal $SB_STEAL%)"
     done
     sync_replicas
     for t in $(rotate $r $PATHS); do
       sb_run oltp_read_only $(sb_target r $t); tps=$SB_TPS; p95=$SB_P95; ign=$SB_IGN; sess=$SB_SESS
-      TPS[$pl-r-$t]+="$tps "; P95[$pl-r-$t]+="$p95 "; IGN[$pl-r-$t]+="$ign "; SESS[$pl-r-$t]+="$sess "; STEAL[$pl-r-$t]+="$SB_STEAL "
-      echo "bench: proxies on the $pl CPU, round $r oltp_read_only $t $tps tps p95 $p95 ms (sysbench's connections: $sess, CPU 0 steal $SB_STEAL%)"
+      TPS[$pl-r-$t]+="$tps "; P95[$pl-r-$t]+="$p95 "; IGN[$pl-r-$t]+="$ign "; SESS[$pl-r-$t]+="$sess "; STEAL[$pl-r-$t]+="$SB_STEAL "; PCPU[$pl-r-$t]+="$SB_CPU_US "
+      echo "bench: proxies on the $pl CPU, round $r oltp_read_only $t $tps tps p95 $p95 ms (proxy CPU $SB_CPU_US us/transaction, sysbench's connections: $sess, CPU 0 steal $SB_STEAL%)"
     done
   done
 done
@@ -364,7 +368,7 @@ declare -A M
 for pl in $PLACEMENTS; do
   for c in w r; do
     for t in $PATHS; do
-      M[$pl-$c-$t-tps]=$(med "${TPS[$pl-$c-$t]}"); M[$pl-$c-$t-p95]=$(med "${P95[$pl-$c-$t]}")
+      M[$pl-$c-$t-tps]=$(med "${TPS[$pl-$c-$t]}"); M[$pl-$c-$t-p95]=$(med "${P95[$pl-$c-$t]}"); M[$pl-$c-$t-cpu]=$(med "${PCPU[$pl-$c-$t]}")
     done
     M[$pl-$c-pd]=$(ratio ${M[$pl-$c-port-tps]} ${M[$pl-$c-direct-tps]})
     M[$pl-$c-ph]=$(ratio ${M[$pl-$c-port-tps]} ${M[$pl-$c-haproxy-tps]})
@@ -375,8 +379,8 @@ for pl in $PLACEMENTS; do
     M[$pl-c-$t-master]=$( { grep -o '"1":[0-9]*' <<<"${CONN[$pl-$t]}" || true; } | awk -F: '{s += $2} END {print s + 0}')
   done
   M[$pl-causal-us]=$(( ${M[$pl-c-causal_on-p50_us]%.*} - ${M[$pl-c-causal_off-p50_us]%.*} ))
-  echo "bench: proxies on the $pl CPU: oltp_write_only tps direct ${M[$pl-w-direct-tps]}, haproxy ${M[$pl-w-haproxy-tps]}, write port ${M[$pl-w-port-tps]} (port/direct ${M[$pl-w-pd]}, port/haproxy ${M[$pl-w-ph]}); p95 ms ${M[$pl-w-direct-p95]} / ${M[$pl-w-haproxy-p95]} / ${M[$pl-w-port-p95]}"
-  echo "bench: proxies on the $pl CPU: oltp_read_only tps direct ${M[$pl-r-direct-tps]}, haproxy ${M[$pl-r-haproxy-tps]}, read port ${M[$pl-r-port-tps]} (port/direct ${M[$pl-r-pd]}, port/haproxy ${M[$pl-r-ph]}); p95 ms ${M[$pl-r-direct-p95]} / ${M[$pl-r-haproxy-p95]} / ${M[$pl-r-port-p95]}"
+  echo "bench: proxies on the $pl CPU: oltp_write_only tps direct ${M[$pl-w-direct-tps]}, haproxy ${M[$pl-w-haproxy-tps]}, write port ${M[$pl-w-port-tps]} (port/direct ${M[$pl-w-pd]}, port/haproxy ${M[$pl-w-ph]}); p95 ms ${M[$pl-w-direct-p95]} / ${M[$pl-w-haproxy-p95]} / ${M[$pl-w-port-p95]}; proxy CPU per transaction haproxy ${M[$pl-w-haproxy-cpu]} us, port ${M[$pl-w-port-cpu]} us"
+  echo "bench: proxies on the $pl CPU: oltp_read_only tps direct ${M[$pl-r-direct-tps]}, haproxy ${M[$pl-r-haproxy-tps]}, read port ${M[$pl-r-port-tps]} (port/direct ${M[$pl-r-pd]}, port/haproxy ${M[$pl-r-ph]}); p95 ms ${M[$pl-r-direct-p95]} / ${M[$pl-r-haproxy-p95]} / ${M[$pl-r-port-p95]}; proxy CPU per transaction haproxy ${M[$pl-r-haproxy-cpu]} us, port ${M[$pl-r-port-cpu]} us"
   echo "bench: proxies on the $pl CPU: new read connections/s direct ${M[$pl-c-direct-connections_per_s]}, haproxy ${M[$pl-c-haproxy-connections_per_s]}, read port causal on ${M[$pl-c-causal_on-connections_per_s]} (${M[$pl-c-causal_on-master]} to the master), causal off ${M[$pl-c-causal_off-connections_per_s]}; p50 us ${M[$pl-c-direct-p50_us]} / ${M[$pl-c-haproxy-p50_us]} / ${M[$pl-c-causal_on-p50_us]} / ${M[$pl-c-causal_off-p50_us]}; the causal check costs ${M[$pl-causal-us]} us at open"
 done
 
@@ -397,8 +401,8 @@ json_strs() { echo "[$(echo $1 | tr ' ' '\n' | { grep . || true; } | sed 's/.*/"
       k=write; [ $c = r ] && k=read
       echo "    \"oltp_${k}_only\": {"
       for t in $PATHS; do
-        printf '      "%s": {"tps": %s, "p95_ms": %s, "ignored_errors": %s, "cpu0_steal_pct": %s, "median_tps": %s, "median_p95_ms": %s%s},\n' $t \
-          "$(json_list "${TPS[$pl-$c-$t]}")" "$(json_list "${P95[$pl-$c-$t]}")" "$(json_list "${IGN[$pl-$c-$t]}")" "$(json_list "${STEAL[$pl-$c-$t]}")" \
+        printf '      "%s": {"tps": %s, "p95_ms": %s, "ignored_errors": %s, "cpu0_steal_pct": %s, "proxy_cpu_us_per_transaction": %s, "median_tps": %s, "median_p95_ms": %s%s},\n' $t \
+          "$(json_list "${TPS[$pl-$c-$t]}")" "$(json_list "${P95[$pl-$c-$t]}")" "$(json_list "${IGN[$pl-$c-$t]}")" "$(json_list "${STEAL[$pl-$c-$t]}")" "$(json_list "${PCPU[$pl-$c-$t]}")" \
           ${M[$pl-$c-$t-tps]} ${M[$pl-$c-$t-p95]} "$([ $c = r ] && echo ", \"sessions\": $(json_strs "${SESS[$pl-$c-$t]}")")"
       done
       echo "      \"port_vs_direct\": ${M[$pl-$c-pd]}, \"port_vs_haproxy\": ${M[$pl-$c-ph]}"
@@ -420,14 +424,14 @@ if [ $QUICK = 0 ]; then
     for pl in $PLACEMENTS; do
       echo "Proxies on the $pl CPU:"
       echo
-      echo "| path | oltp_write_only tps (median) | spread | p95 ms | oltp_read_only tps (median) | spread | p95 ms |"
-      echo "| --- | --- | --- | --- | --- | --- | --- |"
+      echo "| path | oltp_write_only tps (median) | spread | p95 ms | proxy CPU µs/tx | oltp_read_only tps (median) | spread | p95 ms | proxy CPU µs/tx |"
+      echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
       for t in $PATHS; do
         name=$t; case $t in direct) name="direct (reads: db2,db3 by sysbench)" ;; haproxy) name="HAProxy, mode tcp" ;; port) name="**the sidecar's ports** (read: causal on)" ;; esac
-        echo "| $name | ${M[$pl-w-$t-tps]} | $(spr "${TPS[$pl-w-$t]}") | ${M[$pl-w-$t-p95]} | ${M[$pl-r-$t-tps]} | $(spr "${TPS[$pl-r-$t]}") | ${M[$pl-r-$t-p95]} |"
+        echo "| $name | ${M[$pl-w-$t-tps]} | $(spr "${TPS[$pl-w-$t]}") | ${M[$pl-w-$t-p95]} | ${M[$pl-w-$t-cpu]} | ${M[$pl-r-$t-tps]} | $(spr "${TPS[$pl-r-$t]}") | ${M[$pl-r-$t-p95]} | ${M[$pl-r-$t-cpu]} |"
       done
-      echo "| port / direct | ${M[$pl-w-pd]} | | | ${M[$pl-r-pd]} | | |"
-      echo "| port / HAProxy | ${M[$pl-w-ph]} | | | ${M[$pl-r-ph]} | | |"
+      echo "| port / direct | ${M[$pl-w-pd]} | | | | ${M[$pl-r-pd]} | | | |"
+      echo "| port / HAProxy | ${M[$pl-w-ph]} | | | | ${M[$pl-r-ph]} | | | |"
       echo
       echo "| new read connections | connections/s (median) | p50 µs | p99 µs | to the master |"
       echo "| --- | --- | --- | --- | --- |"
