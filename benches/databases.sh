@@ -8,8 +8,8 @@
 # Installs what it needs from Debian (idempotently), builds release binaries, pins
 # the database servers, the directory and the sidecars of the database hosts to
 # CPU 0 and the load generators (sysbench, db-connect) to CPU 1, and writes
-# benches/results/databases.json (full runs: a dated copy too, and the tables in
-# benches/results/databases.md to merge into docs/benchmarks.md by hand).
+# benches/results/databases-latest.json (full runs: a dated copy too, and the tables in
+# benches/results/databases-latest.md to merge into docs/benchmarks.md by hand).
 #
 # The proxies (the web hosts' sidecars, HAProxy) run twice: on CPU 0 with the
 # servers, then moved to CPU 1 with the load generator, where the sidecar runs in
@@ -415,11 +415,11 @@ json_strs() { echo "[$(echo $1 | tr ' ' '\n' | { grep . || true; } | sed 's/.*/"
     echo "  }"
   done
   echo "}"
-} > benches/results/databases.json
-echo "bench: results in benches/results/databases.json"
+} > benches/results/databases-latest.json
+echo "bench: results in benches/results/databases-latest.json"
 
 if [ $QUICK = 0 ]; then
-  cp benches/results/databases.json "benches/results/databases-$(date +%Y%m%d-%H%M%S).json"
+  cp benches/results/databases-latest.json "benches/results/databases-$(date +%Y%m%d-%H%M%S).json"
   {
     for pl in $PLACEMENTS; do
       echo "Proxies on the $pl CPU:"
@@ -440,6 +440,6 @@ if [ $QUICK = 0 ]; then
       echo "Causal check at connection open: ${M[$pl-causal-us]} µs (p50 causal on − p50 causal off)."
       echo
     done
-  } > benches/results/databases.md
-  echo "bench: wrote benches/results/databases.md (merge into docs/benchmarks.md by hand)"
+  } > benches/results/databases-latest.md
+  echo "bench: wrote benches/results/databases-latest.md (merge into docs/benchmarks.md by hand)"
 fi

@@ -7,7 +7,8 @@
 # Installs what it needs from Debian (idempotently), builds release binaries,
 # pins every server to CPU 0 and every load generator to CPU 1, runs the peers
 # and Switchboard back to back in each round, and writes
-# benches/results/latest.json and (full runs only) docs/benchmarks.md.
+# benches/results/latest.json and (full runs only) docs/benchmarks.md.new; then
+# benches/databases.sh (the database ports on MariaDB) in the same mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -839,3 +840,6 @@ if [ $QUICK = 0 ]; then
   } > docs/benchmarks.md.new
   echo "bench: wrote docs/benchmarks.md.new (merge the analysis by hand)"
 fi
+
+# The database ports against direct connections and HAProxy, on real MariaDB.
+./benches/databases.sh $([ $QUICK = 1 ] && echo --quick)

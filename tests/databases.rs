@@ -304,6 +304,27 @@ fn a_replica_that_stays_short_of_the_masters_position_leaves_read() {
 }
 
 #[test]
+fn promote_is_refused_when_another_replica_has_more() {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let keys = db_hosts(&d);
+    add_main(&d);
+    // The master died after its last report; db3 received more from it.
+    reported(&d, "db1", &keys[0], "0-1-100", None);
+    reported(&d, "db2", &keys[1], "0-1-100", Some(0));
+    reported(&d, "db3", &keys[2], "0-1-104", Some(0));
+    let out = d.cli(&["db", "promote", "main", "db2"]);
+    assert!(!out.status.success(), "db2 was promoted over db3");
+    assert!(
+        stderr(&out).contains("behind replica db3") && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(txt(&d, "main.db").contains("master=db1"));
+    d.cli_ok(&["db", "promote", "main", "db3"]);
+    assert!(txt(&d, "main.db").contains("master=db3"));
+}
+
+#[test]
 fn promote_is_refused_when_behind_and_forced_records_the_loss() {
     let d = Directory::with_zone(minimal_zone, &[]);
     let keys = db_hosts(&d);

@@ -361,6 +361,15 @@ fn a_replica_that_stops_replicating_stops_getting_reads() {
     );
 }
 
+/// What a replica has received from its master (`Gtid_IO_Pos`).
+fn received(s: &switchboard_tests::mariadb::Server) -> String {
+    s.sql("SHOW SLAVE STATUS\\G")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Gtid_IO_Pos:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_promotion_moves_writes_within_a_second_and_loses_nothing_acknowledged() {
     let mut r = Rig::new();
@@ -393,16 +402,42 @@ fn a_promotion_moves_writes_within_a_second_and_loses_nothing_acknowledged() {
     let acked = writer.join().expect("the writer");
     assert!(acked.len() > 50, "{} writes acknowledged", acked.len());
 
-    // db2's report covers db1's last one: promoted without --force.
-    r.wait("db2's reported position to cover db1's", || {
-        let show = r.show();
-        let (master, db2) = (
-            show["positions"]["db1"]["gtid"].as_str().unwrap_or(""),
-            show["positions"]["db2"]["gtid"].as_str().unwrap_or(""),
+    // Semi-synchronous replication: every acknowledged write reached a
+    // replica. Each applies what it received; the DBA promotes the one
+    // furthest on (`db show`), which the directory then takes without --force.
+    for name in ["db2", "db3"] {
+        let s = r.c.server(name);
+        let io = received(s);
+        assert!(
+            s.wait_gtid(&io, Duration::from_secs(10)),
+            "{name} applies what it received ({io})"
         );
-        !master.is_empty() && !gtid_behind(db2, master)
+    }
+    let (p2, p3) = (
+        r.c.server("db2").gtid_slave_pos(),
+        r.c.server("db3").gtid_slave_pos(),
+    );
+    let (new, other) = if gtid_behind(&p2, &p3) {
+        ("db3", "db2")
+    } else {
+        ("db2", "db3")
+    };
+    let actual = r.c.server(new).gtid_slave_pos();
+    r.wait("the reported positions to be the servers'", || {
+        let show = r.show();
+        let gtid = |h: &str| {
+            show["positions"][h]["gtid"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let master = gtid("db1");
+        !master.is_empty()
+            && !gtid_behind(&gtid(new), &master)
+            && !gtid_behind(&gtid(new), &actual)
+            && !gtid_behind(&gtid(new), &gtid(other))
     });
-    r.d.cli_ok(&["db", "promote", "main", "db2"]);
+    r.d.cli_ok(&["db", "promote", "main", new]);
     let promoted = Instant::now();
     let mut last_error = String::new();
     let resumed = loop {
@@ -417,27 +452,27 @@ fn a_promotion_moves_writes_within_a_second_and_loses_nothing_acknowledged() {
         std::thread::sleep(Duration::from_millis(10));
     };
     eprintln!(
-        "writes resumed {resumed:?} after `db promote` returned (last refusal: {last_error:?})"
+        "writes resumed {resumed:?} after `db promote {new}` returned (last refusal: {last_error:?})"
     );
-    let db2 = r.c.server("db2");
-    assert_eq!(db2.count("after-promote"), 1, "the write went elsewhere");
+    let master = r.c.server(new);
+    assert_eq!(master.count("after-promote"), 1, "the write went elsewhere");
     assert!(
         resumed < Duration::from_secs(1),
         "writes resumed {resumed:?} after the promotion"
     );
-    let on_db2: std::collections::HashSet<String> = db2
+    let on_new: std::collections::HashSet<String> = master
         .sql(&format!("SELECT v FROM {TABLE} WHERE v LIKE 'before-%'"))
         .lines()
         .map(str::to_string)
         .collect();
-    let lost: Vec<&String> = acked.iter().filter(|v| !on_db2.contains(*v)).collect();
-    assert!(lost.is_empty(), "acknowledged, not on db2: {lost:?}");
-    // db3 follows db2.
-    let pos = db2.gtid_binlog_pos();
+    let lost: Vec<&String> = acked.iter().filter(|v| !on_new.contains(*v)).collect();
+    assert!(lost.is_empty(), "acknowledged, not on {new}: {lost:?}");
+    // The other replica follows the new master.
+    let pos = master.gtid_binlog_pos();
     assert!(
-        r.c.server("db3").wait_gtid(&pos, Duration::from_secs(10)),
-        "db3 does not follow db2: {}",
-        r.c.server("db3").sql("SHOW SLAVE STATUS\\G")
+        r.c.server(other).wait_gtid(&pos, Duration::from_secs(10)),
+        "{other} does not follow {new}: {}",
+        r.c.server(other).sql("SHOW SLAVE STATUS\\G")
     );
 
     // The old master comes back: its sidecar fences it, and it gets no writes.
@@ -449,7 +484,7 @@ fn a_promotion_moves_writes_within_a_second_and_loses_nothing_acknowledged() {
         insert(r.write, &format!("after-return-{i}")).expect("a write through the port");
     }
     assert_eq!(
-        r.c.server("db2").count("after-return-9"),
+        r.c.server(new).count("after-return-9"),
         1,
         "writes after db1's return"
     );

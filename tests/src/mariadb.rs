@@ -151,6 +151,12 @@ impl Server {
                 "--binlog-format=ROW",
                 "--log-slave-updates",
                 "--gtid-strict-mode=1",
+                // Semi-synchronous: a commit is acknowledged once a replica
+                // has it, so a crashed master loses nothing acknowledged
+                // (docs/databases.md). Async again after 2 s without one.
+                "--rpl-semi-sync-master-enabled=ON",
+                "--rpl-semi-sync-slave-enabled=ON",
+                "--rpl-semi-sync-master-timeout=2000",
                 "--skip-name-resolve",
                 "--performance-schema=OFF",
             ])
@@ -238,8 +244,11 @@ impl Server {
         self.value("SELECT @@gtid_slave_pos")
     }
 
+    /// Whether it is read-only; false while it does not answer (a fencing
+    /// sidecar closes every client connection, this one's too).
     pub fn read_only(&self) -> bool {
-        self.value("SELECT @@read_only") == "1"
+        self.try_sql("SELECT @@read_only")
+            .is_ok_and(|v| v.trim() == "1")
     }
 
     /// Waits up to `timeout` until it has applied `pos` (`MASTER_GTID_WAIT`).

@@ -407,17 +407,31 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
                 .get(&new)
                 .map_or(String::new(), |p| p.gtid.clone());
             let mut next = d.clone();
-            if d.behind_master(&new) {
+            // Another replica that has more than `new` would be lost too: it
+            // could not follow `new` (its binary log has what `new` lacks).
+            let ahead = d.replicas.iter().find_map(|h| {
+                let p = d.positions.get(h)?;
+                (h != &new && model::gtid_behind(&new_gtid, &p.gtid)).then_some((h, &p.gtid))
+            });
+            // What promoting `new` loses: the master's last report, else the
+            // replica ahead of it.
+            let loses = if d.behind_master(&new) { None } else { ahead };
+            if d.behind_master(&new) || ahead.is_some() {
                 if !force {
-                    return Err(ApplyError::Conflict(format!(
-                        "{new} is at GTID position {:?} of {name}, behind the master {} at {old_gtid:?} by their last reports: promoting it may lose what only the master has; wait for it to catch up, or pass --force to accept the loss",
-                        new_gtid, d.master
-                    )));
+                    return Err(ApplyError::Conflict(match loses {
+                        Some((h, g)) => format!(
+                            "{new} is at GTID position {new_gtid:?} of {name}, behind replica {h} at {g:?} by their last reports: promoting it would lose what {h} has, and {h} could not follow it; promote {h}, wait for {new} to catch up, or pass --force to accept the loss"
+                        ),
+                        _ => format!(
+                            "{new} is at GTID position {:?} of {name}, behind the master {} at {old_gtid:?} by their last reports: promoting it may lose what only the master has; wait for it to catch up, or pass --force to accept the loss",
+                            new_gtid, d.master
+                        ),
+                    }));
                 }
                 next.lost.push(DbLoss {
                     old_master: d.master.clone(),
                     new_master: new.clone(),
-                    old_gtid,
+                    old_gtid: loses.map_or(old_gtid, |(_, g)| g.clone()),
                     new_gtid,
                     at: crate::time::unix_secs(),
                 });

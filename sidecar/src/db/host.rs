@@ -107,6 +107,8 @@ pub async fn run(
 ) {
     let mut m: Option<Monitor> = None;
     let mut failing = false;
+    // The replication error last logged, so that each is logged once.
+    let mut stopped: Option<String> = None;
     loop {
         let t = topo.borrow_and_update().clone();
         let local = t.as_ref().and_then(|t| {
@@ -128,6 +130,19 @@ pub async fn run(
                         if failing {
                             tracing::info!(db = %db, server = %addr, "the local database server answers again");
                             failing = false;
+                        }
+                        let error = l
+                            .slave
+                            .as_ref()
+                            .filter(|s| !s.running)
+                            .and_then(|s| s.error.clone());
+                        if error != stopped {
+                            if let Some(e) = &error {
+                                // After a forced promotion: 1236, this replica
+                                // has transactions the new master never had.
+                                tracing::warn!(db = %db, error = %e, "replication has stopped: the server says why; docs/databases.md (failover) says what to do");
+                            }
+                            stopped = error;
                         }
                         if let Some(t) = &t {
                             reports.set(&db, Some(report(&db, &me, t, &l)));
@@ -190,11 +205,11 @@ async fn enforce(
             }
             m.exec(&["STOP SLAVE", "RESET SLAVE ALL"], STATEMENT)
                 .await?;
-            tracing::info!(db, "promoted: replication stopped and forgotten");
+            tracing::info!(db = %db, "promoted: replication stopped and forgotten");
         }
         if l.read_only {
             m.exec(&["SET GLOBAL read_only=OFF"], STATEMENT).await?;
-            tracing::info!(db, "this server is the master: writable");
+            tracing::info!(db = %db, "this server is the master: writable");
         }
         return Ok(());
     }
@@ -204,14 +219,14 @@ async fn enforce(
     if !l.read_only && l.slave.is_some() {
         // A replica left writable: made read-only, its clients left alone.
         m.exec(&["SET GLOBAL read_only=ON"], STATEMENT).await?;
-        tracing::info!(db, "a replica: made read-only");
+        tracing::info!(db = %db, "a replica: made read-only");
         return Ok(());
     }
     if !l.read_only {
         m.exec(&["SET GLOBAL read_only=ON"], STATEMENT).await?;
         let closed = close_clients(m, monitor_user).await?;
         tracing::warn!(
-            db,
+            db = %db,
             master = %t.master_host,
             closed,
             "fenced: this server is not the master; made read-only and its client connections closed"
@@ -232,7 +247,7 @@ async fn enforce(
     );
     m.exec(&["STOP SLAVE", &change, "START SLAVE"], STATEMENT)
         .await?;
-    tracing::info!(db, master = %master.host, addr = %master.addr, "replicating from the new master");
+    tracing::info!(db = %db, master = %master.host, addr = %master.addr, "replicating from the new master");
     Ok(())
 }
 

@@ -120,9 +120,16 @@ impl Monitor {
                 ms: timeout.as_millis(),
             }),
         };
-        if r.is_err() {
+        match &r {
+            // The server refused the statement (a missing grant, a replica
+            // that cannot be stopped): the connection is as good as before.
+            Err(MonitorError::Mysql {
+                source: mysql_async::Error::Server(_),
+                ..
+            })
+            | Ok(_) => {}
             // A connection that failed or was cut off mid-query is not reused.
-            *slot = None;
+            Err(_) => *slot = None,
         }
         r
     }
@@ -183,6 +190,10 @@ pub struct SlaveStatus {
     pub seconds_behind: Option<u64>,
     pub master_host: String,
     pub master_port: u16,
+    /// Why replication stopped, as the server says it (`Last_IO_Error`, else
+    /// `Last_SQL_Error`, with its number): e.g. 1236 when the master's binary
+    /// log lacks transactions this replica has.
+    pub error: Option<String>,
 }
 
 impl SlaveStatus {
@@ -200,6 +211,11 @@ impl SlaveStatus {
             master_port: column(r, "Master_Port")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            error: ["IO", "SQL"].iter().find_map(|t| {
+                let n = column(r, &format!("Last_{t}_Errno")).filter(|n| n != "0")?;
+                let e = column(r, &format!("Last_{t}_Error")).unwrap_or_default();
+                Some(format!("{n}: {e}"))
+            }),
         })
     }
 }
