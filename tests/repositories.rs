@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use switchboard_tests::{
-    minimal_zone, run, ssh_client_key, stderr, stdout, Backend, Directory, Sidecar, Sshd,
+    minimal_zone, run, signed_headers, ssh_client_key, stderr, stdout, unix_now, Backend,
+    Directory, Sidecar, Sshd,
 };
 
 struct Hosts {
@@ -221,7 +222,7 @@ fn failover_promotes_a_replica_and_the_old_master_catches_up() {
         "a write with no master available was accepted"
     );
     assert!(
-        stderr(&out).contains("master of r1 is unavailable"),
+        stderr(&out).contains("r1 is read-only: its master repo1 is unavailable"),
         "{}",
         stderr(&out)
     );
@@ -459,4 +460,286 @@ fn sidecars_killed_mid_push_lose_nothing_and_claim_nothing_they_lack() {
             assert!(h.has_commit(i, sha), "acknowledged {sha} lost on {name}");
         }
     }
+}
+
+/// `NAME.cluster.example.` answers of the directory: the TXT strings, and the SRV targets.
+fn repo_txt(d: &Directory) -> String {
+    d.dig("r1.repo.cluster.example.", "TXT", &[])
+        .data("TXT")
+        .join(" ")
+}
+
+fn srv_hosts(d: &Directory, name: &str) -> Vec<String> {
+    d.dig(&format!("{name}.cluster.example."), "SRV", &[])
+        .data("SRV")
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+/// A web host in front of the repository hosts: git over HTTP and Conduit.
+struct Web {
+    sc: Sidecar,
+    _backend: Backend,
+}
+
+impl Web {
+    fn start(h: &Hosts) -> Web {
+        let backend = Backend::start("web1");
+        let sc = h.d.sidecar("web1", "web", Some(&backend));
+        Web {
+            sc,
+            _backend: backend,
+        }
+    }
+
+    /// The git URL of r1 through this host, with credentials the echo backend admits.
+    fn url(&self) -> String {
+        self.sc
+            .http_url("/source/r1.git")
+            .replacen("http://", "http://t:p@", 1)
+    }
+
+    /// A Conduit write naming r1: (status, JSON answer).
+    fn conduit_write(&self) -> (u16, serde_json::Value) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = run(Command::new("curl")
+            .args(["-s", "-o"])
+            .arg(dir.path().join("out"))
+            .args([
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                "repository=r1",
+                &self.sc.http_url("/api/diffusion.repository.edit"),
+            ]));
+        let body = std::fs::read(dir.path().join("out")).unwrap_or_default();
+        (
+            stdout(&out).trim().parse().unwrap_or(0),
+            serde_json::from_slice(&body).unwrap_or_default(),
+        )
+    }
+}
+
+impl Hosts {
+    /// `git push` of a new commit through `url`, bounded (a hang fails the test).
+    fn try_push(&self, url: &str) -> std::process::Output {
+        let (src, _) = self.commit("src");
+        run(Command::new("timeout")
+            .args(["60", "git", "push", "-q", url, "HEAD:main"])
+            .current_dir(&src)
+            .env("GIT_SSH_COMMAND", self.sshd(0).ssh_command(&self.key))
+            .env("GIT_TERMINAL_PROMPT", "0"))
+    }
+
+    /// A clone of r1 through `url`: its HEAD.
+    fn clone_head(&self, url: &str, name: &str) -> String {
+        self.git_ok(self.work.path(), &["clone", "-q", url, name]);
+        self.git_ok(&self.work.path().join(name), &["rev-parse", "HEAD"])
+            .trim()
+            .to_string()
+    }
+}
+
+#[test]
+fn a_frozen_repository_refuses_every_write_with_the_message_and_serves_reads() {
+    let h = hosts();
+    let web = Web::start(&h);
+    let (src, first) = h.commit("src");
+    h.git_ok(&src, &["push", "-q", &h.sshd(0).url("r1"), "main"]);
+    h.wait_converged();
+
+    let msg = "moving r1 to new disks until 14:00 UTC";
+    h.d.cli_ok(&["repo", "freeze", "r1", "--message", msg]);
+    let txt = repo_txt(&h.d);
+    assert!(
+        txt.contains("frozen=1") && txt.contains("readonly=1") && txt.contains(msg),
+        "{txt}"
+    );
+    assert!(
+        srv_hosts(&h.d, "write.r1.repo").is_empty(),
+        "no write answer while frozen"
+    );
+    assert_eq!(srv_hosts(&h.d, "read.r1.repo").len(), 3, "reads go on");
+    let show: serde_json::Value =
+        serde_json::from_str(&h.d.cli_ok(&["--json", "repo", "show", "r1"])).expect("json");
+    assert_eq!(
+        (show["frozen"].as_str(), show["readonly"].as_bool()),
+        (Some(msg), Some(true))
+    );
+    let events = h.d.cli_ok(&["events"]);
+    assert!(
+        events.contains("frozen"),
+        "the freeze is in the audit log: {events}"
+    );
+
+    // Over SSH, through the master and through a replica: git shows the message.
+    let v = h.master_version();
+    for i in [0, 1] {
+        h.d.wait_for("the freeze to reach the sidecars", || {
+            let out = h.try_push(&h.sshd(i).url("r1"));
+            !out.status.success() && stderr(&out).contains(msg)
+        });
+        let out = h.try_push(&h.sshd(i).url("r1"));
+        let err = stderr(&out);
+        assert!(
+            err.contains("r1 is frozen for maintenance") && err.contains("reads still work"),
+            "{err}"
+        );
+    }
+    // Over HTTP: the refusal is plain text, which git shows as `remote: …`.
+    let out = h.try_push(&web.url());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("remote: r1 is frozen for maintenance: {msg}")),
+        "{}",
+        stderr(&out)
+    );
+    // Over Conduit: a JSON refusal with the reason.
+    let (code, v_json) = web.conduit_write();
+    assert_eq!(
+        (code, v_json["reason"].as_str()),
+        (403, Some("frozen")),
+        "{v_json}"
+    );
+    assert!(v_json["error"].as_str().unwrap_or("").contains(msg));
+    assert_eq!(h.master_version(), v, "no write landed while frozen");
+
+    // Reads go on, over SSH and HTTP.
+    assert_eq!(h.clone_head(&h.sshd(2).url("r1"), "frozen-ssh"), first);
+    assert_eq!(h.clone_head(&web.url(), "frozen-http"), first);
+
+    // Thawed: writes go through again.
+    h.d.cli_ok(&["repo", "thaw", "r1"]);
+    assert!(repo_txt(&h.d).contains("readonly=0"));
+    h.d.wait_for("writes to be taken again", || {
+        h.try_push(&h.sshd(1).url("r1")).status.success()
+    });
+    assert_eq!(h.master_version(), v + 1);
+    assert!(h.d.cli_ok(&["events"]).contains("thaw"));
+}
+
+#[test]
+fn without_a_master_a_repository_is_read_only_and_reads_go_to_the_newest_copies() {
+    let mut h = hosts();
+    let web = Web::start(&h);
+    let (src, _) = h.commit("src");
+    h.git_ok(&src, &["push", "-q", &h.sshd(0).url("r1"), "main"]);
+    h.wait_converged();
+    // repo3 stops following; a second write reaches repo1 and repo2 only.
+    h.hosts[2].0.kill();
+    let (src, second) = h.commit("src");
+    h.git_ok(&src, &["push", "-q", &h.sshd(0).url("r1"), "main"]);
+    h.d.wait_for("repo2 to have the second write", || {
+        h.versions().get("repo2") == Some(&2)
+    });
+    assert_eq!(h.versions().get("repo3"), Some(&1));
+
+    // The master goes away.
+    h.hosts[0].0.kill();
+    h.d.cli_ok(&["host", "disable", "repo1"]);
+    let txt = repo_txt(&h.d);
+    assert!(
+        txt.contains("readonly=1") && !txt.contains("frozen=1"),
+        "{txt}"
+    );
+    assert!(srv_hosts(&h.d, "write.r1.repo").is_empty());
+    assert_eq!(
+        srv_hosts(&h.d, "read.r1.repo"),
+        vec!["repo2.node.cluster.example.".to_string()],
+        "reads from the host with the highest version only"
+    );
+
+    // Every write is refused at once, saying why and that reads work: over
+    // SSH through a replica's own sidecar, over HTTP, and over Conduit.
+    let want = "r1 is read-only: its master repo1 is unavailable";
+    for i in [1, 2] {
+        h.d.wait_for("the read-only state to reach the sidecars", || {
+            stderr(&h.try_push(&h.sshd(i).url("r1"))).contains(want)
+        });
+        assert!(stderr(&h.try_push(&h.sshd(i).url("r1"))).contains("reads still work"));
+    }
+    let out = h.try_push(&web.url());
+    assert!(
+        !out.status.success() && stderr(&out).contains(&format!("remote: {want}")),
+        "{}",
+        stderr(&out)
+    );
+    let (code, v) = web.conduit_write();
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (503, Some("no-master")),
+        "{v}"
+    );
+    // Straight to repo2's cluster listener, signed: no write on a replica.
+    let url = h.hosts[1]
+        .0
+        .cluster_url("/source/r1.git/info/refs?service=git-receive-pack");
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+    for (k, val) in signed_headers(&web.sc.key, "GET", &url, b"", unix_now()) {
+        curl.arg("-H").arg(format!("{k}: {val}"));
+    }
+    let code = stdout(&run(curl.arg(&url)));
+    assert!(code.starts_with('4') || code.starts_with('5'), "{code}");
+    assert_eq!(h.versions().get("repo2"), Some(&2), "no version moved");
+
+    // Reads go on from repo2, whichever host they reach.
+    assert_eq!(h.clone_head(&h.sshd(1).url("r1"), "ro-local"), second);
+    assert_eq!(h.clone_head(&h.sshd(2).url("r1"), "ro-tunnel"), second);
+    assert_eq!(h.clone_head(&web.url(), "ro-http"), second);
+}
+
+#[test]
+fn after_a_push_a_replica_syncs_once_and_serves_every_waiting_clone() {
+    let h = hosts();
+    let series = "switchboard_sidecar_requests_total{kind=\"upload-pack\",outcome=\"served\"}";
+    let served = || h.hosts[0].0.metric(series).unwrap_or(0.0);
+    let push = || {
+        let (src, sha) = h.commit("src");
+        h.git_ok(&src, &["push", "-q", &h.sshd(0).url("r1"), "main"]);
+        sha
+    };
+    push();
+    h.wait_converged();
+    // What the master serves for one push: each replica's catch-up.
+    let m0 = served();
+    push();
+    h.wait_converged();
+    let per_push = served() - m0;
+    assert!(per_push > 0.0, "the replicas fetched from the master");
+
+    // Right after a push, 50 clones at once through a replica.
+    let m1 = served();
+    let sha = push();
+    let url = h.sshd(1).url("r1");
+    let clones: Vec<_> = (0..50)
+        .map(|i| {
+            let dir = h.work.path().join(format!("c{i}"));
+            Command::new("git")
+                .args(["-c", "init.defaultBranch=main", "clone", "-q", &url])
+                .arg(&dir)
+                .env("GIT_SSH_COMMAND", h.sshd(0).ssh_command(&h.key))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("git clone")
+        })
+        .collect();
+    for (i, c) in clones.into_iter().enumerate() {
+        let out = c.wait_with_output().expect("clone");
+        assert!(out.status.success(), "clone {i}: {}", stderr(&out));
+        let dir = h.work.path().join(format!("c{i}"));
+        assert_eq!(
+            h.git_ok(&dir, &["rev-parse", "HEAD"]).trim(),
+            sha,
+            "clone {i} sees the push"
+        );
+    }
+    h.wait_converged();
+    assert_eq!(
+        served() - m1,
+        per_push,
+        "the master served the replicas' catch-ups only: one fetch by repo2 for all 50 clones, none forwarded"
+    );
 }

@@ -502,12 +502,15 @@ fn routing_errors_tell_the_user_what_is_wrong() {
     });
 }
 
-/// curl `method url` with `headers`: (status, the JSON error's reason).
+/// curl `method url` with `headers`: (status, the error's reason: the JSON
+/// error's, or the reason header of a plain-text refusal meant for git).
 fn reason_of(method: &str, url: &str, headers: &[(String, String)]) -> (u16, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-o"])
         .arg(dir.path().join("out"))
+        .arg("-D")
+        .arg(dir.path().join("headers"))
         .args(["-w", "%{http_code}", "-X", method]);
     for (k, v) in headers {
         cmd.arg("-H").arg(format!("{k}: {v}"));
@@ -516,9 +519,18 @@ fn reason_of(method: &str, url: &str, headers: &[(String, String)]) -> (u16, Str
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("out")).unwrap_or_default())
             .unwrap_or_default();
+    let header = std::fs::read_to_string(dir.path().join("headers"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-switchboard-reason:")
+                .map(|r| r.trim().to_string())
+        })
+        .unwrap_or_default();
     (
         stdout(&out).trim().parse().unwrap_or(0),
-        v["reason"].as_str().unwrap_or_default().to_string(),
+        v["reason"].as_str().map_or(header, str::to_string),
     )
 }
 

@@ -209,6 +209,11 @@ pub enum Op {
         host: String,
         force: bool,
     },
+    /// A maintenance lock: refuses writes with the admin's message (`None` thaws).
+    FreezeRepo {
+        repo: String,
+        message: Option<String>,
+    },
     /// Turns the directory's automatic failover of a repository on or off.
     SetAutoFailover {
         repo: String,

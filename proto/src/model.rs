@@ -563,6 +563,10 @@ pub struct Repo {
     /// replica that has every version (never one that would lose any).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_failover: bool,
+    /// Set by `repo freeze` (a maintenance lock): the admin's message; writes
+    /// are refused with it, reads go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
 }
 
 impl Repo {
@@ -935,6 +939,16 @@ pub fn validate_binding(b: &Binding) -> Result<(), Invalid> {
     validate_props(&b.props, &BINDING_ATTRS)
 }
 
+/// A freeze message (`repo freeze`, `db freeze`): what every refused writer reads.
+fn validate_freeze_message(m: Option<&str>) -> Result<(), Invalid> {
+    match m {
+        Some(m) if m.is_empty() || m.len() > 200 || m.chars().any(|c| c.is_control()) => invalid(
+            "a freeze message must be 1-200 characters without control characters".to_string(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate_repo(r: &Repo) -> Result<(), Invalid> {
     validate_label("repository name", &r.name)?;
     if RESERVED.contains(&r.name.as_str()) {
@@ -968,7 +982,7 @@ pub fn validate_repo(r: &Repo) -> Result<(), Invalid> {
             ));
         }
     }
-    Ok(())
+    validate_freeze_message(r.frozen.as_deref())
 }
 
 pub fn validate_database(d: &Database) -> Result<(), Invalid> {
@@ -999,13 +1013,7 @@ pub fn validate_database(d: &Database) -> Result<(), Invalid> {
             "database port 0 is not a port: give 1-65535 (MariaDB's is 3306)".to_string(),
         );
     }
-    if let Some(m) = &d.frozen {
-        if m.is_empty() || m.len() > 200 || m.chars().any(|c| c.is_control()) {
-            return invalid(
-                "a freeze message must be 1-200 characters without control characters".to_string(),
-            );
-        }
-    }
+    validate_freeze_message(d.frozen.as_deref())?;
     for (h, p) in &d.positions {
         if !d.has_host(h) {
             return invalid(format!(

@@ -51,7 +51,7 @@ pub mod txt {
     pub const ENGINE: &str = "engine";
     /// A database's `port=N`.
     pub const PORT: &str = "port";
-    /// A database's `frozen=1` (with `frozen_message=TEXT`).
+    /// A frozen repository's or database's `frozen=1` (with `frozen_message=TEXT`).
     pub const FROZEN: &str = "frozen";
     pub const FROZEN_MESSAGE: &str = "frozen_message";
     pub const VERSION: &str = "version";

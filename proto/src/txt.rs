@@ -40,17 +40,28 @@ pub fn binding_txt(b: &Binding) -> Vec<String> {
     v
 }
 
-/// The TXT strings of a repository record; `derived` adds `version=` (the master's).
-pub fn repo_txt(r: &Repo, derived: bool) -> Vec<String> {
+/// The TXT strings of a repository record. `readonly` given: an answer's
+/// form, with `version=` (the master's) and `readonly=` derived from the zone
+/// (stored read-only, frozen, or no master in service); not given: a zone
+/// file's, with the stored `readonly=`.
+pub fn repo_txt(r: &Repo, readonly: Option<bool>) -> Vec<String> {
     let mut v = vec![
         format!("{}={}", txt::MASTER, r.master),
         format!("{}={}", txt::REPLICAS, r.replicas.join(",")),
     ];
-    if derived {
+    if readonly.is_some() {
         v.push(format!("{}={}", txt::VERSION, r.master_version()));
     }
     v.push(format!("{}={}", txt::MAX_LAG, r.max_lag));
-    v.push(format!("{}={}", txt::READONLY, u8::from(r.readonly)));
+    v.push(format!(
+        "{}={}",
+        txt::READONLY,
+        u8::from(readonly.unwrap_or(r.readonly))
+    ));
+    if let Some(m) = &r.frozen {
+        v.push(format!("{}=1", txt::FROZEN));
+        v.push(format!("{}={m}", txt::FROZEN_MESSAGE));
+    }
     if r.auto_failover {
         v.push(format!("{}=1", txt::AUTO_FAILOVER));
     }

@@ -131,6 +131,11 @@ struct CommonArgs {
     /// The local web application (Phabricator) that serves Conduit and web pages.
     #[arg(long)]
     web_backend: Option<http::Uri>,
+    /// How long a read that reaches a replica which is behind waits for the
+    /// replica to fetch from the master before the master serves it (seconds;
+    /// 0 turns sync-before-read off: such reads go to the master at once).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    sync_timeout: f64,
 }
 
 impl From<CommonArgs> for Common {
@@ -142,6 +147,8 @@ impl From<CommonArgs> for Common {
             zone: c.at.zone,
             repos: c.repos,
             web_backend: c.web_backend,
+            sync_timeout: std::time::Duration::try_from_secs_f64(c.sync_timeout)
+                .unwrap_or(switchboard_sidecar::repo::sync::DEFAULT_TIMEOUT),
         }
     }
 }

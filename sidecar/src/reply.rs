@@ -28,6 +28,28 @@ pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Re
     r
 }
 
+/// A refusal in plain text, one line: git shows a `text/plain` error body to
+/// its user (`remote: …`), where it would hide a JSON one. The reason code is
+/// in the header, as with [`error`].
+pub fn plain(status: StatusCode, reason: &str, message: impl Into<String>) -> Response<BoxBody> {
+    let mut line = message.into();
+    line.push('\n');
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(line))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        r.headers_mut().insert(REASON, v);
+    }
+    r
+}
+
 /// The header that carries an error's reason code, for sidecars reading a peer's answer.
 pub const REASON: &str = "x-switchboard-reason";
 

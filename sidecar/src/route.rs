@@ -73,8 +73,10 @@ pub enum RouteError {
     BadService(String),
     #[error("no repository {0} in the directory")]
     UnknownRepo(String),
-    #[error("the master of {0} is unavailable: writes are refused until it is back or an admin promotes a replica (`repo promote`)")]
+    #[error("the master of {0} is unavailable: writes are refused until it is back or an admin promotes a replica (`repo promote`); reads still work")]
     NoMaster(String),
+    #[error(transparent)]
+    Refused(#[from] WriteRefusal),
     #[error("no up-to-date host of {0} is available for reads")]
     NoReader(String),
     #[error("no host provides conduit and this host has no web backend")]
@@ -92,6 +94,7 @@ impl RouteError {
         match self {
             RouteError::BadName(_) | RouteError::BadService(_) => S::BAD_REQUEST,
             RouteError::UnknownRepo(_) => S::NOT_FOUND,
+            RouteError::Refused(w) => w.status(),
             RouteError::NoMaster(_)
             | RouteError::NoReader(_)
             | RouteError::NoConduit
@@ -107,10 +110,71 @@ impl RouteError {
             RouteError::BadService(_) => "bad-git-service",
             RouteError::UnknownRepo(_) => "unknown-repository",
             RouteError::NoMaster(_) => "no-master",
+            RouteError::Refused(w) => w.reason(),
             RouteError::NoReader(_) => "no-reader",
             RouteError::NoConduit => "no-conduit",
             RouteError::NoClusterPort(_) => "no-cluster-port",
             RouteError::Directory(_) => "directory-unreachable",
+        }
+    }
+}
+
+/// Why a repository takes no writes now (SPEC "Read-only when there is no
+/// master", "Maintenance locks"). Each says, in one line a git client shows as
+/// it is, which repository, why, and that reads still work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRefusal {
+    #[error("{repo} is frozen for maintenance: {message} (writes are refused until an admin runs `repo thaw {repo}`; reads still work)")]
+    Frozen { repo: String, message: String },
+    #[error("{repo} is read-only: its master {master} is unavailable (writes are refused until it is back or an admin promotes a replica with `repo promote`; reads still work)")]
+    NoMaster { repo: String, master: String },
+    #[error("{repo} is read-only: its zone file sets readonly=1 (reads still work)")]
+    ReadOnly { repo: String },
+}
+
+impl WriteRefusal {
+    /// What the directory's TXT for `repo` says about writes: `frozen=1` (with
+    /// its message) or `readonly=1`, with `master_in_service` telling a master
+    /// out of service from a repository read-only by configuration.
+    pub fn from_txt(
+        repo: &str,
+        t: &std::collections::HashMap<String, String>,
+        master_in_service: bool,
+    ) -> Option<Self> {
+        let get = |k: &str| t.get(k).map(String::as_str).unwrap_or("");
+        if get(schema::txt::FROZEN) == "1" {
+            return Some(WriteRefusal::Frozen {
+                repo: repo.to_string(),
+                message: get(schema::txt::FROZEN_MESSAGE).to_string(),
+            });
+        }
+        if get(schema::txt::READONLY) != "1" {
+            return None;
+        }
+        Some(if master_in_service {
+            WriteRefusal::ReadOnly {
+                repo: repo.to_string(),
+            }
+        } else {
+            WriteRefusal::NoMaster {
+                repo: repo.to_string(),
+                master: get(schema::txt::MASTER).to_string(),
+            }
+        })
+    }
+
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            WriteRefusal::NoMaster { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WriteRefusal::Frozen { .. } => "frozen",
+            WriteRefusal::NoMaster { .. } => "no-master",
+            WriteRefusal::ReadOnly { .. } => "read-only",
         }
     }
 }

@@ -131,6 +131,8 @@ impl Server {
             db_listeners,
         } = self;
 
+        // Fetches from masters go through the loopback proxy, from this process.
+        sc.syncer.fetch_through(lb.clone());
         tokio::spawn(sc.apis.clone().keep_fresh());
         tokio::spawn(feed::follow(
             sc.dir.clone(),

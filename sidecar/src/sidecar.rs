@@ -25,7 +25,8 @@ use crate::outbound::forward::Forwarder;
 use crate::reply::error;
 use crate::repo::git::Repos;
 use crate::repo::hook::Hooks;
-use crate::route::{Access, RouteError, Router, Target};
+use crate::repo::sync::Syncer;
+use crate::route::{Access, RouteError, Router, Target, WriteRefusal};
 use crate::shutdown::Shutdown;
 use crate::verify::BatchVerifier;
 
@@ -41,6 +42,9 @@ pub struct Common {
     pub zone: String,
     pub repos: PathBuf,
     pub web_backend: Option<Uri>,
+    /// How long a read waits for a behind copy to be brought up to date
+    /// before it goes to the master (`--sync-timeout`).
+    pub sync_timeout: std::time::Duration,
 }
 
 /// Why the sidecar's state could not be built.
@@ -101,6 +105,8 @@ pub struct Sidecar {
     pub tunnels: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// The drain signal (SIGTERM): open connections and sessions listen to it.
     pub shutdown: Shutdown,
+    /// Fetches from repositories' masters, one per repository at a time.
+    pub syncer: Syncer,
 }
 
 /// What one request or one peer may take.
@@ -180,7 +186,16 @@ const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 /// What the directory says right now about this host and a repository.
 pub struct Standing {
     pub master: String,
+    /// This host is one of its replicas.
+    pub replica: bool,
+    /// The master's version.
+    pub version: u64,
+    /// This host's copy may serve reads now: it is the master, within
+    /// `max_lag` of the master's version, or (no master in service) one of
+    /// the most recent copies the directory sends reads to.
     pub current: bool,
+    /// Why writes are refused now, if they are.
+    pub refusal: Option<WriteRefusal>,
 }
 
 impl Sidecar {
@@ -228,6 +243,7 @@ impl Sidecar {
             limits,
             tunnels: Default::default(),
             shutdown,
+            syncer: Syncer::new(c.sync_timeout),
             dir,
             apis,
             me,
@@ -345,10 +361,10 @@ impl Sidecar {
         host.trim_end_matches('.').eq_ignore_ascii_case(&node)
     }
 
-    /// Asks the directory, uncached, who is master of `repo` and whether this
-    /// host's copy is within `max_lag` of the master's version. For a read, the
-    /// last answer does when the directory cannot be reached (serve-stale); a
-    /// write needs the directory's answer now.
+    /// Asks the directory, uncached, who is master of `repo`, whether this
+    /// host's copy may serve reads, and whether writes are refused. For a read,
+    /// the last answer does when the directory cannot be reached (serve-stale);
+    /// a write needs the directory's answer now.
     pub async fn standing(&self, repo: &str, access: Access) -> Result<Option<Standing>, DirError> {
         let Some(t) = self
             .dir
@@ -358,34 +374,126 @@ impl Sidecar {
             return Ok(None);
         };
         let num = |k: &str| t.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let me = self.me.host.as_str();
         let master = t.get(schema::txt::MASTER).cloned().unwrap_or_default();
-        let mine = num(&format!("{}{}", schema::txt::VERSION_OF, self.me.host));
+        let replica = t
+            .get(schema::txt::REPLICAS)
+            .is_some_and(|l| l.split(',').any(|h| h == me));
+        let mine = num(&format!("{}{me}", schema::txt::VERSION_OF));
         let theirs = num(schema::txt::VERSION);
-        let current = self.repos.exists(repo)
-            && mine <= theirs
-            && mine.saturating_add(num(schema::txt::MAX_LAG)) >= theirs;
+        let exists = self.repos.exists(repo);
+        let mut current = master == me
+            || (exists
+                && mine <= theirs
+                && mine.saturating_add(num(schema::txt::MAX_LAG)) >= theirs)
+            || (exists && self.syncer.has(repo, &master, theirs));
+        let writes_refused = [schema::txt::FROZEN, schema::txt::READONLY]
+            .iter()
+            .any(|k| t.get(*k).is_some_and(|v| v == "1"));
+        let refusal = if writes_refused {
+            let in_service = self.in_service(&master).await;
+            WriteRefusal::from_txt(repo, &t, in_service)
+        } else {
+            None
+        };
+        if !current && exists && matches!(refusal, Some(WriteRefusal::NoMaster { .. })) {
+            // No master: reads go on from the most recent copies, which the
+            // directory's read answer lists.
+            current = matches!(
+                self.router.repo(repo, Access::Read).await,
+                Ok(Target::Local)
+            );
+        }
         Ok(Some(Standing {
-            current: current || master == self.me.host,
+            replica,
+            version: theirs,
+            current,
+            refusal,
             master,
         }))
     }
 
-    /// Where a repository request goes; a read that would be served by this host's
-    /// copy goes to the master instead if the copy turns out to be behind.
-    pub async fn target(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
-        let t = self.router.repo(repo, access).await?;
-        if t == Target::Local && access == Access::Read {
-            if let Ok(Some(s)) = self.standing(repo, Access::Read).await {
-                if !s.current {
-                    tracing::info!(
-                        repo,
-                        "this copy is behind the master; reading from the master"
-                    );
-                    return self.router.repo(repo, Access::Write).await;
-                }
+    /// Whether `host` is in service by its node record (available, not critical).
+    async fn in_service(&self, host: &str) -> bool {
+        match self.dir.txt(&format!("{host}.{}", schema::NODE)).await {
+            Ok(Some(t)) => {
+                t.get(schema::txt::AVAILABLE).map(String::as_str) != Some("0")
+                    && t.get(schema::txt::HEALTH).map(String::as_str) != Some("critical")
+            }
+            _ => false,
+        }
+    }
+
+    /// Why writes to `repo` are refused, when the directory gives it no master
+    /// to write to (frozen, read-only, or its master out of service).
+    async fn write_refusal(&self, repo: &str) -> RouteError {
+        if let Ok(Some(s)) = self.standing(repo, Access::Read).await {
+            if let Some(r) = s.refusal {
+                return RouteError::Refused(r);
             }
         }
-        Ok(t)
+        RouteError::NoMaster(repo.to_string())
+    }
+
+    /// Whether this host is a host (master or replica) of `repo`, by the cached answer.
+    async fn holds(&self, repo: &str) -> bool {
+        let me = self.me.host.as_str();
+        self.dir
+            .txt(&format!("{repo}.{}", schema::REPO))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| {
+                t.get(schema::txt::MASTER).is_some_and(|m| m == me)
+                    || t.get(schema::txt::REPLICAS)
+                        .is_some_and(|l| l.split(',').any(|h| h == me))
+            })
+    }
+
+    /// Where a repository request goes. A write goes to the master, or is
+    /// refused with the reason. A read that reaches a host of the repository is
+    /// served here: by a replica that is behind once it has brought its copy
+    /// up to date from the master (sync-before-read), and only if that fails
+    /// within `--sync-timeout` by the master.
+    pub async fn target(&self, repo: &str, access: Access) -> Result<Target, RouteError> {
+        let routed = self.router.repo(repo, access).await;
+        if access == Access::Write {
+            return match routed {
+                Err(RouteError::NoMaster(_)) => Err(self.write_refusal(repo).await),
+                other => other,
+            };
+        }
+        if !matches!(routed, Ok(Target::Local)) && !self.holds(repo).await {
+            return routed;
+        }
+        let Ok(Some(s)) = self.standing(repo, Access::Read).await else {
+            return routed;
+        };
+        if s.current {
+            return Ok(Target::Local);
+        }
+        if !s.replica || matches!(s.refusal, Some(WriteRefusal::NoMaster { .. })) {
+            return routed;
+        }
+        match self
+            .syncer
+            .before_read(self, repo, &s.master, s.version)
+            .await
+        {
+            Ok(done) => {
+                tracing::debug!(
+                    repo,
+                    version = done.version,
+                    fetched = done.fetched,
+                    "copy brought up to date before the read"
+                );
+                Ok(Target::Local)
+            }
+            Err(e) => {
+                tracing::warn!(repo, error = %e, "this copy is behind and could not be brought up to date; reading from the master");
+                self.router.repo(repo, Access::Write).await
+            }
+        }
     }
 
     /// Sends a Conduit call (or any web request) to this host's web backend.

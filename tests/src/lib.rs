@@ -1032,7 +1032,7 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nForceCommand {force_command}\n",
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nMaxStartups 200\nForceCommand {force_command}\n",
                 hk = host_key.display(),
                 pid = home.join("sshd.pid").display(),
                 ak = home.join("authorized_keys").display(),

@@ -590,6 +590,10 @@ fn op_name(op: &Op) -> &'static str {
         Op::RemoveRepo(_) => "repo rm",
         Op::Promote { .. } => "repo promote",
         Op::SetAutoFailover { .. } => "repo auto-failover",
+        Op::FreezeRepo {
+            message: Some(_), ..
+        } => "repo freeze",
+        Op::FreezeRepo { message: None, .. } => "repo thaw",
         Op::SetVersion { .. } => "repo version",
         Op::AddDb(_) => "db add",
         Op::RemoveDb(_) => "db rm",

@@ -1,4 +1,5 @@
-//! `/v1/repos`: list, show, add, remove, promote, and a host's own version reports.
+//! `/v1/repos`: list, show, add, remove, promote, freeze and thaw, and a
+//! host's own version reports and write leases.
 
 use http::Method;
 use serde::Deserialize;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use super::{authorize, change, json, method_not_allowed, Admin, Call, Need, Refusal, Reply};
 use crate::api::{RepoInfo, VersionReport};
 use crate::model::Op;
-use crate::model::Repo;
+use crate::model::{Repo, Zone};
 use crate::view;
 
 #[derive(Deserialize)]
@@ -16,6 +17,12 @@ struct PromoteBody {
     host: String,
     #[serde(default)]
     force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    message: String,
 }
 
 #[derive(Deserialize)]
@@ -35,9 +42,14 @@ fn default_ttl() -> u64 {
     30
 }
 
-/// A repository as the API shows it: the model plus the master's version and the readers.
-fn describe(r: &Repo) -> RepoInfo {
-    RepoInfo::new(r, view::readers(r).map(str::to_string).collect())
+/// A repository as the API shows it: the model plus the master's version,
+/// the readers and whether it takes writes now.
+fn describe(zone: &Zone, r: &Repo) -> RepoInfo {
+    RepoInfo::new(
+        r,
+        view::readers(zone, r).map(str::to_string).collect(),
+        view::repo_readonly(zone, r),
+    )
 }
 
 pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
@@ -47,7 +59,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
             let list = admin
                 .dir
                 .read(&origin, |z| {
-                    z.repos.values().map(describe).collect::<Vec<_>>()
+                    z.repos.values().map(|r| describe(z, r)).collect::<Vec<_>>()
                 })
                 .unwrap_or_default();
             json(&list)
@@ -57,7 +69,7 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
             let origin = call.zone(admin)?;
             let repo = admin
                 .dir
-                .read(&origin, |z| z.repos.get(*name).map(describe))
+                .read(&origin, |z| z.repos.get(*name).map(|r| describe(z, r)))
                 .flatten()
                 .ok_or_else(|| Refusal::not_found(format!("no repository {name} in {origin}")))?;
             json(&repo)
@@ -86,6 +98,25 @@ pub fn route(admin: &Admin, call: &Call, m: &Method, rest: &[&str]) -> Reply {
                 },
             )
         }
+        (&Method::POST, [name, "freeze"]) => {
+            let body: FreezeBody = call.json()?;
+            change(
+                admin,
+                call,
+                Op::FreezeRepo {
+                    repo: name.to_string(),
+                    message: Some(body.message),
+                },
+            )
+        }
+        (&Method::POST, [name, "thaw"]) => change(
+            admin,
+            call,
+            Op::FreezeRepo {
+                repo: name.to_string(),
+                message: None,
+            },
+        ),
         (&Method::PUT, [name, "versions", host]) => {
             let body: VersionReport = call.json()?;
             change(

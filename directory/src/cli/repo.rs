@@ -1,4 +1,4 @@
-//! `repo list | show | add | rm | promote`.
+//! `repo list | show | add | rm | promote | freeze | thaw | auto-failover`.
 
 use clap::Subcommand;
 use http::Method;
@@ -43,6 +43,15 @@ pub enum RepoCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Refuse writes to REPO with MESSAGE, which git shows the user (a
+    /// maintenance lock; reads go on, a push already under way finishes).
+    Freeze {
+        repo: String,
+        #[arg(long)]
+        message: String,
+    },
+    /// Take writes to REPO again.
+    Thaw { repo: String },
 }
 
 pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
@@ -86,6 +95,7 @@ pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
                     "version",
                     "max_lag",
                     "readonly",
+                    "frozen",
                     "auto_failover",
                     "readers",
                 ] {
@@ -167,6 +177,24 @@ pub async fn run(c: &Client, cmd: RepoCmd) -> Result<(), CliError> {
                 &format!("/v1/repos/{repo}/promote"),
                 Some(body),
                 &format!("{host} is now the master of {repo}"),
+            )
+            .await?;
+        }
+        RepoCmd::Freeze { repo, message } => {
+            c.change(
+                Method::POST,
+                &format!("/v1/repos/{repo}/freeze"),
+                Some(json!({"message": message})),
+                &format!("repository {repo} is frozen: writes are refused, reads go on"),
+            )
+            .await?;
+        }
+        RepoCmd::Thaw { repo } => {
+            c.change(
+                Method::POST,
+                &format!("/v1/repos/{repo}/thaw"),
+                None,
+                &format!("repository {repo} takes writes again"),
             )
             .await?;
         }

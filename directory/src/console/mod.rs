@@ -328,6 +328,16 @@ async fn post(
                 done,
             )
         }
+        ["ui", "repos", repo, action @ ("freeze" | "thaw")] => (
+            Op::FreezeRepo {
+                repo: repo.to_string(),
+                message: (*action == "freeze")
+                    .then(|| form.get("message").map(|m| m.trim().to_string()))
+                    .map(Option::unwrap_or_default),
+            },
+            "repos",
+            format!("done={action}&repo={}", pages::url_encode(repo)),
+        ),
         ["ui", "dbs", db, "promote"] => {
             let host = form.get("host").cloned().unwrap_or_default();
             let done = format!(

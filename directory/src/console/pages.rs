@@ -109,7 +109,7 @@ fn done_message(dir: &Directory, ctx: &Ctx) -> Option<String> {
     let (host, repo, db) = (q("host"), q("repo"), q("db"));
     let known = dir
         .read(&ctx.zone, |z| {
-            z.hosts.contains_key(host)
+            (host.is_empty() || z.hosts.contains_key(host))
                 && (repo.is_empty() || z.repos.contains_key(repo))
                 && (db.is_empty() || z.dbs.contains_key(db))
         })
@@ -122,6 +122,8 @@ fn done_message(dir: &Directory, ctx: &Ctx) -> Option<String> {
         "enable" => Some(format!("{host} marked available")),
         "promote" if !repo.is_empty() => Some(format!("{host} is now the master of {repo}")),
         "promote" if !db.is_empty() => Some(format!("{host} is now the master of database {db}")),
+        "freeze" if !repo.is_empty() => Some(format!("{repo} is frozen: writes are refused")),
+        "thaw" if !repo.is_empty() => Some(format!("{repo} takes writes again")),
         _ => None,
     }
 }
@@ -477,10 +479,12 @@ fn hosts(
 
 fn repo_card(z: &Zone, ctx: &Ctx, r: &Repo) -> String {
     let master_v = r.master_version();
-    let state = if z.hosts.get(&r.master).is_some_and(|h| h.in_service()) {
+    let state = if let Some(m) = &r.frozen {
+        badge("warn", &format!("frozen: {m}"))
+    } else if z.hosts.get(&r.master).is_some_and(|h| h.in_service()) {
         badge("ok", "writable")
     } else {
-        badge("bad", "master out of service")
+        badge("bad", "read-only: master out of service")
     };
     let mut ro = if r.readonly {
         badge("muted", "read-only")
@@ -546,6 +550,21 @@ fn repo_card(z: &Zone, ctx: &Ctx, r: &Repo) -> String {
         out.push_str("</li>");
     }
     out.push_str("</ul>");
+    if ctx.editor().is_some() {
+        let csrf = csrf_field(ctx);
+        let name = esc(&r.name);
+        let _ = if r.frozen.is_some() {
+            write!(
+                out,
+                r#"<form method="post" action="/ui/repos/{name}/thaw" class="inline freeze">{csrf}<button class="primary">Thaw: take writes again</button></form>"#
+            )
+        } else {
+            write!(
+                out,
+                r#"<details class="freeze"><summary>Freeze writes…</summary><form method="post" action="/ui/repos/{name}/freeze">{csrf}<label>Message git shows to anyone who pushes <input name="message" maxlength="200" required placeholder="moving to new disks until 14:00 UTC"></label><button class="danger">Freeze {name}</button></form></details>"#
+            )
+        };
+    }
     if !r.lost.is_empty() {
         out.push_str(r#"<p class="summary">Forced promotions:</p><ul class="rows">"#);
         for l in &r.lost {

@@ -264,6 +264,22 @@ pub(super) fn of_change(before: &Zone, op: &Op, changes: &[Change]) -> Option<Dr
                     state(*on)
                 ))
         }
+        Op::FreezeRepo {
+            repo,
+            message: Some(m),
+        } => Draft::new("repo", repo, "freeze")
+            .transition("writable", "frozen")
+            .message(format!(
+                "repository {repo} frozen: writes are refused with {m:?}, reads go on"
+            )),
+        Op::FreezeRepo {
+            repo,
+            message: None,
+        } => Draft::new("repo", repo, "thaw")
+            .transition("frozen", "writable")
+            .message(format!(
+                "repository {repo} thawed: writes go to its master again"
+            )),
         Op::SetVersion { .. } | Op::SetDbPosition { .. } => return None,
         Op::AddDb(d) => Draft::new("db", &d.name, "add").message(format!(
             "database {} added, master {}{}, port {}",

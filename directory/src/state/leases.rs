@@ -37,8 +37,15 @@ impl Directory {
                         r.master
                     )));
                 }
+                if let Some(m) = &r.frozen {
+                    return Err(ApplyError::Conflict(format!(
+                        "{repo} is frozen for maintenance: {m} (writes are refused until an admin thaws it; reads still work)"
+                    )));
+                }
                 if r.readonly {
-                    return Err(ApplyError::Conflict(format!("{repo} is read-only")));
+                    return Err(ApplyError::Conflict(format!(
+                        "{repo} is read-only (set in its zone file); reads still work"
+                    )));
                 }
                 match z.hosts.get(host) {
                     Some(h) if h.in_service() => Ok(()),

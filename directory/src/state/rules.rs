@@ -35,6 +35,14 @@ pub(super) fn describe(op: &Op) -> (&'static str, String, &'static str) {
         Op::RemoveRepo(r) => ("repo", r.clone(), "remove"),
         Op::Promote { repo, .. } => ("repo", repo.clone(), "promote"),
         Op::SetAutoFailover { repo, .. } => ("repo", repo.clone(), "auto-failover"),
+        Op::FreezeRepo {
+            repo,
+            message: Some(_),
+        } => ("repo", repo.clone(), "freeze"),
+        Op::FreezeRepo {
+            repo,
+            message: None,
+        } => ("repo", repo.clone(), "thaw"),
         Op::SetVersion { repo, .. } => ("repo", repo.clone(), "version"),
         Op::AddDb(d) => ("db", d.name.clone(), "add"),
         Op::RemoveDb(d) => ("db", d.clone(), "remove"),
@@ -68,6 +76,7 @@ pub(super) fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         | Op::RemoveRepo(_)
         | Op::Promote { .. }
         | Op::SetAutoFailover { .. }
+        | Op::FreezeRepo { .. }
         | Op::SetVersion { .. } => view::Scope::default(),
         Op::AddDb(_)
         | Op::RemoveDb(_)
@@ -87,6 +96,7 @@ pub(super) fn scope_of(zone: &Zone, op: &Op) -> view::Scope {
         Op::RemoveRepo(r)
         | Op::Promote { repo: r, .. }
         | Op::SetAutoFailover { repo: r, .. }
+        | Op::FreezeRepo { repo: r, .. }
         | Op::SetVersion { repo: r, .. } => {
             s.repos.insert(r.clone());
         }
@@ -330,6 +340,26 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
         Op::SetAutoFailover { repo: name, on } => {
             let mut r = repo(zone, &name)?.clone();
             r.auto_failover = on;
+            vec![Change::PutRepo(r)]
+        }
+        Op::FreezeRepo {
+            repo: name,
+            message,
+        } => {
+            let mut r = repo(zone, &name)?.clone();
+            if let Some(m) = &message {
+                if r.frozen.as_ref() == Some(m) {
+                    return Err(ApplyError::Conflict(format!(
+                        "repository {name} is already frozen with that message"
+                    )));
+                }
+            } else if r.frozen.is_none() {
+                return Err(ApplyError::Conflict(format!(
+                    "repository {name} is not frozen"
+                )));
+            }
+            r.frozen = message;
+            model::validate_repo(&r)?;
             vec![Change::PutRepo(r)]
         }
         Op::SetVersion {

@@ -374,17 +374,16 @@ impl<'z> Builder<'z> {
             let Some(name) = self.name(&[&r.name, schema::REPO]) else {
                 continue;
             };
-            self.add(&name, ttl, txt(crate::txt::repo_txt(r, true)));
-            let in_service = |h: &str| zone.hosts.get(h).is_some_and(|h| h.in_service());
+            let readonly = repo_readonly(zone, r);
+            self.add(&name, ttl, txt(crate::txt::repo_txt(r, Some(readonly))));
             let write: Vec<_> = std::iter::once(r.master.as_str())
-                .filter(|h| in_service(h))
+                .filter(|_| !readonly)
                 .map(|h| (h, 0, 0, self.switchboard_port(h)))
                 .collect();
             if let Some(n) = self.name(&[schema::WRITE, &r.name, schema::REPO]) {
                 self.srv_answer(&n, &write, ttl);
             }
-            let read: Vec<_> = readers(r)
-                .filter(|h| in_service(h))
+            let read: Vec<_> = readers(zone, r)
                 .map(|h| (h, 0, 0, self.switchboard_port(h)))
                 .collect();
             if let Some(n) = self.name(&[schema::READ, &r.name, schema::REPO]) {
@@ -459,9 +458,31 @@ pub fn db_readers<'z>(zone: &'z Zone, d: &'z Database) -> impl Iterator<Item = (
         .map(|h| (h, 0))
 }
 
-/// Hosts of a repository whose version is within `max_lag` of the master's.
-pub fn readers(r: &Repo) -> impl Iterator<Item = &str> {
-    r.hosts().filter(|h| r.is_current(h))
+/// Whether a repository takes no writes: read-only by configuration, frozen
+/// (`repo freeze`), or its master is not in service (SPEC "Read-only when
+/// there is no master").
+pub fn repo_readonly(zone: &Zone, r: &Repo) -> bool {
+    r.readonly || r.frozen.is_some() || !zone.hosts.get(&r.master).is_some_and(|h| h.in_service())
+}
+
+/// The hosts `read.REPO.repo` gives: those in service within `max_lag` of the
+/// master's version or, while the master is not in service, of the highest
+/// version a host in service has (reads go on from the most recent copies).
+pub fn readers<'z>(zone: &'z Zone, r: &'z Repo) -> impl Iterator<Item = &'z str> {
+    let in_service = move |h: &str| zone.hosts.get(h).is_some_and(|h| h.in_service());
+    let base = if in_service(&r.master) {
+        r.master_version()
+    } else {
+        r.hosts()
+            .filter(|h| in_service(h))
+            .map(|h| r.version_of(h))
+            .max()
+            .unwrap_or(0)
+    };
+    r.hosts().filter(move |h| {
+        let v = r.version_of(h);
+        in_service(h) && v <= base && v.saturating_add(r.max_lag) >= base
+    })
 }
 
 pub(super) fn admin_keys(zone: &Zone) -> HashMap<String, KeyEntry> {

@@ -33,7 +33,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use crate::schema;
 use crate::wire;
 
-pub use build::{build, db_readers, db_readonly, readers};
+pub use build::{build, db_readers, db_readonly, readers, repo_readonly};
 pub use flat::export_flat;
 pub use patch::{names_of, patch};
 pub use scope::Scope;

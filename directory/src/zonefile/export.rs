@@ -151,7 +151,7 @@ pub fn export(zone: &Zone, node_ttl: u32, service_ttl: u32) -> String {
             "{}.{}\t{service_ttl}\tIN\tTXT\t{}",
             r.name,
             schema::REPO,
-            txt_line(&crate::txt::repo_txt(r, false))
+            txt_line(&crate::txt::repo_txt(r, None))
         );
     }
     if !zone.dbs.is_empty() {

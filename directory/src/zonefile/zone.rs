@@ -244,7 +244,9 @@ pub(super) fn build<'a>(
                     readonly: false,
                     lost: vec![],
                     auto_failover: false,
+                    frozen: None,
                 };
+                let mut frozen = false;
                 for (k, v) in txt_pairs(&owner, &r.data)? {
                     let bad = |what: &str| BuildError::new(&owner, Some(rtype), format!("{k}={v:?}: {what}"));
                     match k.as_str() {
@@ -253,6 +255,8 @@ pub(super) fn build<'a>(
                         txt::MAX_LAG => repo.max_lag = v.parse().map_err(|_| bad("not a number"))?,
                         txt::READONLY => repo.readonly = flag(&owner, &k, &v)?,
                         txt::AUTO_FAILOVER => repo.auto_failover = flag(&owner, &k, &v)?,
+                        txt::FROZEN => frozen = flag(&owner, &k, &v)?,
+                        txt::FROZEN_MESSAGE => repo.frozen = Some(v),
                         _ if k.starts_with(txt::VERSION_OF) => {
                             let host = &k[txt::VERSION_OF.len()..];
                             repo.versions.insert(host.to_string(), v.parse().map_err(|_| bad("not a number"))?);
@@ -265,6 +269,9 @@ pub(super) fn build<'a>(
                 }
                 if repo.master.is_empty() {
                     return err(&owner, Some(rtype), format!("repository {name} has no master=HOST"));
+                }
+                if frozen != repo.frozen.is_some() {
+                    return err(&owner, Some(rtype), format!("repository {name}: frozen=1 and frozen_message=TEXT go together"));
                 }
                 model::validate_repo(&repo).or_else(|e| err(&owner, Some(rtype), e.0))?;
                 repo.canonicalize();

@@ -64,25 +64,31 @@ pub struct RepoInfo {
     /// Writes applied, per host.
     pub versions: BTreeMap<String, u64>,
     pub max_lag: u64,
+    /// No writes now: read-only by configuration, frozen, or no master in service.
     pub readonly: bool,
+    /// The freeze message, while frozen (`repo freeze`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
     pub lost: Vec<Loss>,
     pub auto_failover: bool,
     /// The master's version.
     pub version: u64,
-    /// Hosts within `max_lag` of the master.
+    /// The hosts a read may go to: within `max_lag` of the master (of the
+    /// highest version in service, when the master is not).
     pub readers: Vec<String>,
 }
 
 impl RepoInfo {
-    /// The answer for `repo`, whose readers are `readers`.
-    pub fn new(repo: &Repo, readers: Vec<String>) -> Self {
+    /// The answer for `repo`, whose readers are `readers`, read-only or not.
+    pub fn new(repo: &Repo, readers: Vec<String>, readonly: bool) -> Self {
         RepoInfo {
             name: repo.name.clone(),
             master: repo.master.clone(),
             replicas: repo.replicas.clone(),
             versions: repo.versions.clone(),
             max_lag: repo.max_lag,
-            readonly: repo.readonly,
+            readonly,
+            frozen: repo.frozen.clone(),
             lost: repo.lost.clone(),
             auto_failover: repo.auto_failover,
             version: repo.master_version(),

@@ -18,6 +18,7 @@ use crate::body::BoxBody;
 use crate::outbound::spool::Spooled;
 use crate::reply::{check_declared, error, spool_refusal};
 use crate::repo::local;
+use crate::repo::sync::SyncRequest;
 use crate::route;
 use crate::sidecar::Sidecar;
 
@@ -178,6 +179,9 @@ pub async fn handle(
         }
         Ok(None) => {}
     }
+    if let Some(repo) = path.strip_prefix("/switchboard/sync/") {
+        return sync(&sc, &caller.host, repo, &parts.method, spooled).await;
+    }
     if path.starts_with("/api/") {
         return sc
             .web_local(
@@ -193,4 +197,61 @@ pub async fn handle(
         "not-found",
         format!("no cluster route {path}"),
     )
+}
+
+/// `POST /switchboard/sync/REPO` (`{"master": HOST, "version": N}`): this host's
+/// own `ssh-exec` sessions asking for a sync-before-read (`repo::sync`); no
+/// other host may ask.
+async fn sync(
+    sc: &Sidecar,
+    caller: &str,
+    repo: &str,
+    method: &Method,
+    body: Spooled,
+) -> Response<BoxBody> {
+    if caller != sc.me.host {
+        return error(
+            StatusCode::FORBIDDEN,
+            "not-this-host",
+            format!("only {} itself may ask it to sync a repository", sc.me.host),
+        );
+    }
+    if method != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "use POST",
+        );
+    }
+    let repo = match route::repo_name(repo) {
+        Ok(r) => r,
+        Err(e) => return error(e.status(), e.reason(), e.to_string()),
+    };
+    let Some(req) = body
+        .bytes()
+        .and_then(|b| serde_json::from_slice::<SyncRequest>(b).ok())
+        .filter(|r| switchboard_proto::model::validate_label("host", &r.master).is_ok())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            r#"the body is {"master": HOST, "version": N}"#,
+        );
+    };
+    match sc.syncer.for_session(sc, &repo, &req).await {
+        Ok(done) => {
+            let body = serde_json::to_vec(&done).unwrap_or_default();
+            let mut r = Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(body))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, "sync-failed", e.to_string()),
+    }
 }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use crate::body::{self, BoxBody};
 use crate::outbound::forward;
 use crate::outbound::spool::Spooled;
-use crate::reply::{check_declared, error, limit_body, spool_refusal, REASON};
+use crate::reply::{check_declared, error, limit_body, plain, spool_refusal, REASON};
 use crate::repo::local;
 use crate::route::{self, Target};
 use crate::sidecar::{Sidecar, MAX_CONDUIT_BODY};
@@ -143,7 +143,10 @@ async fn git(sc: Arc<Sidecar>, req: Request<Incoming>, gp: &route::GitPath) -> R
         Err(e) => {
             tracing::info!(repo, reason = e.reason(), "git request not routed");
             sc.metrics.request("git", "refused");
-            return error(e.status(), e.reason(), e.to_string());
+            return match e {
+                route::RouteError::Refused(_) => plain(e.status(), e.reason(), e.to_string()),
+                _ => error(e.status(), e.reason(), e.to_string()),
+            };
         }
     };
     let (parts, body) = req.into_parts();
@@ -243,7 +246,7 @@ pub async fn route_conduit(
                 Ok(n) => n,
                 Err(e) => return error(e.status(), e.reason(), e.to_string()),
             };
-            match sc.router.repo(&name, route::conduit_access(method)).await {
+            match sc.target(&name, route::conduit_access(method)).await {
                 Ok(t) => t,
                 Err(e) => {
                     sc.metrics.request("conduit", "refused");

@@ -60,7 +60,9 @@ impl Repos {
     pub async fn create(&self, repo: &str) -> Result<(), GitError> {
         let path = self.path(repo);
         let out = tokio::process::Command::new("git")
-            .args(["init", "--quiet", "--bare"])
+            // HEAD names `main`, the branch git's own default is moving to, so a
+            // clone over protocol v2 (which follows HEAD) checks it out.
+            .args(["init", "--quiet", "--bare", "--initial-branch=main"])
             .arg(&path)
             .output()
             .await

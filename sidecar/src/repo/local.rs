@@ -8,9 +8,9 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use crate::body::BoxBody;
 use crate::directory::answers::DirError;
-use crate::reply::error;
+use crate::reply::{error, plain};
 use crate::repo::git::{GitError, GitRequest};
-use crate::route::{Access, GitPath, GitVerb};
+use crate::route::{Access, GitPath, GitVerb, WriteRefusal};
 use crate::sidecar::Sidecar;
 
 /// Why this host will not serve a repository request from its copy.
@@ -27,6 +27,8 @@ pub enum LocalError {
     #[error("{host}'s copy of {repo} is behind the master; read from the master")]
     StaleReplica { host: String, repo: String },
     #[error(transparent)]
+    Refused(#[from] WriteRefusal),
+    #[error(transparent)]
     Directory(#[from] DirError),
     #[error(transparent)]
     Git(#[from] GitError),
@@ -39,6 +41,7 @@ impl LocalError {
             LocalError::UnknownRepo(_) => (StatusCode::NOT_FOUND, "unknown-repository"),
             LocalError::NotMaster { .. } => (StatusCode::FORBIDDEN, "not-master"),
             LocalError::StaleReplica { .. } => (StatusCode::SERVICE_UNAVAILABLE, "stale-replica"),
+            LocalError::Refused(w) => (w.status(), w.reason()),
             LocalError::Directory(_) => (StatusCode::BAD_GATEWAY, "directory-unreachable"),
             LocalError::Git(_) => (StatusCode::INTERNAL_SERVER_ERROR, "git-failed"),
         }
@@ -61,11 +64,30 @@ async fn admit(sc: &Sidecar, repo: &str, access: Access) -> Result<bool, LocalEr
             master: standing.master,
         });
     }
+    if access == Access::Write {
+        if let Some(r) = standing.refusal {
+            return Err(LocalError::Refused(r));
+        }
+    }
     if !is_master && !standing.current {
-        return Err(LocalError::StaleReplica {
-            host: sc.me.host.clone(),
-            repo: repo.to_string(),
-        });
+        // Sync-before-read: a read sent here by a host that found this copy
+        // current a moment ago, before a write this copy has not fetched yet.
+        let synced = match standing.refusal {
+            Some(WriteRefusal::NoMaster { .. }) => false,
+            _ if !standing.replica => false,
+            _ => sc
+                .syncer
+                .before_read(sc, repo, &standing.master, standing.version)
+                .await
+                .map_err(|e| tracing::warn!(repo, error = %e, "could not bring this copy up to date for a read"))
+                .is_ok(),
+        };
+        if !synced {
+            return Err(LocalError::StaleReplica {
+                host: sc.me.host.clone(),
+                repo: repo.to_string(),
+            });
+        }
     }
     if !sc.repos.exists(repo) {
         sc.repos.create(repo).await?;
@@ -84,12 +106,19 @@ pub async fn http(
     let repo = gp.repo.as_str();
     let refuse = |e: LocalError| {
         let (status, reason) = e.status();
-        error(status, reason, e.to_string())
+        match e {
+            // In words git shows the user (`remote: …`).
+            LocalError::Refused(_) => plain(status, reason, e.to_string()),
+            _ => error(status, reason, e.to_string()),
+        }
     };
     let is_master = match admit(sc, repo, gp.access).await {
         Ok(m) => m,
         Err(e) => return refuse(e),
     };
+    if gp.rest == "info/refs" && gp.access == Access::Read {
+        sc.metrics.request("upload-pack", "served");
+    }
     let hooks = (gp.access == Access::Write && is_master).then_some(&sc.hooks);
     let req = GitRequest {
         repo,
@@ -113,6 +142,9 @@ pub async fn command(
     repo: &str,
 ) -> Result<tokio::process::Command, LocalError> {
     admit(sc, repo, verb.access()).await?;
+    if verb == GitVerb::UploadPack {
+        sc.metrics.request("upload-pack", "served");
+    }
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(["-c", "safe.directory=*"]);
     if verb == GitVerb::ReceivePack {

@@ -7,3 +7,4 @@ pub mod git;
 pub mod hook;
 pub mod local;
 pub mod replicate;
+pub mod sync;

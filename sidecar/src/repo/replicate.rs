@@ -15,7 +15,7 @@ use switchboard_proto::api::{ApiError, VersionReport};
 use crate::directory::apis::Apis;
 
 use crate::outbound::loopback::Loopback;
-use crate::repo::git::GitError;
+use crate::repo::sync::SyncError;
 use crate::sidecar::Sidecar;
 
 /// The longest one catch-up may take before it is abandoned (and retried).
@@ -32,7 +32,7 @@ enum ReplicateError {
     #[error("the fetch from {master} took over {CATCH_UP_TIMEOUT:?}")]
     Timeout { master: String },
     #[error(transparent)]
-    Git(#[from] GitError),
+    Sync(#[from] SyncError),
 }
 
 /// Runs until the drain begins (a catch-up under way is left to finish or
@@ -108,6 +108,9 @@ async fn once(
     Ok(())
 }
 
+/// One catch-up, through the same door as sync-before-read (`repo::sync`):
+/// a fetch a read already made is not made again. The version is recorded
+/// by the fetch; when an earlier fetch brought it, it is recorded here.
 async fn catch_up(
     sc: &Sidecar,
     api: &Apis,
@@ -116,14 +119,15 @@ async fn catch_up(
     master: &str,
     version: u64,
 ) -> Result<(), ReplicateError> {
-    let url = lb.url(master, repo);
-    let header = lb.header();
-    let fetch = sc.repos.sync_from(repo, &url, &header);
-    tokio::time::timeout(CATCH_UP_TIMEOUT, fetch)
+    let fetch = sc.syncer.sync(sc, lb, repo, master, version);
+    let done = tokio::time::timeout(CATCH_UP_TIMEOUT, fetch)
         .await
         .map_err(|_| ReplicateError::Timeout {
             master: master.to_string(),
         })??;
+    if done.fetched {
+        return Ok(());
+    }
     let report = VersionReport {
         version,
         lease: None,
