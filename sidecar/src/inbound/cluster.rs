@@ -178,7 +178,10 @@ pub async fn handle(
         }
         Ok(None) => {}
     }
-    if path.starts_with("/api/") {
+    // Conduit, and the web application's answers about users (`ssh::users`) for
+    // a host without a web backend of its own.
+    let auth = parts.method == Method::GET && path.starts_with("/switchboard/auth/");
+    if path.starts_with("/api/") || auth {
         return sc
             .web_local(
                 parts.method,
