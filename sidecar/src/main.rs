@@ -78,6 +78,19 @@ enum Command {
     SshExec {
         #[command(flatten)]
         common: CommonArgs,
+        /// The user sshd admitted (set by `authorized-keys`): the web application
+        /// is asked whether this user may read or write each repository.
+        #[arg(long, value_parser = switchboard_sidecar::ssh::users::parse_user)]
+        user: Option<String>,
+    },
+    /// sshd's `AuthorizedKeysCommand ... %f`: asks the web application which user
+    /// holds the key with this fingerprint and prints its authorized_keys line
+    /// (`ssh-exec` with these flags and `--user USER`), or nothing.
+    AuthorizedKeys {
+        /// The offered key's fingerprint, as sshd's %f gives it (SHA256:...).
+        fingerprint: String,
+        #[command(flatten)]
+        common: CommonArgs,
     },
     /// Git hooks the sidecar installs for itself (not for people to run).
     #[command(hide = true)]
@@ -214,8 +227,12 @@ fn main() -> ExitCode {
                     db,
                 }).await.map_err(|e| e.to_string())
             }
-            Command::SshExec { common } => {
-                let code = switchboard_sidecar::ssh::exec::exec(common.into()).await;
+            Command::SshExec { common, user } => {
+                let code = switchboard_sidecar::ssh::exec::exec(common.into(), user).await;
+                std::process::exit(code);
+            }
+            Command::AuthorizedKeys { fingerprint, common } => {
+                let code = switchboard_sidecar::ssh::users::authorized_keys(common.into(), &fingerprint).await;
                 std::process::exit(code);
             }
             Command::Hook { name, args } => match name.as_str() {

@@ -185,8 +185,14 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// [`Self::start`] with environment variables (`ECHO_BACKEND_USERS`, say).
+    pub fn start_with(name: &str, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(bin("echo-backend"))
             .arg(name)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,6 +309,12 @@ impl Sidecar {
             cmd.push_str(&quote(a));
         }
         cmd
+    }
+
+    /// The `authorized-keys` command line for this host (sshd's `AuthorizedKeysCommand`, less `%f`).
+    pub fn authorized_keys_command(&self) -> String {
+        self.ssh_exec_command()
+            .replacen(" ssh-exec", " authorized-keys", 1)
     }
 
     /// Whether this sidecar process is running.
@@ -983,10 +995,13 @@ pub fn unix_now() -> u64 {
 }
 
 /// A real OpenSSH server on a free loopback port, in its own directory, with
-/// `ForceCommand` set to a host's `ssh-exec`, admitting one client key.
+/// `ForceCommand` set to a host's `ssh-exec`, admitting one client key; or
+/// (`Sshd::with_keys_command`) asking a host's `authorized-keys` for every key.
 pub struct Sshd {
     child: Child,
     pub port: u16,
+    /// The root-owned directory under /run holding the `AuthorizedKeysCommand`.
+    keys_dir: Option<PathBuf>,
 }
 
 /// A client key pair for ssh, made once per test directory.
@@ -1012,6 +1027,49 @@ impl Sshd {
     pub fn start(dir: &Path, name: &str, force_command: &str, client_key: &Path) -> Sshd {
         let home = dir.join(format!("sshd-{name}"));
         std::fs::create_dir_all(&home).expect("sshd dir");
+        let client_pub =
+            std::fs::read_to_string(client_key.with_extension("pub")).expect("client .pub");
+        std::fs::write(home.join("authorized_keys"), client_pub).expect("authorized_keys");
+        let auth = format!(
+            "AuthorizedKeysFile {ak}\nForceCommand {force_command}\n",
+            ak = home.join("authorized_keys").display()
+        );
+        Self::start_config(&home, &auth, None)
+    }
+
+    /// An sshd with no authorized_keys file and no ForceCommand: its
+    /// `AuthorizedKeysCommand` is `keys_command %f` (a host's `authorized-keys`),
+    /// run as the current user. sshd wants the command and every directory above
+    /// it owned by root (or that user) and not writable by others, so it is a
+    /// wrapper script in a fresh directory under /run, removed on drop.
+    pub fn with_keys_command(dir: &Path, name: &str, keys_command: &str) -> Sshd {
+        use std::os::unix::fs::PermissionsExt;
+        let home = dir.join(format!("sshd-{name}"));
+        std::fs::create_dir_all(&home).expect("sshd dir");
+        let base = Path::new("/run/switchboard-tests");
+        std::fs::create_dir_all(base).expect("mkdir /run/switchboard-tests");
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        mode(base, 0o755);
+        let keys_dir = base.join(format!("{name}-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&keys_dir).expect("mkdir under /run/switchboard-tests");
+        mode(&keys_dir, 0o755);
+        let script = keys_dir.join("authorized-keys");
+        std::fs::write(&script, format!("#!/bin/sh\nexec {keys_command} \"$@\"\n"))
+            .expect("write the AuthorizedKeysCommand");
+        mode(&script, 0o755);
+        let me = stdout(&run(Command::new("id").arg("-un")));
+        let auth = format!(
+            "AuthorizedKeysFile none\nAuthorizedKeysCommand {} %f\nAuthorizedKeysCommandUser {}\n",
+            script.display(),
+            me.trim()
+        );
+        Self::start_config(&home, &auth, Some(keys_dir))
+    }
+
+    /// Starts sshd in `home` with `auth`, its lines on which keys it admits and what they run.
+    fn start_config(home: &Path, auth: &str, keys_dir: Option<PathBuf>) -> Sshd {
         // sshd insists on its privilege-separation directory.
         let _ = std::fs::create_dir_all("/run/sshd");
         let host_key = home.join("ssh_host_ed25519_key");
@@ -1021,9 +1079,6 @@ impl Sshd {
                 .arg(&host_key));
             assert!(out.status.success(), "ssh-keygen: {}", stderr(&out));
         }
-        let client_pub =
-            std::fs::read_to_string(client_key.with_extension("pub")).expect("client .pub");
-        std::fs::write(home.join("authorized_keys"), client_pub).expect("authorized_keys");
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .iter()
             .map(PathBuf::from)
@@ -1032,10 +1087,9 @@ impl Sshd {
         for _ in 0..5 {
             let port = free_port();
             let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nMaxStartups 200\nForceCommand {force_command}\n",
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nLogLevel ERROR\nMaxStartups 200\n{auth}",
                 hk = host_key.display(),
                 pid = home.join("sshd.pid").display(),
-                ak = home.join("authorized_keys").display(),
             );
             let conf = home.join("sshd_config");
             std::fs::write(&conf, config).expect("sshd_config");
@@ -1050,7 +1104,11 @@ impl Sshd {
             let deadline = Instant::now() + DEADLINE;
             loop {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Sshd { child, port };
+                    return Sshd {
+                        child,
+                        port,
+                        keys_dir,
+                    };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // the port was taken meanwhile: try another
@@ -1080,5 +1138,8 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.keys_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

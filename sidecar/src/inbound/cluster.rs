@@ -182,7 +182,10 @@ pub async fn handle(
     if let Some(repo) = path.strip_prefix("/switchboard/sync/") {
         return sync(&sc, &caller.host, repo, &parts.method, spooled).await;
     }
-    if path.starts_with("/api/") {
+    // Conduit, and the web application's answers about users (`ssh::users`) for
+    // a host without a web backend of its own.
+    let auth = parts.method == Method::GET && path.starts_with("/switchboard/auth/");
+    if path.starts_with("/api/") || auth {
         return sc
             .web_local(
                 parts.method,

@@ -244,6 +244,7 @@ impl Passthrough {
         };
         if !matches!(route::git_path(pq.path(), pq.query()), Ok(None))
             || (method == "POST" && pq.path().starts_with("/api/"))
+            || crate::ssh::users::is_auth_path(pq.path())
         {
             return Step::Hand;
         }

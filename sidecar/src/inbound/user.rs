@@ -61,6 +61,16 @@ pub async fn handle(
         }
         Ok(None) => {}
     }
+    // The web application's questions about users (`/switchboard/auth/...`) are
+    // the sidecar's to ask: a client could otherwise name any user (`ssh::users`).
+    if crate::ssh::users::is_auth_path(req.uri().path()) {
+        sc.metrics.request("web", "refused");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "/switchboard/auth/ is asked by the sidecar only",
+        );
+    }
     if req.method() == Method::POST {
         if let Some(method) = req.uri().path().strip_prefix("/api/") {
             let method = method.to_string();

@@ -19,9 +19,12 @@ use crate::repo::local::{self, LocalError};
 use crate::route::{GitVerb, Target};
 use crate::sidecar::{Common, Sidecar, MAX_CONDUIT_BODY};
 use crate::ssh::command::SshCommand;
+use crate::ssh::users;
 
-/// Runs one SSH session; returns the exit status.
-pub async fn exec(common: Common) -> i32 {
+/// Runs one SSH session; returns the exit status. With `user` (`--user`, set by
+/// `authorized-keys`), the web application is asked first whether that user may
+/// read or write the repository (`ssh::users`).
+pub async fn exec(common: Common, user: Option<String>) -> i32 {
     let Ok(original) = std::env::var("SSH_ORIGINAL_COMMAND") else {
         eprintln!(
             "switchboard: this account serves git and `conduit METHOD` only; there is no shell"
@@ -43,7 +46,15 @@ pub async fn exec(common: Common) -> i32 {
         }
     };
     match command {
-        SshCommand::Git { verb, repo } => git(&sc, verb, &repo).await,
+        SshCommand::Git { verb, repo } => {
+            if let Some(user) = &user {
+                if let Err(e) = users::authorize(&sc, user, &repo, verb.access()).await {
+                    eprintln!("switchboard: {e}");
+                    return 1;
+                }
+            }
+            git(&sc, verb, &repo).await
+        }
         SshCommand::Conduit { method } => conduit(&sc, &method).await,
     }
 }

@@ -5,6 +5,8 @@
 //! lower case, repeated ones joined with ", "). `/hangup` is answered, then its connection closed
 //! without warning; `/chunked` is answered in chunks, `/until-close` with no
 //! length, the connection's end ending the body. `echo-backend NAME` prints `listening ADDR` on stdout.
+//! With `ECHO_BACKEND_USERS=FILE` it is also the web application SSH users are
+//! asked about (`users`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -58,6 +60,14 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
         }
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
+        // Users for SSH (`ECHO_BACKEND_USERS`), and what it was asked about them.
+        if let Some(table) = std::env::var_os("ECHO_BACKEND_USERS") {
+            if let Some((status, answer)) = users(&table, &path) {
+                write!(out, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len())?;
+                out.flush()?;
+                continue;
+            }
+        }
         // The git authenticator: anyone with credentials, nobody without.
         if path.starts_with("/switchboard/auth/") && !authorized {
             write!(out, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")?;
@@ -104,6 +114,96 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// What `/switchboard/auth/...` questions about SSH users were asked, in order.
+static ASKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Percent-decodes a query value.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The SSH users' web application, from the table file `table` (read on every
+/// question, so a test may change it): lines `key FPR USER PUBLIC-KEY-LINE` and
+/// `allow USER REPO read|write`. Answers `/switchboard/auth/ssh-key?fingerprint=FPR`
+/// and `/switchboard/auth/git?...&user=USER`; `GET /auth-log` lists what was asked.
+/// `None`: not a question for it.
+fn users(table: &std::ffi::OsStr, path: &str) -> Option<(&'static str, String)> {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if route == "/auth-log" {
+        let asked = ASKED.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: Vec<String> = asked.iter().map(|l| format!("\"{l}\"")).collect();
+        return Some(("200 OK", format!("[{}]", lines.join(","))));
+    }
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .map(decode)
+    };
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let mut asked = ASKED.lock().unwrap_or_else(|p| p.into_inner());
+    match route {
+        "/switchboard/auth/ssh-key" => {
+            let fpr = param("fingerprint").unwrap_or_default();
+            asked.push(format!("ssh-key {fpr}"));
+            match rows
+                .iter()
+                .find(|r| r.len() > 4 && r[0] == "key" && r[1] == fpr)
+            {
+                Some(r) => Some((
+                    "200 OK",
+                    format!(
+                        "{{\"user\":\"{}\",\"public_key\":\"{}\"}}",
+                        r[2],
+                        r[3..].join(" ")
+                    ),
+                )),
+                None => Some(("404 Not Found", "{\"error\":\"no such key\"}".to_string())),
+            }
+        }
+        "/switchboard/auth/git" => {
+            let user = param("user")?;
+            let repo = param("repository").unwrap_or_default();
+            let access = param("access").unwrap_or_default();
+            asked.push(format!("git {user} {repo} {access}"));
+            let allowed = rows.iter().any(|r| {
+                r.len() == 4 && r[0] == "allow" && r[1] == user && r[2] == repo && r[3] == access
+            });
+            if allowed {
+                Some(("200 OK", "{}".to_string()))
+            } else {
+                Some((
+                    "403 Forbidden",
+                    format!("{{\"error\":\"{user} has no {access} access to {repo}\"}}"),
+                ))
+            }
+        }
+        _ => None,
     }
 }
 
