@@ -183,9 +183,16 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
     assert_eq!(h.master_head(), second, "the master has push 2");
     let text = std::fs::read_to_string(&journal).expect("the master journaled push 2");
     assert!(
-        text.starts_with("repo=r1 version=2 time="),
+        text.starts_with("repo=r1 version=2 time=")
+            && text
+                .trim_end()
+                .ends_with(&format!(":{second}:refs/heads/main")),
         "journal: {text}"
     );
+
+    h.d.wait_for("the master to show a journal pending", || {
+        h.hosts[0].metric("switchboard_sidecar_write_journals_pending") == Some(1.0)
+    });
 
     // Push 3 is refused, with one line saying why, and the master's refs stay.
     let (src, third) = h.commit();
@@ -210,6 +217,9 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
         assert!(h.has_commit(i, &second), "{name} has push 2");
     }
     assert!(!journal.exists(), "the replayed journal is removed");
+    h.d.wait_for("the master to show no journal pending", || {
+        h.hosts[0].metric("switchboard_sidecar_write_journals_pending") == Some(0.0)
+    });
 
     // Writes resume.
     h.git_ok(&src, &["push", "-q", &h.master_url(), "main"]);

@@ -177,7 +177,8 @@ pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
             let recorded = match (state, version) {
                 ("committed", Some(version)) => {
                     failpoint_committed().await;
-                    committed(&client, &journal, &repo, &host, &token, version).await
+                    let updates = Entry::updates_of(&updates);
+                    committed(&client, &journal, &repo, &host, &token, version, updates).await
                 }
                 ("committed", None) => record(&client, &repo, &host, &token).await,
                 _ => Ok(()),
@@ -247,6 +248,7 @@ async fn committed(
     host: &str,
     token: &str,
     version: u64,
+    updates: Vec<String>,
 ) -> Result<(), HookError> {
     let report = VersionReport {
         version,
@@ -264,6 +266,7 @@ async fn committed(
     let entry = Entry {
         version,
         time: crate::repo::journal::unix_now(),
+        updates,
     };
     match journal.append(repo, host, &entry) {
         Ok(()) => {

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,25 +47,51 @@ pub struct Entry {
     pub version: u64,
     /// Unix seconds when it was journaled.
     pub time: u64,
+    /// The ref updates it made, `OLD:NEW:REF` (what git gave the hook), so that
+    /// an operator can find the write's commits if it is never recorded.
+    pub updates: Vec<String>,
 }
 
 impl Entry {
+    /// The ref updates git writes on a reference-transaction hook's stdin
+    /// (`OLD NEW REF` a line), as kept in an entry.
+    pub fn updates_of(stdin: &str) -> Vec<String> {
+        stdin
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some(format!("{}:{}:{}", w.next()?, w.next()?, w.next()?))
+            })
+            .collect()
+    }
+
     fn line(&self, repo: &str, host: &str) -> String {
-        format!(
-            "repo={repo} version={} time={} host={host}\n",
+        let mut line = format!(
+            "repo={repo} version={} time={} host={host}",
             self.version, self.time
-        )
+        );
+        for u in &self.updates {
+            line.push_str(" update=");
+            line.push_str(u);
+        }
+        line.push('\n');
+        line
     }
 
     fn parse(line: &str) -> Option<Entry> {
+        let words = || line.split_whitespace();
         let field = |k: &str| {
-            line.split_whitespace()
+            words()
                 .find_map(|w| w.strip_prefix(k))
                 .and_then(|v| v.parse::<u64>().ok())
         };
         Some(Entry {
             version: field("version=")?,
             time: field("time=").unwrap_or(0),
+            updates: words()
+                .filter_map(|w| w.strip_prefix("update="))
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
@@ -103,6 +130,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 /// Makes a rename, creation or removal in `dir` durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 pub fn unix_now() -> u64 {
@@ -149,8 +188,12 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
-        f.write_all(entry.line(repo, host).as_bytes())
-            .map_err(io(&path))?;
+        let mut line = entry.line(repo, host);
+        if !new && !ends_with_newline(&path).map_err(io(&path))? {
+            // A line torn by a crash stays on its own, unparsed, and this one whole.
+            line.insert(0, '\n');
+        }
+        f.write_all(line.as_bytes()).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))?;
         if new {
             sync_dir(&self.dir).map_err(io(&self.dir))?;
@@ -408,11 +451,15 @@ pub async fn run(sc: Arc<Sidecar>) {
     loop {
         match journal.pending() {
             Ok(repos) => {
-                said.retain(|r, _| repos.contains(r));
+                said.retain(|r, _| r.is_empty() || repos.contains(r));
+                let mut left = repos.len() as u64;
+                sc.metrics.journals_pending.store(left, Ordering::Relaxed);
                 for repo in repos {
                     match replay(&journal, &sc.apis, &repo, &sc.me.host, None).await {
                         Ok(_) => {
                             said.remove(&repo);
+                            left = left.saturating_sub(1);
+                            sc.metrics.journals_pending.store(left, Ordering::Relaxed);
                         }
                         Err(e) => {
                             let text = e.to_string();
@@ -447,6 +494,11 @@ mod tests {
         Entry {
             version,
             time: 1_700_000_000 + version,
+            updates: Entry::updates_of(&format!(
+                "{z} {v:040x} refs/heads/main\n{v:040x} {z} refs/heads/old\n",
+                z = "0".repeat(40),
+                v = version
+            )),
         }
     }
 
@@ -466,33 +518,48 @@ mod tests {
         assert_eq!(j.read("r1").unwrap(), vec![entry(4), entry(5), entry(7)]);
         assert_eq!(j.pending().unwrap(), ["r1", "r2"]);
         let text = std::fs::read_to_string(tmp.path().join(DIR).join("r1")).unwrap();
+        let z = "0".repeat(40);
+        let v = format!("{:040x}", 4);
         assert_eq!(
             text.lines().next(),
-            Some("repo=r1 version=4 time=1700000004 host=repo1")
+            Some(
+                format!("repo=r1 version=4 time=1700000004 host=repo1 update={z}:{v}:refs/heads/main update={v}:{z}:refs/heads/old")
+                    .as_str()
+            )
         );
     }
 
     #[test]
-    fn a_torn_line_is_skipped_and_replayed_entries_go_while_later_ones_stay() {
+    fn a_torn_line_without_a_version_is_skipped_and_the_next_entry_starts_its_own_line() {
         let tmp = tempfile::tempdir().unwrap();
         let j = Journal::under(tmp.path());
         j.append("r1", "repo1", &entry(2)).unwrap();
-        j.append("r1", "repo1", &entry(3)).unwrap();
-        // A crash mid-append leaves a line without its version.
+        // A crash mid-append (before its fsync: that hook never returned).
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(j.file("r1"))
             .unwrap();
-        f.write_all(b"repo=r1 vers").unwrap();
+        f.write_all(b"repo=r1 version=").unwrap();
+        assert_eq!(j.read("r1").unwrap(), vec![entry(2)]);
+        j.append("r1", "repo1", &entry(3)).unwrap();
         assert_eq!(j.read("r1").unwrap(), vec![entry(2), entry(3)]);
-        // The first was replayed; one appended since stays, in order.
-        j.remove_through("r1", "repo1", 1).unwrap();
-        assert_eq!(j.read("r1").unwrap(), vec![entry(3)]);
+    }
+
+    #[test]
+    fn replayed_entries_go_and_those_appended_since_stay_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::under(tmp.path());
+        j.append("r1", "repo1", &entry(2)).unwrap();
+        j.append("r1", "repo1", &entry(3)).unwrap();
+        // The first two were read and replayed; one was appended meanwhile.
         j.append("r1", "repo1", &entry(4)).unwrap();
-        assert_eq!(j.read("r1").unwrap(), vec![entry(3), entry(4)]);
         j.remove_through("r1", "repo1", 2).unwrap();
+        assert_eq!(j.read("r1").unwrap(), vec![entry(4)]);
+        assert_eq!(j.pending().unwrap(), ["r1"]);
+        j.remove_through("r1", "repo1", 1).unwrap();
         assert!(!j.file("r1").exists(), "all replayed: the file is gone");
         assert!(j.pending().unwrap().is_empty());
+        // Replayed by another process meanwhile: nothing to remove.
         j.remove_through("r1", "repo1", 1).unwrap();
     }
 
