@@ -152,6 +152,7 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
         "SWITCHBOARD_FAILPOINT_HOOK_COMMITTED",
         fail.to_str().expect("utf-8 path"),
     )]);
+    let log = h.hosts[0].keep_log();
     let journal = h.hosts[0].repos.join(".switchboard-journal/r1");
 
     // Push 1: the fail point is open (its file exists), nothing waits.
@@ -190,6 +191,12 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
         "journal: {text}"
     );
 
+    h.d.wait_for("the master to log the journaled write", || {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| l.contains("the write to r1 is applied but version 2 could not be recorded"))
+    });
     h.d.wait_for("the master to show a journal pending", || {
         h.hosts[0].metric("switchboard_sidecar_write_journals_pending") == Some(1.0)
     });
@@ -216,7 +223,15 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
     for (i, name) in NAMES.iter().enumerate() {
         assert!(h.has_commit(i, &second), "{name} has push 2");
     }
-    assert!(!journal.exists(), "the replayed journal is removed");
+    // Removed (and logged) just after the versions are recorded.
+    h.d.wait_for("the replayed journal to be removed and logged", || {
+        !journal.exists()
+            && log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|l| l.contains("write journal replayed"))
+    });
     h.d.wait_for("the master to show no journal pending", || {
         h.hosts[0].metric("switchboard_sidecar_write_journals_pending") == Some(0.0)
     });
