@@ -143,38 +143,67 @@ impl Hosts {
     }
 }
 
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+impl Hosts {
+    fn fail_point(&self) -> PathBuf {
+        self.work.path().join("failpoint")
+    }
+
+    fn reached(&self) -> PathBuf {
+        self.work.path().join("failpoint.reached")
+    }
+
+    /// Restarts the master with the fail point armed (its log kept), pushes
+    /// write 1 through it open and waits for every host to have it, then starts
+    /// push 2 and waits until its hook holds the lease at `committed`. Returns
+    /// the log, push 2 and its commit.
+    fn push_held_at_the_fail_point(&mut self) -> (Log, std::process::Child, String) {
+        let fail = self.fail_point();
+        self.hosts[0].restart_with_env(&[(
+            "SWITCHBOARD_FAILPOINT_HOOK_COMMITTED",
+            fail.to_str().expect("utf-8 path"),
+        )]);
+        let log = self.hosts[0].keep_log();
+        // Push 1: the fail point is open (its file exists), nothing waits.
+        std::fs::write(&fail, "").expect("open the fail point");
+        let (src, _) = self.commit();
+        self.git_ok(&src, &["push", "-q", &self.master_url(), "main"]);
+        self.wait_all_at(1);
+        std::fs::remove_file(&fail).expect("close the fail point");
+        std::fs::remove_file(self.reached()).expect("push 1 passed the fail point");
+        // Push 2 stops between its lease and its record.
+        let (src, second) = self.commit();
+        let push = self
+            .git_cmd(&src, &["push", "-q", &self.master_url(), "main"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start push 2");
+        self.d
+            .wait_for("push 2 to reach the fail point", || self.reached().exists());
+        (log, push, second)
+    }
+
+    /// Opens the fail point and waits for the push held there.
+    fn release(&self, push: std::process::Child) -> std::process::Output {
+        std::fs::write(self.fail_point(), "").expect("open the fail point");
+        push.wait_with_output().expect("the held push")
+    }
+}
+
 #[test]
 fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_replicated() {
     let mut h = hosts();
-    let fail = h.work.path().join("failpoint");
-    let reached = h.work.path().join("failpoint.reached");
-    h.hosts[0].restart_with_env(&[(
-        "SWITCHBOARD_FAILPOINT_HOOK_COMMITTED",
-        fail.to_str().expect("utf-8 path"),
-    )]);
-    let log = h.hosts[0].keep_log();
+    let (log, push, second) = h.push_held_at_the_fail_point();
     let journal = h.hosts[0].repos.join(".switchboard-journal/r1");
-
-    // Push 1: the fail point is open (its file exists), nothing waits.
-    std::fs::write(&fail, "").expect("open the fail point");
-    let (src, _) = h.commit();
-    h.git_ok(&src, &["push", "-q", &h.master_url(), "main"]);
-    h.wait_all_at(1);
-    std::fs::remove_file(&fail).expect("close the fail point");
-    std::fs::remove_file(&reached).expect("push 1 passed the fail point");
-
-    // Push 2 stops between its lease and its record; the directory dies there.
-    let (src, second) = h.commit();
-    let push = h
-        .git_cmd(&src, &["push", "-q", &h.master_url(), "main"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start push 2");
-    h.d.wait_for("push 2 to reach the fail point", || reached.exists());
+    // A read before the outage, so the master has answers to route reads on (serve-stale).
+    h.git_ok(
+        h.work.path(),
+        &["clone", "-q", "-b", "main", &h.master_url(), "before"],
+    );
     h.d.kill9();
-    std::fs::write(&fail, "").expect("open the fail point");
-    let out = push.wait_with_output().expect("push 2");
+    let out = h.release(push);
     assert!(
         out.status.success(),
         "push 2 is acknowledged with the directory away: {}{}",
@@ -215,6 +244,16 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
         "{err}"
     );
     assert_eq!(h.master_head(), second, "push 3 did not move the master");
+    // Reads still work (from the cached answers), and see push 2.
+    h.git_ok(
+        h.work.path(),
+        &["clone", "-q", "-b", "main", &h.master_url(), "read"],
+    );
+    assert_eq!(
+        h.git_ok(&h.work.path().join("read"), &["rev-parse", "HEAD"])
+            .trim(),
+        second
+    );
 
     // The directory comes back: the journal is replayed without another push,
     // and every replica catches up to push 2.
@@ -237,6 +276,44 @@ fn a_write_acknowledged_while_the_directory_dies_is_journaled_replayed_and_repli
     });
 
     // Writes resume.
+    h.git_ok(&src, &["push", "-q", &h.master_url(), "main"]);
+    assert_eq!(h.master_head(), third);
+    h.wait_all_at(3);
+}
+
+/// The directory restarts between a push's lease and its record: it answers
+/// again but has forgotten the lease, so it refuses the record. The version is
+/// journaled all the same and replayed under a new lease at once.
+#[test]
+fn a_record_refused_for_a_lost_lease_is_journaled_and_replayed_at_once() {
+    let mut h = hosts();
+    let (log, push, second) = h.push_held_at_the_fail_point();
+    h.d.kill9();
+    h.d.start();
+    let out = h.release(push);
+    assert!(
+        out.status.success(),
+        "push 2 is acknowledged: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    h.d.wait_for("the master to log the refused record", || {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| {
+                l.contains("the write to r1 is applied but version 2 could not be recorded")
+                    && l.contains("without holding its write lease")
+            })
+    });
+    h.wait_all_at(2);
+    for (i, name) in NAMES.iter().enumerate() {
+        assert!(h.has_commit(i, &second), "{name} has push 2");
+    }
+    h.d.wait_for("the journal to be replayed and removed", || {
+        !h.hosts[0].repos.join(".switchboard-journal/r1").exists()
+    });
+    let (src, third) = h.commit();
     h.git_ok(&src, &["push", "-q", &h.master_url(), "main"]);
     assert_eq!(h.master_head(), third);
     h.wait_all_at(3);
