@@ -151,6 +151,18 @@ fn token_file() -> PathBuf {
     ))
 }
 
+/// The write journals: as the sidecar said, or (a receive-pack started by a
+/// sidecar from before the journal) beside the repository, under `--repos`.
+fn journal_of_this_run() -> Result<Journal, HookError> {
+    if let Some(d) = std::env::var_os(ENV_JOURNAL) {
+        return Ok(Journal::at(PathBuf::from(d)));
+    }
+    std::env::var_os("GIT_DIR")
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .and_then(|d| d.parent().map(Journal::under))
+        .ok_or(HookError::Env(ENV_JOURNAL))
+}
+
 /// `switchboard-sidecar hook reference-transaction STATE`.
 pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
     // Git writes the ref updates on stdin; read them so it never sees a broken pipe.
@@ -160,9 +172,7 @@ pub async fn reference_transaction(state: &str) -> Result<(), HookError> {
         return Ok(());
     }
     let (client, repo, host) = client()?;
-    let journal = std::env::var_os(ENV_JOURNAL)
-        .map(|d| Journal::at(PathBuf::from(d)))
-        .ok_or(HookError::Env(ENV_JOURNAL))?;
+    let journal = journal_of_this_run()?;
     match state {
         "prepared" => prepared(&client, &journal, &repo, &host).await,
         "committed" | "aborted" => {
