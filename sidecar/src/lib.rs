@@ -15,7 +15,8 @@
 //! - `directory/`: `answers` (DNS answers, cached, served stale when the directory is
 //!   down), `feed` (its change feed), `heartbeat` (alive, and when answers were stale).
 //! - `repo/`: `git` (the repositories and git's commands), `local` (serving from this
-//!   host's copy), `hook` (recording writes on the master), `replicate` (replicas catch up).
+//!   host's copy), `hook` (recording writes on the master), `journal` (writes the
+//!   directory missed, replayed when it is back), `replicate` (replicas catch up).
 //! - `ssh/`: `command` (what a session may ask for), `exec` (the forced command).
 //! - `identity` (this host's key and who the directory says it is), `verify` (batched
 //!   ed25519 checks of cluster calls), `route` (classify a request, pick its target),

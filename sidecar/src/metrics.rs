@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Ed25519 batches run and cluster-call signatures verified in them.
     verify_batches: AtomicU64,
     verified_signatures: AtomicU64,
+    /// Repositories with writes journaled on this host, their versions not yet
+    /// recorded in the directory (`repo::journal`).
+    pub journals_pending: AtomicU64,
     /// Stale-answer episodes, for the heartbeat to report.
     stale: Mutex<Episodes>,
     /// The admin API whose change feed is followed.
@@ -56,6 +59,7 @@ impl Default for Metrics {
             stale_answers: AtomicU64::new(0),
             verify_batches: AtomicU64::new(0),
             verified_signatures: AtomicU64::new(0),
+            journals_pending: AtomicU64::new(0),
             stale: Mutex::default(),
             feed_source: Mutex::default(),
         }
@@ -258,6 +262,12 @@ impl Metrics {
             out,
             "switchboard_sidecar_stale_answers_total {}",
             self.stale_answers.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "switchboard_sidecar_write_journals_pending",
+            "Repositories with an acknowledged write whose version the directory has not recorded yet (writes to them are refused until it is).",
+            self.journals_pending.load(Ordering::Relaxed) as f64,
         );
         let (batches, signatures) = self.verifications();
         for (name, help, v) in [

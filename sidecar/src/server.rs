@@ -173,6 +173,7 @@ impl Server {
             db_reports,
         ));
         tokio::spawn(replicate::run(sc.clone(), sc.apis.clone(), lb));
+        tokio::spawn(crate::repo::journal::run(sc.clone()));
 
         tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
         println!(

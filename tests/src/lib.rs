@@ -230,6 +230,8 @@ pub struct Sidecar {
     pub listening: String,
     child: Option<Child>,
     args: Vec<std::ffi::OsString>,
+    /// Extra environment for `run` (a test-only fail point, say).
+    env: Vec<(String, String)>,
 }
 
 impl Sidecar {
@@ -243,12 +245,18 @@ impl Sidecar {
     }
 
     /// The command line `run` gets, minus the listeners.
-    fn spawn(args: &[std::ffi::OsString], http: &str, cluster: &str) -> Child {
+    fn spawn(
+        args: &[std::ffi::OsString],
+        env: &[(String, String)],
+        http: &str,
+        cluster: &str,
+    ) -> Child {
         Command::new(bin("switchboard-sidecar"))
             .arg("run")
             .args(args)
             .args(["--http", http, "--cluster", cluster])
             .env("SWITCHBOARD_LOG", "warn,switchboard_sidecar=info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -277,11 +285,20 @@ impl Sidecar {
         self.kill();
         let mut child = Self::spawn(
             &self.args,
+            &self.env,
             &self.http.to_string(),
             &self.cluster.to_string(),
         );
         self.listening = wait_listening(&mut child, &self.name);
         self.child = Some(child);
+    }
+
+    /// Starts it again on the same ports with `env` added to its environment
+    /// (and to every later restart's).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.restart();
     }
 
     /// Keeps its log (stderr) from now on in the returned list, so that a test
@@ -840,7 +857,7 @@ pub fn sidecar_of_at(
         args.push(b.url().into());
     }
     args.extend(extra.iter().map(|a| a.into()));
-    let mut child = Sidecar::spawn(&args, "127.0.0.1:0", &format!("{addr}:0"));
+    let mut child = Sidecar::spawn(&args, &[], "127.0.0.1:0", &format!("{addr}:0"));
     let line = wait_listening(&mut child, name);
     let http = field(&line, "http=").expect("http= in the sidecar's listening line");
     let cluster: std::net::SocketAddr =
@@ -863,6 +880,7 @@ pub fn sidecar_of_at(
         listening: line,
         child: Some(child),
         args,
+        env: Vec::new(),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum LocalError {
     Directory(#[from] DirError),
     #[error(transparent)]
     Git(#[from] GitError),
+    /// A write whose version the directory missed is not recorded yet.
+    #[error(transparent)]
+    Journal(#[from] crate::repo::journal::JournalError),
 }
 
 impl LocalError {
@@ -44,6 +47,10 @@ impl LocalError {
             LocalError::Refused(w) => (w.status(), w.reason()),
             LocalError::Directory(_) => (StatusCode::BAD_GATEWAY, "directory-unreachable"),
             LocalError::Git(_) => (StatusCode::INTERNAL_SERVER_ERROR, "git-failed"),
+            LocalError::Journal(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::repo::journal::REASON,
+            ),
         }
     }
 }
@@ -52,6 +59,10 @@ impl LocalError {
 /// repository if this host is its master and lacks it. Says whether this host
 /// is the master.
 async fn admit(sc: &Sidecar, repo: &str, access: Access) -> Result<bool, LocalError> {
+    if access == Access::Write {
+        // Before the directory is asked: the refusal says why, even while it is away.
+        crate::repo::journal::admit_write(sc, repo).await?;
+    }
     let standing = sc
         .standing(repo, access)
         .await?
@@ -114,6 +125,7 @@ pub async fn http(
     };
     let is_master = match admit(sc, repo, gp.access).await {
         Ok(m) => m,
+        Err(LocalError::Journal(e)) => return crate::repo::journal::refusal(&e),
         Err(e) => return refuse(e),
     };
     if gp.rest == "info/refs" && gp.access == Access::Read {

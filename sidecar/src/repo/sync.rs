@@ -310,6 +310,17 @@ async fn fetch(
     master: &str,
     version: u64,
 ) -> Result<u64, String> {
+    // A write this host took as master and could not record yet: fetching
+    // (pruned, forced) from the new master would drop it. It waits for the
+    // journal's replay, or an operator (docs/repositories.md).
+    let journal = crate::repo::journal::Journal::under(sc.repos.root());
+    if journal.read(repo).is_ok_and(|e| !e.is_empty()) {
+        return Err(format!(
+            "{} holds a write of {repo} not yet recorded in the directory ({}); it does not fetch over it",
+            sc.me.host,
+            journal.file(repo).display()
+        ));
+    }
     sc.repos
         .sync_from(repo, &lb.url(master, repo), &lb.header())
         .await
