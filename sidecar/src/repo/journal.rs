@@ -54,13 +54,15 @@ pub struct Entry {
 
 impl Entry {
     /// The ref updates git writes on a reference-transaction hook's stdin
-    /// (`OLD NEW REF` a line), as kept in an entry.
+    /// (`OLD NEW REF` a line), as kept in an entry. `HEAD`, which git lists
+    /// too when the branch it names moves, adds nothing and is left out.
     pub fn updates_of(stdin: &str) -> Vec<String> {
         stdin
             .lines()
             .filter_map(|l| {
                 let mut w = l.split_whitespace();
-                Some(format!("{}:{}:{}", w.next()?, w.next()?, w.next()?))
+                let (old, new, name) = (w.next()?, w.next()?, w.next()?);
+                (name != "HEAD").then(|| format!("{old}:{new}:{name}"))
             })
             .collect()
     }
