@@ -347,6 +347,12 @@ pub fn authorized_line(
     if let Some(w) = &c.web_backend {
         words.extend(["--web-backend".into(), w.to_string()]);
     }
+    if c.sync_timeout != crate::repo::sync::DEFAULT_TIMEOUT {
+        words.extend([
+            "--sync-timeout".into(),
+            c.sync_timeout.as_secs_f64().to_string(),
+        ]);
+    }
     words.extend(["--user".into(), user]);
     let quoted = words
         .iter()
@@ -493,6 +499,7 @@ mod tests {
             zone: "cluster.example.".into(),
             repos: "/var/repo".into(),
             web_backend: None,
+            sync_timeout: crate::repo::sync::DEFAULT_TIMEOUT,
         };
         let k = key_line(KEY).expect("a key");
         let line =
