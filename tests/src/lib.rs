@@ -28,8 +28,12 @@ pub fn root() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
-/// The path of a workspace binary, built once per test process.
+/// The path of a workspace binary, built once per test process; from
+/// `SWITCHBOARD_BIN_DIR` as it is when that is set (a benchmark's release build).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWITCHBOARD_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
