@@ -391,3 +391,60 @@ fn the_databases_page_shows_positions_and_promotes_only_with_the_loss_accepted()
     let text = b.text_of("#db-main").unwrap_or_default();
     assert!(text.contains("may be lost"), "{text}");
 }
+
+#[test]
+fn an_admin_freezes_and_thaws_a_repository_from_the_browser() {
+    let d = Directory::demo();
+    let b = Browser::start(1280, 900);
+    let base = d.server_url();
+    b.goto(&login_url(&d));
+    b.wait("the session", |b| b.find(".who").is_some());
+    b.goto(&format!("{base}/ui/repos"));
+    b.wait("the repositories page", |b| {
+        b.find("#repo-phabricator details.freeze").is_some()
+    });
+    // The form is not sent without a message.
+    b.click_css("#repo-phabricator details.freeze summary");
+    let serial_before = serial(&d);
+    b.click_css("#repo-phabricator details.freeze button.danger");
+    assert_eq!(
+        serial(&d),
+        serial_before,
+        "a freeze without a message was sent"
+    );
+    b.script(
+        "document.querySelector('#repo-phabricator details.freeze input[name=message]').value = 'disk swap until 14:00'; return null;",
+    );
+    b.click_css("#repo-phabricator details.freeze button.danger");
+    b.wait("the freeze", |b| {
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "phabricator is frozen: writes are refused")
+    });
+    let v: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", "phabricator"])).expect("json");
+    assert_eq!(v["frozen"], "disk swap until 14:00", "{v}");
+    let txt = d
+        .dig("phabricator.repo.cluster.example.", "TXT", &[])
+        .data("TXT")
+        .join(" ");
+    assert!(
+        txt.contains("frozen=1") && txt.contains("readonly=1"),
+        "{txt}"
+    );
+    let card = b.text_of("#repo-phabricator h2").unwrap_or_default();
+    assert!(card.contains("frozen: disk swap until 14:00"), "{card}");
+    let events = d.cli_ok(&["events", "--last", "1"]);
+    assert!(
+        events.contains("repo phabricator freeze writable->frozen  by admin demo (console)"),
+        "{events}"
+    );
+    // Thaw.
+    b.click_css("#repo-phabricator form.freeze button");
+    b.wait("the thaw", |b| {
+        b.text_of(".flash.ok")
+            .is_some_and(|t| t == "phabricator takes writes again")
+    });
+    let v: Value =
+        serde_json::from_str(&d.cli_ok(&["--json", "repo", "show", "phabricator"])).expect("json");
+    assert!(v.get("frozen").is_none_or(Value::is_null), "{v}");
+}

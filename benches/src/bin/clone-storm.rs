@@ -54,7 +54,15 @@ impl Cluster {
                 (sc, sshd)
             })
             .collect();
-        d.cli_ok(&["repo", "add", "r1", "--master", "repo1", "--replicas", "repo2,repo3"]);
+        d.cli_ok(&[
+            "repo",
+            "add",
+            "r1",
+            "--master",
+            "repo1",
+            "--replicas",
+            "repo2,repo3",
+        ]);
         Cluster {
             d,
             hosts,
@@ -95,12 +103,17 @@ impl Cluster {
         }
         git(&src, &self.ssh(), &["add", "."]);
         git(&src, &self.ssh(), &["commit", "-q", "-m", "seed"]);
-        git(&src, &self.ssh(), &["push", "-q", &self.hosts[0].1.url("r1"), "main"]);
+        git(
+            &src,
+            &self.ssh(),
+            &["push", "-q", &self.hosts[0].1.url("r1"), "main"],
+        );
         src
     }
 
     fn wait_converged(&self) {
-        self.d.wait_for("the replicas to catch up", || self.versions_converged());
+        self.d
+            .wait_for("the replicas to catch up", || self.versions_converged());
     }
 
     /// One round: a push, then `clones` clones through the replicas at once.
@@ -117,14 +130,25 @@ impl Cluster {
         git(src, &self.ssh(), &["add", "."]);
         git(src, &self.ssh(), &["commit", "-q", "-m", "round"]);
         let before = self.served();
-        git(src, &self.ssh(), &["push", "-q", &self.hosts[0].1.url("r1"), "main"]);
+        git(
+            src,
+            &self.ssh(),
+            &["push", "-q", &self.hosts[0].1.url("r1"), "main"],
+        );
         let started = Instant::now();
         let children: Vec<_> = (0..clones)
             .map(|i| {
                 let url = self.hosts[1 + i % 2].1.url("r1");
                 let dir = self.work.path().join(format!("r{round}-c{i}"));
                 Command::new("git")
-                    .args(["-c", "init.defaultBranch=main", "clone", "-q", "--bare", &url])
+                    .args([
+                        "-c",
+                        "init.defaultBranch=main",
+                        "clone",
+                        "-q",
+                        "--bare",
+                        &url,
+                    ])
                     .arg(&dir)
                     .env("GIT_SSH_COMMAND", self.ssh())
                     .stdout(Stdio::null())
