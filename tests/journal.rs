@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use switchboard_tests::{minimal_zone, run, stderr, stdout, Backend, Directory, Sidecar};
+use switchboard_tests::{minimal_zone, run, stderr, stdout, Backend, Directory, Git, Sidecar};
 
 const NAMES: [&str; 3] = ["repo1", "repo2", "repo3"];
 
@@ -57,46 +57,21 @@ impl Hosts {
     }
 
     fn git_cmd(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new("git");
-        cmd.args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0");
-        cmd
+        Git { ssh: None }.command(dir, args)
     }
 
     fn git(&self, dir: &Path, args: &[&str]) -> std::process::Output {
-        run(&mut self.git_cmd(dir, args))
+        Git { ssh: None }.run(dir, args)
     }
 
     fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.git(dir, args);
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
+        Git { ssh: None }.ok(dir, args)
     }
 
     /// One new commit on main in the work tree `src`; its sha.
     fn commit(&self) -> (PathBuf, String) {
         let dir = self.work.path().join("src");
-        if !dir.exists() {
-            self.git_ok(self.work.path(), &["init", "-q", "src"]);
-        }
-        std::fs::write(dir.join("file"), format!("{}\n", rand::random::<u64>())).expect("write");
-        self.git_ok(&dir, &["add", "file"]);
-        self.git_ok(&dir, &["commit", "-q", "-m", "change"]);
-        let sha = self.git_ok(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+        let sha = Git { ssh: None }.commit(&dir);
         (dir, sha)
     }
 

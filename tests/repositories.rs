@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use switchboard_tests::{
     minimal_zone, run, signed_headers, ssh_client_key, stderr, stdout, unix_now, Backend,
-    Directory, Sidecar, Sshd,
+    Directory, Git, Sidecar, Sshd,
 };
 
 struct Hosts {
@@ -22,6 +22,11 @@ struct Hosts {
 const NAMES: [&str; 3] = ["repo1", "repo2", "repo3"];
 
 fn hosts() -> Hosts {
+    hosts_with(&[])
+}
+
+/// [`hosts`] with extra sidecar flags (for `run` and `ssh-exec` alike).
+fn hosts_with(extra: &[&str]) -> Hosts {
     let d = Directory::with_zone(minimal_zone, &[]);
     let key = ssh_client_key(d.dir.path());
     let backends: Vec<Backend> = NAMES.iter().map(|n| Backend::start(n)).collect();
@@ -29,7 +34,7 @@ fn hosts() -> Hosts {
         .iter()
         .zip(&backends)
         .map(|(name, b)| {
-            let sc = d.sidecar(name, "repo", Some(b));
+            let sc = d.sidecar_with(name, "repo", Some(b), extra);
             let sshd = Sshd::start(d.dir.path(), name, &sc.ssh_exec_command(), &key);
             (sc, sshd)
         })
@@ -58,45 +63,17 @@ impl Hosts {
     }
 
     fn git(&self, dir: &Path, args: &[&str]) -> std::process::Output {
-        run(Command::new("git")
-            .args([
-                "-c",
-                "user.name=Test",
-                "-c",
-                "user.email=t@example.com",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_SSH_COMMAND", self.sshd(0).ssh_command(&self.key)))
+        Git::over_ssh(self.sshd(0).ssh_command(&self.key)).run(dir, args)
     }
 
     fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.git(dir, args);
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
+        Git::over_ssh(self.sshd(0).ssh_command(&self.key)).ok(dir, args)
     }
 
     /// The work tree `name` (made on first use) with one new commit on main; returns (dir, sha).
     fn commit(&self, name: &str) -> (PathBuf, String) {
         let dir = self.work.path().join(name);
-        if !dir.exists() {
-            self.git_ok(self.work.path(), &["init", "-q", name]);
-        }
-        std::fs::write(
-            dir.join("file"),
-            format!("{name} {}\n", rand::random::<u64>()),
-        )
-        .expect("write");
-        self.git_ok(&dir, &["add", "file"]);
-        self.git_ok(&dir, &["commit", "-q", "-m", name]);
-        let sha = self.git_ok(&dir, &["rev-parse", "HEAD"]).trim().to_string();
+        let sha = Git::over_ssh(self.sshd(0).ssh_command(&self.key)).commit(&dir);
         (dir, sha)
     }
 
@@ -692,7 +669,9 @@ fn without_a_master_a_repository_is_read_only_and_reads_go_to_the_newest_copies(
 
 #[test]
 fn after_a_push_a_replica_syncs_once_and_serves_every_waiting_clone() {
-    let h = hosts();
+    // A loaded test machine may take a while to fetch; no read may go to the
+    // master for that (the default is 10 s).
+    let h = hosts_with(&["--sync-timeout", "120"]);
     let series = "switchboard_sidecar_requests_total{kind=\"upload-pack\",outcome=\"served\"}";
     let served = || h.hosts[0].0.metric(series).unwrap_or(0.0);
     let push = || {
@@ -726,9 +705,13 @@ fn after_a_push_a_replica_syncs_once_and_serves_every_waiting_clone() {
                 .expect("git clone")
         })
         .collect();
+    let mut said = Vec::new();
     for (i, c) in clones.into_iter().enumerate() {
         let out = c.wait_with_output().expect("clone");
         assert!(out.status.success(), "clone {i}: {}", stderr(&out));
+        if !stderr(&out).trim().is_empty() {
+            said.push(format!("clone {i}: {}", stderr(&out).trim()));
+        }
         let dir = h.work.path().join(format!("c{i}"));
         assert_eq!(
             h.git_ok(&dir, &["rev-parse", "HEAD"]).trim(),
@@ -740,6 +723,6 @@ fn after_a_push_a_replica_syncs_once_and_serves_every_waiting_clone() {
     assert_eq!(
         served() - m1,
         per_push,
-        "the master served the replicas' catch-ups only: one fetch by repo2 for all 50 clones, none forwarded"
+        "the master served the replicas' catch-ups only: one fetch by repo2 for all 50 clones, none forwarded; the clones said: {said:?}"
     );
 }

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use switchboard_tests::{minimal_zone, run, stderr, stdout, Backend, Directory, Sidecar, Sshd};
+use switchboard_tests::{
+    minimal_zone, run, stderr, stdout, Backend, Directory, Git, Sidecar, Sshd,
+};
 
 /// The cluster: app1 (web, a conduit host, with its web application), repo1
 /// (master of r1, with a web application of its own), repo2 (replica of r1,
@@ -130,40 +132,18 @@ impl Cluster {
 
     /// git as `user` in `dir`.
     fn git(&self, user: &str, dir: &Path, args: &[&str]) -> std::process::Output {
-        run(Command::new("git")
-            .args(["-c", "user.name=Test", "-c", "user.email=t@example.com"])
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_SSH_COMMAND", self.ssh_command(user)))
+        Git::over_ssh(self.ssh_command(user)).run(dir, args)
     }
 
     fn git_ok(&self, user: &str, dir: &Path, args: &[&str]) -> String {
-        let out = self.git(user, dir, args);
-        assert!(
-            out.status.success(),
-            "{user}: git {args:?}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
+        Git::over_ssh(self.ssh_command(user)).ok(dir, args)
     }
 
     /// A new commit in the work tree `name` (made on first use); returns (dir, sha).
     fn commit(&self, name: &str) -> (PathBuf, String) {
         let dir = self.work.path().join(name);
-        if !dir.exists() {
-            self.git_ok("alice", self.work.path(), &["init", "-q", name]);
-        }
-        std::fs::write(
-            dir.join("file"),
-            format!("{name} {}\n", rand::random::<u64>()),
-        )
-        .expect("write");
-        self.git_ok("alice", &dir, &["add", "file"]);
-        self.git_ok("alice", &dir, &["commit", "-q", "-m", name]);
-        let sha = self.git_ok("alice", &dir, &["rev-parse", "HEAD"]);
-        (dir, sha.trim().to_string())
+        let sha = Git::over_ssh(self.ssh_command("alice")).commit(&dir);
+        (dir, sha)
     }
 
     fn url(&self, host: usize) -> String {

@@ -12,6 +12,16 @@ use crate::outbound::spool::SpoolError;
 /// A JSON error answer: `{"error": message, "reason": code}`.
 pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response<BoxBody> {
     let body = serde_json::json!({"error": message.into(), "reason": reason}).to_string();
+    refusal(status, reason, "application/json", body)
+}
+
+/// A refusal with `body` of `content_type`, and the reason code in its header.
+fn refusal(
+    status: StatusCode,
+    reason: &str,
+    content_type: &'static str,
+    body: String,
+) -> Response<BoxBody> {
     let mut r = Response::new(
         http_body_util::Full::new(Bytes::from(body))
             .map_err(|e| match e {})
@@ -20,7 +30,7 @@ pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Re
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     if let Ok(v) = HeaderValue::from_str(reason) {
         r.headers_mut().insert(REASON, v);
@@ -34,20 +44,7 @@ pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Re
 pub fn plain(status: StatusCode, reason: &str, message: impl Into<String>) -> Response<BoxBody> {
     let mut line = message.into();
     line.push('\n');
-    let mut r = Response::new(
-        http_body_util::Full::new(Bytes::from(line))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(reason) {
-        r.headers_mut().insert(REASON, v);
-    }
-    r
+    refusal(status, reason, "text/plain; charset=utf-8", line)
 }
 
 /// The header that carries an error's reason code, for sidecars reading a peer's answer.

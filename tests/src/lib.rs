@@ -1165,3 +1165,63 @@ impl Drop for Sshd {
         }
     }
 }
+
+/// `git` as the tests run it: a fixed identity, `main` for new repositories,
+/// never a prompt, and over SSH with `ssh` (a `GIT_SSH_COMMAND`) when given.
+pub struct Git {
+    pub ssh: Option<String>,
+}
+
+impl Git {
+    pub fn over_ssh(ssh: impl Into<String>) -> Git {
+        Git {
+            ssh: Some(ssh.into()),
+        }
+    }
+
+    /// The command `git ARGS` in `dir`, not yet run.
+    pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.args(["-c", "user.name=Test", "-c", "user.email=t@example.com"])
+            .args(["-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        if let Some(ssh) = &self.ssh {
+            cmd.env("GIT_SSH_COMMAND", ssh);
+        }
+        cmd
+    }
+
+    pub fn run(&self, dir: &Path, args: &[&str]) -> Output {
+        run(&mut self.command(dir, args))
+    }
+
+    /// Runs `git ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.run(dir, args);
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// One new commit (a random line in `file`) in the work tree `dir`, made
+    /// with `git init` on first use; its sha.
+    pub fn commit(&self, dir: &Path) -> String {
+        if !dir.join(".git").exists() {
+            let (parent, name) = (
+                dir.parent().expect("a work tree has a parent"),
+                dir.file_name().and_then(|n| n.to_str()).expect("a name"),
+            );
+            self.ok(parent, &["init", "-q", name]);
+        }
+        std::fs::write(dir.join("file"), format!("{}\n", rand::random::<u64>())).expect("write");
+        self.ok(dir, &["add", "file"]);
+        self.ok(dir, &["commit", "-q", "-m", "change"]);
+        self.ok(dir, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use switchboard_tests::{minimal_zone, run, ssh_client_key, stderr, Directory, Sidecar, Sshd};
+use switchboard_tests::{minimal_zone, ssh_client_key, stderr, Directory, Git, Sidecar, Sshd};
 
 const SERIES: &str = "switchboard_sidecar_requests_total{kind=\"upload-pack\",outcome=\"served\"}";
 
@@ -27,19 +27,7 @@ struct Cluster {
 }
 
 fn git(dir: &Path, ssh: &str, args: &[&str]) {
-    let out = run(Command::new("git")
-        .args([
-            "-c",
-            "user.name=Bench",
-            "-c",
-            "user.email=b@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_SSH_COMMAND", ssh));
-    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    Git::over_ssh(ssh).ok(dir, args);
 }
 
 impl Cluster {

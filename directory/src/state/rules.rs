@@ -347,18 +347,7 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             message,
         } => {
             let mut r = repo(zone, &name)?.clone();
-            if let Some(m) = &message {
-                if r.frozen.as_ref() == Some(m) {
-                    return Err(ApplyError::Conflict(format!(
-                        "repository {name} is already frozen with that message"
-                    )));
-                }
-            } else if r.frozen.is_none() {
-                return Err(ApplyError::Conflict(format!(
-                    "repository {name} is not frozen"
-                )));
-            }
-            r.frozen = message;
+            set_freeze(&mut r.frozen, message, &format!("repository {name}"))?;
             model::validate_repo(&r)?;
             vec![Change::PutRepo(r)]
         }
@@ -473,18 +462,7 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
         }
         Op::FreezeDb { db: name, message } => {
             let mut d = database(zone, &name)?.clone();
-            if let Some(m) = &message {
-                if d.frozen.as_ref() == Some(m) {
-                    return Err(ApplyError::Conflict(format!(
-                        "database {name} is already frozen with that message"
-                    )));
-                }
-            } else if d.frozen.is_none() {
-                return Err(ApplyError::Conflict(format!(
-                    "database {name} is not frozen"
-                )));
-            }
-            d.frozen = message;
+            set_freeze(&mut d.frozen, message, &format!("database {name}"))?;
             model::validate_database(&d)?;
             vec![Change::PutDb(d)]
         }
@@ -593,4 +571,23 @@ fn plan_raw(zone: &Zone, op: Op) -> Result<Vec<Change>, ApplyError> {
             vec![Change::DelSecondary(addr)]
         }
     })
+}
+
+/// Freezes (`Some(message)`) or thaws (`None`) `what` (a repository or a
+/// database): refused when it changes nothing.
+fn set_freeze(
+    frozen: &mut Option<String>,
+    message: Option<String>,
+    what: &str,
+) -> Result<(), ApplyError> {
+    match (&message, &*frozen) {
+        (Some(m), Some(old)) if m == old => Err(ApplyError::Conflict(format!(
+            "{what} is already frozen with that message"
+        ))),
+        (None, None) => Err(ApplyError::Conflict(format!("{what} is not frozen"))),
+        _ => {
+            *frozen = message;
+            Ok(())
+        }
+    }
 }

@@ -424,20 +424,7 @@ pub async fn admit_write(sc: &Sidecar, repo: &str) -> Result<(), JournalError> {
 /// The refusal a git client over HTTP sees: plain text, so that git shows it
 /// (`remote: ...`), with the reason code in its header like every refusal.
 pub fn refusal(e: &JournalError) -> http::Response<crate::body::BoxBody> {
-    use http_body_util::BodyExt;
-    let mut r = http::Response::new(
-        http_body_util::Full::new(bytes::Bytes::from(format!("{e}\n")))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(crate::reply::REASON, http::HeaderValue::from_static(REASON));
-    r
+    crate::reply::plain(http::StatusCode::SERVICE_UNAVAILABLE, REASON, e.to_string())
 }
 
 /// The reason code of a write refused until its journal is replayed.

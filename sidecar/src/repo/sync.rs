@@ -127,12 +127,7 @@ impl Syncer {
                 None => self.ask_run(sc, repo, master, want).await,
             }
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| SyncError::Timeout {
-                master: master.to_string(),
-                timeout: self.timeout,
-            })?
+        self.bounded(master, work).await
     }
 
     /// `POST /switchboard/sync/REPO` from this host's own `ssh-exec`: a sync
@@ -147,10 +142,19 @@ impl Syncer {
             return Err(SyncError::Run("this process does not fetch".into()));
         };
         let work = self.sync(sc, lb, repo, &req.master, req.version);
+        self.bounded(&req.master, work).await
+    }
+
+    /// `work` within `--sync-timeout`.
+    async fn bounded(
+        &self,
+        master: &str,
+        work: impl std::future::Future<Output = Result<Synced, SyncError>>,
+    ) -> Result<Synced, SyncError> {
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| SyncError::Timeout {
-                master: req.master.clone(),
+                master: master.to_string(),
                 timeout: self.timeout,
             })?
     }
