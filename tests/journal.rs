@@ -293,3 +293,28 @@ fn a_record_refused_for_a_lost_lease_is_journaled_and_replayed_at_once() {
     assert_eq!(h.master_head(), third);
     h.wait_all_at(3);
 }
+
+#[test]
+fn a_push_under_way_when_a_freeze_lands_finishes_and_later_ones_are_refused() {
+    let mut h = hosts();
+    let (_log, push, second) = h.push_held_at_the_fail_point();
+    // Push 2 holds the lease; the freeze lands before it records its version.
+    h.d.cli_ok(&["repo", "freeze", "r1", "--message", "disk swap"]);
+    let out = h.release(push);
+    assert!(
+        out.status.success(),
+        "the push under way finishes: {}",
+        stderr(&out)
+    );
+    h.wait_all_at(2);
+    assert_eq!(h.master_head(), second);
+    // The next one is refused with the message, and nothing moves.
+    let (src, _) = h.commit();
+    let out = h.git(&src, &["push", "-q", &h.master_url(), "main"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("r1 is frozen for maintenance: disk swap"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(h.master_head(), second);
+}
