@@ -841,5 +841,10 @@ if [ $QUICK = 0 ]; then
   echo "bench: wrote docs/benchmarks.md.new (merge the analysis by hand)"
 fi
 
+# Clones right after a push (issue 19): N clones through the replicas at once,
+# with sync-before-read on and off; the release build, the test harness's cluster.
+if [ $QUICK = 1 ]; then STORM="10 1"; else STORM="50 5"; fi
+SWITCHBOARD_BIN_DIR=$PWD/target/release ./target/release/clone-storm $STORM | tee benches/results/clone-storm-latest.txt
+
 # The database ports against direct connections and HAProxy, on real MariaDB.
 ./benches/databases.sh $([ $QUICK = 1 ] && echo --quick)
