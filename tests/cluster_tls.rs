@@ -171,7 +171,16 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
         "{text}"
     );
     assert!(text.contains("speaks TLS only"), "{text}");
-    // So every call above reached repo1 and repo2 over TLS.
+    // So every call above reached repo1 over TLS; the metrics scrape alone is
+    // still served in plain HTTP.
+    assert!(
+        repo1
+            .metric("switchboard_sidecar_requests_total{kind=\"cluster\",outcome=\"accepted\"}")
+            .unwrap_or(0.0)
+            >= 3.0,
+        "{}",
+        repo1.metrics()
+    );
 }
 
 /// An `openssl s_server` on a free port presenting the certificate made from

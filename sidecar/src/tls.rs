@@ -309,32 +309,18 @@ impl ClusterTls {
         }
     }
 
-    /// A connection accepted on the cluster listener, in TLS: `Some` once the
-    /// handshake is done and the caller's key is a known, available host's.
-    /// A plain HTTP caller, or a refused key, gets a one-line refusal (HTTP)
-    /// and the connection closes.
-    pub async fn accept(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) -> Option<(server::TlsStream<TcpStream>, KeyInfo)> {
+    /// A connection accepted on the cluster listener: TLS once the handshake
+    /// is done and the caller's key is a known, available host's; plain HTTP
+    /// (which the listener serves `GET /metrics` only, see [`plain_allowed`]);
+    /// or nothing (a refused key gets a one-line refusal in HTTP, then the
+    /// connection closes).
+    pub async fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Accepted {
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await;
         match peeked {
             Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
-            Ok(Ok(1)) => {
-                tracing::warn!(%peer, "plain HTTP from {peer} on the cluster listener, which speaks TLS (--cluster-tls): is --cluster-tls on there? refused");
-                let mut stream = stream;
-                let _ = refuse(
-                    &mut stream,
-                    "421 Misdirected Request",
-                    TLS_REQUIRED,
-                    "this cluster listener speaks TLS only (--cluster-tls); turn --cluster-tls on on the calling host",
-                )
-                .await;
-                return None;
-            }
-            _ => return None,
+            Ok(Ok(1)) => return Accepted::Plain(stream),
+            _ => return Accepted::Closed,
         }
         let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
             .await
@@ -342,11 +328,11 @@ impl ClusterTls {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "TLS handshake from {peer} failed");
-                return None;
+                return Accepted::Closed;
             }
             Err(_) => {
                 tracing::warn!(%peer, "no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}");
-                return None;
+                return Accepted::Closed;
             }
         };
         let key = tls
@@ -363,7 +349,7 @@ impl ClusterTls {
                 match identity::lookup(&self.dir, &fpr).await {
                     Ok(Some(info)) if info.key == key => {
                         match self.dir.host_available(&info.host).await {
-                            Ok(Some(true)) => return Some((tls, info)),
+                            Ok(Some(true)) => return Accepted::Tls(Box::new(tls), info),
                             Ok(_) => format!(
                                 "its key {fpr} is {}'s, which is marked unavailable in the directory",
                                 info.host
@@ -384,8 +370,40 @@ impl ClusterTls {
             &format!("refused the TLS certificate: {why}"),
         )
         .await;
-        None
+        Accepted::Closed
     }
+}
+
+/// What became of a connection accepted on a TLS cluster listener.
+pub enum Accepted {
+    /// TLS, from a known, available host.
+    Tls(Box<server::TlsStream<TcpStream>>, KeyInfo),
+    /// Plain HTTP: only [`plain_allowed`] requests are served on it.
+    Plain(TcpStream),
+    /// Refused or gone.
+    Closed,
+}
+
+/// Whether a plain HTTP request may be served by a TLS cluster listener: the
+/// metrics scrape only (what it served unsigned before); every cluster call
+/// needs TLS.
+pub fn plain_allowed(method: &http::Method, path: &str) -> bool {
+    method == http::Method::GET && path == "/metrics"
+}
+
+/// The answer to a plain HTTP call on a TLS cluster listener, logged.
+pub fn plain_refusal(peer: SocketAddr, path: &str) -> http::Response<crate::body::BoxBody> {
+    tracing::warn!(%peer, path, "plain HTTP from {peer} on the cluster listener, which speaks TLS (--cluster-tls): is --cluster-tls on there? refused");
+    let mut r = crate::reply::error(
+        http::StatusCode::MISDIRECTED_REQUEST,
+        TLS_REQUIRED,
+        "this cluster listener speaks TLS only (--cluster-tls); turn --cluster-tls on on the calling host",
+    );
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// Maps a failed client handshake to what it most likely means.

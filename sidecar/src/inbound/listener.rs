@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::inbound::passthrough::{Done, Passthrough};
 use crate::outbound::client::{self, Client};
 use crate::shutdown::Shutdown;
-use crate::tls::ClusterTls;
+use crate::tls::{self, Accepted, ClusterTls};
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
 /// or first to the short way for plain web traffic (`passthrough`) when there is one.
@@ -90,8 +90,28 @@ pub async fn serve_on<F, Fut>(
         tokio::spawn(async move {
             match transport {
                 Transport::Tls(tls) => {
-                    if let Some((io, _caller)) = tls.accept(stream, peer).await {
-                        connection(io, peer, client, open, handler).await;
+                    match tls.accept(stream, peer).await {
+                        Accepted::Tls(io, _caller) => {
+                            connection(io, peer, client, open, handler).await
+                        }
+                        Accepted::Plain(stream) => {
+                            let only_metrics =
+                                move |req: http::Request<hyper::body::Incoming>, peer| {
+                                    let allowed =
+                                        tls::plain_allowed(req.method(), req.uri().path());
+                                    let handler = handler.clone();
+                                    async move {
+                                        if allowed {
+                                            handler(req, peer).await
+                                        } else {
+                                            tls::plain_refusal(peer, req.uri().path())
+                                        }
+                                    }
+                                };
+                            let io = Prefixed::new(BytesMut::new(), stream);
+                            connection(io, peer, client, open, only_metrics).await
+                        }
+                        Accepted::Closed => {}
                     }
                     return;
                 }
