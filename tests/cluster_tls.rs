@@ -424,13 +424,13 @@ fn cluster_tls_on_one_side_only_fails_fast_and_says_why_on_both_sides() {
         v["error"]
             .as_str()
             .unwrap_or_default()
-            .contains("closed the connection during the TLS handshake: is --cluster-tls on there"),
+            .contains("repo1 answered without TLS: is --cluster-tls on there?"),
         "{v}"
     );
     d.wait_for("web1 and repo1 to say why", || {
         logged(
             &logs[0],
-            "repo1 closed the connection during the TLS handshake",
+            "repo1 answered without TLS: is --cluster-tls on there?",
         ) && logged(&logs[2], "is --cluster-tls on there but not here?")
     });
 

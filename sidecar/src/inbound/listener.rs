@@ -45,8 +45,9 @@ pub async fn serve<F, Fut>(
 pub enum Transport {
     /// Plain HTTP/1.1 (the user and loopback listeners).
     Plain,
-    /// The cluster listener without `--cluster-tls`: plain HTTP/1.1, and a TLS
-    /// handshake from a caller is refused with a log line that says why.
+    /// The cluster listener without `--cluster-tls`: plain HTTP/1.1; a caller
+    /// that speaks something else (a TLS handshake) gets hyper's 400 and a log
+    /// line that says why.
     PlainCluster,
     /// The cluster listener with `--cluster-tls`: TLS 1.3, callers pinned to
     /// the directory's keys (`tls`).
@@ -92,7 +93,7 @@ pub async fn serve_on<F, Fut>(
                 Transport::Tls(tls) => {
                     match tls.accept(stream, peer).await {
                         Accepted::Tls(io, _caller) => {
-                            connection(io, peer, client, open, handler).await
+                            let _ = connection(io, peer, client, open, handler).await;
                         }
                         Accepted::Plain(stream) => {
                             let only_metrics =
@@ -109,21 +110,15 @@ pub async fn serve_on<F, Fut>(
                                     }
                                 };
                             let io = Prefixed::new(BytesMut::new(), stream);
-                            connection(io, peer, client, open, only_metrics).await
+                            let _ = connection(io, peer, client, open, only_metrics).await;
                         }
                         Accepted::Closed => {}
                     }
                     return;
                 }
-                Transport::PlainCluster => {
-                    let mut first = [0u8; 1];
-                    if matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16) {
-                        tracing::warn!(%peer, "TLS handshake from {peer} on the cluster listener, which speaks plain HTTP: is --cluster-tls on there but not here? refused");
-                        return;
-                    }
-                }
-                Transport::Plain => {}
+                Transport::Plain | Transport::PlainCluster => {}
             }
+            let cluster = matches!(transport, Transport::PlainCluster);
             let io = match fast {
                 None => Prefixed::new(BytesMut::new(), stream),
                 Some(fast) => match fast.connection(stream, peer, &open).await {
@@ -131,20 +126,26 @@ pub async fn serve_on<F, Fut>(
                     Done::Handoff(stream, read) => Prefixed::new(read, stream),
                 },
             };
-            connection(io, peer, client, open, handler).await;
+            if let Err(e) = connection(io, peer, client, open, handler).await {
+                if cluster && e.is_parse() {
+                    // Not HTTP: most likely a TLS handshake (hyper answered 400).
+                    tracing::warn!(%peer, error = %e, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
+                }
+            }
         });
     }
 }
 
 /// Serves one accepted connection's requests (HTTP/1.1, upgrades allowed) until
-/// it ends or the drain closes it.
+/// it ends or the drain closes it; how it ended.
 async fn connection<I, F, Fut>(
     io: I,
     peer: SocketAddr,
     client: Client,
     open: crate::shutdown::Watch,
     handler: F,
-) where
+) -> Result<(), hyper::Error>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
@@ -172,9 +173,11 @@ async fn connection<I, F, Fut>(
             }
         }
     });
-    if let Err(e) = served.await {
+    let served = served.await;
+    if let Err(e) = &served {
         tracing::debug!(%peer, error = %e, "connection ended");
     }
+    served
 }
 
 /// A stream with some bytes already read from it in front: what hyper gets on a
