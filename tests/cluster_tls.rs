@@ -299,6 +299,55 @@ fn a_peer_whose_certificate_is_not_the_directory_key_of_the_host_called_is_refus
         logged(&log, "we meant to reach fake2")
     });
 
+    // "fake3": a certificate whose key is not ed25519 (P-256) cannot even
+    // finish the handshake: the caller offers ed25519 signatures only.
+    let ec = dir.join("fake3-ec.pem");
+    let out = run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&ec));
+    assert!(out.status.success(), "openssl genpkey: {}", stderr(&out));
+    let three = Impostor::start(dir, "fake3", &ec);
+    let (_, fake3_pub, _) = keygen(dir, "fake3-real");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "fake3",
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        &fake3_pub,
+        "--roles",
+        "repo",
+    ]);
+    d.cli_ok(&[
+        "bind",
+        "add",
+        "fake3",
+        "switchboard",
+        &three.port.to_string(),
+    ]);
+    d.cli_ok(&["repo", "add", "rf3", "--master", "fake3"]);
+    let (code, v, took) = conduit(
+        &web1.http_url("/api/diffusion.querycommits"),
+        "repository=rf3",
+    );
+    assert_eq!(code, 502, "{v}");
+    assert!(took < 10.0, "took {took} s");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("TLS handshake with fake3 failed"),
+        "{v}"
+    );
+
     // The real repo1 is still reached.
     d.cli_ok(&["repo", "add", "ok", "--master", "repo1"]);
     let (code, v, _) = conduit(
