@@ -496,13 +496,13 @@ mkdir -p $WORK/hzones
 PIDS+=($!)
 wait_answer $HDNS ns1.$ZONE A >/dev/null
 sbd() { "$BIN/switchboard-directory" --server http://127.0.0.1:$HAPI --key "$WORK/admin.pem" "$@" >/dev/null; }
-start_sidecar() { # name roles http cluster [backend] -> SPID
+start_sidecar() { # name roles http cluster [backend] [extra run flags] -> SPID
   local pub
   pub=$("$BIN/switchboard-sidecar" keygen --out "$WORK/$1.pem" | awk '/public key/ {print $3}')
   sbd host add $1 --addr 127.0.0.1 --pubkey "$pub" --roles $2
   sbd bind add $1 switchboard $4
   $SERVER_CPU "$BIN/switchboard-sidecar" run --key "$WORK/$1.pem" --directory 127.0.0.1:$HDNS --directory-api http://127.0.0.1:$HAPI \
-    --zone $ZONE --http 127.0.0.1:$3 --cluster 127.0.0.1:$4 --repos "$WORK/repos-$1" ${5:+--web-backend $5} >/dev/null 2>"$WORK/$1.log" &
+    --zone $ZONE --http 127.0.0.1:$3 --cluster 127.0.0.1:$4 --repos "$WORK/repos-$1" ${5:+--web-backend $5} ${6:-} >/dev/null 2>"$WORK/$1.log" &
   SPID=$!
   PIDS+=($SPID)
   for _ in $(seq 1 500); do curl -s -o /dev/null "http://127.0.0.1:$4/metrics" && return 0; sleep 0.02; done
@@ -561,6 +561,16 @@ wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 LUA
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
 
+# The same hop with --cluster-tls on both sidecars: ta -> TLS 1.3 (signed inside) -> tb -> nginx.
+next_port; TA_HTTP=$PORT; next_port; TA_CLUSTER=$PORT; next_port; TB_HTTP=$PORT; next_port; TB_CLUSTER=$PORT
+start_sidecar ta web $TA_HTTP $TA_CLUSTER http://127.0.0.1:$NGINX_PORT --cluster-tls
+start_sidecar tb repo $TB_HTTP $TB_CLUSTER http://127.0.0.1:$NGINX_PORT --cluster-tls
+sbd repo add tlshop --master tb
+sed 's/repository=hop/repository=tlshop/' $WORK/post.lua > $WORK/post-tls.lua
+for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=tlshop http://127.0.0.1:$TA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
+# tb's cluster listener refuses plain HTTP: the hop is encrypted.
+[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$TB_CLUSTER/ || true)" = 421 ] || echo "bench: warning: tb's cluster listener answered plain HTTP" >&2
+
 # The peer of the signed hop: HAProxy A -> mutual TLS (keep-alive) -> HAProxy B -> nginx,
 # two processes on CPU 0, with a throwaway CA, server and client certificate.
 mkdir -p $WORK/tls
@@ -608,7 +618,7 @@ for _ in $(seq 1 500); do curl -s -o /dev/null -w '%{http_code}' http://127.0.0.
 
 # Every path, back to back in each round.
 declare -A H_RPS H_P50 L_P50 L_P99
-HTTP_PATHS="direct sidecar haproxy nginx hop mtls"
+HTTP_PATHS="direct sidecar haproxy nginx hop tlshop mtls"
 http_url() { # path -> "url [script]"
   case $1 in
     direct) echo "http://127.0.0.1:$NGINX_PORT/" ;;
@@ -616,6 +626,7 @@ http_url() { # path -> "url [script]"
     haproxy) echo "http://127.0.0.1:$HAP_PORT/" ;;
     nginx) echo "http://127.0.0.1:$NGP_PORT/" ;;
     hop) echo "http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua" ;;
+    tlshop) echo "http://127.0.0.1:$TA_HTTP/api/diffusion.querycommits $WORK/post-tls.lua" ;;
     mtls) echo "http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua" ;;
   esac
 }
@@ -640,8 +651,9 @@ HAP_RPS=$(hmed "${H_RPS[haproxy]}"); HAP_P50=$(hmed "${H_P50[haproxy]}")
 NGP_RPS=$(hmed "${H_RPS[nginx]}"); NGP_P50=$(hmed "${H_P50[nginx]}")
 HOP_RPS=$(hmed "${H_RPS[hop]}"); HOP_P50=$(hmed "${H_P50[hop]}")
 MTLS_RPS=$(hmed "${H_RPS[mtls]}"); MTLS_P50=$(hmed "${H_P50[mtls]}")
+TLSHOP_RPS=$(hmed "${H_RPS[tlshop]}"); TLSHOP_P50=$(hmed "${H_P50[tlshop]}")
 echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
-echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms; haproxy mtls $MTLS_RPS / $MTLS_P50"
+echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms; signed hop in --cluster-tls $TLSHOP_RPS / $TLSHOP_P50; haproxy mtls $MTLS_RPS / $MTLS_P50"
 
 # Failover: promote back and forth, time until the web host's sidecar sends writes to the new master.
 next_port; SC_HTTP=$PORT; next_port; SC_CLUSTER=$PORT
@@ -814,6 +826,7 @@ if [ $QUICK = 0 ]; then
     echo "| path | requests/s (median) | spread | p50 ms |"
     echo "| --- | --- | --- | --- |"
     echo "| client -> sidecar A -> signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
+    echo "| client -> sidecar A -> signed, in TLS 1.3 (--cluster-tls) -> sidecar B -> nginx | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 |"
     echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 |"
     echo
     echo "## Latency over one connection"

@@ -38,4 +38,5 @@ pub mod server;
 pub mod shutdown;
 pub mod sidecar;
 pub mod ssh;
+pub mod tls;
 pub mod verify;

@@ -149,6 +149,11 @@ struct CommonArgs {
     /// 0 turns sync-before-read off: such reads go to the master at once).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     sync_timeout: f64,
+    /// Speak TLS 1.3 on the cluster channel (listener and calls to peers), with a
+    /// certificate made from the host key and each peer pinned to the key the
+    /// directory publishes for it. Turn it on on every host at once.
+    #[arg(long)]
+    cluster_tls: bool,
 }
 
 impl From<CommonArgs> for Common {
@@ -162,6 +167,7 @@ impl From<CommonArgs> for Common {
             web_backend: c.web_backend,
             sync_timeout: std::time::Duration::try_from_secs_f64(c.sync_timeout)
                 .unwrap_or(switchboard_sidecar::repo::sync::DEFAULT_TIMEOUT),
+            cluster_tls: c.cluster_tls,
         }
     }
 }

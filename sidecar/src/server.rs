@@ -21,7 +21,7 @@ use crate::db::{host as dbhost, ports as dbports, topology};
 use crate::directory::feed;
 use crate::directory::heartbeat;
 use crate::inbound::cluster;
-use crate::inbound::listener::serve;
+use crate::inbound::listener::{serve, serve_on, Transport};
 use crate::inbound::passthrough::Passthrough;
 use crate::inbound::user;
 use crate::outbound::forward::Forwarder;
@@ -149,10 +149,15 @@ impl Server {
             move |req, peer| user::handle(s.clone(), req, peer),
         ));
         let s = sc.clone();
-        let cluster_listener = tokio::spawn(serve(
+        let transport = match sc.forwarder.client().tls() {
+            Some(tls) => Transport::Tls(tls.clone()),
+            None => Transport::PlainCluster,
+        };
+        let cluster_listener = tokio::spawn(serve_on(
             cluster,
             sc.forwarder.client().clone(),
             None,
+            transport,
             sc.shutdown.clone(),
             move |req, peer| cluster::handle(s.clone(), req, peer),
         ));

@@ -45,6 +45,8 @@ pub struct Common {
     /// How long a read waits for a behind copy to be brought up to date
     /// before it goes to the master (`--sync-timeout`).
     pub sync_timeout: std::time::Duration,
+    /// The cluster channel in TLS 1.3, pinned to the directory's keys (`--cluster-tls`).
+    pub cluster_tls: bool,
 }
 
 /// Why the sidecar's state could not be built.
@@ -64,6 +66,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
     #[error("cannot install the write hook in {path}: {source}")]
     Hooks {
         path: PathBuf,
@@ -226,11 +230,16 @@ impl Sidecar {
                 source,
             },
         )?;
+        let tls = if c.cluster_tls {
+            Some(crate::tls::ClusterTls::new(&id, &me, dir.clone())?)
+        } else {
+            None
+        };
         let identity = Arc::new(id);
         Ok(Arc::new(Sidecar {
             identity: identity.clone(),
             router: Router::new(dir.clone(), me.host.clone()),
-            forwarder: Forwarder::new(identity),
+            forwarder: Forwarder::with_client(identity, crate::outbound::client::Client::new(tls)),
             repos: Repos::new(c.repos.clone()),
             web_backend: c.web_backend.clone(),
             verifier: BatchVerifier::spawn(metrics.clone()),

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::inbound::passthrough::{Done, Passthrough};
 use crate::outbound::client::{self, Client};
 use crate::shutdown::Shutdown;
+use crate::tls::{self, Accepted, ClusterTls};
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
 /// or first to the short way for plain web traffic (`passthrough`) when there is one.
@@ -30,6 +31,35 @@ pub async fn serve<F, Fut>(
     listener: TcpListener,
     client: Client,
     fast: Option<Arc<Passthrough>>,
+    shutdown: Shutdown,
+    handler: F,
+) where
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
+{
+    serve_on(listener, client, fast, Transport::Plain, shutdown, handler).await
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP/1.1 (the user and loopback listeners).
+    Plain,
+    /// The cluster listener without `--cluster-tls`: plain HTTP/1.1; a caller
+    /// that speaks something else (a TLS handshake) gets hyper's 400 and a log
+    /// line that says why.
+    PlainCluster,
+    /// The cluster listener with `--cluster-tls`: TLS 1.3, callers pinned to
+    /// the directory's keys (`tls`).
+    Tls(Arc<ClusterTls>),
+}
+
+/// `serve`, speaking `transport`.
+pub async fn serve_on<F, Fut>(
+    listener: TcpListener,
+    client: Client,
+    fast: Option<Arc<Passthrough>>,
+    transport: Transport,
     shutdown: Shutdown,
     handler: F,
 ) where
@@ -57,7 +87,38 @@ pub async fn serve<F, Fut>(
         let handler = handler.clone();
         let client = client.clone();
         let fast = fast.clone();
+        let transport = transport.clone();
         tokio::spawn(async move {
+            match transport {
+                Transport::Tls(tls) => {
+                    match tls.accept(stream, peer).await {
+                        Accepted::Tls(io, _caller) => {
+                            let _ = connection(io, peer, client, open, handler).await;
+                        }
+                        Accepted::Plain(stream) => {
+                            let only_metrics =
+                                move |req: http::Request<hyper::body::Incoming>, peer| {
+                                    let allowed =
+                                        tls::plain_allowed(req.method(), req.uri().path());
+                                    let handler = handler.clone();
+                                    async move {
+                                        if allowed {
+                                            handler(req, peer).await
+                                        } else {
+                                            tls::plain_refusal(peer, req.uri().path())
+                                        }
+                                    }
+                                };
+                            let io = Prefixed::new(BytesMut::new(), stream);
+                            let _ = connection(io, peer, client, open, only_metrics).await;
+                        }
+                        Accepted::Closed => {}
+                    }
+                    return;
+                }
+                Transport::Plain | Transport::PlainCluster => {}
+            }
+            let cluster = matches!(transport, Transport::PlainCluster);
             let io = match fast {
                 None => Prefixed::new(BytesMut::new(), stream),
                 Some(fast) => match fast.connection(stream, peer, &open).await {
@@ -65,34 +126,58 @@ pub async fn serve<F, Fut>(
                     Done::Handoff(stream, read) => Prefixed::new(read, stream),
                 },
             };
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .writev(false)
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            let served = client::scope(&client, async {
-                tokio::pin!(conn);
-                tokio::select! {
-                    biased;
-                    r = conn.as_mut() => r,
-                    () = open.recv() => {
-                        // Draining: the request in flight (or the upgrade to an SSH
-                        // tunnel) finishes, then the connection closes.
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
+            if let Err(e) = connection(io, peer, client, open, handler).await {
+                if cluster && e.is_parse() {
+                    // Not HTTP: most likely a TLS handshake (hyper answered 400).
+                    tracing::warn!(%peer, error = %e, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
                 }
-            });
-            if let Err(e) = served.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
     }
+}
+
+/// Serves one accepted connection's requests (HTTP/1.1, upgrades allowed) until
+/// it ends or the drain closes it; how it ended.
+async fn connection<I, F, Fut>(
+    io: I,
+    peer: SocketAddr,
+    client: Client,
+    open: crate::shutdown::Watch,
+    handler: F,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let served = client::scope(&client, async {
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => r,
+            () = open.recv() => {
+                // Draining: the request in flight (or the upgrade to an SSH
+                // tunnel) finishes, then the connection closes.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    });
+    let served = served.await;
+    if let Err(e) = &served {
+        tracing::debug!(%peer, error = %e, "connection ended");
+    }
+    served
 }
 
 /// A stream with some bytes already read from it in front: what hyper gets on a

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::BoxBody;
 use crate::outbound::pool::{self, ConnectError, Pool, Reusable};
+use crate::tls::ClusterTls;
 
 /// Why a request could not be sent, or got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +53,12 @@ impl Drop for Lent {
 }
 
 /// Sends requests over pooled keep-alive connections (a handle: clones share the pool).
+/// With `--cluster-tls`, calls to peers (`send_peer`) go over TLS connections,
+/// pooled apart from plain ones, per peer host and address.
 #[derive(Clone, Default)]
 pub struct Client {
     pool: Arc<Pool<SendRequest<BoxBody>>>,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 impl<B: 'static> Reusable for SendRequest<B> {
@@ -79,10 +83,63 @@ pub fn scope<F: Future>(client: &Client, serve: F) -> impl Future<Output = F::Ou
 }
 
 impl Client {
+    /// A client whose calls to peers go over TLS (`--cluster-tls`) when `tls` is set.
+    pub fn new(tls: Option<Arc<ClusterTls>>) -> Self {
+        Client {
+            pool: Arc::default(),
+            tls,
+        }
+    }
+
+    /// The cluster TLS channel, when `--cluster-tls` is on.
+    pub fn tls(&self) -> Option<&Arc<ClusterTls>> {
+        self.tls.as_ref()
+    }
+
+    /// Sends `req` to peer `host`'s cluster listener at `addr`: over TLS pinned
+    /// to `host`'s key with `--cluster-tls`, else as `send`.
+    pub async fn send_peer(
+        &self,
+        host: &str,
+        addr: &str,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match &self.tls {
+            None => {
+                let resp = self.send(addr, req).await?;
+                if resp.status() == http::StatusCode::MISDIRECTED_REQUEST
+                    && resp
+                        .headers()
+                        .get(crate::reply::REASON)
+                        .is_some_and(|v| v == crate::tls::TLS_REQUIRED)
+                {
+                    tracing::warn!(peer = host, %addr, "{host} speaks TLS on its cluster listener (--cluster-tls) and this host does not: turn --cluster-tls on here too");
+                }
+                Ok(resp)
+            }
+            Some(tls) => {
+                // Never the key of a plain connection (`host:port`).
+                let key = format!("tls {host} {addr}");
+                self.send_on(&key, Some((tls, host, addr)), req).await
+            }
+        }
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) to `addr` (`host:port`).
     pub async fn send(
         &self,
         addr: &str,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.send_on(addr, None, req).await
+    }
+
+    /// Sends `req` on a connection pooled under `key`, made to `addr` (plain) or
+    /// by `tls` (to `host` at `addr`).
+    async fn send_on(
+        &self,
+        addr: &str,
+        tls: Option<(&Arc<ClusterTls>, &str, &str)>,
         mut req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, SendError> {
         // A pooled connection the peer closed under us gives the request back
@@ -94,7 +151,11 @@ impl Client {
                 Some(x) => x,
                 None => {
                     fresh = true;
-                    (Arc::from(addr), connect(addr).await?)
+                    let sender = match tls {
+                        None => connect(addr).await?,
+                        Some((tls, host, to)) => connect_tls(tls, host, to).await?,
+                    };
+                    (Arc::from(addr), sender)
                 }
             };
             match sender.try_send_request(req).await {
@@ -156,6 +217,28 @@ impl Client {
             self.pool.put(addr, s, now);
         }
     }
+}
+
+async fn connect_tls(
+    tls: &ClusterTls,
+    host: &str,
+    addr: &str,
+) -> Result<SendRequest<BoxBody>, SendError> {
+    let stream = pool::connect(addr).await?;
+    let stream = tls
+        .connect(host, addr, stream)
+        .await
+        .map_err(ConnectError::from)?;
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "peer connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 async fn connect(addr: &str) -> Result<SendRequest<BoxBody>, SendError> {

@@ -146,10 +146,12 @@ pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
 
 impl Forwarder {
     pub fn new(identity: Arc<Identity>) -> Self {
-        Forwarder {
-            client: Client::default(),
-            identity,
-        }
+        Self::with_client(identity, Client::default())
+    }
+
+    /// A forwarder sending on `client` (one with the cluster TLS channel, `--cluster-tls`).
+    pub fn with_client(identity: Arc<Identity>, client: Client) -> Self {
+        Forwarder { client, identity }
     }
 
     /// The connections this forwarder sends on (for `client::scope`).
@@ -199,7 +201,7 @@ impl Forwarder {
             })?;
         *req.headers_mut() = out;
         self.client
-            .send(&addr, req)
+            .send_peer(&peer.host, &addr, req)
             .await
             .map_err(|source| ForwardError::Unreachable {
                 host: peer.host.clone(),

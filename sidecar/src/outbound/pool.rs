@@ -121,6 +121,9 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The TLS channel to a peer (`--cluster-tls`) could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConnectError),
 }
 
 /// A new TCP connection to `addr`, within [`CONNECT_TIMEOUT`], with Nagle off

@@ -187,6 +187,19 @@ impl Refused {
     }
 }
 
+/// Sends the upgrade request on a new connection over `io`.
+async fn upgrade_on<I>(
+    io: I,
+    req: Request<Empty<Bytes>>,
+) -> hyper::Result<Response<hyper::body::Incoming>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn.with_upgrades());
+    sender.send_request(req).await
+}
+
 async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i32, Refused> {
     let other =
         |e: &dyn std::fmt::Display| Refused::Other(format!("{} ({}): {e}", peer.host, peer.addr));
@@ -218,15 +231,23 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
         .body(Empty::<Bytes>::new())
         .map_err(|e| other(&e))?;
     *req.headers_mut() = headers;
-    let stream = tokio::net::TcpStream::connect(peer.addr)
+    let addr = peer.addr.to_string();
+    let stream = crate::outbound::pool::connect(&addr)
         .await
         .map_err(|e| other(&e))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| other(&e))?;
-    tokio::spawn(conn.with_upgrades());
-    let resp = sender.send_request(req).await.map_err(|e| other(&e))?;
+    // The same channel as every cluster call: TLS pinned to the peer's key
+    // with `--cluster-tls`.
+    let resp = match sc.forwarder.client().tls() {
+        None => upgrade_on(stream, req).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(&peer.host, &addr, stream)
+                .await
+                .map_err(|e| Refused::Other(e.to_string()))?;
+            upgrade_on(stream, req).await
+        }
+    }
+    .map_err(|e| other(&e))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let stale = resp
             .headers()
