@@ -527,8 +527,14 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
             "nonce" => text.clone().map(|t| nonce = Some(t)),
             "created" => time.map(|t| created = Some(t)),
             "expires" => time.map(|t| expires = Some(t)),
-            "alg" if text.as_deref() == Some("ed25519") => Some(alg = Alg::Ed25519),
-            "alg" if text.as_deref() == Some("hmac-sha256") => Some(alg = Alg::HmacSha256),
+            "alg" if text.as_deref() == Some("ed25519") => {
+                alg = Alg::Ed25519;
+                Some(())
+            }
+            "alg" if text.as_deref() == Some("hmac-sha256") => {
+                alg = Alg::HmacSha256;
+                Some(())
+            }
             "alg" => {
                 let alg = text.as_deref().unwrap_or("(not a string)");
                 fail!(UnsupportedAlgorithm, "signature algorithm {alg:?} is not supported: sign with an ed25519 key and alg=\"ed25519\"")

@@ -149,6 +149,11 @@ struct CommonArgs {
     /// 0 turns sync-before-read off: such reads go to the master at once).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     sync_timeout: f64,
+    /// How calls to other hosts are signed: `session` (one handshake per peer,
+    /// then HMAC-SHA256 under the session key) or `ed25519` (one signature per
+    /// call with the host key). Both are always accepted.
+    #[arg(long, default_value = "session", value_parser = ["session", "ed25519"])]
+    cluster_auth: String,
 }
 
 impl From<CommonArgs> for Common {
@@ -162,6 +167,7 @@ impl From<CommonArgs> for Common {
             web_backend: c.web_backend,
             sync_timeout: std::time::Duration::try_from_secs_f64(c.sync_timeout)
                 .unwrap_or(switchboard_sidecar::repo::sync::DEFAULT_TIMEOUT),
+            cluster_auth: c.cluster_auth.parse().unwrap_or_default(),
         }
     }
 }

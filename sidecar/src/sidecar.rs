@@ -45,6 +45,8 @@ pub struct Common {
     /// How long a read waits for a behind copy to be brought up to date
     /// before it goes to the master (`--sync-timeout`).
     pub sync_timeout: std::time::Duration,
+    /// How calls to other hosts are signed (`--cluster-auth`).
+    pub cluster_auth: crate::session::ClusterAuth,
 }
 
 /// Why the sidecar's state could not be built.
@@ -90,6 +92,8 @@ pub struct Sidecar {
     pub web_backend: Option<Uri>,
     pub metrics: Arc<Metrics>,
     pub replay: ReplayGuard,
+    /// Session keys with other hosts, both directions.
+    pub sessions: Arc<crate::session::Sessions>,
     /// Verifies cluster-call signatures, batched under load.
     pub verifier: BatchVerifier,
     /// Where large bodies are spooled while they are hashed.
@@ -227,10 +231,17 @@ impl Sidecar {
             },
         )?;
         let identity = Arc::new(id);
+        let sessions = Arc::new(crate::session::Sessions::new(
+            c.cluster_auth,
+            identity.clone(),
+            dir.clone(),
+            metrics.clone(),
+        ));
         Ok(Arc::new(Sidecar {
             identity: identity.clone(),
             router: Router::new(dir.clone(), me.host.clone()),
-            forwarder: Forwarder::new(identity),
+            forwarder: Forwarder::with_sessions(identity, sessions.clone()),
+            sessions,
             repos: Repos::new(c.repos.clone()),
             web_backend: c.web_backend.clone(),
             verifier: BatchVerifier::spawn(metrics.clone()),

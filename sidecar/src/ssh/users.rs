@@ -353,6 +353,9 @@ pub fn authorized_line(
             c.sync_timeout.as_secs_f64().to_string(),
         ]);
     }
+    if c.cluster_auth == crate::session::ClusterAuth::Ed25519 {
+        words.extend(["--cluster-auth".into(), "ed25519".into()]);
+    }
     words.extend(["--user".into(), user]);
     let quoted = words
         .iter()
@@ -500,6 +503,7 @@ mod tests {
             repos: "/var/repo".into(),
             web_backend: None,
             sync_timeout: crate::repo::sync::DEFAULT_TIMEOUT,
+            cluster_auth: Default::default(),
         };
         let k = key_line(KEY).expect("a key");
         let line =
