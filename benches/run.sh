@@ -560,6 +560,15 @@ wrk.body = "repository=hop"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 LUA
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
+# The same hop signed the old way, one ed25519 signature per call (--cluster-auth
+# ed25519): wc -> signed -> wb. wa (the default) signs under a session key.
+next_port; SC2_HTTP=$PORT; next_port; SC2_CLUSTER=$PORT
+start_sidecar wc web $SC2_HTTP $SC2_CLUSTER http://127.0.0.1:$NGINX_PORT "--cluster-auth ed25519"
+for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SC2_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
+# What one handshake costs (X25519 both sides, two ed25519 signatures and checks, HKDF),
+# and a session signature against an ed25519 one, in-process on the server CPU.
+read HS_US HMAC_US ED_US <<<"$($SERVER_CPU "$BIN/session-handshake" $([ $QUICK = 1 ] && echo 200 || echo 5000))"
+echo "bench: session handshake $HS_US us; call signed+verified: hmac-sha256 $HMAC_US us, ed25519 $ED_US us"
 
 # The same hop with --cluster-tls on both sidecars: ta -> TLS 1.3 (signed inside) -> tb -> nginx.
 next_port; TA_HTTP=$PORT; next_port; TA_CLUSTER=$PORT; next_port; TB_HTTP=$PORT; next_port; TB_CLUSTER=$PORT
@@ -618,7 +627,7 @@ for _ in $(seq 1 500); do curl -s -o /dev/null -w '%{http_code}' http://127.0.0.
 
 # Every path, back to back in each round.
 declare -A H_RPS H_P50 L_P50 L_P99
-HTTP_PATHS="direct sidecar haproxy nginx hop tlshop mtls"
+HTTP_PATHS="direct sidecar haproxy nginx hop hop_ed25519 tlshop mtls"
 http_url() { # path -> "url [script]"
   case $1 in
     direct) echo "http://127.0.0.1:$NGINX_PORT/" ;;
@@ -627,6 +636,7 @@ http_url() { # path -> "url [script]"
     nginx) echo "http://127.0.0.1:$NGP_PORT/" ;;
     hop) echo "http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits $WORK/post.lua" ;;
     tlshop) echo "http://127.0.0.1:$TA_HTTP/api/diffusion.querycommits $WORK/post-tls.lua" ;;
+    hop_ed25519) echo "http://127.0.0.1:$SC2_HTTP/api/diffusion.querycommits $WORK/post.lua" ;;
     mtls) echo "http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua" ;;
   esac
 }
@@ -652,8 +662,9 @@ NGP_RPS=$(hmed "${H_RPS[nginx]}"); NGP_P50=$(hmed "${H_P50[nginx]}")
 HOP_RPS=$(hmed "${H_RPS[hop]}"); HOP_P50=$(hmed "${H_P50[hop]}")
 MTLS_RPS=$(hmed "${H_RPS[mtls]}"); MTLS_P50=$(hmed "${H_P50[mtls]}")
 TLSHOP_RPS=$(hmed "${H_RPS[tlshop]}"); TLSHOP_P50=$(hmed "${H_P50[tlshop]}")
+HOPE_RPS=$(hmed "${H_RPS[hop_ed25519]}"); HOPE_P50=$(hmed "${H_P50[hop_ed25519]}")
 echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
-echo "bench: signed hop $HOP_RPS r/s p50 $HOP_P50 ms; signed hop in --cluster-tls $TLSHOP_RPS / $TLSHOP_P50; haproxy mtls $MTLS_RPS / $MTLS_P50"
+echo "bench: signed hop (session) $HOP_RPS r/s p50 $HOP_P50 ms; (ed25519) $HOPE_RPS / $HOPE_P50; (session, --cluster-tls) $TLSHOP_RPS / $TLSHOP_P50; haproxy mtls $MTLS_RPS / $MTLS_P50"
 
 # Failover: promote back and forth, time until the web host's sidecar sends writes to the new master.
 next_port; SC_HTTP=$PORT; next_port; SC_CLUSTER=$PORT
@@ -729,6 +740,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"etcd\": {\"hosts\": $HOSTS, \"acked_to_other_server_dns\": $ETCD_CROSS, \"one_server\": $ETCD_ONE, \"one_server_sled\": $CHANGE_SMALL},"
   echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
   echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
+  echo "  \"session\": {\"handshake_us\": $HS_US, \"hmac_sign_verify_us\": $HMAC_US, \"ed25519_sign_verify_us\": $ED_US},"
   echo "  \"failover\": $FAILOVER,"
   echo "  \"git_clone_s\": {\"mb\": $REPO_MB, \"direct\": ${CLONE_MED[direct]}, \"local\": ${CLONE_MED[local]}, \"tunnelled\": ${CLONE_MED[tunnel]}}"
   echo "}"
@@ -825,9 +837,12 @@ if [ $QUICK = 0 ]; then
     echo
     echo "| path | requests/s (median) | spread | p50 ms |"
     echo "| --- | --- | --- | --- |"
-    echo "| client -> sidecar A -> signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
-    echo "| client -> sidecar A -> signed, in TLS 1.3 (--cluster-tls) -> sidecar B -> nginx | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 |"
+    echo "| client -> sidecar A -> session-signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
+    echo "| same, \`--cluster-auth ed25519\` | $HOPE_RPS | $(hspread "${H_RPS[hop_ed25519]}") | $HOPE_P50 |"
+    echo "| same, session-signed in TLS 1.3 (\`--cluster-tls\`) | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 |"
     echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 |"
+    echo
+    echo "One session handshake: $HS_US µs of CPU (both sides, in-process); a call signed and verified: hmac-sha256 $HMAC_US µs, ed25519 $ED_US µs."
     echo
     echo "## Latency over one connection"
     echo

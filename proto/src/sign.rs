@@ -110,37 +110,113 @@ impl Signer<'_> {
         body: &BodyHash,
         now_unix: u64,
     ) -> Result<(), SignError> {
-        if !headers.contains_key(HOST) {
-            let Some(authority) = uri.authority() else {
-                fail!(
-                    Malformed,
-                    "cannot sign: no Host header and no absolute URI; set either"
-                )
-            };
-            headers.insert(HOST, header_value(authority.as_str())?);
-        }
-        let mut components = REQUIRED.to_vec();
-        if body.is_empty() {
-            headers.remove(DIGEST);
-        } else {
-            headers.insert(DIGEST, header_value(&body.content_digest())?);
-            components.push(DIGEST);
-        }
-        let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
-        let expires = now_unix.saturating_add(LIFETIME_SECS);
-        let params = signature_params(&components, now_unix, expires, &nonce, self.keyid)?;
-        let base = signature_base(&components, &params, method, uri, headers)?;
-        let signature = STANDARD.encode(self.key.sign(base.as_bytes()).to_bytes());
-        headers.insert(
-            "signature-input",
-            header_value(&format!("{LABEL}={params}"))?,
-        );
-        headers.insert(
-            "signature",
-            header_value(&format!("{LABEL}=:{signature}:"))?,
-        );
-        Ok(())
+        let key = self.key;
+        sign_with(
+            Alg::Ed25519,
+            self.keyid,
+            (method, uri, headers, body, now_unix),
+            |base| key.sign(base).to_bytes().to_vec(),
+        )
     }
+}
+
+/// Signs outgoing calls between hosts with a session key (`alg="hmac-sha256"`,
+/// `keyid` = the session id): the same components and parameters as [`Signer`].
+pub struct HmacSigner<'a> {
+    /// The session key both hosts derived (`session`).
+    pub key: &'a [u8; 32],
+    /// The session id.
+    pub keyid: &'a str,
+}
+
+impl HmacSigner<'_> {
+    /// [`Signer::sign_hashed`] with HMAC-SHA256 under the session key.
+    pub fn sign_hashed(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        body: &BodyHash,
+        now_unix: u64,
+    ) -> Result<(), SignError> {
+        let key = self.key;
+        sign_with(
+            Alg::HmacSha256,
+            self.keyid,
+            (method, uri, headers, body, now_unix),
+            |base| hmac_sha256(key, base).to_vec(),
+        )
+    }
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// The signature algorithms of this profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    /// One ed25519 signature by a host or admin key (`keyid` = its fingerprint).
+    Ed25519,
+    /// HMAC-SHA256 under a session key between two hosts (`keyid` = the session id).
+    HmacSha256,
+}
+
+impl Alg {
+    /// The `alg` parameter's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Ed25519 => "ed25519",
+            Alg::HmacSha256 => "hmac-sha256",
+        }
+    }
+}
+
+type ToSign<'r> = (&'r Method, &'r Uri, &'r mut HeaderMap, &'r BodyHash, u64);
+
+/// Sets `Host` (if missing) and `Content-Digest`, then `Signature-Input` and
+/// `Signature` with `mac` over the signature base.
+fn sign_with(
+    alg: Alg,
+    keyid: &str,
+    (method, uri, headers, body, now_unix): ToSign<'_>,
+    mac: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<(), SignError> {
+    if !headers.contains_key(HOST) {
+        let Some(authority) = uri.authority() else {
+            fail!(
+                Malformed,
+                "cannot sign: no Host header and no absolute URI; set either"
+            )
+        };
+        headers.insert(HOST, header_value(authority.as_str())?);
+    }
+    let mut components = REQUIRED.to_vec();
+    if body.is_empty() {
+        headers.remove(DIGEST);
+    } else {
+        headers.insert(DIGEST, header_value(&body.content_digest())?);
+        components.push(DIGEST);
+    }
+    let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+    let expires = now_unix.saturating_add(LIFETIME_SECS);
+    let params = signature_params(&components, now_unix, expires, &nonce, keyid, alg)?;
+    let base = signature_base(&components, &params, method, uri, headers)?;
+    let signature = STANDARD.encode(mac(base.as_bytes()));
+    headers.insert(
+        "signature-input",
+        header_value(&format!("{LABEL}={params}"))?,
+    );
+    headers.insert(
+        "signature",
+        header_value(&format!("{LABEL}=:{signature}:"))?,
+    );
+    Ok(())
 }
 
 /// Freshness limits the receiver enforces.
@@ -171,7 +247,11 @@ pub struct ParsedSignature {
     nonce: Option<String>,
     created: Option<u64>,
     expires: Option<u64>,
+    alg: Alg,
+    /// The ed25519 signature; all zeros (never valid) for `hmac-sha256`.
     signature: Signature,
+    /// The HMAC-SHA256 tag of an `hmac-sha256` signature.
+    mac: Option<[u8; 32]>,
 }
 
 impl ParsedSignature {
@@ -193,6 +273,48 @@ impl ParsedSignature {
     /// The `created` parameter, or 0 when absent ([`Self::verify`] refuses that).
     pub fn created(&self) -> u64 {
         self.created.unwrap_or_default()
+    }
+
+    /// The signature's algorithm (`alg`; `ed25519` when absent).
+    pub fn alg(&self) -> Alg {
+        self.alg
+    }
+
+    /// Checks an `hmac-sha256` signature under a session key: the covered
+    /// components and freshness as [`Self::verify_headers`], and the tag compared in
+    /// constant time. The body is checked later with [`Self::check_body`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_hmac_headers(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        expects_body: bool,
+        key: &[u8; 32],
+        now_unix: u64,
+        policy: &Policy,
+    ) -> Result<(), SignError> {
+        use hmac::Mac as _;
+        let Some(tag) = self.mac.filter(|_| self.alg == Alg::HmacSha256) else {
+            fail!(UnsupportedAlgorithm, "signature {:?} is not alg=\"hmac-sha256\": a session key checks only session signatures", self.label)
+        };
+        self.check_covered(headers, expects_body, now_unix, policy)?;
+        let base = signature_base(&self.components, &self.params, method, uri, headers)?;
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(base.as_bytes());
+        // `verify_slice` compares in constant time.
+        if mac.verify_slice(&tag).is_err() {
+            fail!(BadSignature, "signature {:?} does not verify under session {:?}: the method, authority, path, query or a covered header changed after signing, or the session key differs; sign the request exactly as it is sent", self.label, self.keyid);
+        }
+        Ok(())
+    }
+
+    fn only_ed25519(&self) -> Result<(), SignError> {
+        if self.alg != Alg::Ed25519 {
+            fail!(UnsupportedAlgorithm, "signature algorithm {:?} is only for session calls between hosts: sign with an ed25519 key and alg=\"ed25519\"", self.alg.name());
+        }
+        Ok(())
     }
 
     /// The label of the signature that was picked from the headers.
@@ -306,6 +428,7 @@ impl ParsedSignature {
         now_unix: u64,
         policy: &Policy,
     ) -> Result<String, SignError> {
+        self.only_ed25519()?;
         self.check_covered(headers, expects_body, now_unix, policy)?;
         signature_base(&self.components, &self.params, method, uri, headers)
     }
@@ -342,6 +465,7 @@ impl ParsedSignature {
         headers: &HeaderMap,
         key: &VerifyingKey,
     ) -> Result<(), SignError> {
+        self.only_ed25519()?;
         let base = signature_base(&self.components, &self.params, method, uri, headers)?;
         if key.verify_strict(base.as_bytes(), &self.signature).is_err() {
             return Err(self.bad_signature());
@@ -372,12 +496,6 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
         fail!(Malformed, "Signature {label:?} is not an item")
     };
     let bytes = sig.bare_item.as_byte_sequence().unwrap_or_default();
-    let Ok(signature) = Signature::from_slice(bytes) else {
-        fail!(
-            Malformed,
-            "Signature {label:?} is not a 64-byte ed25519 signature (:base64:)"
-        )
-    };
     let mut components: Vec<String> = Vec::new();
     for item in &inner.items {
         let name = item
@@ -398,6 +516,7 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
         components.push(name.to_owned());
     }
     let (mut keyid, mut nonce, mut created, mut expires) = (None, None, None, None);
+    let mut alg = Alg::Ed25519;
     for (key, value) in &inner.params {
         let text = value.as_string().map(|s| s.as_str().to_owned());
         let time = value
@@ -408,7 +527,15 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
             "nonce" => text.clone().map(|t| nonce = Some(t)),
             "created" => time.map(|t| created = Some(t)),
             "expires" => time.map(|t| expires = Some(t)),
-            "alg" if text.as_deref() != Some("ed25519") => {
+            "alg" if text.as_deref() == Some("ed25519") => {
+                alg = Alg::Ed25519;
+                Some(())
+            }
+            "alg" if text.as_deref() == Some("hmac-sha256") => {
+                alg = Alg::HmacSha256;
+                Some(())
+            }
+            "alg" => {
                 let alg = text.as_deref().unwrap_or("(not a string)");
                 fail!(UnsupportedAlgorithm, "signature algorithm {alg:?} is not supported: sign with an ed25519 key and alg=\"ed25519\"")
             }
@@ -420,6 +547,22 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
     }
     let Some(keyid) = keyid else {
         fail!(Malformed, "Signature-Input has no keyid parameter")
+    };
+    let (signature, mac) = match alg {
+        Alg::Ed25519 => match Signature::from_slice(bytes) {
+            Ok(s) => (s, None),
+            Err(_) => fail!(
+                Malformed,
+                "Signature {label:?} is not a 64-byte ed25519 signature (:base64:)"
+            ),
+        },
+        Alg::HmacSha256 => match <[u8; 32]>::try_from(bytes) {
+            Ok(tag) => (Signature::from_bytes(&[0; 64]), Some(tag)),
+            Err(_) => fail!(
+                Malformed,
+                "Signature {label:?} is not a 32-byte HMAC-SHA256 tag (:base64:)"
+            ),
+        },
     };
     let Some(params) = vec![entry.clone()].serialize() else {
         fail!(Malformed, "Signature-Input cannot be re-serialized")
@@ -433,7 +576,9 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
         nonce,
         created,
         expires,
+        alg,
         signature,
+        mac,
     })
 }
 
@@ -600,6 +745,7 @@ fn signature_params(
     expires: u64,
     nonce: &str,
     keyid: &str,
+    alg: Alg,
 ) -> Result<String, SignError> {
     let bad = |what: &str| SignError::Malformed(format!("cannot sign: {what}"));
     let string = |v| StringRef::from_str(v).map_err(|_| bad("keyid must be printable ASCII"));
@@ -621,7 +767,7 @@ fn signature_params(
         .parameter(key_ref("expires"), expires)
         .parameter(key_ref("nonce"), nonce)
         .parameter(key_ref("keyid"), keyid)
-        .parameter(key_ref("alg"), sfv::string_ref("ed25519"));
+        .parameter(key_ref("alg"), sfv::string_ref(alg.name()));
     list.finish().ok_or_else(|| bad("no components"))
 }
 
@@ -995,6 +1141,72 @@ mod tests {
             h.insert("signature", format!("sig1=:{sig}:").parse().unwrap());
             assert_eq!(check(&Method::POST, &uri, &h, BODY, NOW), want, "{params}");
         }
+    }
+
+    #[test]
+    fn hmac_session_signatures() {
+        let key = [3u8; 32];
+        let client_uri: Uri = "http://10.0.0.2:7443/api/x?y=1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let signer = HmacSigner {
+            key: &key,
+            keyid: "sess1",
+        };
+        let hash = BodyHash::of(BODY);
+        signer
+            .sign_hashed(&Method::POST, &client_uri, &mut h, &hash, NOW)
+            .unwrap();
+        let input = h["signature-input"].to_str().unwrap();
+        assert!(
+            input.ends_with(";keyid=\"sess1\";alg=\"hmac-sha256\""),
+            "{input}"
+        );
+        let u: Uri = "/api/x?y=1".parse().unwrap();
+        let p = parse(&h).unwrap();
+        assert_eq!((p.alg(), p.keyid()), (Alg::HmacSha256, "sess1"));
+        let policy = Policy::default();
+        let check = |m: &Method, u: &Uri, h: &HeaderMap, k: &[u8; 32], now: u64| {
+            parse(h)
+                .and_then(|p| p.verify_hmac_headers(m, u, h, true, k, now, &policy))
+                .map_or_else(|e| e.reason(), |()| "ok")
+        };
+        assert_eq!(check(&Method::POST, &u, &h, &key, NOW), "ok");
+        p.check_body(&h, &hash).unwrap();
+        assert_eq!(
+            p.check_body(&h, &BodyHash::of(b"x")).unwrap_err().reason(),
+            "changed-body"
+        );
+        assert_eq!(check(&Method::PUT, &u, &h, &key, NOW), "bad-signature");
+        assert_eq!(check(&Method::POST, &u, &h, &[4; 32], NOW), "bad-signature");
+        let other: Uri = "/api/x?y=2".parse().unwrap();
+        assert_eq!(check(&Method::POST, &other, &h, &key, NOW), "bad-signature");
+        let mut moved = h.clone();
+        moved.insert(HOST, HeaderValue::from_static("10.0.0.3:7443"));
+        assert_eq!(check(&Method::POST, &u, &moved, &key, NOW), "bad-signature");
+        assert_eq!(
+            check(&Method::POST, &u, &h, &key, NOW + 61),
+            "stale-signature"
+        );
+        // An ed25519 key never accepts an HMAC signature, nor the reverse.
+        let as_ed = p.verify(
+            &Method::POST,
+            &u,
+            &h,
+            BODY,
+            &SigningKey::from_bytes(&[7; 32]).verifying_key(),
+            NOW,
+            &policy,
+        );
+        assert_eq!(as_ed.unwrap_err().reason(), "unsupported-algorithm");
+        let (m, u2, h2) = signed(Method::POST, BODY);
+        assert_eq!(check(&m, &u2, &h2, &key, NOW), "unsupported-algorithm");
+        // A tag of the wrong length.
+        let mut short = h.clone();
+        short.insert("signature", HeaderValue::from_static("sig1=:AAAA:"));
+        assert_eq!(
+            check(&Method::POST, &u, &short, &key, NOW),
+            "malformed-signature"
+        );
     }
 
     #[test]

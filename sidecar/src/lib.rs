@@ -18,6 +18,7 @@
 //!   host's copy), `hook` (recording writes on the master), `journal` (writes the
 //!   directory missed, replayed when it is back), `replicate` (replicas catch up).
 //! - `ssh/`: `command` (what a session may ask for), `exec` (the forced command).
+//! - `session`: session keys with other hosts (made, answered, dropped on directory changes).
 //! - `identity` (this host's key and who the directory says it is), `verify` (batched
 //!   ed25519 checks of cluster calls), `route` (classify a request, pick its target),
 //!   `reply` (JSON refusals and body limits), `body` (the one body type), `http1`
@@ -35,6 +36,7 @@ pub mod reply;
 pub mod repo;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod sidecar;
 pub mod ssh;

@@ -154,6 +154,11 @@ struct CommonArgs {
     /// directory publishes for it. Turn it on on every host at once.
     #[arg(long)]
     cluster_tls: bool,
+    /// How calls to other hosts are signed: `session` (one handshake per peer,
+    /// then HMAC-SHA256 under the session key) or `ed25519` (one signature per
+    /// call with the host key). Both are always accepted.
+    #[arg(long, default_value = "session", value_parser = ["session", "ed25519"])]
+    cluster_auth: String,
 }
 
 impl From<CommonArgs> for Common {
@@ -168,6 +173,7 @@ impl From<CommonArgs> for Common {
             sync_timeout: std::time::Duration::try_from_secs_f64(c.sync_timeout)
                 .unwrap_or(switchboard_sidecar::repo::sync::DEFAULT_TIMEOUT),
             cluster_tls: c.cluster_tls,
+            cluster_auth: c.cluster_auth.parse().unwrap_or_default(),
         }
     }
 }

@@ -32,10 +32,38 @@ pub struct Metrics {
     /// Repositories with writes journaled on this host, their versions not yet
     /// recorded in the directory (`repo::journal`).
     pub journals_pending: AtomicU64,
+    /// Session keys between hosts (`session`).
+    pub sessions: SessionCounters,
     /// Stale-answer episodes, for the heartbeat to report.
     stale: Mutex<Episodes>,
     /// The admin API whose change feed is followed.
     feed_source: Mutex<String>,
+}
+
+/// Handshakes, and calls between hosts by how they were signed or checked.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// Handshakes this host started (as the caller) and completed.
+    pub handshakes_made: AtomicU64,
+    /// Handshakes this host answered.
+    pub handshakes_answered: AtomicU64,
+    /// Calls sent signed with a session key / with ed25519.
+    pub signed_session: AtomicU64,
+    pub signed_ed25519: AtomicU64,
+    /// Calls received and accepted with a session key / with ed25519.
+    pub verified_session: AtomicU64,
+    pub verified_ed25519: AtomicU64,
+    /// Sessions dropped before their hour (a directory change, a refusal).
+    pub dropped: AtomicU64,
+    /// Calls sent again after the peer did not know the session.
+    pub resent: AtomicU64,
+}
+
+impl SessionCounters {
+    /// Adds one to a counter.
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// When routing started using answers past their TTL, and the last such
@@ -60,6 +88,7 @@ impl Default for Metrics {
             verify_batches: AtomicU64::new(0),
             verified_signatures: AtomicU64::new(0),
             journals_pending: AtomicU64::new(0),
+            sessions: SessionCounters::default(),
             stale: Mutex::default(),
             feed_source: Mutex::default(),
         }
@@ -208,6 +237,48 @@ impl Metrics {
                 out,
                 "switchboard_sidecar_signature_refusals_total{{reason=\"{reason}\"}} {n}"
             );
+        }
+        let s = &self.sessions;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP switchboard_sidecar_session_handshakes_total Session-key handshakes, as the caller (made) and as the answering host (answered).");
+        let _ = writeln!(
+            out,
+            "# TYPE switchboard_sidecar_session_handshakes_total counter"
+        );
+        for (side, c) in [
+            ("made", &s.handshakes_made),
+            ("answered", &s.handshakes_answered),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_sidecar_session_handshakes_total{{side=\"{side}\"}} {}",
+                n(c)
+            );
+        }
+        let _ = writeln!(out, "# HELP switchboard_sidecar_cluster_calls_total Calls between hosts signed (sent) and verified (accepted), by the kind of signature.");
+        let _ = writeln!(
+            out,
+            "# TYPE switchboard_sidecar_cluster_calls_total counter"
+        );
+        for (dir, auth, c) in [
+            ("signed", "session", &s.signed_session),
+            ("signed", "ed25519", &s.signed_ed25519),
+            ("verified", "session", &s.verified_session),
+            ("verified", "ed25519", &s.verified_ed25519),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_sidecar_cluster_calls_total{{direction=\"{dir}\",auth=\"{auth}\"}} {}",
+                n(c)
+            );
+        }
+        for (name, help, c) in [
+            ("switchboard_sidecar_sessions_dropped_total", "Sessions dropped before their hour: the directory removed, changed or disabled a host, or the peer no longer knew the session.", &s.dropped),
+            ("switchboard_sidecar_session_resends_total", "Calls sent again after a fresh handshake because the peer did not know the session.", &s.resent),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", n(c));
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}");

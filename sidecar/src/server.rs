@@ -134,6 +134,7 @@ impl Server {
         // Fetches from masters go through the loopback proxy, from this process.
         sc.syncer.fetch_through(lb.clone());
         tokio::spawn(sc.apis.clone().keep_fresh());
+        tokio::spawn(sc.sessions.clone().watch());
         tokio::spawn(feed::follow(
             sc.dir.clone(),
             Arc::new(Forwarder::new(sc.identity.clone())),

@@ -47,6 +47,8 @@ pub struct Common {
     pub sync_timeout: std::time::Duration,
     /// The cluster channel in TLS 1.3, pinned to the directory's keys (`--cluster-tls`).
     pub cluster_tls: bool,
+    /// How calls to other hosts are signed (`--cluster-auth`).
+    pub cluster_auth: crate::session::ClusterAuth,
 }
 
 /// Why the sidecar's state could not be built.
@@ -94,6 +96,8 @@ pub struct Sidecar {
     pub web_backend: Option<Uri>,
     pub metrics: Arc<Metrics>,
     pub replay: ReplayGuard,
+    /// Session keys with other hosts, both directions.
+    pub sessions: Arc<crate::session::Sessions>,
     /// Verifies cluster-call signatures, batched under load.
     pub verifier: BatchVerifier,
     /// Where large bodies are spooled while they are hashed.
@@ -236,10 +240,21 @@ impl Sidecar {
             None
         };
         let identity = Arc::new(id);
+        let sessions = Arc::new(crate::session::Sessions::new(
+            c.cluster_auth,
+            identity.clone(),
+            dir.clone(),
+            metrics.clone(),
+        ));
         Ok(Arc::new(Sidecar {
             identity: identity.clone(),
             router: Router::new(dir.clone(), me.host.clone()),
-            forwarder: Forwarder::with_client(identity, crate::outbound::client::Client::new(tls)),
+            forwarder: Forwarder::with_sessions(
+                identity,
+                crate::outbound::client::Client::new(tls),
+                sessions.clone(),
+            ),
+            sessions,
             repos: Repos::new(c.repos.clone()),
             web_backend: c.web_backend.clone(),
             verifier: BatchVerifier::spawn(metrics.clone()),

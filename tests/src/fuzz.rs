@@ -156,6 +156,87 @@ pub fn signature(data: &[u8]) {
     );
 }
 
+/// Headers as [`signature`] reads them, from `data`.
+fn header_lines(head: &[u8]) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for line in head.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    headers
+}
+
+/// A session-signed call in (as [`signature`]): parsing and checking it under
+/// a fixed session key never panics, and a tag made under another key (the
+/// seed's) never verifies.
+pub fn session_signature(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &[][..]),
+    };
+    let headers = header_lines(head);
+    let Ok(parsed) = sign::parse(&headers) else {
+        return;
+    };
+    let uri: http::Uri = "http://repo1.cluster.example:7000/api/diffusion.querycommits"
+        .parse()
+        .expect("uri");
+    let verdict = parsed
+        .verify_hmac_headers(
+            &http::Method::POST,
+            &uri,
+            &headers,
+            !body.is_empty(),
+            &[9; 32],
+            1_700_000_000,
+            &sign::Policy::default(),
+        )
+        .and_then(|()| parsed.check_body(&headers, &sign::BodyHash::of(body)));
+    assert!(
+        verdict.is_err(),
+        "a tag made under another key verified under the fixed one"
+    );
+}
+
+/// A handshake message in: read as a caller's hello and as an answer, never a
+/// panic. A hello that is read gets an answer whose signature verifies over
+/// the transcript with the answering key; an answer is never accepted from a
+/// host whose key did not sign it.
+pub fn session_handshake(data: &[u8]) {
+    use switchboard_proto::session;
+    let me = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let me_fpr = sign::fingerprint(&me.verifying_key());
+    if let Ok((share, _)) = session::parse_hello(data) {
+        if let Ok((accept, s)) = session::respond(data, "caller", &me, &me_fpr, 1_700_000_000) {
+            let body = serde_json::to_vec(&accept).expect("json");
+            let (theirs, sig, back) = session::parse_accept(&body).expect("our answer parses");
+            assert_eq!(
+                (back.session.as_str(), back.expires),
+                (s.id.as_str(), s.expires)
+            );
+            let t = session::transcript(&share, &theirs, "caller", &me_fpr, &s.id, s.expires);
+            me.verifying_key()
+                .verify_strict(&t, &sig)
+                .expect("our answer's signature verifies");
+        }
+    }
+    let _ = session::parse_accept(data);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let got = session::Initiator::new().finish(data, &me_fpr, "b", &stranger, 1_700_000_000);
+    assert!(
+        got.is_err(),
+        "an answer not signed by the host called was accepted"
+    );
+}
+
 /// An `SSH_ORIGINAL_COMMAND` in: refused, or a command naming a repository
 /// the model would accept (so nothing reaches a path outside the repos root).
 pub fn ssh_command(data: &[u8]) {
@@ -365,10 +446,12 @@ pub fn admin_ops(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for the corpus replay.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("dns", dns),
     ("zonefile", zonefile),
     ("signature", signature),
+    ("session_handshake", session_handshake),
+    ("session_signature", session_signature),
     ("ssh_command", ssh_command),
     ("admin_ops", admin_ops),
     ("tsig", tsig),
@@ -490,5 +573,42 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "admin_ops",
         include_bytes!("../../fuzz/corpus/admin_ops/seed-15").to_vec(),
     ));
+    // A handshake hello and an answer, and a call signed under a session key.
+    let init = switchboard_proto::session::Initiator::new();
+    let hello = serde_json::to_vec(&init.hello()).expect("json");
+    let me = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    if let Ok((accept, _)) =
+        switchboard_proto::session::respond(&hello, "caller", &me, "me", 1_700_000_000)
+    {
+        out.push((
+            "session_handshake",
+            serde_json::to_vec(&accept).expect("json"),
+        ));
+    }
+    out.push(("session_handshake", hello));
+    let mut headers = http::HeaderMap::new();
+    let signed = sign::HmacSigner {
+        key: &[7; 32],
+        keyid: "session-1",
+    }
+    .sign_hashed(
+        &http::Method::POST,
+        &uri,
+        &mut headers,
+        &sign::BodyHash::of(body),
+        1_700_000_000,
+    );
+    if signed.is_ok() {
+        let mut text = Vec::new();
+        for (name, value) in &headers {
+            text.extend_from_slice(name.as_str().as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value.as_bytes());
+            text.push(b'\n');
+        }
+        text.push(b'\n');
+        text.extend_from_slice(body);
+        out.push(("session_signature", text));
+    }
     out
 }

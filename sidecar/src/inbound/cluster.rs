@@ -11,15 +11,19 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use switchboard_proto::sign::{self, Policy};
+use switchboard_proto::session;
+use switchboard_proto::sign::{self, Alg, Policy};
 use switchboard_proto::time::unix_secs;
 
 use crate::body::BoxBody;
+use crate::identity::KeyInfo;
+use crate::metrics::SessionCounters;
 use crate::outbound::spool::Spooled;
 use crate::reply::{check_declared, error, spool_refusal};
 use crate::repo::local;
 use crate::repo::sync::SyncRequest;
 use crate::route;
+use crate::session::SessionRefusal;
 use crate::sidecar::Sidecar;
 
 /// How long a caller may take to send a signed body.
@@ -68,10 +72,6 @@ pub async fn handle(
         Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, ""),
     };
     let keyid = parsed.keyid().to_string();
-    let (caller, key) = match sc.caller(&keyid).await {
-        Ok(c) => c,
-        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-    };
     // Headers first: nothing of the body is read until the signature, freshness,
     // nonce and addressed authority are good.
     let now = unix_secs();
@@ -80,31 +80,67 @@ pub async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v != "0")
         || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let base = match parsed.signed_base(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        expects_body,
-        now,
-        &Policy::default(),
-    ) {
-        Ok(base) => base,
-        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-    };
-    match sc.verifier.verify(base, *parsed.signature(), key).await {
-        Some(true) => {}
-        Some(false) => {
-            let e = parsed.bad_signature();
+    let session = parsed.alg() == Alg::HmacSha256;
+    let caller = if session {
+        // A session call: the session it names, its caller still allowed to
+        // call (checked per call, cached per directory generation), the tag.
+        let s = match sc.sessions.incoming(&keyid, now) {
+            Ok(s) => s,
+            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
+        };
+        let caller = match sc.caller(&s.caller_fpr).await {
+            Ok((caller, _)) if caller.host == s.caller_host => caller,
+            Ok(_) => {
+                sc.sessions.drop_incoming(&keyid);
+                let e = SessionRefusal::Unknown(keyid.clone());
+                return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+            }
+            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
+        };
+        if let Err(e) = parsed.verify_hmac_headers(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            expects_body,
+            &s.key.0,
+            now,
+            &Policy::default(),
+        ) {
             return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
         }
-        None => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting-down",
-                "the sidecar is shutting down",
-            )
+        caller
+    } else {
+        let (caller, key) = match sc.caller(&keyid).await {
+            Ok(c) => c,
+            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
+        };
+        let base = match parsed.signed_base(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            expects_body,
+            now,
+            &Policy::default(),
+        ) {
+            Ok(base) => base,
+            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
+        };
+        match sc.verifier.verify(base, *parsed.signature(), key).await {
+            Some(true) => {}
+            Some(false) => {
+                let e = parsed.bad_signature();
+                return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+            }
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting-down",
+                    "the sidecar is shutting down",
+                )
+            }
         }
-    }
+        caller
+    };
     let authority = parts
         .headers
         .get(http::header::HOST)
@@ -150,6 +186,11 @@ pub async fn handle(
     }
     tracing::debug!(from = %caller.host, path = %parts.uri.path(), "cluster call accepted");
     sc.metrics.request("cluster", "accepted");
+    let verified = match session {
+        true => &sc.metrics.sessions.verified_session,
+        false => &sc.metrics.sessions.verified_ed25519,
+    };
+    SessionCounters::add(verified);
 
     let path = parts.uri.path().to_string();
     if let (Some(on_upgrade), Some(rest)) = (on_upgrade, path.strip_prefix("/ssh/")) {
@@ -179,6 +220,9 @@ pub async fn handle(
         }
         Ok(None) => {}
     }
+    if path == session::PATH {
+        return handshake(&sc, &caller, session, &parts.method, spooled, &peer);
+    }
     if let Some(repo) = path.strip_prefix("/switchboard/sync/") {
         return sync(&sc, &caller.host, repo, &parts.method, spooled).await;
     }
@@ -200,6 +244,59 @@ pub async fn handle(
         "not-found",
         format!("no cluster route {path}"),
     )
+}
+
+/// `POST /switchboard/session`: a caller's handshake, signed with its host key
+/// (a session cannot make another), answered with this host's share, the
+/// session id and expiry, signed with this host's key (`session`).
+fn handshake(
+    sc: &Sidecar,
+    caller: &KeyInfo,
+    by_session: bool,
+    method: &Method,
+    body: Spooled,
+    peer: &std::net::SocketAddr,
+) -> Response<BoxBody> {
+    if method != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "use POST",
+        );
+    }
+    if by_session {
+        return refuse(
+            sc,
+            "unsupported-algorithm",
+            "a session handshake is signed with the host key (alg=\"ed25519\"), not under a session".into(),
+            peer,
+            &caller.host,
+        );
+    }
+    let answer = body
+        .bytes()
+        .ok_or_else(|| session::HandshakeError::Malformed("the handshake body is too large".into()))
+        .and_then(|b| sc.sessions.answer(b, caller));
+    match answer {
+        Ok(accept) => {
+            tracing::debug!(from = %caller.host, session = %accept.session, "session answered");
+            let body = serde_json::to_vec(&accept).unwrap_or_default();
+            let mut r = Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(body))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::warn!(from = %caller.host, error = %e, "session handshake refused");
+            error(StatusCode::BAD_REQUEST, e.reason(), e.to_string())
+        }
+    }
 }
 
 /// `POST /switchboard/sync/REPO` (`{"master": HOST, "version": N}`): this host's

@@ -1,5 +1,6 @@
-//! Calls to other hosts: every one signed with this host's key (RFC 9421, with the
-//! body's `Content-Digest`), over keep-alive HTTP/1.1 connections
+//! Calls to other hosts: every one signed (RFC 9421, with the body's
+//! `Content-Digest`) under a session key with the peer (`session`), or with
+//! this host's key (`--cluster-auth ed25519`, or a body too large to resend), over keep-alive HTTP/1.1 connections
 //! (`outbound::client`), with the response streamed back as it arrives. And plain
 //! calls to this host's own backends (the web application, the directory's
 //! feed), with the rules for which of a request's headers go on to them.
@@ -11,15 +12,17 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use switchboard_proto::sign::Signer;
+use switchboard_proto::sign::{BodyHash, HmacSigner, Signer};
 use switchboard_proto::time::unix_secs;
 
 use crate::body::BoxBody;
 use crate::directory::answers::Peer;
 use crate::http1::{connection_tokens, HOP_BY_HOP};
 use crate::identity::Identity;
+use crate::metrics::SessionCounters;
 use crate::outbound::client::{Client, SendError};
 use crate::outbound::spool::Spooled;
+use crate::session::{OutSession, Sessions};
 
 /// Headers that travel with a forwarded request (hop-by-hop ones never do).
 const PASS: [HeaderName; 6] = [
@@ -133,6 +136,8 @@ pub enum ForwardError {
 pub struct Forwarder {
     client: Client,
     identity: Arc<Identity>,
+    /// Session keys with peers; `None`: every call signed with ed25519.
+    sessions: Option<Arc<Sessions>>,
 }
 
 /// Copies the end-to-end headers worth passing on.
@@ -151,7 +156,82 @@ impl Forwarder {
 
     /// A forwarder sending on `client` (one with the cluster TLS channel, `--cluster-tls`).
     pub fn with_client(identity: Arc<Identity>, client: Client) -> Self {
-        Forwarder { client, identity }
+        Forwarder {
+            client,
+            identity,
+            sessions: None,
+        }
+    }
+
+    /// A forwarder sending on `client` that signs calls to peers as `sessions`
+    /// says (`--cluster-auth`).
+    pub fn with_sessions(identity: Arc<Identity>, client: Client, sessions: Arc<Sessions>) -> Self {
+        Forwarder {
+            sessions: Some(sessions),
+            ..Self::with_client(identity, client)
+        }
+    }
+
+    /// The session to sign a call to `peer` with, if calls are session-signed
+    /// and a handshake succeeds; `None`: sign with ed25519.
+    pub async fn session_for(&self, peer: &Peer) -> Option<Arc<OutSession>> {
+        match &self.sessions {
+            Some(s) => s.for_peer(&self.client, peer).await,
+            None => None,
+        }
+    }
+
+    /// Signs a call's headers under `session`, or with this host's key.
+    pub fn sign(
+        &self,
+        session: Option<&OutSession>,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        body: &BodyHash,
+    ) -> Result<(), switchboard_proto::sign::SignError> {
+        let now = unix_secs();
+        let counters = self.sessions.as_ref().map(|s| s.metrics());
+        match session {
+            Some(s) => {
+                if let Some(c) = counters {
+                    SessionCounters::add(&c.sessions.signed_session);
+                }
+                HmacSigner {
+                    key: &s.key.0,
+                    keyid: &s.id,
+                }
+                .sign_hashed(method, uri, headers, body, now)
+            }
+            None => {
+                if let Some(c) = counters {
+                    SessionCounters::add(&c.sessions.signed_ed25519);
+                }
+                Signer {
+                    key: &self.identity.key,
+                    keyid: &self.identity.fingerprint,
+                }
+                .sign_hashed(method, uri, headers, body, now)
+            }
+        }
+    }
+
+    /// After a refused session-signed call: whether the peer did not know the
+    /// session (it restarted, or dropped it), so it is dropped here too and the
+    /// call may go again under a new one.
+    pub fn session_refused(
+        &self,
+        peer: &Peer,
+        session: &OutSession,
+        reason: Option<&HeaderValue>,
+    ) -> bool {
+        let unknown = reason.is_some_and(|r| r == "unknown-session" || r == "session-expired");
+        if let (true, Some(s)) = (unknown, &self.sessions) {
+            tracing::info!(peer = %peer.host, session = %session.id, "the peer does not know the session; making a new one");
+            s.forget(&peer.host, &session.id);
+            return true;
+        }
+        false
     }
 
     /// The connections this forwarder sends on (for `client::scope`).
@@ -159,7 +239,10 @@ impl Forwarder {
         &self.client
     }
 
-    /// Sends `method path_and_query` to `peer`'s cluster listener, signed.
+    /// Sends `method path_and_query` to `peer`'s cluster listener, signed. A
+    /// session-signed call the peer refuses for an unknown or expired session
+    /// goes once more under a new session (its body is in memory; a body
+    /// spooled to disk is signed with ed25519, which needs no resend).
     pub async fn send(
         &self,
         peer: &Peer,
@@ -172,29 +255,80 @@ impl Forwarder {
             host: peer.host.clone(),
             reason: e.to_string(),
         })?;
+        let hash = *body.hash();
+        let again = body.bytes().cloned();
+        let session = match again {
+            Some(_) => self.session_for(peer).await,
+            None => None,
+        };
+        let resp = self
+            .send_once(
+                peer,
+                session.as_deref(),
+                &method,
+                &uri,
+                headers,
+                &hash,
+                body.into_body(),
+            )
+            .await?;
+        if let (Some(s), Some(bytes)) = (&session, again) {
+            if resp.status() == http::StatusCode::UNAUTHORIZED
+                && self.session_refused(peer, s, resp.headers().get(crate::reply::REASON))
+            {
+                if let Some(c) = self.sessions.as_ref().map(|s| s.metrics()) {
+                    SessionCounters::add(&c.sessions.resent);
+                }
+                drop(resp);
+                let session = self.session_for(peer).await;
+                let body = http_body_util::Full::new(bytes)
+                    .map_err(|e| match e {})
+                    .boxed();
+                return self
+                    .send_once(
+                        peer,
+                        session.as_deref(),
+                        &method,
+                        &uri,
+                        headers,
+                        &hash,
+                        body,
+                    )
+                    .await;
+            }
+        }
+        Ok(resp)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_once(
+        &self,
+        peer: &Peer,
+        session: Option<&OutSession>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        hash: &BodyHash,
+        body: BoxBody,
+    ) -> Result<Response<Incoming>, ForwardError> {
         let addr = peer.addr.to_string();
         let mut out = HeaderMap::with_capacity(PASS.len() + 6);
         pass_headers(headers, &mut out);
         if let Ok(v) = HeaderValue::from_str(&addr) {
             out.insert(header::HOST, v);
         }
-        let hash = *body.hash();
         if hash.len > 0 {
             out.insert(header::CONTENT_LENGTH, HeaderValue::from(hash.len));
         }
-        Signer {
-            key: &self.identity.key,
-            keyid: &self.identity.fingerprint,
-        }
-        .sign_hashed(&method, &uri, &mut out, &hash, unix_secs())
-        .map_err(|e| ForwardError::Sign {
-            host: peer.host.clone(),
-            reason: e.to_string(),
-        })?;
+        self.sign(session, method, uri, &mut out, hash)
+            .map_err(|e| ForwardError::Sign {
+                host: peer.host.clone(),
+                reason: e.to_string(),
+            })?;
         let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body.into_body())
+            .method(method.clone())
+            .uri(uri.clone())
+            .body(body)
             .map_err(|e| ForwardError::Sign {
                 host: peer.host.clone(),
                 reason: e.to_string(),

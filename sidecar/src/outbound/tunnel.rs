@@ -14,8 +14,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use switchboard_proto::sign::{BodyHash, Signer};
-use switchboard_proto::time::unix_secs;
+use switchboard_proto::sign::BodyHash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -206,48 +205,62 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
     let uri: Uri = format!("http://{}/ssh/{}/{repo}", peer.addr, verb.program())
         .parse()
         .map_err(|e| other(&e))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        HOST,
-        HeaderValue::from_str(&peer.addr.to_string()).map_err(|e| other(&e))?,
-    );
-    headers.insert(UPGRADE, HeaderValue::from_static(PROTOCOL));
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    Signer {
-        key: &sc.identity.key,
-        keyid: &sc.identity.fingerprint,
-    }
-    .sign_hashed(
-        &Method::POST,
-        &uri,
-        &mut headers,
-        &BodyHash::of(b""),
-        unix_secs(),
-    )
-    .map_err(|e| other(&e))?;
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| other(&e))?;
-    *req.headers_mut() = headers;
-    let addr = peer.addr.to_string();
-    let stream = crate::outbound::pool::connect(&addr)
-        .await
-        .map_err(|e| other(&e))?;
-    // The same channel as every cluster call: TLS pinned to the peer's key
-    // with `--cluster-tls`.
-    let resp = match sc.forwarder.client().tls() {
-        None => upgrade_on(stream, req).await,
-        Some(tls) => {
-            let stream = tls
-                .connect(&peer.host, &addr, stream)
-                .await
-                .map_err(|e| Refused::Other(e.to_string()))?;
-            upgrade_on(stream, req).await
+    // Signed as every call to another host (`Forwarder::sign`); a session the
+    // peer no longer knows is dropped and the tunnel asked for once more.
+    let mut session = sc.forwarder.session_for(peer).await;
+    let mut retried = false;
+    let resp = loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(&peer.addr.to_string()).map_err(|e| other(&e))?,
+        );
+        headers.insert(UPGRADE, HeaderValue::from_static(PROTOCOL));
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        sc.forwarder
+            .sign(
+                session.as_deref(),
+                &Method::POST,
+                &uri,
+                &mut headers,
+                &BodyHash::of(b""),
+            )
+            .map_err(|e| other(&e))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| other(&e))?;
+        *req.headers_mut() = headers;
+        let addr = peer.addr.to_string();
+        let stream = crate::outbound::pool::connect(&addr)
+            .await
+            .map_err(|e| other(&e))?;
+        // The same channel as every cluster call: TLS pinned to the peer's key
+        // with `--cluster-tls`.
+        let resp = match sc.forwarder.client().tls() {
+            None => upgrade_on(stream, req).await,
+            Some(tls) => {
+                let stream = tls
+                    .connect(&peer.host, &addr, stream)
+                    .await
+                    .map_err(|e| Refused::Other(e.to_string()))?;
+                upgrade_on(stream, req).await
+            }
         }
-    }
-    .map_err(|e| other(&e))?;
+        .map_err(|e| other(&e))?;
+        if let (false, Some(s), StatusCode::UNAUTHORIZED) = (retried, &session, resp.status()) {
+            if sc
+                .forwarder
+                .session_refused(peer, s, resp.headers().get(REASON))
+            {
+                retried = true;
+                session = sc.forwarder.session_for(peer).await;
+                continue;
+            }
+        }
+        break resp;
+    };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let stale = resp
             .headers()

@@ -356,6 +356,9 @@ pub fn authorized_line(
     if c.cluster_tls {
         words.push("--cluster-tls".into());
     }
+    if c.cluster_auth == crate::session::ClusterAuth::Ed25519 {
+        words.extend(["--cluster-auth".into(), "ed25519".into()]);
+    }
     words.extend(["--user".into(), user]);
     let quoted = words
         .iter()
@@ -504,6 +507,7 @@ mod tests {
             web_backend: None,
             sync_timeout: crate::repo::sync::DEFAULT_TIMEOUT,
             cluster_tls: false,
+            cluster_auth: Default::default(),
         };
         let k = key_line(KEY).expect("a key");
         let line =

@@ -1,0 +1,349 @@
+//! Session keys between hosts (SPEC "Session keys"): real sidecars and curl.
+//! The test plays a calling host itself where it must hold a session key: it
+//! performs the handshake with the host's key file (`switchboard_proto`'s
+//! session module, sent by curl) and signs calls under the key it got.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use switchboard_proto::session::{Initiator, Session, PATH};
+use switchboard_proto::sign::{BodyHash, HmacSigner};
+use switchboard_tests::{
+    conduit_call, keygen, minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory,
+    Sidecar,
+};
+
+/// One curl call: (status, `X-Switchboard-Reason`, body).
+fn curl(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o"])
+        .arg(dir.path().join("out"))
+        .arg("-D")
+        .arg(dir.path().join("head"))
+        .args(["-w", "%{http_code}", "-X", method]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    if !body.is_empty() {
+        std::fs::write(dir.path().join("req"), body).expect("write");
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", dir.path().join("req").display()))
+            .args(["-H", "Content-Type: application/json"]);
+    }
+    cmd.arg(url);
+    let code = stdout(&run(&mut cmd)).trim().parse().unwrap_or(0);
+    let head = std::fs::read_to_string(dir.path().join("head")).unwrap_or_default();
+    let reason = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-switchboard-reason:")
+                .map(|r| r.trim().to_string())
+        })
+        .unwrap_or_default();
+    let out = std::fs::read(dir.path().join("out")).unwrap_or_default();
+    (code, reason, out)
+}
+
+fn verifying_key(key_file: &Path) -> ed25519_dalek::VerifyingKey {
+    let pem = std::fs::read_to_string(key_file).expect("read key");
+    <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&pem)
+        .expect("pkcs8 key")
+        .verifying_key()
+}
+
+/// The handshake a calling host makes, by the host whose key is `key_file`
+/// with `to`: the session, or the refusal (status, reason).
+fn handshake(key_file: &Path, to: &Sidecar) -> Result<Session, (u16, String)> {
+    let init = Initiator::new();
+    let body = serde_json::to_vec(&init.hello()).expect("json");
+    let url = to.cluster_url(PATH);
+    let headers = signed_headers(key_file, "POST", &url, &body, unix_now());
+    let (code, reason, answer) = curl("POST", &url, &headers, &body);
+    if code != 200 {
+        return Err((code, reason));
+    }
+    let me = switchboard_proto::sign::fingerprint(&verifying_key(key_file));
+    let session = init
+        .finish(&answer, &me, &to.name, &verifying_key(&to.key), unix_now())
+        .expect("a good answer");
+    Ok(session)
+}
+
+/// Headers of a GET of `url` signed under `session`.
+fn session_signed(session: &Session, url: &str) -> Vec<(String, String)> {
+    let uri: http::Uri = url.parse().expect("url");
+    let mut h = http::HeaderMap::new();
+    HmacSigner {
+        key: &session.key.0,
+        keyid: &session.id,
+    }
+    .sign_hashed(
+        &http::Method::GET,
+        &uri,
+        &mut h,
+        &BodyHash::of(b""),
+        unix_now(),
+    )
+    .expect("sign");
+    h.iter()
+        .filter(|(k, _)| *k != http::header::HOST)
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+/// A session-signed Conduit call on `to`'s cluster listener: (status, reason).
+fn session_call(session: &Session, to: &Sidecar) -> (u16, String) {
+    let url = to.cluster_url("/api/user.whoami");
+    let (code, reason, _) = curl("GET", &url, &session_signed(session, &url), b"");
+    (code, reason)
+}
+
+/// A host the test plays (enrolled, no sidecar), and the host it calls.
+struct Pair {
+    d: Directory,
+    alpha_key: std::path::PathBuf,
+    beta: Sidecar,
+    _backend: Backend,
+    _keys: tempfile::TempDir,
+}
+
+fn pair() -> Pair {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (alpha_key, alpha_pub, _) = keygen(keys.path(), "alpha");
+    d.cli_ok(&[
+        "host",
+        "add",
+        "alpha",
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        &alpha_pub,
+        "--roles",
+        "web",
+    ]);
+    let backend = Backend::start("beta");
+    let beta = d.sidecar("beta", "web", Some(&backend));
+    Pair {
+        d,
+        alpha_key,
+        beta,
+        _backend: backend,
+        _keys: keys,
+    }
+}
+
+/// Polls session calls until one is refused (401); the time from `since`.
+fn refused_after(p: &Pair, session: &Session, since: Instant) -> (Duration, String) {
+    let mut refusal = String::new();
+    p.d.wait_for("the session call to be refused", || {
+        let (code, reason) = session_call(session, &p.beta);
+        refusal = reason;
+        code == 401
+    });
+    (since.elapsed(), refusal)
+}
+
+#[test]
+fn a_session_of_a_host_since_disabled_is_refused_within_a_second() {
+    let p = pair();
+    let session = handshake(&p.alpha_key, &p.beta).expect("handshake");
+    assert_eq!(session_call(&session, &p.beta), (200, String::new()));
+    p.d.cli_ok(&["host", "disable", "alpha"]);
+    let acked = Instant::now();
+    let (took, reason) = refused_after(&p, &session, acked);
+    assert!(
+        took <= Duration::from_secs(1),
+        "refused only after {took:?}"
+    );
+    assert!(
+        ["unknown-session", "host-unavailable"].contains(&reason.as_str()),
+        "{reason}"
+    );
+    // A disabled host gets no new session either.
+    let refused = handshake(&p.alpha_key, &p.beta).expect_err("no session for a disabled host");
+    assert_eq!(refused, (401, "host-unavailable".to_string()));
+    p.d.cli_ok(&["host", "enable", "alpha"]);
+    p.d.wait_for("a new session once enabled", || {
+        handshake(&p.alpha_key, &p.beta).is_ok_and(|s| session_call(&s, &p.beta).0 == 200)
+    });
+    // The old one stays gone: it was dropped with the change.
+    assert_eq!(
+        session_call(&session, &p.beta),
+        (401, "unknown-session".into())
+    );
+}
+
+#[test]
+fn a_session_of_a_host_whose_key_changed_is_refused_within_a_second() {
+    let p = pair();
+    let session = handshake(&p.alpha_key, &p.beta).expect("handshake");
+    assert_eq!(session_call(&session, &p.beta).0, 200);
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (new_key, new_pub, _) = keygen(keys.path(), "alpha2");
+    p.d.cli_ok(&["host", "rm", "alpha"]);
+    p.d.cli_ok(&[
+        "host",
+        "add",
+        "alpha",
+        "--addr",
+        "127.0.0.1",
+        "--pubkey",
+        &new_pub,
+        "--roles",
+        "web",
+    ]);
+    let acked = Instant::now();
+    let (took, reason) = refused_after(&p, &session, acked);
+    assert!(
+        took <= Duration::from_secs(1),
+        "refused only after {took:?}"
+    );
+    assert!(
+        ["unknown-session", "unknown-key"].contains(&reason.as_str()),
+        "{reason}"
+    );
+    // The old key makes no new session; the new one does.
+    assert_eq!(
+        handshake(&p.alpha_key, &p.beta).expect_err("old key").0,
+        401
+    );
+    let fresh = handshake(&new_key, &p.beta).expect("new key");
+    assert_eq!(session_call(&fresh, &p.beta).0, 200);
+}
+
+#[test]
+fn a_replayed_session_call_is_refused() {
+    let p = pair();
+    let session = handshake(&p.alpha_key, &p.beta).expect("handshake");
+    let url = p.beta.cluster_url("/api/user.whoami");
+    let headers = session_signed(&session, &url);
+    let (first, _, body) = curl("GET", &url, &headers, b"");
+    assert_eq!(first, 200, "{}", String::from_utf8_lossy(&body));
+    let (again, reason, _) = curl("GET", &url, &headers, b"");
+    assert_eq!((again, reason.as_str()), (401, "replayed"));
+    // Tampered (another path under the same signature) and unknown sessions too.
+    let other = p.beta.cluster_url("/api/user.query");
+    let (code, reason, _) = curl("GET", &other, &session_signed(&session, &url), b"");
+    assert_eq!((code, reason.as_str()), (401, "bad-signature"));
+    let forged = Session {
+        id: "no-such-session".into(),
+        ..session.clone()
+    };
+    assert_eq!(
+        session_call(&forged, &p.beta),
+        (401, "unknown-session".into())
+    );
+    // A session key signs only for the host it was made with.
+    let (code, reason, _) = curl(
+        "GET",
+        &url,
+        &session_signed(&session, &p.d.server_url()),
+        b"",
+    );
+    assert_eq!((code, reason.as_str()), (401, "bad-signature"));
+}
+
+/// app [web, backend] serves Conduit for front [web, no backend], which
+/// forwards each call to it.
+fn front_and_app(front_args: &[&str]) -> (Directory, Sidecar, Sidecar, Backend) {
+    let d = Directory::with_zone(minimal_zone, &[]);
+    let backend = Backend::start("app");
+    let app = d.sidecar("app", "web", Some(&backend));
+    d.cli_ok(&["bind", "add", "app", "conduit", "80"]);
+    let front = d.sidecar_with("front", "web", None, front_args);
+    (d, front, app, backend)
+}
+
+fn calls(s: &Sidecar, dir: &str, auth: &str) -> f64 {
+    s.metric(&format!(
+        "switchboard_sidecar_cluster_calls_total{{direction=\"{dir}\",auth=\"{auth}\"}}"
+    ))
+    .unwrap_or(-1.0)
+}
+
+#[test]
+fn calls_between_hosts_are_session_signed_by_default() {
+    let (_d, front, app, _b) = front_and_app(&[]);
+    for _ in 0..5 {
+        assert_eq!(conduit_call(front.http), Ok((200, "app".into())));
+    }
+    let handshakes = "switchboard_sidecar_session_handshakes_total";
+    assert_eq!(
+        front.metric(&format!("{handshakes}{{side=\"made\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        app.metric(&format!("{handshakes}{{side=\"answered\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(calls(&front, "signed", "session"), 5.0);
+    assert_eq!(
+        calls(&front, "signed", "ed25519"),
+        1.0,
+        "the handshake only"
+    );
+    assert_eq!(calls(&app, "verified", "session"), 5.0);
+    assert_eq!(calls(&app, "verified", "ed25519"), 1.0);
+
+    // --cluster-auth ed25519 keeps one signature per call; the receiver takes both.
+    let (_d, front, app, _b) = front_and_app(&["--cluster-auth", "ed25519"]);
+    for _ in 0..3 {
+        assert_eq!(conduit_call(front.http), Ok((200, "app".into())));
+    }
+    assert_eq!(calls(&front, "signed", "session"), 0.0);
+    assert_eq!(calls(&front, "signed", "ed25519"), 3.0);
+    assert_eq!(calls(&app, "verified", "ed25519"), 3.0);
+    assert_eq!(
+        front.metric("switchboard_sidecar_session_handshakes_total{side=\"made\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_restart_of_either_side_fails_no_request() {
+    let (_d, mut front, mut app, _b) = front_and_app(&[]);
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(conduit_call(front.http));
+    }
+    // The receiver forgets every session: the first call after its restart is
+    // refused as unknown-session, and sent again under a new one.
+    app.restart();
+    for _ in 0..3 {
+        outcomes.push(conduit_call(front.http));
+    }
+    assert!(
+        outcomes.iter().all(|o| *o == Ok((200, "app".to_string()))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        front.metric("switchboard_sidecar_session_resends_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        front.metric("switchboard_sidecar_session_handshakes_total{side=\"made\"}"),
+        Some(2.0)
+    );
+    // The sender forgets its sessions: it makes a new one.
+    front.restart();
+    for _ in 0..3 {
+        outcomes.push(conduit_call(front.http));
+    }
+    assert!(
+        outcomes.iter().all(|o| *o == Ok((200, "app".to_string()))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        app.metric("switchboard_sidecar_session_handshakes_total{side=\"answered\"}"),
+        Some(2.0)
+    );
+}
