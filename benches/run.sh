@@ -561,9 +561,9 @@ wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 LUA
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
 # The same hop signed the old way, one ed25519 signature per call (--cluster-auth
-# ed25519): wc -> signed -> wb. wa (the default) signs under a session key.
+# ed25519): we -> signed -> wb. wa (the default) signs under a session key.
 next_port; SC2_HTTP=$PORT; next_port; SC2_CLUSTER=$PORT
-start_sidecar wc web $SC2_HTTP $SC2_CLUSTER http://127.0.0.1:$NGINX_PORT "--cluster-auth ed25519"
+start_sidecar we web $SC2_HTTP $SC2_CLUSTER http://127.0.0.1:$NGINX_PORT "--cluster-auth ed25519"
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SC2_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
 # What one handshake costs (X25519 both sides, two ed25519 signatures and checks, HKDF),
 # and a session signature against an ed25519 one, in-process on the server CPU.
