@@ -132,7 +132,7 @@ impl Server {
         } = self;
 
         // Fetches from masters go through the loopback proxy, from this process.
-        sc.syncer.fetch_through(lb.clone());
+        sc.syncer.fetch_through(lb.addr, lb.token.clone());
         tokio::spawn(sc.apis.clone().keep_fresh());
         tokio::spawn(sc.sessions.clone().watch());
         tokio::spawn(feed::follow(
@@ -179,7 +179,13 @@ impl Server {
             db_reports,
         ));
         tokio::spawn(replicate::run(sc.clone(), sc.apis.clone(), lb));
-        tokio::spawn(crate::repo::journal::run(sc.clone()));
+        tokio::spawn(crate::repo::journal::run(
+            sc.repos.root().to_path_buf(),
+            sc.apis.clone(),
+            sc.me.host.clone(),
+            sc.metrics.clone(),
+            sc.shutdown.watch(),
+        ));
 
         tracing::info!(host = %sc.me.host, roles = %sc.me.roles.join(","), fingerprint = %sc.identity.fingerprint, "sidecar started");
         println!(

@@ -30,7 +30,6 @@ use http::Method;
 use switchboard_proto::api::{ApiError, VersionReport};
 
 use crate::directory::apis::Apis;
-use crate::sidecar::Sidecar;
 
 /// The journal directory's name under `--repos`.
 pub const DIR: &str = ".switchboard-journal";
@@ -407,12 +406,18 @@ fn versions_to_report(entries: &[Entry], mut have: u64) -> Vec<u64> {
 
 /// Before this host admits a write to `repo`: a journal waiting is replayed
 /// first; if it cannot be, the write is refused with the one line.
-pub async fn admit_write(sc: &Sidecar, repo: &str) -> Result<(), JournalError> {
-    let journal = Journal::under(sc.repos.root());
+/// (`repos`: the sidecar's `--repos`; `host`: this host.)
+pub async fn admit_write(
+    repos: &Path,
+    apis: &Apis,
+    host: &str,
+    repo: &str,
+) -> Result<(), JournalError> {
+    let journal = Journal::under(repos);
     if journal.read(repo)?.is_empty() {
         return Ok(());
     }
-    match replay(&journal, &sc.apis, repo, &sc.me.host, None).await {
+    match replay(&journal, apis, repo, host, None).await {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!(repo, error = %e, "write refused: its write journal is not replayed");
@@ -433,22 +438,27 @@ pub const REASON: &str = "write-journal-pending";
 /// `run`'s background replay: every journal waiting is replayed as soon as the
 /// directory takes it, so replicas catch up without another push. Each
 /// failure is logged once until it changes.
-pub async fn run(sc: Arc<Sidecar>) {
-    let journal = Journal::under(sc.repos.root());
-    let stop = sc.shutdown.watch();
+pub async fn run(
+    repos: PathBuf,
+    apis: Arc<Apis>,
+    host: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: crate::shutdown::Watch,
+) {
+    let journal = Journal::under(&repos);
     let mut said: HashMap<String, String> = HashMap::new();
     loop {
         match journal.pending() {
             Ok(repos) => {
                 said.retain(|r, _| r.is_empty() || repos.contains(r));
                 let mut left = repos.len() as u64;
-                sc.metrics.journals_pending.store(left, Ordering::Relaxed);
+                metrics.journals_pending.store(left, Ordering::Relaxed);
                 for repo in repos {
-                    match replay(&journal, &sc.apis, &repo, &sc.me.host, None).await {
+                    match replay(&journal, &apis, &repo, &host, None).await {
                         Ok(_) => {
                             said.remove(&repo);
                             left = left.saturating_sub(1);
-                            sc.metrics.journals_pending.store(left, Ordering::Relaxed);
+                            metrics.journals_pending.store(left, Ordering::Relaxed);
                         }
                         Err(e) => {
                             let text = e.to_string();

@@ -61,7 +61,7 @@ impl LocalError {
 async fn admit(sc: &Sidecar, repo: &str, access: Access) -> Result<bool, LocalError> {
     if access == Access::Write {
         // Before the directory is asked: the refusal says why, even while it is away.
-        crate::repo::journal::admit_write(sc, repo).await?;
+        crate::repo::journal::admit_write(sc.repos.root(), &sc.apis, &sc.me.host, repo).await?;
     }
     let standing = sc
         .standing(repo, access)

@@ -9,3 +9,4 @@ pub mod journal;
 pub mod local;
 pub mod replicate;
 pub mod sync;
+pub mod syncing;
