@@ -181,6 +181,38 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
         "{}",
         repo1.metrics()
     );
+    // Inside TLS the calls are session-signed: the handshake went over TLS too
+    // (it once went in plain HTTP, was refused, and every call fell back to
+    // ed25519).
+    let series = |s: &Sidecar, name: &str| s.metric(name).unwrap_or(0.0);
+    assert!(
+        series(
+            &repo1,
+            "switchboard_sidecar_session_handshakes_total{side=\"answered\"}"
+        ) >= 1.0,
+        "{}",
+        repo1.metrics()
+    );
+    assert!(
+        series(
+            &repo1,
+            "switchboard_sidecar_cluster_calls_total{direction=\"verified\",auth=\"session\"}"
+        ) >= 1.0,
+        "{}",
+        repo1.metrics()
+    );
+    assert_eq!(
+        series(
+            &web1,
+            "switchboard_sidecar_cluster_calls_total{direction=\"signed\",auth=\"ed25519\"}"
+        ),
+        series(
+            &web1,
+            "switchboard_sidecar_session_handshakes_total{side=\"made\"}"
+        ),
+        "web1 signed only its handshakes with ed25519: {}",
+        web1.metrics()
+    );
 }
 
 /// An `openssl s_server` on a free port presenting the certificate made from

@@ -254,7 +254,10 @@ impl Sessions {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        let resp = client.send(&addr, req).await.map_err(|e| e.to_string())?;
+        let resp = client
+            .send_peer(&peer.host, &addr, req)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = resp.status();
         let reason = resp
             .headers()
