@@ -21,7 +21,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use http::{header::HOST, HeaderMap, HeaderValue, Method, Uri};
-use sfv::{key_ref, Dictionary, FieldType as _, Integer, ListEntry, ListSerializer, Parser};
+use sfv::{Dictionary, FieldType as _, ListEntry, Parser};
 use sfv::{StringRef, Version};
 use sha2::{Digest as _, Sha256};
 
@@ -238,7 +238,7 @@ impl Default for Policy {
 }
 
 /// A parsed but not yet verified signature, so the caller can look the key up by key id.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParsedSignature {
     label: String,
     components: Vec<String>,
@@ -476,7 +476,137 @@ impl ParsedSignature {
 
 /// Parses `Signature-Input` and `Signature`, taking the first `Signature-Input` label that is
 /// also in `Signature`. Refuses an `alg` other than `ed25519` and a missing `keyid`.
+///
+/// Headers in the exact form this module signs (one line each, one label, the
+/// canonical serialization) are read by a strict scanner; anything else goes to
+/// the general RFC 8941 parser. Both hand the same parts to one check, and the
+/// scanner takes only text the general parser reads the same way (the fuzz
+/// target `signature` asserts it).
 pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
+    match canonical(headers) {
+        Some(raw) => raw.check(),
+        None => general(headers)?.check(),
+    }
+}
+
+/// [`parse`] by the strict scanner alone: `None` when the headers are not in the
+/// form it reads (for fuzzing it against [`parse_general`]).
+#[doc(hidden)]
+pub fn parse_canonical(headers: &HeaderMap) -> Option<Result<ParsedSignature, SignError>> {
+    canonical(headers).map(Raw::check)
+}
+
+/// [`parse`] by the general RFC 8941 parser alone.
+#[doc(hidden)]
+pub fn parse_general(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
+    general(headers)?.check()
+}
+
+/// A parameter's value as either parser read it.
+#[derive(Debug)]
+enum Param {
+    Text(String),
+    Int(i64),
+    Other,
+}
+
+/// A signature's parts as read from the headers, not yet checked.
+struct Raw {
+    label: String,
+    /// The covered components (already checked to be strings without parameters).
+    components: Vec<String>,
+    /// `Signature-Input`'s parameters, in order.
+    params: Vec<(String, Param)>,
+    /// The `@signature-params` value: the inner list, serialized.
+    serialized: String,
+    /// `Signature`'s byte sequence.
+    bytes: Vec<u8>,
+}
+
+/// The one line of header `name`, trimmed; `None` when absent, repeated or not ASCII.
+fn one_line<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut all = headers.get_all(name).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    Some(v.to_str().ok()?.trim_matches([' ', '\t']))
+}
+
+/// An RFC 8941 string with nothing to escape, as [`sign_with`] writes them:
+/// printable ASCII without `"`, `\` or `;`.
+fn plain_string(v: &str) -> Option<&str> {
+    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+    inner
+        .bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && !matches!(b, b'"' | b'\\' | b';'))
+        .then_some(inner)
+}
+
+/// The strict scanner: `LABEL=("c1" "c2" ...);created=N;expires=N;nonce="..";keyid="..";alg=".."`
+/// and `LABEL=:BASE64:`, exactly as [`sign_with`] writes them (integers without
+/// leading zeros, strings without escapes), else `None`.
+fn canonical(headers: &HeaderMap) -> Option<Raw> {
+    let input = one_line(headers, "signature-input")?;
+    let sig = one_line(headers, "signature")?;
+    let (label, list) = input.split_once('=')?;
+    let (sig_label, sig_value) = sig.split_once('=')?;
+    let key_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    if label != sig_label
+        || !label.starts_with(|c: char| c.is_ascii_lowercase())
+        || !label.bytes().all(key_char)
+    {
+        return None;
+    }
+    let b64 = sig_value.strip_prefix(':')?.strip_suffix(':')?;
+    let bytes = STANDARD.decode(b64).ok()?;
+    let (items, rest) = list.strip_prefix('(')?.split_once(')')?;
+    let mut components = Vec::new();
+    for item in items.split(' ') {
+        let name = item.strip_prefix('"')?.strip_suffix('"')?;
+        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'@' || b == b'-';
+        if name.is_empty() || !name.bytes().all(ok) {
+            return None;
+        }
+        components.push(name.to_owned());
+    }
+    let mut params = Vec::with_capacity(5);
+    let mut pieces = rest.strip_prefix(';')?.split(';');
+    for (want, int) in [
+        ("created", true),
+        ("expires", true),
+        ("nonce", false),
+        ("keyid", false),
+        ("alg", false),
+    ] {
+        let (k, v) = pieces.next()?.split_once('=')?;
+        if k != want {
+            return None;
+        }
+        let value = if int {
+            let canonical = v == "0" || (!v.starts_with('0') && (1..=15).contains(&v.len()));
+            if !canonical || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Param::Int(v.parse().ok()?)
+        } else {
+            Param::Text(plain_string(v)?.to_owned())
+        };
+        params.push((want.to_owned(), value));
+    }
+    if pieces.next().is_some() {
+        return None;
+    }
+    Some(Raw {
+        label: label.to_owned(),
+        components,
+        params,
+        serialized: list.to_owned(),
+        bytes,
+    })
+}
+
+/// The general front end: both headers as RFC 8941 dictionaries.
+fn general(headers: &HeaderMap) -> Result<Raw, SignError> {
     let no = SignError::NoSignature;
     let inputs = dictionary(headers, "signature-input")?.ok_or(no("Signature-Input"))?;
     let signatures = dictionary(headers, "signature")?.ok_or(no("Signature"))?;
@@ -495,7 +625,11 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
     let ListEntry::Item(sig) = sig else {
         fail!(Malformed, "Signature {label:?} is not an item")
     };
-    let bytes = sig.bare_item.as_byte_sequence().unwrap_or_default();
+    let bytes = sig
+        .bare_item
+        .as_byte_sequence()
+        .unwrap_or_default()
+        .to_vec();
     let mut components: Vec<String> = Vec::new();
     for item in &inner.items {
         let name = item
@@ -503,83 +637,127 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
             .as_string()
             .map(StringRef::as_str)
             .unwrap_or_default();
-        let field = http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|h| h.as_str() == name);
-        if !item.params.is_empty() || !(name.starts_with('@') || field) {
+        if !item.params.is_empty() {
             fail!(
                 Malformed,
                 "component {name:?} must be a quoted lowercase name, no parameters"
             );
         }
-        if components.iter().any(|c| c == name) {
-            fail!(Malformed, "component {name:?} is covered twice");
-        }
         components.push(name.to_owned());
     }
-    let (mut keyid, mut nonce, mut created, mut expires) = (None, None, None, None);
-    let mut alg = Alg::Ed25519;
-    for (key, value) in &inner.params {
-        let text = value.as_string().map(|s| s.as_str().to_owned());
-        let time = value
-            .as_integer()
-            .and_then(|i| u64::try_from(i64::from(i)).ok());
-        let ok = match key.as_str() {
-            "keyid" => text.clone().map(|t| keyid = Some(t)),
-            "nonce" => text.clone().map(|t| nonce = Some(t)),
-            "created" => time.map(|t| created = Some(t)),
-            "expires" => time.map(|t| expires = Some(t)),
-            "alg" if text.as_deref() == Some("ed25519") => {
-                alg = Alg::Ed25519;
-                Some(())
-            }
-            "alg" if text.as_deref() == Some("hmac-sha256") => {
-                alg = Alg::HmacSha256;
-                Some(())
-            }
-            "alg" => {
-                let alg = text.as_deref().unwrap_or("(not a string)");
-                fail!(UnsupportedAlgorithm, "signature algorithm {alg:?} is not supported: sign with an ed25519 key and alg=\"ed25519\"")
-            }
-            _ => Some(()),
-        };
-        if ok.is_none() {
-            fail!(Malformed, "parameter {key} has the wrong type or range");
-        }
-    }
-    let Some(keyid) = keyid else {
-        fail!(Malformed, "Signature-Input has no keyid parameter")
-    };
-    let (signature, mac) = match alg {
-        Alg::Ed25519 => match Signature::from_slice(bytes) {
-            Ok(s) => (s, None),
-            Err(_) => fail!(
-                Malformed,
-                "Signature {label:?} is not a 64-byte ed25519 signature (:base64:)"
-            ),
-        },
-        Alg::HmacSha256 => match <[u8; 32]>::try_from(bytes) {
-            Ok(tag) => (Signature::from_bytes(&[0; 64]), Some(tag)),
-            Err(_) => fail!(
-                Malformed,
-                "Signature {label:?} is not a 32-byte HMAC-SHA256 tag (:base64:)"
-            ),
-        },
-    };
-    let Some(params) = vec![entry.clone()].serialize() else {
+    let params = inner
+        .params
+        .iter()
+        .map(|(key, value)| {
+            let v = match (value.as_string(), value.as_integer()) {
+                (Some(t), _) => Param::Text(t.as_str().to_owned()),
+                (_, Some(i)) => Param::Int(i64::from(i)),
+                _ => Param::Other,
+            };
+            (key.as_str().to_owned(), v)
+        })
+        .collect();
+    let Some(serialized) = vec![entry.clone()].serialize() else {
         fail!(Malformed, "Signature-Input cannot be re-serialized")
     };
-    let label = label.to_owned();
-    Ok(ParsedSignature {
-        label,
+    Ok(Raw {
+        label: label.to_owned(),
         components,
         params,
-        keyid,
-        nonce,
-        created,
-        expires,
-        alg,
-        signature,
-        mac,
+        serialized,
+        bytes,
     })
+}
+
+impl Raw {
+    /// The checks both front ends share: components, parameters, the signature's size.
+    fn check(self) -> Result<ParsedSignature, SignError> {
+        let Raw {
+            label,
+            components,
+            params,
+            serialized,
+            bytes,
+        } = self;
+        for (i, name) in components.iter().enumerate() {
+            let field =
+                http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|h| h.as_str() == name);
+            if !(name.starts_with('@') || field) {
+                fail!(
+                    Malformed,
+                    "component {name:?} must be a quoted lowercase name, no parameters"
+                );
+            }
+            if components[..i].contains(name) {
+                fail!(Malformed, "component {name:?} is covered twice");
+            }
+        }
+        let (mut keyid, mut nonce, mut created, mut expires) = (None, None, None, None);
+        let mut alg = Alg::Ed25519;
+        for (key, value) in params {
+            let text = match &value {
+                Param::Text(t) => Some(t.clone()),
+                _ => None,
+            };
+            let time = match value {
+                Param::Int(i) => u64::try_from(i).ok(),
+                _ => None,
+            };
+            let ok = match key.as_str() {
+                "keyid" => text.map(|t| keyid = Some(t)),
+                "nonce" => text.map(|t| nonce = Some(t)),
+                "created" => time.map(|t| created = Some(t)),
+                "expires" => time.map(|t| expires = Some(t)),
+                "alg" if text.as_deref() == Some("ed25519") => {
+                    alg = Alg::Ed25519;
+                    Some(())
+                }
+                "alg" if text.as_deref() == Some("hmac-sha256") => {
+                    alg = Alg::HmacSha256;
+                    Some(())
+                }
+                "alg" => {
+                    let alg = text.as_deref().unwrap_or("(not a string)");
+                    fail!(UnsupportedAlgorithm, "signature algorithm {alg:?} is not supported: sign with an ed25519 key and alg=\"ed25519\"")
+                }
+                _ => Some(()),
+            };
+            if ok.is_none() {
+                fail!(Malformed, "parameter {key} has the wrong type or range");
+            }
+        }
+        let Some(keyid) = keyid else {
+            fail!(Malformed, "Signature-Input has no keyid parameter")
+        };
+        let (signature, mac) = match alg {
+            Alg::Ed25519 => match Signature::from_slice(&bytes) {
+                Ok(s) => (s, None),
+                Err(_) => fail!(
+                    Malformed,
+                    "Signature {label:?} is not a 64-byte ed25519 signature (:base64:)"
+                ),
+            },
+            Alg::HmacSha256 => match <[u8; 32]>::try_from(bytes.as_slice()) {
+                Ok(tag) => (Signature::from_bytes(&[0; 64]), Some(tag)),
+                Err(_) => fail!(
+                    Malformed,
+                    "Signature {label:?} is not a 32-byte HMAC-SHA256 tag (:base64:)"
+                ),
+            },
+        };
+        Ok(ParsedSignature {
+            label,
+            components,
+            params: serialized,
+            keyid,
+            nonce,
+            created,
+            expires,
+            alg,
+            signature,
+            mac,
+        })
+    }
 }
 
 /// Remembered pairs: a 128-bit keyed hash of `(keyid, nonce)` to the signature's expiry.
@@ -738,7 +916,9 @@ fn dictionary(headers: &HeaderMap, name: &str) -> Result<Option<Dictionary>, Sig
     }
 }
 
-/// The serialized inner list with parameters: the `@signature-params` value (RFC 9421 §2.3).
+/// The serialized inner list with parameters: the `@signature-params` value (RFC 9421 §2.3),
+/// written as RFC 8941 serializes it (the components are lowercase names; `nonce` and
+/// `keyid` must be printable ASCII, and `"` and `\` are escaped).
 fn signature_params(
     components: &[&str],
     created: u64,
@@ -747,28 +927,50 @@ fn signature_params(
     keyid: &str,
     alg: Alg,
 ) -> Result<String, SignError> {
+    use std::fmt::Write as _;
+    const MAX_INT: u64 = 999_999_999_999_999;
     let bad = |what: &str| SignError::Malformed(format!("cannot sign: {what}"));
-    let string = |v| StringRef::from_str(v).map_err(|_| bad("keyid must be printable ASCII"));
-    let int = |v| Integer::try_from(v).map_err(|_| bad("the time is out of range"));
-    let items = components
-        .iter()
-        .map(|c| string(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (created, expires, nonce, keyid) =
-        (int(created)?, int(expires)?, string(nonce)?, string(keyid)?);
-    let mut list = ListSerializer::new();
-    let mut inner = list.inner_list();
-    for item in items {
-        let _ = inner.bare_item(item);
+    if components.is_empty() {
+        return Err(bad("no components"));
     }
-    let _ = inner
-        .finish()
-        .parameter(key_ref("created"), created)
-        .parameter(key_ref("expires"), expires)
-        .parameter(key_ref("nonce"), nonce)
-        .parameter(key_ref("keyid"), keyid)
-        .parameter(key_ref("alg"), sfv::string_ref(alg.name()));
-    list.finish().ok_or_else(|| bad("no components"))
+    if created > MAX_INT || expires > MAX_INT {
+        return Err(bad("the time is out of range"));
+    }
+    let mut out = String::with_capacity(160 + keyid.len());
+    out.push('(');
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        push_string(&mut out, c).ok_or_else(|| bad("keyid must be printable ASCII"))?;
+    }
+    let _ = write!(out, ");created={created};expires={expires};nonce=");
+    push_string(&mut out, nonce).ok_or_else(|| bad("keyid must be printable ASCII"))?;
+    out.push_str(";keyid=");
+    push_string(&mut out, keyid).ok_or_else(|| bad("keyid must be printable ASCII"))?;
+    out.push_str(";alg=");
+    push_string(&mut out, alg.name()).ok_or_else(|| bad("keyid must be printable ASCII"))?;
+    Ok(out)
+}
+
+/// Appends `v` as an RFC 8941 string (§4.1.6); `None` unless printable ASCII.
+fn push_string(out: &mut String, v: &str) -> Option<()> {
+    if !v.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return None;
+    }
+    out.push('"');
+    if v.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    } else {
+        out.push_str(v);
+    }
+    out.push('"');
+    Some(())
 }
 
 /// The `@authority` a request's signature covers (RFC 9421 §2.2.3): its `Host`
@@ -1312,5 +1514,129 @@ mod tests {
             }
             let _ = check(&m, &u, &map, BODY, NOW);
         }
+    }
+}
+
+#[cfg(test)]
+mod fast_path {
+    use super::*;
+    use sfv::{key_ref, Integer, ListSerializer};
+
+    /// What sfv's serializer writes for the same parameters.
+    fn by_sfv(components: &[&str], created: u64, expires: u64, nonce: &str, keyid: &str) -> String {
+        let s = |v| StringRef::from_str(v).unwrap();
+        let i = |v: u64| Integer::try_from(v).unwrap();
+        let mut list = ListSerializer::new();
+        let mut inner = list.inner_list();
+        for c in components {
+            let _ = inner.bare_item(s(c));
+        }
+        let _ = inner
+            .finish()
+            .parameter(key_ref("created"), i(created))
+            .parameter(key_ref("expires"), i(expires))
+            .parameter(key_ref("nonce"), s(nonce))
+            .parameter(key_ref("keyid"), s(keyid))
+            .parameter(key_ref("alg"), s("hmac-sha256"));
+        list.finish().unwrap()
+    }
+
+    #[test]
+    fn signature_params_are_what_sfv_serializes() {
+        for (nonce, keyid) in [
+            ("DvM0CsfDkGzkTwZI4GmNtg", "abc"),
+            ("n", "with \"quotes\" and \\ back;slash = x"),
+            ("", " "),
+        ] {
+            for components in [&REQUIRED[..], &["@method", "content-digest"][..]] {
+                let ours = signature_params(
+                    components,
+                    0,
+                    999_999_999_999_999,
+                    nonce,
+                    keyid,
+                    Alg::HmacSha256,
+                )
+                .unwrap();
+                assert_eq!(
+                    ours,
+                    by_sfv(components, 0, 999_999_999_999_999, nonce, keyid)
+                );
+            }
+        }
+        assert!(signature_params(&REQUIRED, 1, 2, "n", "tab\there", Alg::Ed25519).is_err());
+        assert!(
+            signature_params(&REQUIRED, 1_000_000_000_000_000, 2, "n", "k", Alg::Ed25519).is_err()
+        );
+        assert!(signature_params(&[], 1, 2, "n", "k", Alg::Ed25519).is_err());
+    }
+
+    fn headers(input: &str, sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("signature-input", HeaderValue::from_str(input).unwrap());
+        h.insert("signature", HeaderValue::from_str(sig).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_scanner_reads_what_the_signers_write_as_the_general_parser_does() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let uri: Uri = "http://h.example:7000/p?q=1".parse().unwrap();
+        for body in [&b""[..], b"repository=r1"] {
+            let mut a = HeaderMap::new();
+            Signer {
+                key: &key,
+                keyid: "fpr",
+            }
+            .sign(&Method::POST, &uri, &mut a, body, 1_700_000_000)
+            .unwrap();
+            let mut b = HeaderMap::new();
+            HmacSigner {
+                key: &[5; 32],
+                keyid: "session-1",
+            }
+            .sign_hashed(
+                &Method::GET,
+                &uri,
+                &mut b,
+                &BodyHash::of(body),
+                1_700_000_000,
+            )
+            .unwrap();
+            for h in [a, b] {
+                let fast = parse_canonical(&h).expect("the scanner reads a signer's headers");
+                assert_eq!(fast.unwrap(), parse_general(&h).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn the_scanner_leaves_other_forms_to_the_general_parser() {
+        let sig = "sig1=:AAAA:";
+        let base = r#"sig1=("@method");created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#;
+        assert!(parse_canonical(&headers(base, sig)).is_some());
+        for other in [
+            // a leading zero: sfv reads 1 and serializes "1", so the signed text differs
+            r#"sig1=("@method");created=01;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#,
+            r#"sig1=("@method");created=1;expires=2;nonce="n";keyid="k\"q";alg="hmac-sha256""#,
+            r#"sig1=("@method");expires=2;created=1;nonce="n";keyid="k";alg="hmac-sha256""#,
+            r#"sig1=("@method");created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256";x=1"#,
+            r#"sig1=("@method" );created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#,
+            r#"sig1=("@method";p);created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#,
+            r#"sig1=();created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#,
+            r#"sig1=("@method");created=1;expires=2;nonce="n";keyid="k";alg="hmac-sha256", sig2=("@path")"#,
+        ] {
+            assert!(parse_canonical(&headers(other, sig)).is_none(), "{other}");
+        }
+        assert!(parse_canonical(&headers(base, "sig2=:AAAA:")).is_none());
+        assert!(parse_canonical(&headers(base, "sig1=:AAA:")).is_none());
+        // Read by the general parser, with the canonical text signed.
+        let p = parse(&headers(
+            r#"sig1=("@method");created=01;expires=2;nonce="n";keyid="k";alg="hmac-sha256""#,
+            "sig1=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:",
+        ))
+        .unwrap();
+        assert_eq!(p.created(), 1);
+        assert!(p.params.starts_with("(\"@method\");created=1;"));
     }
 }

@@ -399,7 +399,7 @@ impl Router {
             .srv(&format!("{}.{}", "conduit", schema::SERVICE))
             .await?
             .unwrap_or_default();
-        let others: Vec<_> = hosts.into_iter().filter(|p| p.host != self.host).collect();
+        let others: Vec<_> = hosts.iter().filter(|p| p.host != self.host).collect();
         if others.is_empty() {
             return Err(RouteError::NoConduit);
         }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
@@ -49,7 +49,31 @@ pub struct Answer {
     pub exists: bool,
     pub records: Vec<Record>,
     pub additionals: Vec<Record>,
+    /// Its TXT attributes, parsed once (every routed request reads some).
+    txt: OnceLock<Option<Txt>>,
+    /// Its SRV targets, resolved once from the additional section.
+    peers: OnceLock<Arc<[Peer]>>,
 }
+
+impl Answer {
+    fn new(exists: bool, records: Vec<Record>, additionals: Vec<Record>) -> Self {
+        Answer {
+            exists,
+            records,
+            additionals,
+            txt: OnceLock::new(),
+            peers: OnceLock::new(),
+        }
+    }
+}
+
+/// TXT attributes (`key=value` strings) as a map, shared by every reader of an answer.
+pub type Txt = Arc<HashMap<String, String>>;
+
+/// Cache key: a name relative to the zone, lowercased (DNS names are
+/// case-insensitive), and the record type. Looked up without building a
+/// DNS name: the common hit costs one hash of the string.
+type Key = (Box<str>, RecordType);
 
 struct Cached {
     answer: Arc<Answer>,
@@ -83,22 +107,26 @@ enum Fresh {
     Now { stale_ok: bool },
 }
 
-/// TXT attributes as a map; `None` for NXDOMAIN.
-fn txt_map(a: &Answer) -> Option<HashMap<String, String>> {
-    if !a.exists {
-        return None;
-    }
-    let mut out = HashMap::new();
-    for r in &a.records {
-        if let RData::TXT(t) = &r.data {
-            for s in t.txt_data.iter() {
-                let s = String::from_utf8_lossy(s);
-                let (k, v) = s.split_once('=').unwrap_or((&s, ""));
-                out.insert(k.to_string(), v.to_string());
+/// TXT attributes as a map; `None` for NXDOMAIN. Parsed once per answer.
+fn txt_map(a: &Answer) -> Option<Txt> {
+    a.txt
+        .get_or_init(|| {
+            if !a.exists {
+                return None;
             }
-        }
-    }
-    Some(out)
+            let mut out = HashMap::new();
+            for r in &a.records {
+                if let RData::TXT(t) = &r.data {
+                    for s in t.txt_data.iter() {
+                        let s = String::from_utf8_lossy(s);
+                        let (k, v) = s.split_once('=').unwrap_or((&s, ""));
+                        out.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+            Some(Arc::new(out))
+        })
+        .clone()
 }
 
 /// A host's cluster listener, as the directory publishes it.
@@ -159,7 +187,7 @@ pub struct DirectoryClient {
     /// The servers, comma-separated, for messages.
     names: String,
     zone: Name,
-    cache: Mutex<HashMap<(Name, RecordType), Cached>>,
+    cache: Mutex<HashMap<Key, Cached>>,
     /// Bumped by `invalidate`; an answer asked for before a bump is not cached.
     generation: AtomicU64,
     reach: Mutex<Reachability>,
@@ -329,11 +357,7 @@ impl DirectoryClient {
     /// Asks the directory now, whatever is cached. When it cannot answer: the
     /// last answer if `stale_ok` (serve-stale), else an error (for checks that
     /// must not be stale). The cached answer is kept either way.
-    pub async fn txt_fresh(
-        &self,
-        rel: &str,
-        stale_ok: bool,
-    ) -> Result<Option<HashMap<String, String>>, DirError> {
+    pub async fn txt_fresh(&self, rel: &str, stale_ok: bool) -> Result<Option<Txt>, DirError> {
         let a = self
             .ask(rel, RecordType::TXT, Fresh::Now { stale_ok })
             .await?;
@@ -352,11 +376,18 @@ impl DirectoryClient {
     }
 
     async fn ask(&self, rel: &str, t: RecordType, fresh: Fresh) -> Result<Arc<Answer>, DirError> {
-        let name = self.name(rel)?;
+        let key: Key = (
+            if rel.bytes().any(|b| b.is_ascii_uppercase()) {
+                rel.to_ascii_lowercase().into()
+            } else {
+                rel.into()
+            },
+            t,
+        );
         let now = Instant::now();
         let stale = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            match (cache.get(&(name.clone(), t)), fresh) {
+            match (cache.get(&key), fresh) {
                 (Some(c), Fresh::Cached) if c.expires > now => return Ok(c.answer.clone()),
                 (_, Fresh::Now { stale_ok: false }) => None,
                 (c, _) => c.map(|c| c.answer.clone()),
@@ -367,18 +398,15 @@ impl DirectoryClient {
             let r = self.reach.lock().unwrap_or_else(|p| p.into_inner());
             stale.is_some() && r.next_try.is_some_and(|t| now < t)
         };
+        let name = self.name(rel)?;
         if !skip {
             let gen = self.generation.load(Ordering::SeqCst);
             match self.resolve(&name, t).await {
                 Ok(Outcome::Found(records, additionals)) => {
-                    return Ok(self.remember(gen, name, t, true, records, additionals))
+                    return Ok(self.remember(gen, key, true, records, additionals))
                 }
-                Ok(Outcome::NxDomain) => {
-                    return Ok(self.remember(gen, name, t, false, vec![], vec![]))
-                }
-                Ok(Outcome::NoRecords) => {
-                    return Ok(self.remember(gen, name, t, true, vec![], vec![]))
-                }
+                Ok(Outcome::NxDomain) => return Ok(self.remember(gen, key, false, vec![], vec![])),
+                Ok(Outcome::NoRecords) => return Ok(self.remember(gen, key, true, vec![], vec![])),
                 Err(reason) => {
                     self.unreachable(&reason);
                     if stale.is_none() {
@@ -400,36 +428,30 @@ impl DirectoryClient {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn remember(
         &self,
         gen: u64,
-        name: Name,
-        t: RecordType,
+        key: Key,
         exists: bool,
         records: Vec<Record>,
         additionals: Vec<Record>,
     ) -> Arc<Answer> {
         let ttl = records
             .iter()
-            .filter(|r| r.record_type() == t)
+            .filter(|r| r.record_type() == key.1)
             .map(|r| Duration::from_secs(u64::from(r.ttl)))
             .min()
             .unwrap_or(NEGATIVE_TTL);
-        let answer = Arc::new(Answer {
-            exists,
-            records,
-            additionals,
-        });
+        let answer = Arc::new(Answer::new(exists, records, additionals));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let known = cache.contains_key(&(name.clone(), t));
+        let known = cache.contains_key(&key);
         if !known && cache.len() >= MAX_CACHED {
             let now = Instant::now();
             cache.retain(|_, c| c.expires > now);
         }
         if self.generation.load(Ordering::SeqCst) == gen && (known || cache.len() < MAX_CACHED) {
             cache.insert(
-                (name, t),
+                key,
                 Cached {
                     answer: answer.clone(),
                     expires: Instant::now() + ttl,
@@ -463,19 +485,25 @@ impl DirectoryClient {
     }
 
     /// TXT attributes at `rel` as a map; `None` for NXDOMAIN.
-    pub async fn txt(&self, rel: &str) -> Result<Option<HashMap<String, String>>, DirError> {
+    pub async fn txt(&self, rel: &str) -> Result<Option<Txt>, DirError> {
         let a = self.lookup(rel, RecordType::TXT).await?;
         Ok(txt_map(&a))
     }
 
     /// The hosts an SRV name points at, with their addresses and the SRV port;
     /// `None` for NXDOMAIN, empty when the name exists but no host is eligible.
-    pub async fn srv(&self, rel: &str) -> Result<Option<Vec<Peer>>, DirError> {
+    /// Resolved once per answer when the additional section gives every
+    /// address (the directory sends them); else each time, by asking.
+    pub async fn srv(&self, rel: &str) -> Result<Option<Arc<[Peer]>>, DirError> {
         let a = self.lookup(rel, RecordType::SRV).await?;
         if !a.exists {
             return Ok(None);
         }
+        if let Some(peers) = a.peers.get() {
+            return Ok(Some(peers.clone()));
+        }
         let mut out = Vec::new();
+        let mut complete = true;
         for r in &a.records {
             let RData::SRV(srv) = &r.data else { continue };
             let target = &srv.target;
@@ -499,17 +527,24 @@ impl DirectoryClient {
                 });
             let addr = match addr {
                 Some(a) => a,
-                None => match self.address(&host).await? {
-                    Some(a) => a,
-                    None => continue,
-                },
+                None => {
+                    complete = false;
+                    match self.address(&host).await? {
+                        Some(a) => a,
+                        None => continue,
+                    }
+                }
             };
             out.push(Peer {
                 host,
                 addr: SocketAddr::new(addr, srv.port),
             });
         }
-        Ok(Some(out))
+        let peers: Arc<[Peer]> = out.into();
+        if complete {
+            let _ = a.peers.set(peers.clone());
+        }
+        Ok(Some(peers))
     }
 
     /// A host's first address from `HOST.node.Z`.
@@ -551,7 +586,7 @@ impl DirectoryClient {
         Ok(self
             .srv(&rel)
             .await?
-            .and_then(|v| v.into_iter().next())
+            .and_then(|v| v.first().cloned())
             .filter(|p| p.addr.port() != 0))
     }
 

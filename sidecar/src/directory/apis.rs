@@ -158,7 +158,7 @@ impl Apis {
         };
         let found = match dir.srv(&format!("{SERVICE}.{}", schema::SERVICE)).await {
             Ok(Some(peers)) => peers
-                .into_iter()
+                .iter()
                 .filter(|p| p.addr.port() != 0)
                 .map(|p| url_of(p.addr))
                 .collect::<Vec<_>>(),
