@@ -640,11 +640,18 @@ http_url() { # path -> "url [script]"
     mtls) echo "http://127.0.0.1:$MA_PORT/api/diffusion.querycommits $WORK/post.lua" ;;
   esac
 }
+# CPU time the hypervisor gave to others (steal) while a path ran: on a shared
+# machine a round with much of it is not a fair one for that path.
+steal_now() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+steal_pct() { echo "$1 $2" | awk '{printf "%.1f", ($4>$2) ? ($3-$1)*100/($4-$2) : 0}'; }
+declare -A H_STEAL
 for r in $(seq 1 $ROUNDS); do
   for t in $HTTP_PATHS; do
+    s0=$(steal_now)
     read rps p50 <<<"$(wrk_run $(http_url $t))"
-    H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "
-    echo "bench: round $r http $t $rps r/s p50 $p50 ms"
+    st=$(steal_pct "$s0" "$(steal_now)")
+    H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "; H_STEAL[$t]+="$st "
+    echo "bench: round $r http $t $rps r/s p50 $p50 ms (steal $st%)"
   done
   # The same paths over one connection: the latency each adds when nothing queues.
   for t in $HTTP_PATHS; do
@@ -664,7 +671,12 @@ MTLS_RPS=$(hmed "${H_RPS[mtls]}"); MTLS_P50=$(hmed "${H_P50[mtls]}")
 TLSHOP_RPS=$(hmed "${H_RPS[tlshop]}"); TLSHOP_P50=$(hmed "${H_P50[tlshop]}")
 HOPE_RPS=$(hmed "${H_RPS[hop_ed25519]}"); HOPE_P50=$(hmed "${H_P50[hop_ed25519]}")
 echo "bench: http direct $DIRECT_RPS r/s p50 $DIRECT_P50 ms; sidecar $SC_RPS / $SC_P50; haproxy $HAP_RPS / $HAP_P50; nginx $NGP_RPS / $NGP_P50"
+# Each round's ratio to the pair measured right after it, then their median:
+# steadier than a ratio of medians when the machine's load moves between rounds.
+ratio_med() { paste -d' ' <(echo ${H_RPS[$1]} | tr ' ' '\n') <(echo ${H_RPS[mtls]} | tr ' ' '\n') | awk '$2>0 {printf "%.2f\n", $1/$2}' | median; }
+HOP_X=$(ratio_med hop); TLSHOP_X=$(ratio_med tlshop); HOPE_X=$(ratio_med hop_ed25519)
 echo "bench: signed hop (session) $HOP_RPS r/s p50 $HOP_P50 ms; (ed25519) $HOPE_RPS / $HOPE_P50; (session, --cluster-tls) $TLSHOP_RPS / $TLSHOP_P50; haproxy mtls $MTLS_RPS / $MTLS_P50"
+echo "bench: signed hop / the pair, median of rounds: session ${HOP_X}x, --cluster-tls ${TLSHOP_X}x, ed25519 ${HOPE_X}x"
 
 # Failover: promote back and forth, time until the web host's sidecar sends writes to the new master.
 next_port; SC_HTTP=$PORT; next_port; SC_CLUSTER=$PORT
@@ -738,7 +750,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"axfr_$SCALE_HOSTS\": {\"knot\": ${AXFR[knot]}, \"bind\": ${AXFR[bind]}, \"switchboard\": ${AXFR[switchboard]}},"
   echo "  \"ixfr_change_to_knot_answer\": {\"hosts_$HOSTS\": $IXFR_SMALL, \"hosts_$SCALE_HOSTS\": $IXFR_SCALE},"
   echo "  \"etcd\": {\"hosts\": $HOSTS, \"acked_to_other_server_dns\": $ETCD_CROSS, \"one_server\": $ETCD_ONE, \"one_server_sled\": $CHANGE_SMALL},"
-  echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")"; done | sed 's/, $//')},"
+  echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s, "steal_pct": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")" "$(json_list "${H_STEAL[$t]}")"; done | sed 's/, $//')},"
   echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
   echo "  \"session\": {\"handshake_us\": $HS_US, \"hmac_sign_verify_us\": $HMAC_US, \"ed25519_sign_verify_us\": $ED_US},"
   echo "  \"failover\": $FAILOVER,"
@@ -835,12 +847,12 @@ if [ $QUICK = 0 ]; then
     echo
     echo "wrk POST of a Conduit call for a repository on the other host, both proxies on CPU 0:"
     echo
-    echo "| path | requests/s (median) | spread | p50 ms |"
-    echo "| --- | --- | --- | --- |"
-    echo "| client -> sidecar A -> session-signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 |"
-    echo "| same, \`--cluster-auth ed25519\` | $HOPE_RPS | $(hspread "${H_RPS[hop_ed25519]}") | $HOPE_P50 |"
-    echo "| same, session-signed in TLS 1.3 (\`--cluster-tls\`) | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 |"
-    echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 |"
+    echo "| path | requests/s (median) | spread | p50 ms | x the pair (median of rounds) | steal % (per round) |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    echo "| client -> sidecar A -> session-signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 | $HOP_X | ${H_STEAL[hop]} |"
+    echo "| same, \`--cluster-auth ed25519\` | $HOPE_RPS | $(hspread "${H_RPS[hop_ed25519]}") | $HOPE_P50 | $HOPE_X | ${H_STEAL[hop_ed25519]} |"
+    echo "| same, session-signed in TLS 1.3 (\`--cluster-tls\`) | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 | $TLSHOP_X | ${H_STEAL[tlshop]} |"
+    echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 | 1 | ${H_STEAL[mtls]} |"
     echo
     echo "One session handshake: $HS_US µs of CPU (both sides, in-process); a call signed and verified: hmac-sha256 $HMAC_US µs, ed25519 $ED_US µs."
     echo

@@ -54,6 +54,15 @@ pub const TLS_REQUIRED: &str = "tls-required";
 #[error("--cluster-tls: {0}")]
 pub struct TlsSetupError(String);
 
+/// rustls' *ring* provider with X25519 as the only key exchange.
+#[allow(deprecated)]
+fn cluster_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::ring::kx_group::X25519],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
 /// This host's side of the cluster TLS channel: its certificate, the client
 /// and server configurations, and the directory to pin peers' keys to.
 pub struct ClusterTls {
@@ -226,9 +235,10 @@ impl ClusterTls {
             .der()
             .clone();
         // ring, not aws-lc-rs (a C and cmake build): no post-quantum key
-        // exchange (X25519 is the first group), which rustls marks deprecated.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // exchange, which rustls marks deprecated. X25519 alone: ring's default
+        // list starts with P-384, whose key generation and exchange cost every
+        // new connection several times as much, and every peer is a sidecar.
+        let provider = Arc::new(cluster_provider());
         let algs = provider.signature_verification_algorithms;
         let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])

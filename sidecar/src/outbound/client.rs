@@ -69,6 +69,10 @@ impl<B: 'static> Reusable for SendRequest<B> {
     fn closed(&self) -> bool {
         self.is_closed()
     }
+
+    fn busy(&self) -> bool {
+        !self.is_ready() && !self.is_closed()
+    }
 }
 
 /// Runs `serve` (one inbound connection) with its own backend connections.

@@ -33,6 +33,11 @@ pub trait Reusable {
     fn usable(&self) -> bool;
     /// Whether it is known to be closed (such are not kept).
     fn closed(&self) -> bool;
+    /// Whether it is still finishing its last exchange (a connection given back
+    /// while its answer streams): kept, but not taken, until it is usable.
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 /// A raw stream is ready when it is still open: nothing to read, not closed
@@ -80,19 +85,28 @@ impl<C> Default for Pool<C> {
 
 impl<C: Reusable> Pool<C> {
     /// A ready connection to `addr` idle for less than [`IDLE`], newest first;
-    /// stale ones met on the way are dropped.
+    /// stale, closed or broken ones met on the way are dropped, busy ones kept
+    /// (dropping one would close it, and the next caller would open another).
     pub fn take(&self, addr: &str) -> Option<Idle<C>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let key = idle.get_key_value(addr)?.0.clone();
         let list = idle.get_mut(addr)?;
-        while let Some((since, conn)) = list.pop() {
-            if conn.usable() && fresh(since, now) {
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let (since, conn) = &list[i];
+            if !fresh(*since, now) || conn.closed() {
+                list.remove(i);
+            } else if conn.usable() {
+                let (since, conn) = list.remove(i);
                 return Some(Idle {
                     addr: key,
                     conn,
                     since,
                 });
+            } else if !conn.busy() {
+                list.remove(i);
             }
         }
         None
@@ -134,4 +148,62 @@ pub async fn connect(addr: &str) -> Result<TcpStream, ConnectError> {
         .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A connection whose state the test sets: ready, busy, closed or broken.
+    struct Fake {
+        id: u32,
+        state: Cell<&'static str>,
+    }
+
+    impl Reusable for Fake {
+        fn usable(&self) -> bool {
+            self.state.get() == "ready"
+        }
+        fn closed(&self) -> bool {
+            self.state.get() == "closed"
+        }
+        fn busy(&self) -> bool {
+            self.state.get() == "busy"
+        }
+    }
+
+    fn fake(id: u32, state: &'static str) -> Fake {
+        Fake {
+            id,
+            state: Cell::new(state),
+        }
+    }
+
+    #[test]
+    fn a_busy_connection_is_kept_until_it_is_ready_and_broken_ones_are_dropped() {
+        let pool: Pool<Fake> = Pool::default();
+        let key: Arc<str> = Arc::from("b:1");
+        let now = Instant::now();
+        for (id, state) in [(1, "ready"), (2, "broken"), (3, "busy")] {
+            pool.put(key.clone(), fake(id, state), now);
+        }
+        // Newest first: 3 is busy (kept), 2 broken (dropped), 1 ready.
+        assert_eq!(pool.take("b:1").map(|c| c.conn.id), Some(1));
+        assert!(pool.take("b:1").is_none(), "the busy one is not handed out");
+        let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let left: Vec<u32> = idle["b:1"].iter().map(|(_, c)| c.id).collect();
+        assert_eq!(left, vec![3], "the busy one stays, the broken one is gone");
+        idle["b:1"][0].1.state.set("ready");
+        drop(idle);
+        assert_eq!(pool.take("b:1").map(|c| c.conn.id), Some(3));
+        // A stale one is dropped whatever its state.
+        pool.put(key.clone(), fake(4, "ready"), now);
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = idle.get_mut("b:1") {
+            list[0].0 = now - IDLE - Duration::from_secs(1);
+        }
+        drop(idle);
+        assert!(pool.take("b:1").is_none());
+    }
 }
