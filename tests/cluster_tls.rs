@@ -68,6 +68,24 @@ fn logged(log: &Arc<Mutex<Vec<String>>>, what: &str) -> bool {
         .any(|l| l.contains(what))
 }
 
+/// A log line without its terminal colours (`tracing` writes them).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn commit(w: &Path) -> String {
     git_ok(w, &["init", "-q", "src"], None);
     let src = w.join("src");
@@ -433,6 +451,56 @@ fn a_tls_caller_whose_key_is_no_hosts_is_refused_by_the_listener() {
     );
     d.wait_for("repo1 to log the refusal", || {
         logged(&log, "refused the TLS caller")
+    });
+
+    // A stranger's flood of handshakes: each is refused and counted, but the
+    // log gets a few lines a second, and a later line says how many it left out.
+    let lines = |log: &Arc<Mutex<Vec<String>>>| -> Vec<String> {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.contains("refused the TLS caller"))
+            .map(|l| strip_ansi(l))
+            .collect()
+    };
+    let before = lines(&log).len();
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 60;
+    let out = run(Command::new("curl")
+        .args(["-s", "-k", "-m", "60", "--tlsv1.3", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&stranger)
+        .args(std::iter::repeat_n(&url, FLOOD)));
+    let elapsed = started.elapsed().as_secs() as usize;
+    assert_eq!(
+        stdout(&out).matches("unknown-key").count(),
+        FLOOD,
+        "{}",
+        stderr(&out)
+    );
+    d.wait_for("every refusal counted", || {
+        repo1
+            .metric("switchboard_sidecar_signature_refusals_total{reason=\"unknown-key\"}")
+            .unwrap_or(0.0)
+            >= (FLOOD + 1) as f64
+    });
+    let logged_now = lines(&log).len() - before;
+    assert!(
+        logged_now <= 10 * (elapsed + 2),
+        "{logged_now} lines for {FLOOD} refusals in {elapsed} s"
+    );
+    assert!(logged_now < FLOOD, "every refusal was logged");
+    d.wait_for("a line saying how many were left out", || {
+        let _ = run(Command::new("curl")
+            .args(["-s", "-k", "-m", "10", "-o", "/dev/null", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&stranger)
+            .arg(&url));
+        lines(&log)
+            .iter()
+            .any(|l| l.contains("skipped=") && !l.contains("skipped=0"))
     });
 
     // Without a certificate: no connection at all.

@@ -32,6 +32,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod quiet;
 pub mod reply;
 pub mod repo;
 pub mod route;

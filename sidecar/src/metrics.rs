@@ -222,7 +222,7 @@ impl Metrics {
                 "switchboard_sidecar_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
-        let _ = writeln!(out, "# HELP switchboard_sidecar_signature_refusals_total Signed cluster calls refused, by reason.");
+        let _ = writeln!(out, "# HELP switchboard_sidecar_signature_refusals_total Cluster calls refused for their signature, and TLS callers refused (unknown-key, tls-handshake), by reason.");
         let _ = writeln!(
             out,
             "# TYPE switchboard_sidecar_signature_refusals_total counter"

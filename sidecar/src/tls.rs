@@ -32,6 +32,7 @@ use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 use crate::directory::answers::DirectoryClient;
 use crate::identity::{self, Identity, KeyInfo};
+use crate::quiet::Budget;
 
 /// How long a TLS handshake may take, on either side: a peer that does not
 /// speak TLS, or says nothing, fails within this, never hangs.
@@ -337,11 +338,19 @@ impl ClusterTls {
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "TLS handshake from {peer} failed");
+                static LOG: Budget = Budget::new();
+                self.dir.metrics.refusal("tls-handshake");
+                if let Some(skipped) = LOG.admit() {
+                    tracing::warn!(%peer, error = %e, skipped, "TLS handshake from {peer} failed");
+                }
                 return Accepted::Closed;
             }
             Err(_) => {
-                tracing::warn!(%peer, "no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}");
+                static LOG: Budget = Budget::new();
+                self.dir.metrics.refusal("tls-handshake");
+                if let Some(skipped) = LOG.admit() {
+                    tracing::warn!(%peer, skipped, "no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}");
+                }
                 return Accepted::Closed;
             }
         };
@@ -372,7 +381,11 @@ impl ClusterTls {
                 }
             }
         };
-        tracing::warn!(%peer, "refused the TLS caller at {peer}: {why}");
+        static LOG: Budget = Budget::new();
+        self.dir.metrics.refusal("unknown-key");
+        if let Some(skipped) = LOG.admit() {
+            tracing::warn!(%peer, skipped, "refused the TLS caller at {peer}: {why}");
+        }
         let _ = refuse(
             &mut tls,
             "403 Forbidden",
@@ -403,7 +416,10 @@ pub fn plain_allowed(method: &http::Method, path: &str) -> bool {
 
 /// The answer to a plain HTTP call on a TLS cluster listener, logged.
 pub fn plain_refusal(peer: SocketAddr, path: &str) -> http::Response<crate::body::BoxBody> {
-    tracing::warn!(%peer, path, "plain HTTP from {peer} on the cluster listener, which speaks TLS (--cluster-tls): is --cluster-tls on there? refused");
+    static LOG: Budget = Budget::new();
+    if let Some(skipped) = LOG.admit() {
+        tracing::warn!(%peer, path, skipped, "plain HTTP from {peer} on the cluster listener, which speaks TLS (--cluster-tls): is --cluster-tls on there? refused");
+    }
     let mut r = crate::reply::error(
         http::StatusCode::MISDIRECTED_REQUEST,
         TLS_REQUIRED,

@@ -36,7 +36,10 @@ fn refuse(
     peer: &std::net::SocketAddr,
     keyid: &str,
 ) -> Response<BoxBody> {
-    tracing::warn!(reason, %peer, keyid, error = %message, "cluster call refused");
+    static LOG: crate::quiet::Budget = crate::quiet::Budget::new();
+    if let Some(skipped) = LOG.admit() {
+        tracing::warn!(reason, %peer, keyid, error = %message, skipped, "cluster call refused");
+    }
     sc.metrics.refusal(reason);
     sc.metrics.request("cluster", "refused");
     error(StatusCode::UNAUTHORIZED, reason, message)

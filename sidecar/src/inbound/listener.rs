@@ -129,7 +129,10 @@ pub async fn serve_on<F, Fut>(
             if let Err(e) = connection(io, peer, client, open, handler).await {
                 if cluster && e.is_parse() {
                     // Not HTTP: most likely a TLS handshake (hyper answered 400).
-                    tracing::warn!(%peer, error = %e, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
+                    static LOG: crate::quiet::Budget = crate::quiet::Budget::new();
+                    if let Some(skipped) = LOG.admit() {
+                        tracing::warn!(%peer, error = %e, skipped, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
+                    }
                 }
             }
         });
