@@ -189,6 +189,14 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
         "{text}"
     );
     assert!(text.contains("speaks TLS only"), "{text}");
+    assert!(
+        repo1
+            .metric("switchboard_sidecar_signature_refusals_total{reason=\"tls-required\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        repo1.metrics()
+    );
     // So every call above reached repo1 over TLS; the metrics scrape alone is
     // still served in plain HTTP.
     assert!(

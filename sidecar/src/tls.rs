@@ -267,6 +267,16 @@ impl ClusterTls {
         }))
     }
 
+    /// [`plain_refusal`], counted (`tls-required`).
+    pub fn refuse_plain(
+        &self,
+        peer: SocketAddr,
+        path: &str,
+    ) -> http::Response<crate::body::BoxBody> {
+        self.dir.metrics.refusal(TLS_REQUIRED);
+        plain_refusal(peer, path)
+    }
+
     /// TLS over `stream` to `host`'s cluster listener: kept only if the
     /// certificate's key is the one the directory has for `host`.
     pub async fn connect(
@@ -361,35 +371,42 @@ impl ClusterTls {
             .and_then(|c| c.first())
             .ok_or_else(|| "it presented no certificate".to_string())
             .and_then(cert_key);
-        let why = match key {
-            Err(reason) => reason,
+        // (the reason counted and answered, what the log and the answer say)
+        let (reason, why) = match key {
+            Err(why) => ("tls-certificate", why),
             Ok(key) => {
                 let fpr = key.fingerprint();
                 match identity::lookup(&self.dir, &fpr).await {
                     Ok(Some(info)) if info.key == key => {
                         match self.dir.host_available(&info.host).await {
                             Ok(Some(true)) => return Accepted::Tls(Box::new(tls), info),
-                            Ok(_) => format!(
+                            Ok(_) => ("host-unavailable", format!(
                                 "its key {fpr} is {}'s, which is marked unavailable in the directory",
                                 info.host
-                            ),
-                            Err(e) => format!("cannot check host {}: {e}", info.host),
+                            )),
+                            Err(e) => ("directory-unreachable", format!("cannot check host {}: {e}", info.host)),
                         }
                     }
-                    Ok(_) => format!("its key {fpr} belongs to no host in the directory"),
-                    Err(e) => format!("cannot look its key {fpr} up: {e}"),
+                    Ok(_) => (
+                        "unknown-key",
+                        format!("its key {fpr} belongs to no host in the directory"),
+                    ),
+                    Err(e) => (
+                        "directory-unreachable",
+                        format!("cannot look its key {fpr} up: {e}"),
+                    ),
                 }
             }
         };
         static LOG: Budget = Budget::new();
-        self.dir.metrics.refusal("unknown-key");
+        self.dir.metrics.refusal(reason);
         if let Some(skipped) = LOG.admit() {
-            tracing::warn!(%peer, skipped, "refused the TLS caller at {peer}: {why}");
+            tracing::warn!(%peer, reason, skipped, "refused the TLS caller at {peer}: {why}");
         }
         let _ = refuse(
             &mut tls,
             "403 Forbidden",
-            "unknown-key",
+            reason,
             &format!("refused the TLS certificate: {why}"),
         )
         .await;

@@ -72,7 +72,9 @@ pub type Txt = Arc<HashMap<String, String>>;
 
 /// Cache key: a name relative to the zone, lowercased (DNS names are
 /// case-insensitive), and the record type. Looked up without building a
-/// DNS name: the common hit costs one hash of the string.
+/// DNS name: a hit costs a copy and a hash of the text. Two spellings of one
+/// name (`a.b` and `a.b.`) are two entries, each asked for and invalidated
+/// like any other.
 type Key = (Box<str>, RecordType);
 
 struct Cached {

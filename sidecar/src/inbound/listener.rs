@@ -96,16 +96,18 @@ pub async fn serve_on<F, Fut>(
                             let _ = connection(io, peer, client, open, handler).await;
                         }
                         Accepted::Plain(stream) => {
+                            let refuser = tls.clone();
                             let only_metrics =
                                 move |req: http::Request<hyper::body::Incoming>, peer| {
                                     let allowed =
                                         tls::plain_allowed(req.method(), req.uri().path());
                                     let handler = handler.clone();
+                                    let refuser = refuser.clone();
                                     async move {
                                         if allowed {
                                             handler(req, peer).await
                                         } else {
-                                            tls::plain_refusal(peer, req.uri().path())
+                                            refuser.refuse_plain(peer, req.uri().path())
                                         }
                                     }
                                 };
