@@ -498,14 +498,15 @@ fn a_tls_caller_whose_key_is_no_hosts_is_refused_by_the_listener() {
         logged_now <= 10 * (elapsed + 2),
         "{logged_now} lines for {FLOOD} refusals in {elapsed} s"
     );
-    assert!(logged_now < FLOOD, "every refusal was logged");
+    // Bursts of 15, so some are left out even on a slow machine, and a later
+    // one is logged with the count.
     d.wait_for("a line saying how many were left out", || {
         let _ = run(Command::new("curl")
-            .args(["-s", "-k", "-m", "10", "-o", "/dev/null", "--cert"])
+            .args(["-s", "-k", "-m", "10", "--cert"])
             .arg(&cert)
             .arg("--key")
             .arg(&stranger)
-            .arg(&url));
+            .args(std::iter::repeat_n(&url, 15)));
         lines(&log)
             .iter()
             .any(|l| l.contains("skipped=") && !l.contains("skipped=0"))
