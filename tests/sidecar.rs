@@ -221,6 +221,46 @@ fn conduit_calls_land_on_a_host_of_their_repository() {
 }
 
 #[test]
+fn a_backends_hop_by_hop_headers_stop_at_the_sidecar_and_the_client_keeps_its_connection() {
+    let c = cluster(&[]);
+    c.d.cli_ok(&["repo", "add", "r2", "--master", "repo2"]);
+    // The backend answers `Connection: close, X-Hop-Secret`, `Keep-Alive`,
+    // `X-Hop-Secret` and hangs up: locally (no repository) and through the
+    // signed hop (r2 on repo2), twice on one client connection.
+    for body in ["", "repository=r2"] {
+        let url = c.web1.http_url("/api/hop.close");
+        let out = run(Command::new("curl").args([
+            "-sv",
+            "--data-binary",
+            body,
+            &url,
+            "--data-binary",
+            body,
+            &url,
+        ]));
+        let (answer, trace) = (stdout(&out), stderr(&out));
+        assert_eq!(
+            answer.matches("\"path\":\"/api/hop.close\"").count(),
+            2,
+            "{answer}{trace}"
+        );
+        let heads: Vec<&str> = trace.lines().filter(|l| l.starts_with("< ")).collect();
+        for hop in ["connection: close", "keep-alive:", "x-hop-secret"] {
+            assert!(
+                !heads
+                    .iter()
+                    .any(|l| l.to_ascii_lowercase().starts_with(&format!("< {hop}"))),
+                "{body:?}: {hop} passed on: {heads:?}"
+            );
+        }
+        assert!(
+            trace.contains("Re-using existing connection"),
+            "{body:?}: the client's connection was closed: {trace}"
+        );
+    }
+}
+
+#[test]
 fn the_web_backend_gets_the_users_headers_and_who_asked() {
     let c = cluster(&[]);
     let sidecar_addr = c

@@ -32,7 +32,34 @@ where
     http_body_util::StreamBody::new(stream).boxed()
 }
 
-/// Wraps a peer's or backend's response, as it streams, for our listeners.
+/// Wraps a peer's or backend's response, as it streams, for our listeners,
+/// without its hop-by-hop headers (RFC 9110 §7.6.1): they were about the
+/// connection it came on, and passed on, a backend's `Connection: close`
+/// (nginx says it every 1,000 requests) closed the client's connection too.
+/// The framing is hyper's to write again; a `101` keeps its `Upgrade`.
 pub fn stream_back(resp: Response<Incoming>) -> Response<BoxBody> {
-    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+    let mut resp = resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        drop_hop_by_hop(resp.headers_mut());
+    }
+    resp
+}
+
+/// Removes the hop-by-hop headers and those `Connection` lists.
+pub fn drop_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<http::HeaderName> = crate::http1::connection_tokens(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
+    .into_iter()
+    .filter_map(|t| http::HeaderName::from_bytes(t).ok())
+    .collect();
+    for name in crate::http1::HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in listed {
+        headers.remove(name);
+    }
 }

@@ -99,6 +99,12 @@ fn handle(name: &str, conn: usize, stream: TcpStream) -> std::io::Result<()> {
                 write!(out, "{:x}\r\n{b}\r\n0\r\nX-Trailer: yes\r\n\r\n", b.len())?;
                 out.flush()?;
             }
+            // Hop-by-hop headers a proxy must not pass on, then a hang-up.
+            "/api/hop.close" => {
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close, X-Hop-Secret\r\nKeep-Alive: timeout=5\r\nX-Hop-Secret: 1\r\nContent-Length: {}\r\n\r\n{reply}", reply.len())?;
+                out.flush()?;
+                return Ok(());
+            }
             // No length: the body ends with the connection.
             "/until-close" => {
                 write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{reply}")?;
