@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_tests::{
-    free_port, keygen, minimal_zone, run, ssh_client_key, stderr, stdout, Backend, Directory,
-    Sidecar, Sshd,
+    free_port, keygen, minimal_zone, plain_log_line, run, ssh_client_key, stderr, stdout, Backend,
+    Directory, Sidecar, Sshd,
 };
 
 const TLS: &[&str] = &["--cluster-tls"];
@@ -66,24 +66,6 @@ fn logged(log: &Arc<Mutex<Vec<String>>>, what: &str) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .any(|l| l.contains(what))
-}
-
-/// A log line without its terminal colours (`tracing` writes them).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn commit(w: &Path) -> String {
@@ -468,7 +450,7 @@ fn a_tls_caller_whose_key_is_no_hosts_is_refused_by_the_listener() {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|l| l.contains("refused the TLS caller"))
-            .map(|l| strip_ansi(l))
+            .map(|l| plain_log_line(l))
             .collect()
     };
     let before = lines(&log).len();

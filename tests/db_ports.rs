@@ -16,7 +16,9 @@ use switchboard_tests::mariadb::{
     app_client, app_client_with, app_opts, db_port, monitor_grants, runtime, Cluster, MONITOR_USER,
     TABLE,
 };
-use switchboard_tests::{minimal_zone, stderr, stdout, Directory, Sidecar, DEADLINE};
+use switchboard_tests::{
+    minimal_zone, plain_log_line, stderr, stdout, Directory, Sidecar, DEADLINE,
+};
 
 /// A directory, a cluster of three servers (db1 the primary), a sidecar on
 /// each database host and a web host's sidecar (`web1`) with both ports of
@@ -117,31 +119,13 @@ impl Drop for Rig {
             let log = log.lock().unwrap_or_else(|p| p.into_inner());
             eprintln!("---- {name}'s log ({} lines)", log.len());
             for l in log.iter() {
-                eprintln!("{name}: {}", plain(l));
+                eprintln!("{name}: {}", plain_log_line(l));
             }
         }
         for s in &self.c.servers {
             eprintln!("---- {}'s error log (tail)\n{}", s.name, s.error_log());
         }
     }
-}
-
-/// A log line without its terminal colours.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `SELECT @@server_id` on a new connection through `addr` (the `mariadb` client).

@@ -1225,3 +1225,21 @@ impl Git {
         self.ok(dir, &["rev-parse", "HEAD"]).trim().to_string()
     }
 }
+
+/// A log line without its terminal colours (`tracing` writes them).
+pub fn plain_log_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
