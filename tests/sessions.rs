@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use switchboard_proto::session::{Initiator, Session, PATH};
 use switchboard_proto::sign::{BodyHash, HmacSigner};
 use switchboard_tests::{
-    conduit_call, keygen, minimal_zone, run, signed_headers, stdout, unix_now, Backend, Directory,
-    Sidecar,
+    conduit_call, conduit_call_sized, keygen, minimal_zone, run, signed_headers, stdout, unix_now,
+    Backend, Directory, Sidecar,
 };
 
 /// One curl call: (status, `X-Switchboard-Reason`, body).
@@ -79,19 +79,24 @@ fn handshake(key_file: &Path, to: &Sidecar) -> Result<Session, (u16, String)> {
 
 /// Headers of a GET of `url` signed under `session`.
 fn session_signed(session: &Session, url: &str) -> Vec<(String, String)> {
+    session_signed_call(session, "GET", url, b"")
+}
+
+/// Headers of `method url` with `body`, signed under `session`.
+fn session_signed_call(
+    session: &Session,
+    method: &str,
+    url: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
     let uri: http::Uri = url.parse().expect("url");
+    let method = http::Method::from_bytes(method.as_bytes()).expect("method");
     let mut h = http::HeaderMap::new();
     HmacSigner {
         key: &session.key.0,
         keyid: &session.id,
     }
-    .sign_hashed(
-        &http::Method::GET,
-        &uri,
-        &mut h,
-        &BodyHash::of(b""),
-        unix_now(),
-    )
+    .sign_hashed(&method, &uri, &mut h, &BodyHash::of(body), unix_now())
     .expect("sign");
     h.iter()
         .filter(|(k, _)| *k != http::header::HOST)
@@ -99,10 +104,23 @@ fn session_signed(session: &Session, url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A session-signed Conduit call on `to`'s cluster listener: (status, reason).
+/// The body of the Conduit calls the tests make with POST.
+const CALL: &[u8] = br#"{"params":{}}"#;
+
+/// A session-signed Conduit call on `to`'s cluster listener, made twice: a GET
+/// (which the listener leaves to hyper) and a POST with a body (which its short
+/// way takes). Both must get the same answer: (status, reason).
 fn session_call(session: &Session, to: &Sidecar) -> (u16, String) {
     let url = to.cluster_url("/api/user.whoami");
     let (code, reason, _) = curl("GET", &url, &session_signed(session, &url), b"");
+    let headers = session_signed_call(session, "POST", &url, CALL);
+    let (post_code, post_reason, _) = curl("POST", &url, &headers, CALL);
+    if (code, &reason) != (post_code, &post_reason) {
+        return (
+            0,
+            format!("GET: {code} {reason}, POST: {post_code} {post_reason}"),
+        );
+    }
     (code, reason)
 }
 
@@ -250,6 +268,26 @@ fn a_replayed_session_call_is_refused() {
         b"",
     );
     assert_eq!((code, reason.as_str()), (401, "bad-signature"));
+
+    // The same on the listener's short way (a POST with a body), and a body
+    // other than the one signed.
+    let headers = session_signed_call(&session, "POST", &url, CALL);
+    let (first, _, body) = curl("POST", &url, &headers, CALL);
+    assert_eq!(first, 200, "{}", String::from_utf8_lossy(&body));
+    let (again, reason, _) = curl("POST", &url, &headers, CALL);
+    assert_eq!((again, reason.as_str()), (401, "replayed"));
+    let headers = session_signed_call(&session, "POST", &url, CALL);
+    let (code, reason, _) = curl("POST", &url, &headers, br#"{"params":{"x":1}}"#);
+    assert_eq!((code, reason.as_str()), (401, "changed-body"));
+    let headers = session_signed_call(&session, "POST", &other, CALL);
+    let (code, reason, _) = curl("POST", &url, &headers, CALL);
+    assert_eq!((code, reason.as_str()), (401, "bad-signature"));
+    let headers = session_signed_call(&forged, "POST", &url, CALL);
+    let (code, reason, _) = curl("POST", &url, &headers, CALL);
+    assert_eq!((code, reason.as_str()), (401, "unknown-session"));
+    let headers = session_signed_call(&session, "POST", &p.d.server_url(), CALL);
+    let (code, reason, _) = curl("POST", &url, &headers, CALL);
+    assert_eq!((code, reason.as_str()), (401, "bad-signature"));
 }
 
 /// app [web, backend] serves Conduit for front [web, no backend], which
@@ -332,6 +370,23 @@ fn a_restart_of_either_side_fails_no_request() {
     assert_eq!(
         front.metric("switchboard_sidecar_session_handshakes_total{side=\"made\"}"),
         Some(2.0)
+    );
+    // The same with a body too large for the sidecars' short way (hyper's path).
+    app.restart();
+    outcomes.push(conduit_call_sized(front.http, 100_000));
+    assert!(
+        outcomes.iter().all(|o| *o == Ok((200, "app".to_string()))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        front.metric("switchboard_sidecar_session_resends_total"),
+        Some(2.0)
+    );
+    // A new session, not five seconds of ed25519: the handshake does not die on
+    // a pooled connection to the process that just went away.
+    assert_eq!(
+        front.metric("switchboard_sidecar_session_handshakes_total{side=\"made\"}"),
+        Some(3.0)
     );
     // The sender forgets its sessions: it makes a new one.
     front.restart();

@@ -1,5 +1,5 @@
-//! HTTP/1.1 framing, for the code that copies messages as bytes (the user
-//! listener's short way, `inbound::passthrough`): how a response body ends
+//! HTTP/1.1 framing, for the code that copies messages as bytes (the
+//! listeners' short way, `inbound::passthrough`, and `outbound::raw`): how a response body ends
 //! (RFC 9112 §6.3), the chunked coding (§7.1), the length field, and the
 //! hop-by-hop headers a proxy never passes on (RFC 9110 §7.6.1). No I/O here:
 //! this module says what the bytes mean; the caller reads and writes them.
@@ -40,6 +40,10 @@ pub enum Framing {
 /// A response head as the client gets it (without the blank line).
 pub struct ResponseHead {
     pub head: Vec<u8>,
+    /// The status code.
+    pub code: u16,
+    /// The `X-Switchboard-Reason` a refusal carries (`reply::REASON`).
+    pub reason: Option<Vec<u8>>,
     pub framing: Framing,
     /// The backend's connection may carry the next request.
     pub reuse: bool,
@@ -104,6 +108,11 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
     } else {
         Framing::UntilClose
     };
+    let reason = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(crate::reply::REASON))
+        .map(|h| h.value.to_vec());
     let mut out = Vec::with_capacity(head.len() + 32);
     out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
@@ -128,6 +137,8 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
     }
     Ok(Some(ResponseHead {
         head: out,
+        code,
+        reason,
         framing,
         // A backend that sends both a coding and a length is not trusted to
         // frame the next answer either.

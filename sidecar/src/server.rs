@@ -157,7 +157,7 @@ impl Server {
         let cluster_listener = tokio::spawn(serve_on(
             cluster,
             sc.forwarder.client().clone(),
-            None,
+            Passthrough::for_cluster(sc.clone()),
             transport,
             sc.shutdown.clone(),
             move |req, peer| cluster::handle(s.clone(), req, peer),

@@ -28,7 +28,7 @@ use switchboard_proto::time::unix_secs;
 use crate::directory::answers::{DirectoryClient, Peer};
 use crate::identity::{self, Identity, KeyInfo};
 use crate::metrics::{Metrics, SessionCounters};
-use crate::outbound::client::Client;
+use crate::outbound::client::{Client, SendError};
 use crate::reply::REASON;
 
 /// How a sidecar signs its calls to other hosts (`run --cluster-auth`).
@@ -217,22 +217,17 @@ impl Sessions {
     /// One handshake with `peer`: a signed `POST /switchboard/session` with
     /// this host's share; the answer checked against the key the directory
     /// publishes for `peer.host`.
-    async fn handshake(&self, client: &Client, peer: &Peer) -> Result<OutSession, String> {
-        let (key, _) = self
-            .published_key(&peer.host)
-            .await?
-            .ok_or_else(|| format!("the directory publishes no key for {}", peer.host))?;
-        let verifying = key
-            .verifying_key()
-            .map_err(|_| format!("the key of {} is not a valid ed25519 key", peer.host))?;
-        let init = Initiator::new();
-        let body = serde_json::to_vec(&init.hello()).map_err(|e| e.to_string())?;
+    /// The handshake call to the peer at `addr`, signed with the host key.
+    fn hello_request(
+        &self,
+        addr: &str,
+        body: &[u8],
+    ) -> Result<Request<crate::body::BoxBody>, String> {
         let uri = Uri::from_static(session::PATH);
         let mut headers = HeaderMap::new();
-        let addr = peer.addr.to_string();
         headers.insert(
             header::HOST,
-            HeaderValue::from_str(&addr).map_err(|e| e.to_string())?,
+            HeaderValue::from_str(addr).map_err(|e| e.to_string())?,
         );
         headers.insert(
             header::CONTENT_TYPE,
@@ -243,21 +238,45 @@ impl Sessions {
             key: &self.identity.key,
             keyid: &self.identity.fingerprint,
         }
-        .sign(&Method::POST, &uri, &mut headers, &body, unix_secs())
+        .sign(&Method::POST, &uri, &mut headers, body, unix_secs())
         .map_err(|e| e.to_string())?;
         SessionCounters::add(&self.metrics.sessions.signed_ed25519);
         let mut req = Request::new(
-            http_body_util::Full::new(Bytes::from(body))
+            http_body_util::Full::new(Bytes::copy_from_slice(body))
                 .map_err(|e| match e {})
                 .boxed(),
         );
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        let resp = client
-            .send_peer(&peer.host, &addr, req)
-            .await
-            .map_err(|e| e.to_string())?;
+        Ok(req)
+    }
+
+    async fn handshake(&self, client: &Client, peer: &Peer) -> Result<OutSession, String> {
+        let (key, _) = self
+            .published_key(&peer.host)
+            .await?
+            .ok_or_else(|| format!("the directory publishes no key for {}", peer.host))?;
+        let verifying = key
+            .verifying_key()
+            .map_err(|_| format!("the key of {} is not a valid ed25519 key", peer.host))?;
+        let init = Initiator::new();
+        let body = serde_json::to_vec(&init.hello()).map_err(|e| e.to_string())?;
+        let addr = peer.addr.to_string();
+        // A pooled connection the peer closed (it restarted) a moment ago may
+        // take the call and die under it: once more, signed anew, on another.
+        let mut attempts = 0;
+        let resp = loop {
+            attempts += 1;
+            let req = self.hello_request(&addr, &body)?;
+            match client.send_peer(&peer.host, &addr, req).await {
+                Ok(r) => break r,
+                Err(SendError::Http(e)) if attempts == 1 && e.is_incomplete_message() => {
+                    tracing::debug!(peer = %peer.host, error = %e, "handshake met a closed connection; again on another");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         let status = resp.status();
         let reason = resp
             .headers()

@@ -792,12 +792,22 @@ pub type Outcome = Result<(u16, String), String>;
 /// One Conduit call through `addr` (HTTP/1.1, its own connection): the status
 /// and the backend that answered, or what went wrong.
 pub fn conduit_call(addr: std::net::SocketAddr) -> Outcome {
+    conduit_call_with(addr, "params=%7B%7D")
+}
+
+/// [`conduit_call`] with a body of about `size` bytes: over 64 KiB, the
+/// sidecar reads it through hyper rather than its short way.
+pub fn conduit_call_sized(addr: std::net::SocketAddr, size: usize) -> Outcome {
+    let pad = "x".repeat(size.saturating_sub(20));
+    conduit_call_with(addr, &format!("params=%7B%7D&pad={pad}"))
+}
+
+fn conduit_call_with(addr: std::net::SocketAddr, body: &str) -> Outcome {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let body = "params=%7B%7D";
     write!(
         s,
         "POST /api/user.whoami HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -29,20 +29,180 @@ use crate::sidecar::Sidecar;
 /// How long a caller may take to send a signed body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// A call the cluster listener will not serve, logged and counted already:
+/// what it answers (a 401 with the reason, or a 503 while draining).
+pub struct Refused {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refused {
+    /// The JSON refusal hyper sends.
+    pub fn response(self) -> Response<BoxBody> {
+        error(self.status, self.reason, self.message)
+    }
+}
+
 fn refuse(
     sc: &Sidecar,
     reason: &'static str,
     message: String,
     peer: &std::net::SocketAddr,
     keyid: &str,
-) -> Response<BoxBody> {
+) -> Refused {
     static LOG: crate::quiet::Budget = crate::quiet::Budget::new();
     if let Some(skipped) = LOG.admit() {
         tracing::warn!(reason, %peer, keyid, error = %message, skipped, "cluster call refused");
     }
     sc.metrics.refusal(reason);
     sc.metrics.request("cluster", "refused");
-    error(StatusCode::UNAUTHORIZED, reason, message)
+    Refused {
+        status: StatusCode::UNAUTHORIZED,
+        reason,
+        message,
+    }
+}
+
+/// A call whose signed headers passed every check but the body's.
+pub struct Admitted {
+    parsed: sign::ParsedSignature,
+    keyid: String,
+    pub caller: KeyInfo,
+    /// Signed under a session key (else with the caller's host key).
+    pub session: bool,
+}
+
+/// The checks on a call's head, in order, before anything of its body is
+/// read: the signature parses; a session call's session is known and its
+/// caller still may call, and its tag is good; an ed25519 call's caller may
+/// call and its signature is good; the call was signed for this host; its
+/// nonce is fresh (and now remembered). Both the hyper path ([`handle`]) and
+/// the short way (`inbound::passthrough`) admit calls here.
+pub async fn admit(
+    sc: &Sidecar,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    peer: &std::net::SocketAddr,
+) -> Result<Admitted, Refused> {
+    let parsed = match sign::parse(headers) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, "")),
+    };
+    let keyid = parsed.keyid().to_string();
+    let now = unix_secs();
+    let expects_body = headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v != "0")
+        || headers.contains_key(http::header::TRANSFER_ENCODING);
+    let session = parsed.alg() == Alg::HmacSha256;
+    let caller = if session {
+        // A session call: the session it names, its caller still allowed to
+        // call (checked per call, cached per directory generation), the tag.
+        let s = match sc.sessions.incoming(&keyid, now) {
+            Ok(s) => s,
+            Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
+        };
+        let caller = match sc.caller(&s.caller_fpr).await {
+            Ok((caller, _)) if caller.host == s.caller_host => caller,
+            Ok(_) => {
+                sc.sessions.drop_incoming(&keyid);
+                let e = SessionRefusal::Unknown(keyid.clone());
+                return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid));
+            }
+            Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
+        };
+        if let Err(e) = parsed.verify_hmac_headers(
+            method,
+            uri,
+            headers,
+            expects_body,
+            &s.key.0,
+            now,
+            &Policy::default(),
+        ) {
+            return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid));
+        }
+        caller
+    } else {
+        let (caller, key) = match sc.caller(&keyid).await {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
+        };
+        let base =
+            match parsed.signed_base(method, uri, headers, expects_body, now, &Policy::default()) {
+                Ok(base) => base,
+                Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
+            };
+        match sc.verifier.verify(base, *parsed.signature(), key).await {
+            Some(true) => {}
+            Some(false) => {
+                let e = parsed.bad_signature();
+                return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid));
+            }
+            None => {
+                return Err(Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "shutting-down",
+                    message: "the sidecar is shutting down".into(),
+                })
+            }
+        }
+        caller
+    };
+    let authority = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !sc.is_my_authority(authority).await {
+        return Err(refuse(
+            sc,
+            "wrong-host",
+            format!(
+                "the call was signed for {authority:?}, which is not this host's cluster listener"
+            ),
+            peer,
+            &keyid,
+        ));
+    }
+    if let Err(e) = sc
+        .replay
+        .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
+    {
+        return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid));
+    }
+    Ok(Admitted {
+        parsed,
+        keyid,
+        caller,
+        session,
+    })
+}
+
+impl Admitted {
+    /// The last check, on the body read: its digest is the one signed. Then
+    /// the call is accepted (logged and counted).
+    pub fn check_body(
+        &self,
+        sc: &Sidecar,
+        headers: &http::HeaderMap,
+        body: &sign::BodyHash,
+        peer: &std::net::SocketAddr,
+        path: &str,
+    ) -> Result<(), Refused> {
+        if let Err(e) = self.parsed.check_body(headers, body) {
+            return Err(refuse(sc, e.reason(), e.to_string(), peer, &self.keyid));
+        }
+        tracing::debug!(from = %self.caller.host, path, "cluster call accepted");
+        sc.metrics.request("cluster", "accepted");
+        let verified = match self.session {
+            true => &sc.metrics.sessions.verified_session,
+            false => &sc.metrics.sessions.verified_ed25519,
+        };
+        SessionCounters::add(verified);
+        Ok(())
+    }
 }
 
 /// Handles one call on the cluster listener.
@@ -70,102 +230,12 @@ pub async fn handle(
         .starts_with("/ssh/")
         .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let parsed = match sign::parse(&parts.headers) {
-        Ok(p) => p,
-        Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, ""),
-    };
-    let keyid = parsed.keyid().to_string();
     // Headers first: nothing of the body is read until the signature, freshness,
     // nonce and addressed authority are good.
-    let now = unix_secs();
-    let expects_body = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .is_some_and(|v| v != "0")
-        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let session = parsed.alg() == Alg::HmacSha256;
-    let caller = if session {
-        // A session call: the session it names, its caller still allowed to
-        // call (checked per call, cached per directory generation), the tag.
-        let s = match sc.sessions.incoming(&keyid, now) {
-            Ok(s) => s,
-            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-        };
-        let caller = match sc.caller(&s.caller_fpr).await {
-            Ok((caller, _)) if caller.host == s.caller_host => caller,
-            Ok(_) => {
-                sc.sessions.drop_incoming(&keyid);
-                let e = SessionRefusal::Unknown(keyid.clone());
-                return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
-            }
-            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-        };
-        if let Err(e) = parsed.verify_hmac_headers(
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            expects_body,
-            &s.key.0,
-            now,
-            &Policy::default(),
-        ) {
-            return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
-        }
-        caller
-    } else {
-        let (caller, key) = match sc.caller(&keyid).await {
-            Ok(c) => c,
-            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-        };
-        let base = match parsed.signed_base(
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            expects_body,
-            now,
-            &Policy::default(),
-        ) {
-            Ok(base) => base,
-            Err(e) => return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid),
-        };
-        match sc.verifier.verify(base, *parsed.signature(), key).await {
-            Some(true) => {}
-            Some(false) => {
-                let e = parsed.bad_signature();
-                return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
-            }
-            None => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting-down",
-                    "the sidecar is shutting down",
-                )
-            }
-        }
-        caller
+    let admitted = match admit(&sc, &parts.method, &parts.uri, &parts.headers, &peer).await {
+        Ok(a) => a,
+        Err(r) => return r.response(),
     };
-    let authority = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !sc.is_my_authority(authority).await {
-        return refuse(
-            &sc,
-            "wrong-host",
-            format!(
-                "the call was signed for {authority:?}, which is not this host's cluster listener"
-            ),
-            &peer,
-            &keyid,
-        );
-    }
-    if let Err(e) = sc
-        .replay
-        .check_and_remember(&keyid, parsed.nonce(), parsed.expires(), now)
-    {
-        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
-    }
     // The signed headers are good; a body declared too large is still refused
     // before any of it is read.
     if let Err(refused) = check_declared(&parts.headers, sc.limits.max_body) {
@@ -184,16 +254,14 @@ pub async fn handle(
             )
         }
     };
-    if let Err(e) = parsed.check_body(&parts.headers, spooled.hash()) {
-        return refuse(&sc, e.reason(), e.to_string(), &peer, &keyid);
+    if let Err(r) =
+        admitted.check_body(&sc, &parts.headers, spooled.hash(), &peer, parts.uri.path())
+    {
+        return r.response();
     }
-    tracing::debug!(from = %caller.host, path = %parts.uri.path(), "cluster call accepted");
-    sc.metrics.request("cluster", "accepted");
-    let verified = match session {
-        true => &sc.metrics.sessions.verified_session,
-        false => &sc.metrics.sessions.verified_ed25519,
-    };
-    SessionCounters::add(verified);
+    let Admitted {
+        caller, session, ..
+    } = admitted;
 
     let path = parts.uri.path().to_string();
     if let (Some(on_upgrade), Some(rest)) = (on_upgrade, path.strip_prefix("/ssh/")) {
@@ -274,7 +342,8 @@ fn handshake(
             "a session handshake is signed with the host key (alg=\"ed25519\"), not under a session".into(),
             peer,
             &caller.host,
-        );
+        )
+        .response();
     }
     let answer = body
         .bytes()

@@ -1,6 +1,6 @@
 //! The listeners' accept loop: every listener (user, cluster, loopback) takes
 //! HTTP/1.1 connections here and hands each request to its handler, or first to
-//! the short way for plain web traffic (`passthrough`) on the user listener.
+//! the short way (`passthrough`) on the user and cluster listeners.
 //!
 //! On the drain signal (`shutdown`) a listener stops accepting and closes its
 //! socket, so a new connection is refused; each open connection finishes the
@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::inbound::passthrough::{Done, Passthrough};
 use crate::outbound::client::{self, Client};
@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::tls::{self, Accepted, ClusterTls};
 
 /// Accepts HTTP/1.1 connections on `listener` and hands each request to `handler`,
-/// or first to the short way for plain web traffic (`passthrough`) when there is one.
+/// or first to the short way (`passthrough`) when there is one.
 /// Backend connections its requests open stay with the connection (`outbound::client::scope`).
 /// Returns, closing the listener, when the drain begins.
 pub async fn serve<F, Fut>(
@@ -89,55 +89,73 @@ pub async fn serve_on<F, Fut>(
         let fast = fast.clone();
         let transport = transport.clone();
         tokio::spawn(async move {
-            match transport {
-                Transport::Tls(tls) => {
-                    match tls.accept(stream, peer).await {
-                        Accepted::Tls(io, _caller) => {
-                            let _ = connection(io, peer, client, open, handler).await;
-                        }
-                        Accepted::Plain(stream) => {
-                            let refuser = tls.clone();
-                            let only_metrics =
-                                move |req: http::Request<hyper::body::Incoming>, peer| {
-                                    let allowed =
-                                        tls::plain_allowed(req.method(), req.uri().path());
-                                    let handler = handler.clone();
-                                    let refuser = refuser.clone();
-                                    async move {
-                                        if allowed {
-                                            handler(req, peer).await
-                                        } else {
-                                            refuser.refuse_plain(peer, req.uri().path())
-                                        }
-                                    }
-                                };
-                            let io = Prefixed::new(BytesMut::new(), stream);
-                            let _ = connection(io, peer, client, open, only_metrics).await;
-                        }
-                        Accepted::Closed => {}
-                    }
-                    return;
+            let tls = match transport {
+                Transport::Plain => {
+                    return short_way(stream, peer, fast, client, open, handler, false).await
                 }
-                Transport::Plain | Transport::PlainCluster => {}
-            }
-            let cluster = matches!(transport, Transport::PlainCluster);
-            let io = match fast {
-                None => Prefixed::new(BytesMut::new(), stream),
-                Some(fast) => match fast.connection(stream, peer, &open).await {
-                    Done::Closed => return,
-                    Done::Handoff(stream, read) => Prefixed::new(read, stream),
-                },
+                Transport::PlainCluster => {
+                    return short_way(stream, peer, fast, client, open, handler, true).await
+                }
+                Transport::Tls(tls) => tls,
             };
-            if let Err(e) = connection(io, peer, client, open, handler).await {
-                if cluster && e.is_parse() {
-                    // Not HTTP: most likely a TLS handshake (hyper answered 400).
-                    static LOG: crate::quiet::Budget = crate::quiet::Budget::new();
-                    if let Some(skipped) = LOG.admit() {
-                        tracing::warn!(%peer, error = %e, skipped, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
-                    }
+            match tls.accept(stream, peer).await {
+                Accepted::Tls(io, _caller) => {
+                    short_way(io, peer, fast, client, open, handler, false).await;
                 }
+                Accepted::Plain(stream) => {
+                    let refuser = tls.clone();
+                    let only_metrics = move |req: http::Request<hyper::body::Incoming>, peer| {
+                        let allowed = tls::plain_allowed(req.method(), req.uri().path());
+                        let handler = handler.clone();
+                        let refuser = refuser.clone();
+                        async move {
+                            if allowed {
+                                handler(req, peer).await
+                            } else {
+                                refuser.refuse_plain(peer, req.uri().path())
+                            }
+                        }
+                    };
+                    let io = Prefixed::new(BytesMut::new(), stream);
+                    let _ = connection(io, peer, client, open, only_metrics).await;
+                }
+                Accepted::Closed => {}
             }
         });
+    }
+}
+
+/// Serves one connection: the short way first when the listener has one, then
+/// hyper. `plain_cluster`: a plain cluster listener, which says so when a
+/// caller speaks something else.
+async fn short_way<S, F, Fut>(
+    stream: S,
+    peer: SocketAddr,
+    fast: Option<Arc<Passthrough>>,
+    client: Client,
+    open: crate::shutdown::Watch,
+    handler: F,
+    plain_cluster: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<crate::body::BoxBody>> + Send + 'static,
+{
+    let io = match fast {
+        None => Prefixed::new(BytesMut::new(), stream),
+        Some(fast) => match fast.connection(stream, peer, &open).await {
+            Done::Closed => return,
+            Done::Handoff(stream, read) => Prefixed::new(read, stream),
+        },
+    };
+    if let Err(e) = connection(io, peer, client, open, handler).await {
+        if plain_cluster && e.is_parse() {
+            // Not HTTP: most likely a TLS handshake (hyper answered 400).
+            static LOG: crate::quiet::Budget = crate::quiet::Budget::new();
+            if let Some(skipped) = LOG.admit() {
+                tracing::warn!(%peer, error = %e, skipped, "a caller at {peer} spoke something other than HTTP to the cluster listener, which speaks plain HTTP: a TLS handshake? is --cluster-tls on there but not here?");
+            }
+        }
     }
 }
 
@@ -187,18 +205,18 @@ where
 
 /// A stream with some bytes already read from it in front: what hyper gets on a
 /// handoff.
-pub struct Prefixed {
+pub struct Prefixed<S> {
     prefix: BytesMut,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Prefixed {
-    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+impl<S> Prefixed<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
         Prefixed { prefix, inner }
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -214,7 +232,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,31 +1,55 @@
-//! The short way for plain web traffic on the user listener (`--http`).
+//! The short way, for the requests each listener sees most: plain web traffic
+//! and Conduit calls on the user listener (`--http`), and peers' signed Conduit
+//! calls on the cluster listener (`--cluster`).
 //!
-//! Most requests a web host sees are pages and assets for its own web backend:
-//! no routing, no signature, a small body or none. For those, this module reads
-//! the request head with `httparse`, writes it to a kept-alive backend connection
-//! with the same headers `outbound::forward::user_headers` passes, and copies the answer
-//! back as it comes, framing and all, without building a `Request`, a `HeaderMap`
-//! or a body channel. Anything else (git, Conduit, an upgrade, a chunked or large
-//! request body, `Expect`, HTTP/1.0, a head `httparse` refuses or one that is
-//! merely unusual) hands the connection, with what was read of it, to hyper and
-//! `inbound::user::handle` for good, so every rule and refusal lives in one place.
+//! Most requests a web host sees are pages and assets for its own web backend,
+//! or Conduit calls with a small body; most calls a host gets from another are
+//! those Conduit calls, relayed. For those, this module reads the request head
+//! with `httparse`, writes the upstream's request to a kept-alive connection
+//! and copies the answer back as it comes, framing and all (`outbound::raw`),
+//! without hyper's per-request machinery (a body channel, a connection task).
+//!
+//! - A page goes to the web backend with the same headers
+//!   `outbound::forward::user_headers` passes.
+//! - A Conduit call is routed by its body as `inbound::user::route_conduit`
+//!   routes it; one for a repository on another host is signed under the
+//!   session with that host (`Forwarder::sign`) and sent there, resent once
+//!   under a new session if the peer no longer knows the old one.
+//! - A peer's call passes the cluster listener's checks
+//!   (`inbound::cluster::admit`, then the body's digest) before it goes on to
+//!   the web backend with what `forward::relayed_headers` passes.
+//!
+//! Anything else (git, an upgrade, a chunked or large request body, `Expect`,
+//! HTTP/1.0, a head `httparse` refuses or one that is merely unusual, a route
+//! that ends in a refusal) hands the connection, with what was read of it, to
+//! hyper and the listener's handler for good, so every other rule and refusal
+//! lives in one place. A signed call is never handed over once checked: its
+//! nonce is spent.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{StatusCode, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use switchboard_proto::sign::BodyHash;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http1::{self, push_header, Chunked, Framing, MAX_HEADERS};
+use crate::directory::answers::Peer;
+use crate::http1::{self, push_header, MAX_HEADERS};
+use crate::inbound::cluster;
+use crate::outbound::client::warn_if_tls_required;
 use crate::outbound::forward;
 use crate::outbound::pool::{self, Pool, Reusable};
-use crate::route;
+use crate::outbound::raw::{self, Backend, Failed, PeerStream};
+use crate::route::{self, Target};
+use crate::session::OutSession;
 use crate::shutdown::Watch;
 use crate::sidecar::Sidecar;
 
@@ -34,30 +58,46 @@ use crate::sidecar::Sidecar;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body taken this way; larger ones go through hyper.
 const MAX_BODY: usize = 64 * 1024;
-/// The largest head read this way, either direction.
+/// The largest request head read this way.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// The short way to one host's web backend.
+/// The short way on one listener, to this host's web backend and, from the
+/// user listener, to peers.
 pub struct Passthrough {
     sc: Arc<Sidecar>,
-    /// `host:port` to connect to.
-    addr: Arc<str>,
-    /// The backend's authority, for messages.
-    authority: String,
-    /// `Host: ...\r\n` for the backend.
-    host_line: Vec<u8>,
+    side: Side,
+    /// This host's web backend, when it has an `http://` one.
+    web: Option<WebBackend>,
     /// `X-Switchboard-Host: ...\r\n`.
     tag_line: Vec<u8>,
-    /// Idle backend connections, for the next client connection.
+    /// Idle connections to peers' cluster listeners, by `HOST ADDR`.
+    peers: Pool<PeerStream>,
+}
+
+/// The local web backend, spoken to as bytes.
+struct WebBackend {
+    /// `host:port`, to connect to.
+    addr: Arc<str>,
+    /// Its authority, for messages.
+    authority: String,
+    /// `Host: ...\r\n` for it.
+    host_line: Vec<u8>,
+    /// Idle connections, for the next client connection.
     pool: Pool<TcpStream>,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    User,
+    Cluster,
+}
+
 /// What the caller does with the connection once the short way is done with it.
-pub enum Done {
+pub enum Done<S> {
     /// It is closed, or finished.
     Closed,
     /// hyper takes it from here: the stream and what was read of it.
-    Handoff(TcpStream, BytesMut),
+    Handoff(S, BytesMut),
 }
 
 /// One request head, read and checked.
@@ -71,62 +111,71 @@ struct Plan {
     head_method: bool,
     /// Safe to send again on a fresh connection (RFC 9110 §9.2.2).
     idempotent: bool,
+    kind: Kind,
 }
 
-/// A kept-alive backend connection, what was read from it, and when it last
-/// went idle.
-struct Backend {
-    stream: TcpStream,
-    buf: BytesMut,
-    since: std::time::Instant,
+enum Kind {
+    /// A page for the web backend, its request head written.
+    Web,
+    /// A Conduit call on the user listener (the web backend's request head
+    /// written, for when it is served here).
+    Conduit(Head),
+    /// A peer's call on the cluster listener.
+    Cluster(Head),
 }
 
-/// Why the web backend gave no usable answer.
-#[derive(Debug, thiserror::Error)]
-enum BackendError {
-    #[error(transparent)]
-    Connect(#[from] pool::ConnectError),
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("the connection closed before an answer")]
-    Closed,
-    #[error("a response head over 64 KiB")]
-    HeadTooLarge,
-    #[error("a response that is not HTTP: {0}")]
-    NotHttp(httparse::Error),
-    #[error("{0}")]
-    BadHead(&'static str),
+/// A request head as `http` types, for the checks hyper's path shares.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
 }
 
-/// Why an exchange with the backend failed.
-enum Failed {
-    /// Before anything reached the client: it gets a 502 and the connection goes on.
-    Early(BackendError),
-    /// Midway: the client's connection is closed, as the backend's was.
-    Late,
+/// The upstream connections one client connection keeps between its requests.
+#[derive(Default)]
+struct Kept {
+    web: Option<Backend<TcpStream>>,
+    /// With its pool key.
+    peer: Option<(Arc<str>, Backend<PeerStream>)>,
+}
+
+// A plan is returned once per request and moved once: boxing it would cost an
+// allocation per request to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// The head is not all here yet.
+    Need,
+    /// hyper's, from here on.
+    Hand,
+    Go(Plan),
 }
 
 impl Passthrough {
-    /// The short way for `sc`'s user listener, when it has one: a web host with an
-    /// `http://` web backend.
+    /// The short way for `sc`'s user listener, when it has one: a web host
+    /// (pages only when it has an `http://` web backend).
     pub fn new(sc: Arc<Sidecar>) -> Option<Arc<Self>> {
-        let base: &Uri = sc.web_backend.as_ref()?;
-        if !sc.me.has_role("web") || base.scheme() != Some(&http::uri::Scheme::HTTP) {
+        if !sc.me.has_role("web") {
             return None;
         }
-        let host = forward::backend_host(base).ok()?;
-        let mut host_line = b"host: ".to_vec();
-        host_line.extend_from_slice(host.as_bytes());
-        host_line.extend_from_slice(b"\r\n");
+        Self::on(sc, Side::User)
+    }
+
+    /// The short way for `sc`'s cluster listener, when it has one: a host with
+    /// an `http://` web backend to serve peers' Conduit calls.
+    pub fn for_cluster(sc: Arc<Sidecar>) -> Option<Arc<Self>> {
+        let me = Self::on(sc, Side::Cluster)?;
+        me.web.is_some().then_some(me)
+    }
+
+    fn on(sc: Arc<Sidecar>, side: Side) -> Option<Arc<Self>> {
         let mut tag_line = b"x-switchboard-host: ".to_vec();
-        tag_line.extend_from_slice(http::HeaderValue::from_str(&sc.me.host).ok()?.as_bytes());
+        tag_line.extend_from_slice(HeaderValue::from_str(&sc.me.host).ok()?.as_bytes());
         tag_line.extend_from_slice(b"\r\n");
         Some(Arc::new(Passthrough {
-            addr: Arc::from(forward::connect_addr(base)),
-            authority: base.authority().map(|a| a.to_string()).unwrap_or_default(),
-            host_line,
+            side,
+            web: sc.web_backend.as_ref().and_then(WebBackend::new),
             tag_line,
-            pool: Pool::default(),
+            peers: Pool::default(),
             sc,
         }))
     }
@@ -134,15 +183,15 @@ impl Passthrough {
     /// Serves `client` until it closes, or until a request needs hyper. Once
     /// the drain begins (`open` hears it), the request being read is answered
     /// with `Connection: close`, and an idle connection is closed.
-    pub async fn connection(
+    pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        mut client: TcpStream,
-        peer: std::net::SocketAddr,
+        mut client: S,
+        peer: SocketAddr,
         open: &Watch,
-    ) -> Done {
+    ) -> Done<S> {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = Vec::with_capacity(1024);
-        let mut backend: Option<Backend> = None;
+        let mut kept = Kept::default();
         let forwarded_for = format!("x-forwarded-for: {}\r\n", peer.ip()).into_bytes();
         let timer = tokio::time::sleep(HEAD_TIMEOUT);
         tokio::pin!(timer);
@@ -160,7 +209,7 @@ impl Passthrough {
                 // Between requests, the drain closes the connection.
                 let stop = buf.is_empty().then_some(open);
                 match read_by(&mut client, &mut buf, timer.as_mut(), active, stop).await {
-                    Ok(0) | Err(_) => return self.finish(backend, Done::Closed),
+                    Ok(0) | Err(_) => return self.finish(kept, Done::Closed),
                     Ok(_) => {}
                 }
             };
@@ -169,38 +218,49 @@ impl Passthrough {
             };
             // Draining: this request is the connection's last.
             plan.close |= open.is_shutdown();
-            while buf.len() < plan.head_len + plan.body_len {
+            let end = plan.head_len + plan.body_len;
+            while buf.len() < end {
                 match read_by(&mut client, &mut buf, timer.as_mut(), active, None).await {
-                    Ok(0) | Err(_) => return self.finish(backend, Done::Closed),
+                    Ok(0) | Err(_) => return self.finish(kept, Done::Closed),
                     Ok(_) => {}
                 }
             }
-            out.extend_from_slice(&buf[plan.head_len..plan.head_len + plan.body_len]);
-            buf.advance(plan.head_len + plan.body_len);
-            self.sc.metrics.request("web", "local");
-
-            match self.exchange(&mut backend, &out, &plan, &mut client).await {
-                Ok(true) => {}
-                Ok(false) | Err(Failed::Late) => {
-                    let _ = client.shutdown().await;
-                    break Done::Closed;
+            let body = &buf[plan.head_len..end];
+            let keep = match (&plan.kind, &self.web) {
+                (Kind::Web, Some(web)) => {
+                    self.sc.metrics.request("web", "local");
+                    out.extend_from_slice(body);
+                    Self::web(web, &mut kept.web, &out, &plan, &mut client).await
                 }
-                Err(Failed::Early(reason)) => {
-                    tracing::debug!(backend = %self.addr, %reason, "web backend did not answer");
-                    let msg = format!(
-                        "{} ({}) did not answer: {reason}",
-                        self.authority, self.authority
-                    );
-                    let page = error_page(
-                        StatusCode::BAD_GATEWAY,
-                        "web-backend-unreachable",
-                        &msg,
-                        &plan,
-                    );
-                    if client.write_all(&page).await.is_err() || plan.close {
-                        break Done::Closed;
+                (Kind::Web, None) => break Done::Handoff(client, buf),
+                (Kind::Conduit(head), web) => match (self.route(head, body).await, web) {
+                    (None, _) | (Some(Target::Local), None) => break Done::Handoff(client, buf),
+                    (Some(Target::Local), Some(web)) => {
+                        self.sc.metrics.request("conduit", "local");
+                        out.extend_from_slice(body);
+                        Self::web(web, &mut kept.web, &out, &plan, &mut client).await
+                    }
+                    (Some(Target::Peer(to)), _) => {
+                        self.signed(&mut kept.peer, &to, head, body, &plan, &mut client)
+                            .await
+                    }
+                },
+                (Kind::Cluster(_), None) => break Done::Handoff(client, buf),
+                (Kind::Cluster(head), Some(web)) => {
+                    let admitted = self.admit(head, body, peer).await;
+                    match admitted {
+                        Ok(()) => {
+                            self.relay(web, head, body, &mut out);
+                            Self::web(web, &mut kept.web, &out, &plan, &mut client).await
+                        }
+                        Err(r) => page(&mut client, r.status, r.reason, &r.message, &plan).await,
                     }
                 }
+            };
+            buf.advance(end);
+            if !keep {
+                let _ = client.shutdown().await;
+                break Done::Closed;
             }
             active = Instant::now();
             // One large request does not keep its buffers for the connection's life.
@@ -209,21 +269,23 @@ impl Passthrough {
             }
             out.shrink_to(16 * 1024);
         };
-        self.finish(backend, done)
+        self.finish(kept, done)
     }
 
-    /// Puts a backend connection left in a clean state back in the pool.
-    fn finish(&self, backend: Option<Backend>, done: Done) -> Done {
-        if let Some(b) = backend {
-            if b.buf.is_empty() {
-                self.pool.put(self.addr.clone(), b.stream, b.since);
-            }
+    /// Puts upstream connections left in a clean state back in the pools.
+    fn finish<S>(&self, kept: Kept, done: Done<S>) -> Done<S> {
+        if let (Some(w), Some(b)) = (&self.web, kept.web.filter(|b| b.buf.is_empty())) {
+            w.pool.put(w.addr.clone(), b.stream, b.since);
+        }
+        if let Some((key, b)) = kept.peer.filter(|(_, b)| b.buf.is_empty()) {
+            self.peers.put(key, b.stream, b.since);
         }
         done
     }
 
     /// Reads the head at the start of `buf` and, when the short way can take it,
-    /// writes the backend's request head into `out`.
+    /// writes the web backend's request head into `out` (a page, or a Conduit
+    /// call it may serve).
     fn plan(&self, buf: &[u8], forwarded_for: &[u8], out: &mut Vec<u8>) -> Step {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -238,14 +300,20 @@ impl Passthrough {
         if method == "CONNECT" || !path.starts_with('/') {
             return Step::Hand;
         }
-        // The same checks, and the same routes, as hyper and `user::handle`.
+        // The same checks, and the same routes, as hyper and the handlers.
         let Ok(pq) = PathAndQuery::try_from(path) else {
             return Step::Hand;
         };
-        if !matches!(route::git_path(pq.path(), pq.query()), Ok(None))
-            || (method == "POST" && pq.path().starts_with("/api/"))
-            || crate::ssh::users::is_auth_path(pq.path())
-        {
+        let conduit = method == "POST" && pq.path().starts_with("/api/");
+        let taken = match self.side {
+            Side::Cluster => conduit,
+            Side::User => {
+                (conduit || self.web.is_some())
+                    && matches!(route::git_path(pq.path(), pq.query()), Ok(None))
+                    && !crate::ssh::users::is_auth_path(pq.path())
+            }
+        };
+        if !taken {
             return Step::Hand;
         }
         let mut body_len = None;
@@ -278,51 +346,174 @@ impl Passthrough {
                 return Step::Hand;
             }
         }
+        let plan = |kind| {
+            Step::Go(Plan {
+                head_len,
+                body_len: body_len.unwrap_or(0),
+                close,
+                head_method: method == "HEAD",
+                idempotent: matches!(
+                    method,
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                ),
+                kind,
+            })
+        };
+        // A peer's call: checked as it came (hyper would see every header).
+        if self.side == Side::Cluster {
+            return match head_of(method, pq, req.headers, &[]) {
+                Some(head) => plan(Kind::Cluster(head)),
+                None => Step::Hand,
+            };
+        }
         let listed = http1::connection_tokens(
             req.headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case("connection"))
                 .map(|h| h.value),
         );
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(pq.as_str().as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        out.extend_from_slice(&self.host_line);
-        for h in req.headers.iter() {
-            if forward::to_web_backend(h.name.as_bytes(), &listed) {
-                push_header(out, h.name.as_bytes(), h.value);
+        if let Some(web) = &self.web {
+            out.extend_from_slice(method.as_bytes());
+            out.push(b' ');
+            // A Conduit call goes on as `/api/METHOD`, as `user::route_conduit` sends it.
+            out.extend_from_slice(if conduit { pq.path() } else { pq.as_str() }.as_bytes());
+            out.extend_from_slice(b" HTTP/1.1\r\n");
+            out.extend_from_slice(&web.host_line);
+            for h in req.headers.iter() {
+                if forward::to_web_backend(h.name.as_bytes(), &listed) {
+                    push_header(out, h.name.as_bytes(), h.value);
+                }
+            }
+            if let Some(n) = body_len {
+                push_header(out, b"content-length", n.to_string().as_bytes());
+            }
+            if let Some(h) = host {
+                push_header(out, b"x-forwarded-host", h);
+            }
+            out.extend_from_slice(forwarded_for);
+            out.extend_from_slice(&self.tag_line);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !conduit {
+            return plan(Kind::Web);
+        }
+        // Headers the client meant for this hop only go no further (`user::handle`).
+        match head_of(method, pq, req.headers, &listed) {
+            Some(head) => plan(Kind::Conduit(head)),
+            None => Step::Hand,
+        }
+    }
+
+    /// Where a Conduit call goes (`user::route_conduit`): by the repository it
+    /// names, else to this host's web backend. None: hyper says why not.
+    async fn route(&self, head: &Head, body: &[u8]) -> Option<Target> {
+        let method = head.uri.path().strip_prefix("/api/")?;
+        let content_type = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        match route::conduit_repository(method, content_type, body) {
+            None if self.web.is_some() => Some(Target::Local),
+            None => self.sc.router.conduit().await.ok().map(Target::Peer),
+            Some(repo) => {
+                let name = route::repo_name(&repo).ok()?;
+                let access = route::conduit_access(method);
+                self.sc.target(&name, access).await.ok()
             }
         }
-        if let Some(n) = body_len {
-            push_header(out, b"content-length", n.to_string().as_bytes());
+    }
+
+    /// The cluster listener's checks on a peer's call (`cluster::admit`), then its body's digest.
+    async fn admit(
+        &self,
+        head: &Head,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Result<(), cluster::Refused> {
+        let a = cluster::admit(&self.sc, &head.method, &head.uri, &head.headers, &peer).await?;
+        a.check_body(
+            &self.sc,
+            &head.headers,
+            &BodyHash::of(body),
+            &peer,
+            head.uri.path(),
+        )
+    }
+
+    /// The web backend's request for a peer's call: what `forward::relayed_headers` passes.
+    fn relay(&self, web: &WebBackend, head: &Head, body: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(pq.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(&web.host_line);
+        for name in forward::PASS.iter() {
+            for v in head.headers.get_all(name) {
+                push_header(out, name.as_str().as_bytes(), v.as_bytes());
+            }
         }
-        if let Some(h) = host {
-            push_header(out, b"x-forwarded-host", h);
-        }
-        out.extend_from_slice(forwarded_for);
+        push_header(out, b"content-length", body.len().to_string().as_bytes());
         out.extend_from_slice(&self.tag_line);
         out.extend_from_slice(b"\r\n");
-        Step::Go(Plan {
-            head_len,
-            body_len: body_len.unwrap_or(0),
-            close,
-            head_method: method == "HEAD",
-            idempotent: matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+        out.extend_from_slice(body);
+    }
+
+    /// Sends `request` to the web backend and copies the answer to `client`; a
+    /// 502 if it gives none. Says whether the client's connection goes on.
+    async fn web<S: AsyncWrite + Unpin>(
+        web: &WebBackend,
+        kept: &mut Option<Backend<TcpStream>>,
+        request: &[u8],
+        plan: &Plan,
+        client: &mut S,
+    ) -> bool {
+        match web.exchange(kept, request, plan, client).await {
+            Ok(keep) => keep,
+            Err(Failed::Late) => false,
+            Err(Failed::Early(reason)) => {
+                tracing::debug!(backend = %web.addr, %reason, "web backend did not answer");
+                let msg = format!(
+                    "{} ({}) did not answer: {reason}",
+                    web.authority, web.authority
+                );
+                page(
+                    client,
+                    StatusCode::BAD_GATEWAY,
+                    "web-backend-unreachable",
+                    &msg,
+                    plan,
+                )
+                .await
+            }
+        }
+    }
+}
+
+impl WebBackend {
+    fn new(base: &Uri) -> Option<Self> {
+        if base.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return None;
+        }
+        let host = forward::backend_host(base).ok()?;
+        let mut host_line = b"host: ".to_vec();
+        host_line.extend_from_slice(host.as_bytes());
+        host_line.extend_from_slice(b"\r\n");
+        Some(WebBackend {
+            addr: Arc::from(forward::connect_addr(base)),
+            authority: base.authority().map(|a| a.to_string()).unwrap_or_default(),
+            host_line,
+            pool: Pool::default(),
         })
     }
 
-    /// Sends `request` to the backend and copies the answer to `client`. Says
-    /// whether the client's connection goes on.
-    async fn exchange(
+    async fn exchange<S: AsyncWrite + Unpin>(
         &self,
-        kept: &mut Option<Backend>,
+        kept: &mut Option<Backend<TcpStream>>,
         request: &[u8],
         plan: &Plan,
-        client: &mut TcpStream,
+        client: &mut S,
     ) -> Result<bool, Failed> {
         let mut fresh = false;
         loop {
@@ -331,88 +522,263 @@ impl Passthrough {
                 Some(b) => b,
                 None => {
                     fresh = true;
-                    self.connect().await.map_err(Failed::Early)?
+                    let stream = pool::connect(&self.addr)
+                        .await
+                        .map_err(|e| Failed::Early(e.into()))?;
+                    Backend::new(stream, std::time::Instant::now())
                 }
             };
             // A kept connection the backend closed under us: once more on a fresh
             // one, when nothing came back and the request may be repeated.
-            let sent = match b.stream.write_all(request).await {
-                Ok(()) => read_head(&mut b).await,
-                Err(e) => Err(e.into()),
-            };
-            let mut head = match sent {
-                Ok(h) => h,
+            let resp = match raw::send(&mut b, request, plan.head_method).await {
+                Ok(r) => r,
                 Err(_) if !fresh && b.buf.is_empty() && plan.idempotent => {
                     fresh = true;
                     continue;
                 }
                 Err(e) => return Err(Failed::Early(e)),
             };
-            // Interim answers (1xx) are dropped, as hyper's client does: the short
-            // way never asks for one.
-            let resp = loop {
-                let parsed = http1::response_head(&b.buf[..head], plan.head_method);
-                b.buf.advance(head);
-                match parsed {
-                    Ok(Some(r)) => break r,
-                    Ok(None) => head = read_head(&mut b).await.map_err(Failed::Early)?,
-                    Err(why) => return Err(Failed::Early(BackendError::BadHead(why))),
-                }
-            };
-            let keep_client = !plan.close && resp.framing != Framing::UntilClose;
-            let mut out = resp.head;
-            if !keep_client {
-                out.extend_from_slice(b"connection: close\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-            let ended = copy_body(&mut b, resp.framing, out, client).await?;
-            if ended && resp.reuse && b.buf.is_empty() {
-                b.since = std::time::Instant::now();
-                *kept = Some(b);
-            }
-            return Ok(keep_client && ended);
+            let (keep, back) = raw::deliver(b, resp, plan.close, client).await?;
+            *kept = back;
+            return Ok(keep);
         }
     }
 
     /// This client connection's backend connection, else an idle one, else none.
-    fn take(&self, kept: &mut Option<Backend>) -> Option<Backend> {
+    fn take(&self, kept: &mut Option<Backend<TcpStream>>) -> Option<Backend<TcpStream>> {
         if let Some(b) = kept.take() {
             if pool::fresh(b.since, std::time::Instant::now()) && b.stream.usable() {
                 return Some(b);
             }
         }
         let idle = self.pool.take(&self.addr)?;
-        Some(Backend {
-            stream: idle.conn,
-            buf: BytesMut::with_capacity(8 * 1024),
-            since: idle.since,
-        })
-    }
-
-    async fn connect(&self) -> Result<Backend, BackendError> {
-        let stream = pool::connect(&self.addr).await?;
-        Ok(Backend {
-            stream,
-            buf: BytesMut::with_capacity(8 * 1024),
-            since: std::time::Instant::now(),
-        })
+        Some(Backend::new(idle.conn, idle.since))
     }
 }
 
-enum Step {
-    /// The head is not all here yet.
-    Need,
-    /// hyper's, from here on.
-    Hand,
-    Go(Plan),
+impl Passthrough {
+    /// A Conduit call for a repository on `to`: signed (`Forwarder::sign`, a
+    /// session key unless the call must be ed25519-signed), sent to its
+    /// cluster listener, the answer copied back. As `Forwarder::send`: a call
+    /// the peer refuses for an unknown or expired session goes once more under
+    /// a new one; each attempt is signed anew (a fresh nonce).
+    async fn signed<S: AsyncWrite + Unpin>(
+        &self,
+        kept: &mut Option<(Arc<str>, Backend<PeerStream>)>,
+        to: &Peer,
+        head: &Head,
+        body: &[u8],
+        plan: &Plan,
+        client: &mut S,
+    ) -> bool {
+        let f = &self.sc.forwarder;
+        let hash = BodyHash::of(body);
+        let addr = to.addr.to_string();
+        let key: Arc<str> = Arc::from(format!("{} {addr}", to.host));
+        let mut session = f.session_for(to).await;
+        let mut resent = false;
+        let mut fresh = false;
+        let failed = loop {
+            let request = match self.signed_request(session.as_deref(), head, &addr, body, &hash) {
+                Ok(r) => r,
+                Err(e) => break format!("cannot sign the call to {}: {e}", to.host),
+            };
+            let reused = if fresh {
+                None
+            } else {
+                self.take_peer(kept, &key)
+            };
+            let mut b = match reused {
+                Some(b) => b,
+                None => {
+                    fresh = true;
+                    match self.connect_peer(to, &addr).await {
+                        Ok(b) => b,
+                        Err(e) => break format!("{} ({addr}) did not answer: {e}", to.host),
+                    }
+                }
+            };
+            let resp = match raw::send(&mut b, &request, false).await {
+                Ok(r) => r,
+                // A kept connection the peer closed as the call went out (an
+                // idle close): once more on a fresh one, as Go's and hyper's
+                // clients do when nothing came back.
+                Err(_) if !fresh && b.buf.is_empty() => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => break format!("{} ({addr}) did not answer: {e}", to.host),
+            };
+            if let (false, Some(s), 401) = (resent, &session, resp.code) {
+                if f.session_refused(to, s, resp.reason.as_deref()) {
+                    resent = true;
+                    if resp.reuse && raw::skip_body(&mut b, resp.framing).await {
+                        b.since = std::time::Instant::now();
+                        self.keep_peer(kept, key.clone(), b);
+                    }
+                    session = f.session_for(to).await;
+                    continue;
+                }
+            }
+            warn_if_tls_required(&to.host, &addr, resp.code, resp.reason.as_deref());
+            self.sc.metrics.request("conduit", "forwarded");
+            return match raw::deliver(b, resp, plan.close, client).await {
+                Ok((keep, back)) => {
+                    if let Some(b) = back {
+                        self.keep_peer(kept, key, b);
+                    }
+                    keep
+                }
+                Err(_) => false,
+            };
+        };
+        self.sc.metrics.request("conduit", "error");
+        tracing::debug!(peer = %to.host, error = %failed, "peer did not answer");
+        page(
+            client,
+            StatusCode::BAD_GATEWAY,
+            "peer-unreachable",
+            &failed,
+            plan,
+        )
+        .await
+    }
+
+    /// The call to a peer as bytes: `POST /api/METHOD`, the headers a
+    /// forwarded call carries (`forward::PASS`), `Host` the peer's address,
+    /// signed, and the body.
+    fn signed_request(
+        &self,
+        session: Option<&OutSession>,
+        head: &Head,
+        addr: &str,
+        body: &[u8],
+        hash: &BodyHash,
+    ) -> Result<Vec<u8>, String> {
+        let mut headers = HeaderMap::with_capacity(forward::PASS.len() + 6);
+        forward::pass_headers(&head.headers, &mut headers);
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(addr).map_err(|e| e.to_string())?,
+        );
+        if hash.len > 0 {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(hash.len));
+        }
+        let uri = Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(head.uri.path().as_bytes()))
+            .map_err(|e| e.to_string())?;
+        self.sc
+            .forwarder
+            .sign(session, &Method::POST, &uri, &mut headers, hash)
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(1024 + body.len());
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(uri.path().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, v) in &headers {
+            push_header(&mut out, name.as_str().as_bytes(), v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    /// This client connection's connection to the peer, else an idle one, else none.
+    fn take_peer(
+        &self,
+        kept: &mut Option<(Arc<str>, Backend<PeerStream>)>,
+        key: &Arc<str>,
+    ) -> Option<Backend<PeerStream>> {
+        if let Some((k, b)) = kept.take() {
+            if k == *key {
+                if pool::fresh(b.since, std::time::Instant::now()) && b.stream.usable() {
+                    return Some(b);
+                }
+            } else if b.buf.is_empty() {
+                // Another peer's: back to the pool for whoever calls it next.
+                self.peers.put(k, b.stream, b.since);
+            }
+        }
+        let idle = self.peers.take(key)?;
+        Some(Backend::new(idle.conn, idle.since))
+    }
+
+    /// Keeps `b` for this client connection's next call; one it kept for
+    /// another peer goes back to the pool.
+    fn keep_peer(
+        &self,
+        kept: &mut Option<(Arc<str>, Backend<PeerStream>)>,
+        key: Arc<str>,
+        b: Backend<PeerStream>,
+    ) {
+        if let Some((k, old)) = kept.replace((key, b)) {
+            if old.buf.is_empty() {
+                self.peers.put(k, old.stream, old.since);
+            }
+        }
+    }
+
+    /// A new connection to `to`'s cluster listener: TLS pinned to its key with
+    /// `--cluster-tls` (`tls::ClusterTls::connect`).
+    async fn connect_peer(
+        &self,
+        to: &Peer,
+        addr: &str,
+    ) -> Result<Backend<PeerStream>, pool::ConnectError> {
+        let stream = pool::connect(addr).await?;
+        let stream = match self.sc.forwarder.client().tls() {
+            None => PeerStream::Plain(stream),
+            Some(tls) => PeerStream::Tls(Box::new(tls.connect(&to.host, addr, stream).await?)),
+        };
+        Ok(Backend::new(stream, std::time::Instant::now()))
+    }
+}
+
+/// A request head as `http` types, without the headers `Connection` lists
+/// (none: as it came). None when `http` would not take it (hyper will say why).
+fn head_of(
+    method: &str,
+    pq: PathAndQuery,
+    headers: &[httparse::Header<'_>],
+    listed: &[&[u8]],
+) -> Option<Head> {
+    let method = Method::from_bytes(method.as_bytes()).ok()?;
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = h.name.as_bytes();
+        if !listed.is_empty()
+            && (name.eq_ignore_ascii_case(b"connection")
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name)))
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).ok()?;
+        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    Some(Head {
+        method,
+        uri: Uri::from(pq),
+        headers: map,
+    })
+}
+
+/// Writes a refusal page; whether the connection goes on.
+async fn page<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    status: StatusCode,
+    reason: &str,
+    message: &str,
+    plan: &Plan,
+) -> bool {
+    let page = error_page(status, reason, message, plan);
+    client.write_all(&page).await.is_ok() && client.flush().await.is_ok() && !plan.close
 }
 
 /// Reads more of the client's request. The time limit counts from `active` (the
 /// last request's end); the timer is only moved when it fires early, so a busy
 /// connection does not touch it per request. With `stop`, gives up when the
 /// drain begins.
-async fn read_by(
-    client: &mut TcpStream,
+async fn read_by<S: AsyncRead + Unpin>(
+    client: &mut S,
     buf: &mut BytesMut,
     mut timer: Pin<&mut tokio::time::Sleep>,
     active: Instant,
@@ -437,73 +803,6 @@ async fn read_by(
                 timer.as_mut().reset(due);
             }
             () = stopped.as_mut() => return Err(io::ErrorKind::ConnectionAborted.into()),
-        }
-    }
-}
-
-/// Reads until `b.buf` holds a whole response head; its length.
-async fn read_head(b: &mut Backend) -> Result<usize, BackendError> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS * 2];
-        match httparse::Response::new(&mut headers).parse(&b.buf) {
-            Ok(httparse::Status::Complete(n)) => return Ok(n),
-            Ok(httparse::Status::Partial) if b.buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Err(BackendError::HeadTooLarge),
-            Err(e) => return Err(BackendError::NotHttp(e)),
-        }
-        match b.stream.read_buf(&mut b.buf).await {
-            Ok(0) => return Err(BackendError::Closed),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Sends `head` and the body after it in `b.buf` to the client, reading more
-/// from the backend until the body ends. Says whether it ended where its
-/// framing said (false: it ended with the backend's connection).
-async fn copy_body(
-    b: &mut Backend,
-    framing: Framing,
-    mut out: Vec<u8>,
-    client: &mut TcpStream,
-) -> Result<bool, Failed> {
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut chunked = Chunked::default();
-    let mut first = true;
-    loop {
-        // How much of what is buffered belongs to this body, and whether it ends there.
-        let (take, ended) = match framing {
-            Framing::Empty => (0, true),
-            Framing::Length(_) => {
-                let n = left.min(b.buf.len() as u64);
-                left -= n;
-                (n as usize, left == 0)
-            }
-            Framing::Chunked => chunked.feed(&b.buf).map_err(|_| Failed::Late)?,
-            Framing::UntilClose => (b.buf.len(), false),
-        };
-        let wrote = if first {
-            out.extend_from_slice(&b.buf[..take]);
-            client.write_all(&out).await
-        } else {
-            client.write_all(&b.buf[..take]).await
-        };
-        // Nothing has reached the client only if the first write failed, and
-        // then the client is gone: either way its connection ends.
-        wrote.map_err(|_| Failed::Late)?;
-        first = false;
-        b.buf.advance(take);
-        if ended {
-            return Ok(true);
-        }
-        match b.stream.read_buf(&mut b.buf).await {
-            Ok(0) if framing == Framing::UntilClose => return Ok(false),
-            Ok(0) | Err(_) => return Err(Failed::Late),
-            Ok(_) => {}
         }
     }
 }

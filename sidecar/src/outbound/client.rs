@@ -111,14 +111,13 @@ impl Client {
         match &self.tls {
             None => {
                 let resp = self.send(addr, req).await?;
-                if resp.status() == http::StatusCode::MISDIRECTED_REQUEST
-                    && resp
-                        .headers()
-                        .get(crate::reply::REASON)
-                        .is_some_and(|v| v == crate::tls::TLS_REQUIRED)
-                {
-                    tracing::warn!(peer = host, %addr, "{host} speaks TLS on its cluster listener (--cluster-tls) and this host does not: turn --cluster-tls on here too");
-                }
+                let reason = resp.headers().get(crate::reply::REASON);
+                warn_if_tls_required(
+                    host,
+                    addr,
+                    resp.status().as_u16(),
+                    reason.map(|v| v.as_bytes()),
+                );
                 Ok(resp)
             }
             Some(tls) => {
@@ -220,6 +219,14 @@ impl Client {
         if let Some(s) = sender {
             self.pool.put(addr, s, now);
         }
+    }
+}
+
+/// Says so when a peer's plain cluster listener answer is its refusal to
+/// speak plain HTTP (`421`, `tls-required`): it has `--cluster-tls`, this host not.
+pub fn warn_if_tls_required(host: &str, addr: &str, status: u16, reason: Option<&[u8]>) {
+    if status == 421 && reason == Some(crate::tls::TLS_REQUIRED.as_bytes()) {
+        tracing::warn!(peer = host, %addr, "{host} speaks TLS on its cluster listener (--cluster-tls) and this host does not: turn --cluster-tls on here too");
     }
 }
 

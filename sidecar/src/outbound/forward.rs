@@ -25,7 +25,7 @@ use crate::outbound::spool::Spooled;
 use crate::session::{OutSession, Sessions};
 
 /// Headers that travel with a forwarded request (hop-by-hop ones never do).
-const PASS: [HeaderName; 6] = [
+pub const PASS: [HeaderName; 6] = [
     header::CONTENT_TYPE,
     header::CONTENT_ENCODING,
     header::ACCEPT,
@@ -218,17 +218,18 @@ impl Forwarder {
 
     /// After a refused session-signed call: whether the peer did not know the
     /// session (it restarted, or dropped it), so it is dropped here too and the
-    /// call may go again under a new one.
+    /// call goes again under a new one (counted as resent).
     pub fn session_refused(
         &self,
         peer: &Peer,
         session: &OutSession,
-        reason: Option<&HeaderValue>,
+        reason: Option<&[u8]>,
     ) -> bool {
-        let unknown = reason.is_some_and(|r| r == "unknown-session" || r == "session-expired");
+        let unknown = reason.is_some_and(|r| r == b"unknown-session" || r == b"session-expired");
         if let (true, Some(s)) = (unknown, &self.sessions) {
             tracing::info!(peer = %peer.host, session = %session.id, "the peer does not know the session; making a new one");
             s.forget(&peer.host, &session.id);
+            SessionCounters::add(&s.metrics().sessions.resent);
             return true;
         }
         false
@@ -273,12 +274,10 @@ impl Forwarder {
             )
             .await?;
         if let (Some(s), Some(bytes)) = (&session, again) {
+            let reason = resp.headers().get(crate::reply::REASON);
             if resp.status() == http::StatusCode::UNAUTHORIZED
-                && self.session_refused(peer, s, resp.headers().get(crate::reply::REASON))
+                && self.session_refused(peer, s, reason.map(HeaderValue::as_bytes))
             {
-                if let Some(c) = self.sessions.as_ref().map(|s| s.metrics()) {
-                    SessionCounters::add(&c.sessions.resent);
-                }
                 drop(resp);
                 let session = self.session_for(peer).await;
                 let body = http_body_util::Full::new(bytes)

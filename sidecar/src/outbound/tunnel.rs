@@ -250,10 +250,11 @@ async fn open(sc: &Sidecar, peer: &Peer, verb: GitVerb, repo: &str) -> Result<i3
         }
         .map_err(|e| other(&e))?;
         if let (false, Some(s), StatusCode::UNAUTHORIZED) = (retried, &session, resp.status()) {
-            if sc
-                .forwarder
-                .session_refused(peer, s, resp.headers().get(REASON))
-            {
+            if sc.forwarder.session_refused(
+                peer,
+                s,
+                resp.headers().get(REASON).map(|v| v.as_bytes()),
+            ) {
                 retried = true;
                 session = sc.forwarder.session_for(peer).await;
                 continue;
