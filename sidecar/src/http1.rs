@@ -4,6 +4,9 @@
 //! hop-by-hop headers a proxy never passes on (RFC 9110 §7.6.1). No I/O here:
 //! this module says what the bytes mean; the caller reads and writes them.
 
+/// The header that carries an error's reason code, for sidecars reading a peer's answer.
+pub const REASON: &str = "x-switchboard-reason";
+
 /// Header fields parsed in one head; a request with more goes through hyper.
 pub const MAX_HEADERS: usize = 64;
 
@@ -111,7 +114,7 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
     let reason = resp
         .headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(crate::reply::REASON))
+        .find(|h| h.name.eq_ignore_ascii_case(REASON))
         .map(|h| h.value.to_vec());
     let mut out = Vec::with_capacity(head.len() + 32);
     out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());

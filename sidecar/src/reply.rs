@@ -47,8 +47,7 @@ pub fn plain(status: StatusCode, reason: &str, message: impl Into<String>) -> Re
     refusal(status, reason, "text/plain; charset=utf-8", line)
 }
 
-/// The header that carries an error's reason code, for sidecars reading a peer's answer.
-pub const REASON: &str = "x-switchboard-reason";
+pub use crate::http1::REASON;
 
 /// Refuses a body declared (`Content-Length`) larger than `limit`, before a
 /// byte of it is read: nothing waits for, or spools, a body that will not do.
