@@ -414,6 +414,8 @@ impl Passthrough {
             .and_then(|v| v.to_str().ok());
         match route::conduit_repository(method, content_type, body) {
             None if self.web.is_some() => Some(Target::Local),
+            // An https:// web backend: hyper's to serve.
+            None if self.sc.web_backend.is_some() => None,
             None => self.sc.router.conduit().await.ok().map(Target::Peer),
             Some(repo) => {
                 let name = route::repo_name(&repo).ok()?;
@@ -532,7 +534,7 @@ impl WebBackend {
             // one, when nothing came back and the request may be repeated.
             let resp = match raw::send(&mut b, request, plan.head_method).await {
                 Ok(r) => r,
-                Err(_) if !fresh && b.buf.is_empty() && plan.idempotent => {
+                Err(_) if !fresh && !b.answered && plan.idempotent => {
                     fresh = true;
                     continue;
                 }
@@ -560,8 +562,11 @@ impl Passthrough {
     /// A Conduit call for a repository on `to`: signed (`Forwarder::sign`, a
     /// session key unless the call must be ed25519-signed), sent to its
     /// cluster listener, the answer copied back. As `Forwarder::send`: a call
-    /// the peer refuses for an unknown or expired session goes once more under
-    /// a new one; each attempt is signed anew (a fresh nonce).
+    /// the peer refuses for an unknown or expired session goes once more,
+    /// signed under a new one. A call a kept connection took but got no answer
+    /// on (the peer closed it as the call went) goes once more on a fresh
+    /// connection as it was, nonce and all: a peer that never read it takes it,
+    /// one that did refuses it as replayed rather than acting on it twice.
     async fn signed<S: AsyncWrite + Unpin>(
         &self,
         kept: &mut Option<(Arc<str>, Backend<PeerStream>)>,
@@ -578,10 +583,14 @@ impl Passthrough {
         let mut session = f.session_for(to).await;
         let mut resent = false;
         let mut fresh = false;
+        let mut request = None;
         let failed = loop {
-            let request = match self.signed_request(session.as_deref(), head, &addr, body, &hash) {
-                Ok(r) => r,
-                Err(e) => break format!("cannot sign the call to {}: {e}", to.host),
+            let bytes = match request.take() {
+                Some(r) => r,
+                None => match self.signed_request(session.as_deref(), head, &addr, body, &hash) {
+                    Ok(r) => r,
+                    Err(e) => break format!("cannot sign the call to {}: {e}", to.host),
+                },
             };
             let reused = if fresh {
                 None
@@ -598,12 +607,12 @@ impl Passthrough {
                     }
                 }
             };
-            let resp = match raw::send(&mut b, &request, false).await {
+            let resp = match raw::send(&mut b, &bytes, false).await {
                 Ok(r) => r,
                 // A kept connection the peer closed as the call went out (an
-                // idle close): once more on a fresh one, as Go's and hyper's
-                // clients do when nothing came back.
-                Err(_) if !fresh && b.buf.is_empty() => {
+                // idle close): the same bytes once more on a fresh one.
+                Err(_) if !fresh && !b.answered => {
+                    request = Some(bytes);
                     fresh = true;
                     continue;
                 }

@@ -27,6 +27,9 @@ pub struct Backend<S> {
     pub stream: S,
     pub buf: BytesMut,
     pub since: Instant,
+    /// The last [`send`] read something back: the upstream answered, so the
+    /// request may have been acted on (never sent again).
+    pub answered: bool,
 }
 
 impl<S> Backend<S> {
@@ -35,6 +38,7 @@ impl<S> Backend<S> {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
             since,
+            answered: false,
         }
     }
 }
@@ -71,6 +75,7 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     request: &[u8],
     head_method: bool,
 ) -> Result<ResponseHead, BackendError> {
+    b.answered = !b.buf.is_empty();
     b.stream.write_all(request).await?;
     // (a TLS stream may hold the tail of a record back until flushed)
     b.stream.flush().await?;
@@ -98,7 +103,7 @@ async fn read_head<S: AsyncRead + Unpin>(b: &mut Backend<S>) -> Result<usize, Ba
         }
         match b.stream.read_buf(&mut b.buf).await {
             Ok(0) => return Err(BackendError::Closed),
-            Ok(_) => {}
+            Ok(_) => b.answered = true,
             Err(e) => return Err(e.into()),
         }
     }
@@ -182,21 +187,31 @@ pub async fn deliver<S: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
 
 /// Reads and drops a response body of known length (a refusal the short way
 /// answers itself), so the connection can carry the next request. False when
-/// it cannot be (no length, or too long to bother).
+/// it cannot (no length, too long to bother, not here within a second, or
+/// more after it): then the connection is not to be kept.
 pub async fn skip_body<S: AsyncRead + Unpin>(b: &mut Backend<S>, framing: Framing) -> bool {
     let left = match framing {
-        Framing::Empty => return true,
+        Framing::Empty => return b.buf.is_empty(),
         Framing::Length(n) if n <= 64 * 1024 => n as usize,
         _ => return false,
     };
-    while b.buf.len() < left {
-        match b.stream.read_buf(&mut b.buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
+    let read = async {
+        while b.buf.len() < left {
+            match b.stream.read_buf(&mut b.buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
         }
+        true
+    };
+    let whole = tokio::time::timeout(std::time::Duration::from_secs(1), read)
+        .await
+        .unwrap_or(false);
+    if !whole {
+        return false;
     }
     b.buf.advance(left);
-    true
+    b.buf.is_empty()
 }
 
 /// A connection to a peer's cluster listener: plain, or TLS (`--cluster-tls`).
