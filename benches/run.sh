@@ -511,6 +511,7 @@ start_sidecar() { # name roles http cluster [backend] [extra run flags] -> SPID
 
 next_port; SA_HTTP=$PORT; next_port; SA_CLUSTER=$PORT
 start_sidecar wa web $SA_HTTP $SA_CLUSTER http://127.0.0.1:$NGINX_PORT
+WA_PID=$SPID
 
 next_port; HAP_PORT=$PORT
 cat > $WORK/haproxy.cfg <<CONF
@@ -530,6 +531,7 @@ backend b
   server s1 127.0.0.1:$NGINX_PORT
 CONF
 $SERVER_CPU haproxy -f $WORK/haproxy.cfg >/dev/null 2>&1 &
+HAP_PID=$!
 PIDS+=($!)
 for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$HAP_PORT/ && break; sleep 0.02; done
 
@@ -553,6 +555,7 @@ for _ in $(seq 1 500); do curl -s -o /dev/null http://127.0.0.1:$NGP_PORT/ && br
 # Signed hop: a Conduit call for a repository on another host: wa -> signed -> wb -> nginx.
 next_port; SB_HTTP=$PORT; next_port; SB_CLUSTER=$PORT
 start_sidecar wb repo $SB_HTTP $SB_CLUSTER http://127.0.0.1:$NGINX_PORT
+WB_PID=$SPID
 sbd repo add hop --master wb
 cat > $WORK/post.lua <<'LUA'
 wrk.method = "POST"
@@ -564,6 +567,7 @@ for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=h
 # ed25519): we -> signed -> wb. wa (the default) signs under a session key.
 next_port; SC2_HTTP=$PORT; next_port; SC2_CLUSTER=$PORT
 start_sidecar we web $SC2_HTTP $SC2_CLUSTER http://127.0.0.1:$NGINX_PORT "--cluster-auth ed25519"
+WE_PID=$SPID
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=hop http://127.0.0.1:$SC2_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
 # What one handshake costs (X25519 both sides, two ed25519 signatures and checks, HKDF),
 # and a session signature against an ed25519 one, in-process on the server CPU.
@@ -573,7 +577,9 @@ echo "bench: session handshake $HS_US us; call signed+verified: hmac-sha256 $HMA
 # The same hop with --cluster-tls on both sidecars: ta -> TLS 1.3 (signed inside) -> tb -> nginx.
 next_port; TA_HTTP=$PORT; next_port; TA_CLUSTER=$PORT; next_port; TB_HTTP=$PORT; next_port; TB_CLUSTER=$PORT
 start_sidecar ta web $TA_HTTP $TA_CLUSTER http://127.0.0.1:$NGINX_PORT --cluster-tls
+TA_PID=$SPID
 start_sidecar tb repo $TB_HTTP $TB_CLUSTER http://127.0.0.1:$NGINX_PORT --cluster-tls
+TB_PID=$SPID
 sbd repo add tlshop --master tb
 sed 's/repository=hop/repository=tlshop/' $WORK/post.lua > $WORK/post-tls.lua
 for _ in $(seq 1 200); do curl -s -o /dev/null -w '%{http_code}' -d repository=tlshop http://127.0.0.1:$TA_HTTP/api/diffusion.querycommits | grep -q 200 && break; sleep 0.05; done
@@ -620,7 +626,8 @@ backend to_nginx
   http-reuse always
   server n 127.0.0.1:$NGINX_PORT
 CONF
-for c in b a; do $SERVER_CPU haproxy -f $WORK/mtls-$c.cfg >/dev/null 2>&1 & PIDS+=($!); done
+declare -A MTLS_PID
+for c in b a; do $SERVER_CPU haproxy -f $WORK/mtls-$c.cfg >/dev/null 2>&1 & PIDS+=($!); MTLS_PID[$c]=$!; done
 for _ in $(seq 1 500); do curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$MA_PORT/ | grep -q 200 && break; sleep 0.02; done
 # B refuses a caller without the client certificate.
 [ "$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:$MB_PORT/ || true)" = 000 ] || echo "bench: warning: HAProxy B accepted a call without a client certificate" >&2
@@ -644,14 +651,32 @@ http_url() { # path -> "url [script]"
 # machine a round with much of it is not a fair one for that path.
 steal_now() { awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 steal_pct() { echo "$1 $2" | awk '{printf "%.1f", ($4>$2) ? ($3-$1)*100/($4-$2) : 0}'; }
-declare -A H_STEAL
+# CPU time (user + system) the path's proxies spent per request: with every
+# proxy on CPU 0 it is what bounds a path's throughput, and steal does not
+# count in it, so it compares paths fairly on a noisy machine too.
+path_pids() {
+  case $1 in
+    sidecar) echo $WA_PID ;;
+    haproxy) echo $HAP_PID ;;
+    hop) echo $WA_PID $WB_PID ;;
+    hop_ed25519) echo $WE_PID $WB_PID ;;
+    tlshop) echo $TA_PID $TB_PID ;;
+    mtls) echo ${MTLS_PID[a]} ${MTLS_PID[b]} ;;
+  esac
+}
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+CLK_TCK=$(getconf CLK_TCK)
+declare -A H_STEAL H_CPU
 for r in $(seq 1 $ROUNDS); do
   for t in $HTTP_PATHS; do
-    s0=$(steal_now)
+    pids=$(path_pids $t)
+    s0=$(steal_now); c0=$(cpu_ticks $pids)
     read rps p50 <<<"$(wrk_run $(http_url $t))"
     st=$(steal_pct "$s0" "$(steal_now)")
-    H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "; H_STEAL[$t]+="$st "
-    echo "bench: round $r http $t $rps r/s p50 $p50 ms (steal $st%)"
+    cpu=-
+    [ -n "$pids" ] && cpu=$(echo "$c0 $(cpu_ticks $pids) $rps" | awk -v d=$DUR -v hz=$CLK_TCK '$3>0 {printf "%.1f", ($2-$1)*1e6/hz/($3*d)}')
+    H_RPS[$t]+="$rps "; H_P50[$t]+="$p50 "; H_STEAL[$t]+="$st "; H_CPU[$t]+="$cpu "
+    echo "bench: round $r http $t $rps r/s p50 $p50 ms (steal $st%, proxies' CPU $cpu us/request)"
   done
   # The same paths over one connection: the latency each adds when nothing queues.
   for t in $HTTP_PATHS; do
@@ -750,7 +775,7 @@ json_list() { echo "[$(echo $1 | tr ' ' ',')]"; }
   echo "  \"axfr_$SCALE_HOSTS\": {\"knot\": ${AXFR[knot]}, \"bind\": ${AXFR[bind]}, \"switchboard\": ${AXFR[switchboard]}},"
   echo "  \"ixfr_change_to_knot_answer\": {\"hosts_$HOSTS\": $IXFR_SMALL, \"hosts_$SCALE_HOSTS\": $IXFR_SCALE},"
   echo "  \"etcd\": {\"hosts\": $HOSTS, \"acked_to_other_server_dns\": $ETCD_CROSS, \"one_server\": $ETCD_ONE, \"one_server_sled\": $CHANGE_SMALL},"
-  echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s, "steal_pct": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")" "$(json_list "${H_STEAL[$t]}")"; done | sed 's/, $//')},"
+  echo "  \"http\": {$(for t in $HTTP_PATHS; do printf '"%s": {"rps": %s, "p50_ms": %s, "steal_pct": %s, "proxies_cpu_us_per_request": %s}, ' $t "$(json_list "${H_RPS[$t]}")" "$(json_list "${H_P50[$t]}")" "$(json_list "${H_STEAL[$t]}")" "$(json_list "$(echo ${H_CPU[$t]} | sed 's/-/null/g')")"; done | sed 's/, $//')},"
   echo "  \"http_one_connection\": {$(for t in $HTTP_PATHS; do printf '"%s": {"p50_ms": %s, "p99_ms": %s}, ' $t "$(json_list "${L_P50[$t]}")" "$(json_list "${L_P99[$t]}")"; done | sed 's/, $//')},"
   echo "  \"session\": {\"handshake_us\": $HS_US, \"hmac_sign_verify_us\": $HMAC_US, \"ed25519_sign_verify_us\": $ED_US},"
   echo "  \"failover\": $FAILOVER,"
@@ -847,12 +872,12 @@ if [ $QUICK = 0 ]; then
     echo
     echo "wrk POST of a Conduit call for a repository on the other host, both proxies on CPU 0:"
     echo
-    echo "| path | requests/s (median) | spread | p50 ms | x the pair (median of rounds) | steal % (per round) |"
-    echo "| --- | --- | --- | --- | --- | --- |"
-    echo "| client -> sidecar A -> session-signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 | $HOP_X | ${H_STEAL[hop]} |"
-    echo "| same, \`--cluster-auth ed25519\` | $HOPE_RPS | $(hspread "${H_RPS[hop_ed25519]}") | $HOPE_P50 | $HOPE_X | ${H_STEAL[hop_ed25519]} |"
-    echo "| same, session-signed in TLS 1.3 (\`--cluster-tls\`) | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 | $TLSHOP_X | ${H_STEAL[tlshop]} |"
-    echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 | 1 | ${H_STEAL[mtls]} |"
+    echo "| path | requests/s (median) | spread | p50 ms | x the pair (median of rounds) | steal % (per round) | both proxies' CPU µs per request (per round) |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    echo "| client -> sidecar A -> session-signed -> sidecar B -> nginx | $HOP_RPS | $(hspread "${H_RPS[hop]}") | $HOP_P50 | $HOP_X | ${H_STEAL[hop]} | ${H_CPU[hop]} |"
+    echo "| same, \`--cluster-auth ed25519\` | $HOPE_RPS | $(hspread "${H_RPS[hop_ed25519]}") | $HOPE_P50 | $HOPE_X | ${H_STEAL[hop_ed25519]} | ${H_CPU[hop_ed25519]} |"
+    echo "| same, session-signed in TLS 1.3 (\`--cluster-tls\`) | $TLSHOP_RPS | $(hspread "${H_RPS[tlshop]}") | $TLSHOP_P50 | $TLSHOP_X | ${H_STEAL[tlshop]} | ${H_CPU[tlshop]} |"
+    echo "| client -> HAProxy A -> mutual TLS -> HAProxy B -> nginx | $MTLS_RPS | $(hspread "${H_RPS[mtls]}") | $MTLS_P50 | 1 | ${H_STEAL[mtls]} | ${H_CPU[mtls]} |"
     echo
     echo "One session handshake: $HS_US µs of CPU (both sides, in-process); a call signed and verified: hmac-sha256 $HMAC_US µs, ed25519 $ED_US µs."
     echo
