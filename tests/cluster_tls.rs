@@ -145,7 +145,12 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
         head
     );
 
-    // An SSH session on web1 tunnelled to repo1 (ssh-exec --cluster-tls).
+    // An SSH session on web1 tunnelled to repo1 (ssh-exec --cluster-tls),
+    // ed25519-signed: for its one call a handshake would cost more.
+    let series = |s: &Sidecar, name: &str| s.metric(name).unwrap_or(0.0);
+    let answered = "switchboard_sidecar_session_handshakes_total{side=\"answered\"}";
+    let by_key = "switchboard_sidecar_cluster_calls_total{direction=\"verified\",auth=\"ed25519\"}";
+    let (answered_before, by_key_before) = (series(&repo1, answered), series(&repo1, by_key));
     let sshd = Sshd::start(d.dir.path(), "web1", &web1.ssh_exec_command(), &key);
     assert!(web1.ssh_exec_command().contains("--cluster-tls"));
     let ssh = sshd.ssh_command(&key);
@@ -157,6 +162,17 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
     assert_eq!(
         git_ok(&w.join("via-ssh"), &["rev-parse", "HEAD"], None).trim(),
         head
+    );
+    assert_eq!(
+        series(&repo1, answered),
+        answered_before,
+        "{}",
+        repo1.metrics()
+    );
+    assert!(
+        series(&repo1, by_key) > by_key_before,
+        "{}",
+        repo1.metrics()
     );
 
     // The cluster listeners speak TLS only: a plain HTTP call is refused in
@@ -192,7 +208,6 @@ fn hosts_with_cluster_tls_route_conduit_git_replication_and_ssh_over_tls() {
     // Inside TLS the calls are session-signed: the handshake went over TLS too
     // (it once went in plain HTTP, was refused, and every call fell back to
     // ed25519).
-    let series = |s: &Sidecar, name: &str| s.metric(name).unwrap_or(0.0);
     assert!(
         series(
             &repo1,
