@@ -124,6 +124,28 @@ fn session_call(session: &Session, to: &Sidecar) -> (u16, String) {
     (code, reason)
 }
 
+/// Sends `POST /api/user.whoami` to `to`'s cluster listener with `headers` and a
+/// declared body of `declared` bytes, none of which is sent; what comes back
+/// within 10 s, until the listener closes the connection.
+fn head_only(to: &Sidecar, headers: &[(String, String)], declared: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to.cluster).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = format!(
+        "POST /api/user.whoami HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n",
+        to.cluster
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A host the test plays (enrolled, no sidecar), and the host it calls.
 struct Pair {
     d: Directory,
@@ -285,6 +307,11 @@ fn a_replayed_session_call_is_refused() {
     let headers = session_signed_call(&forged, "POST", &url, CALL);
     let (code, reason, _) = curl("POST", &url, &headers, CALL);
     assert_eq!((code, reason.as_str()), (401, "unknown-session"));
+    // The head is checked before the body is read: a refused caller gets its
+    // answer without sending the 60 KB it declared, and the connection ends.
+    let answer = head_only(&p.beta, &headers, 60_000);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("unknown-session"), "{answer}");
     let headers = session_signed_call(&session, "POST", &p.d.server_url(), CALL);
     let (code, reason, _) = curl("POST", &url, &headers, CALL);
     assert_eq!((code, reason.as_str()), (401, "bad-signature"));

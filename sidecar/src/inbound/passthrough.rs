@@ -218,6 +218,26 @@ impl Passthrough {
             };
             // Draining: this request is the connection's last.
             plan.close |= open.is_shutdown();
+            // A peer's call: its head is checked before a byte of its body is
+            // read, as on hyper's path; a refused one ends the connection (its
+            // body, unread, would otherwise be taken for the next request).
+            let admitted = match (&plan.kind, &self.web) {
+                (Kind::Cluster(_), None) => break Done::Handoff(client, buf),
+                (Kind::Cluster(head), Some(_)) => {
+                    match cluster::admit(&self.sc, &head.method, &head.uri, &head.headers, &peer)
+                        .await
+                    {
+                        Ok(a) => Some(a),
+                        Err(r) => {
+                            plan.close = true;
+                            page(&mut client, r.status, r.reason, &r.message, &plan).await;
+                            let _ = client.shutdown().await;
+                            break Done::Closed;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let end = plan.head_len + plan.body_len;
             while buf.len() < end {
                 match read_by(&mut client, &mut buf, timer.as_mut(), active, None).await {
@@ -245,11 +265,22 @@ impl Passthrough {
                             .await
                     }
                 },
-                (Kind::Cluster(_), None) => break Done::Handoff(client, buf),
-                (Kind::Cluster(head), Some(web)) => {
-                    let admitted = self.admit(head, body, peer).await;
-                    match admitted {
-                        Ok(()) => {
+                (Kind::Cluster(head), web) => {
+                    let checked = match (&admitted, web) {
+                        (Some(a), Some(web)) => a
+                            .check_body(
+                                &self.sc,
+                                &head.headers,
+                                &BodyHash::of(body),
+                                &peer,
+                                head.uri.path(),
+                            )
+                            .map(|()| web),
+                        // (admitted above whenever there is a web backend)
+                        _ => break Done::Closed,
+                    };
+                    match checked {
+                        Ok(web) => {
                             self.relay(web, head, body, &mut out);
                             Self::web(web, &mut kept.web, &out, &plan, &mut client).await
                         }
@@ -423,23 +454,6 @@ impl Passthrough {
                 self.sc.target(&name, access).await.ok()
             }
         }
-    }
-
-    /// The cluster listener's checks on a peer's call (`cluster::admit`), then its body's digest.
-    async fn admit(
-        &self,
-        head: &Head,
-        body: &[u8],
-        peer: SocketAddr,
-    ) -> Result<(), cluster::Refused> {
-        let a = cluster::admit(&self.sc, &head.method, &head.uri, &head.headers, &peer).await?;
-        a.check_body(
-            &self.sc,
-            &head.headers,
-            &BodyHash::of(body),
-            &peer,
-            head.uri.path(),
-        )
     }
 
     /// The web backend's request for a peer's call: what `forward::relayed_headers` passes.
