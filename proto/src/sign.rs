@@ -492,6 +492,7 @@ impl ParsedSignature {
 /// scanner takes only text the general parser reads the same way (the fuzz
 /// target `signature` asserts it).
 pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
+    too_long(headers)?;
     match canonical(headers) {
         Some(raw) => raw.check(),
         None => general(headers)?.check(),
@@ -502,13 +503,38 @@ pub fn parse(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
 /// form it reads (for fuzzing it against [`parse_general`]).
 #[doc(hidden)]
 pub fn parse_canonical(headers: &HeaderMap) -> Option<Result<ParsedSignature, SignError>> {
+    if let Err(e) = too_long(headers) {
+        return Some(Err(e));
+    }
     canonical(headers).map(Raw::check)
 }
 
 /// [`parse`] by the general RFC 8941 parser alone.
 #[doc(hidden)]
 pub fn parse_general(headers: &HeaderMap) -> Result<ParsedSignature, SignError> {
+    too_long(headers)?;
     general(headers)?.check()
+}
+
+/// The most `Signature-Input` and `Signature` text read, each: ours are ~200 and
+/// ~100 bytes. Anything read before the signature is checked is a stranger's
+/// to make long, so it is kept short.
+const MAX_SIGNATURE_HEADER: usize = 4096;
+/// The most components one signature may cover (ours cover five).
+const MAX_COMPONENTS: usize = 32;
+
+/// Refuses signature headers longer than [`MAX_SIGNATURE_HEADER`] in all.
+fn too_long(headers: &HeaderMap) -> Result<(), SignError> {
+    for name in ["signature-input", "signature"] {
+        let len: usize = headers.get_all(name).iter().map(|v| v.len()).sum();
+        if len > MAX_SIGNATURE_HEADER {
+            fail!(
+                Malformed,
+                "the {name} header is {len} bytes, more than the {MAX_SIGNATURE_HEADER} a signature needs"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A parameter's value as either parser read it.
@@ -688,6 +714,13 @@ impl Raw {
             serialized,
             bytes,
         } = self;
+        if components.len() > MAX_COMPONENTS {
+            fail!(
+                Malformed,
+                "{} components are covered, more than the {MAX_COMPONENTS} allowed",
+                components.len()
+            );
+        }
         for (i, name) in components.iter().enumerate() {
             let field =
                 http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|h| h.as_str() == name);
@@ -1528,6 +1561,33 @@ mod tests {
 
 #[cfg(test)]
 mod fast_path {
+    #[test]
+    fn long_signature_headers_and_many_components_are_refused_before_any_work() {
+        let mut h = HeaderMap::new();
+        let many: Vec<String> = (0..40).map(|i| format!("\"x-h{i}\"")).collect();
+        let input = format!(
+            "sig1=({});created=1;expires=2;nonce=\"n\";keyid=\"k\";alg=\"ed25519\"",
+            many.join(" ")
+        );
+        h.insert(
+            "signature-input",
+            HeaderValue::from_str(&input).expect("a header value"),
+        );
+        h.insert("signature", HeaderValue::from_static("sig1=::"));
+        let e = parse(&h).expect_err("40 components");
+        assert!(e.to_string().contains("more than the 32 allowed"), "{e}");
+        let long = format!(
+            "sig1=(\"@method\" \"{}\");created=1;expires=2;nonce=\"n\";keyid=\"k\";alg=\"ed25519\"",
+            "a".repeat(5000)
+        );
+        h.insert(
+            "signature-input",
+            HeaderValue::from_str(&long).expect("a header value"),
+        );
+        let e = parse(&h).expect_err("5 KB");
+        assert!(e.to_string().contains("more than the 4096"), "{e}");
+    }
+
     use super::*;
     use sfv::{key_ref, Integer, ListSerializer};
 

@@ -264,12 +264,18 @@ impl Sessions {
         let body = serde_json::to_vec(&init.hello()).map_err(|e| e.to_string())?;
         let addr = peer.addr.to_string();
         // A pooled connection the peer closed (it restarted) a moment ago may
-        // take the call and die under it: once more, signed anew, on another.
+        // take the call and die under it: once more, signed anew, on a new one
+        // (the pool may hold more connections to the process that went away).
         let mut attempts = 0;
         let resp = loop {
             attempts += 1;
             let req = self.hello_request(&addr, &body)?;
-            match client.send_peer(&peer.host, &addr, req).await {
+            let sent = if attempts == 1 {
+                client.send_peer(&peer.host, &addr, req).await
+            } else {
+                client.send_peer_fresh(&peer.host, &addr, req).await
+            };
+            match sent {
                 Ok(r) => break r,
                 Err(SendError::Http(e)) if attempts == 1 && e.is_incomplete_message() => {
                     tracing::debug!(peer = %peer.host, error = %e, "handshake met a closed connection; again on another");

@@ -218,9 +218,9 @@ impl Passthrough {
             };
             // Draining: this request is the connection's last.
             plan.close |= open.is_shutdown();
-            // A peer's call: its head is checked before a byte of its body is
-            // read, as on hyper's path; a refused one ends the connection (its
-            // body, unread, would otherwise be taken for the next request).
+            // A peer's call: its head is checked before its body is read, as on
+            // hyper's path (an unsigned caller gets no work out of its body); a
+            // refused one ends the connection.
             let admitted = match (&plan.kind, &self.web) {
                 (Kind::Cluster(_), None) => break Done::Handoff(client, buf),
                 (Kind::Cluster(head), Some(_)) => {
@@ -231,6 +231,17 @@ impl Passthrough {
                         Err(r) => {
                             plan.close = true;
                             page(&mut client, r.status, r.reason, &r.message, &plan).await;
+                            // What it declared is read and dropped before the close, so the
+                            // close does not reset the connection under the answer (a peer
+                            // told `unknown-session` must read it to make a new session).
+                            while buf.len() < plan.head_len + plan.body_len {
+                                match read_by(&mut client, &mut buf, timer.as_mut(), active, None)
+                                    .await
+                                {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(_) => {}
+                                }
+                            }
                             let _ = client.shutdown().await;
                             break Done::Closed;
                         }

@@ -108,9 +108,29 @@ impl Client {
         addr: &str,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        self.send_peer_on(host, addr, req, true).await
+    }
+
+    /// [`Self::send_peer`] on a new connection (after a kept one died under a call).
+    pub async fn send_peer_fresh(
+        &self,
+        host: &str,
+        addr: &str,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.send_peer_on(host, addr, req, false).await
+    }
+
+    async fn send_peer_on(
+        &self,
+        host: &str,
+        addr: &str,
+        req: Request<BoxBody>,
+        reuse: bool,
+    ) -> Result<Response<Incoming>, SendError> {
         match &self.tls {
             None => {
-                let resp = self.send(addr, req).await?;
+                let resp = self.send_on(addr, None, req, reuse).await?;
                 let reason = resp.headers().get(crate::reply::REASON);
                 warn_if_tls_required(
                     host,
@@ -123,7 +143,8 @@ impl Client {
             Some(tls) => {
                 // Never the key of a plain connection (`host:port`).
                 let key = format!("tls {host} {addr}");
-                self.send_on(&key, Some((tls, host, addr)), req).await
+                self.send_on(&key, Some((tls, host, addr)), req, reuse)
+                    .await
             }
         }
     }
@@ -134,20 +155,21 @@ impl Client {
         addr: &str,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        self.send_on(addr, None, req).await
+        self.send_on(addr, None, req, true).await
     }
 
-    /// Sends `req` on a connection pooled under `key`, made to `addr` (plain) or
-    /// by `tls` (to `host` at `addr`).
+    /// Sends `req` on a connection pooled under `key` (unless not `reuse`), made
+    /// to `addr` (plain) or by `tls` (to `host` at `addr`).
     async fn send_on(
         &self,
         addr: &str,
         tls: Option<(&Arc<ClusterTls>, &str, &str)>,
         mut req: Request<BoxBody>,
+        reuse: bool,
     ) -> Result<Response<Incoming>, SendError> {
         // A pooled connection the peer closed under us gives the request back
         // unsent: try once more on a fresh connection.
-        let mut fresh = false;
+        let mut fresh = !reuse;
         loop {
             let kept = if fresh { None } else { self.take(addr) };
             let (key, mut sender) = match kept {
