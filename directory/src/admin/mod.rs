@@ -451,7 +451,7 @@ fn authenticate(
     }
     admin
         .replay
-        .check_unseen(keyid, parsed.nonce(), now)
+        .check_unseen(keyid, parsed.nonce(), parsed.expires(), now)
         .map_err(|e| unauthorized(path, e))?;
     Ok(Signed { parsed, key })
 }
