@@ -333,6 +333,47 @@ fn a_replayed_session_call_is_refused() {
     assert_eq!((code, reason.as_str()), (401, "bad-signature"));
 }
 
+/// Writes `request` `times` times on one connection to `to`'s cluster
+/// listener, then reads until the listener closes it (or 10 s pass):
+/// what came back, and whether it was closed.
+fn pipelined(to: &Sidecar, request: &str, times: usize) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to.cluster).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request.repeat(times).as_bytes())
+        .expect("write");
+    let mut out = Vec::new();
+    let closed = loop {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            // A reset after the answer is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[test]
+fn a_refused_call_ends_its_connection() {
+    // An unsigned caller gets one refusal per connection, on hyper's path (a
+    // GET) as on the short way (a POST with a body): it cannot pipeline more.
+    let p = pair();
+    let host = p.beta.cluster;
+    for request in [
+        format!("GET /api/user.whoami HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("POST /api/user.whoami HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"),
+    ] {
+        let (answers, closed) = pipelined(&p.beta, &request, 3);
+        assert_eq!(answers.matches("HTTP/1.1 401").count(), 1, "{answers}");
+        assert!(answers.contains("no-signature"), "{answers}");
+        assert!(closed, "the connection stayed open after: {answers}");
+    }
+}
+
 /// app [web, backend] serves Conduit for front [web, no backend], which
 /// forwards each call to it.
 fn front_and_app(front_args: &[&str]) -> (Directory, Sidecar, Sidecar, Backend) {

@@ -117,7 +117,14 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
         .find(|h| h.name.eq_ignore_ascii_case(REASON))
         .map(|h| h.value.to_vec());
     let mut out = Vec::with_capacity(head.len() + 32);
-    out.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse reads exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {

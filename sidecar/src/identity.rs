@@ -49,6 +49,10 @@ impl KeyInfo {
 
 /// Looks a fingerprint up in the directory. `Ok(None)`: nobody has that key.
 pub async fn lookup(dir: &DirectoryClient, fingerprint: &str) -> Result<Option<KeyInfo>, DirError> {
+    // Nobody's key has another form: no need to ask.
+    if !switchboard_proto::sign::is_fingerprint(fingerprint) {
+        return Ok(None);
+    }
     let Some(attrs) = dir
         .txt(&format!("{fingerprint}.{}", switchboard_proto::schema::KEY))
         .await?

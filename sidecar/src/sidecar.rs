@@ -156,7 +156,7 @@ impl Drop for TunnelSlot {
 /// A calling host as the directory knows it, with its key ready to verify.
 #[derive(Clone)]
 pub struct Caller {
-    pub info: KeyInfo,
+    pub info: Arc<KeyInfo>,
     pub key: ed25519_dalek::VerifyingKey,
     generation: u64,
     expires: std::time::Instant,
@@ -300,7 +300,7 @@ impl Sidecar {
     pub async fn caller(
         &self,
         keyid: &str,
-    ) -> Result<(KeyInfo, ed25519_dalek::VerifyingKey), CallerError> {
+    ) -> Result<(Arc<KeyInfo>, ed25519_dalek::VerifyingKey), CallerError> {
         let generation = self.dir.generation();
         let now = std::time::Instant::now();
         if let Some(c) = self
@@ -333,6 +333,7 @@ impl Sidecar {
         let Ok(key) = info.key.verifying_key() else {
             return Err(CallerError::BadKey(info.host));
         };
+        let info = Arc::new(info);
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         if callers.len() > 4096 {
             callers.clear();
@@ -356,33 +357,38 @@ impl Sidecar {
         let Some(bound) = self.cluster_addr.get() else {
             return false;
         };
-        let Ok(uri_auth) = authority.parse::<http::uri::Authority>() else {
-            return false;
-        };
-        if uri_auth.port_u16() != Some(bound.port()) {
+        // `IP:port`, as peers sign it, is read without copying it first.
+        let (port, host): (_, Result<std::net::IpAddr, String>) =
+            match authority.parse::<std::net::SocketAddr>() {
+                Ok(a) => (Some(a.port()), Ok(a.ip())),
+                Err(_) => match authority.parse::<http::uri::Authority>() {
+                    Ok(a) => {
+                        let host = a.host().trim_start_matches('[').trim_end_matches(']');
+                        (a.port_u16(), host.parse().map_err(|_| host.to_string()))
+                    }
+                    Err(_) => return false,
+                },
+            };
+        if port != Some(bound.port()) {
             return false;
         }
-        let host = uri_auth
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            if !bound.ip().is_unspecified() && ip == bound.ip() {
-                return true;
-            }
-            return self
+        match host {
+            Ok(ip) if !bound.ip().is_unspecified() && ip == bound.ip() => true,
+            Ok(ip) => self
                 .dir
                 .addresses(&self.me.host)
                 .await
-                .is_ok_and(|a| a.contains(&ip));
+                .is_ok_and(|a| a.contains(&ip)),
+            Err(name) => {
+                let node = format!(
+                    "{}.{}.{}",
+                    self.me.host,
+                    schema::NODE,
+                    self.dir.zone().to_ascii().trim_end_matches('.')
+                );
+                name.trim_end_matches('.').eq_ignore_ascii_case(&node)
+            }
         }
-        let node = format!(
-            "{}.{}.{}",
-            self.me.host,
-            schema::NODE,
-            self.dir.zone().to_ascii().trim_end_matches('.')
-        );
-        host.trim_end_matches('.').eq_ignore_ascii_case(&node)
     }
 
     /// Asks the directory, uncached, who is master of `repo`, whether this

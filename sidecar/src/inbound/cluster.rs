@@ -38,9 +38,13 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// The JSON refusal hyper sends.
+    /// The JSON refusal hyper sends, and the connection's end: a caller
+    /// refused gets no more calls checked on it (as on the short way).
     pub fn response(self) -> Response<BoxBody> {
-        error(self.status, self.reason, self.message)
+        let mut r = error(self.status, self.reason, self.message);
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        r
     }
 }
 
@@ -68,7 +72,7 @@ fn refuse(
 pub struct Admitted {
     parsed: sign::ParsedSignature,
     keyid: String,
-    pub caller: KeyInfo,
+    pub caller: Arc<KeyInfo>,
     /// Signed under a session key (else with the caller's host key).
     pub session: bool,
 }
@@ -126,15 +130,17 @@ pub async fn admit(
         }
         caller
     } else {
-        let (caller, key) = match sc.caller(&keyid).await {
-            Ok(c) => c,
-            Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
-        };
+        // What can be checked without the directory first (the covered
+        // components, the times): a stale or incomplete call costs no lookup.
         let base =
             match parsed.signed_base(method, uri, headers, expects_body, now, &Policy::default()) {
                 Ok(base) => base,
                 Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
             };
+        let (caller, key) = match sc.caller(&keyid).await {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(sc, e.reason(), e.to_string(), peer, &keyid)),
+        };
         match sc.verifier.verify(base, *parsed.signature(), key).await {
             Some(true) => {}
             Some(false) => {

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode, Uri};
@@ -343,7 +343,15 @@ impl Passthrough {
             return Step::Hand;
         }
         // The same checks, and the same routes, as hyper and the handlers.
-        let Ok(pq) = PathAndQuery::try_from(path) else {
+        // The head, copied once: the path and header values are views of it.
+        let raw = Raw {
+            bytes: Bytes::copy_from_slice(&buf[..head_len]),
+            base: buf.as_ptr() as usize,
+        };
+        let Some(pq) = raw
+            .part(path.as_bytes())
+            .and_then(|p| PathAndQuery::from_maybe_shared(p).ok())
+        else {
             return Step::Hand;
         };
         let conduit = method == "POST" && pq.path().starts_with("/api/");
@@ -403,7 +411,7 @@ impl Passthrough {
         };
         // A peer's call: checked as it came (hyper would see every header).
         if self.side == Side::Cluster {
-            return match head_of(method, pq, req.headers, &[]) {
+            return match head_of(&raw, method, pq, req.headers, &[]) {
                 Some(head) => plan(Kind::Cluster(head)),
                 None => Step::Hand,
             };
@@ -440,7 +448,7 @@ impl Passthrough {
             return plan(Kind::Web);
         }
         // Headers the client meant for this hop only go no further (`user::handle`).
-        match head_of(method, pq, req.headers, &listed) {
+        match head_of(&raw, method, pq, req.headers, &listed) {
             Some(head) => plan(Kind::Conduit(head)),
             None => Step::Hand,
         }
@@ -603,8 +611,9 @@ impl Passthrough {
     ) -> bool {
         let f = &self.sc.forwarder;
         let hash = BodyHash::of(body);
-        let addr = to.addr.to_string();
-        let key: Arc<str> = Arc::from(format!("{} {addr}", to.host));
+        // The pool's key, "HOST ADDR", and the address it ends with.
+        let key: Arc<str> = Arc::from(format!("{} {}", to.host, to.addr));
+        let addr = &key[to.host.len() + 1..];
         let mut session = f.session_for(to).await;
         let mut resent = false;
         let mut fresh = false;
@@ -612,7 +621,7 @@ impl Passthrough {
         let failed = loop {
             let bytes = match request.take() {
                 Some(r) => r,
-                None => match self.signed_request(session.as_deref(), head, &addr, body, &hash) {
+                None => match self.signed_request(session.as_deref(), head, addr, body, &hash) {
                     Ok(r) => r,
                     Err(e) => break format!("cannot sign the call to {}: {e}", to.host),
                 },
@@ -626,7 +635,7 @@ impl Passthrough {
                 Some(b) => b,
                 None => {
                     fresh = true;
-                    match self.connect_peer(to, &addr).await {
+                    match self.connect_peer(to, addr).await {
                         Ok(b) => b,
                         Err(e) => break format!("{} ({addr}) did not answer: {e}", to.host),
                     }
@@ -654,7 +663,7 @@ impl Passthrough {
                     continue;
                 }
             }
-            warn_if_tls_required(&to.host, &addr, resp.code, resp.reason.as_deref());
+            warn_if_tls_required(&to.host, addr, resp.code, resp.reason.as_deref());
             self.sc.metrics.request("conduit", "forwarded");
             return match raw::deliver(b, resp, plan.close, client).await {
                 Ok((keep, back)) => {
@@ -769,7 +778,23 @@ impl Passthrough {
 
 /// A request head as `http` types, without the headers `Connection` lists
 /// (none: as it came). None when `http` would not take it (hyper will say why).
+/// A request head as read, and where it lay in the read buffer.
+struct Raw {
+    bytes: Bytes,
+    base: usize,
+}
+
+impl Raw {
+    /// `s`, a part of the head in the read buffer, as a view of the copy.
+    fn part(&self, s: &[u8]) -> Option<Bytes> {
+        let start = (s.as_ptr() as usize).checked_sub(self.base)?;
+        let end = start.checked_add(s.len())?;
+        (end <= self.bytes.len()).then(|| self.bytes.slice(start..end))
+    }
+}
+
 fn head_of(
+    raw: &Raw,
     method: &str,
     pq: PathAndQuery,
     headers: &[httparse::Header<'_>],
@@ -786,7 +811,8 @@ fn head_of(
             continue;
         }
         let name = HeaderName::from_bytes(name).ok()?;
-        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+        let value = raw.part(h.value)?;
+        map.append(name, HeaderValue::from_maybe_shared(value).ok()?);
     }
     Some(Head {
         method,

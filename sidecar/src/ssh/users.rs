@@ -107,9 +107,16 @@ pub fn parse_user(s: &str) -> Result<String, String> {
 /// those, so that only the sidecar asks them, and the web application may trust
 /// the `user` it names.
 pub fn is_auth_path(path: &str) -> bool {
-    crate::route::percent_decode(path)
-        .to_ascii_lowercase()
-        .contains("switchboard/auth")
+    const AUTH: &[u8] = b"switchboard/auth";
+    if path.contains('%') {
+        return crate::route::percent_decode(path)
+            .to_ascii_lowercase()
+            .contains("switchboard/auth");
+    }
+    // Nothing to decode (every request but a few): no copies.
+    path.as_bytes()
+        .windows(AUTH.len())
+        .any(|w| w.eq_ignore_ascii_case(AUTH))
 }
 
 /// Where the web application is asked.
@@ -533,5 +540,23 @@ mod tests {
         assert_eq!(said(b"plain\r\ntext\x07"), "plain text");
         assert_eq!(said(b""), "no reason given");
         assert_eq!(said(&[b'x'; 500]).len(), 200);
+    }
+
+    #[test]
+    fn auth_paths_are_found_with_or_without_escapes() {
+        for (path, auth) in [
+            ("/switchboard/auth/keys", true),
+            ("/SwitchBoard/Auth", true),
+            ("/x/switchboard/authx", true),
+            ("/switchboard%2Fauth", true),
+            ("/switchboard/%61uth", true),
+            ("/%53witchboard/auth", true),
+            ("/switchboard/aut", false),
+            ("/api/diffusion.querycommits", false),
+            ("/switchboard%2", false),
+            ("", false),
+        ] {
+            assert_eq!(is_auth_path(path), auth, "{path}");
+        }
     }
 }
