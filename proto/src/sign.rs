@@ -835,18 +835,31 @@ impl Raw {
     }
 }
 
-/// Remembered pairs, by the second their signatures expire: each a 128-bit keyed
-/// hash of `(keyid, nonce)`.
-type Seen = std::collections::BTreeMap<u64, rustc_hash::FxHashSet<u128>>;
+/// Remembered pairs, by the second their signatures expire (each a 128-bit keyed
+/// hash of `(keyid, nonce)`), and the second below which all were forgotten.
+#[derive(Debug, Default)]
+struct Seen {
+    by_expiry: std::collections::BTreeMap<u64, rustc_hash::FxHashSet<u128>>,
+    forgotten_below: u64,
+}
+
+/// How long a second's pairs are kept after it has passed: a call read before
+/// the second ended may still be on its way to the guard (a directory lookup,
+/// the verifier's queue). One that takes longer is refused, never let through.
+const KEEP_AFTER_SECS: u64 = 10;
 
 /// Remembers `(keyid, nonce)` pairs until their signature expires, refusing a second use.
 ///
 /// Pairs are kept by their signature's `expires`: a replay carries the same
 /// `expires` (it is signed), so each check looks in one second's set, the few
 /// hundred kilobytes that second's calls fill rather than one table of every call
-/// of the last minute, which missed the cache on each of them; and a second
-/// gone by is dropped whole. Memory stays bounded by the calls of the longest
-/// signature lifetime the checks before this one allow.
+/// of the last minute, which missed the cache on each of them. A second is
+/// dropped whole [`KEEP_AFTER_SECS`] after it passed, and any signature expiring
+/// in a second already dropped is refused: whether it was seen is no longer
+/// known. (So a wall clock stepped back by more than the signature lifetime and
+/// that much again makes calls wait until it has caught up; a replay never gets
+/// through by it.) Memory stays bounded by the calls of the longest signature
+/// lifetime the checks before this one allow.
 ///
 /// A pair is kept as a 128-bit hash under two random SipHash keys of this process,
 /// not as its strings: 16 bytes an entry instead of ~200, and no allocation per
@@ -877,10 +890,11 @@ impl ReplayGuard {
     }
 
     /// Fails with [`SignError::Replayed`] if `(keyid, nonce)` was recorded for a
-    /// signature expiring at `expires` and that has not passed at `now`, without
+    /// signature expiring at `expires` (and not yet forgotten), without
     /// recording it: a receiver refuses a known replay before reading its body,
     /// and records the pair only once the body matches (so a request whose body
-    /// was tampered with cannot use up the nonce of the genuine one).
+    /// was tampered with cannot use up the nonce of the genuine one). Fails with
+    /// [`SignError::Stale`] if the pairs of that second were already forgotten.
     pub fn check_unseen(
         &self,
         keyid: &str,
@@ -890,14 +904,18 @@ impl ReplayGuard {
     ) -> Result<(), SignError> {
         let key = self.pair_hash(keyid, nonce);
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if expires >= now && seen.get(&expires).is_some_and(|s| s.contains(&key)) {
-            fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+        if expires < seen.forgotten_below.max(now.saturating_sub(KEEP_AFTER_SECS)) {
+            return Err(forgotten(expires));
+        }
+        if (seen.by_expiry.get(&expires)).is_some_and(|s| s.contains(&key)) {
+            return Err(replayed(keyid, nonce));
         }
         Ok(())
     }
 
     /// Records `(keyid, nonce)` until `expires`; fails with [`SignError::Replayed`] if the pair
-    /// was already recorded and has not expired at `now`. Call it after a successful verify.
+    /// was already recorded and has not expired at `now`, or [`SignError::Stale`] if the pairs
+    /// of that second were already forgotten. Call it after a successful verify.
     pub fn check_and_remember(
         &self,
         keyid: &str,
@@ -907,21 +925,30 @@ impl ReplayGuard {
     ) -> Result<(), SignError> {
         let key = self.pair_hash(keyid, nonce);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        // The seconds gone by: every pair in them has expired.
-        while let Some(second) = seen.first_entry() {
-            if *second.key() >= now {
+        let keep_from = now.saturating_sub(KEEP_AFTER_SECS);
+        while let Some(second) = seen.by_expiry.first_entry() {
+            if *second.key() >= keep_from {
                 break;
             }
             second.remove();
         }
-        if expires < now {
-            return Ok(());
+        seen.forgotten_below = seen.forgotten_below.max(keep_from);
+        if expires < seen.forgotten_below {
+            return Err(forgotten(expires));
         }
-        if !seen.entry(expires).or_default().insert(key) {
-            fail!(Replayed, "nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce");
+        if !seen.by_expiry.entry(expires).or_default().insert(key) {
+            return Err(replayed(keyid, nonce));
         }
         Ok(())
     }
+}
+
+fn replayed(keyid: &str, nonce: &str) -> SignError {
+    SignError::Replayed(format!("nonce {nonce:?} of keyid {keyid:?} was already used, so this is a replay: sign every request anew, which gives it a fresh nonce"))
+}
+
+fn forgotten(expires: u64) -> SignError {
+    SignError::Stale(format!("the signature expired at {expires} (unix), too long ago to tell whether it was used before: sign the request again"))
 }
 
 /// Why signing or verification failed; the message says what was wrong and what to do.
@@ -1558,7 +1585,11 @@ mod tests {
             .check_unseen("k1", "n1", NOW + 60, NOW + 5)
             .unwrap_err();
         assert_eq!(seen.reason(), "replayed");
-        guard.check_unseen("k1", "n1", NOW + 60, NOW + 61).unwrap();
+        // Past its expiry, still known until its second is dropped.
+        let seen = guard
+            .check_unseen("k1", "n1", NOW + 60, NOW + 61)
+            .unwrap_err();
+        assert_eq!(seen.reason(), "replayed");
         let again = guard
             .check_and_remember("k1", "n1", NOW + 60, NOW + 5)
             .unwrap_err();
@@ -1577,8 +1608,28 @@ mod tests {
                 .check_and_remember("later", &i.to_string(), NOW + 200, NOW + 100)
                 .unwrap();
         }
-        let kept: usize = guard.seen.lock().unwrap().values().map(|s| s.len()).sum();
+        let kept: usize = (guard.seen.lock().unwrap().by_expiry.values())
+            .map(|s| s.len())
+            .sum();
         assert_eq!(kept, 1100, "expired entries are pruned");
+        // A call read before its second passed, reaching the guard after
+        // another call had that second dropped, is refused, not let through.
+        let late = guard
+            .check_and_remember("k", "0", NOW + 60, NOW + 100)
+            .unwrap_err();
+        assert_eq!(late.reason(), "stale-signature");
+        let late = guard
+            .check_unseen("k", "0", NOW + 60, NOW + 100)
+            .unwrap_err();
+        assert_eq!(late.reason(), "stale-signature");
+        // Within the grace a second is still kept: its pairs are still refused.
+        let guard = ReplayGuard::new();
+        guard.check_and_remember("k", "n", NOW, NOW - 1).unwrap();
+        guard
+            .check_and_remember("x", "y", NOW + 60, NOW + 5)
+            .unwrap();
+        let again = guard.check_and_remember("k", "n", NOW, NOW).unwrap_err();
+        assert_eq!(again.reason(), "replayed");
         guard
             .check_and_remember("k1", "n1", NOW + 160, NOW + 100)
             .unwrap();

@@ -118,7 +118,7 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
         .map(|h| h.value.to_vec());
     let mut out = Vec::with_capacity(head.len() + 32);
     out.extend_from_slice(b"HTTP/1.1 ");
-    // httparse reads exactly three digits.
+    // httparse reads exactly three digits (a code below 100 is refused downstream).
     out.extend_from_slice(&[
         b'0' + (code / 100 % 10) as u8,
         b'0' + (code / 10 % 10) as u8,

@@ -360,6 +360,8 @@ impl Sidecar {
         // `IP:port`, as peers sign it, is read without copying it first.
         let (port, host): (_, Result<std::net::IpAddr, String>) =
             match authority.parse::<std::net::SocketAddr>() {
+                // A zone (`[fe80::1%3]`) names a link, not this host.
+                Ok(std::net::SocketAddr::V6(a)) if a.scope_id() != 0 => return false,
                 Ok(a) => (Some(a.port()), Ok(a.ip())),
                 Err(_) => match authority.parse::<http::uri::Authority>() {
                     Ok(a) => {
