@@ -904,7 +904,11 @@ impl ReplayGuard {
     ) -> Result<(), SignError> {
         let key = self.pair_hash(keyid, nonce);
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if expires < seen.forgotten_below.max(now.saturating_sub(KEEP_AFTER_SECS)) {
+        if expires
+            < seen
+                .forgotten_below
+                .max(now.saturating_sub(KEEP_AFTER_SECS))
+        {
             return Err(forgotten(expires));
         }
         if (seen.by_expiry.get(&expires)).is_some_and(|s| s.contains(&key)) {
@@ -1578,35 +1582,50 @@ mod tests {
             value
         }
         let guard = shareable(ReplayGuard::new());
-        guard.check_unseen("k1", "n1", NOW + 60, NOW).unwrap();
-        guard.check_unseen("k1", "n1", NOW + 60, NOW).unwrap();
-        guard.check_and_remember("k1", "n1", NOW + 60, NOW).unwrap();
-        let seen = guard
-            .check_unseen("k1", "n1", NOW + 60, NOW + 5)
-            .unwrap_err();
-        assert_eq!(seen.reason(), "replayed");
+        fn unseen(
+            g: &ReplayGuard,
+            k: &str,
+            n: &str,
+            expires: u64,
+            now: u64,
+        ) -> Result<(), &'static str> {
+            g.check_unseen(k, n, expires, now).map_err(|e| e.reason())
+        }
+        fn remember(
+            g: &ReplayGuard,
+            k: &str,
+            n: &str,
+            exp: u64,
+            now: u64,
+        ) -> Result<(), &'static str> {
+            g.check_and_remember(k, n, exp, now).map_err(|e| e.reason())
+        }
+        assert_eq!(unseen(&guard, "k1", "n1", NOW + 60, NOW), Ok(()));
+        assert_eq!(unseen(&guard, "k1", "n1", NOW + 60, NOW), Ok(()));
+        assert_eq!(remember(&guard, "k1", "n1", NOW + 60, NOW), Ok(()));
+        assert_eq!(
+            unseen(&guard, "k1", "n1", NOW + 60, NOW + 5),
+            Err("replayed")
+        );
         // Past its expiry, still known until its second is dropped.
-        let seen = guard
-            .check_unseen("k1", "n1", NOW + 60, NOW + 61)
-            .unwrap_err();
-        assert_eq!(seen.reason(), "replayed");
-        let again = guard
-            .check_and_remember("k1", "n1", NOW + 60, NOW + 5)
-            .unwrap_err();
-        assert_eq!(again.reason(), "replayed");
-        guard.check_and_remember("k2", "n1", NOW + 60, NOW).unwrap();
-        guard.check_and_remember("k1", "n2", NOW + 60, NOW).unwrap();
+        assert_eq!(
+            unseen(&guard, "k1", "n1", NOW + 60, NOW + 61),
+            Err("replayed")
+        );
+        assert_eq!(
+            remember(&guard, "k1", "n1", NOW + 60, NOW + 5),
+            Err("replayed")
+        );
+        assert_eq!(remember(&guard, "k2", "n1", NOW + 60, NOW), Ok(()));
+        assert_eq!(remember(&guard, "k1", "n2", NOW + 60, NOW), Ok(()));
         // The pair is hashed with its boundary: ("k1n", "1") is another pair.
-        guard.check_and_remember("k1n", "1", NOW + 60, NOW).unwrap();
+        assert_eq!(remember(&guard, "k1n", "1", NOW + 60, NOW), Ok(()));
         for i in 0..3000 {
-            guard
-                .check_and_remember("k", &i.to_string(), NOW + 60, NOW)
-                .unwrap();
+            assert_eq!(remember(&guard, "k", &i.to_string(), NOW + 60, NOW), Ok(()));
         }
         for i in 0..1100 {
-            guard
-                .check_and_remember("later", &i.to_string(), NOW + 200, NOW + 100)
-                .unwrap();
+            let n = i.to_string();
+            assert_eq!(remember(&guard, "later", &n, NOW + 200, NOW + 100), Ok(()));
         }
         let kept: usize = (guard.seen.lock().unwrap().by_expiry.values())
             .map(|s| s.len())
@@ -1614,22 +1633,14 @@ mod tests {
         assert_eq!(kept, 1100, "expired entries are pruned");
         // A call read before its second passed, reaching the guard after
         // another call had that second dropped, is refused, not let through.
-        let late = guard
-            .check_and_remember("k", "0", NOW + 60, NOW + 100)
-            .unwrap_err();
-        assert_eq!(late.reason(), "stale-signature");
-        let late = guard
-            .check_unseen("k", "0", NOW + 60, NOW + 100)
-            .unwrap_err();
-        assert_eq!(late.reason(), "stale-signature");
+        let stale = Err("stale-signature");
+        assert_eq!(remember(&guard, "k", "0", NOW + 60, NOW + 100), stale);
+        assert_eq!(unseen(&guard, "k", "0", NOW + 60, NOW + 100), stale);
         // Within the grace a second is still kept: its pairs are still refused.
-        let guard = ReplayGuard::new();
-        guard.check_and_remember("k", "n", NOW, NOW - 1).unwrap();
-        guard
-            .check_and_remember("x", "y", NOW + 60, NOW + 5)
-            .unwrap();
-        let again = guard.check_and_remember("k", "n", NOW, NOW).unwrap_err();
-        assert_eq!(again.reason(), "replayed");
+        let fresh = ReplayGuard::new();
+        assert_eq!(remember(&fresh, "k", "n", NOW, NOW - 1), Ok(()));
+        assert_eq!(remember(&fresh, "x", "y", NOW + 60, NOW + 5), Ok(()));
+        assert_eq!(remember(&fresh, "k", "n", NOW, NOW), Err("replayed"));
         guard
             .check_and_remember("k1", "n1", NOW + 160, NOW + 100)
             .unwrap();
