@@ -843,38 +843,58 @@ struct Seen {
     forgotten_below: u64,
 }
 
-/// How long a second's pairs are kept after it has passed: a call read before
-/// the second ended may still be on its way to the guard (a directory lookup,
-/// the verifier's queue). One that takes longer is refused, never let through.
-const KEEP_AFTER_SECS: u64 = 10;
+/// How long a second's pairs are kept after it has passed, by default: a call
+/// read before the second ended may still be on its way to the guard (a
+/// directory lookup, the verifier's queue). One that takes longer is refused,
+/// never let through. A guard that checks calls only after their bodies
+/// arrive keeps them as long as a body may take ([`ReplayGuard::with_grace`]).
+pub const KEEP_AFTER_SECS: u64 = 10;
 
-/// Remembers `(keyid, nonce)` pairs until their signature expires, refusing a second use.
+/// Remembers `(keyid, nonce)` pairs until some seconds after their signature
+/// expires, refusing a second use.
 ///
 /// Pairs are kept by their signature's `expires`: a replay carries the same
 /// `expires` (it is signed), so each check looks in one second's set, the few
 /// hundred kilobytes that second's calls fill rather than one table of every call
 /// of the last minute, which missed the cache on each of them. A second is
-/// dropped whole [`KEEP_AFTER_SECS`] after it passed, and any signature expiring
-/// in a second already dropped is refused: whether it was seen is no longer
-/// known. (So a wall clock stepped back by more than the signature lifetime and
-/// that much again makes calls wait until it has caught up; a replay never gets
-/// through by it.) Memory stays bounded by the calls of the longest signature
-/// lifetime the checks before this one allow.
+/// dropped whole a grace ([`KEEP_AFTER_SECS`] by default) after it passed, and any
+/// signature expiring in a second already dropped is refused: whether it was
+/// seen is no longer known. (So a wall clock stepped back by more than the
+/// signature lifetime plus the grace makes calls wait until it has caught up; a
+/// replay never gets through by it.) Memory stays bounded by the calls of the
+/// longest signature lifetime and clock skew the checks before this one allow,
+/// plus the grace.
 ///
 /// A pair is kept as a 128-bit hash under two random SipHash keys of this process,
 /// not as its strings: 16 bytes an entry instead of ~200, and no allocation per
 /// call. Nobody outside knows the keys, so nobody can choose nonces that collide,
 /// and two honest pairs collide with odds of about n²/2¹²⁹.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplayGuard {
     seen: Mutex<Seen>,
     keys: (std::hash::RandomState, std::hash::RandomState),
+    grace_secs: u64,
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        Self::with_grace(KEEP_AFTER_SECS)
+    }
 }
 
 impl ReplayGuard {
     /// An empty guard.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty guard that keeps a second's pairs `grace_secs` after it passed.
+    pub fn with_grace(grace_secs: u64) -> Self {
+        ReplayGuard {
+            seen: Mutex::default(),
+            keys: Default::default(),
+            grace_secs,
+        }
     }
 
     fn pair_hash(&self, keyid: &str, nonce: &str) -> u128 {
@@ -907,7 +927,7 @@ impl ReplayGuard {
         if expires
             < seen
                 .forgotten_below
-                .max(now.saturating_sub(KEEP_AFTER_SECS))
+                .max(now.saturating_sub(self.grace_secs))
         {
             return Err(forgotten(expires));
         }
@@ -917,9 +937,10 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// Records `(keyid, nonce)` until `expires`; fails with [`SignError::Replayed`] if the pair
-    /// was already recorded and has not expired at `now`, or [`SignError::Stale`] if the pairs
-    /// of that second were already forgotten. Call it after a successful verify.
+    /// Records `(keyid, nonce)` until the grace after `expires`; fails with
+    /// [`SignError::Replayed`] if the pair was already recorded (and not yet
+    /// forgotten), or [`SignError::Stale`] if the pairs of that second were
+    /// already forgotten. Call it after a successful verify.
     pub fn check_and_remember(
         &self,
         keyid: &str,
@@ -929,7 +950,7 @@ impl ReplayGuard {
     ) -> Result<(), SignError> {
         let key = self.pair_hash(keyid, nonce);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let keep_from = now.saturating_sub(KEEP_AFTER_SECS);
+        let keep_from = now.saturating_sub(self.grace_secs);
         while let Some(second) = seen.by_expiry.first_entry() {
             if *second.key() >= keep_from {
                 break;
@@ -1641,6 +1662,17 @@ mod tests {
         assert_eq!(remember(&fresh, "k", "n", NOW, NOW - 1), Ok(()));
         assert_eq!(remember(&fresh, "x", "y", NOW + 60, NOW + 5), Ok(()));
         assert_eq!(remember(&fresh, "k", "n", NOW, NOW), Err("replayed"));
+        // A guard that remembers calls once their bodies have arrived keeps
+        // seconds as long as a body may take.
+        let slow = ReplayGuard::with_grace(200);
+        assert_eq!(unseen(&slow, "k", "n", NOW + 60, NOW), Ok(()));
+        assert_eq!(remember(&slow, "x", "y", NOW + 300, NOW + 240), Ok(()));
+        assert_eq!(remember(&slow, "k", "n", NOW + 60, NOW + 250), Ok(()));
+        assert_eq!(
+            remember(&slow, "k", "n", NOW + 60, NOW + 250),
+            Err("replayed")
+        );
+        assert_eq!(remember(&slow, "k", "m", NOW + 60, NOW + 261), stale);
         guard
             .check_and_remember("k1", "n1", NOW + 160, NOW + 100)
             .unwrap();

@@ -68,6 +68,11 @@ pub struct BodyRule {
     total: Duration,
 }
 
+/// The longest any change's body may take to arrive (a zone import's).
+pub fn longest_body(limits: &Limits) -> Duration {
+    limits.body_timeout.saturating_mul(IMPORT_TIMEOUTS)
+}
+
 impl BodyRule {
     /// The rule for a request: zone imports are large and may be slow; every
     /// other change is a small JSON body; reads have none.

@@ -81,7 +81,14 @@ impl Admin {
         };
         Admin {
             dir,
-            replay: ReplayGuard::new(),
+            // A change's pair is remembered (`authorize`) only once its body
+            // has arrived: its second is kept as long as a body may take, and
+            // a minute for the wait after it.
+            replay: ReplayGuard::with_grace(
+                limits::longest_body(&cfg.limits)
+                    .as_secs()
+                    .saturating_add(sign::KEEP_AFTER_SECS + 60),
+            ),
             policy: Policy {
                 max_skew_secs: 30,
                 max_lifetime_secs: 60,
