@@ -15,6 +15,7 @@
 //! re-serialized, which RFC 8941 makes canonical, so it is the text any conformant signer
 //! signed. `Content-Digest` carries a `sha-256` digest of the body (RFC 9530 §2).
 
+use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -262,8 +263,8 @@ impl Default for Policy {
 /// [`ParsedSignature::reading`] where two parses must agree.)
 #[derive(Debug, Clone)]
 pub struct ParsedSignature {
-    label: String,
-    components: Vec<String>,
+    label: Name,
+    components: Vec<Name>,
     params: String,
     keyid: String,
     nonce: Option<String>,
@@ -557,6 +558,31 @@ fn too_long(headers: &HeaderMap) -> Result<(), SignError> {
     Ok(())
 }
 
+/// A label, component or parameter name: the ones our signers write are not
+/// copied (a parse would otherwise make a dozen small strings per call).
+type Name = Cow<'static, str>;
+
+/// `s` as a [`Name`]: borrowed when it is one our signers write.
+fn name(s: &str) -> Name {
+    const KNOWN: [&str; 11] = [
+        LABEL,
+        "@method",
+        "@authority",
+        "@path",
+        "@query",
+        DIGEST,
+        "created",
+        "expires",
+        "nonce",
+        "keyid",
+        "alg",
+    ];
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
+
 /// A parameter's value as either parser read it.
 #[derive(Debug)]
 enum Param {
@@ -567,11 +593,11 @@ enum Param {
 
 /// A signature's parts as read from the headers, not yet checked.
 struct Raw {
-    label: String,
+    label: Name,
     /// The covered components (already checked to be strings without parameters).
-    components: Vec<String>,
+    components: Vec<Name>,
     /// `Signature-Input`'s parameters, in order.
-    params: Vec<(String, Param)>,
+    params: Vec<(Name, Param)>,
     /// The `@signature-params` value: the inner list, serialized.
     serialized: String,
     /// `Signature`'s byte sequence.
@@ -631,7 +657,7 @@ fn canonical(headers: &HeaderMap) -> Option<Raw> {
         if name.is_empty() || !name.bytes().all(ok) {
             return None;
         }
-        components.push(name.to_owned());
+        components.push(self::name(name));
     }
     let mut params = Vec::with_capacity(5);
     let mut pieces = rest.strip_prefix(';')?.split(';');
@@ -655,13 +681,13 @@ fn canonical(headers: &HeaderMap) -> Option<Raw> {
         } else {
             Param::Text(plain_string(v)?.to_owned())
         };
-        params.push((want.to_owned(), value));
+        params.push((Cow::Borrowed(want), value));
     }
     if pieces.next().is_some() {
         return None;
     }
     Some(Raw {
-        label: label.to_owned(),
+        label: self::name(label),
         components,
         params,
         serialized: list.to_owned(),
@@ -694,7 +720,7 @@ fn general(headers: &HeaderMap) -> Result<Raw, SignError> {
         .as_byte_sequence()
         .unwrap_or_default()
         .to_vec();
-    let mut components: Vec<String> = Vec::new();
+    let mut components: Vec<Name> = Vec::new();
     for item in &inner.items {
         let name = item
             .bare_item
@@ -707,7 +733,7 @@ fn general(headers: &HeaderMap) -> Result<Raw, SignError> {
                 "component {name:?} must be a quoted lowercase name, no parameters"
             );
         }
-        components.push(name.to_owned());
+        components.push(self::name(name));
     }
     let params = inner
         .params
@@ -718,14 +744,14 @@ fn general(headers: &HeaderMap) -> Result<Raw, SignError> {
                 (_, Some(i)) => Param::Int(i64::from(i)),
                 _ => Param::Other,
             };
-            (key.as_str().to_owned(), v)
+            (self::name(key.as_str()), v)
         })
         .collect();
     let Some(serialized) = vec![entry.clone()].serialize() else {
         fail!(Malformed, "Signature-Input cannot be re-serialized")
     };
     Ok(Raw {
-        label: label.to_owned(),
+        label: self::name(label),
         components,
         params,
         serialized,
@@ -768,7 +794,7 @@ impl Raw {
                 Param::Int(i) => u64::try_from(*i).ok(),
                 _ => None,
             };
-            let ok = match (key.as_str(), value) {
+            let ok = match (key.as_ref(), value) {
                 ("keyid", Param::Text(t)) => {
                     keyid = Some(t);
                     true

@@ -4,6 +4,8 @@
 //! hop-by-hop headers a proxy never passes on (RFC 9110 §7.6.1). No I/O here:
 //! this module says what the bytes mean; the caller reads and writes them.
 
+use std::mem::MaybeUninit;
+
 /// The header that carries an error's reason code, for sidecars reading a peer's answer.
 pub const REASON: &str = "x-switchboard-reason";
 
@@ -52,20 +54,39 @@ pub struct ResponseHead {
     pub reuse: bool,
 }
 
-/// A backend's response head as the client is to get it, and how its body
-/// ends; none for an interim (1xx) answer. `head_method`: the request was a
-/// HEAD (its answer has no body).
-pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHead>, &'static str> {
+/// What the bytes read so far from a backend begin with.
+pub enum Answer {
+    /// Not a whole response head yet.
+    Partial,
+    /// An interim (1xx) answer's head, this long: dropped, as hyper's client does.
+    Interim(usize),
+    /// A final answer's head, this long, as the client is to get it.
+    Final(usize, ResponseHead),
+}
+
+/// Parses the response head at the start of `buf`, once: its length, and for
+/// a final answer the head as the client is to get it and how its body ends.
+/// `head_method`: the request was a HEAD (its answer has no body).
+pub fn response_head(buf: &[u8], head_method: bool) -> Result<Answer, &'static str> {
     const BAD: &str = "an answer that is not HTTP/1.1";
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS * 2];
-    let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(head).map_err(|_| BAD)?;
+    // (not zeroed: httparse fills what it returns, and 128 empty headers are 4 KiB to write)
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS * 2];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Answer::Partial),
+        Err(_) => return Err(BAD),
+    };
     let code = resp.code.ok_or(BAD)?;
     if code == 101 {
         return Err("a protocol switch nobody asked for");
     }
     if (100..200).contains(&code) {
-        return Ok(None);
+        return Ok(Answer::Interim(len));
     }
     let listed = connection_tokens(
         resp.headers
@@ -116,7 +137,7 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(REASON))
         .map(|h| h.value.to_vec());
-    let mut out = Vec::with_capacity(head.len() + 32);
+    let mut out = Vec::with_capacity(len + 32);
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse reads exactly three digits (a code below 100 is refused downstream).
     out.extend_from_slice(&[
@@ -145,17 +166,20 @@ pub fn response_head(head: &[u8], head_method: bool) -> Result<Option<ResponseHe
             push_header(&mut out, name, h.value);
         }
     }
-    Ok(Some(ResponseHead {
-        head: out,
-        code,
-        reason,
-        framing,
-        // A backend that sends both a coding and a length is not trusted to
-        // frame the next answer either.
-        reuse: !backend_close
-            && framing != Framing::UntilClose
-            && !(coding.is_some() && length.is_some()),
-    }))
+    Ok(Answer::Final(
+        len,
+        ResponseHead {
+            head: out,
+            code,
+            reason,
+            framing,
+            // A backend that sends both a coding and a length is not trusted to
+            // frame the next answer either.
+            reuse: !backend_close
+                && framing != Framing::UntilClose
+                && !(coding.is_some() && length.is_some()),
+        },
+    ))
 }
 
 /// Appends one header line.
@@ -317,6 +341,52 @@ mod tests {
             b"99999999999999999999",
         ] {
             assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod response_heads {
+    use super::*;
+
+    #[test]
+    fn a_head_is_parsed_once_with_its_length_and_rewritten() {
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nX-Switchboard-Reason: r\r\n\r\n";
+        let mut all = interim.to_vec();
+        all.extend_from_slice(head);
+        all.extend_from_slice(b"hello");
+        assert!(matches!(
+            response_head(&all[..10], false),
+            Ok(Answer::Partial)
+        ));
+        match response_head(&all, false) {
+            Ok(Answer::Interim(n)) => assert_eq!(n, interim.len()),
+            _ => panic!("the 100 is an interim answer"),
+        }
+        let Ok(Answer::Final(n, r)) = response_head(&all[interim.len()..], false) else {
+            panic!("a final answer");
+        };
+        assert_eq!(
+            n,
+            head.len(),
+            "the length ends at the blank line, not the body"
+        );
+        assert_eq!(r.code, 200);
+        assert!(r.framing == Framing::Length(5) && r.reuse);
+        assert_eq!(r.reason.as_deref(), Some(&b"r"[..]));
+        assert_eq!(
+            String::from_utf8_lossy(&r.head),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Switchboard-Reason: r\r\n",
+            "hop-by-hop headers, and those Connection lists, are dropped"
+        );
+        // A HEAD's answer has no body whatever its length says.
+        let Ok(Answer::Final(_, r)) = response_head(head, true) else {
+            panic!("a final answer");
+        };
+        assert!(r.framing == Framing::Empty);
+        for bad in [&b"HTTP/1.1 101 Switching\r\n\r\n"[..], b"SSH-2.0-x\r\n\r\n"] {
+            assert!(response_head(bad, false).is_err());
         }
     }
 }

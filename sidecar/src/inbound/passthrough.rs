@@ -27,6 +27,7 @@
 //! nonce is spent.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -329,9 +330,10 @@ impl Passthrough {
     /// writes the web backend's request head into `out` (a page, or a Conduit
     /// call it may serve).
     fn plan(&self, buf: &[u8], forwarded_for: &[u8], out: &mut Vec<u8>) -> Step {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(buf) {
+        // (not zeroed: httparse fills what it returns)
+        let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Step::Need,
             Err(_) => return Step::Hand,

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::http1::{self, Chunked, Framing, ResponseHead, MAX_HEADERS};
+use crate::http1::{self, Answer, Chunked, Framing, ResponseHead};
 use crate::outbound::pool::{self, Reusable};
 
 /// The largest response head read, with or without its interim answers.
@@ -54,8 +54,6 @@ pub enum BackendError {
     Closed,
     #[error("a response head over 64 KiB")]
     HeadTooLarge,
-    #[error("a response that is not HTTP: {0}")]
-    NotHttp(httparse::Error),
     #[error("{0}")]
     BadHead(&'static str),
 }
@@ -80,31 +78,18 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     // (a TLS stream may hold the tail of a record back until flushed)
     b.stream.flush().await?;
     loop {
-        let n = read_head(b).await?;
-        let parsed = http1::response_head(&b.buf[..n], head_method);
-        b.buf.advance(n);
-        match parsed {
-            Ok(Some(r)) => return Ok(r),
-            Ok(None) => {}
-            Err(why) => return Err(BackendError::BadHead(why)),
-        }
-    }
-}
-
-/// Reads until `b.buf` holds a whole response head; its length.
-async fn read_head<S: AsyncRead + Unpin>(b: &mut Backend<S>) -> Result<usize, BackendError> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS * 2];
-        match httparse::Response::new(&mut headers).parse(&b.buf) {
-            Ok(httparse::Status::Complete(n)) => return Ok(n),
-            Ok(httparse::Status::Partial) if b.buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Err(BackendError::HeadTooLarge),
-            Err(e) => return Err(BackendError::NotHttp(e)),
-        }
-        match b.stream.read_buf(&mut b.buf).await {
-            Ok(0) => return Err(BackendError::Closed),
-            Ok(_) => b.answered = true,
-            Err(e) => return Err(e.into()),
+        match http1::response_head(&b.buf, head_method).map_err(BackendError::BadHead)? {
+            Answer::Final(n, r) => {
+                b.buf.advance(n);
+                return Ok(r);
+            }
+            Answer::Interim(n) => b.buf.advance(n),
+            Answer::Partial if b.buf.len() < MAX_HEAD => match b.stream.read_buf(&mut b.buf).await?
+            {
+                0 => return Err(BackendError::Closed),
+                _ => b.answered = true,
+            },
+            Answer::Partial => return Err(BackendError::HeadTooLarge),
         }
     }
 }
