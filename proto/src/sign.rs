@@ -128,6 +128,20 @@ impl Signer<'_> {
             |base| key.sign(base).to_bytes().to_vec(),
         )
     }
+
+    /// [`Self::sign_hashed`] for a caller that writes the request itself: the
+    /// three headers' values, for the request `covered` describes.
+    pub fn sign_covered(
+        &self,
+        covered: &Covered<'_>,
+        body: &BodyHash,
+        now_unix: u64,
+    ) -> Result<SignatureHeaders, SignError> {
+        let key = self.key;
+        sign_covered(Alg::Ed25519, self.keyid, covered, body, now_unix, |base| {
+            key.sign(base).to_bytes().to_vec()
+        })
+    }
 }
 
 /// Signs outgoing calls between hosts with a session key (`alg="hmac-sha256"`,
@@ -157,6 +171,46 @@ impl HmacSigner<'_> {
             |base| hmac_sha256(key, base).to_vec(),
         )
     }
+
+    /// [`Signer::sign_covered`] with HMAC-SHA256 under the session key.
+    pub fn sign_covered(
+        &self,
+        covered: &Covered<'_>,
+        body: &BodyHash,
+        now_unix: u64,
+    ) -> Result<SignatureHeaders, SignError> {
+        let key = self.key;
+        sign_covered(
+            Alg::HmacSha256,
+            self.keyid,
+            covered,
+            body,
+            now_unix,
+            |base| hmac_sha256(key, base).to_vec(),
+        )
+    }
+}
+
+/// What a signature covers of a request (`@method`, `@authority`, `@path`,
+/// `@query`), for a caller that writes the request as bytes itself: it sends
+/// `authority` as the `Host` header and `path` and `query` as the target.
+#[derive(Debug, Clone, Copy)]
+pub struct Covered<'a> {
+    pub method: &'a str,
+    /// The `Host` header's value (signed lowercased, as a verifier reads it).
+    pub authority: &'a str,
+    /// The path; empty is signed as `/`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// The header values a signature adds to a request.
+#[derive(Debug)]
+pub struct SignatureHeaders {
+    /// `Content-Digest`; none for an empty body (the request must then carry none).
+    pub content_digest: Option<String>,
+    pub signature_input: String,
+    pub signature: String,
 }
 
 /// HMAC-SHA256 of `data` under `key`.
@@ -206,13 +260,60 @@ fn sign_with(
         };
         headers.insert(HOST, header_value(authority.as_str())?);
     }
-    let mut components = REQUIRED.to_vec();
-    if body.is_empty() {
-        headers.remove(DIGEST);
-    } else {
-        headers.insert(DIGEST, owned_header_value(body.content_digest())?);
-        components.push(DIGEST);
+    let mut hosts = headers.get_all(HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        fail!(Malformed, "the request has several Host headers")
+    };
+    let Ok(host) = host.to_str() else {
+        fail!(Malformed, "header host is not ASCII")
+    };
+    let covered = Covered {
+        method: method.as_str(),
+        authority: host.trim_matches([' ', '\t']),
+        path: uri.path(),
+        query: uri.query(),
+    };
+    let signed = sign_covered(alg, keyid, &covered, body, now_unix, mac)?;
+    match signed.content_digest {
+        Some(d) => headers.insert(DIGEST, owned_header_value(d)?),
+        None => headers.remove(DIGEST),
+    };
+    headers.insert(
+        "signature-input",
+        owned_header_value(signed.signature_input)?,
+    );
+    headers.insert("signature", owned_header_value(signed.signature)?);
+    Ok(())
+}
+
+/// The signature of the request `covered` describes, with `mac` over its
+/// signature base: the one place a signature is made (RFC 9421 §3.1).
+fn sign_covered(
+    alg: Alg,
+    keyid: &str,
+    covered: &Covered<'_>,
+    body: &BodyHash,
+    now_unix: u64,
+    mac: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<SignatureHeaders, SignError> {
+    // What the caller sends as the request line and `Host` must be one token each.
+    let token = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    if !token(covered.method)
+        || !token(covered.authority)
+        || !(covered.path.is_empty() || token(covered.path))
+        || !covered.query.is_none_or(|q| q.is_empty() || token(q))
+    {
+        fail!(
+            Malformed,
+            "cannot sign: the method, authority, path and query must be visible ASCII without spaces"
+        )
     }
+    let digest = (!body.is_empty()).then(|| body.content_digest());
+    let components: &[&str] = if digest.is_some() {
+        &[REQUIRED[0], REQUIRED[1], REQUIRED[2], REQUIRED[3], DIGEST]
+    } else {
+        &REQUIRED
+    };
     let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
     let expires = now_unix.saturating_add(LIFETIME_SECS);
     // Each header's text is made once, in the buffer it is sent from.
@@ -221,23 +322,40 @@ fn sign_with(
     input.push('=');
     let params = input.len();
     push_signature_params(
-        &mut input,
-        &components,
-        now_unix,
-        expires,
-        &nonce,
-        keyid,
-        alg,
+        &mut input, components, now_unix, expires, &nonce, keyid, alg,
     )?;
-    let base = signature_base(&components, &input[params..], method, uri, headers)?;
+    // The base (§2.5), as `signature_base` reads it back from a request.
+    let mut base = String::with_capacity(256 + input.len());
+    base.push_str("\"@method\": ");
+    base.push_str(covered.method);
+    base.push_str("\n\"@authority\": ");
+    let start = base.len();
+    base.push_str(covered.authority);
+    base[start..].make_ascii_lowercase();
+    base.push_str("\n\"@path\": ");
+    base.push_str(if covered.path.is_empty() {
+        "/"
+    } else {
+        covered.path
+    });
+    base.push_str("\n\"@query\": ?");
+    base.push_str(covered.query.unwrap_or_default());
+    if let Some(d) = &digest {
+        base.push_str("\n\"content-digest\": ");
+        base.push_str(d);
+    }
+    base.push_str("\n\"@signature-params\": ");
+    base.push_str(&input[params..]);
     let mut signature = String::with_capacity(LABEL.len() + 92);
     signature.push_str(LABEL);
     signature.push_str("=:");
     STANDARD.encode_string(mac(base.as_bytes()), &mut signature);
     signature.push(':');
-    headers.insert("signature-input", owned_header_value(input)?);
-    headers.insert("signature", owned_header_value(signature)?);
-    Ok(())
+    Ok(SignatureHeaders {
+        content_digest: digest,
+        signature_input: input,
+        signature,
+    })
 }
 
 /// Freshness limits the receiver enforces.
@@ -1610,6 +1728,88 @@ mod tests {
             check(&Method::POST, &u, &short, &key, NOW),
             "malformed-signature"
         );
+    }
+
+    #[test]
+    fn a_request_signed_from_its_parts_verifies_as_one_signed_in_a_header_map() {
+        let key = [3u8; 32];
+        let hmac = HmacSigner {
+            key: &key,
+            keyid: "sess1",
+        };
+        let ed = SigningKey::from_bytes(&[7; 32]);
+        let ed_signer = Signer {
+            key: &ed,
+            keyid: "k",
+        };
+        let policy = Policy::default();
+        let u: Uri = "/api/x?y=1".parse().unwrap();
+        for body in [&b""[..], BODY] {
+            let hash = BodyHash::of(body);
+            // The authority is sent as it is and signed lowercased, as a verifier reads it.
+            let covered = Covered {
+                method: "POST",
+                authority: "Repo1.Example:7443",
+                path: "/api/x",
+                query: Some("y=1"),
+            };
+            let headers = |s: SignatureHeaders| {
+                let mut h = HeaderMap::new();
+                h.insert(HOST, HeaderValue::from_static("Repo1.Example:7443"));
+                if let Some(d) = s.content_digest {
+                    h.insert(DIGEST, HeaderValue::from_str(&d).unwrap());
+                }
+                h.insert(
+                    "signature-input",
+                    HeaderValue::from_str(&s.signature_input).unwrap(),
+                );
+                h.insert("signature", HeaderValue::from_str(&s.signature).unwrap());
+                h
+            };
+            let h = headers(hmac.sign_covered(&covered, &hash, NOW).unwrap());
+            assert_eq!(h.contains_key(DIGEST), !body.is_empty());
+            let p = parse(&h).unwrap();
+            let expects_body = !body.is_empty();
+            p.verify_hmac_headers(&Method::POST, &u, &h, expects_body, &key, NOW, &policy)
+                .unwrap();
+            p.check_body(&h, &hash).unwrap();
+            let other: Uri = "/api/x?y=2".parse().unwrap();
+            let e =
+                p.verify_hmac_headers(&Method::POST, &other, &h, expects_body, &key, NOW, &policy);
+            assert_eq!(e.unwrap_err().reason(), "bad-signature");
+            let h = headers(ed_signer.sign_covered(&covered, &hash, NOW).unwrap());
+            let p = parse(&h).unwrap();
+            p.verify(
+                &Method::POST,
+                &u,
+                &h,
+                body,
+                &ed.verifying_key(),
+                NOW,
+                &policy,
+            )
+            .unwrap();
+        }
+        // Nothing that would break the request line or the Host header is signed.
+        for (authority, path) in [
+            ("a\r\nx: y", "/p"),
+            ("a b", "/p"),
+            ("", "/p"),
+            ("a", "/p q"),
+        ] {
+            let covered = Covered {
+                method: "POST",
+                authority,
+                path,
+                query: None,
+            };
+            let e = hmac.sign_covered(&covered, &BodyHash::of(b""), NOW);
+            assert_eq!(
+                e.unwrap_err().reason(),
+                "malformed-signature",
+                "{authority:?} {path:?}"
+            );
+        }
     }
 
     #[test]

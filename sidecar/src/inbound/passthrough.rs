@@ -37,7 +37,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode, Uri};
-use switchboard_proto::sign::BodyHash;
+use switchboard_proto::sign::{BodyHash, Covered};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -700,28 +700,41 @@ impl Passthrough {
         body: &[u8],
         hash: &BodyHash,
     ) -> Result<Vec<u8>, String> {
-        let mut headers = HeaderMap::with_capacity(forward::PASS.len() + 6);
-        forward::pass_headers(&head.headers, &mut headers);
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_str(addr).map_err(|e| e.to_string())?,
-        );
-        if hash.len > 0 {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(hash.len));
-        }
-        let uri = Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(head.uri.path().as_bytes()))
-            .map_err(|e| e.to_string())?;
-        self.sc
+        let path = head.uri.path();
+        let covered = Covered {
+            method: "POST",
+            authority: addr,
+            path,
+            query: None,
+        };
+        let signed = self
+            .sc
             .forwarder
-            .sign(session, &Method::POST, &uri, &mut headers, hash)
+            .sign_covered(session, &covered, hash)
             .map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(1024 + body.len());
         out.extend_from_slice(b"POST ");
-        out.extend_from_slice(uri.path().as_bytes());
+        out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, v) in &headers {
-            push_header(&mut out, name.as_str().as_bytes(), v.as_bytes());
+        // What `forward::pass_headers` passes, in its order.
+        for name in forward::PASS.iter() {
+            for v in head.headers.get_all(name) {
+                push_header(&mut out, name.as_str().as_bytes(), v.as_bytes());
+            }
         }
+        push_header(&mut out, b"host", addr.as_bytes());
+        if hash.len > 0 {
+            push_header(&mut out, b"content-length", hash.len.to_string().as_bytes());
+        }
+        if let Some(d) = &signed.content_digest {
+            push_header(&mut out, b"content-digest", d.as_bytes());
+        }
+        push_header(
+            &mut out,
+            b"signature-input",
+            signed.signature_input.as_bytes(),
+        );
+        push_header(&mut out, b"signature", signed.signature.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
         Ok(out)
@@ -778,8 +791,6 @@ impl Passthrough {
     }
 }
 
-/// A request head as `http` types, without the headers `Connection` lists
-/// (none: as it came). None when `http` would not take it (hyper will say why).
 /// A request head as read, and where it lay in the read buffer.
 struct Raw {
     bytes: Bytes,
@@ -795,6 +806,8 @@ impl Raw {
     }
 }
 
+/// A request head as `http` types, without the headers `Connection` lists
+/// (none: as it came). None when `http` would not take it (hyper will say why).
 fn head_of(
     raw: &Raw,
     method: &str,

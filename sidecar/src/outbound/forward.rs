@@ -12,7 +12,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use switchboard_proto::sign::{BodyHash, HmacSigner, Signer};
+use switchboard_proto::sign::{BodyHash, Covered, HmacSigner, SignError, SignatureHeaders, Signer};
 use switchboard_proto::time::unix_secs;
 
 use crate::body::BoxBody;
@@ -149,6 +149,12 @@ pub fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// The key a call is signed with.
+enum CallSigner<'a> {
+    Session(HmacSigner<'a>),
+    Host(Signer<'a>),
+}
+
 impl Forwarder {
     pub fn new(identity: Arc<Identity>) -> Self {
         Self::with_client(identity, Client::default())
@@ -189,29 +195,50 @@ impl Forwarder {
         uri: &Uri,
         headers: &mut HeaderMap,
         body: &BodyHash,
-    ) -> Result<(), switchboard_proto::sign::SignError> {
+    ) -> Result<(), SignError> {
         let now = unix_secs();
+        match self.signer(session) {
+            CallSigner::Session(s) => s.sign_hashed(method, uri, headers, body, now),
+            CallSigner::Host(s) => s.sign_hashed(method, uri, headers, body, now),
+        }
+    }
+
+    /// [`Self::sign`] for a call written as bytes (the listeners' short way):
+    /// the signature's header values for the request `covered` describes.
+    pub fn sign_covered(
+        &self,
+        session: Option<&OutSession>,
+        covered: &Covered<'_>,
+        body: &BodyHash,
+    ) -> Result<SignatureHeaders, SignError> {
+        let now = unix_secs();
+        match self.signer(session) {
+            CallSigner::Session(s) => s.sign_covered(covered, body, now),
+            CallSigner::Host(s) => s.sign_covered(covered, body, now),
+        }
+    }
+
+    /// What signs a call: the session's key, or this host's (counted either way).
+    fn signer<'a>(&'a self, session: Option<&'a OutSession>) -> CallSigner<'a> {
         let counters = self.sessions.as_ref().map(|s| s.metrics());
         match session {
             Some(s) => {
                 if let Some(c) = counters {
                     SessionCounters::add(&c.sessions.signed_session);
                 }
-                HmacSigner {
+                CallSigner::Session(HmacSigner {
                     key: &s.key.0,
                     keyid: &s.id,
-                }
-                .sign_hashed(method, uri, headers, body, now)
+                })
             }
             None => {
                 if let Some(c) = counters {
                     SessionCounters::add(&c.sessions.signed_ed25519);
                 }
-                Signer {
+                CallSigner::Host(Signer {
                     key: &self.identity.key,
                     keyid: &self.identity.fingerprint,
-                }
-                .sign_hashed(method, uri, headers, body, now)
+                })
             }
         }
     }
