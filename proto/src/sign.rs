@@ -682,23 +682,20 @@ type Name = Cow<'static, str>;
 
 /// `s` as a [`Name`]: borrowed when it is one our signers write.
 fn name(s: &str) -> Name {
-    const KNOWN: [&str; 11] = [
-        LABEL,
-        "@method",
-        "@authority",
-        "@path",
-        "@query",
-        DIGEST,
-        "created",
-        "expires",
-        "nonce",
-        "keyid",
-        "alg",
-    ];
-    match KNOWN.iter().find(|k| **k == s) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(s.to_owned()),
-    }
+    Cow::Borrowed(match s {
+        LABEL => LABEL,
+        "@method" => "@method",
+        "@authority" => "@authority",
+        "@path" => "@path",
+        "@query" => "@query",
+        DIGEST => DIGEST,
+        "created" => "created",
+        "expires" => "expires",
+        "nonce" => "nonce",
+        "keyid" => "keyid",
+        "alg" => "alg",
+        _ => return Cow::Owned(s.to_owned()),
+    })
 }
 
 /// A parameter's value as either parser read it.
