@@ -296,16 +296,21 @@ fn sign_covered(
     now_unix: u64,
     mac: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> Result<SignatureHeaders, SignError> {
-    // What the caller sends as the request line and `Host` must be one token each.
-    let token = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
-    if !token(covered.method)
-        || !token(covered.authority)
-        || !(covered.path.is_empty() || token(covered.path))
-        || !covered.query.is_none_or(|q| q.is_empty() || token(q))
+    // What a caller writes into the request line has no space or control
+    // character, and the `Host` value no control character: nothing signed can
+    // end a line or split the request line. (UTF-8 in a path is taken, as
+    // httparse and `http` take it.)
+    let control = |b: u8| b < b' ' || b == 0x7f;
+    let in_line = |v: &str| v.bytes().all(|b| b != b' ' && !control(b));
+    if covered.method.is_empty()
+        || !in_line(covered.method)
+        || !in_line(covered.path)
+        || !in_line(covered.query.unwrap_or_default())
+        || covered.authority.bytes().any(control)
     {
         fail!(
             Malformed,
-            "cannot sign: the method, authority, path and query must be visible ASCII without spaces"
+            "cannot sign: the method, path or query has a space or a control character, or the authority a control character"
         )
     }
     let digest = (!body.is_empty()).then(|| body.content_digest());
@@ -1787,13 +1792,29 @@ mod tests {
             )
             .unwrap();
         }
-        // Nothing that would break the request line or the Host header is signed.
-        for (authority, path) in [
-            ("a\r\nx: y", "/p"),
-            ("a b", "/p"),
-            ("", "/p"),
-            ("a", "/p q"),
-        ] {
+        // UTF-8 in a path is signed, as httparse and `http` take it.
+        let u: Uri = "/api/\u{e9}t\u{e9}".parse().unwrap();
+        let covered = Covered {
+            method: "POST",
+            authority: "a",
+            path: u.path(),
+            query: None,
+        };
+        let s = hmac
+            .sign_covered(&covered, &BodyHash::of(b""), NOW)
+            .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("a"));
+        h.insert(
+            "signature-input",
+            HeaderValue::from_str(&s.signature_input).unwrap(),
+        );
+        h.insert("signature", HeaderValue::from_str(&s.signature).unwrap());
+        let p = parse(&h).unwrap();
+        p.verify_hmac_headers(&Method::POST, &u, &h, false, &key, NOW, &policy)
+            .unwrap();
+        // Nothing that would end a line or split the request line is signed.
+        for (authority, path) in [("a\r\nx: y", "/p"), ("a", "/p q"), ("a", "/p\r\nx: y")] {
             let covered = Covered {
                 method: "POST",
                 authority,
